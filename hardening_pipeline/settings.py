@@ -1,0 +1,117 @@
+"""Every environment variable the project reads, parsed and documented in one place.
+
+Nothing else in the project calls ``os.environ`` for configuration: pass a ``Settings`` around
+instead, so tests can build one without touching the process environment and so a typo in a
+variable name is caught here, once.
+
+| variable | meaning | default |
+|---|---|---|
+| HARDENING_DATABASE_URL | Postgres to harden (libpq URL) | embedded Postgres in ``.hardening/`` |
+| BACKUP_ENCRYPTION_KEY | base64 of 32 random bytes (``hardening keygen``) | generated once into ``.hardening/`` for the embedded database only |
+| BACKUP_ENCRYPTION_KEYS_PREVIOUS | comma-separated older keys, decrypt-only | none |
+| BACKUP_STORE_URL | ``s3://bucket/prefix`` or ``file:///path`` | ``file://<state dir>/backups`` |
+| BACKUP_S3_ENDPOINT_URL | S3 endpoint, e.g. ``https://s3.us-west-004.backblazeb2.com`` | AWS |
+| BACKUP_S3_REGION | region matching the endpoint, e.g. ``us-west-004`` | ``us-east-1`` |
+| AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY | B2 keyID / applicationKey | boto3's usual chain |
+| SLACK_WEBHOOK_URL | Slack incoming-webhook URL | unset: alerts are logged as NOT DELIVERED |
+| HARDENING_REPORTS_DIR | where status and drill reports land | ``scripts/hardening/reports`` |
+| HARDENING_STATE_DIR | embedded database, local key, default backups | ``.hardening`` |
+| DAGSTER_WEBSERVER_URL | base URL used for run links in alerts | ``http://localhost:3000`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hardening_pipeline.errors import ConfigError
+
+ENV_DATABASE_URL = "HARDENING_DATABASE_URL"
+ENV_ENCRYPTION_KEY = "BACKUP_ENCRYPTION_KEY"
+ENV_ENCRYPTION_KEYS_PREVIOUS = "BACKUP_ENCRYPTION_KEYS_PREVIOUS"
+ENV_STORE_URL = "BACKUP_STORE_URL"
+ENV_S3_ENDPOINT_URL = "BACKUP_S3_ENDPOINT_URL"
+ENV_S3_REGION = "BACKUP_S3_REGION"
+ENV_SLACK_WEBHOOK_URL = "SLACK_WEBHOOK_URL"
+ENV_REPORTS_DIR = "HARDENING_REPORTS_DIR"
+ENV_STATE_DIR = "HARDENING_STATE_DIR"
+ENV_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed configuration. ``database_url is None`` means the embedded default database."""
+
+    database_url: str | None = None
+    encryption_key: str | None = field(default=None, repr=False)
+    previous_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    store_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    reports_dir: Path = Path("scripts/hardening/reports")
+    state_dir: Path = Path(".hardening")
+    webserver_url: str = "http://localhost:3000"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def effective_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return (self.state_dir / "backups").resolve().as_uri()
+
+
+def _clean(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _check_url(name: str, value: str | None, schemes: tuple[str, ...]) -> None:
+    if value is None:
+        return
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise ConfigError(
+            f"{name} must start with one of {allowed} (got {parsed.scheme or 'no scheme'!r}); "
+            f"fix the variable or unset it to use the default."
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
+    env = os.environ if environ is None else environ
+    database_url = _clean(env, ENV_DATABASE_URL)
+    _check_url(ENV_DATABASE_URL, database_url, ("postgres", "postgresql"))
+    store_url = _clean(env, ENV_STORE_URL)
+    _check_url(ENV_STORE_URL, store_url, ("s3", "file"))
+    if store_url and store_url.startswith("s3://") and not urlparse(store_url).netloc:
+        raise ConfigError(
+            f"{ENV_STORE_URL} must name a bucket, like s3://my-bucket/backups; fix the variable."
+        )
+    endpoint = _clean(env, ENV_S3_ENDPOINT_URL)
+    _check_url(ENV_S3_ENDPOINT_URL, endpoint, ("http", "https"))
+    webhook = _clean(env, ENV_SLACK_WEBHOOK_URL)
+    _check_url(ENV_SLACK_WEBHOOK_URL, webhook, ("http", "https"))
+    previous = _clean(env, ENV_ENCRYPTION_KEYS_PREVIOUS)
+    return Settings(
+        database_url=database_url,
+        encryption_key=_clean(env, ENV_ENCRYPTION_KEY),
+        previous_encryption_keys=tuple(k.strip() for k in (previous or "").split(",") if k.strip()),
+        store_url=store_url,
+        s3_endpoint_url=endpoint,
+        s3_region=_clean(env, ENV_S3_REGION) or "us-east-1",
+        slack_webhook_url=webhook,
+        reports_dir=Path(_clean(env, ENV_REPORTS_DIR) or "scripts/hardening/reports"),
+        state_dir=Path(_clean(env, ENV_STATE_DIR) or ".hardening"),
+        webserver_url=(_clean(env, ENV_WEBSERVER_URL) or "http://localhost:3000").rstrip("/"),
+    )
