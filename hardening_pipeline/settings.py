@@ -7,7 +7,8 @@ variable name is caught here, once.
 | variable | meaning | default |
 |---|---|---|
 | HARDENING_DATABASE_URL | Postgres to harden (libpq URL) | embedded Postgres in ``.hardening/`` |
-| BACKUP_ENCRYPTION_KEY | base64 of 32 random bytes (``hardening keygen``) | generated once into ``.hardening/`` for the embedded database only |
+| BACKUP_ENCRYPTION_KEY | base64 of 32 random bytes (``hardening keygen``) | embedded only: |
+|  |  | generated once into ``.hardening/`` |
 | BACKUP_ENCRYPTION_KEYS_PREVIOUS | comma-separated older keys, decrypt-only | none |
 | BACKUP_STORE_URL | ``s3://bucket/prefix`` or ``file:///path`` | ``file://<state dir>/backups`` |
 | BACKUP_S3_ENDPOINT_URL | S3 endpoint, e.g. ``https://s3.us-west-004.backblazeb2.com`` | AWS |

@@ -1,0 +1,38 @@
+"""Where the database is and how to open a connection to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from hardening_pipeline.db.embedded import embedded_database_url
+from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.settings import Settings
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured database, or the embedded one (started on demand) when none is set."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded_database_url(settings.state_dir)
+
+
+def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection:
+    """Open a connection that returns rows as dicts, with a clear error when it cannot."""
+    try:
+        return psycopg.connect(
+            url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10, **kwargs
+        )
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"could not connect to the database ({reason}); check HARDENING_DATABASE_URL "
+            "and that the server is running."
+        ) from exc
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same server, another database (for clones, templates and drills)."""
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)

@@ -1,0 +1,67 @@
+"""Shared fixtures: one Postgres per test session, a migrated template, a fresh clone per test.
+
+HARDENING_TEST_DATABASE_URL points the suite at a server you run (it needs superuser rights to
+create databases and roles); otherwise a testcontainers Postgres where Docker answers, else an
+embedded throwaway server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from hardening_pipeline.db.migrations import apply_migrations
+from hardening_pipeline.db.throwaway import throwaway_postgres
+from tests.support.db import admin_connect, create_database, drop_database
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    configured = os.environ.get("HARDENING_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    """Name of a database with every migration applied; tests clone it, never touch it."""
+    url = create_database(pg_server_url)
+    apply_migrations(url, applied_by="test-suite")
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    yield name
+    drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, fully migrated database for this test alone."""
+    url = create_database(pg_server_url, template=template_db)
+    yield url
+    drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def empty_db_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh database with nothing applied (roles are cluster-wide and may already exist)."""
+    url = create_database(pg_server_url)
+    yield url
+    drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def admin(db_url: str):
+    """A superuser connection to this test's database."""
+    with admin_connect(db_url) as conn:
+        yield conn
+
+
+@pytest.fixture
+def unique_slug() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,105 @@
+"""Database helpers for tests: a session server, a migrated template, and role switching."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from hardening_pipeline.db.connection import with_database
+
+
+def admin_connect(url: str, autocommit: bool = False) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row)
+
+
+def create_database(server_url: str, template: str | None = None) -> str:
+    """Create a uniquely named database (optionally cloned from ``template``); returns its URL."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with admin_connect(server_url, autocommit=True) as conn:
+        if template:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with admin_connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def acting_as(
+    conn: psycopg.Connection,
+    role: str | None,
+    *,
+    tenant: uuid.UUID | str | None = None,
+    actor: str | None = None,
+    jwt_claims: str | None = None,
+) -> Iterator[psycopg.Connection]:
+    """One transaction as ``role`` (None = the connecting superuser) with the given context.
+
+    The transaction is rolled back afterwards so each block starts from the same data.
+    """
+    with conn.transaction(force_rollback=True):
+        if role:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        if tenant is not None:
+            conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant),))
+        if actor is not None:
+            conn.execute("SELECT set_config('app.actor', %s, true)", (actor,))
+        if jwt_claims is not None:
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (jwt_claims,))
+        yield conn
+
+
+@dataclass
+class TenantData:
+    tenant: uuid.UUID
+    development: uuid.UUID
+    unit: uuid.UUID
+    message: uuid.UUID
+    onboarding: uuid.UUID
+
+
+def insert_tenant(conn: psycopg.Connection, slug: str) -> TenantData:
+    """Insert one tenant with a development, unit, message and onboarding attempt (superuser)."""
+    ids = TenantData(*(uuid.uuid4() for _ in range(5)))
+    with conn.transaction():
+        conn.execute("SELECT set_config('app.actor', 'test:fixture', true)")
+        conn.execute(
+            "INSERT INTO tenants (id, slug, name) VALUES (%s, %s, %s)",
+            (ids.tenant, slug, slug.title()),
+        )
+        conn.execute(
+            "INSERT INTO developments (id, tenant_id, name) VALUES (%s, %s, 'Harbour View')",
+            (ids.development, ids.tenant),
+        )
+        conn.execute(
+            "INSERT INTO units (id, tenant_id, development_id, label) VALUES (%s, %s, %s, '1A')",
+            (ids.unit, ids.tenant, ids.development),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, tenant_id, development_id, unit_id, sender, body) "
+            "VALUES (%s, %s, %s, %s, 'resident', 'The heating is off')",
+            (ids.message, ids.tenant, ids.development, ids.unit),
+        )
+        conn.execute(
+            "INSERT INTO onboarding_attempts (id, tenant_id, email, status) "
+            "VALUES (%s, %s, 'ops@example.com', 'succeeded')",
+            (ids.onboarding, ids.tenant),
+        )
+    return ids
