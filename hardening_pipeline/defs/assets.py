@@ -1,0 +1,59 @@
+"""Assets: what the hardening produces, as the Dagster UI shows it.
+
+No ``from __future__ import annotations`` here: Dagster inspects the context annotation.
+"""
+
+import dagster as dg
+
+from hardening_pipeline.db.migrations import apply_migrations, migration_status
+from hardening_pipeline.defs.resources import AppDatabaseResource
+
+APPLICATION_TABLES = {
+    "tenants": "One row per customer organisation; every other table hangs off it.",
+    "developments": "A customer's building developments (tenant-scoped).",
+    "units": "Units inside a development (tenant-scoped).",
+    "messages": "Messages filed against a unit (tenant-scoped; must agree with its unit).",
+    "onboarding_attempts": "Each attempt to onboard a tenant, with status and error.",
+    "audit_events": "Append-only record of every write to a tenant-scoped table.",
+}
+
+application_tables = [
+    dg.AssetSpec(
+        key=dg.AssetKey(["app", name]),
+        description=text,
+        group_name="application_tables",
+        kinds={"postgres"},
+    )
+    for name, text in APPLICATION_TABLES.items()
+]
+
+
+@dg.asset(
+    group_name="hardening",
+    kinds={"postgres"},
+    description=(
+        "Applies sql/migrations to the application database: audit log, message foreign keys, "
+        "RLS lockdown. Fails (and changes nothing) when a migration's pre-flight finds legacy "
+        "rows that break the new rules or when an applied migration file was edited; the error "
+        "names the rows or the file."
+    ),
+)
+def database_schema(
+    context: dg.AssetExecutionContext, app_db: AppDatabaseResource
+) -> dg.MaterializeResult:
+    url = app_db.url()
+    run = apply_migrations(url, applied_by=f"dagster run {context.run.run_id}")
+    states = migration_status(url)
+    lines = ["| migration | state | applied at | applied by |", "|---|---|---|---|"]
+    for s in states:
+        applied_at = s.applied.applied_at.isoformat(timespec="seconds") if s.applied else ""
+        applied_by = s.applied.applied_by if s.applied else ""
+        lines.append(f"| {s.filename} | {s.state} | {applied_at} | {applied_by} |")
+    return dg.MaterializeResult(
+        metadata={
+            "applied_this_run": dg.MetadataValue.json(run.applied),
+            "migrations": dg.MetadataValue.md("\n".join(lines)),
+            "migration_count": dg.MetadataValue.int(len(states)),
+            "latest_migration": dg.MetadataValue.text(states[-1].filename if states else ""),
+        }
+    )
