@@ -125,5 +125,48 @@ def migrate(ctx: Context, show_status: bool) -> None:
         sys.exit(EXIT_RED)
 
 
+@main.command()
+@click.option("--tenants", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--messages-per-unit", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--developments-per-tenant", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--units-per-development", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--random-seed", type=int, default=None, help="Make the data reproducible.")
+@pass_context
+@friendly_errors
+def seed(
+    ctx: Context,
+    tenants: int,
+    messages_per_unit: int,
+    developments_per_tenant: int,
+    units_per_development: int,
+    random_seed: int | None,
+) -> None:
+    """Generate demo tenants through TenantScopedClient (service-role mode, audited)."""
+    from rich.progress import Progress
+
+    from hardening_pipeline.seed import seed_demo_data
+
+    url = ctx.database_url
+    apply_migrations(url)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("seeding tenants", total=tenants)
+        result = seed_demo_data(
+            url,
+            tenants=tenants,
+            messages_per_unit=messages_per_unit,
+            developments_per_tenant=developments_per_tenant,
+            units_per_development=units_per_development,
+            random_seed=random_seed,
+            on_tenant=lambda done: progress.update(task, completed=done),
+        )
+    rate = result.rows / result.seconds if result.seconds else 0.0
+    console.print(
+        f"seeded {result.tenants} tenants, {result.developments} developments, "
+        f"{result.units} units, {result.messages} messages, "
+        f"{result.onboarding_attempts} onboarding attempts in {result.seconds:.1f}s "
+        f"({rate:,.0f} rows/s)"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

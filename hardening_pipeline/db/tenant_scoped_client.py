@@ -1,0 +1,352 @@
+"""TenantScopedClient: the only way backend code writes tenant data.
+
+Every unit of work is one explicit transaction in which the tenant and the actor are set with
+``set_config(..., true)`` (transaction-local: a pooled connection carries nothing to its next
+borrower, and PgBouncer/Supavisor transaction mode keeps working). Writes are checked *before any
+SQL is sent*: the tenant id must be a real UUID, the table and every column must exist in the
+schema the client read at start-up, and a row must not name another tenant. Anything the client
+cannot prove is scoped is refused, not passed through.
+
+Two modes:
+
+* ``authenticated`` (default): the transaction runs as the ``authenticated`` role, so Postgres
+  RLS filters every statement as a second line of defence.
+* ``service_role``: for jobs that must bypass RLS. Still scoped by the client (every statement
+  carries ``tenant_id = <tenant>``), and the actor (``service_role:<caller>``) is recorded in
+  ``audit_events`` by the capture triggers. The database itself refuses a service-role write that
+  does not come with an actor, so skipping this wrapper fails loudly.
+
+Example::
+
+    client = TenantScopedClient(pool, actor="user:42")
+    with client.transaction(tenant_id) as tx:
+        tx.insert("messages", {"development_id": d, "unit_id": u, "sender": "a", "body": "b"})
+        rows = tx.select("messages", where={"unit_id": u})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import ConnectionPool
+
+from hardening_pipeline.errors import HardeningError
+
+Mode = Literal["authenticated", "service_role"]
+
+# The tenants table is its own tenant: its "tenant column" is its primary key.
+_TENANT_COLUMN_OVERRIDES = {"tenants": "id"}
+# Tables the client never writes: the audit log is written by triggers only.
+_NEVER_WRITABLE = frozenset({"audit_events"})
+
+_CATALOG_QUERY = """
+SELECT c.relname AS table_name, a.attname AS column_name
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+ORDER BY c.relname, a.attnum
+"""
+
+
+class TenantScopeError(HardeningError):
+    """A write or read the client cannot prove stays inside one tenant; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What the client knows of one tenant-scoped table."""
+
+    name: str
+    columns: tuple[str, ...]
+    tenant_column: str
+
+
+def load_catalog(conn: psycopg.Connection) -> dict[str, TableInfo]:
+    """The tenant-scoped tables of ``public`` (those with a tenant_id column, and ``tenants``)."""
+    columns: dict[str, list[str]] = {}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        for table_name, column_name in cur.execute(_CATALOG_QUERY).fetchall():
+            columns.setdefault(table_name, []).append(column_name)
+    catalog = {}
+    for table, cols in columns.items():
+        tenant_column = _TENANT_COLUMN_OVERRIDES.get(table, "tenant_id")
+        if table in _NEVER_WRITABLE or tenant_column not in cols:
+            continue
+        catalog[table] = TableInfo(table, tuple(cols), tenant_column)
+    return catalog
+
+
+def parse_tenant_id(value: object) -> uuid.UUID:
+    """A tenant id is a UUID; anything else (None, '', 'abc', 42) is refused with a clear error."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise TenantScopeError(
+            f"a tenant id is required for tenant-scoped work (got {value!r}); "
+            "pass the tenant's UUID."
+        )
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise TenantScopeError(
+            f"tenant id {value!r} is not a UUID; pass the tenant's UUID."
+        ) from None
+
+
+class TenantScopedClient:
+    """Hands out tenant-scoped transactions over a pool (or a connection string)."""
+
+    def __init__(
+        self,
+        source: ConnectionPool | str,
+        *,
+        actor: str,
+        mode: Mode = "authenticated",
+    ) -> None:
+        if mode not in ("authenticated", "service_role"):
+            raise TenantScopeError(f"unknown mode {mode!r}; use 'authenticated' or 'service_role'.")
+        if not isinstance(actor, str) or not actor.strip():
+            raise TenantScopeError("an actor is required so audit_events can say who wrote.")
+        if mode == "service_role" and not actor.startswith("service_role:"):
+            actor = f"service_role:{actor}"
+        self._source = source
+        self.actor = actor
+        self.mode: Mode = mode
+        self._catalog: dict[str, TableInfo] | None = None
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if isinstance(self._source, ConnectionPool):
+            with self._source.connection() as conn:
+                yield conn
+        else:
+            with psycopg.connect(self._source) as conn:
+                yield conn
+
+    @property
+    def catalog(self) -> dict[str, TableInfo]:
+        if self._catalog is None:
+            with self._connection() as conn:
+                self._catalog = load_catalog(conn)
+                conn.rollback()
+        return self._catalog
+
+    @contextlib.contextmanager
+    def transaction(self, tenant_id: uuid.UUID | str) -> Iterator[TenantTransaction]:
+        """One unit of work for one tenant: committed on success, rolled back on any error."""
+        tenant = parse_tenant_id(tenant_id)
+        catalog = self.catalog
+        with self._connection() as conn:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.mode)))
+                conn.execute(
+                    "SELECT set_config('app.tenant_id', %s, true), "
+                    "set_config('app.actor', %s, true)",
+                    (str(tenant), self.actor),
+                )
+                yield TenantTransaction(conn, tenant, catalog, self.mode)
+
+
+class TenantTransaction:
+    """Insert / update / delete / select inside one tenant; values always travel as parameters."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        tenant_id: uuid.UUID,
+        catalog: Mapping[str, TableInfo],
+        mode: Mode,
+    ) -> None:
+        self._conn = conn
+        self.tenant_id = tenant_id
+        self._catalog = catalog
+        self._mode = mode
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The underlying connection, inside this tenant's transaction (for reads and tests)."""
+        return self._conn
+
+    def _run(self, query: sql.Composable, params: Sequence[Any]) -> psycopg.Cursor:
+        # A cursor of its own: a pooled connection's row factory is not ours to change.
+        return self._conn.cursor(row_factory=dict_row).execute(query, params)
+
+    # -- validation: everything here runs before a statement is built ----------------------
+
+    def _table(self, table: object) -> TableInfo:
+        if not isinstance(table, str) or table not in self._catalog:
+            raise TenantScopeError(
+                f"table {table!r} is not a tenant-scoped table this client can prove is scoped; "
+                "use one of: " + ", ".join(sorted(self._catalog)) + "."
+            )
+        return self._catalog[table]
+
+    def _columns(self, info: TableInfo, names: Iterable[object]) -> list[str]:
+        checked = []
+        for name in names:
+            if not isinstance(name, str) or name not in info.columns:
+                raise TenantScopeError(f"table {info.name} has no column {name!r}.")
+            checked.append(name)
+        return checked
+
+    def _same_tenant(self, info: TableInfo, value: object) -> None:
+        try:
+            claimed = parse_tenant_id(value)
+        except TenantScopeError:
+            raise TenantScopeError(
+                f"{info.name}.{info.tenant_column} must be this transaction's tenant "
+                f"{self.tenant_id} (got {value!r})."
+            ) from None
+        if claimed != self.tenant_id:
+            raise TenantScopeError(
+                f"row aimed at tenant {claimed} inside a transaction for tenant {self.tenant_id}; "
+                "open a transaction for that tenant instead."
+            )
+
+    def _scoped_row(self, info: TableInfo, row: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(row, Mapping) or not row:
+            raise TenantScopeError(f"a row for {info.name} must be a non-empty mapping.")
+        self._columns(info, row.keys())
+        scoped = dict(row)
+        if info.tenant_column in scoped:
+            self._same_tenant(info, scoped[info.tenant_column])
+        scoped[info.tenant_column] = self.tenant_id
+        return scoped
+
+    def _where(self, info: TableInfo, where: Mapping[str, Any] | None) -> sql.Composable:
+        where = dict(where or {})
+        self._columns(info, where.keys())
+        if info.tenant_column in where:
+            self._same_tenant(info, where.pop(info.tenant_column))
+        clauses = [sql.SQL("{} = %s").format(sql.Identifier(info.tenant_column))]
+        clauses += [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in where]
+        return sql.SQL(" AND ").join(clauses)
+
+    @staticmethod
+    def _where_params(info: TableInfo, tenant: uuid.UUID, where: Mapping[str, Any] | None) -> list:
+        return [tenant] + [v for k, v in (where or {}).items() if k != info.tenant_column]
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def insert(self, table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert one row (tenant filled in, or checked if given); returns the stored row."""
+        info = self._table(table)
+        scoped = self._scoped_row(info, row)
+        query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
+            sql.Identifier(info.name),
+            sql.SQL(", ").join(map(sql.Identifier, scoped)),
+            sql.SQL(", ").join(sql.Placeholder() * len(scoped)),
+        )
+        return self._run(query, list(scoped.values())).fetchone()
+
+    def insert_many(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Bulk insert: every row is validated first, then sent in one COPY (or one batch).
+
+        Rows must all have the same columns. COPY is only used in service-role mode, because
+        Postgres does not allow COPY FROM into a table with RLS for roles subject to it.
+        """
+        info = self._table(table)
+        scoped = [self._scoped_row(info, r) for r in rows]
+        if not scoped:
+            return 0
+        columns = list(scoped[0])
+        for r in scoped:
+            if list(r) != columns:
+                raise TenantScopeError(
+                    f"insert_many into {info.name} needs the same columns in every row."
+                )
+        if self._mode == "service_role":
+            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(info.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+            with self._conn.cursor() as cur, cur.copy(copy) as writer:
+                for r in scoped:
+                    writer.write_row([r[c] for c in columns])
+        else:
+            query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                sql.Identifier(info.name),
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+            )
+            with self._conn.cursor() as cur:
+                cur.executemany(query, [[r[c] for c in columns] for r in scoped])
+        return len(scoped)
+
+    def update(
+        self, table: str, values: Mapping[str, Any], *, where: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Update this tenant's rows matching ``where``; returns the updated rows."""
+        info = self._table(table)
+        if not values:
+            raise TenantScopeError(f"update of {info.name} needs at least one value to set.")
+        self._columns(info, values.keys())
+        values = dict(values)
+        if info.tenant_column in values:
+            self._same_tenant(info, values.pop(info.tenant_column))
+            if not values:
+                return self.select(table, where=where)
+        if not where:
+            raise TenantScopeError(
+                f"updating {info.name} needs a where clause; to touch every row of the tenant "
+                "say so explicitly with where={'tenant_id': <tenant>}."
+            )
+        condition = self._where(info, where)
+        query = sql.SQL("UPDATE {} SET {} WHERE {} RETURNING *").format(
+            sql.Identifier(info.name),
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values),
+            condition,
+        )
+        params = list(values.values()) + self._where_params(info, self.tenant_id, where)
+        return self._run(query, params).fetchall()
+
+    def delete(self, table: str, *, where: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Delete this tenant's rows matching ``where``; returns the deleted rows."""
+        info = self._table(table)
+        if not where:
+            raise TenantScopeError(
+                f"deleting rows of {info.name} needs a where clause; to remove every row of the "
+                "tenant say so explicitly with where={'tenant_id': <tenant>}."
+            )
+        condition = self._where(info, where)
+        query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(
+            sql.Identifier(info.name), condition
+        )
+        return self._run(query, self._where_params(info, self.tenant_id, where)).fetchall()
+
+    def select(
+        self,
+        table: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        columns: Sequence[str] | None = None,
+        order_by: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Read this tenant's rows (also filtered by RLS in authenticated mode)."""
+        info = self._table(table)
+        selected = self._columns(info, columns) if columns else None
+        ordering = self._columns(info, order_by) if order_by else []
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise TenantScopeError(f"limit must be a non-negative integer (got {limit!r}).")
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, selected)) if selected else sql.SQL("*"),
+            sql.Identifier(info.name),
+            self._where(info, where),
+        )
+        if ordering:
+            query += sql.SQL(" ORDER BY {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, ordering))
+            )
+        params = self._where_params(info, self.tenant_id, where)
+        if limit is not None:
+            query += sql.SQL(" LIMIT %s")
+            params.append(limit)
+        return self._run(query, params).fetchall()
