@@ -1,0 +1,596 @@
+"""The backup manifest: what a backup holds, how to check it, and proof it was not altered.
+
+A backup exists only once its ``manifest.json`` is written, last, into the backup's folder, and
+only if that manifest verifies. The manifest is canonical JSON carrying an HMAC-SHA256 under a
+key derived from the master key, so a reader with the key can trust every size, digest, row
+count and the wrapped data key in it before downloading a single object. Field by field and byte
+by byte in ``docs/backup-format.md``.
+
+Loading is deliberately strict (exact types, no unknown fields, canonical bytes only): a manifest
+decides what a restore loads and what retention deletes, so "mostly parseable" is not good enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hardening_pipeline.backup.crypto import (
+    WRAPPED_KEY_BYTES,
+    BackupIntegrityError,
+    Keyring,
+    WrappedDataKey,
+)
+from hardening_pipeline.backup.object_format import validate_name
+from hardening_pipeline.errors import HardeningError
+
+MANIFEST_FORMAT = "hardening-pipeline-backup-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAC_FIELD = "hmac_sha256"
+NON_TENANT_OBJECT_NAME = "shared.hpb"
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_MAX_INT = (1 << 63) - 1
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MAC_RE = re.compile(r"[0-9a-f]{64}")
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_DIGITS_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+_SAFE_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+class ManifestError(HardeningError):
+    """A manifest is malformed, altered, or signed with a key that does not verify it."""
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """Which database was backed up; a restore refuses a manifest for some other database.
+
+    ``system_identifier`` is Postgres' 64-bit cluster id, kept as a decimal string because JSON
+    numbers above 2^53 do not survive every parser.
+    """
+
+    system_identifier: str
+    database_name: str
+    server_version: str
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """The migrations applied when the snapshot was taken, so a restore applies the same ones."""
+
+    last_migration: str
+    last_migration_sha256: str
+    applied_migrations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One table's ``COPY`` text inside an object.
+
+    Tables are listed in load (foreign-key) order, and an object's plaintext is their ``COPY``
+    text concatenated in that order; ``bytes`` is what lets a reader cut it apart again.
+    ``sha256`` is over exactly those bytes.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    row_count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectEntry:
+    """One encrypted object: a tenant's rows, or (``tenant_id is None``) the non-tenant tables.
+
+    ``name`` is relative to the backup's folder, so a bucket can be moved or re-prefixed without
+    invalidating the manifest. ``sha256`` and ``ciphertext_bytes`` cover the stored bytes exactly.
+    """
+
+    name: str
+    tenant_id: str | None
+    tables: tuple[TableEntry, ...]
+    plaintext_bytes: int
+    plaintext_sha256: str
+    compressed_bytes: int
+    ciphertext_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a restore needs to find, authenticate, decrypt and check a backup.
+
+    ``created_at`` is the instant of the database snapshot (UTC), which is what RPO is measured
+    from; ``finished_at`` is when the last object was stored. ``metadata`` is free-form
+    string-to-string context (tool version, snapshot name, ...) that is authenticated like
+    everything else but that no reader depends on.
+    """
+
+    backup_id: str
+    created_at: datetime
+    finished_at: datetime
+    database: DatabaseIdentity
+    schema: SchemaVersion
+    key_id: str
+    wrapped_data_key: bytes = field(repr=False)
+    objects: tuple[ObjectEntry, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    format_version: int = MANIFEST_VERSION
+
+    @property
+    def wrapped(self) -> WrappedDataKey:
+        return WrappedDataKey(self.key_id, self.wrapped_data_key)
+
+    def object(self, name: str) -> ObjectEntry:
+        for entry in self.objects:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def folder(self, prefix: str) -> str:
+        return backup_folder(prefix, self.backup_id, self.created_at)
+
+
+# --- names and layout -----------------------------------------------------------------------
+
+
+def new_backup_id(created_at: datetime) -> str:
+    """``YYYYMMDDTHHMMSSZ-<8 hex>``: sorts by time, unique without coordination."""
+    stamp = _as_utc(created_at, "created_at").strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def backup_folder(prefix: str, backup_id: str, created_at: datetime) -> str:
+    """``<prefix>/<YYYY>/<MM>/<DD>/<backup-id>/`` (dates in UTC), the only place a backup lives."""
+    validate_name("backup id", backup_id)
+    day = _as_utc(created_at, "created_at").strftime("%Y/%m/%d")
+    prefix = prefix.strip("/")
+    return f"{prefix}/{day}/{backup_id}/" if prefix else f"{day}/{backup_id}/"
+
+
+def tenant_object_name(tenant_id: str) -> str:
+    """Object name for a tenant: ``tenant-<id>.hpb``, or a digest of the id if it is not safe.
+
+    Readers never derive names; they take them from the manifest. This only keeps names short,
+    unique and path-safe.
+    """
+    if _SAFE_TENANT_RE.fullmatch(tenant_id):
+        return f"tenant-{tenant_id}.hpb"
+    digest = hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()
+    return f"tenant-h{digest[:40]}.hpb"
+
+
+def _as_utc(value: datetime, what: str) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _format_time(value: datetime) -> str:
+    return _as_utc(value, "timestamp").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- serialization --------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte sequence a JSON value maps to: sorted keys, no spaces, ASCII only.
+
+    Python's ``json.dumps`` with these options; integers only (no floats), so there is no number
+    formatting ambiguity to specify.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as plain JSON data, without the MAC."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": manifest.format_version,
+        "backup_id": manifest.backup_id,
+        "created_at": _format_time(manifest.created_at),
+        "finished_at": _format_time(manifest.finished_at),
+        "database": {
+            "system_identifier": manifest.database.system_identifier,
+            "database_name": manifest.database.database_name,
+            "server_version": manifest.database.server_version,
+        },
+        "schema": {
+            "last_migration": manifest.schema.last_migration,
+            "last_migration_sha256": manifest.schema.last_migration_sha256,
+            "applied_migrations": list(manifest.schema.applied_migrations),
+        },
+        "key_id": manifest.key_id,
+        "wrapped_data_key": base64.b64encode(manifest.wrapped_data_key).decode("ascii"),
+        "objects": [
+            {
+                "name": obj.name,
+                "tenant_id": obj.tenant_id,
+                "tables": [
+                    {
+                        "name": table.name,
+                        "columns": list(table.columns),
+                        "row_count": table.row_count,
+                        "bytes": table.bytes,
+                        "sha256": table.sha256,
+                    }
+                    for table in obj.tables
+                ],
+                "plaintext_bytes": obj.plaintext_bytes,
+                "plaintext_sha256": obj.plaintext_sha256,
+                "compressed_bytes": obj.compressed_bytes,
+                "ciphertext_bytes": obj.ciphertext_bytes,
+                "sha256": obj.sha256,
+            }
+            for obj in manifest.objects
+        ],
+        "metadata": dict(manifest.metadata),
+    }
+
+
+def sign_manifest(manifest: Manifest, keyring: Keyring) -> bytes:
+    """Validate, serialize and MAC a manifest; the result is the exact ``manifest.json`` bytes.
+
+    The MAC uses the master key named by ``manifest.key_id`` (the one that wrapped the data key),
+    so key id, wrapped key and MAC always agree. The manifest is round-tripped through the strict
+    loader first: a writer cannot produce a manifest its own reader would reject.
+    """
+    body = manifest_to_dict(manifest)
+    try:
+        _manifest_from_dict(body)
+    except ManifestError as exc:
+        raise ValueError(f"refusing to sign an invalid manifest: {exc}") from None
+    mac = keyring.manifest_mac(manifest.key_id, canonical_json(body))
+    return canonical_json({**body, MAC_FIELD: mac.hex()})
+
+
+def load_manifest(raw: bytes, keyring: Keyring, *, now: datetime | None = None) -> Manifest:
+    """Authenticate and strictly parse ``manifest.json`` bytes.
+
+    Order matters: only the format version, key id and MAC are looked at before the MAC has
+    verified. Raises ``ManifestError`` with a one-sentence reason for anything malformed or
+    altered, and ``UnknownKeyError`` (a ``ConfigError``) when the signing key is not configured,
+    because that is fixed by configuration, not by discarding the backup.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise TypeError("load_manifest takes the raw bytes of manifest.json")
+    raw = bytes(raw)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"manifest is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} cap."
+        )
+    try:
+        document = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"manifest is not valid JSON ({_short(exc)}).") from None
+    if not isinstance(document, dict):
+        raise ManifestError("manifest is not a JSON object.")
+    version = document.get("format_version")
+    if type(version) is not int:
+        raise ManifestError("manifest has no integer format_version.")
+    if version != MANIFEST_VERSION:
+        raise ManifestError(
+            f"manifest format version {version} is not supported (this reader knows "
+            f"{MANIFEST_VERSION}); upgrade hardening_pipeline to read it."
+        )
+    mac_hex = document.pop(MAC_FIELD, None)
+    if not isinstance(mac_hex, str) or not _MAC_RE.fullmatch(mac_hex):
+        raise ManifestError(f"manifest has no valid {MAC_FIELD} field.")
+    key_id = document.get("key_id")
+    if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+        raise ManifestError("manifest has no valid key_id (16 lowercase hex digits).")
+    try:
+        body = canonical_json(document)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"manifest cannot be canonicalized ({_short(exc)}).") from None
+    expected = keyring.manifest_mac(key_id, body)
+    if not hmac.compare_digest(expected, bytes.fromhex(mac_hex)):
+        raise ManifestError(
+            f"manifest authentication failed under key id {key_id}; it was altered or "
+            f"written with a different key."
+        )
+    # Authentic content in a non-canonical spelling means someone re-encoded the file.
+    if canonical_json({**document, MAC_FIELD: mac_hex}) != raw:
+        raise ManifestError("manifest bytes are not in canonical form.")
+    manifest = _manifest_from_dict(document)
+    current = now or datetime.now(UTC)
+    if manifest.created_at > current + MAX_CLOCK_SKEW:
+        raise ManifestError(
+            f"manifest created_at {_format_time(manifest.created_at)} is in the future; "
+            f"check the clock of the machine that wrote it."
+        )
+    return manifest
+
+
+def unwrap_data_key(manifest: Manifest, keyring: Keyring) -> bytes:
+    """The backup's data key, unwrapped with whichever configured master key it names."""
+    return keyring.unwrap_data_key(manifest.wrapped, manifest.backup_id)
+
+
+def rewrap_manifest(manifest: Manifest, keyring: Keyring) -> Manifest:
+    """Re-wrap a manifest's data key under the current master key (key rotation).
+
+    Objects are untouched: their headers carry the data key's id, not the master key's.
+    Sign the result with ``sign_manifest`` and replace ``manifest.json``.
+    """
+    wrapped = keyring.rewrap_data_key(manifest.wrapped, manifest.backup_id)
+    return replace(manifest, key_id=wrapped.key_id, wrapped_data_key=wrapped.ciphertext)
+
+
+# --- strict parsing -------------------------------------------------------------------------
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n", 1)[0][:120]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _fields(value: Any, where: str, required: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestError(f"manifest field {where} must be an object.")
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise ManifestError(f"manifest field {where} is missing {', '.join(missing)}.")
+    unknown = sorted(set(value) - set(required))
+    if unknown:
+        raise ManifestError(f"manifest field {where} has unknown field {unknown[0]!r}.")
+    return value
+
+
+def _str(value: Any, where: str, *, max_len: int = 1024, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"manifest field {where} must be a string.")
+    if (not value and not allow_empty) or len(value) > max_len:
+        raise ManifestError(f"manifest field {where} must be 1-{max_len} characters.")
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    # bool is an int subclass in Python; JSON true is not a count.
+    if type(value) is not int or not 0 <= value <= _MAX_INT:
+        raise ManifestError(f"manifest field {where} must be a non-negative integer.")
+    return value
+
+
+def _sha(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
+        raise ManifestError(f"manifest field {where} must be 64 lowercase hex digits.")
+    return value
+
+
+def _name(kind: str, value: Any, where: str) -> str:
+    try:
+        return validate_name(kind, value)
+    except ValueError:
+        raise ManifestError(
+            f"manifest field {where} must be 1-128 characters of A-Z a-z 0-9 . _ -."
+        ) from None
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ManifestError(f"manifest field {where} must be a list.")
+    return value
+
+
+def _time(value: Any, where: str) -> datetime:
+    if not isinstance(value, str) or not _TIMESTAMP_RE.fullmatch(value):
+        raise ManifestError(f"manifest field {where} must look like 2026-01-31T02:00:00.000000Z.")
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise ManifestError(f"manifest field {where} is not a real date and time.") from None
+
+
+_TOP_FIELDS = (
+    "format",
+    "format_version",
+    "backup_id",
+    "created_at",
+    "finished_at",
+    "database",
+    "schema",
+    "key_id",
+    "wrapped_data_key",
+    "objects",
+    "metadata",
+)
+_OBJECT_FIELDS = (
+    "name",
+    "tenant_id",
+    "tables",
+    "plaintext_bytes",
+    "plaintext_sha256",
+    "compressed_bytes",
+    "ciphertext_bytes",
+    "sha256",
+)
+_TABLE_FIELDS = ("name", "columns", "row_count", "bytes", "sha256")
+
+
+def _manifest_from_dict(document: Any) -> Manifest:
+    top = _fields(document, "(top level)", _TOP_FIELDS)
+    if top["format"] != MANIFEST_FORMAT:
+        raise ManifestError(f"manifest field format must be {MANIFEST_FORMAT!r}.")
+    if type(top["format_version"]) is not int or top["format_version"] != MANIFEST_VERSION:
+        raise ManifestError(f"manifest format_version must be {MANIFEST_VERSION}.")
+    backup_id = _name("backup id", top["backup_id"], "backup_id")
+    created_at = _time(top["created_at"], "created_at")
+    finished_at = _time(top["finished_at"], "finished_at")
+    if finished_at < created_at:
+        raise ManifestError("manifest finished_at is earlier than created_at.")
+
+    db = _fields(
+        top["database"], "database", ("system_identifier", "database_name", "server_version")
+    )
+    system_id = _str(db["system_identifier"], "database.system_identifier", max_len=20)
+    if not _DIGITS_RE.fullmatch(system_id) or int(system_id) >= 1 << 64:
+        raise ManifestError("manifest field database.system_identifier must be a decimal uint64.")
+    database = DatabaseIdentity(
+        system_identifier=system_id,
+        database_name=_str(db["database_name"], "database.database_name", max_len=255),
+        server_version=_str(db["server_version"], "database.server_version", max_len=255),
+    )
+
+    sc = _fields(
+        top["schema"], "schema", ("last_migration", "last_migration_sha256", "applied_migrations")
+    )
+    applied = tuple(
+        _str(item, f"schema.applied_migrations[{i}]", max_len=255)
+        for i, item in enumerate(_list(sc["applied_migrations"], "schema.applied_migrations"))
+    )
+    schema = SchemaVersion(
+        last_migration=_str(sc["last_migration"], "schema.last_migration", max_len=255),
+        last_migration_sha256=_sha(sc["last_migration_sha256"], "schema.last_migration_sha256"),
+        applied_migrations=applied,
+    )
+    if not applied or applied[-1] != schema.last_migration:
+        raise ManifestError(
+            "manifest field schema.last_migration must be the last of schema.applied_migrations."
+        )
+
+    key_id = top["key_id"]
+    if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+        raise ManifestError("manifest field key_id must be 16 lowercase hex digits.")
+    wrapped_text = _str(top["wrapped_data_key"], "wrapped_data_key", max_len=200)
+    try:
+        wrapped = base64.b64decode(wrapped_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ManifestError("manifest field wrapped_data_key is not valid base64.") from None
+    if len(wrapped) != WRAPPED_KEY_BYTES or base64.b64encode(wrapped).decode() != wrapped_text:
+        raise ManifestError(
+            f"manifest field wrapped_data_key must be base64 of {WRAPPED_KEY_BYTES} bytes."
+        )
+
+    objects = tuple(
+        _object_from_dict(item, f"objects[{i}]")
+        for i, item in enumerate(_list(top["objects"], "objects"))
+    )
+    names = [obj.name for obj in objects]
+    if len(set(names)) != len(names):
+        raise ManifestError("manifest lists the same object name twice.")
+    tenants = [obj.tenant_id for obj in objects]
+    if len(set(tenants)) != len(tenants):
+        raise ManifestError("manifest lists the same tenant (or the non-tenant object) twice.")
+
+    raw_meta = top["metadata"]
+    if not isinstance(raw_meta, dict):
+        raise ManifestError("manifest field metadata must be an object.")
+    metadata = {
+        _str(k, "metadata key", max_len=255): _str(
+            v, f"metadata.{k}", max_len=4096, allow_empty=True
+        )
+        for k, v in raw_meta.items()
+    }
+    return Manifest(
+        backup_id=backup_id,
+        created_at=created_at,
+        finished_at=finished_at,
+        database=database,
+        schema=schema,
+        key_id=key_id,
+        wrapped_data_key=wrapped,
+        objects=objects,
+        metadata=metadata,
+        format_version=MANIFEST_VERSION,
+    )
+
+
+def _object_from_dict(value: Any, where: str) -> ObjectEntry:
+    obj = _fields(value, where, _OBJECT_FIELDS)
+    name = _name("object name", obj["name"], f"{where}.name")
+    if name == MANIFEST_NAME:
+        raise ManifestError(f"manifest field {where}.name may not be {MANIFEST_NAME}.")
+    tenant = obj["tenant_id"]
+    if tenant is not None:
+        tenant = _str(tenant, f"{where}.tenant_id", max_len=255)
+    tables = tuple(
+        _table_from_dict(item, f"{where}.tables[{i}]")
+        for i, item in enumerate(_list(obj["tables"], f"{where}.tables"))
+    )
+    if len({t.name for t in tables}) != len(tables):
+        raise ManifestError(f"manifest field {where}.tables lists a table twice.")
+    entry = ObjectEntry(
+        name=name,
+        tenant_id=tenant,
+        tables=tables,
+        plaintext_bytes=_int(obj["plaintext_bytes"], f"{where}.plaintext_bytes"),
+        plaintext_sha256=_sha(obj["plaintext_sha256"], f"{where}.plaintext_sha256"),
+        compressed_bytes=_int(obj["compressed_bytes"], f"{where}.compressed_bytes"),
+        ciphertext_bytes=_int(obj["ciphertext_bytes"], f"{where}.ciphertext_bytes"),
+        sha256=_sha(obj["sha256"], f"{where}.sha256"),
+    )
+    if sum(t.bytes for t in tables) != entry.plaintext_bytes:
+        raise ManifestError(
+            f"manifest field {where}.plaintext_bytes is not the sum of its tables' bytes."
+        )
+    return entry
+
+
+def _table_from_dict(value: Any, where: str) -> TableEntry:
+    table = _fields(value, where, _TABLE_FIELDS)
+    columns = tuple(
+        _str(col, f"{where}.columns[{i}]", max_len=255)
+        for i, col in enumerate(_list(table["columns"], f"{where}.columns"))
+    )
+    if not columns:
+        raise ManifestError(f"manifest field {where}.columns must not be empty.")
+    return TableEntry(
+        name=_str(table["name"], f"{where}.name", max_len=255),
+        columns=columns,
+        row_count=_int(table["row_count"], f"{where}.row_count"),
+        bytes=_int(table["bytes"], f"{where}.bytes"),
+        sha256=_sha(table["sha256"], f"{where}.sha256"),
+    )
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "NON_TENANT_OBJECT_NAME",
+    "BackupIntegrityError",
+    "DatabaseIdentity",
+    "Manifest",
+    "ManifestError",
+    "ObjectEntry",
+    "SchemaVersion",
+    "TableEntry",
+    "backup_folder",
+    "canonical_json",
+    "load_manifest",
+    "manifest_to_dict",
+    "new_backup_id",
+    "rewrap_manifest",
+    "sign_manifest",
+    "tenant_object_name",
+    "unwrap_data_key",
+]

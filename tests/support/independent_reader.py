@@ -1,0 +1,107 @@
+"""A second, independent implementation of the backup reader, written only from
+``docs/backup-format.md``.
+
+It imports nothing from ``hardening_pipeline``: if the project's writer and this reader agree,
+the document is precise enough to decrypt a backup without the project. Keep it that way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import struct
+
+import zstandard
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+
+class ReaderError(Exception):
+    pass
+
+
+def hkdf(ikm: bytes, info: str, n: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=n, salt=None, info=info.encode()).derive(ikm)
+
+
+def key_id(master: bytes) -> str:
+    return hkdf(master, "hardening-pipeline backup v1 key-id", 8).hex()
+
+
+def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
+    doc = json.loads(raw)
+    mac = doc.pop("hmac_sha256")
+    by_id = {key_id(m): m for m in masters}
+    if doc["key_id"] not in by_id:
+        raise ReaderError(f"no key for key id {doc['key_id']}")
+    master = by_id[doc["key_id"]]
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    mac_key = hkdf(master, "hardening-pipeline backup v1 manifest-mac-key")
+    if not hmac.compare_digest(hmac.new(mac_key, body, "sha256").hexdigest(), mac):
+        raise ReaderError("manifest MAC mismatch")
+    full = dict(doc, hmac_sha256=mac)
+    canonical = json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if canonical.encode() != raw:
+        raise ReaderError("manifest not canonical")
+    wrapped = base64.b64decode(doc["wrapped_data_key"])
+    aad = b"hardening-pipeline backup v1 data-key\x00" + doc["backup_id"].encode()
+    wrap_key = hkdf(master, "hardening-pipeline backup v1 wrap-key")
+    doc["_data_key"] = AESGCM(wrap_key).decrypt(wrapped[:12], wrapped[12:], aad)
+    return doc
+
+
+def read_object(blob: bytes, doc: dict, entry: dict) -> bytes:
+    data_key = doc["_data_key"]
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise ReaderError("object sha256 mismatch")
+    if len(blob) != entry["ciphertext_bytes"]:
+        raise ReaderError("object size mismatch")
+    if blob[:10] != b"HPBACKUP\x01\x01":
+        raise ReaderError("bad magic/version/compression")
+    (seg,) = struct.unpack(">I", blob[10:14])
+    if blob[14:22] != hkdf(data_key, "hardening-pipeline backup v1 data-key-id", 8):
+        raise ReaderError("data key id mismatch")
+    prefix = blob[22:29]
+    l1 = blob[29]
+    backup_id = blob[30 : 30 + l1].decode("ascii")
+    l2 = blob[30 + l1]
+    name = blob[31 + l1 : 31 + l1 + l2].decode("ascii")
+    if (backup_id, name) != (doc["backup_id"], entry["name"]):
+        raise ReaderError("object belongs elsewhere")
+    header, rest = blob[: 31 + l1 + l2], blob[31 + l1 + l2 :]
+    aead = AESGCM(data_key)
+    payload = bytearray()
+    i = 0
+    while True:
+        final = len(rest) <= seg + 16
+        chunk, rest = (rest, b"") if final else (rest[: seg + 16], rest[seg + 16 :])
+        nonce = prefix + struct.pack(">I", i) + (b"\x01" if final else b"\x00")
+        payload += aead.decrypt(nonce, chunk, header)
+        i += 1
+        if final:
+            break
+    if len(payload) != entry["compressed_bytes"]:
+        raise ReaderError("compressed size mismatch")
+    d = zstandard.ZstdDecompressor().decompressobj()
+    plaintext = d.decompress(bytes(payload))
+    if not d.eof or d.unused_data:
+        raise ReaderError("zstd frame incomplete or trailing data")
+    if hashlib.sha256(plaintext).hexdigest() != entry["plaintext_sha256"]:
+        raise ReaderError("plaintext sha256 mismatch")
+    return plaintext
+
+
+def split_tables(plaintext: bytes, entry: dict) -> dict[str, bytes]:
+    out, pos = {}, 0
+    for table in entry["tables"]:
+        part = plaintext[pos : pos + table["bytes"]]
+        if hashlib.sha256(part).hexdigest() != table["sha256"]:
+            raise ReaderError(f"table {table['name']} sha256 mismatch")
+        out[table["name"]] = part
+        pos += table["bytes"]
+    if pos != len(plaintext):
+        raise ReaderError("plaintext longer than its tables")
+    return out
