@@ -17,6 +17,7 @@ import pytest
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from tests.support.db import admin_connect, create_database, drop_database
+from tests.support.s3_server import s3_bucket, s3_closed_endpoint, s3_faults, s3_server  # noqa: F401
 from tests.support.slack_receiver import slack_receiver  # noqa: F401  (fixture)
 
 

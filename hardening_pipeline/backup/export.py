@@ -1,0 +1,227 @@
+"""Read a database's tenant data out of one consistent snapshot, as streams of ``COPY`` text.
+
+Everything is read inside a single ``REPEATABLE READ READ ONLY`` transaction, so every object of
+a backup shows the same instant. Rows leave Postgres through ``COPY (SELECT ... ORDER BY pk) TO
+STDOUT`` and are handed on chunk by chunk, never collected, so memory stays flat whatever the
+table size. The ordering makes each table's text, and so its SHA-256, reproducible: a restore
+re-exports the restored database with the same code and must get the same digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from hardening_pipeline.backup.manifest import DatabaseIdentity, SchemaVersion, TableEntry
+from hardening_pipeline.errors import CheckFailed
+
+# Tables the restore path manages itself or that hold no tenant data worth keeping.
+_SHARED_SCHEMAS = ("public", "hardening")
+
+_TABLES_QUERY = """
+SELECT n.nspname AS schema_name, c.relname AS table_name,
+       array_agg(a.attname ORDER BY a.attnum) AS columns,
+       bool_or(a.attname = 'tenant_id') AS has_tenant_id,
+       coalesce((SELECT array_agg(pa.attname ORDER BY k.ord)
+                 FROM pg_catalog.pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_catalog.pg_attribute pa
+                   ON pa.attrelid = i.indrelid AND pa.attnum = k.attnum
+                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}') AS primary_key
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)
+  AND NOT (c.relkind = 'r' AND c.relispartition)
+GROUP BY n.nspname, c.relname, c.oid
+ORDER BY n.nspname, c.relname
+"""
+
+_FK_QUERY = """
+SELECT c.conrelid::regclass::text AS child, c.confrelid::regclass::text AS parent
+FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
+"""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table to export: its columns in order and how its rows are scoped and sorted."""
+
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+    order_by: tuple[str, ...]
+    tenant_column: str | None
+
+    @property
+    def qualified(self) -> str:
+        return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class BackupLayout:
+    """Which tables go into each tenant's object and which into the shared object, in load order."""
+
+    tenant_tables: tuple[TableSpec, ...]
+    shared_tables: tuple[TableSpec, ...]
+
+
+def _load_order(tables: Sequence[TableSpec], edges: Sequence[tuple[str, str]]) -> list[TableSpec]:
+    """Parents before children (foreign-key order), ties broken by name for determinism."""
+    by_name = {t.qualified: t for t in tables}
+    parents: dict[str, set[str]] = {name: set() for name in by_name}
+    for child, parent in edges:
+        if child in by_name and parent in by_name:
+            parents[child].add(parent)
+    ordered: list[TableSpec] = []
+    placed: set[str] = set()
+    while len(ordered) < len(by_name):
+        ready = sorted(n for n in by_name if n not in placed and parents[n] <= placed)
+        if not ready:  # a foreign-key cycle: fall back to name order for the rest
+            ready = sorted(n for n in by_name if n not in placed)
+        for name in ready:
+            ordered.append(by_name[name])
+            placed.add(name)
+    return ordered
+
+
+def discover_layout(conn: psycopg.Connection) -> BackupLayout:
+    """Find every table to back up; a table added later is picked up without code changes."""
+    cur = conn.cursor(row_factory=tuple_row)
+    tenant, shared = [], []
+    for schema, table, columns, has_tenant_id, primary_key in cur.execute(
+        _TABLES_QUERY, (list(_SHARED_SCHEMAS),)
+    ).fetchall():
+        order_by = tuple(primary_key) or tuple(columns)
+        if schema == "public" and table == "tenants":
+            tenant.append(TableSpec(schema, table, tuple(columns), order_by, "id"))
+        elif schema == "public" and has_tenant_id and table != "audit_events":
+            tenant.append(TableSpec(schema, table, tuple(columns), order_by, "tenant_id"))
+        else:
+            shared.append(TableSpec(schema, table, tuple(columns), order_by, None))
+    edges = [tuple(r) for r in cur.execute(_FK_QUERY).fetchall()]
+    return BackupLayout(tuple(_load_order(tenant, edges)), tuple(_load_order(shared, edges)))
+
+
+def copy_out_query(table: TableSpec, tenant_id: str | None) -> sql.Composed:
+    """``COPY (SELECT cols FROM t [WHERE tenant = x] ORDER BY pk) TO STDOUT``.
+
+    COPY takes no bind parameters, so the tenant id travels as a quoted literal.
+    """
+    select = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.columns)), table.identifier()
+    )
+    if tenant_id is not None and table.tenant_column:
+        select += sql.SQL(" WHERE {} = {}").format(
+            sql.Identifier(table.tenant_column), sql.Literal(tenant_id)
+        )
+    select += sql.SQL(" ORDER BY {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.order_by))
+    )
+    return sql.SQL("COPY ({}) TO STDOUT").format(select)
+
+
+class TableStream:
+    """Iterate the COPY text of several tables in order; per-table entries fill in as it goes."""
+
+    def __init__(
+        self, conn: psycopg.Connection, tables: Sequence[TableSpec], tenant_id: str | None
+    ) -> None:
+        self._conn = conn
+        self._tables = tables
+        self._tenant_id = tenant_id
+        self.entries: list[TableEntry] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        for table in self._tables:
+            digest = hashlib.sha256()
+            size = rows = 0
+            with self._conn.cursor() as cur:
+                with cur.copy(copy_out_query(table, self._tenant_id)) as copy:
+                    for chunk in copy:
+                        data = bytes(chunk)
+                        digest.update(data)
+                        size += len(data)
+                        # COPY text escapes newlines inside values, so one newline is one row.
+                        rows += data.count(b"\n")
+                        yield data
+            self.entries.append(
+                TableEntry(
+                    name=table.qualified,
+                    columns=table.columns,
+                    row_count=rows,
+                    bytes=size,
+                    sha256=digest.hexdigest(),
+                )
+            )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """Facts read inside the snapshot that the manifest records."""
+
+    taken_at: datetime
+    database: DatabaseIdentity
+    schema: SchemaVersion
+    tenant_ids: tuple[str, ...]
+    table_totals: dict[str, int]
+
+
+def open_snapshot(conn: psycopg.Connection) -> None:
+    """Start the read-only snapshot transaction every read of this backup runs in.
+
+    ``conn`` must be a fresh, non-autocommit connection: its first statement opens the
+    transaction, and everything after it (until rollback) sees the same snapshot.
+    """
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.execute("SET LOCAL statement_timeout = 0")
+    conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+
+
+def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> SnapshotInfo:
+    """Identity, schema version, tenant list and per-table row totals, all from the snapshot."""
+    cur = conn.cursor(row_factory=tuple_row)
+    taken_at, dbname, version = cur.execute(
+        "SELECT now(), current_database(), current_setting('server_version')"
+    ).fetchone()
+    try:
+        with conn.transaction():
+            row = cur.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        system_id = str(row[0])
+    except psycopg.errors.InsufficientPrivilege:
+        system_id = "unknown"
+    migrations = cur.execute(
+        "SELECT filename, sha256 FROM hardening.schema_migrations ORDER BY filename"
+    ).fetchall()
+    if not migrations:
+        raise CheckFailed(
+            "the database has no migrations applied; run `hardening migrate` before backing up."
+        )
+    tenant_ids = tuple(str(r[0]) for r in cur.execute("SELECT id FROM public.tenants ORDER BY id"))
+    totals = {}
+    for table in (*layout.tenant_tables, *layout.shared_tables):
+        totals[table.qualified] = cur.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(table.identifier())
+        ).fetchone()[0]
+    return SnapshotInfo(
+        taken_at=taken_at,
+        database=DatabaseIdentity(system_id, dbname, version),
+        schema=SchemaVersion(
+            last_migration=migrations[-1][0],
+            last_migration_sha256=migrations[-1][1],
+            applied_migrations=tuple(m[0] for m in migrations),
+        ),
+        tenant_ids=tenant_ids,
+        table_totals=totals,
+    )
