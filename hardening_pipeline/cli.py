@@ -168,5 +168,127 @@ def seed(
     )
 
 
+@main.command()
+def keygen() -> None:
+    """Print a new BACKUP_ENCRYPTION_KEY (base64 of 32 random bytes)."""
+    from hardening_pipeline.backup.crypto import generate_master_key_b64
+
+    console.print(generate_master_key_b64())
+    err_console.print(
+        "[dim]export it as BACKUP_ENCRYPTION_KEY and keep a copy off this machine; "
+        "move the old key to BACKUP_ENCRYPTION_KEYS_PREVIOUS when rotating.[/]"
+    )
+
+
+def _keyring_and_store(ctx: Context):
+    """Key first, store second, database last: bad configuration stops before any data is read."""
+    from hardening_pipeline.backup.crypto import keyring_from_settings
+    from hardening_pipeline.backup.store import open_store
+
+    settings = ctx.settings
+    keyring = keyring_from_settings(settings)
+    if keyring.local_key_created:
+        err_console.print(
+            f"[yellow]warning:[/] BACKUP_ENCRYPTION_KEY is not set, so a local key was generated "
+            f"at {keyring.local_key_path} for the embedded demo database; backups are only "
+            "restorable with that file. Set BACKUP_ENCRYPTION_KEY for real use."
+        )
+    store = open_store(
+        settings.effective_store_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
+    return keyring, store
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Export, compress and encrypt, but store nothing.")
+@pass_context
+@friendly_errors
+def backup(ctx: Context, dry_run: bool) -> None:
+    """Take an encrypted backup: one object per tenant, manifest last."""
+    from rich.progress import Progress
+
+    from hardening_pipeline.backup.nightly import run_backup
+
+    keyring, store = _keyring_and_store(ctx)
+    url = ctx.database_url
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("backing up", total=None)
+        result = run_backup(
+            url,
+            store,
+            keyring,
+            dry_run=dry_run,
+            on_object=lambda name, done, total: progress.update(
+                task, completed=done, total=total, description=f"backing up {name}"
+            ),
+        )
+    mb = 1024 * 1024
+    rate = result.plaintext_bytes / mb / result.seconds if result.seconds else 0.0
+    table = Table(title=f"backup {result.backup_id}", title_justify="left", show_header=False)
+    table.add_row("location", result.location + (" (dry run: nothing stored)" if dry_run else ""))
+    table.add_row("snapshot taken", result.manifest.created_at.isoformat(timespec="seconds"))
+    table.add_row("objects", f"{len(result.manifest.objects)} (one per tenant + shared)")
+    table.add_row("rows", f"{result.rows:,}")
+    table.add_row("exported", f"{result.plaintext_bytes / mb:,.1f} MiB")
+    table.add_row("stored", f"{result.ciphertext_bytes / mb:,.1f} MiB encrypted")
+    table.add_row("duration", f"{result.seconds:.1f}s ({rate:,.0f} MiB/s)")
+    table.add_row("key id", result.manifest.key_id)
+    console.print(table)
+    if dry_run:
+        console.print("[yellow]dry run:[/] everything ran except writing to the store.")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be kept and deleted, and why.")
+@click.option("--keep-daily", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=12, show_default=True)
+@click.option("--keep-monthly", type=click.IntRange(min=0), default=12, show_default=True)
+@pass_context
+@friendly_errors
+def retention(
+    ctx: Context, dry_run: bool, keep_daily: int, keep_weekly: int, keep_monthly: int
+) -> None:
+    """Keep 30 daily / 12 weekly / 12 monthly backups (restic's rules); delete the rest."""
+    from hardening_pipeline.backup.prune import apply_retention
+    from hardening_pipeline.backup.retention import RetentionPolicy
+
+    keyring, store = _keyring_and_store(ctx)
+    policy = RetentionPolicy(daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
+    outcome = apply_retention(store, keyring, policy, dry_run=dry_run)
+    table = Table(title=f"retention on {store.describe()}", title_justify="left")
+    for column in ("backup", "taken at", "decision", "why"):
+        table.add_column(column)
+    for kept in outcome.plan.keep:
+        table.add_row(
+            kept.backup_id,
+            kept.created_at.isoformat(timespec="seconds"),
+            "[green]keep[/]",
+            ", ".join(kept.reasons),
+        )
+    verb = "would delete" if dry_run else "deleted"
+    for ref in outcome.plan.delete:
+        table.add_row(
+            ref.backup_id,
+            ref.created_at.isoformat(timespec="seconds"),
+            f"[red]{verb}[/]",
+            "not selected by any rule",
+        )
+    for debris in outcome.debris:
+        table.add_row(
+            debris.backup_id,
+            "",
+            f"[red]{verb}[/]",
+            "incomplete: no manifest after the grace period",
+        )
+    console.print(table)
+    console.print(
+        f"{len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} {verb}, "
+        f"{len(outcome.debris)} incomplete {verb}"
+        + (" (dry run: nothing was deleted)" if dry_run else "")
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
