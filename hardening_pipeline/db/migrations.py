@@ -14,7 +14,7 @@ import hashlib
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -204,9 +204,22 @@ def apply_migrations(
     *,
     applied_by: str | None = None,
     on_applied: Callable[[str, float], None] | None = None,
+    only: Collection[str] | None = None,
 ) -> MigrationRun:
-    """Apply every pending migration in order; see the module docstring for the guarantees."""
+    """Apply every pending migration in order; see the module docstring for the guarantees.
+
+    ``only`` limits the run to the named files (a restore applies exactly the migrations its
+    backup recorded); a name that is not on disk is refused.
+    """
     files = discover_migrations(directory)
+    if only is not None:
+        missing = sorted(set(only) - {f.filename for f in files})
+        if missing:
+            raise ConfigError(
+                f"migration(s) {', '.join(missing)} are not in {directory}; use the project "
+                "version that has them."
+            )
+        files = [f for f in files if f.filename in only]
     who = applied_by or default_applied_by()
     with connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))

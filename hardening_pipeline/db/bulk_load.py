@@ -1,0 +1,164 @@
+"""Loading backed-up rows back into Postgres: the restore paths' only way to write tables.
+
+Two ways in, for two situations:
+
+* ``load_into_empty`` (restore drill, full restore into a fresh database): plain ``COPY FROM``
+  with the audit capture triggers switched off for the load, so the audit log ends up exactly as
+  it was backed up (restoring must not add audit rows) and switched back on to their original
+  ``ENABLE ALWAYS`` state before the transaction commits.
+* ``merge_tenant`` (bring one tenant's data back into a live database): rows go through staging
+  tables and ``INSERT ... ON CONFLICT DO NOTHING`` as ``service_role`` with an actor set, so the
+  restored rows are scoped, audited, and never overwrite what is there.
+
+Both run inside the caller's transaction: if any later check fails, nothing stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from hardening_pipeline.backup.manifest import TableEntry
+
+
+def _split(qualified: str) -> sql.Identifier:
+    schema, _, name = qualified.rpartition(".")
+    return sql.Identifier(schema or "public", name)
+
+
+def copy_in(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    columns: Sequence[str],
+    chunks: Iterable[bytes],
+) -> None:
+    query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for chunk in chunks:
+            copy.write(chunk)
+
+
+@dataclass
+class UserTriggers:
+    """The user triggers of some tables and their enabled state, to switch off and restore."""
+
+    states: list[tuple[str, str, str]]  # (qualified table, trigger, tgenabled)
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection, tables: Iterable[str]) -> UserTriggers:
+        names = sorted(set(tables))
+        rows = conn.cursor(row_factory=tuple_row).execute(
+            "SELECT c.oid::regclass::text, t.tgname, t.tgenabled FROM pg_catalog.pg_trigger t "
+            "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND c.oid::regclass::text = ANY(%s) ORDER BY 1, 2",
+            (names,),
+        )
+        return cls([tuple(r) for r in rows.fetchall()])
+
+    def disable(self, conn: psycopg.Connection) -> None:
+        for table, trigger, _ in self.states:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                    _split(table), sql.Identifier(trigger)
+                )
+            )
+
+    def restore(self, conn: psycopg.Connection) -> None:
+        modes = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "D": "DISABLE"}
+        for table, trigger, state in self.states:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+                    _split(table), sql.SQL(modes[state]), sql.Identifier(trigger)
+                )
+            )
+
+
+def load_into_empty(
+    conn: psycopg.Connection,
+    tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
+    *,
+    replace: Sequence[str] = (),
+) -> dict[str, int]:
+    """COPY every table in, triggers off; ``replace`` tables are emptied first. Returns bytes."""
+    loaded: dict[str, int] = {}
+    for entry, chunks in tables:
+        target = _split(entry.name)
+        if entry.name in replace and entry.name not in loaded:
+            conn.execute(sql.SQL("DELETE FROM {}").format(target))
+        counted = _counting(chunks, entry.name, loaded)
+        copy_in(conn, target, entry.columns, counted)
+    return loaded
+
+
+def _counting(chunks: Iterable[bytes], name: str, totals: dict[str, int]) -> Iterator[bytes]:
+    totals.setdefault(name, 0)
+    for chunk in chunks:
+        totals[name] += len(chunk)
+        yield chunk
+
+
+def reset_sequences(conn: psycopg.Connection, tables: Iterable[str]) -> None:
+    """Move each owned sequence past the largest restored value, so new rows never collide."""
+    query = (
+        "SELECT * FROM (SELECT c.oid::regclass::text AS t, a.attname, "
+        "pg_get_serial_sequence(c.oid::regclass::text, a.attname) AS s "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.oid::regclass::text = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped) x "
+        "WHERE s IS NOT NULL"
+    )
+    cur = conn.cursor(row_factory=tuple_row)
+    rows = cur.execute(query, (sorted(set(tables)),)).fetchall()
+    for table, column, sequence in rows:
+        conn.execute(
+            sql.SQL("SELECT setval({}, coalesce((SELECT max({}) FROM {}), 0) + 1, false)").format(
+                sql.Literal(sequence), sql.Identifier(column), _split(table)
+            )
+        )
+
+
+@dataclass
+class MergeCount:
+    """Rows offered from the backup and rows actually inserted (the rest already existed)."""
+
+    table: str
+    offered: int
+    inserted: int
+
+
+def merge_tenant(
+    conn: psycopg.Connection,
+    tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
+    *,
+    tenant_id: str,
+    actor: str,
+) -> list[MergeCount]:
+    """Insert one tenant's backed-up rows that are missing, as service_role with an actor."""
+    conn.execute("SET LOCAL ROLE service_role")
+    conn.execute(
+        "SELECT set_config('app.tenant_id', %s, true), set_config('app.actor', %s, true)",
+        (tenant_id, actor),
+    )
+    counts = []
+    for entry, chunks in tables:
+        stage = sql.Identifier(f"restore_stage_{len(counts)}")
+        target = _split(entry.name)
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stage, sql.SQL(", ").join(map(sql.Identifier, entry.columns)), target
+            )
+        )
+        copy_in(conn, stage, entry.columns, chunks)
+        cols = sql.SQL(", ").join(map(sql.Identifier, entry.columns))
+        inserted = conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                target, cols, cols, stage
+            )
+        ).rowcount
+        counts.append(MergeCount(entry.name, entry.row_count, inserted))
+    return counts

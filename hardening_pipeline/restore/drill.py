@@ -1,0 +1,407 @@
+"""The monthly restore drill: prove the newest backup can become a working database again.
+
+Stages, each timed (their sum is the recovery time, RTO):
+
+1. find   - newest backup with a verified manifest (an empty store is a failure);
+2. fetch  - download every object and compare its SHA-256 with the manifest, before decrypting;
+3. schema - the backup's migrations must all be known to this code, unchanged;
+4. load   - a throwaway Postgres (container or embedded, or ``target_dsn``), the backup's
+            migrations, then every table by COPY in dependency order, audit triggers off so the
+            audit log comes back exactly as it was; all in one transaction;
+5. verify - re-export the restored database with the backup's own exporter: every table's row
+            count and SHA-256 must equal the manifest; canaries clean; RLS still isolates;
+6. tests  - ``pytest -m drill`` pointed at the restored database.
+
+Anything that cannot be verified is a failure, never a pass. The throwaway database is removed
+whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
+from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
+from hardening_pipeline.backup.export import TableStream, discover_layout
+from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
+from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.db.bulk_load import UserTriggers, load_into_empty, reset_sequences
+from hardening_pipeline.db.connection import connect, with_database
+from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.throwaway import throwaway_postgres
+from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.restore.reader import TableReader, fetched_backup
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DRILL_DATABASE = "restore_drill"
+# Restored as-is (not re-created by the migration runner) so the record matches the backup.
+MIGRATIONS_TABLE = "hardening.schema_migrations"
+
+
+class DrillFailure(HardeningError):
+    """A stage of the drill failed; the message says which and why."""
+
+
+@dataclass
+class Invariant:
+    """One thing the drill checked on the restored database."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class DrillResult:
+    """Everything the report, the Slack message and the Dagster asset need."""
+
+    started_at: datetime
+    stages: dict[str, float] = field(default_factory=dict)
+    invariants: list[Invariant] = field(default_factory=list)
+    backup_id: str | None = None
+    backup_created_at: datetime | None = None
+    location: str | None = None
+    tests_passed: int = 0
+    tests_failed: int = 0
+    tests_output: str = ""
+    failure: str | None = None
+    failed_stage: str | None = None
+    rows_restored: int = 0
+    target: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.failure is None
+            and bool(self.invariants)
+            and all(i.passed for i in self.invariants)
+            and self.tests_failed == 0
+            and self.tests_passed > 0
+        )
+
+    @property
+    def rto_seconds(self) -> float:
+        return sum(self.stages.values())
+
+    @property
+    def rpo_seconds(self) -> float | None:
+        if self.backup_created_at is None:
+            return None
+        return (self.started_at - self.backup_created_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "started_at": self.started_at.isoformat(),
+            "backup_id": self.backup_id,
+            "backup_created_at": self.backup_created_at.isoformat()
+            if self.backup_created_at
+            else None,
+            "backup_location": self.location,
+            "restore_target": self.target,
+            "rpo_seconds": self.rpo_seconds,
+            "rto_seconds": round(self.rto_seconds, 3),
+            "stages_seconds": {k: round(v, 3) for k, v in self.stages.items()},
+            "rows_restored": self.rows_restored,
+            "invariants": [vars(i) for i in self.invariants],
+            "drill_tests": {"passed": self.tests_passed, "failed": self.tests_failed},
+            "failed_stage": self.failed_stage,
+            "failure": self.failure,
+        }
+
+
+class _Stages:
+    """Times each stage and records which one failed."""
+
+    def __init__(self, result: DrillResult, on_stage: Callable[[str, str], None] | None) -> None:
+        self.result = result
+        self.on_stage = on_stage
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.on_stage:
+            self.on_stage(name, "started")
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.result.failed_stage = self.result.failed_stage or name
+            raise
+        finally:
+            self.result.stages[name] = time.perf_counter() - started
+        if self.on_stage:
+            self.on_stage(name, "done")
+
+
+def check_schema_known(manifest: Manifest, directory: Path = MIGRATIONS_DIR) -> None:
+    """Refuse a backup whose migrations this code does not have (or has in another version)."""
+    known = {f.filename: f.sha256 for f in discover_migrations(directory)}
+    unknown = [m for m in manifest.schema.applied_migrations if m not in known]
+    if unknown:
+        raise DrillFailure(
+            f"backup {manifest.backup_id} was made by a newer schema ({', '.join(unknown)} "
+            "unknown here); restore it with the project version that wrote it."
+        )
+    last = manifest.schema.last_migration
+    if known.get(last) != manifest.schema.last_migration_sha256:
+        raise DrillFailure(
+            f"backup {manifest.backup_id} recorded {last} with a different checksum than this "
+            "checkout's file; restore it with the project version that wrote it."
+        )
+
+
+def restore_backup_into(
+    url: str,
+    store: BackupStore,
+    backup: StoredBackup,
+    keyring: Keyring,
+) -> int:
+    """Apply the backup's migrations to the empty database at ``url`` and load every object.
+
+    Returns the number of rows loaded. One transaction: any integrity error leaves nothing.
+    """
+    manifest = backup.manifest
+    assert manifest is not None
+    data_key = unwrap_data_key(manifest, keyring)
+    apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
+    with fetched_backup(store, manifest, backup.folder) as fetched, connect(url) as conn:
+        tables = [t.name for o in manifest.objects for t in o.tables]
+        triggers = UserTriggers.read(conn, tables)
+        triggers.disable(conn)
+        # Tenant objects first (they hold each tenant's parent rows), the shared object last.
+        ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
+        for entry in ordered:
+            reader = TableReader(fetched[entry.name], manifest, data_key)
+            load_into_empty(conn, iter(reader), replace=(MIGRATIONS_TABLE,))
+        reset_sequences(conn, tables)
+        triggers.restore(conn)
+        conn.commit()
+    return sum(t.row_count for o in manifest.objects for t in o.tables)
+
+
+def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
+    """Re-export the restored database and compare every table's count and digest."""
+    mismatches: list[str] = []
+    checked = 0
+    with connect(url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        layout = discover_layout(conn)
+        specs = {t.qualified: t for t in (*layout.tenant_tables, *layout.shared_tables)}
+        for entry in manifest.objects:
+            wanted = [specs.get(t.name) for t in entry.tables]
+            missing = [t.name for t, s in zip(entry.tables, wanted, strict=True) if s is None]
+            if missing:
+                mismatches.append(f"{entry.name}: tables {', '.join(missing)} missing")
+                continue
+            stream = TableStream(conn, wanted, entry.tenant_id)  # type: ignore[arg-type]
+            for _ in stream:
+                pass
+            for recorded, restored in zip(entry.tables, stream.entries, strict=True):
+                checked += 1
+                if (recorded.row_count, recorded.sha256) != (restored.row_count, restored.sha256):
+                    mismatches.append(
+                        f"{entry.name}/{recorded.name}: {restored.row_count} rows vs "
+                        f"{recorded.row_count} in the manifest"
+                        + ("" if recorded.row_count != restored.row_count else " (content differs)")
+                    )
+        conn.rollback()
+    return [
+        Invariant(
+            "row counts and digests equal the manifest",
+            not mismatches,
+            f"{checked} tables compared" if not mismatches else "; ".join(mismatches[:10]),
+        )
+    ]
+
+
+def check_rls_isolation(url: str, manifest: Manifest, sample: int = 5) -> Invariant:
+    """As ``authenticated`` in each sampled tenant: only that tenant's rows, and all of them."""
+    problems = []
+    tenants = [o for o in manifest.objects if o.tenant_id is not None][:sample]
+    with connect(url) as conn:
+        for obj in tenants:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL ROLE authenticated")
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (obj.tenant_id,))
+                for table in obj.tables:
+                    if table.name == "tenants":
+                        continue
+                    query = sql.SQL(
+                        "SELECT count(*) FILTER (WHERE tenant_id = %s) AS own, "
+                        "count(*) FILTER (WHERE tenant_id <> %s) AS other FROM {}"
+                    ).format(sql.Identifier("public", table.name))
+                    row = conn.execute(query, (obj.tenant_id, obj.tenant_id)).fetchone()
+                    if row["other"] or row["own"] != table.row_count:
+                        problems.append(
+                            f"tenant {obj.tenant_id} sees {row['own']} own / {row['other']} "
+                            f"foreign rows in {table.name} (expected {table.row_count} / 0)"
+                        )
+    return Invariant(
+        "RLS isolates tenants on the restored database",
+        not problems and bool(tenants),
+        "; ".join(problems) if problems else f"{len(tenants)} tenant(s) checked as authenticated",
+    )
+
+
+def check_canaries(url: str) -> Invariant:
+    from hardening_pipeline.canaries.runner import run_canaries
+
+    results = run_canaries(url, names=["orphaned_messages", "tenant_misalignment"])
+    bad = [f"{r.name}: {r.error or r.count}" for r in results if not r.passed]
+    return Invariant(
+        "zero orphaned and misaligned rows",
+        not bad,
+        "; ".join(bad) if bad else "orphaned_messages = 0, tenant_misalignment = 0",
+    )
+
+
+def run_drill_tests(url: str, tests_dir: Path | None = None) -> tuple[int, int, str]:
+    """Run ``pytest -m drill`` against the restored database; returns (passed, failed, tail)."""
+    tests_dir = tests_dir or PROJECT_ROOT / "tests" / "drill"
+    with tempfile.TemporaryDirectory(prefix="hp-drill-tests-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        env = dict(os.environ, HARDENING_DRILL_DATABASE_URL=url)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-m",
+                "drill",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={junit}",
+                str(tests_dir),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+        if not junit.exists():
+            return 0, 1, tail or proc.stderr[-2000:]
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        total = int(suite.get("tests", 0))
+        failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped = int(suite.get("skipped", 0))
+        if proc.returncode not in (0, 1):
+            failed = max(failed, 1)
+        return total - failed - skipped, failed, tail
+
+
+@contextlib.contextmanager
+def _target_database(target_dsn: str | None) -> Iterator[tuple[str, str]]:
+    """Yield (url of an empty database, description); the throwaway server is always removed."""
+    if target_dsn:
+        with connect(target_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(DRILL_DATABASE)
+                )
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DATABASE)))
+        url = with_database(target_dsn, DRILL_DATABASE)
+        try:
+            yield url, "the provided Postgres (database restore_drill)"
+        finally:
+            with connect(target_dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(DRILL_DATABASE)
+                    )
+                )
+        return
+    with throwaway_postgres() as server_url:
+        with connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DATABASE)))
+        yield with_database(server_url, DRILL_DATABASE), "a throwaway Postgres"
+
+
+def run_restore_drill(
+    store: BackupStore,
+    keyring: Keyring,
+    *,
+    backup_id: str | None = None,
+    target_dsn: str | None = None,
+    run_tests: bool = True,
+    on_stage: Callable[[str, str], None] | None = None,
+    now: datetime | None = None,
+) -> DrillResult:
+    """Run the whole drill; never raises for a drill failure, returns a failed result instead."""
+    result = DrillResult(started_at=now or datetime.now(UTC))
+    stages = _Stages(result, on_stage)
+    try:
+        with stages.stage("find"):
+            catalog = list_backups(store, keyring, now=result.started_at)
+            backup = find_backup(catalog, backup_id)
+            manifest = backup.manifest
+            assert manifest is not None
+            result.backup_id = manifest.backup_id
+            result.backup_created_at = manifest.created_at
+            result.location = store.describe() + "/" + backup.folder.rstrip("/")
+        with stages.stage("schema"):
+            check_schema_known(manifest)
+        with _target_database(target_dsn) as (url, description):
+            result.target = description
+            with stages.stage("restore"):
+                result.rows_restored = restore_backup_into(url, store, backup, keyring)
+            with stages.stage("verify"):
+                result.invariants.extend(compare_with_manifest(url, manifest))
+                result.invariants.append(check_canaries(url))
+                result.invariants.append(check_rls_isolation(url, manifest))
+                result.invariants.extend(status_invariants(url))
+            if run_tests:
+                with stages.stage("tests"):
+                    passed, failed, output = run_drill_tests(url)
+                    result.tests_passed, result.tests_failed = passed, failed
+                    result.tests_output = output
+    except (NoBackupError, BackupIntegrityError, DrillFailure, StoreError) as exc:
+        result.failure = str(exc)
+    except HardeningError as exc:
+        result.failure = f"{type(exc).__name__}: {exc}"
+    except psycopg.Error as exc:
+        result.failure = f"database error during the drill: {str(exc).strip().splitlines()[0]}"
+    if result.failure is None and not run_tests:
+        result.failure = "the drill tests were not run, so the restore could not be verified"
+    return result
+
+
+def status_invariants(url: str) -> list[Invariant]:
+    """The hardening status check must be all green on the restored database."""
+    try:
+        from hardening_pipeline.hardening.status_check import run_status_check
+    except ImportError:  # pragma: no cover - the status checker ships with the project
+        return [Invariant("status check green", False, "status checker is not installed")]
+    report = run_status_check(url)
+    red = [line.name for line in report.lines if not line.passed]
+    return [
+        Invariant(
+            "status check all green on the restored database",
+            not red,
+            "red: " + ", ".join(red) if red else f"{len(report.lines)} checks green",
+        )
+    ]
+
+
+def result_json(result: DrillResult) -> str:
+    return json.dumps(result.to_json(), indent=2, sort_keys=True)
