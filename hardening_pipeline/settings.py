@@ -88,10 +88,10 @@ def _check_url(name: str, value: str | None, schemes: tuple[str, ...]) -> None:
         )
 
 
-def _check_database_url(value: str | None) -> None:
+def check_database_url(value: str | None, name: str = ENV_DATABASE_URL) -> None:
     """Accept a postgres:// URL or a libpq ``key=value`` string, as libpq itself does."""
     if value is None or "://" in value:
-        _check_url(ENV_DATABASE_URL, value, ("postgres", "postgresql"))
+        _check_url(name, value, ("postgres", "postgresql"))
         return
     import psycopg
 
@@ -99,7 +99,7 @@ def _check_database_url(value: str | None) -> None:
         psycopg.conninfo.conninfo_to_dict(value)
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
-            f"{ENV_DATABASE_URL} is neither a postgresql:// URL nor a libpq key=value string "
+            f"{name} is neither a postgresql:// URL nor a libpq key=value string "
             f"({str(exc).strip()}); fix the variable or unset it to use the embedded database."
         ) from exc
 
@@ -108,7 +108,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
     env = os.environ if environ is None else environ
     database_url = _clean(env, ENV_DATABASE_URL)
-    _check_database_url(database_url)
+    check_database_url(database_url)
     store_url = _clean(env, ENV_STORE_URL)
     _check_url(ENV_STORE_URL, store_url, ("s3", "file"))
     if store_url and store_url.startswith("s3://") and not urlparse(store_url).netloc:

@@ -5,12 +5,14 @@ Stages, each timed (their sum is the recovery time, RTO):
 1. find   - newest backup with a verified manifest (an empty store is a failure);
 2. fetch  - download every object and compare its SHA-256 with the manifest, before decrypting;
 3. schema - the backup's migrations must all be known to this code, unchanged;
-4. load   - a throwaway Postgres (container or embedded, or ``target_dsn``), the backup's
-            migrations, then every table by COPY in dependency order, audit triggers off so the
-            audit log comes back exactly as it was; all in one transaction;
-5. verify - re-export the restored database with the backup's own exporter: every table's row
-            count and SHA-256 must equal the manifest; canaries clean; RLS still isolates;
-6. tests  - ``pytest -m drill`` pointed at the restored database.
+4. restore - a throwaway Postgres (container or embedded, or ``target_dsn``), the backup's
+             migrations, then every table by COPY in dependency order, audit triggers off so
+             the audit log comes back exactly as it was; all in one transaction;
+5. verify  - re-export the restored database with the backup's own exporter: every table's
+             row count and SHA-256 must equal the manifest;
+6. upgrade - apply this checkout's newer migrations, as a real recovery would;
+7. checks  - canaries clean, RLS still isolates, the status check all green;
+8. tests   - ``pytest -m drill`` pointed at the restored database.
 
 Anything that cannot be verified is a failure, never a pass. The throwaway database is removed
 whatever happens.
@@ -83,6 +85,7 @@ class DrillResult:
     failed_stage: str | None = None
     rows_restored: int = 0
     target: str = ""
+    upgraded_with: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -118,6 +121,7 @@ class DrillResult:
             "rto_seconds": round(self.rto_seconds, 3),
             "stages_seconds": {k: round(v, 3) for k, v in self.stages.items()},
             "rows_restored": self.rows_restored,
+            "migrations_applied_after_restore": self.upgraded_with,
             "invariants": [vars(i) for i in self.invariants],
             "drill_tests": {"passed": self.tests_passed, "failed": self.tests_failed},
             "failed_stage": self.failed_stage,
@@ -367,6 +371,12 @@ def run_restore_drill(
                 result.rows_restored = restore_backup_into(url, store, backup, keyring)
             with stages.stage("verify"):
                 result.invariants.extend(compare_with_manifest(url, manifest))
+            with stages.stage("upgrade"):
+                # Newer migrations of this checkout, applied after the digests were compared:
+                # proves the backup is usable with the code that would restore it today.
+                upgraded = apply_migrations(url, applied_by="restore drill upgrade")
+                result.upgraded_with = upgraded.applied
+            with stages.stage("checks"):
                 result.invariants.append(check_canaries(url))
                 result.invariants.append(check_rls_isolation(url, manifest))
                 result.invariants.extend(status_invariants(url))
