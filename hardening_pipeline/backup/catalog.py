@@ -148,9 +148,21 @@ def list_backups(
     return BackupCatalog(valid, incomplete, invalid, foreign)
 
 
-def find_backup(catalog: BackupCatalog, backup_id: str | None) -> StoredBackup:
-    """The named backup, or the newest valid one; a clear error when there is none."""
+def find_backup(
+    catalog: BackupCatalog, backup_id: str | None, *, newest_must_be_valid: bool = False
+) -> StoredBackup:
+    """The named backup, or the newest valid one; a clear error when there is none.
+
+    With ``newest_must_be_valid`` (the restore drill) a newest backup that fails verification is
+    an error in itself: quietly drilling an older one would hide that last night's is broken.
+    """
     if backup_id is None:
+        newest_any = max((*catalog.valid, *catalog.invalid), key=lambda b: b.folder, default=None)
+        if newest_must_be_valid and newest_any is not None and newest_any.state == "invalid":
+            raise NoBackupError(
+                f"the newest backup {newest_any.backup_id} cannot be trusted: "
+                f"{(newest_any.problem or '').rstrip('.')}."
+            )
         if catalog.newest is None:
             raise NoBackupError(
                 "the backup store holds no backup with a valid manifest; run `hardening backup` "
@@ -162,7 +174,8 @@ def find_backup(catalog: BackupCatalog, backup_id: str | None) -> StoredBackup:
             return backup
     for backup in catalog.invalid:
         if backup.backup_id == backup_id:
-            raise NoBackupError(f"backup {backup_id} cannot be trusted: {backup.problem}.")
+            problem = (backup.problem or "").rstrip(".")
+            raise NoBackupError(f"backup {backup_id} cannot be trusted: {problem}.")
     raise NoBackupError(
         f"no backup with id {backup_id} and a valid manifest is in the store; list them with "
         "`hardening retention --dry-run`."

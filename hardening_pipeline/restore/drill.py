@@ -357,7 +357,7 @@ def run_restore_drill(
     try:
         with stages.stage("find"):
             catalog = list_backups(store, keyring, now=result.started_at)
-            backup = find_backup(catalog, backup_id)
+            backup = find_backup(catalog, backup_id, newest_must_be_valid=True)
             manifest = backup.manifest
             assert manifest is not None
             result.backup_id = manifest.backup_id
