@@ -79,6 +79,60 @@ class UserTriggers:
             )
 
 
+@dataclass
+class DeferredKeys:
+    """Keys and indexes of some tables, dropped for a bulk load and rebuilt after it.
+
+    Checking four foreign keys and updating every index row by row is what makes a naive
+    restore slow; building them once over the loaded data (as pg_restore does) is several
+    times faster, and re-adding a foreign key validates every row, so nothing goes unchecked.
+    """
+
+    constraints: list[tuple[str, str, str, str]]  # (table, name, type, definition)
+    indexes: list[tuple[str, str]]  # (index name, definition)
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection, tables: Iterable[str]) -> DeferredKeys:
+        names = sorted(set(tables))
+        cur = conn.cursor(row_factory=tuple_row)
+        constraints = cur.execute(
+            "SELECT c.conrelid::regclass::text, c.conname, c.contype, "
+            "pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c "
+            "WHERE c.contype IN ('p', 'u', 'f') AND c.conrelid::regclass::text = ANY(%s) "
+            "ORDER BY c.contype = 'f', 1, 2",
+            (names,),
+        ).fetchall()
+        indexes = cur.execute(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
+            "FROM pg_catalog.pg_index i WHERE i.indrelid::regclass::text = ANY(%s) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c "
+            "WHERE c.conindid = i.indexrelid AND c.contype IN ('p', 'u', 'x')) ORDER BY 1",
+            (names,),
+        ).fetchall()
+        return cls([tuple(r) for r in constraints], [tuple(r) for r in indexes])
+
+    def drop(self, conn: psycopg.Connection) -> None:
+        for table, name, _, _ in sorted(self.constraints, key=lambda c: c[2] != "f"):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    _split(table), sql.Identifier(name)
+                )
+            )
+        for name, _ in self.indexes:
+            conn.execute(sql.SQL("DROP INDEX {}").format(_split(name)))
+
+    def rebuild(self, conn: psycopg.Connection) -> None:
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for table, name, _, definition in sorted(self.constraints, key=lambda c: c[2] == "f"):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                    _split(table), sql.Identifier(name), sql.SQL(definition)
+                )
+            )
+        for _, definition in self.indexes:
+            conn.execute(sql.SQL(definition))
+
+
 def load_into_empty(
     conn: psycopg.Connection,
     tables: Iterator[tuple[TableEntry, Iterator[bytes]]],

@@ -42,7 +42,12 @@ from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
 from hardening_pipeline.backup.export import TableStream, discover_layout
 from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
-from hardening_pipeline.db.bulk_load import UserTriggers, load_into_empty, reset_sequences
+from hardening_pipeline.db.bulk_load import (
+    DeferredKeys,
+    UserTriggers,
+    load_into_empty,
+    reset_sequences,
+)
 from hardening_pipeline.db.connection import connect, with_database
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
@@ -186,12 +191,15 @@ def restore_backup_into(
     with fetched_backup(store, manifest, backup.folder) as fetched, connect(url) as conn:
         tables = [t.name for o in manifest.objects for t in o.tables]
         triggers = UserTriggers.read(conn, tables)
+        keys = DeferredKeys.read(conn, tables)
         triggers.disable(conn)
+        keys.drop(conn)
         # Tenant objects first (they hold each tenant's parent rows), the shared object last.
         ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
         for entry in ordered:
             reader = TableReader(fetched[entry.name], manifest, data_key)
             load_into_empty(conn, iter(reader), replace=(MIGRATIONS_TABLE,))
+        keys.rebuild(conn)
         reset_sequences(conn, tables)
         triggers.restore(conn)
         conn.commit()
