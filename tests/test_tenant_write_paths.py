@@ -8,46 +8,14 @@ matching nothing.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
+from hardening_pipeline.db.write_paths import direct_tenant_writes, offending_lines
 from hardening_pipeline.seed import seed_demo_data
-
-PACKAGE = Path(__file__).resolve().parents[1] / "hardening_pipeline"
-ALLOWED = {PACKAGE / "db"}
-TENANT_TABLES = "tenants|developments|units|messages|onboarding_attempts|audit_events"
-_WRITE_VERB = r"(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|COPY|TRUNCATE(?:\s+TABLE)?|MERGE\s+INTO)"
-_QUOTE = r'\\?"?'  # a quote, possibly escaped inside a Python string
-_TARGET = rf"(?:{_QUOTE}public{_QUOTE}\s*\.\s*)?{_QUOTE}(?:{TENANT_TABLES}){_QUOTE}\b"
-NAMED_WRITE = re.compile(rf"\b{_WRITE_VERB}\s+(?:ONLY\s+)?{_TARGET}", re.IGNORECASE)
-DYNAMIC_WRITE = re.compile(rf"\b{_WRITE_VERB}\s+(?:ONLY\s+)?\{{\w*\}}", re.IGNORECASE)
-
-
-def offending_lines(text: str) -> list[str]:
-    found = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if NAMED_WRITE.search(line) or DYNAMIC_WRITE.search(line):
-            found.append(f"{number}: {line.strip()}")
-    return found
-
-
-def modules_outside_db() -> list[Path]:
-    return [
-        p
-        for p in PACKAGE.rglob("*.py")
-        if not any(p.is_relative_to(allowed) for allowed in ALLOWED)
-    ]
 
 
 def test_no_module_outside_db_writes_tenant_tables_directly():
-    problems = {
-        str(p.relative_to(PACKAGE)): lines
-        for p in modules_outside_db()
-        if (lines := offending_lines(p.read_text()))
-    }
-    assert problems == {}
+    assert direct_tenant_writes() == {}
 
 
 @pytest.mark.parametrize(
@@ -99,3 +67,14 @@ def test_seeding_twice_continues_numbering(db_url, admin):
     seed_demo_data(db_url, tenants=1, messages_per_unit=0)
     slugs = [r["slug"] for r in admin.execute("SELECT slug FROM tenants ORDER BY slug")]
     assert slugs == ["demo-00001", "demo-00002"]
+
+
+def test_a_planted_module_outside_db_is_reported(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "db").mkdir(parents=True)
+    (package / "db" / "ok.py").write_text('Q = "INSERT INTO messages VALUES (1)"\n')
+    (package / "jobs").mkdir()
+    (package / "jobs" / "sneaky.py").write_text('Q = "UPDATE units SET label = 1"\n')
+    assert direct_tenant_writes(package) == {
+        "jobs/sneaky.py": ['1: Q = "UPDATE units SET label = 1"']
+    }
