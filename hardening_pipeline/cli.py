@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migrations import apply_migrations, migration_status
-from hardening_pipeline.errors import CheckFailed, ConfigError
+from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 from hardening_pipeline.settings import Settings, load_settings
 
 console = Console(highlight=False)
@@ -42,6 +43,10 @@ def friendly_errors(func: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}")
             sys.exit(EXIT_USAGE)
         except CheckFailed as exc:
+            err_console.print(f"[bold red]failed:[/] {exc}")
+            sys.exit(EXIT_RED)
+        except HardeningError as exc:
+            # The store or a backup object failed (network, corruption): red, not a traceback.
             err_console.print(f"[bold red]failed:[/] {exc}")
             sys.exit(EXIT_RED)
 
@@ -355,6 +360,162 @@ def restore(
         table.add_row(c.table, str(c.offered), str(c.inserted), str(c.offered - c.inserted))
     console.print(table)
     console.print(f"restored {result.inserted} row(s); audited as restore:{result.backup_id}")
+
+
+@main.command()
+@click.option(
+    "--only",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this canary (repeatable); default all of sql/canaries.",
+)
+@click.option("--no-alert", is_flag=True, help="Print only; send no Slack alert.")
+@pass_context
+@friendly_errors
+def canaries(ctx: Context, names: tuple[str, ...], no_alert: bool) -> None:
+    """Run the SQL canaries read-only; exit 1 if any finds something (alerts Slack once)."""
+    from hardening_pipeline.alerts.slack import SlackNotifier
+    from hardening_pipeline.canaries import alert_canaries, run_canaries
+
+    url = ctx.database_url
+    results = run_canaries(url, names=names or None)
+    table = Table(title="canaries", title_justify="left")
+    table.add_column("canary", no_wrap=True)
+    for column in ("table", "severity", "result", "count", "tenants", "sample ids"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.summary()}"
+        table.add_row(
+            r.name,
+            r.table,
+            r.severity.upper(),
+            verdict,
+            str(r.count),
+            ", ".join(r.tenants[:3]) + (" …" if len(r.tenants) > 3 else ""),
+            ", ".join(r.samples[:3]),
+        )
+    console.print(table)
+    red = [r for r in results if not r.passed]
+    for r in red:
+        console.print(
+            f"[red]{r.name}[/]: investigate with sql/canaries/{r.name}.sql; "
+            f"runbook {r.runbook_link}"
+        )
+    if not no_alert:
+        notifier = SlackNotifier(ctx.settings.slack_webhook_url)
+        outcomes = alert_canaries(url, results, notifier)
+        for o in outcomes:
+            if o.undelivered:
+                err_console.print(f"[yellow]alert for {o.key} NOT delivered:[/] {o.detail}")
+    if red:
+        raise CheckFailed(f"{len(red)} canary(ies) failed: {', '.join(r.name for r in red)}.")
+
+
+@main.command()
+@click.option("--no-alert", is_flag=True, help="Print and write the report; send no Slack alert.")
+@pass_context
+@friendly_errors
+def status(ctx: Context, no_alert: bool) -> None:
+    """Check every hardening guarantee; write a Markdown+JSON report; exit 1 if any is red."""
+    from hardening_pipeline.alerts.slack import SlackNotifier
+    from hardening_pipeline.hardening.alerts import alert_status
+    from hardening_pipeline.hardening.report import write_report
+    from hardening_pipeline.hardening.status_check import run_status_check
+
+    url = ctx.database_url
+    report = run_status_check(url)
+    table = Table(title=f"hardening status: {report.database}", title_justify="left")
+    table.add_column("")
+    table.add_column("check", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for line in report.lines:
+        if line.passed:
+            table.add_row("[green]✔[/]", line.name, f"[dim]{line.detail}[/]")
+        else:
+            table.add_row(
+                "[bold red]✘[/]",
+                f"[red]{line.name}[/]",
+                f"{line.detail}\n[yellow]fix:[/] {line.fix}\n"
+                f"[dim]runbook: docs/runbook.md#{line.runbook_anchor}[/]",
+            )
+    console.print(table)
+    files = write_report(report, ctx.settings.reports_dir)
+    console.print(f"report: {files.markdown} and {files.json}")
+    if not no_alert:
+        notifier = SlackNotifier(ctx.settings.slack_webhook_url)
+        outcome = alert_status(url, report, notifier, report_path=str(files.markdown))
+        if outcome.undelivered:
+            err_console.print(f"[yellow]status alert NOT delivered:[/] {outcome.detail}")
+    if not report.passed:
+        raise CheckFailed(
+            f"{len(report.red)} of {len(report.lines)} checks are red: "
+            f"{', '.join(line.name for line in report.red)}."
+        )
+
+
+@main.command()
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Do not upload to the configured store (the drill uses a temporary local copy).",
+)
+@click.option(
+    "--out",
+    "out_root",
+    type=click.Path(path_type=Path),
+    default=Path("evidence"),
+    show_default=True,
+    help="Folder the evidence/<timestamp>/ bundle goes into.",
+)
+@pass_context
+@friendly_errors
+def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
+    """Run everything an auditor asked for and write evidence/<timestamp>/ with SUMMARY.md."""
+    from rich.live import Live
+
+    from hardening_pipeline.evidence import run_evidence
+
+    rows: dict[str, tuple[str, float]] = {}
+
+    def render() -> Table:
+        table = Table(title="hardening evidence", title_justify="left")
+        for column in ("stage", "state", "seconds"):
+            table.add_column(column)
+        colours = {"passed": "green", "failed": "red", "started": "yellow"}
+        for name, (state, secs) in rows.items():
+            shown = "running" if state == "started" else state
+            table.add_row(name, f"[{colours[state]}]{shown}[/]", f"{secs:.1f}" if secs else "")
+        return table
+
+    settings = ctx.settings
+    if settings.uses_embedded_database:
+        err_console.print(f"[dim]using the embedded database in {settings.state_dir}/[/]")
+    with Live(render(), console=console, transient=False, auto_refresh=False) as live:
+
+        def on_stage(name: str, state: str, secs: float) -> None:
+            rows[name] = (state, secs)
+            live.update(render(), refresh=True)
+
+        result = run_evidence(
+            settings, out_root=out_root, dry_run_upload=dry_run, on_stage=on_stage
+        )
+    console.print()
+    if result.local_key_created:
+        err_console.print(
+            f"[yellow]warning:[/] BACKUP_ENCRYPTION_KEY is not set, so a local key was generated "
+            f"at {result.local_key_created} for the embedded demo database; backups are only "
+            "restorable with that file. Set BACKUP_ENCRYPTION_KEY for real use."
+        )
+    summary = Table(title="task list", title_justify="left")
+    for column in ("item", "result", "proof"):
+        summary.add_column(column)
+    for item, title, green, proof in result.summary_lines:
+        summary.add_row(f"{item} {title}", "[green]green[/]" if green else "[red]red[/]", proof)
+    console.print(summary)
+    console.print(f"evidence: {result.folder}/SUMMARY.md")
+    if not result.passed:
+        raise CheckFailed(f"the evidence run is red; read {result.folder}/SUMMARY.md")
 
 
 if __name__ == "__main__":  # pragma: no cover
