@@ -1,12 +1,57 @@
 """The Dagster code location: assets, checks, jobs, schedules, sensors and resources."""
 
-
 import dagster as dg
 
 from hardening_pipeline.defs.assets import application_tables, database_schema
-from hardening_pipeline.defs.resources import AppDatabaseResource
+from hardening_pipeline.defs.backup import (
+    backup_retention,
+    nightly_backup,
+    nightly_backup_job,
+    nightly_backup_schedule,
+)
+from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
+from hardening_pipeline.defs.evidence import evidence_bundle, evidence_job
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+    SlackAlertsResource,
+)
+from hardening_pipeline.defs.restore import (
+    restore_drill_job,
+    restore_drill_report,
+    restore_drill_schedule,
+)
+from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.defs.status import (
+    hardening_status_report,
+    status_check_job,
+    status_check_schedule,
+)
 
 defs = dg.Definitions(
-    assets=[*application_tables, database_schema],
-    resources={"app_db": AppDatabaseResource()},
+    assets=[
+        *application_tables,
+        database_schema,
+        hardening_status_report,
+        nightly_backup,
+        backup_retention,
+        restore_drill_report,
+        evidence_bundle,
+    ],
+    asset_checks=[canary_checks],
+    jobs=[canary_job, status_check_job, nightly_backup_job, restore_drill_job, evidence_job],
+    schedules=[
+        canary_schedule,
+        status_check_schedule,
+        nightly_backup_schedule,
+        restore_drill_schedule,
+    ],
+    sensors=[slack_on_run_failure],
+    resources={
+        "app_db": AppDatabaseResource(),
+        "slack": SlackAlertsResource(),
+        "backup_store": BackupStoreResource(),
+        "encryption_keys": EncryptionKeysResource(),
+    },
 )

@@ -1,7 +1,13 @@
 """Dagster resources shared by every op: thin handles over the plain-Python core."""
 
-import dagster as dg
+from dataclasses import replace
 
+import dagster as dg
+from pydantic import Field
+
+from hardening_pipeline.alerts.slack import SlackNotifier
+from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
+from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.settings import Settings, load_settings
 
@@ -18,10 +24,72 @@ class AppDatabaseResource(dg.ConfigurableResource):
     def settings(self) -> Settings:
         settings = load_settings()
         if self.database_url:
-            from dataclasses import replace
-
             settings = replace(settings, database_url=self.database_url)
         return settings
 
     def url(self) -> str:
         return resolve_database_url(self.settings())
+
+
+# Marks a field secret in Dagster's config schema, so the UI masks it.
+_SECRET = {"dagster__is_secret": True}
+
+
+class BackupStoreResource(dg.ConfigurableResource):
+    """Where backups go: ``s3://bucket/prefix`` (Backblaze B2) or ``file:///path``.
+
+    Each field left empty follows its environment variable (BACKUP_STORE_URL,
+    BACKUP_S3_ENDPOINT_URL, BACKUP_S3_REGION), read when a run opens the store, so a deploy
+    changes the target without a code change. Credentials stay in AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY and never pass through Dagster config.
+    """
+
+    store_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+
+    def open(self) -> BackupStore:
+        settings = load_settings()
+        return open_store(
+            self.store_url or settings.effective_store_url,
+            endpoint_url=self.s3_endpoint_url or settings.s3_endpoint_url,
+            region=self.s3_region or settings.s3_region,
+            part_size=self.part_size,
+        )
+
+
+class EncryptionKeysResource(dg.ConfigurableResource):
+    """The master key that encrypts backups, plus older keys kept to read older backups.
+
+    Left empty, the keys follow BACKUP_ENCRYPTION_KEY and BACKUP_ENCRYPTION_KEYS_PREVIOUS, read
+    when a run starts. A real database without a key is refused before any data is read.
+    """
+
+    key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    previous_keys: list[str] | None = Field(default=None, json_schema_extra=_SECRET)
+
+    def keyring(self, settings: Settings | None = None) -> Keyring:
+        """Build the keyring; ``settings`` says which database it is for (embedded or real)."""
+        settings = settings or load_settings()
+        if self.key:
+            settings = replace(settings, encryption_key=self.key)
+        if self.previous_keys is not None:
+            settings = replace(settings, previous_encryption_keys=tuple(self.previous_keys))
+        return keyring_from_settings(settings)
+
+
+class SlackAlertsResource(dg.ConfigurableResource):
+    """The Slack incoming webhook alerts go to.
+
+    Left empty, it follows SLACK_WEBHOOK_URL, read when an alert is sent; with neither, alerts
+    are logged as NOT DELIVERED (and senders that track delivery try again later).
+    """
+
+    webhook_url: str | None = Field(default=None, json_schema_extra=_SECRET)
+    timeout: float = 10.0
+    max_retries: int = 3
+
+    def notifier(self) -> SlackNotifier:
+        url = self.webhook_url or load_settings().slack_webhook_url
+        return SlackNotifier(url, timeout=self.timeout, max_retries=self.max_retries)

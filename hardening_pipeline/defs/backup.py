@@ -1,0 +1,239 @@
+"""Nightly encrypted backups and their retention, as Dagster assets, job and schedule.
+
+The work itself is ``hardening_pipeline.backup`` (the same functions ``hardening backup`` and
+``hardening retention`` call); this module only hands them resources and turns their results
+into metadata. No ``from __future__ import annotations``: Dagster inspects the annotations.
+"""
+
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from hardening_pipeline.backup.nightly import BackupResult, run_backup
+from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
+from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+)
+from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+
+MIB = 1024 * 1024
+EXCLUSIVE_TAG = "hardening/exclusive"
+# Rows of the kept/deleted table in the retention metadata; the counts are always complete.
+MAX_REPORT_ROWS = 200
+
+backup_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
+
+
+class NightlyBackupConfig(dg.Config):
+    """Launch-time options of the nightly backup."""
+
+    dry_run: bool = False
+
+
+class BackupRetentionConfig(dg.Config):
+    """Launch-time options of retention; the defaults are the 30/12/12 policy."""
+
+    dry_run: bool = False
+    keep_daily: int = 30
+    keep_weekly: int = 12
+    keep_monthly: int = 12
+
+
+def check_partition_is_current(partition_key: str, today: date | None = None) -> None:
+    """Refuse partitions older than yesterday.
+
+    A backup is always of the database as it is *now*; materializing an old day's partition
+    would store today's data under a day it does not describe and mislead anyone reading the
+    partition history. The schedule asks for yesterday's partition at 02:00 UTC.
+    """
+    today = today or datetime.now(UTC).date()
+    day = date.fromisoformat(partition_key)
+    if day < today - timedelta(days=1):
+        raise dg.Failure(
+            description=(
+                f"refusing to back up partition {partition_key}: a backup always captures the "
+                f"database as it is now, so only yesterday's or today's partition can be "
+                f"materialized (today is {today.isoformat()} UTC). Launch the latest partition "
+                f"instead; old days cannot be backfilled."
+            ),
+            allow_retries=False,
+        )
+
+
+def _as_failure(exc: HardeningError, what: str) -> dg.Failure:
+    """One clear sentence in the UI; retries only for errors a second try could fix."""
+    return dg.Failure(
+        description=f"{what} failed: {exc}",
+        allow_retries=not isinstance(exc, ConfigError | CheckFailed),
+    )
+
+
+def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
+    """What an operator checks first: which backup, how big, how fast, and where it went."""
+    throughput = result.plaintext_bytes / MIB / result.seconds if result.seconds else 0.0
+    return {
+        "backup_id": dg.MetadataValue.text(result.backup_id),
+        "snapshot_at": dg.MetadataValue.timestamp(result.manifest.created_at),
+        "objects": dg.MetadataValue.int(len(result.manifest.objects)),
+        "tenants": dg.MetadataValue.int(
+            sum(1 for o in result.manifest.objects if o.tenant_id is not None)
+        ),
+        "rows": dg.MetadataValue.int(result.rows),
+        "plaintext_bytes": dg.MetadataValue.int(result.plaintext_bytes),
+        "stored_bytes": dg.MetadataValue.int(result.ciphertext_bytes),
+        "duration_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+        "throughput_mib_per_second": dg.MetadataValue.float(round(throughput, 2)),
+        "location": dg.MetadataValue.text(result.location),
+        "key_id": dg.MetadataValue.text(result.manifest.key_id),
+        "dry_run": dg.MetadataValue.bool(result.dry_run),
+    }
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    group_name="backups",
+    kinds={"postgres", "s3"},
+    description=(
+        "Encrypted backup of the application database taken at run time: one consistent "
+        "snapshot, one AES-256-GCM object per tenant plus one for the non-tenant tables, "
+        "manifest.json written last, in BACKUP_STORE_URL under <YYYY>/<MM>/<DD>/<backup-id>/. "
+        "On failure nothing is published: without a manifest the partial folder is ignored by "
+        "restores and removed by retention after a day. It fails without retry when the "
+        "encryption key is missing or malformed, when another backup is running, when rows "
+        "have no tenant (the error names the table), or when an old partition is requested; "
+        "store errors may be retried."
+    ),
+)
+def nightly_backup(
+    context: dg.AssetExecutionContext,
+    config: NightlyBackupConfig,
+    app_db: AppDatabaseResource,
+    backup_store: BackupStoreResource,
+    encryption_keys: EncryptionKeysResource,
+) -> dg.MaterializeResult:
+    check_partition_is_current(context.partition_key)
+    try:
+        # Key first, store second, database last: bad configuration stops before data is read.
+        keyring = encryption_keys.keyring(app_db.settings())
+        store = backup_store.open()
+        url = app_db.url()
+        result = run_backup(
+            url,
+            store,
+            keyring,
+            dry_run=config.dry_run,
+            on_object=lambda name, done, total: context.log.info(f"stored {name} ({done}/{total})"),
+        )
+    except HardeningError as exc:
+        raise _as_failure(exc, "the backup") from exc
+    context.log.info(
+        f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
+        f"objects to {result.location}" + (" (dry run: nothing stored)" if result.dry_run else "")
+    )
+    return dg.MaterializeResult(metadata=backup_metadata(result))
+
+
+def retention_report(outcome: RetentionOutcome) -> str:
+    """Markdown table of every decision and the rule behind it, newest first."""
+    verb = "would delete" if outcome.dry_run else "deleted"
+    lines = ["| backup | taken at (UTC) | decision | why |", "|---|---|---|---|"]
+    for kept in outcome.plan.keep:
+        taken = kept.created_at.astimezone(UTC).isoformat(timespec="seconds")
+        lines.append(f"| {kept.backup_id} | {taken} | keep | {', '.join(kept.reasons)} |")
+    for ref in outcome.plan.delete:
+        taken = ref.created_at.astimezone(UTC).isoformat(timespec="seconds")
+        lines.append(f"| {ref.backup_id} | {taken} | {verb} | not selected by any rule |")
+    for debris in outcome.debris:
+        lines.append(
+            f"| {debris.backup_id} | | {verb} | incomplete: no manifest after the grace period |"
+        )
+    if len(lines) > MAX_REPORT_ROWS + 2:
+        hidden = len(lines) - MAX_REPORT_ROWS - 2
+        lines = [*lines[: MAX_REPORT_ROWS + 2], f"\n… {hidden} more rows not shown."]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    deps=[nightly_backup],
+    group_name="backups",
+    kinds={"s3"},
+    description=(
+        "Applies the 30 daily / 12 weekly / 12 monthly retention (restic's forget rules) to the "
+        "backup store after the nightly backup succeeded. Deletes whole backups, manifest first; "
+        "removes manifest-less folders older than a day. On failure nothing is deleted: it fails "
+        "when the store cannot be listed completely or when any manifest fails verification "
+        "(altered, unknown key, dated in the future), and never deletes the newest backup."
+    ),
+)
+def backup_retention(
+    context: dg.AssetExecutionContext,
+    config: BackupRetentionConfig,
+    app_db: AppDatabaseResource,
+    backup_store: BackupStoreResource,
+    encryption_keys: EncryptionKeysResource,
+) -> dg.MaterializeResult:
+    try:
+        policy = RetentionPolicy(
+            daily=config.keep_daily, weekly=config.keep_weekly, monthly=config.keep_monthly
+        )
+        keyring = encryption_keys.keyring(app_db.settings())
+        store = backup_store.open()
+        outcome = apply_retention(store, keyring, policy, dry_run=config.dry_run)
+    except ValueError as exc:  # a negative keep count
+        raise dg.Failure(
+            description=f"retention is misconfigured: {exc}", allow_retries=False
+        ) from exc
+    except HardeningError as exc:
+        raise _as_failure(exc, "retention") from exc
+    deleted = [r.backup_id for r in outcome.plan.delete]
+    context.log.info(
+        f"retention kept {len(outcome.plan.keep)}, "
+        f"{'would delete' if outcome.dry_run else 'deleted'} {len(deleted)} backups and "
+        f"{len(outcome.debris)} incomplete folders on {store.describe()}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "kept": dg.MetadataValue.int(len(outcome.plan.keep)),
+            "deleted": dg.MetadataValue.int(len(deleted)),
+            "incomplete_removed": dg.MetadataValue.int(len(outcome.debris)),
+            "stale_uploads_aborted": dg.MetadataValue.int(outcome.stale_uploads_aborted),
+            "newest_backup": dg.MetadataValue.text(
+                outcome.plan.keep[0].backup_id if outcome.plan.keep else ""
+            ),
+            "policy": dg.MetadataValue.text(
+                f"daily {policy.daily} / weekly {policy.weekly} / monthly {policy.monthly}"
+            ),
+            "decisions": dg.MetadataValue.md(retention_report(outcome)),
+            "location": dg.MetadataValue.text(store.describe()),
+            "dry_run": dg.MetadataValue.bool(outcome.dry_run),
+        }
+    )
+
+
+nightly_backup_job = dg.define_asset_job(
+    "nightly_backup_job",
+    selection=[nightly_backup, backup_retention],
+    description="Back up the application database, then apply retention to the backup store.",
+    # dagster.yaml limits runs with this tag to one at a time across the whole instance.
+    tags={EXCLUSIVE_TAG: "backup"},
+)
+
+
+@dg.schedule(
+    job=nightly_backup_job,
+    name="nightly_backup_schedule",
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="02:00 UTC every night: back up (yesterday's partition, today's data), then prune.",
+)
+def nightly_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday's partition: the day that just ended is the one this backup closes."""
+    scheduled = context.scheduled_execution_time or datetime.now(UTC)
+    day = (scheduled.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    # The run key makes a re-evaluated tick for the same night launch nothing new.
+    return dg.RunRequest(run_key=day, partition_key=day)

@@ -1,0 +1,99 @@
+"""Canaries as asset checks on the application tables, so their state shows on each table.
+
+All the deciding happens in ``hardening_pipeline.canaries``; this turns results into
+``AssetCheckResult``s and hands them to the Slack alerting (deduplicated there). Integrity
+canaries are blocking ERROR checks; volume canaries are WARN.
+
+No ``from __future__ import annotations`` here: Dagster inspects the context annotation.
+"""
+
+import dagster as dg
+
+from hardening_pipeline.canaries import CANARIES, CanaryResult, alert_canaries, run_canaries
+from hardening_pipeline.canaries.alerts import investigation_query
+from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+
+CANARY_CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        name=spec.name,
+        asset=dg.AssetKey(["app", spec.table]),
+        description=f"Canary: fails when {spec.what_it_means} (sql/canaries/{spec.name}.sql).",
+        blocking=spec.severity == "error",
+    )
+    for spec in CANARIES.values()
+]
+
+
+def check_result(result: CanaryResult) -> dg.AssetCheckResult:
+    """One canary result as a Dagster check result with the facts an operator needs."""
+    return dg.AssetCheckResult(
+        check_name=result.name,
+        asset_key=dg.AssetKey(["app", result.table]),
+        passed=result.passed,
+        severity=(
+            dg.AssetCheckSeverity.ERROR
+            if result.severity == "error"
+            else dg.AssetCheckSeverity.WARN
+        ),
+        description=result.summary(),
+        metadata={
+            "count": dg.MetadataValue.int(result.count),
+            "tenants": dg.MetadataValue.json(result.tenants),
+            "sample_ids": dg.MetadataValue.json(result.samples),
+            "findings": dg.MetadataValue.json(
+                [
+                    {
+                        "tenant_id": f.tenant_id,
+                        "subject": f.subject,
+                        "count": f.count,
+                        "sample_ids": list(f.sample_ids),
+                        "detail": f.detail,
+                    }
+                    for f in result.findings
+                ]
+            ),
+            "query": dg.MetadataValue.md(f"```sql\n{investigation_query(result)}\n```"),
+            "runbook": dg.MetadataValue.text(result.runbook_link),
+            "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
+            "error": dg.MetadataValue.text(result.error or ""),
+        },
+    )
+
+
+@dg.multi_asset_check(
+    specs=CANARY_CHECK_SPECS,
+    name="canaries",
+    description="Runs sql/canaries read-only and alerts Slack on new, grown or cleared findings.",
+)
+def canary_checks(
+    context: dg.AssetCheckExecutionContext,
+    app_db: AppDatabaseResource,
+    slack: SlackAlertsResource,
+):
+    url = app_db.url()
+    results = run_canaries(url)
+    outcomes = alert_canaries(url, results, slack.notifier())
+    for outcome in outcomes:
+        if outcome.undelivered:
+            context.log.error(f"Slack alert for {outcome.key} was NOT delivered: {outcome.detail}")
+        elif outcome.action in ("sent", "resolved"):
+            context.log.info(f"Slack alert for {outcome.key}: {outcome.action}")
+    for result in results:
+        if not result.passed:
+            context.log.warning(f"canary {result.name} failed: {result.summary()}")
+        yield check_result(result)
+
+
+canary_job = dg.define_asset_job(
+    "canary_job",
+    selection=dg.AssetSelection.checks(canary_checks),
+    description="Run every canary against the application database.",
+)
+
+canary_schedule = dg.ScheduleDefinition(
+    name="canary_schedule",
+    job=canary_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

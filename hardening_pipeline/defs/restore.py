@@ -1,0 +1,108 @@
+"""The monthly restore drill as a Dagster asset, job and schedule.
+
+The drill itself is ``hardening_pipeline.restore.drill`` (what ``hardening restore-drill`` runs);
+this module hands it resources, writes the report, posts the result to Slack, and turns a red
+drill into a failed run. No ``from __future__ import annotations``: Dagster inspects them.
+"""
+
+import dagster as dg
+
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+    SlackAlertsResource,
+)
+from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.restore.drill import run_restore_drill
+from hardening_pipeline.restore.report import drill_alert, drill_markdown, write_drill_report
+
+
+class RestoreDrillConfig(dg.Config):
+    """Launch-time options: drill a named backup, or restore into a Postgres you provide."""
+
+    backup_id: str | None = None
+    target_dsn: str | None = None
+
+
+@dg.asset(
+    group_name="backups",
+    kinds={"postgres", "s3"},
+    description=(
+        "Monthly proof that the newest backup restores: verifies the manifest and every "
+        "object's SHA-256 before decrypting, restores into a throwaway Postgres, compares every "
+        "table's row count and digest with the manifest, runs the canaries, the status check "
+        "and the drill tests there, and reports RPO/RTO. The report lands next to the status "
+        "reports and goes to Slack on success and failure. The run FAILS when anything could "
+        "not be verified (no backup, a damaged or altered object, an unknown key, a newer "
+        "schema, a red invariant or test): treat it as 'our backups may not restore' and "
+        "follow docs/runbook.md#restore-drill-failed."
+    ),
+)
+def restore_drill_report(
+    context: dg.AssetExecutionContext,
+    config: RestoreDrillConfig,
+    app_db: AppDatabaseResource,
+    backup_store: BackupStoreResource,
+    encryption_keys: EncryptionKeysResource,
+    slack: SlackAlertsResource,
+) -> dg.MaterializeResult:
+    settings = app_db.settings()
+    try:
+        keyring = encryption_keys.keyring(settings)
+        store = backup_store.open()
+    except HardeningError as exc:
+        raise dg.Failure(
+            description=f"the restore drill cannot start: {exc}", allow_retries=False
+        ) from exc
+    result = run_restore_drill(
+        store,
+        keyring,
+        backup_id=config.backup_id,
+        target_dsn=config.target_dsn,
+        on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
+    )
+    report = write_drill_report(result, settings.reports_dir)
+    delivery = slack.notifier().send(drill_alert(result, report, None))
+    if not delivery.delivered:
+        context.log.warning(f"the drill result was NOT delivered to Slack: {delivery.detail}")
+    metadata = {
+        "passed": dg.MetadataValue.bool(result.passed),
+        "backup_id": dg.MetadataValue.text(result.backup_id or "none"),
+        "rpo_seconds": dg.MetadataValue.float(round(result.rpo_seconds or -1.0, 1)),
+        "rto_seconds": dg.MetadataValue.float(round(result.rto_seconds, 1)),
+        "rows_restored": dg.MetadataValue.int(result.rows_restored),
+        "drill_tests_passed": dg.MetadataValue.int(result.tests_passed),
+        "drill_tests_failed": dg.MetadataValue.int(result.tests_failed),
+        "report": dg.MetadataValue.md(drill_markdown(result)),
+        "report_path": dg.MetadataValue.path(str(report.markdown)),
+        "slack_delivered": dg.MetadataValue.bool(delivery.delivered),
+    }
+    if not result.passed:
+        raise dg.Failure(
+            description=(
+                f"restore drill failed at stage {result.failed_stage or 'verify'}: "
+                f"{result.failure or 'an invariant or drill test is red'} "
+                f"(report: {report.markdown})"
+            ),
+            metadata=metadata,
+            allow_retries=False,
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+restore_drill_job = dg.define_asset_job(
+    "restore_drill_job",
+    selection=[restore_drill_report],
+    description="Restore the newest backup into a throwaway Postgres and verify it (monthly).",
+    tags={"hardening/exclusive": "restore-drill"},
+)
+
+restore_drill_schedule = dg.ScheduleDefinition(
+    name="restore_drill_schedule",
+    job=restore_drill_job,
+    cron_schedule="0 4 1 * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="04:00 UTC on the 1st of every month.",
+)

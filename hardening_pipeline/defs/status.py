@@ -1,0 +1,77 @@
+"""The hardening status report as an asset, with its job and daily schedule.
+
+The checks and the report files come from ``hardening_pipeline.hardening``; this asset only runs
+them, records the checklist as metadata, alerts Slack when something turned red, and exposes an
+``all_green`` check so a red report is red in the UI too.
+
+No ``from __future__ import annotations`` here: Dagster inspects the context annotation.
+"""
+
+import dagster as dg
+
+from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+from hardening_pipeline.hardening.alerts import alert_status
+from hardening_pipeline.hardening.report import checklist_markdown, write_report
+from hardening_pipeline.hardening.status_check import run_status_check
+
+
+@dg.asset(
+    group_name="hardening",
+    kinds={"postgres"},
+    deps=[dg.AssetKey("database_schema")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "all_green",
+            asset="hardening_status_report",
+            description="Every line of the hardening status checklist is green.",
+        )
+    ],
+    description=(
+        "Checks every hardening guarantee (migrations, keys, audit triggers, grants, RLS, "
+        "splinter's RLS lints) and writes status-<UTC>.md/.json to HARDENING_REPORTS_DIR."
+    ),
+)
+def hardening_status_report(
+    context: dg.AssetExecutionContext, app_db: AppDatabaseResource, slack: SlackAlertsResource
+) -> dg.MaterializeResult:
+    url = app_db.url()
+    report = run_status_check(url)
+    files = write_report(report, app_db.settings().reports_dir)
+    outcome = alert_status(url, report, slack.notifier(), report_path=str(files.markdown))
+    if outcome.undelivered:
+        context.log.error(f"Slack status alert was NOT delivered: {outcome.detail}")
+    red = [line.name for line in report.red]
+    return dg.MaterializeResult(
+        metadata={
+            "checklist": dg.MetadataValue.md(checklist_markdown(report)),
+            "report_path": dg.MetadataValue.path(str(files.markdown)),
+            "report_json_path": dg.MetadataValue.path(str(files.json)),
+            "red_count": dg.MetadataValue.int(len(red)),
+            "red": dg.MetadataValue.json(red),
+            "alert": dg.MetadataValue.text(outcome.action),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="all_green",
+                passed=report.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description="all green" if report.passed else f"red: {', '.join(red)}",
+                metadata={"red": dg.MetadataValue.json(red)},
+            )
+        ],
+    )
+
+
+status_check_job = dg.define_asset_job(
+    "status_check_job",
+    selection=dg.AssetSelection.assets(hardening_status_report),
+    description="Run the hardening status check and write its report.",
+)
+
+status_check_schedule = dg.ScheduleDefinition(
+    name="status_check_schedule",
+    job=status_check_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

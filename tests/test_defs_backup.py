@@ -1,0 +1,263 @@
+"""The Dagster layer of backups: assets materialized for real, the schedule, the failure sensor.
+
+The sensor is run against real failed runs in an ephemeral instance and a real HTTP server
+standing in for Slack, including Slack being down.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hardening_pipeline.backup.catalog import list_backups
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.definitions import defs
+from hardening_pipeline.defs.backup import backup_retention, nightly_backup
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+    SlackAlertsResource,
+)
+from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.seed import seed_demo_data
+from tests.support.s3_server import closed_port_url
+from tests.support.slack_receiver import SERVER_ERROR, SlackReceiver
+
+YESTERDAY = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
+@pytest.fixture
+def master_key() -> bytes:
+    return os.urandom(32)
+
+
+def backup_resources(db_url: str, store_dir: Path, master_key: bytes) -> dict[str, object]:
+    return {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=store_dir.as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(master_key).decode()),
+    }
+
+
+def metadata_of(result: dg.ExecuteInProcessResult, asset: dg.AssetsDefinition) -> dict:
+    (event,) = result.asset_materializations_for_node(asset.op.name)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_key: bytes) -> None:
+    seed_demo_data(db_url, tenants=3, messages_per_unit=5)
+    store_dir = tmp_path / "backups"
+    result = dg.materialize(
+        [nightly_backup, backup_retention],
+        partition_key=YESTERDAY,
+        resources=backup_resources(db_url, store_dir, master_key),
+    )
+    assert result.success
+    backup = metadata_of(result, nightly_backup)
+    catalog = list_backups(FileStore(store_dir), Keyring(master_key))
+    assert [b.backup_id for b in catalog.valid] == [backup["backup_id"]]
+    assert backup["objects"] == 4 and backup["tenants"] == 3
+    assert backup["rows"] > 150
+    assert backup["stored_bytes"] == catalog.valid[0].manifest.objects[0].ciphertext_bytes + sum(
+        o.ciphertext_bytes for o in catalog.valid[0].manifest.objects[1:]
+    )
+    assert backup["duration_seconds"] > 0 and backup["throughput_mib_per_second"] >= 0
+    assert str(store_dir) in backup["location"]
+    assert backup["dry_run"] is False
+
+    retention = metadata_of(result, backup_retention)
+    assert retention["kept"] == 1 and retention["deleted"] == 0
+    assert retention["newest_backup"] == backup["backup_id"]
+    assert f"| {backup['backup_id']} |" in retention["decisions"]
+    assert "newest" in retention["decisions"]
+
+
+def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: bytes) -> None:
+    result = dg.materialize(
+        [nightly_backup],
+        partition_key=YESTERDAY,
+        resources=backup_resources(db_url, tmp_path / "backups", master_key),
+        run_config={"ops": {"nightly_backup": {"config": {"dry_run": True}}}},
+    )
+    assert result.success
+    assert metadata_of(result, nightly_backup)["dry_run"] is True
+    assert not (tmp_path / "backups").exists()
+
+
+def test_old_partitions_are_refused(db_url: str, tmp_path: Path, master_key: bytes) -> None:
+    old = (datetime.now(UTC).date() - timedelta(days=3)).isoformat()
+    result = dg.materialize(
+        [nightly_backup],
+        partition_key=old,
+        resources=backup_resources(db_url, tmp_path / "backups", master_key),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "cannot be backfilled" in failure.step_failure_data.user_failure_data.description
+    assert not (tmp_path / "backups").exists()
+
+
+def test_missing_key_fails_with_the_fix(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
+    result = dg.materialize(
+        [nightly_backup],
+        partition_key=YESTERDAY,
+        resources={
+            "app_db": AppDatabaseResource(database_url=db_url),
+            "backup_store": BackupStoreResource(store_url=(tmp_path / "b").as_uri()),
+            "encryption_keys": EncryptionKeysResource(),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "BACKUP_ENCRYPTION_KEY is not set" in description and "hardening keygen" in description
+    assert not (tmp_path / "b").exists()
+
+
+def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
+    schedule = defs.resolve_schedule_def("nightly_backup_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 3, 2, 2, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+    )
+    (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-03-01"
+    job = defs.resolve_job_def("nightly_backup_job")
+    assert job.tags["hardening/exclusive"] == "backup"
+    assert {n.name for n in job.nodes} == {"nightly_backup", "backup_retention"}
+
+
+def test_definitions_load_and_wire_the_backup_pieces() -> None:
+    dg.Definitions.validate_loadable(defs)
+    sensor = defs.resolve_sensor_def("slack_on_run_failure")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+# --- the failure sensor -------------------------------------------------------------------------
+
+
+@dg.op
+def explode() -> None:
+    raise dg.Failure(description="the disk is on fire")
+
+
+@dg.job
+def doomed_job() -> None:
+    explode()
+
+
+def fail_a_run(instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> str:
+    result = doomed_job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+    assert not result.success
+    return result.run_id
+
+
+def tick(instance: dg.DagsterInstance, cursor: str | None, webhook_url: str) -> str | None:
+    """Evaluate one sensor tick like the daemon would and return the cursor it stored."""
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"slack": SlackAlertsResource(webhook_url=webhook_url, max_retries=0, timeout=3)},
+    )
+    slack_on_run_failure(context)
+    return context.cursor
+
+
+@pytest.fixture
+def instance(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", "https://dagster.example.com")
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_failed_run_is_alerted_once_with_job_step_error_and_link(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    run_id = fail_a_run(instance)
+    cursor = tick(instance, None, slack_receiver.url)
+    assert len(slack_receiver.requests) == 1
+    payload = json.dumps(slack_receiver.requests[0])
+    assert "doomed_job" in payload
+    assert "explode" in payload
+    assert "the disk is on fire" in payload
+    assert f"https://dagster.example.com/runs/{run_id}" in payload
+
+    # Later ticks do not repeat it; a new failure gets its own single alert.
+    cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 1
+    second = fail_a_run(instance)
+    cursor = tick(instance, cursor, slack_receiver.url)
+    cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 2
+    assert second in json.dumps(slack_receiver.requests[1])
+
+
+def test_slack_answering_500_keeps_the_alert_for_the_next_tick(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    run_id = fail_a_run(instance)
+    slack_receiver.respond_with([SERVER_ERROR])
+    cursor = tick(instance, None, slack_receiver.url)
+    assert len(slack_receiver.requests) == 1  # tried, refused
+    assert run_id not in json.loads(cursor)["handled"]
+
+    cursor = tick(instance, cursor, slack_receiver.url)  # Slack is back
+    cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 2
+    assert run_id in json.dumps(slack_receiver.requests[1])
+    assert run_id in json.loads(cursor)["handled"]
+
+
+def test_slack_unreachable_then_back_sends_exactly_once(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    first = fail_a_run(instance)
+    second = fail_a_run(instance)
+    cursor = tick(instance, None, closed_port_url() + "/services/x")
+    cursor = tick(instance, cursor, closed_port_url() + "/services/x")
+    assert json.loads(cursor)["handled"] == {}
+
+    for _ in range(3):
+        cursor = tick(instance, cursor, slack_receiver.url)
+    sent = [json.dumps(r) for r in slack_receiver.requests]
+    assert len(sent) == 2
+    assert first in sent[0] and second in sent[1]
+
+
+def test_runs_that_will_be_retried_are_not_alerted(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    retried = fail_a_run(instance, tags={"dagster/will_retry": "true"})
+    cursor = tick(instance, None, slack_receiver.url)
+    assert slack_receiver.requests == []
+    assert retried in json.loads(cursor)["handled"]
+    final = fail_a_run(instance, tags={"dagster/will_retry": "false"})
+    tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 1
+    assert final in json.dumps(slack_receiver.requests[0])
+
+
+def test_with_run_retries_on_the_retry_decision_is_respected(slack_receiver: SlackReceiver) -> None:
+    # The instance itself tags the failed run dagster/will_retry=true here (one retry left).
+    settings = {"run_retries": {"enabled": True, "max_retries": 1}}
+    with dg.instance_for_test(overrides=settings) as instance:
+        run_id = fail_a_run(instance)
+        assert instance.get_run_by_id(run_id).tags.get("dagster/will_retry") == "true"
+        tick(instance, None, slack_receiver.url)
+    assert slack_receiver.requests == []
