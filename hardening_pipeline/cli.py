@@ -174,6 +174,29 @@ def seed(
     )
 
 
+def _freshness_line(ctx: Context, max_age_hours: float):
+    """The backup-freshness status line (store and key are checked before the database)."""
+    from datetime import timedelta
+
+    from hardening_pipeline.backup.freshness import check_backup_freshness
+    from hardening_pipeline.hardening.status_check import CheckLine
+
+    keyring, store = _keyring_and_store(ctx)
+    fresh = check_backup_freshness(store, keyring, max_age=timedelta(hours=max_age_hours))
+    return CheckLine(
+        name="backup_freshness",
+        passed=fresh.passed,
+        detail=fresh.detail,
+        fix=""
+        if fresh.passed
+        else (
+            "Find out why the nightly backup did not run or failed (Dagster daemon, schedule, "
+            "workflow, key, store) and run `hardening backup` now."
+        ),
+        title=f"a verified backup exists from the last {max_age_hours:g} hours",
+    )
+
+
 @main.command()
 def keygen() -> None:
     """Print a new BACKUP_ENCRYPTION_KEY (base64 of 32 random bytes)."""
@@ -414,17 +437,32 @@ def canaries(ctx: Context, names: tuple[str, ...], no_alert: bool) -> None:
 
 @main.command()
 @click.option("--no-alert", is_flag=True, help="Print and write the report; send no Slack alert.")
+@click.option(
+    "--backup-freshness",
+    is_flag=True,
+    help="Also check that a verified backup younger than --max-backup-age-hours exists.",
+)
+@click.option(
+    "--max-backup-age-hours", type=click.FloatRange(min=1), default=26.0, show_default=True
+)
 @pass_context
 @friendly_errors
-def status(ctx: Context, no_alert: bool) -> None:
+def status(
+    ctx: Context, no_alert: bool, backup_freshness: bool, max_backup_age_hours: float
+) -> None:
     """Check every hardening guarantee; write a Markdown+JSON report; exit 1 if any is red."""
     from hardening_pipeline.alerts.slack import SlackNotifier
     from hardening_pipeline.hardening.alerts import alert_status
     from hardening_pipeline.hardening.report import write_report
     from hardening_pipeline.hardening.status_check import run_status_check
 
+    freshness_line = None
+    if backup_freshness:
+        freshness_line = _freshness_line(ctx, max_backup_age_hours)
     url = ctx.database_url
     report = run_status_check(url)
+    if freshness_line is not None:
+        report.lines.append(freshness_line)
     table = Table(title=f"hardening status: {report.database}", title_justify="left")
     table.add_column("")
     table.add_column("check", no_wrap=True)

@@ -11,6 +11,11 @@ from hardening_pipeline.defs.backup import (
 )
 from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
 from hardening_pipeline.defs.evidence import evidence_bundle, evidence_job
+from hardening_pipeline.defs.freshness import (
+    backup_freshness_job,
+    backup_freshness_schedule,
+    backup_is_fresh,
+)
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -39,13 +44,21 @@ defs = dg.Definitions(
         restore_drill_report,
         evidence_bundle,
     ],
-    asset_checks=[canary_checks],
-    jobs=[canary_job, status_check_job, nightly_backup_job, restore_drill_job, evidence_job],
+    asset_checks=[canary_checks, backup_is_fresh],
+    jobs=[
+        canary_job,
+        status_check_job,
+        nightly_backup_job,
+        restore_drill_job,
+        evidence_job,
+        backup_freshness_job,
+    ],
     schedules=[
         canary_schedule,
         status_check_schedule,
         nightly_backup_schedule,
         restore_drill_schedule,
+        backup_freshness_schedule,
     ],
     sensors=[slack_on_run_failure],
     resources={

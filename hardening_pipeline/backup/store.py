@@ -279,6 +279,9 @@ class FileStore(BackupStore):
         # Walk only the deepest folder the prefix fully names, then filter on the full prefix.
         folder_parts = prefix.split("/")[:-1]
         start = self.root.joinpath(*folder_parts)
+        if self.root.exists() and not self.root.is_dir():
+            # An empty answer here would read as "no backups": say the store is broken instead.
+            raise StoreError(f"the backup store {self.root} is not a folder; fix BACKUP_STORE_URL")
         if not start.is_dir():
             return []
         found: list[StoredObject] = []

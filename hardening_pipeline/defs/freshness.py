@@ -1,0 +1,73 @@
+"""Backup freshness as an hourly, blocking asset check on ``nightly_backup``.
+
+A failed blocking ERROR check fails its run, so the run-failure sensor posts it to Slack. This
+covers a nightly run that silently never happened; the hourly GitHub workflow covers the case
+where Dagster itself is down. No ``from __future__ import annotations`` here.
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, check_backup_freshness
+from hardening_pipeline.defs.backup import nightly_backup
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+)
+from hardening_pipeline.errors import HardeningError
+
+
+@dg.asset_check(
+    asset=nightly_backup,
+    name="backup_is_fresh",
+    blocking=True,
+    description=(
+        "A backup with a verified manifest exists from the last 26 hours. Red means the "
+        "nightly backup has not succeeded for over a day: see "
+        "docs/runbook.md#status-backup-freshness."
+    ),
+)
+def backup_is_fresh(
+    app_db: AppDatabaseResource,
+    backup_store: BackupStoreResource,
+    encryption_keys: EncryptionKeysResource,
+) -> dg.AssetCheckResult:
+    try:
+        keyring = encryption_keys.keyring(app_db.settings())
+        store = backup_store.open()
+    except HardeningError as exc:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"cannot check backup freshness: {exc}",
+        )
+    fresh = check_backup_freshness(store, keyring, max_age=DEFAULT_MAX_AGE)
+    age_hours = fresh.age / timedelta(hours=1) if fresh.age is not None else -1.0
+    return dg.AssetCheckResult(
+        passed=fresh.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=fresh.detail,
+        metadata={
+            "newest_backup_id": dg.MetadataValue.text(fresh.newest_backup_id or "none"),
+            "age_hours": dg.MetadataValue.float(round(age_hours, 2)),
+            "store": dg.MetadataValue.text(store.describe()),
+        },
+    )
+
+
+backup_freshness_job = dg.define_asset_job(
+    "backup_freshness_job",
+    selection=dg.AssetSelection.checks(backup_is_fresh),
+    description="Hourly: is there a verified backup from the last 26 hours?",
+)
+
+backup_freshness_schedule = dg.ScheduleDefinition(
+    name="backup_freshness_schedule",
+    job=backup_freshness_job,
+    cron_schedule="30 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every hour at :30 UTC.",
+)
