@@ -37,7 +37,7 @@ from hardening_pipeline.hardening.report import report_markdown
 from hardening_pipeline.hardening.status_check import StatusReport, run_status_check
 from hardening_pipeline.reports import report_stamp
 from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
-from hardening_pipeline.restore.report import drill_markdown
+from hardening_pipeline.restore.report import drill_markdown, write_drill_report
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.settings import Settings
 
@@ -312,6 +312,7 @@ def run_evidence(
         def drill() -> StageOutcome:
             result: DrillResult = run_restore_drill(store, keyring)
             facts["drill"] = result
+            write_drill_report(result, settings.reports_dir)
             files = [
                 bundle.write("restore-drill.log", drill_markdown(result)),
                 bundle.write_json("restore-drill.json", result.to_json()),
