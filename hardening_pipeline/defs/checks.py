@@ -96,4 +96,5 @@ canary_schedule = dg.ScheduleDefinition(
     cron_schedule="*/15 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 15 minutes: integrity canaries block (ERROR), volume canaries warn.",
 )

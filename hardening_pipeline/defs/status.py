@@ -28,7 +28,10 @@ from hardening_pipeline.hardening.status_check import run_status_check
     ],
     description=(
         "Checks every hardening guarantee (migrations, keys, audit triggers, grants, RLS, "
-        "splinter's RLS lints) and writes status-<UTC>.md/.json to HARDENING_REPORTS_DIR."
+        "splinter's RLS lints) and writes status-<UTC>.md/.json to HARDENING_REPORTS_DIR. "
+        "When a line is red the all_green check fails (shown red on this asset) and Slack "
+        "gets the red lines with their fixes, once per change; each links to its section of "
+        "docs/runbook.md."
     ),
 )
 def hardening_status_report(
@@ -74,4 +77,5 @@ status_check_schedule = dg.ScheduleDefinition(
     cron_schedule="0 6 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="06:00 UTC daily: the hardening checklist; Slack when a line turns red.",
 )
