@@ -9,6 +9,7 @@ from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
 from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
 from hardening_pipeline.db.connection import resolve_database_url
+from hardening_pipeline.db.tenant_scoped_client import Mode, TenantScopedClient
 from hardening_pipeline.settings import Settings, load_settings
 
 
@@ -29,6 +30,18 @@ class AppDatabaseResource(dg.ConfigurableResource):
 
     def url(self) -> str:
         return resolve_database_url(self.settings())
+
+    def tenant_client(
+        self,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext,
+        mode: Mode = "service_role",
+    ) -> TenantScopedClient:
+        """A TenantScopedClient whose actor names this job and run, so the run id shown in the
+        UI can be found in ``audit_events.actor`` (``dagster:<job>:<run id>``)."""
+        run = context.run
+        return TenantScopedClient(
+            self.url(), actor=f"dagster:{run.job_name}:{run.run_id}", mode=mode
+        )
 
 
 # Marks a field secret in Dagster's config schema, so the UI masks it.
