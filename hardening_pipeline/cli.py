@@ -232,9 +232,16 @@ def _keyring_and_store(ctx: Context):
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Export, compress and encrypt, but store nothing.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Objects exported at once, each on its own connection to the same snapshot.",
+)
 @pass_context
 @friendly_errors
-def backup(ctx: Context, dry_run: bool) -> None:
+def backup(ctx: Context, dry_run: bool, workers: int) -> None:
     """Take an encrypted backup: one object per tenant, manifest last."""
     from rich.progress import Progress
 
@@ -249,6 +256,7 @@ def backup(ctx: Context, dry_run: bool) -> None:
             store,
             keyring,
             dry_run=dry_run,
+            workers=workers,
             on_object=lambda name, done, total: progress.update(
                 task, completed=done, total=total, description=f"backing up {name}"
             ),
@@ -554,6 +562,36 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
     console.print(f"evidence: {result.folder}/SUMMARY.md")
     if not result.passed:
         raise CheckFailed(f"the evidence run is red; read {result.folder}/SUMMARY.md")
+
+
+@main.command()
+@click.option("--verify-only", is_flag=True, help="Check the chain; seal nothing.")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for open transactions before sealing around them.",
+)
+@pass_context
+@friendly_errors
+def seal(ctx: Context, verify_only: bool, wait_seconds: float) -> None:
+    """Seal the audit rows added since the last seal, then verify the chain (exit 1 if broken)."""
+    from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+
+    keyring, store = _keyring_and_store(ctx)
+    url = ctx.database_url
+    if not verify_only:
+        run = seal_audit_log(
+            url, store=store, keyring=keyring, actor="cli:seal", wait_seconds=wait_seconds
+        )
+        console.print(run.summary())
+    result = verify_audit_seals(url, store=store, keyring=keyring)
+    if not result.passed:
+        err_console.print(f"[yellow]fix:[/] {result.fix}")
+        raise CheckFailed(f"the audit seal chain is broken: {result.detail}")
+    console.print(f"[green]audit seal chain intact:[/] {result.detail}")
 
 
 if __name__ == "__main__":  # pragma: no cover

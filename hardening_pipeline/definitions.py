@@ -27,6 +27,7 @@ from hardening_pipeline.defs.restore import (
     restore_drill_report,
     restore_drill_schedule,
 )
+from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
 from hardening_pipeline.defs.sensors import slack_on_run_failure
 from hardening_pipeline.defs.status import (
     hardening_status_report,
@@ -43,6 +44,7 @@ defs = dg.Definitions(
         backup_retention,
         restore_drill_report,
         evidence_bundle,
+        audit_seal,
     ],
     asset_checks=[canary_checks, backup_is_fresh],
     jobs=[
@@ -52,6 +54,7 @@ defs = dg.Definitions(
         restore_drill_job,
         evidence_job,
         backup_freshness_job,
+        audit_seal_job,
     ],
     schedules=[
         canary_schedule,
@@ -59,6 +62,7 @@ defs = dg.Definitions(
         nightly_backup_schedule,
         restore_drill_schedule,
         backup_freshness_schedule,
+        audit_seal_schedule,
     ],
     sensors=[slack_on_run_failure],
     resources={

@@ -76,14 +76,32 @@ def _clean(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _check_url(name: str, value: str | None, schemes: tuple[str, ...]) -> None:
+def _check_url(
+    name: str, value: str | None, schemes: tuple[str, ...], *, need_host: bool = False
+) -> None:
+    """Refuse a value that is not a URL of one of ``schemes``; never echoes it (may be secret).
+
+    ``need_host`` is for HTTP endpoints: without it ``https:///x`` or a host with a space in it
+    passes here and fails later, inside boto3 or urllib, as a traceback.
+    """
     if value is None:
         return
-    parsed = urlparse(value)
+    try:
+        parsed = urlparse(value)
+        host = parsed.hostname
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        raise ConfigError(
+            f"{name} is not a valid URL ({exc}); fix the variable or unset it to use the default."
+        ) from None
     if parsed.scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise ConfigError(
             f"{name} must start with one of {allowed} (got {parsed.scheme or 'no scheme'!r}); "
+            f"fix the variable or unset it to use the default."
+        )
+    if need_host and (not host or any(c.isspace() for c in value)):
+        raise ConfigError(
+            f"{name} must name a host and contain no spaces, like {schemes[-1]}://host/path; "
             f"fix the variable or unset it to use the default."
         )
 
@@ -116,9 +134,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"{ENV_STORE_URL} must name a bucket, like s3://my-bucket/backups; fix the variable."
         )
     endpoint = _clean(env, ENV_S3_ENDPOINT_URL)
-    _check_url(ENV_S3_ENDPOINT_URL, endpoint, ("http", "https"))
+    _check_url(ENV_S3_ENDPOINT_URL, endpoint, ("http", "https"), need_host=True)
     webhook = _clean(env, ENV_SLACK_WEBHOOK_URL)
-    _check_url(ENV_SLACK_WEBHOOK_URL, webhook, ("http", "https"))
+    _check_url(ENV_SLACK_WEBHOOK_URL, webhook, ("http", "https"), need_host=True)
     previous = _clean(env, ENV_ENCRYPTION_KEYS_PREVIOUS)
     return Settings(
         database_url=database_url,

@@ -140,7 +140,12 @@ def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
     assert request.partition_key == "2026-03-01"
     job = defs.resolve_job_def("nightly_backup_job")
     assert job.tags["hardening/exclusive"] == "backup"
-    assert {n.name for n in job.nodes} == {"nightly_backup", "backup_retention"}
+    # The freshness check rides along: right after the backup it confirms the store shows it.
+    assert {n.name for n in job.nodes} == {
+        "nightly_backup",
+        "backup_retention",
+        "nightly_backup_backup_is_fresh",
+    }
 
 
 def test_definitions_load_and_wire_the_backup_pieces() -> None:

@@ -147,6 +147,14 @@ BREAKAGES = [
         "CREATE FUNCTION public.add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1'",
     ),
     ("security_definer_view", "CREATE VIEW public.message_bodies AS SELECT id, body FROM messages"),
+    (
+        # A seal claiming a row that is not there (what remains when sealed rows are deleted).
+        "audit_seal_chain",
+        "INSERT INTO hardening.audit_seals (seq, from_id, to_id, row_count, digest, "
+        "previous_digest, fingerprints, sealed_at, sealed_by) VALUES (1, 1, 1, 1, "
+        "sha256('x'), decode(repeat('00', 32), 'hex'), decode('01' || repeat('00', 8), 'hex'), "
+        "now(), 'forger')",
+    ),
 ]
 
 

@@ -24,7 +24,10 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.store import BackupStore, StoredObject
 from hardening_pipeline.errors import ConfigError, HardeningError
 
-_FOLDER = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/([A-Za-z0-9._-]{1,128})/")
+# The id part follows validate_name (no leading dot, no ".."): a folder named "." or ".." can
+# exist in a bucket, but reading or deleting under it is refused as an unsafe key, so treating
+# it as a backup would make one stray object fail every listing, drill and retention run.
+_FOLDER = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/((?![^/]*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127})/")
 
 
 @dataclass

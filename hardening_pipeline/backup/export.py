@@ -9,6 +9,7 @@ re-exports the restored database with the same code and must get the same digest
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -113,22 +114,41 @@ def discover_layout(conn: psycopg.Connection) -> BackupLayout:
     return BackupLayout(tuple(_load_order(tenant, edges)), tuple(_load_order(shared, edges)))
 
 
+@functools.lru_cache(maxsize=1024)
+def _copy_out_parts(table: TableSpec, scoped: bool) -> tuple[sql.SQL, sql.SQL]:
+    """The text around the tenant literal, composed and quoted once per table.
+
+    A backup of 10,000 small tenants runs 50,000 COPYs; composing every identifier of every
+    one of them again was a tenth of the export's time. Identifier quoting (double quotes,
+    doubled inside) does not depend on the connection, so rendering without one is exact.
+    """
+    head = sql.SQL("COPY (SELECT {} FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.columns)), table.identifier()
+    )
+    if scoped:
+        head += sql.SQL(" WHERE {} = ").format(sql.Identifier(table.tenant_column or ""))
+    tail = sql.SQL(" ORDER BY {}) TO STDOUT").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.order_by))
+    )
+    return sql.SQL(head.as_string(None)), sql.SQL(tail.as_string(None))
+
+
 def copy_out_query(table: TableSpec, tenant_id: str | None) -> sql.Composed:
     """``COPY (SELECT cols FROM t [WHERE tenant = x] ORDER BY pk) TO STDOUT``.
 
     COPY takes no bind parameters, so the tenant id travels as a quoted literal.
     """
-    select = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, table.columns)), table.identifier()
-    )
-    if tenant_id is not None and table.tenant_column:
-        select += sql.SQL(" WHERE {} = {}").format(
-            sql.Identifier(table.tenant_column), sql.Literal(tenant_id)
-        )
-    select += sql.SQL(" ORDER BY {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, table.order_by))
-    )
-    return sql.SQL("COPY ({}) TO STDOUT").format(select)
+    scoped = tenant_id is not None and bool(table.tenant_column)
+    head, tail = _copy_out_parts(table, scoped)
+    if scoped:
+        return sql.Composed([head, sql.Literal(tenant_id), tail])
+    return sql.Composed([head, tail])
+
+
+# COPY TO hands over one message per row. Hashing, counting and compressing row by row kept the
+# GIL busy with per-row Python work (and a second worker thread waiting for it); batches of this
+# size make that per-batch work while memory stays flat. A batch never spans two tables.
+_BATCH_BYTES = 256 * 1024
 
 
 class TableStream:
@@ -146,15 +166,25 @@ class TableStream:
         for table in self._tables:
             digest = hashlib.sha256()
             size = rows = 0
+            batch = bytearray()
             with self._conn.cursor() as cur:
                 with cur.copy(copy_out_query(table, self._tenant_id)) as copy:
                     for chunk in copy:
-                        data = bytes(chunk)
-                        digest.update(data)
-                        size += len(data)
-                        # COPY text escapes newlines inside values, so one newline is one row.
-                        rows += data.count(b"\n")
-                        yield data
+                        batch += chunk
+                        if len(batch) >= _BATCH_BYTES:
+                            data = bytes(batch)
+                            batch.clear()
+                            digest.update(data)
+                            size += len(data)
+                            # COPY text escapes newlines inside values: one newline, one row.
+                            rows += data.count(b"\n")
+                            yield data
+            if batch:
+                data = bytes(batch)
+                digest.update(data)
+                size += len(data)
+                rows += data.count(b"\n")
+                yield data
             self.entries.append(
                 TableEntry(
                     name=table.qualified,
@@ -185,6 +215,30 @@ def open_snapshot(conn: psycopg.Connection) -> None:
     """
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
+    conn.execute("SET LOCAL statement_timeout = 0")
+    conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+
+
+def export_snapshot(conn: psycopg.Connection) -> str:
+    """The id other connections pass to ``join_snapshot`` to read the very same instant.
+
+    Valid only while ``conn``'s snapshot transaction stays open, so the exporting connection
+    must outlive every reader that joins it.
+    """
+    row = conn.cursor(row_factory=tuple_row).execute("SELECT pg_export_snapshot()").fetchone()
+    return str(row[0])
+
+
+def join_snapshot(conn: psycopg.Connection, snapshot_id: str) -> None:
+    """Start ``conn``'s read-only transaction on a snapshot another connection exported.
+
+    ``SET TRANSACTION SNAPSHOT`` must be the transaction's first statement, so ``conn`` must be
+    fresh and non-autocommit, like for ``open_snapshot``. The id travels as a literal: the
+    statement takes no bind parameters.
+    """
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
 

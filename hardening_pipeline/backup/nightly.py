@@ -5,15 +5,25 @@ matches the snapshot's total, so a backup that did not finish has no manifest an
 for readers (retention removes its debris later). Two runs against one database cannot
 interleave: a run holds an advisory lock on the source database for its whole length and a
 second run refuses at once.
+
+With ``workers > 1`` the objects are exported by that many threads, each with its own
+connection joined to the main connection's exported snapshot (``pg_export_snapshot``), so every
+object still shows the same instant. zstd and AES-GCM release the GIL and COPY waits on the
+socket, so threads overlap real work. The manifest lists objects in the same order whatever
+the number of workers, and a failure in any worker fails the run before the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import psycopg
 
 from hardening_pipeline import __version__
 from hardening_pipeline.backup.crypto import Keyring, generate_data_key
@@ -21,6 +31,8 @@ from hardening_pipeline.backup.export import (
     BackupLayout,
     TableStream,
     discover_layout,
+    export_snapshot,
+    join_snapshot,
     open_snapshot,
     read_snapshot_info,
 )
@@ -37,12 +49,18 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
-from hardening_pipeline.errors import CheckFailed
+from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 
 log = logging.getLogger(__name__)
 
 # Distinct from the migration lock; spells "hpbackup" in ASCII.
 BACKUP_LOCK_KEY = 0x6870_6261_636B_7570
+# Each worker holds a connection for the whole run; more than this is a typo, not a plan.
+MAX_WORKERS = 32
+
+
+class BackupInterrupted(HardeningError):
+    """The database failed part-way (connection cut, server restart): worth running again."""
 
 
 @dataclass
@@ -105,12 +123,19 @@ def run_backup(
     keyring: Keyring,
     *,
     dry_run: bool = False,
+    workers: int = 1,
     on_object: Callable[[str, int, int], None] | None = None,
 ) -> BackupResult:
     """Take one backup of the database at ``url`` into ``store`` (or nowhere, with ``dry_run``).
 
-    ``on_object(name, done, total)`` is called after each object, for progress displays.
+    ``workers`` objects are exported at a time, each by its own connection on the same
+    snapshot. ``on_object(name, done, total)`` is called after each object, for progress
+    displays (from the worker threads, one call at a time).
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"backup workers must be a whole number from 1 to {MAX_WORKERS} (got {workers!r})."
+        )
     started = time.perf_counter()
     with connect(url, autocommit=True) as lock_conn:
         got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (BACKUP_LOCK_KEY,))
@@ -120,10 +145,140 @@ def run_backup(
                 "the Dagster run queue) before starting a new one."
             )
         try:
-            return _run_locked(url, store, keyring, dry_run, on_object, started)
+            return _run_locked(url, store, keyring, dry_run, workers, on_object, started)
+        except psycopg.Error as exc:
+            # A raw driver error would reach the CLI as a traceback and Dagster as noise; say
+            # what it means for the backup instead.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackupInterrupted(
+                f"the backup was interrupted by a database error ({reason}); no manifest was "
+                "written, so this run left no backup: check the database and run it again."
+            ) from exc
         finally:
-            if not lock_conn.closed:
-                lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+            if not lock_conn.closed and not lock_conn.broken:
+                # The lock dies with its session anyway; a failed unlock must not hide the cause.
+                with contextlib.suppress(psycopg.Error):
+                    lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One object of the plan: its place in the manifest, its name and its tenant."""
+
+    index: int
+    name: str
+    tenant_id: str | None
+
+
+class _ObjectExporter:
+    """Exports planned objects from a shared work list, on as many connections as workers.
+
+    Results land at their plan index, so the manifest order never depends on which worker
+    finished first. The first failure stops every worker from starting another object and is
+    re-raised once all of them have stopped.
+    """
+
+    def __init__(
+        self,
+        layout: BackupLayout,
+        jobs: list[_Job],
+        store: BackupStore,
+        data_key: bytes,
+        backup_id: str,
+        folder: str,
+        dry_run: bool,
+        on_object: Callable[[str, int, int], None] | None,
+    ) -> None:
+        self._layout = layout
+        self._store = store
+        self._data_key = data_key
+        self._backup_id = backup_id
+        self._folder = folder
+        self._dry_run = dry_run
+        self._on_object = on_object
+        self._total = len(jobs)
+        # Largest first: the shared object (the whole audit log) is usually the biggest, and
+        # starting it last would leave one worker running alone at the end.
+        self._pending = sorted(jobs, key=lambda j: (j.tenant_id is not None, j.index))
+        self._lock = threading.Lock()
+        self._done = 0
+        self._failure: BaseException | None = None
+        self.entries: list[ObjectEntry | None] = [None] * len(jobs)
+        self.seconds: list[float] = [0.0] * len(jobs)
+        self.stored = 0
+
+    def _next(self) -> _Job | None:
+        with self._lock:
+            if self._failure is not None or not self._pending:
+                return None
+            return self._pending.pop(0)
+
+    def _export(self, conn: psycopg.Connection, job: _Job) -> None:
+        started = time.perf_counter()
+        tables = (
+            self._layout.tenant_tables if job.tenant_id is not None else self._layout.shared_tables
+        )
+        stream = TableStream(conn, tables, job.tenant_id)
+        encoder = ObjectEncoder(
+            stream, self._data_key, backup_id=self._backup_id, object_name=job.name
+        )
+        stored = (
+            _discard(encoder)
+            if self._dry_run
+            else self._store.put(self._folder + job.name, encoder)
+        )
+        stats = encoder.stats
+        entry = ObjectEntry(
+            name=job.name,
+            tenant_id=job.tenant_id,
+            tables=tuple(stream.entries),
+            plaintext_bytes=stats.plaintext_bytes,
+            plaintext_sha256=stats.plaintext_sha256,
+            compressed_bytes=stats.compressed_bytes,
+            ciphertext_bytes=stats.ciphertext_bytes,
+            sha256=stats.ciphertext_sha256,
+        )
+        with self._lock:
+            self.entries[job.index] = entry
+            self.seconds[job.index] = time.perf_counter() - started
+            if not self._dry_run:
+                self.stored += stored
+            self._done += 1
+            if self._on_object:
+                self._on_object(job.name, self._done, self._total)
+
+    def work(self, conn: psycopg.Connection) -> None:
+        """Export objects on ``conn`` until the list is empty or some worker failed."""
+        try:
+            while (job := self._next()) is not None:
+                self._export(conn, job)
+        except BaseException as exc:  # recorded for the caller; the run fails with it
+            with self._lock:
+                if self._failure is None:
+                    self._failure = exc
+
+    def work_joined(self, url: str, snapshot_id: str) -> None:
+        """A worker of its own: a new connection on the exported snapshot, closed afterwards."""
+        try:
+            conn = connect(url)
+        except BaseException as exc:
+            with self._lock:
+                self._failure = self._failure or exc
+            return
+        with conn:
+            try:
+                join_snapshot(conn, snapshot_id)
+            except BaseException as exc:
+                with self._lock:
+                    self._failure = self._failure or exc
+                return
+            self.work(conn)
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _run_locked(
@@ -131,6 +286,7 @@ def _run_locked(
     store: BackupStore,
     keyring: Keyring,
     dry_run: bool,
+    workers: int,
     on_object: Callable[[str, int, int], None] | None,
     started: float,
 ) -> BackupResult:
@@ -146,35 +302,40 @@ def _run_locked(
         plan: list[tuple[str, str | None]] = [
             (tenant_object_name(t), t) for t in info.tenant_ids
         ] + [(NON_TENANT_OBJECT_NAME, None)]
-        objects: list[ObjectEntry] = []
-        object_seconds: dict[str, float] = {}
-        stored = 0
-        for index, (name, tenant_id) in enumerate(plan, 1):
-            object_started = time.perf_counter()
-            tables = layout.tenant_tables if tenant_id is not None else layout.shared_tables
-            stream = TableStream(conn, tables, tenant_id)
-            encoder = ObjectEncoder(stream, data_key, backup_id=backup_id, object_name=name)
-            if dry_run:
-                _discard(encoder)
-            else:
-                stored += store.put(folder + name, encoder)
-            stats = encoder.stats
-            objects.append(
-                ObjectEntry(
-                    name=name,
-                    tenant_id=tenant_id,
-                    tables=tuple(stream.entries),
-                    plaintext_bytes=stats.plaintext_bytes,
-                    plaintext_sha256=stats.plaintext_sha256,
-                    compressed_bytes=stats.compressed_bytes,
-                    ciphertext_bytes=stats.ciphertext_bytes,
-                    sha256=stats.ciphertext_sha256,
+        jobs = [_Job(i, name, tenant) for i, (name, tenant) in enumerate(plan)]
+        exporter = _ObjectExporter(
+            layout, jobs, store, data_key, backup_id, folder, dry_run, on_object
+        )
+        if workers == 1:
+            exporter.work(conn)
+        else:
+            # The main connection works too; the others read its snapshot, which stays valid
+            # because this transaction stays open until every worker has finished.
+            snapshot_id = export_snapshot(conn)
+            threads = [
+                threading.Thread(
+                    target=exporter.work_joined,
+                    args=(url, snapshot_id),
+                    name=f"backup-worker-{n}",
+                    daemon=True,
                 )
-            )
-            object_seconds[name] = time.perf_counter() - object_started
-            if on_object:
-                on_object(name, index, len(plan))
+                for n in range(1, workers)
+            ]
+            for thread in threads:
+                thread.start()
+            exporter.work(conn)
+            for thread in threads:
+                thread.join()
+        exporter.raise_failure()
         conn.rollback()
+    objects = [e for e in exporter.entries if e is not None]
+    if len(objects) != len(plan):  # unreachable without a failure above; never publish less
+        raise CheckFailed(
+            f"only {len(objects)} of {len(plan)} backup objects were exported; no manifest was "
+            "written."
+        )
+    object_seconds = {job.name: exporter.seconds[job.index] for job in jobs}
+    stored = exporter.stored
     _verify_complete(layout, objects, info.table_totals)
     manifest = Manifest(
         backup_id=backup_id,

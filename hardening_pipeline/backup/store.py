@@ -348,13 +348,17 @@ class FileStore(BackupStore):
             return 0
         cutoff = (now or datetime.now(UTC)) - older_than
         removed = 0
-        for tmp in self.root.rglob(f"{_TEMP_PREFIX}*"):
+        # Listed first: pruning emptied folders while rglob walks them would trip it up.
+        for tmp in list(self.root.rglob(f"{_TEMP_PREFIX}*")):
             try:
                 if datetime.fromtimestamp(tmp.stat().st_mtime, UTC) < cutoff:
                     tmp.unlink()
                     removed += 1
             except FileNotFoundError:
                 continue
+            # A writer killed during its first object leaves a folder holding only this file;
+            # list() never shows it, so nothing else would ever remove the empty folder.
+            self._prune_empty_dirs(tmp.parent)
         return removed
 
 
@@ -877,7 +881,12 @@ def open_store(
     Raises ``ConfigError`` for anything else, naming the variable and the fix. Nothing is
     contacted here; the first operation reports an unreachable store.
     """
-    parsed = urlparse(url.strip())
+    try:
+        parsed = urlparse(url.strip())
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        raise ConfigError(
+            f"{ENV_STORE_URL} is not a valid URL ({exc}); fix the variable."
+        ) from None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(
@@ -885,7 +894,7 @@ def open_store(
                 f"(three slashes), got a host {parsed.netloc!r}; fix the variable."
             )
         path = unquote(parsed.path)
-        if not path.startswith("/"):
+        if not path.startswith("/") or "\x00" in path:
             raise ConfigError(
                 f"{ENV_STORE_URL} file URLs need an absolute path, like file:///var/backups; "
                 f"fix the variable."
@@ -912,13 +921,19 @@ def open_store(
                     f"{ENV_STORE_URL} has an unusable prefix {prefix!r} (no '.', '..' or empty "
                     f"segments); fix the variable."
                 ) from exc
-        client = make_s3_client(
-            endpoint_url,
-            region,
-            max_attempts=max_attempts,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
+        try:
+            client = make_s3_client(
+                endpoint_url,
+                region,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+            raise ConfigError(
+                f"{ENV_S3_ENDPOINT_URL} is not a usable endpoint ({exc}); set it to the bucket's "
+                f"S3 endpoint, like https://s3.us-west-004.backblazeb2.com."
+            ) from None
         return S3Store(parsed.netloc, prefix, client, part_size=part_size)
     shown = f"{parsed.scheme}://" if parsed.scheme else "a value without a scheme"
     raise ConfigError(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +45,13 @@ Mode = Literal["authenticated", "service_role"]
 _TENANT_COLUMN_OVERRIDES = {"tenants": "id"}
 # Tables the client never writes: the audit log is written by triggers only.
 _NEVER_WRITABLE = frozenset({"audit_events"})
+
+# Role and context in one round trip. set_config('role', ..., true) is SET LOCAL ROLE: the same
+# setting, the same membership check, gone at the end of the transaction.
+_ENTER_QUERY = (
+    "SELECT set_config('role', %s, true), set_config('app.tenant_id', %s, true), "
+    "set_config('app.actor', %s, true)"
+)
 
 _CATALOG_QUERY = """
 SELECT c.relname AS table_name, a.attname AS column_name
@@ -121,6 +128,8 @@ class TenantScopedClient:
         self.actor = actor
         self.mode: Mode = mode
         self._catalog: dict[str, TableInfo] | None = None
+        # Rendered statements by shape; see TenantTransaction._rendered.
+        self._statements: dict[tuple[Any, ...], bytes] = {}
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -146,13 +155,8 @@ class TenantScopedClient:
         catalog = self.catalog
         with self._connection() as conn:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.mode)))
-                conn.execute(
-                    "SELECT set_config('app.tenant_id', %s, true), "
-                    "set_config('app.actor', %s, true)",
-                    (str(tenant), self.actor),
-                )
-                yield TenantTransaction(conn, tenant, catalog, self.mode)
+                conn.execute(_ENTER_QUERY, (self.mode, str(tenant), self.actor))
+                yield TenantTransaction(conn, tenant, catalog, self.mode, self._statements)
 
 
 class TenantTransaction:
@@ -164,20 +168,34 @@ class TenantTransaction:
         tenant_id: uuid.UUID,
         catalog: Mapping[str, TableInfo],
         mode: Mode,
+        statements: dict[tuple[Any, ...], bytes] | None = None,
     ) -> None:
         self._conn = conn
         self.tenant_id = tenant_id
         self._catalog = catalog
         self._mode = mode
+        self._statements = {} if statements is None else statements
 
     @property
     def connection(self) -> psycopg.Connection:
         """The underlying connection, inside this tenant's transaction (for reads and tests)."""
         return self._conn
 
-    def _run(self, query: sql.Composable, params: Sequence[Any]) -> psycopg.Cursor:
+    def _run(self, query: sql.Composable | bytes, params: Sequence[Any]) -> psycopg.Cursor:
         # A cursor of its own: a pooled connection's row factory is not ours to change.
         return self._conn.cursor(row_factory=dict_row).execute(query, params)
+
+    def _rendered(self, key: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
+        """The statement for ``key``, composed and quoted once per client, not once per write.
+
+        Only called after validation, so every identifier in ``key`` is a known table or column
+        of the catalog; the cache therefore holds at most one entry per statement shape.
+        """
+        rendered = self._statements.get(key)
+        if rendered is None:
+            rendered = build().as_bytes(self._conn)
+            self._statements[key] = rendered
+        return rendered
 
     # -- validation: everything here runs before a statement is built ----------------------
 
@@ -240,10 +258,14 @@ class TenantTransaction:
         """Insert one row (tenant filled in, or checked if given); returns the stored row."""
         info = self._table(table)
         scoped = self._scoped_row(info, row)
-        query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
-            sql.Identifier(info.name),
-            sql.SQL(", ").join(map(sql.Identifier, scoped)),
-            sql.SQL(", ").join(sql.Placeholder() * len(scoped)),
+        columns = tuple(scoped)
+        query = self._rendered(
+            ("insert", info.name, columns),
+            lambda: sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
+                sql.Identifier(info.name),
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+            ),
         )
         return self._run(query, list(scoped.values())).fetchone()
 

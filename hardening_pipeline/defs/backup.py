@@ -31,6 +31,8 @@ class NightlyBackupConfig(dg.Config):
     """Launch-time options of the nightly backup."""
 
     dry_run: bool = False
+    # Objects exported at once, each on its own connection to the same snapshot.
+    workers: int = 1
 
 
 class BackupRetentionConfig(dg.Config):
@@ -125,6 +127,7 @@ def nightly_backup(
             store,
             keyring,
             dry_run=config.dry_run,
+            workers=config.workers,
             on_object=lambda name, done, total: context.log.info(f"stored {name} ({done}/{total})"),
         )
     except HardeningError as exc:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -33,6 +34,11 @@ from hardening_pipeline.db.migrations import (
     read_applied,
 )
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.seals import verify_seal_chain
+
+if TYPE_CHECKING:
+    from hardening_pipeline.backup.crypto import Keyring
+    from hardening_pipeline.backup.store import BackupStore
 
 SCHEMA = "public"
 SYSTEM_SCHEMAS = (
@@ -107,9 +113,15 @@ class StatusReport:
 
 @dataclass(frozen=True)
 class CheckContext:
-    """What the checks need besides the connection."""
+    """What the checks need besides the connection.
+
+    ``store`` and ``keyring`` are optional: given, the audit seal line also compares the
+    database's seals with their MAC'd copies in the backup store and checks every MAC.
+    """
 
     migrations_dir: Path = MIGRATIONS_DIR
+    store: BackupStore | None = None
+    keyring: Keyring | None = None
 
 
 CheckFn = Callable[[psycopg.Connection, CheckContext], CheckLine]
@@ -410,6 +422,17 @@ def check_audit_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
     ]
     fix = "REVOKE UPDATE, DELETE, TRUNCATE ON public.audit_events FROM <role> (column grants too)."
     return False, "; ".join(held), fix
+
+
+@check(
+    "audit_seal_chain",
+    "audit_events matches its hash-chain seals (no sealed row changed, deleted or back-dated)",
+)
+def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    # The database alone cannot reveal a rewrite of rows and seals together; with the store and
+    # key (ctx.store, ctx.keyring) it can. See hardening_pipeline/hardening/seals.py.
+    result = verify_seal_chain(conn, store=ctx.store, keyring=ctx.keyring)
+    return result.passed, result.detail, result.fix
 
 
 # --- row-level security ---------------------------------------------------------------------------
@@ -809,15 +832,25 @@ def run_checks(
     return lines
 
 
-def run_status_check(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> StatusReport:
-    """Run every check in one read-only transaction against ``url``."""
+def run_status_check(
+    url: str,
+    migrations_dir: Path = MIGRATIONS_DIR,
+    *,
+    store: BackupStore | None = None,
+    keyring: Keyring | None = None,
+) -> StatusReport:
+    """Run every check in one read-only transaction against ``url``.
+
+    ``store``/``keyring`` let the audit seal line check the store copies and MACs too.
+    """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
+    ctx = CheckContext(migrations_dir=migrations_dir, store=store, keyring=keyring)
     with connect(url) as conn:
         conn.read_only = True
         with conn.transaction():
             conn.execute("SELECT set_config('statement_timeout', '30s', true)")
-            lines = run_checks(conn, CheckContext(migrations_dir=migrations_dir))
+            lines = run_checks(conn, ctx)
     return StatusReport(
         lines=lines,
         started_at=started_at,

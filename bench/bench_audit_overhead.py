@@ -1,0 +1,311 @@
+"""What the audit capture costs writers: the same table with its capture triggers on and off.
+
+``messages`` is measured as it really is (RLS, four foreign keys, five indexes); between runs its
+audit triggers (the write guard and the four statement-level capture triggers) are switched
+off with ``ALTER TABLE ... DISABLE TRIGGER`` and back to ``ENABLE ALWAYS``, so "unaudited" is
+the identical table with only the capture missing. A third arm replays the capture functions as
+an older migration defined them (``--compare``, default 002) with ``CREATE OR REPLACE``, so a
+rewrite of the capture is measured against its predecessor in the same run. Arms rotate round
+by round (forwards, then backwards), so drift from autovacuum, a growing ``audit_events`` or
+other load on the machine is spread over all of them; figures are medians and ratios to the
+unaudited arm:
+
+* bulk: 100,000 rows in one statement, as ``COPY FROM STDIN`` from this process and as a
+  server-side ``INSERT ... SELECT generate_series``; committed, then removed (with the triggers
+  off) and vacuumed outside the timing, so every run starts from the same table;
+* single-row: the bundled ``pgbench`` with custom scripts (``-M prepared -c 4 -j 2``): one
+  ``INSERT`` per transaction, and one ``UPDATE`` by primary key of a random row among 100,000.
+
+Writes run as the superuser with ``app.actor`` set for the session (``PGOPTIONS``), which is
+what the capture records; the service-role guard is the same single check either way.
+
+    python bench/bench_audit_overhead.py                  # throwaway Postgres, ~6 minutes
+    python bench/bench_audit_overhead.py --rounds 8 --seconds 5 --compare 002_audit_events.sql
+
+Goals: bulk at most 1.6x the unaudited time, single-row throughput at least 0.75x. Figures from
+a run are in the project's performance note; on a shared 2-core VM single runs swing by 2x, so
+only medians over many short alternating runs mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from psycopg import sql
+
+from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.embedded import pgserver_bin_dir
+from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.throwaway import throwaway_postgres
+from hardening_pipeline.seed import seed_demo_data
+
+BULK_ROWS = 100_000
+UPDATE_ROWS = 100_000
+BULK_SENDER = "bench-bulk"
+# Deterministic ids for the update targets, so a pgbench script can name one from an integer.
+ID_PREFIX = "00000000-0000-4000-8000-"
+
+INSERT_SCRIPT = """\
+INSERT INTO public.messages (tenant_id, development_id, unit_id, sender, body)
+VALUES (:tenant, :development, :unit, 'bench-single', 'The heating is off again.');
+"""
+# :rows and the id prefix come in with pgbench -D; the id is rebuilt from k as prepare() made it.
+UPDATE_SCRIPT = """\
+\\set k random(1, :rows)
+UPDATE public.messages SET body = 'Edited: the heating is back.', sender = 'bench-update'
+WHERE id = (:prefix || lpad(to_hex(cast(:k AS int)), 12, '0'))::uuid;
+"""
+
+
+def audit_triggers(url: str) -> list[str]:
+    """The guard and capture triggers of messages, found by name rather than listed."""
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tgname FROM pg_catalog.pg_trigger "
+            "WHERE tgrelid = 'public.messages'::regclass AND NOT tgisinternal "
+            "AND tgname LIKE 'messages\\_audit\\_%' ORDER BY tgname"
+        ).fetchall()
+    names = [r["tgname"] for r in rows]
+    if not names:
+        raise SystemExit("messages has no audit triggers: is the database migrated?")
+    return names
+
+
+def set_audit(url: str, triggers: list[str], on: bool) -> None:
+    action = "ENABLE ALWAYS" if on else "DISABLE"
+    with connect(url) as conn:
+        for name in triggers:
+            conn.execute(
+                sql.SQL("ALTER TABLE public.messages {} TRIGGER {}").format(
+                    sql.SQL(action), sql.Identifier(name)
+                )
+            )
+        conn.commit()
+
+
+def prepare(url: str) -> dict[str, str]:
+    """One tenant with one unit, and the rows the update benchmark picks from."""
+    seed_demo_data(
+        url,
+        tenants=1,
+        messages_per_unit=0,
+        developments_per_tenant=1,
+        units_per_development=1,
+        onboarding_per_tenant=0,
+        random_seed=1,
+    )
+    with connect(url) as conn:
+        ids = conn.execute(
+            "SELECT tenant_id::text AS tenant, development_id::text AS development, "
+            "id::text AS unit FROM public.units"
+        ).fetchone()
+        conn.execute("SELECT set_config('app.actor', 'bench:setup', true)")
+        conn.execute(
+            "INSERT INTO public.messages (id, tenant_id, development_id, unit_id, sender, body) "
+            "SELECT (%s || lpad(to_hex(g), 12, '0'))::uuid, %s, %s, %s, 'bench-update', 'x' "
+            "FROM generate_series(1, %s) g",
+            (ID_PREFIX, ids["tenant"], ids["development"], ids["unit"], UPDATE_ROWS),
+        )
+        conn.commit()
+    with connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) public.messages, public.audit_events")
+    return ids
+
+
+def copy_payload(ids: dict[str, str]) -> bytes:
+    line = f"{ids['tenant']}\t{ids['development']}\t{ids['unit']}\t{BULK_SENDER}\t"
+    return "".join(
+        f"{line}Bulk message number {n}, about the lift.\n" for n in range(BULK_ROWS)
+    ).encode()
+
+
+def bulk_copy(url: str, ids: dict[str, str], payload: bytes) -> float:
+    with connect(url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'bench:bulk', true)")
+        started = time.perf_counter()
+        query = "COPY public.messages (tenant_id, development_id, unit_id, sender, body) FROM STDIN"
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            copy.write(payload)
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def bulk_insert_select(url: str, ids: dict[str, str], payload: bytes) -> float:
+    with connect(url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'bench:bulk', true)")
+        started = time.perf_counter()
+        conn.execute(
+            "INSERT INTO public.messages (tenant_id, development_id, unit_id, sender, body) "
+            "SELECT %s, %s, %s, %s, 'Bulk message number ' || g || ', about the lift.' "
+            "FROM generate_series(1, %s) g",
+            (ids["tenant"], ids["development"], ids["unit"], BULK_SENDER, BULK_ROWS),
+        )
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def clean_bulk(url: str, triggers: list[str]) -> None:
+    """Remove the bulk rows with the capture off (their deletion is not what is measured)."""
+    set_audit(url, triggers, on=False)
+    with connect(url) as conn:
+        conn.execute("DELETE FROM public.messages WHERE sender = %s", (BULK_SENDER,))
+        conn.commit()
+    with connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM public.messages")
+
+
+def pgbench_tps(url: str, script: Path, ids: dict[str, str], seconds: int) -> float:
+    argv = [
+        str(pgserver_bin_dir() / "pgbench"),
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        str(seconds),
+        "-f",
+        str(script),
+    ]
+    for name, value in {**ids, "rows": str(UPDATE_ROWS), "prefix": ID_PREFIX}.items():
+        argv += ["-D", f"{name}={value}"]
+    env = dict(os.environ, PGOPTIONS="-c app.actor=bench:pgbench")
+    proc = subprocess.run(argv + [url], env=env, capture_output=True, text=True, check=False)
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise SystemExit(f"pgbench failed:\n{proc.stdout}\n{proc.stderr}")
+    failed = re.search(r"number of failed transactions: (\d+)", proc.stdout)
+    if failed and int(failed.group(1)):
+        raise SystemExit(f"pgbench reported failed transactions:\n{proc.stdout}")
+    return float(match.group(1))
+
+
+_CAPTURE_FUNCTION = re.compile(
+    r"CREATE (?:OR REPLACE )?FUNCTION hardening\.audit_capture_(?:insert|update|delete)\(\)"
+    r".*?\$fn\$;",
+    re.DOTALL,
+)
+
+
+def capture_definitions(filename: str) -> str:
+    """The insert/update/delete capture functions exactly as ``filename`` defines them.
+
+    Replayed with CREATE OR REPLACE, which keeps each function's oid, owner and grants, so the
+    installed triggers run that version's bodies: two versions compared on one table.
+    """
+    text = (MIGRATIONS_DIR / filename).read_text()
+    found = _CAPTURE_FUNCTION.findall(text)
+    if len(found) != 3:
+        raise SystemExit(f"{filename} does not define the three capture functions")
+    return "\n".join(f.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1) for f in found)
+
+
+def newest_capture_file() -> str:
+    """The last migration that (re)defines the capture functions: what a migrated DB runs."""
+    return [
+        f.filename for f in discover_migrations() if len(_CAPTURE_FUNCTION.findall(f.sql)) == 3
+    ][-1]
+
+
+def arm_setup(url: str, triggers: list[str], definitions: str | None) -> None:
+    """None = capture off; otherwise capture on, running the given function definitions."""
+    if definitions is not None:
+        with connect(url) as conn:
+            conn.execute(definitions.encode())
+            conn.commit()
+    set_audit(url, triggers, on=definitions is not None)
+
+
+def rotations(arms: list[str], rounds: int) -> list[str]:
+    """Each round visits every arm, forwards then backwards (ABBA), so a trend over time (the
+    machine's other load, a growing audit log) is spread over the arms instead of hitting one.
+    """
+    order: list[str] = []
+    for r in range(rounds):
+        order += arms if r % 2 == 0 else arms[::-1]
+    return order
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bulk-rounds", type=int, default=4, help="bulk runs per arm")
+    parser.add_argument("--rounds", type=int, default=6, help="pgbench runs per arm")
+    parser.add_argument("--seconds", type=int, default=4, help="pgbench -T of each run")
+    parser.add_argument(
+        "--compare",
+        metavar="FILE",
+        default="002_audit_events.sql",
+        help="also measure the capture functions as this migration defined them",
+    )
+    args = parser.parse_args()
+
+    current = newest_capture_file()
+    arms: dict[str, str | None] = {"unaudited": None, f"capture {current[:3]}": None}
+    arms[f"capture {current[:3]}"] = capture_definitions(current)
+    if args.compare and args.compare != current:
+        arms[f"capture {args.compare[:3]}"] = capture_definitions(args.compare)
+    names = list(arms)
+    with throwaway_postgres(prefer_docker=False) as url, tempfile.TemporaryDirectory() as tmp:
+        apply_migrations(url)
+        ids = prepare(url)
+        triggers = audit_triggers(url)
+        payload = copy_payload(ids)
+        scripts = {"insert": Path(tmp) / "insert.sql", "update": Path(tmp) / "update.sql"}
+        scripts["insert"].write_text(INSERT_SCRIPT)
+        scripts["update"].write_text(UPDATE_SCRIPT)
+
+        bulk: dict[str, Callable[[str, dict[str, str], bytes], float]] = {
+            "COPY 100k rows": bulk_copy,
+            "INSERT..SELECT 100k rows": bulk_insert_select,
+        }
+        seconds: dict[tuple[str, str], list[float]] = {}
+        for kind, fn in bulk.items():
+            for arm in rotations(names, args.bulk_rounds):
+                arm_setup(url, triggers, arms[arm])
+                seconds.setdefault((kind, arm), []).append(fn(url, ids, payload))
+                clean_bulk(url, triggers)
+        tps: dict[tuple[str, str], list[float]] = {}
+        for kind, script in scripts.items():
+            for arm in rotations(names, args.rounds):
+                arm_setup(url, triggers, arms[arm])
+                tps.setdefault((kind, arm), []).append(pgbench_tps(url, script, ids, args.seconds))
+        arm_setup(url, triggers, arms[names[1]])
+
+    audited = names[1:]
+    print(f"\nbulk: median seconds of {args.bulk_rounds} runs per arm, ratio to unaudited")
+    print(f"{'':26} {'unaudited':>10}" + "".join(f" {a:>12} {'ratio':>6}" for a in audited))
+    for kind in bulk:
+        base = statistics.median(seconds[(kind, "unaudited")])
+        cells = ""
+        for arm in audited:
+            value = statistics.median(seconds[(kind, arm)])
+            cells += f" {value:12.3f} {value / base:6.2f}"
+        print(f"{kind:26} {base:10.3f}{cells}")
+    print("goal: audited at most 1.6x unaudited")
+    print(
+        f"\nsingle-row: pgbench -M prepared -c 4 -j 2 -T {args.seconds}, median tps of "
+        f"{args.rounds} runs per arm, ratio to unaudited"
+    )
+    print(f"{'':26} {'unaudited':>10}" + "".join(f" {a:>12} {'ratio':>6}" for a in audited))
+    for kind in scripts:
+        base = statistics.median(tps[(kind, "unaudited")])
+        cells = ""
+        for arm in audited:
+            value = statistics.median(tps[(kind, arm)])
+            cells += f" {value:12.0f} {value / base:6.2f}"
+        print(f"{kind + ' (1 row/tx)':26} {base:10.0f}{cells}")
+    print("goal: audited at least 0.75x unaudited throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Backup and restore as the work grows in two directions: more workers, and many small tenants.
+
+Two databases on one throwaway server:
+
+* ``big``: 100 tenants holding 1,000,000 messages (a few big objects);
+* ``many``: 10,000 tenants with a handful of rows each (many tiny objects), where the fixed cost
+  per object (five COPY round trips, a fresh zstd stream and AEAD key schedule, one store
+  write with its fsync) matters more than the rows.
+
+For each, ``run_backup`` with ``workers=1`` and ``workers=2`` alternate (1-2, then 2-1) in this
+script, as a dry run (export, compress, encrypt, discard: no disk noise) and into a folder.
+Reported: median seconds, rows/s, the 2-worker / 1-worker ratio, and the mean time per object.
+Then each database's backup is restored with ``restore_backup_into`` (verify, decrypt, COPY,
+keys, sequences: one transaction) into a fresh database, to put the per-object cost of the
+restore side next to its per-row cost.
+
+    python bench/bench_scaling.py                          # seeds both, ~8 minutes
+    python bench/bench_scaling.py --skip-big --many-tenants 2000
+
+The machine has 2 shared cores, so 2 workers can at best halve the time; the Postgres backends
+use the same cores. Figures are in the project's performance note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from psycopg import sql
+
+from hardening_pipeline.backup.catalog import find_backup, list_backups
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.nightly import BackupResult, run_backup
+from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.db.connection import connect, with_database
+from hardening_pipeline.db.migrations import apply_migrations
+from hardening_pipeline.db.throwaway import throwaway_postgres
+from hardening_pipeline.restore.drill import restore_backup_into
+from hardening_pipeline.seed import seed_demo_data
+
+MIB = 1024 * 1024
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(server_url, name)
+
+
+def timed(label: str, fn: Callable[[], object]) -> object:
+    started = time.perf_counter()
+    result = fn()
+    print(f"  {label}: {time.perf_counter() - started:.1f} s", flush=True)
+    return result
+
+
+def backups(
+    url: str, keyring: Keyring, workdir: Path, rounds: int
+) -> tuple[dict[tuple[str, int], list[BackupResult]], FileStore]:
+    """Every (mode, workers) combination ``rounds`` times, alternating the worker order."""
+    results: dict[tuple[str, int], list[BackupResult]] = {}
+    last_store = FileStore(workdir / "none")
+    for r in range(rounds):
+        for workers in (1, 2) if r % 2 == 0 else (2, 1):
+            results.setdefault(("dry run", workers), []).append(
+                run_backup(url, FileStore(workdir / "dry"), keyring, dry_run=True, workers=workers)
+            )
+            last_store = FileStore(workdir / f"folder-{r}-{workers}")
+            results.setdefault(("folder", workers), []).append(
+                run_backup(url, last_store, keyring, workers=workers)
+            )
+    return results, last_store
+
+
+def report_backups(title: str, results: dict[tuple[str, int], list[BackupResult]]) -> None:
+    sample = results[("dry run", 1)][0]
+    objects = len(sample.manifest.objects)
+    print(
+        f"\n{title}: {sample.rows:,} rows in {objects:,} objects, "
+        f"{sample.plaintext_bytes / MIB:.1f} MiB of COPY text"
+    )
+    print(
+        f"{'':10} {'workers':>7} {'median s':>9} {'rows/s':>10} {'ms/object':>10} "
+        f"{'x 1 worker':>10}"
+    )
+    for mode in ("dry run", "folder"):
+        base = statistics.median(r.seconds for r in results[(mode, 1)])
+        for workers in (1, 2):
+            seconds = statistics.median(r.seconds for r in results[(mode, workers)])
+            print(
+                f"{mode:10} {workers:7d} {seconds:9.2f} {sample.rows / seconds:10,.0f} "
+                f"{seconds / objects * 1000:10.2f} {seconds / base:10.2f}"
+            )
+
+
+def restore(url: str, server_url: str, name: str, store: FileStore, keyring: Keyring) -> float:
+    backup = find_backup(list_backups(store, keyring), None)
+    target = fresh_database(server_url, name)
+    started = time.perf_counter()
+    rows = restore_backup_into(target, store, backup, keyring)
+    seconds = time.perf_counter() - started
+    objects = len(backup.manifest.objects) if backup.manifest else 0
+    print(
+        f"restore {name}: {rows:,} rows, {objects:,} objects in {seconds:.1f} s "
+        f"({rows / seconds:,.0f} rows/s, {seconds / objects * 1000:.2f} ms/object)"
+    )
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big-tenants", type=int, default=100)
+    parser.add_argument("--big-messages-per-unit", type=int, default=1000)
+    parser.add_argument("--many-tenants", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2, help="backups per (mode, workers)")
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    keyring = Keyring(os.urandom(32))
+
+    with throwaway_postgres(prefer_docker=False) as server, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        sections: list[tuple[str, str]] = []
+        if not args.skip_big:
+            big = fresh_database(server, "scale_big")
+            apply_migrations(big)
+            print("seeding big", flush=True)
+            timed(
+                f"{args.big_tenants} tenants x 10 units x {args.big_messages_per_unit} messages",
+                lambda: seed_demo_data(
+                    big, tenants=args.big_tenants, messages_per_unit=args.big_messages_per_unit
+                ),
+            )
+            sections.append(("big", big))
+        many = fresh_database(server, "scale_many")
+        apply_migrations(many)
+        print("seeding many", flush=True)
+        timed(
+            f"{args.many_tenants} tenants x 2 units x 2 messages",
+            lambda: seed_demo_data(
+                many,
+                tenants=args.many_tenants,
+                messages_per_unit=2,
+                developments_per_tenant=1,
+                units_per_development=2,
+                onboarding_per_tenant=1,
+            ),
+        )
+        sections.append(("many", many))
+        for name, url in sections:
+            with connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+            print(f"backing up {name}", flush=True)
+            results, store = backups(url, keyring, workdir / name, args.rounds)
+            report_backups(name, results)
+            restore(url, server, f"restored_{name}", store, keyring)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Benchmark: sealing and verifying a 1,000,000-row audit log.
+
+Sealing is off the write path, so its cost is the time of one hourly run and of the status line
+that re-verifies the whole chain. The audit rows are generated in bulk (realistic jsonb images,
+inserted as the superuser straight into audit_events) so the benchmark measures sealing, not
+seeding. The baseline is ``SELECT count(*) FROM audit_events`` and a plain read of every row's
+canonical text, the least any verifier must do.
+
+    python bench/bench_seals.py                 # throwaway Postgres, 1M rows
+    python bench/bench_seals.py --rows 200000   # quicker
+    python bench/bench_seals.py --url postgresql://...   # a migrated database you own
+
+Prints one JSON object. Nothing is asserted: the numbers are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+
+from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.migrations import apply_migrations
+from hardening_pipeline.db.throwaway import throwaway_postgres
+from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+
+GENERATE = """
+    INSERT INTO public.audit_events (actor, tenant_id, table_name, operation, record_id, after,
+                                     db_role)
+    SELECT 'service_role:bench', t.tenant, 'messages', 'INSERT', gen_random_uuid()::text,
+           jsonb_build_object('id', gen_random_uuid(), 'tenant_id', t.tenant,
+                              'sender', 'resident', 'body', repeat('heating is off ', 6),
+                              'created_at', now()),
+           'service_role'
+    FROM generate_series(1, %s) AS g
+    CROSS JOIN LATERAL (SELECT gen_random_uuid() AS tenant) AS t
+"""
+
+
+@contextlib.contextmanager
+def database(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    with throwaway_postgres() as server_url:
+        apply_migrations(server_url, applied_by="bench")
+        yield server_url
+
+
+def timed(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a migrated database (default: a throwaway Postgres)")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with database(args.url) as url:
+        with connect(url, autocommit=True) as conn:
+            generate_s, _ = timed(lambda: conn.execute(GENERATE, (args.rows,)))
+            conn.execute("VACUUM ANALYZE public.audit_events")
+            count_s, _ = timed(
+                lambda: conn.execute("SELECT count(*) FROM public.audit_events").fetchone()
+            )
+        seal_s, run = timed(lambda: seal_audit_log(url, actor="bench"))
+        verify_s, result = timed(lambda: verify_audit_seals(url))
+        incremental_s, again = timed(lambda: seal_audit_log(url, actor="bench"))
+        with connect(url) as conn:
+            size = conn.execute(
+                "SELECT pg_total_relation_size('hardening.audit_seals') AS b"
+            ).fetchone()["b"]
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "generate_seconds": round(generate_s, 2),
+                "count_star_seconds": round(count_s, 3),
+                "seal_seconds": round(seal_s, 2),
+                "seal_rows_per_second": round(args.rows / seal_s),
+                "seals_written": len(run.seals),
+                "verify_seconds": round(verify_s, 2),
+                "verify_passed": result.passed,
+                "reseal_nothing_new_seconds": round(incremental_s, 3),
+                "reseal_new_seals": len(again.seals),
+                "seal_table_bytes": size,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Hourly audit seals as a Dagster asset, with its job and schedule.
+
+The work is ``hardening_pipeline.hardening.seals`` (the same functions ``hardening seal`` calls):
+this asset seals what is new, then verifies the whole chain against the store copies and the
+key, which the daily status report cannot do on its own (it reads only the database). The check
+is blocking with ERROR severity, so a broken chain fails the run and the run-failure sensor
+alerts Slack. No ``from __future__ import annotations``: Dagster inspects the annotations.
+"""
+
+import dagster as dg
+
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+)
+from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+
+SEAL_ACTOR = "dagster:audit_seal"
+
+
+@dg.asset(
+    group_name="hardening",
+    kinds={"postgres"},
+    deps=[dg.AssetKey("database_schema"), dg.AssetKey(["app", "audit_events"])],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "seal_chain_intact",
+            asset="audit_seal",
+            blocking=True,
+            description=(
+                "Every sealed audit row still hashes to its seal, and every seal matches its "
+                "MAC'd copy in the backup store."
+            ),
+        )
+    ],
+    description=(
+        "Hashes the audit_events rows added since the last seal (up to the safe horizon) into a "
+        "digest chained to the previous seal; stores it in hardening.audit_seals and as "
+        "seals/<seq>.json in the backup store, then verifies the whole chain. If a sealed row "
+        "was changed, deleted or back-dated, the blocking seal_chain_intact check fails with "
+        "the first bad id and the run fails (Slack alert); see docs/runbook.md."
+    ),
+)
+def audit_seal(
+    context: dg.AssetExecutionContext,
+    app_db: AppDatabaseResource,
+    backup_store: BackupStoreResource,
+    encryption_keys: EncryptionKeysResource,
+) -> dg.MaterializeResult:
+    settings = app_db.settings()
+    keyring = encryption_keys.keyring(settings)
+    store = backup_store.open()
+    url = app_db.url()
+    run = seal_audit_log(url, store=store, keyring=keyring, actor=SEAL_ACTOR)
+    context.log.info(run.summary())
+    if run.horizon.held_back_by:
+        context.log.warning(
+            "open transaction(s) held the seal back: "
+            + ", ".join(map(str, run.horizon.held_back_by))
+        )
+    verification = verify_audit_seals(url, store=store, keyring=keyring)
+    latest = run.latest
+    return dg.MaterializeResult(
+        metadata={
+            "summary": dg.MetadataValue.text(run.summary()),
+            "new_seals": dg.MetadataValue.int(len(run.seals)),
+            "rows_sealed": dg.MetadataValue.int(run.rows),
+            "sealed_through_id": dg.MetadataValue.int(run.horizon.to_id),
+            "latest_seq": dg.MetadataValue.int(latest.seq if latest else 0),
+            "latest_digest": dg.MetadataValue.text(latest.digest.hex() if latest else ""),
+            "held_back_by": dg.MetadataValue.json(list(run.horizon.held_back_by)),
+            "store": dg.MetadataValue.text(store.describe()),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="seal_chain_intact",
+                passed=verification.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=verification.detail,
+                metadata={
+                    "first_bad_id": dg.MetadataValue.int(verification.first_bad_id or 0),
+                    "seals": dg.MetadataValue.int(verification.seals),
+                    "rows_verified": dg.MetadataValue.int(verification.rows),
+                    "runbook": dg.MetadataValue.text("docs/runbook.md#status-audit-seal-chain"),
+                },
+            )
+        ],
+    )
+
+
+audit_seal_job = dg.define_asset_job(
+    "audit_seal_job",
+    selection=dg.AssetSelection.assets(audit_seal),
+    description="Seal the new audit rows and verify the seal chain against the backup store.",
+)
+
+audit_seal_schedule = dg.ScheduleDefinition(
+    name="audit_seal_schedule",
+    job=audit_seal_job,
+    cron_schedule="7 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Hourly at :07: seal the audit rows added since the last seal.",
+)

@@ -1,0 +1,473 @@
+"""Audit seals: a hash chain over audit_events that shows any rewrite of sealed history.
+
+Every tampering test works as the superuser the suite connects as, because that is who the
+append-only guards cannot stop: it disables the guard trigger and rewrites rows, deletes them,
+forges rows with ids inside a sealed range, and finally rewrites the seals themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+)
+from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
+from hardening_pipeline.hardening.seals import (
+    SealError,
+    _Accumulator,
+    decode_fingerprints,
+    read_seals,
+    seal_audit_log,
+    store_key,
+    verify_audit_seals,
+)
+from hardening_pipeline.hardening.status_check import run_status_check
+from tests.support.db import admin_connect, insert_tenant
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = "audit_seal_chain"
+
+
+@pytest.fixture
+def su(db_url):
+    """An autocommit superuser connection: each statement or transaction() block commits."""
+    with admin_connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring(os.urandom(32))
+
+
+@pytest.fixture
+def store(tmp_path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+def write(su: psycopg.Connection, tenants: int = 1) -> list[int]:
+    """Commit ``tenants`` tenants (5 audited rows each); returns the new audit ids."""
+    before = su.execute("SELECT coalesce(max(id), 0) AS m FROM audit_events").fetchone()["m"]
+    for _ in range(tenants):
+        insert_tenant(su, f"t-{os.urandom(5).hex()}")
+    rows = su.execute("SELECT id FROM audit_events WHERE id > %s ORDER BY id", (before,))
+    return [r["id"] for r in rows.fetchall()]
+
+
+def tamper(su: psycopg.Connection, statement: str, params: tuple = ()) -> None:
+    """What a superuser can do: switch the guard off, rewrite, switch it back on."""
+    with su.transaction():
+        su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        su.execute(statement, params)
+        su.execute("ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only")
+
+
+def seal_line(report):
+    return next(line for line in report.lines if line.name == LINE)
+
+
+# --- green paths --------------------------------------------------------------------------------
+
+
+def test_a_fresh_database_is_green_with_no_seals_yet(db_url, store, keyring):
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert result.passed and result.detail == "no seals yet"
+    report = run_status_check(db_url)
+    assert report.passed, [(x.name, x.detail) for x in report.red]
+    assert seal_line(report).detail == "no seals yet"
+
+
+def test_seal_write_seal_again_keeps_the_chain_green(db_url, su, store, keyring):
+    first_ids = write(su, 2)
+    first = seal_audit_log(db_url, store=store, keyring=keyring, actor="test")
+    assert [s.seq for s in first.seals] == [1]
+    seal1 = first.seals[0]
+    assert (seal1.from_id, seal1.to_id, seal1.row_count) == (1, first_ids[-1], len(first_ids))
+    assert [i for i, _ in decode_fingerprints(seal1.fingerprints, 1)] == first_ids
+
+    second_ids = write(su, 1)
+    second = seal_audit_log(db_url, store=store, keyring=keyring, actor="test")
+    seal2 = second.latest
+    assert seal2.seq == 2 and seal2.previous_digest == seal1.digest
+    assert (seal2.from_id, seal2.to_id) == (seal1.to_id + 1, second_ids[-1])
+
+    assert seal_audit_log(db_url, store=store, keyring=keyring).seals == []  # nothing new
+    assert [o.key for o in store.list("seals/")] == [store_key(1), store_key(2)]
+    stored = json.loads(b"".join(store.get(store_key(2))))
+    assert stored["digest"] == seal2.digest.hex() and stored["mac"] == seal2.mac.hex()
+
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert result.passed, result.detail
+    assert result.rows == len(first_ids) + len(second_ids) and result.seals == 2
+    report = run_status_check(db_url, store=store, keyring=keyring)
+    assert report.passed, [(x.name, x.detail) for x in report.red]
+    assert "store copies match" in seal_line(report).detail
+
+
+def test_large_ranges_are_split_into_several_chained_seals(db_url, su):
+    ids = write(su, 3)
+    run = seal_audit_log(db_url, max_rows=4)
+    assert [s.row_count for s in run.seals] == [4, 4, 4, 3]
+    assert run.seals[-1].to_id == ids[-1]
+    for before, after in zip(run.seals, run.seals[1:], strict=False):
+        assert after.from_id == before.to_id + 1 and after.previous_digest == before.digest
+    assert verify_audit_seals(db_url).passed
+    tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = %s", (ids[9],))
+    assert verify_audit_seals(db_url).first_bad_id == ids[9]
+
+
+# --- tampering with rows ------------------------------------------------------------------------
+
+
+def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su):
+    ids = write(su, 2)
+    seal_audit_log(db_url)
+    write(su, 1)  # unsealed rows after the seal are not the problem
+    target = ids[4]
+    tamper(su, "UPDATE audit_events SET actor = 'someone-else' WHERE id = %s", (target,))
+    result = verify_audit_seals(db_url)
+    assert not result.passed and result.first_bad_id == target
+    assert f"first bad id {target}: id {target} was changed" in result.detail
+    report = run_status_check(db_url)
+    assert [x.name for x in report.red] == [LINE]
+    assert f"first bad id {target}" in seal_line(report).detail and seal_line(report).fix
+
+
+def test_a_changed_jsonb_image_is_caught(db_url, su):
+    ids = write(su, 1)
+    seal_audit_log(db_url)
+    tamper(
+        su,
+        'UPDATE audit_events SET after = after || \'{"body": "nothing to see"}\' WHERE id = %s',
+        (ids[3],),
+    )
+    assert verify_audit_seals(db_url).first_bad_id == ids[3]
+
+
+def test_a_deleted_sealed_row_turns_the_line_red_with_its_id(db_url, su):
+    ids = write(su, 2)
+    seal_audit_log(db_url)
+    tamper(su, "DELETE FROM audit_events WHERE id = ANY(%s)", ([ids[6], ids[8]],))
+    result = verify_audit_seals(db_url)
+    assert not result.passed and result.first_bad_id == ids[6]
+    assert "was deleted" in result.detail
+
+
+def test_deleting_the_last_sealed_rows_is_caught(db_url, su):
+    ids = write(su, 1)
+    seal_audit_log(db_url)
+    tamper(su, "DELETE FROM audit_events WHERE id >= %s", (ids[-2],))
+    assert verify_audit_seals(db_url).first_bad_id == ids[-2]
+
+
+def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su):
+    write(su, 1)
+    with pytest.raises(RuntimeError), su.transaction():  # burns ids: a gap in the sealed range
+        insert_tenant(su, "rolled-back")
+        raise RuntimeError
+    write(su, 1)
+    seal_audit_log(db_url)
+    present = {r["id"] for r in su.execute("SELECT id FROM audit_events").fetchall()}
+    gap = min(set(range(1, max(present))) - present)
+    tamper(
+        su,
+        "INSERT INTO audit_events (id, actor, table_name, operation, db_role) "
+        "OVERRIDING SYSTEM VALUE VALUES (%s, 'forger', 'tenants', 'TRUNCATE', 'postgres')",
+        (gap,),
+    )
+    result = verify_audit_seals(db_url)
+    assert result.first_bad_id == gap and "was inserted after it was sealed" in result.detail
+
+
+def test_a_row_forged_before_the_first_seal_is_caught(db_url, su):
+    write(su, 1)
+    seal_audit_log(db_url)
+    tamper(
+        su,
+        "INSERT INTO audit_events (id, actor, table_name, operation, db_role) "
+        "OVERRIDING SYSTEM VALUE VALUES (0, 'forger', 'tenants', 'TRUNCATE', 'postgres')",
+    )
+    assert verify_audit_seals(db_url).first_bad_id == 0
+
+
+def test_replica_mode_cannot_touch_the_seal_table(db_url, su):
+    write(su, 1)
+    seal_audit_log(db_url)
+    for statement in (
+        "UPDATE hardening.audit_seals SET row_count = 0",
+        "DELETE FROM hardening.audit_seals",
+        "TRUNCATE hardening.audit_seals",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), su.transaction():
+            su.execute("SET LOCAL session_replication_role = replica")
+            su.execute(statement)
+
+
+# --- tampering with the seals -------------------------------------------------------------------
+
+
+def rewrite_history(db_url: str, su: psycopg.Connection, row_id: int) -> None:
+    """An attacker who owns the database but has neither the key nor the store: change a row,
+    delete every seal and recompute the whole chain so it is self-consistent again."""
+    tamper(su, "UPDATE audit_events SET actor = 'rewritten' WHERE id = %s", (row_id,))
+    with su.transaction():
+        su.execute("ALTER TABLE hardening.audit_seals DISABLE TRIGGER audit_seals_append_only")
+        su.execute("DELETE FROM hardening.audit_seals")
+        su.execute(
+            "ALTER TABLE hardening.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only"
+        )
+    seal_audit_log(db_url, actor="attacker")
+
+
+def test_a_recomputed_chain_is_caught_by_the_store_copy(db_url, su, store, keyring):
+    ids = write(su, 2)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    write(su, 1)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    rewrite_history(db_url, su, ids[5])
+
+    # Documented limit: the database alone is self-consistent again.
+    assert verify_audit_seals(db_url).passed
+    # The key alone shows the seals were not made by us.
+    assert "carries no MAC" in verify_audit_seals(db_url, keyring=keyring).detail
+    # The store copies pin the row.
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert not result.passed and result.first_bad_id == ids[5]
+    assert "differs from its store copy" in result.detail
+    report = run_status_check(db_url, store=store, keyring=keyring)
+    assert [x.name for x in report.red] == [LINE]
+
+
+def test_a_deleted_newest_seal_is_caught_by_the_store_and_resealing_restores_it(
+    db_url, su, store, keyring
+):
+    write(su, 1)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    write(su, 1)
+    newest = seal_audit_log(db_url, store=store, keyring=keyring).latest
+    with su.transaction():
+        su.execute("ALTER TABLE hardening.audit_seals DISABLE TRIGGER audit_seals_append_only")
+        su.execute("DELETE FROM hardening.audit_seals WHERE seq = 2")
+        su.execute(
+            "ALTER TABLE hardening.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only"
+        )
+    assert verify_audit_seals(db_url).passed  # the database alone cannot tell
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert "seal 2 is in the store but missing from the database" in result.detail
+    # The rows still match the copy, so the next run re-records it rather than overwriting it.
+    run = seal_audit_log(db_url, store=store, keyring=keyring)
+    assert [s.seq for s in run.adopted] == [2] and run.seals == []
+    assert read_seals(su)[-1] == newest
+    assert verify_audit_seals(db_url, store=store, keyring=keyring).passed
+
+
+def test_sealing_refuses_to_overwrite_a_store_copy_that_no_longer_matches(
+    db_url, su, store, keyring
+):
+    ids = write(su, 1)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    with su.transaction():
+        su.execute("ALTER TABLE hardening.audit_seals DISABLE TRIGGER audit_seals_append_only")
+        su.execute("DELETE FROM hardening.audit_seals")
+        su.execute(
+            "ALTER TABLE hardening.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only"
+        )
+    tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = %s", (ids[0],))
+    with pytest.raises(SealError, match="no longer matches the audit rows"):
+        seal_audit_log(db_url, store=store, keyring=keyring)
+    assert verify_audit_seals(db_url, store=store, keyring=keyring).first_bad_id == ids[0]
+
+
+def test_a_forged_store_copy_fails_authentication(db_url, su, store, keyring):
+    write(su, 1)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    body = json.loads(b"".join(store.get(store_key(1))))
+    body["row_count"] = 4
+    store.put(store_key(1), [json.dumps(body).encode()])
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert (
+        not result.passed and "store copy of seal 1 has a MAC that does not match" in result.detail
+    )
+    other = Keyring(os.urandom(32))
+    assert "not configured" in verify_audit_seals(db_url, keyring=other).detail
+
+
+def test_a_seal_without_a_store_copy_is_red_when_the_store_is_checked(db_url, su, store):
+    write(su, 1)
+    seal_audit_log(db_url)  # sealed without a store
+    result = verify_audit_seals(db_url, store=store)
+    assert "seal 1 has no store copy" in result.detail
+
+
+# --- concurrency: the safe horizon --------------------------------------------------------------
+
+
+def test_a_late_commit_is_not_tampering_and_is_sealed_next_time(db_url, su, store, keyring):
+    early = write(su, 1)
+    time.sleep(1.2)  # the horizon keeps a one-second margin before the open transaction began
+    with admin_connect(db_url) as late:
+        insert_tenant_uncommitted(late)
+        late_ids = [
+            r["id"] for r in late.execute("SELECT id FROM audit_events WHERE id > %s", (early[-1],))
+        ]
+        after = write(su, 1)  # committed, with ids above the open transaction's
+        assert min(after) > max(late_ids)
+
+        run = seal_audit_log(db_url, store=store, keyring=keyring, wait_seconds=0.3)
+        assert run.horizon.held_back_by, run.summary()
+        assert run.latest.to_id == early[-1] < min(late_ids)
+        late.commit()
+
+    assert verify_audit_seals(db_url, store=store, keyring=keyring).passed
+    run = seal_audit_log(db_url, store=store, keyring=keyring)
+    assert not run.horizon.held_back_by
+    assert run.latest.to_id == after[-1] and run.rows == len(late_ids) + len(after)
+    result = verify_audit_seals(db_url, store=store, keyring=keyring)
+    assert result.passed and result.rows == len(early) + len(late_ids) + len(after)
+
+
+def insert_tenant_uncommitted(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT set_config('app.actor', 'test:late', true)")
+    conn.execute(
+        "INSERT INTO tenants (id, slug, name) VALUES (gen_random_uuid(), %s, 'Late')",
+        (f"late-{os.urandom(4).hex()}",),
+    )
+
+
+def test_a_short_open_transaction_is_waited_for(db_url, su):
+    write(su, 1)
+    with admin_connect(db_url) as late:
+        insert_tenant_uncommitted(late)
+        late_id = late.execute("SELECT max(id) AS m FROM audit_events").fetchone()["m"]
+
+        def commit_soon() -> None:
+            time.sleep(0.3)
+            late.commit()
+
+        thread = threading.Thread(target=commit_soon)
+        thread.start()
+        run = seal_audit_log(db_url, wait_seconds=10)
+        thread.join()
+    assert not run.horizon.held_back_by and run.latest.to_id >= late_id
+    assert verify_audit_seals(db_url).passed
+
+
+def test_sealing_adds_nothing_to_the_write_path(db_url, su):
+    def triggers() -> set[tuple[str, str, str]]:
+        rows = su.execute(
+            "SELECT tgrelid::regclass::text AS rel, tgname, tgenabled::text AS en "
+            "FROM pg_trigger WHERE NOT tgisinternal"
+        ).fetchall()
+        return {(r["rel"], r["tgname"], r["en"]) for r in rows}
+
+    before = triggers()
+    write(su, 1)
+    seal_audit_log(db_url)
+    assert triggers() == before
+    # The only trigger 006 adds guards the seal table itself.
+    sealing = {t for t in before if "seal" in t[1]}
+    assert sealing == {("hardening.audit_seals", "audit_seals_append_only", "A")}
+    migration = (ROOT / "sql" / "migrations" / "006_audit_seals.sql").read_text()
+    assert " ON public." not in migration and "ALTER TABLE public." not in migration
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+
+def test_fingerprints_round_trip_for_random_id_sequences():
+    rng = random.Random(7)
+    for _ in range(200):
+        start = rng.randint(1, 10**12)
+        ids = sorted(rng.sample(range(start, start + rng.randint(1, 10**6)), rng.randint(0, 40)))
+        acc = _Accumulator(start, bytes(32))
+        hashes = [rng.randbytes(32) for _ in ids]
+        for i, h in zip(ids, hashes, strict=True):
+            acc.add(i, h)
+        decoded = list(decode_fingerprints(bytes(acc.fingerprints), start))
+        assert decoded == [(i, h[:8]) for i, h in zip(ids, hashes, strict=True)]
+
+
+def test_the_row_hash_does_not_depend_on_the_session_time_zone(db_url, su):
+    write(su, 1)
+    with admin_connect(db_url) as conn:
+        conn.execute("SET TimeZone = 'Pacific/Auckland'")
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        conn.commit()
+    seal_audit_log(db_url)
+    url_tz = psycopg.conninfo.make_conninfo(db_url, options="-c TimeZone=America/Lima")
+    assert verify_audit_seals(url_tz).passed
+
+
+# --- Dagster and CLI ----------------------------------------------------------------------------
+
+
+def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
+    write(su, 1)
+    resources = {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+    }
+    result = dg.materialize([audit_seal], resources=resources)
+    assert result.success
+    metadata = result.asset_materializations_for_node("audit_seal")[0].metadata
+    assert metadata["new_seals"].value == 1 and metadata["latest_seq"].value == 1
+    check = result.get_asset_check_evaluations()[0]
+    assert check.passed and check.check_name == "seal_chain_intact"
+
+    tamper(su, "DELETE FROM audit_events WHERE id = 2")
+    red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
+    assert not red.success
+    evaluation = red.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == 2
+
+
+def test_schedule_requests_the_job():
+    assert audit_seal_schedule.job_name == audit_seal_job.name
+    assert audit_seal_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    requests = list(audit_seal_schedule.evaluate_tick(dg.build_schedule_context()).run_requests)
+    assert len(requests) == 1
+
+
+def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
+    write(su, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
+    env |= {
+        "HARDENING_DATABASE_URL": db_url,
+        "BACKUP_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "hardening_pipeline.cli", "seal", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    ok = cli()
+    assert ok.returncode == 0, ok.stderr
+    assert "sealed ids 1..5" in ok.stdout and "intact" in ok.stdout
+    tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = 3")
+    red = cli("--verify-only")
+    assert red.returncode == 1 and "first bad id 3" in red.stderr
