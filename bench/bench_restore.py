@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from psycopg import sql
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -30,21 +28,16 @@ from hardening_pipeline.backup.catalog import find_backup, list_backups  # noqa:
 from hardening_pipeline.backup.crypto import Keyring  # noqa: E402
 from hardening_pipeline.backup.nightly import run_backup  # noqa: E402
 from hardening_pipeline.backup.store import FileStore  # noqa: E402
-from hardening_pipeline.db.connection import connect, with_database  # noqa: E402
+from hardening_pipeline.db.connection import (  # noqa: E402
+    connect,
+    drop_database,
+    recreate_database,
+)
 from hardening_pipeline.db.embedded import pgserver_bin_dir  # noqa: E402
 from hardening_pipeline.db.migrations import apply_migrations  # noqa: E402
 from hardening_pipeline.db.throwaway import throwaway_postgres  # noqa: E402
 from hardening_pipeline.restore.drill import restore_backup_into  # noqa: E402
 from hardening_pipeline.seed import seed_demo_data  # noqa: E402
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    with connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
 
 
 @contextlib.contextmanager
@@ -53,7 +46,7 @@ def source(args: argparse.Namespace):
         yield args.url
         return
     with throwaway_postgres(prefer_docker=False) as server:
-        url = fresh_database(server, "bench_source")
+        url = recreate_database(server, "bench_source")
         apply_migrations(url)
         print(f"seeding {args.tenants} tenants x {args.messages_per_unit} messages/unit ...")
         seed_demo_data(url, tenants=args.tenants, messages_per_unit=args.messages_per_unit)
@@ -77,12 +70,12 @@ def main() -> None:
         dump = Path(tmp) / "dump.fc"
         subprocess.run([str(bin_dir / "pg_dump"), "-Fc", "-f", str(dump), "-d", url], check=True)
 
-        ours_url = fresh_database(url, "bench_restore_ours")
+        ours_url = recreate_database(url, "bench_restore_ours")
         started = time.perf_counter()
         rows = restore_backup_into(ours_url, store, backup, keyring)
         ours = time.perf_counter() - started
 
-        base_url = fresh_database(url, "bench_restore_pg")
+        base_url = recreate_database(url, "bench_restore_pg")
         started = time.perf_counter()
         subprocess.run(
             [str(bin_dir / "pg_restore"), "--no-owner", "-d", base_url, str(dump)],
@@ -91,10 +84,7 @@ def main() -> None:
         )
         baseline = time.perf_counter() - started
         for name in ("bench_restore_ours", "bench_restore_pg"):
-            with connect(url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            drop_database(url, name)
     print(f"messages in source:          {messages:,}")
     print(f"rows restored (ours):        {rows:,}")
     print(f"ours (verify+decrypt+COPY):  {ours:8.1f} s")

@@ -45,28 +45,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from psycopg import sql
-
 from hardening_pipeline.backup.catalog import find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.store import FileStore
-from hardening_pipeline.db.connection import connect, with_database
+from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.restore.drill import restore_backup_into
 from hardening_pipeline.seed import seed_demo_data
 
 MIB = 1024 * 1024
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    with connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
 
 
 def timed(label: str, fn: Callable[[], object]) -> object:
@@ -117,7 +106,7 @@ def report_backups(title: str, results: dict[tuple[str, int], list[BackupResult]
 
 def restore(url: str, server_url: str, name: str, store: FileStore, keyring: Keyring) -> float:
     backup = find_backup(list_backups(store, keyring), None)
-    target = fresh_database(server_url, name)
+    target = recreate_database(server_url, name)
     started = time.perf_counter()
     rows = restore_backup_into(target, store, backup, keyring)
     seconds = time.perf_counter() - started
@@ -126,8 +115,7 @@ def restore(url: str, server_url: str, name: str, store: FileStore, keyring: Key
         f"restore {name}: {rows:,} rows, {objects:,} objects in {seconds:.1f} s "
         f"({rows / seconds:,.0f} rows/s, {seconds / objects * 1000:.2f} ms/object)"
     )
-    with connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(server_url, name)
     return seconds
 
 
@@ -145,7 +133,7 @@ def main() -> None:
         workdir = Path(tmp)
         sections: list[tuple[str, str]] = []
         if not args.skip_big:
-            big = fresh_database(server, "scale_big")
+            big = recreate_database(server, "scale_big")
             apply_migrations(big)
             print("seeding big", flush=True)
             timed(
@@ -155,7 +143,7 @@ def main() -> None:
                 ),
             )
             sections.append(("big", big))
-        many = fresh_database(server, "scale_many")
+        many = recreate_database(server, "scale_many")
         apply_migrations(many)
         print("seeding many", flush=True)
         timed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from hardening_pipeline.db.embedded import embedded_database_url
@@ -36,3 +37,19 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
 def with_database(url: str, dbname: str) -> str:
     """The same server, another database (for clones, templates and drills)."""
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a scratch database, disconnecting whoever still uses it."""
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """An empty scratch database called ``name`` on the same server (dropped first if present)."""
+    drop_database(server_url, name)
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(server_url, name)

@@ -48,7 +48,7 @@ from hardening_pipeline.db.bulk_load import (
     load_into_empty,
     reset_sequences,
 )
-from hardening_pipeline.db.connection import connect, with_database
+from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
@@ -325,28 +325,14 @@ def run_drill_tests(url: str, tests_dir: Path | None = None) -> tuple[int, int, 
 def _target_database(target_dsn: str | None) -> Iterator[tuple[str, str]]:
     """Yield (url of an empty database, description); the throwaway server is always removed."""
     if target_dsn:
-        with connect(target_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(DRILL_DATABASE)
-                )
-            )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DATABASE)))
-        url = with_database(target_dsn, DRILL_DATABASE)
+        url = recreate_database(target_dsn, DRILL_DATABASE)
         try:
             yield url, "the provided Postgres (database restore_drill)"
         finally:
-            with connect(target_dsn, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(DRILL_DATABASE)
-                    )
-                )
+            drop_database(target_dsn, DRILL_DATABASE)
         return
     with throwaway_postgres() as server_url:
-        with connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DATABASE)))
-        yield with_database(server_url, DRILL_DATABASE), "a throwaway Postgres"
+        yield recreate_database(server_url, DRILL_DATABASE), "a throwaway Postgres"
 
 
 def run_restore_drill(

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from hardening_pipeline.db.connection import drop_database as drop_named_database
 from hardening_pipeline.db.connection import with_database
 
 
@@ -34,11 +35,7 @@ def create_database(server_url: str, template: str | None = None) -> str:
 
 
 def drop_database(server_url: str, url: str) -> None:
-    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    with admin_connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    drop_named_database(server_url, psycopg.conninfo.conninfo_to_dict(url)["dbname"])
 
 
 @contextlib.contextmanager
