@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from hardening_pipeline.backup.crypto import generate_data_key
-from hardening_pipeline.backup.object_format import ObjectDecoder, ObjectEncoder
+from hardening_pipeline.backup.object_format import ZSTD_LEVEL, ObjectDecoder, ObjectEncoder
 
 PIECE = 1 << 16
 
@@ -91,7 +91,7 @@ def main() -> None:
     key = generate_data_key()
     thread_choices = [args.threads] if args.threads is not None else [0, -1]
 
-    print(f"{total / 1e6:.0f} MB per run, best of 2, 1 MiB segments, zstd level 3")
+    print(f"{total / 1e6:.0f} MB per run, best of 2, 1 MiB segments, zstd level {ZSTD_LEVEL}")
     for label, pool in (("text", text_pieces()), ("noise", noise_pieces())):
         seconds, _ = timed(lambda pool=pool: sha(pool, total))
         baseline = total / seconds / 1e6
