@@ -44,6 +44,26 @@ lost in the noise end to end. What remains is mostly the audit row itself: a SEC
 call with its search_path switch, an INSERT with three btrees, a BRIN index, an identity and
 two jsonb images, about as much work as the message row it records. For bulk, the
 ``(table_name, record_id)`` index alone is about 0.2x of the 1.9x (random uuid keys).
+
+After 008 (that btree replaced by a HASH index on record_id; lookups by table and record still
+use an index), same VM, ``--bulk-rounds 3 --rounds 3 --seconds 4``, 007 / 002 capture:
+
+    COPY 100k rows             1.57x / 1.82x
+    INSERT..SELECT 100k rows   1.57x / 1.80x
+    pgbench insert, tps        0.56x / 0.62x
+    pgbench update, tps        0.53x / 0.58x
+    in-server insert            91 us vs 29 us unaudited (3.1x) / 127 us (4.4x)
+    in-server update            84 us vs 17 us unaudited (5.0x) / 117 us (7.0x)
+
+The same options just before 008: COPY 1.72x, INSERT..SELECT 1.74x, pgbench insert 0.55x,
+update 0.45x, in-server insert 109 us vs 29 us, update 86 us vs 17 us (007 capture).
+In a same-run comparison of the index alone (INSERT..SELECT, 100k rows) the btree cost 1.63-1.78x
+and the hash index 1.44-1.65x. The bulk goal is met, narrowly; the single-row goal is still missed.
+The pgbench figures are durable commits (synchronous_commit = on, fsync = on, the defaults).
+Tried and not kept: the 002 ``(tenant_id, operation, created_at)`` index swapped for
+``(tenant_id)`` alone (at most 0.1x on bulk, within the noise, and per-tenant time ranges would
+lose their index), and the write guard without its SET search_path clause, calls
+schema-qualified instead (no change in the in-server figures).
 """
 
 from __future__ import annotations
