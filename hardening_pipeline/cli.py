@@ -209,6 +209,14 @@ def keygen() -> None:
     )
 
 
+def _warn_local_key(path: Path | None) -> None:
+    err_console.print(
+        f"[yellow]warning:[/] BACKUP_ENCRYPTION_KEY is not set, so a local key was generated "
+        f"at {path} for the embedded demo database; backups are only restorable with that "
+        "file. Set BACKUP_ENCRYPTION_KEY for real use."
+    )
+
+
 def _keyring_and_store(ctx: Context):
     """Key first, store second, database last: bad configuration stops before any data is read."""
     from hardening_pipeline.backup.crypto import keyring_from_settings
@@ -217,11 +225,7 @@ def _keyring_and_store(ctx: Context):
     settings = ctx.settings
     keyring = keyring_from_settings(settings)
     if keyring.local_key_created:
-        err_console.print(
-            f"[yellow]warning:[/] BACKUP_ENCRYPTION_KEY is not set, so a local key was generated "
-            f"at {keyring.local_key_path} for the embedded demo database; backups are only "
-            "restorable with that file. Set BACKUP_ENCRYPTION_KEY for real use."
-        )
+        _warn_local_key(keyring.local_key_path)
     store = open_store(
         settings.effective_store_url,
         endpoint_url=settings.s3_endpoint_url,
@@ -548,11 +552,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
         )
     console.print()
     if result.local_key_created:
-        err_console.print(
-            f"[yellow]warning:[/] BACKUP_ENCRYPTION_KEY is not set, so a local key was generated "
-            f"at {result.local_key_created} for the embedded demo database; backups are only "
-            "restorable with that file. Set BACKUP_ENCRYPTION_KEY for real use."
-        )
+        _warn_local_key(result.local_key_created)
     summary = Table(title="task list", title_justify="left")
     for column in ("item", "result", "proof"):
         summary.add_column(column)

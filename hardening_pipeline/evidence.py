@@ -34,6 +34,7 @@ from hardening_pipeline.db.migrations import MigrationRun, apply_migrations, mig
 from hardening_pipeline.db.write_paths import direct_tenant_writes
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.report import report_markdown
+from hardening_pipeline.hardening.report import write_report as write_status_report
 from hardening_pipeline.hardening.status_check import StatusReport, run_status_check
 from hardening_pipeline.reports import report_stamp
 from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
@@ -157,10 +158,8 @@ def _migrations_log(run: MigrationRun, url: str) -> str:
 
 
 def _status_stage(bundle: _Bundle, url: str, name: str, settings: Settings) -> StageOutcome:
-    from hardening_pipeline.hardening.report import write_report
-
     report: StatusReport = run_status_check(url)
-    saved = write_report(report, settings.reports_dir)
+    saved = write_status_report(report, settings.reports_dir)
     files = [
         bundle.write(f"{name}.md", report_markdown(report)),
         bundle.write_json(f"{name}.json", report.as_dict()),

@@ -758,31 +758,45 @@ class S3Store(BackupStore):
 
     # -- deleting --
 
-    def _versions(self, full_prefix: str, action: str) -> list[tuple[str, str]]:
-        """Every (key, version id) under ``full_prefix``: versions and delete markers alike."""
-        found: list[tuple[str, str]] = []
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+    def _marker_pages(
+        self, action: str, method: Any, next_marker: str, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a listing paged by ``KeyMarker`` plus one more marker (versions,
+        multipart uploads). A truncated page that brings no new markers raises: ending there
+        would be a silent partial listing, which retention must never act on."""
         while True:
-            page = self._call(action, self.client.list_object_versions, **kwargs)
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                found.append((item["Key"], item.get("VersionId") or "null"))
+            page = self._call(action, method, **kwargs)
+            yield page
             if not page.get("IsTruncated"):
-                return found
+                return
             key_marker = page.get("NextKeyMarker")
-            version_marker = page.get("NextVersionIdMarker")
+            other_marker = page.get(f"Next{next_marker}")
             if not key_marker or (
-                key_marker == kwargs.get("KeyMarker")
-                and version_marker == kwargs.get("VersionIdMarker")
+                key_marker == kwargs.get("KeyMarker") and other_marker == kwargs.get(next_marker)
             ):
                 raise StoreError(
                     f"could not {action} in {self.describe()}: the store returned a truncated "
-                    f"version listing without a new marker"
+                    f"page without a new marker"
                 )
             kwargs["KeyMarker"] = key_marker
-            if version_marker:
-                kwargs["VersionIdMarker"] = version_marker
+            if other_marker:
+                kwargs[next_marker] = other_marker
             else:
-                kwargs.pop("VersionIdMarker", None)
+                kwargs.pop(next_marker, None)
+
+    def _versions(self, full_prefix: str, action: str) -> list[tuple[str, str]]:
+        """Every (key, version id) under ``full_prefix``: versions and delete markers alike."""
+        return [
+            (item["Key"], item.get("VersionId") or "null")
+            for page in self._marker_pages(
+                action,
+                self.client.list_object_versions,
+                "VersionIdMarker",
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+            )
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
 
     def _delete_versions(self, versions: list[tuple[str, str]], action: str) -> None:
         # One request per version: DeleteObjects would be faster but botocore attaches checksum
@@ -813,34 +827,21 @@ class S3Store(BackupStore):
 
     def list_incomplete_uploads(self) -> list[IncompleteUpload]:
         """Multipart uploads under this prefix that were never completed or aborted."""
-        found: list[IncompleteUpload] = []
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
-        action = "list incomplete uploads"
-        while True:
-            page = self._call(action, self.client.list_multipart_uploads, **kwargs)
-            for item in page.get("Uploads", []):
-                found.append(
-                    IncompleteUpload(
-                        key=self._relative(item["Key"]),
-                        upload_id=item["UploadId"],
-                        initiated=item["Initiated"].astimezone(UTC),
-                    )
-                )
-            if not page.get("IsTruncated"):
-                return found
-            key_marker = page.get("NextKeyMarker")
-            upload_marker = page.get("NextUploadIdMarker")
-            if not key_marker or (
-                key_marker == kwargs.get("KeyMarker")
-                and upload_marker == kwargs.get("UploadIdMarker")
-            ):
-                raise StoreError(
-                    f"could not {action} in {self.describe()}: the store returned a truncated "
-                    f"page without a new marker"
-                )
-            kwargs["KeyMarker"] = key_marker
-            if upload_marker:
-                kwargs["UploadIdMarker"] = upload_marker
+        return [
+            IncompleteUpload(
+                key=self._relative(item["Key"]),
+                upload_id=item["UploadId"],
+                initiated=item["Initiated"].astimezone(UTC),
+            )
+            for page in self._marker_pages(
+                "list incomplete uploads",
+                self.client.list_multipart_uploads,
+                "UploadIdMarker",
+                Bucket=self.bucket,
+                Prefix=self.prefix,
+            )
+            for item in page.get("Uploads", [])
+        ]
 
     def abort_stale_uploads(self, older_than: timedelta, *, now: datetime | None = None) -> int:
         """Abort multipart uploads started before ``now - older_than``.

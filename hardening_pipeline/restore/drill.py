@@ -21,7 +21,6 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
 from hardening_pipeline.backup.export import TableStream, discover_layout
 from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.bulk_load import (
     DeferredKeys,
     UserTriggers,
@@ -52,6 +52,7 @@ from hardening_pipeline.db.connection import connect, drop_database, recreate_da
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -272,8 +273,6 @@ def check_rls_isolation(url: str, manifest: Manifest, sample: int = 5) -> Invari
 
 
 def check_canaries(url: str) -> Invariant:
-    from hardening_pipeline.canaries.runner import run_canaries
-
     results = run_canaries(url, names=["orphaned_messages", "tenant_misalignment"])
     bad = [f"{r.name}: {r.error or r.count}" for r in results if not r.passed]
     return Invariant(
@@ -392,10 +391,6 @@ def run_restore_drill(
 
 def status_invariants(url: str) -> list[Invariant]:
     """The hardening status check must be all green on the restored database."""
-    try:
-        from hardening_pipeline.hardening.status_check import run_status_check
-    except ImportError:  # pragma: no cover - the status checker ships with the project
-        return [Invariant("status check green", False, "status checker is not installed")]
     report = run_status_check(url)
     red = [line.name for line in report.lines if not line.passed]
     return [
@@ -405,7 +400,3 @@ def status_invariants(url: str) -> list[Invariant]:
             "red: " + ", ".join(red) if red else f"{len(report.lines)} checks green",
         )
     ]
-
-
-def result_json(result: DrillResult) -> str:
-    return json.dumps(result.to_json(), indent=2, sort_keys=True)
