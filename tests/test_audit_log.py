@@ -79,6 +79,30 @@ def test_nobody_can_forge_an_audit_row(admin, tenant, role):
             )
 
 
+@pytest.mark.parametrize(
+    ("operation", "before", "after"),
+    [
+        ("MERGE", None, "{}"),  # not one of the four operations (009 kept one check for this)
+        ("insert", None, "{}"),
+        ("INSERT", "{}", "{}"),
+        ("INSERT", None, None),
+        ("UPDATE", None, None),
+        ("DELETE", None, "{}"),
+        ("TRUNCATE", "{}", None),
+    ],
+)
+def test_malformed_audit_rows_are_refused_even_from_the_owner(admin, operation, before, after):
+    """The audit owner (the capture functions' role) cannot write a row whose images do not
+    fit its operation, nor an operation that does not exist."""
+    with pytest.raises(errors.CheckViolation):
+        with acting_as(admin, "hardening_audit_owner"):
+            admin.execute(
+                "INSERT INTO audit_events (actor, table_name, operation, before, after, db_role) "
+                "VALUES ('test:malformed', 'messages', %s, %s, %s, 'x')",
+                (operation, before, after),
+            )
+
+
 def test_no_role_holds_update_delete_or_truncate_on_audit_events(admin):
     rows = admin.execute(
         "SELECT grantee::regrole::text AS who, privilege_type FROM pg_class c, "
@@ -181,6 +205,61 @@ def test_actor_falls_back_to_jwt_subject_then_role(admin, tenant):
         admin.execute("UPDATE messages SET body = 'no actor' WHERE id = %s", (tenant.message,))
         row = audit_rows(admin, "messages", tenant.message)[-1]
     assert row["actor"] == "db:authenticated"
+
+
+@pytest.mark.parametrize("operation", ["INSERT", "UPDATE", "DELETE"])
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"role": "service_role", "actor": "service_role:drift-check"},
+        {"role": "authenticated", "jwt": True},
+        {"role": "authenticated"},
+        {"role": None},
+    ],
+    ids=["actor", "jwt-subject", "role-only", "superuser"],
+)
+def test_capture_records_what_current_actor_returns(admin, tenant, operation, context):
+    """The capture writes the actor and role out inline (009) instead of calling
+    hardening.current_actor() and hardening.statement_role(): the two must never drift apart.
+    Asked twice in one session, so nothing from the first transaction leaks into the second.
+    """
+    for _ in range(2):
+        sub = str(uuid.uuid4())
+        claims = f'{{"sub": "{sub}", "tenant_id": "{tenant.tenant}"}}' if "jwt" in context else None
+        with acting_as(
+            admin,
+            context["role"],
+            tenant=tenant.tenant,
+            actor=context.get("actor"),
+            jwt_claims=claims,
+        ):
+            new_id = uuid.uuid4()
+            statement, params = {
+                "INSERT": (
+                    "INSERT INTO onboarding_attempts (id, tenant_id, email) "
+                    "VALUES (%s, %s, 'x@y.z')",
+                    (new_id, tenant.tenant),
+                ),
+                "UPDATE": ("UPDATE messages SET body = 'drift' WHERE id = %s", (tenant.message,)),
+                "DELETE": ("DELETE FROM onboarding_attempts WHERE id = %s", (tenant.onboarding,)),
+            }[operation]
+            admin.execute(statement, params)
+            admin.execute("RESET ROLE")  # both functions belong to the audit owner alone
+            expected = admin.execute(
+                "SELECT hardening.current_actor() AS actor, hardening.statement_role() AS db_role"
+            ).fetchone()
+            recorded = admin.execute(
+                "SELECT actor, db_role FROM audit_events WHERE operation = %s "
+                "ORDER BY id DESC LIMIT 1",
+                (operation,),
+            ).fetchone()
+        assert recorded == expected
+        if "jwt" in context:
+            assert recorded["actor"] == f"jwt:{sub}"
+        elif "actor" in context:
+            assert recorded["actor"] == context["actor"]
+        else:
+            assert recorded["actor"] == f"db:{recorded['db_role']}"
 
 
 def test_audit_rows_are_invisible_to_tenants(admin, tenant):
