@@ -567,6 +567,11 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
 @main.command()
 @click.option("--verify-only", is_flag=True, help="Check the chain; seal nothing.")
 @click.option(
+    "--full",
+    is_flag=True,
+    help="Re-hash every sealed row, not only seals whose rows changed since their last check.",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     type=click.FloatRange(min=0),
@@ -576,7 +581,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
 )
 @pass_context
 @friendly_errors
-def seal(ctx: Context, verify_only: bool, wait_seconds: float) -> None:
+def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> None:
     """Seal the audit rows added since the last seal, then verify the chain (exit 1 if broken)."""
     from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
 
@@ -587,7 +592,7 @@ def seal(ctx: Context, verify_only: bool, wait_seconds: float) -> None:
             url, store=store, keyring=keyring, actor="cli:seal", wait_seconds=wait_seconds
         )
         console.print(run.summary())
-    result = verify_audit_seals(url, store=store, keyring=keyring)
+    result = verify_audit_seals(url, store=store, keyring=keyring, full=full, record_as="cli:seal")
     if not result.passed:
         err_console.print(f"[yellow]fix:[/] {result.fix}")
         raise CheckFailed(f"the audit seal chain is broken: {result.detail}")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -29,11 +30,14 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
 )
 from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
+from hardening_pipeline.hardening import seals as seals_module
 from hardening_pipeline.hardening.seals import (
+    SealCheck,
     SealError,
     _Accumulator,
     decode_fingerprints,
     read_seals,
+    row_versions,
     seal_audit_log,
     store_key,
     verify_audit_seals,
@@ -83,6 +87,24 @@ def seal_line(report):
     return next(line for line in report.lines if line.name == LINE)
 
 
+@pytest.fixture(params=["first-verification", "after-a-recorded-check"])
+def checked(request) -> bool:
+    """Every tampering test runs twice: against a chain never verified before, and against one
+    whose seals a recorded check vouches for, so the change must show in the row versions."""
+    return request.param == "after-a-recorded-check"
+
+
+def seal(db_url: str, checked: bool, **kwargs) -> None:
+    """Seal (``kwargs`` go to seal_audit_log); with ``checked``, also record a full check and
+    show that a verification then re-hashes nothing."""
+    seal_audit_log(db_url, **kwargs)
+    if checked:
+        where = {k: kwargs[k] for k in ("store", "keyring") if k in kwargs}
+        recorded = verify_audit_seals(db_url, record_as="test", **where)
+        assert recorded.passed and recorded.rehashed_seals == recorded.seals, recorded.detail
+        assert verify_audit_seals(db_url, **where).rehashed_seals == 0
+
+
 # --- green paths --------------------------------------------------------------------------------
 
 
@@ -121,24 +143,27 @@ def test_seal_write_seal_again_keeps_the_chain_green(db_url, su, store, keyring)
     assert "store copies match" in seal_line(report).detail
 
 
-def test_large_ranges_are_split_into_several_chained_seals(db_url, su):
+def test_large_ranges_are_split_into_several_chained_seals(db_url, su, checked):
     ids = write(su, 3)
     run = seal_audit_log(db_url, max_rows=4)
     assert [s.row_count for s in run.seals] == [4, 4, 4, 3]
     assert run.seals[-1].to_id == ids[-1]
     for before, after in zip(run.seals, run.seals[1:], strict=False):
         assert after.from_id == before.to_id + 1 and after.previous_digest == before.digest
-    assert verify_audit_seals(db_url).passed
+    assert verify_audit_seals(db_url, record_as="test" if checked else None).passed
     tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = %s", (ids[9],))
-    assert verify_audit_seals(db_url).first_bad_id == ids[9]
+    result = verify_audit_seals(db_url)
+    assert result.first_bad_id == ids[9]
+    if checked:  # only the third seal's versions changed: its rows up to the bad one were read
+        assert result.rows == 2 and "(seal 3," in result.detail
 
 
 # --- tampering with rows ------------------------------------------------------------------------
 
 
-def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su):
+def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked):
     ids = write(su, 2)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     write(su, 1)  # unsealed rows after the seal are not the problem
     target = ids[4]
     tamper(su, "UPDATE audit_events SET actor = 'someone-else' WHERE id = %s", (target,))
@@ -150,9 +175,9 @@ def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su):
     assert f"first bad id {target}" in seal_line(report).detail and seal_line(report).fix
 
 
-def test_a_changed_jsonb_image_is_caught(db_url, su):
+def test_a_changed_jsonb_image_is_caught(db_url, su, checked):
     ids = write(su, 1)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     tamper(
         su,
         'UPDATE audit_events SET after = after || \'{"body": "nothing to see"}\' WHERE id = %s',
@@ -161,29 +186,29 @@ def test_a_changed_jsonb_image_is_caught(db_url, su):
     assert verify_audit_seals(db_url).first_bad_id == ids[3]
 
 
-def test_a_deleted_sealed_row_turns_the_line_red_with_its_id(db_url, su):
+def test_a_deleted_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked):
     ids = write(su, 2)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     tamper(su, "DELETE FROM audit_events WHERE id = ANY(%s)", ([ids[6], ids[8]],))
     result = verify_audit_seals(db_url)
     assert not result.passed and result.first_bad_id == ids[6]
     assert "was deleted" in result.detail
 
 
-def test_deleting_the_last_sealed_rows_is_caught(db_url, su):
+def test_deleting_the_last_sealed_rows_is_caught(db_url, su, checked):
     ids = write(su, 1)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     tamper(su, "DELETE FROM audit_events WHERE id >= %s", (ids[-2],))
     assert verify_audit_seals(db_url).first_bad_id == ids[-2]
 
 
-def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su):
+def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su, checked):
     write(su, 1)
     with pytest.raises(RuntimeError), su.transaction():  # burns ids: a gap in the sealed range
         insert_tenant(su, "rolled-back")
         raise RuntimeError
     write(su, 1)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     present = {r["id"] for r in su.execute("SELECT id FROM audit_events").fetchall()}
     gap = min(set(range(1, max(present))) - present)
     tamper(
@@ -196,9 +221,9 @@ def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su):
     assert result.first_bad_id == gap and "was inserted after it was sealed" in result.detail
 
 
-def test_a_row_forged_before_the_first_seal_is_caught(db_url, su):
+def test_a_row_forged_before_the_first_seal_is_caught(db_url, su, checked):
     write(su, 1)
-    seal_audit_log(db_url)
+    seal(db_url, checked)
     tamper(
         su,
         "INSERT INTO audit_events (id, actor, table_name, operation, db_role) "
@@ -214,6 +239,115 @@ def test_replica_mode_cannot_touch_the_seal_table(db_url, su):
         "UPDATE hardening.audit_seals SET row_count = 0",
         "DELETE FROM hardening.audit_seals",
         "TRUNCATE hardening.audit_seals",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), su.transaction():
+            su.execute("SET LOCAL session_replication_role = replica")
+            su.execute(statement)
+
+
+# --- row-version checks --------------------------------------------------------------------------
+
+
+def checks(su: psycopg.Connection) -> list[dict]:
+    return su.execute(
+        "SELECT seq, checked_by, key_id FROM hardening.audit_seal_checks ORDER BY seq, checked_at"
+    ).fetchall()
+
+
+def test_a_recorded_check_spares_unchanged_seals_and_new_seals_are_rehashed(db_url, su):
+    ids = write(su, 3)
+    seal_audit_log(db_url, max_rows=5)
+    first = verify_audit_seals(db_url, record_as="test")
+    assert first.passed and (first.rehashed_seals, first.rehashed_rows) == (3, len(ids))
+    assert "every row re-hashed" in first.detail
+    assert [c["seq"] for c in checks(su)] == [1, 2, 3]
+
+    again = verify_audit_seals(db_url)
+    assert again.passed and (again.rehashed_seals, again.rehashed_rows) == (0, 0)
+    assert again.rows == len(ids) and "re-hashed 0 seal(s) (0 rows); 3 unchanged" in again.detail
+    assert "unchanged since re-hashed" in seal_line(run_status_check(db_url)).detail
+
+    more = write(su, 1)
+    seal_audit_log(db_url)
+    newest = verify_audit_seals(db_url)
+    assert newest.passed and (newest.rehashed_seals, newest.rehashed_rows) == (1, len(more))
+    assert newest.rows == len(ids) + len(more)
+    assert [c["seq"] for c in checks(su)] == [1, 2, 3]  # nothing recorded without record_as
+
+
+def test_rows_moved_by_vacuum_full_are_rehashed_and_stay_green(db_url, su):
+    with pytest.raises(RuntimeError), su.transaction():  # dead rows for VACUUM FULL to squeeze out
+        insert_tenant(su, "rolled-back")
+        raise RuntimeError
+    write(su, 2)
+    seal_audit_log(db_url)
+    assert verify_audit_seals(db_url, record_as="test").passed
+    su.execute("VACUUM FULL audit_events")
+    moved = verify_audit_seals(db_url, record_as="test")
+    assert moved.passed and moved.rehashed_seals == 1, moved.detail
+    assert verify_audit_seals(db_url).rehashed_seals == 0  # the new versions were recorded
+
+
+def test_full_rehashes_everything_and_old_checks_are_redone_when_recording(db_url, su, monkeypatch):
+    write(su, 2)
+    seal_audit_log(db_url, max_rows=4)
+    assert verify_audit_seals(db_url, record_as="test").passed
+    assert verify_audit_seals(db_url, full=True).rehashed_seals == 3
+    monkeypatch.setattr(seals_module, "RECHECK_AFTER", timedelta(0))
+    assert verify_audit_seals(db_url).rehashed_seals == 0  # reading never expires a check
+    assert verify_audit_seals(db_url, record_as="test").rehashed_seals == 3
+    assert len(checks(su)) == 6
+
+
+def forge_check(su: psycopg.Connection, keyring: Keyring | None = None) -> None:
+    """What someone who controls the database writes after rewriting a row: a check that vouches
+    for the new row versions of every seal (MAC'd under ``keyring`` if they have one)."""
+    chain = read_seals(su)
+    versions, _ = row_versions(su, chain)
+    for s in chain:
+        check = SealCheck(s.seq, s.digest, versions[s.seq], datetime.now(UTC), "attacker")
+        if keyring is not None:
+            check = check.signed(keyring)
+        su.execute(
+            "INSERT INTO hardening.audit_seal_checks (seq, seal_digest, versions_digest, "
+            "checked_at, checked_by, key_id, mac) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                s.seq,
+                s.digest,
+                check.versions_digest,
+                check.checked_at,
+                "attacker",
+                check.key_id,
+                check.mac,
+            ),
+        )
+
+
+def test_a_forged_check_does_not_hide_a_rewritten_row_from_the_key_or_the_store(
+    db_url, su, store, keyring
+):
+    ids = write(su, 2)
+    seal_audit_log(db_url, store=store, keyring=keyring)
+    assert verify_audit_seals(db_url, store=store, keyring=keyring, record_as="test").passed
+    assert all(c["key_id"] == keyring.current_key_id for c in checks(su))
+    tamper(su, "UPDATE audit_events SET actor = 'rewritten' WHERE id = %s", (ids[2],))
+    forge_check(su)  # no MAC
+    forge_check(su, Keyring(os.urandom(32)))  # a MAC under some other key
+    for where in ({"keyring": keyring}, {"store": store}, {"store": store, "keyring": keyring}):
+        result = verify_audit_seals(db_url, **where)
+        assert not result.passed and result.first_bad_id == ids[2], where
+    # The documented limit: with neither, the database is its own reference and is believed.
+    assert verify_audit_seals(db_url).passed
+
+
+def test_replica_mode_cannot_touch_the_check_table(db_url, su):
+    write(su, 1)
+    seal_audit_log(db_url)
+    verify_audit_seals(db_url, record_as="test")
+    for statement in (
+        "UPDATE hardening.audit_seal_checks SET checked_by = 'x'",
+        "DELETE FROM hardening.audit_seal_checks",
+        "TRUNCATE hardening.audit_seal_checks",
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), su.transaction():
             su.execute("SET LOCAL session_replication_role = replica")
@@ -236,9 +370,9 @@ def rewrite_history(db_url: str, su: psycopg.Connection, row_id: int) -> None:
     seal_audit_log(db_url, actor="attacker")
 
 
-def test_a_recomputed_chain_is_caught_by_the_store_copy(db_url, su, store, keyring):
+def test_a_recomputed_chain_is_caught_by_the_store_copy(db_url, su, store, keyring, checked):
     ids = write(su, 2)
-    seal_audit_log(db_url, store=store, keyring=keyring)
+    seal(db_url, checked, store=store, keyring=keyring)
     write(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
     rewrite_history(db_url, su, ids[5])
@@ -381,11 +515,15 @@ def test_sealing_adds_nothing_to_the_write_path(db_url, su):
     write(su, 1)
     seal_audit_log(db_url)
     assert triggers() == before
-    # The only trigger 006 adds guards the seal table itself.
+    # The only triggers 006 and 010 add guard their own tables.
     sealing = {t for t in before if "seal" in t[1]}
-    assert sealing == {("hardening.audit_seals", "audit_seals_append_only", "A")}
-    migration = (ROOT / "sql" / "migrations" / "006_audit_seals.sql").read_text()
-    assert " ON public." not in migration and "ALTER TABLE public." not in migration
+    assert sealing == {
+        ("hardening.audit_seals", "audit_seals_append_only", "A"),
+        ("hardening.audit_seal_checks", "audit_seal_checks_append_only", "A"),
+    }
+    for name in ("006_audit_seals.sql", "010_audit_seal_checks.sql"):
+        migration = (ROOT / "sql" / "migrations" / name).read_text()
+        assert " ON public." not in migration and "ALTER TABLE public." not in migration
 
 
 # --- formats ------------------------------------------------------------------------------------
@@ -467,7 +605,15 @@ def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
 
     ok = cli()
     assert ok.returncode == 0, ok.stderr
-    assert "sealed ids 1..5" in ok.stdout and "intact" in ok.stdout
+
+    def said(result: subprocess.CompletedProcess) -> str:
+        return " ".join(result.stdout.split())  # rich wraps long lines
+
+    assert "sealed ids 1..5" in said(ok) and "every row re-hashed" in said(ok)
+    quick = cli("--verify-only")
+    assert quick.returncode == 0 and "re-hashed 0 seal(s)" in said(quick), quick.stderr
+    full = cli("--verify-only", "--full")
+    assert full.returncode == 0 and "every row re-hashed" in said(full), full.stderr
     tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = 3")
     red = cli("--verify-only")
     assert red.returncode == 1 and "first bad id 3" in red.stderr

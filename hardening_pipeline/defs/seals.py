@@ -2,7 +2,9 @@
 
 The work is ``hardening_pipeline.hardening.seals`` (the same functions ``hardening seal`` calls):
 this asset seals what is new, then verifies the whole chain against the store copies and the
-key, which the daily status report cannot do on its own (it reads only the database). The check
+key, which the daily status report cannot do on its own (it reads only the database). It
+records each full re-hash (``hardening.audit_seal_checks``), so later runs re-hash only seals
+whose rows changed version, plus each seal once every ``RECHECK_AFTER``. The check
 is blocking with ERROR severity, so a broken chain fails the run and the run-failure sensor
 alerts Slack. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
@@ -59,7 +61,7 @@ def audit_seal(
             "open transaction(s) held the seal back: "
             + ", ".join(map(str, run.horizon.held_back_by))
         )
-    verification = verify_audit_seals(url, store=store, keyring=keyring)
+    verification = verify_audit_seals(url, store=store, keyring=keyring, record_as=SEAL_ACTOR)
     latest = run.latest
     return dg.MaterializeResult(
         metadata={
@@ -82,6 +84,8 @@ def audit_seal(
                     "first_bad_id": dg.MetadataValue.int(verification.first_bad_id or 0),
                     "seals": dg.MetadataValue.int(verification.seals),
                     "rows_verified": dg.MetadataValue.int(verification.rows),
+                    "seals_rehashed": dg.MetadataValue.int(verification.rehashed_seals),
+                    "rows_rehashed": dg.MetadataValue.int(verification.rehashed_rows),
                     "runbook": dg.MetadataValue.text("docs/runbook.md#status-audit-seal-chain"),
                 },
             )

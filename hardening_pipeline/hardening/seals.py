@@ -62,6 +62,23 @@ session its own block of ids, so sealing refuses to run then. A row written stra
 ``audit_events`` (only a superuser can) is outside this reasoning, which is the point: it is the
 case the seal exists to catch.
 
+**Row-version checks** (``hardening.audit_seal_checks``, migration 010). Re-hashing renders
+every jsonb image as text, about 10 s per million rows. Changing a row through SQL always gives
+it a new row version: UPDATE writes a new tuple with a new ``xmin`` and ``ctid``, DELETE removes
+it, a forged row has its own. So a verification that re-hashed a seal's rows and found them
+intact may record a check: ``versions_digest = SHA-256(int8(id) || int8(xmin) || UTF-8 of
+ctid::text, for every row in the seal's range in id order)``, with the seal's digest it was made
+against, MAC'd like a seal (``mac_message``, format ``hardening-audit-seal-check/1``). Later
+verifications still check every seal's structure, MAC and store copy, and read every sealed
+row's header (about 1 s per million rows, no image is read); only seals whose versions differ
+from a trusted check, or that have none, are re-hashed. VACUUM FULL, CLUSTER or a restore
+change the versions, so those seals are re-hashed once and checked again. Which checks are
+trusted (``trusted_checks``): with a keyring, those with a valid MAC; with a store but no
+keyring, none (the store, not the database, is then the reference); with neither, all (the
+database is then its own reference anyway). A change made below SQL, straight into the data
+files, can keep a row's version, so recording runs (the hourly asset, ``hardening seal``)
+re-hash each seal at least every ``RECHECK_AFTER`` and ``--full`` re-hashes everything.
+
 **What it cannot catch.** Without a store copy and without the key, someone who controls the
 database can rewrite rows, then delete and recompute every seal: the chain in the database is
 then self-consistent. With the key, a recomputed seal lacks a valid MAC; with the store, it
@@ -79,8 +96,9 @@ import json
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Self
 
 import psycopg
 from cryptography.hazmat.primitives import hashes
@@ -132,8 +150,37 @@ class SealError(HardeningError):
 # --- seals ----------------------------------------------------------------------------------------
 
 
+class _Authenticated:
+    """The MAC half of a seal or a check: signed with, and checked against, the seal key."""
+
+    key_id: str | None
+    mac: bytes | None
+
+    def mac_message(self) -> bytes:
+        raise NotImplementedError
+
+    def signed(self, keyring: Keyring) -> Self:
+        """This record with a MAC under the keyring's current master key."""
+        unsigned = replace(self, key_id=keyring.current_key_id, mac=None)
+        mac = hmac.new(_seal_key(keyring, keyring.current_key_id), unsigned.mac_message(), "sha256")
+        return replace(unsigned, mac=mac.digest())
+
+    def mac_problem(self, keyring: Keyring) -> str | None:
+        """Why the MAC does not authenticate this record, or None when it does."""
+        if self.key_id is None or self.mac is None:
+            return "carries no MAC"
+        try:
+            key = _seal_key(keyring, self.key_id)
+        except ConfigError:
+            return f"is MAC'd under master key id {self.key_id}, which is not configured"
+        expected = hmac.new(key, self.mac_message(), "sha256").digest()
+        if not hmac.compare_digest(expected, self.mac):
+            return "has a MAC that does not match its contents (forged or altered)"
+        return None
+
+
 @dataclass(frozen=True)
-class Seal:
+class Seal(_Authenticated):
     """One link of the chain: which ids it covers and the digest over them."""
 
     seq: int
@@ -164,25 +211,6 @@ class Seal:
             "key_id": self.key_id,
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-    def signed(self, keyring: Keyring) -> Seal:
-        """This seal with a MAC under the keyring's current master key."""
-        unsigned = Seal(**{**self.__dict__, "key_id": keyring.current_key_id, "mac": None})
-        mac = hmac.new(_seal_key(keyring, unsigned.key_id), unsigned.mac_message(), "sha256")
-        return Seal(**{**unsigned.__dict__, "mac": mac.digest()})
-
-    def mac_problem(self, keyring: Keyring) -> str | None:
-        """Why the MAC does not authenticate this seal, or None when it does."""
-        if self.key_id is None or self.mac is None:
-            return "carries no MAC"
-        try:
-            key = _seal_key(keyring, self.key_id)
-        except ConfigError:
-            return f"is MAC'd under master key id {self.key_id}, which is not configured"
-        expected = hmac.new(key, self.mac_message(), "sha256").digest()
-        if not hmac.compare_digest(expected, self.mac):
-            return "has a MAC that does not match its contents (forged or altered)"
-        return None
 
     @property
     def store_key(self) -> str:
@@ -607,6 +635,116 @@ def seal_audit_log(
     return SealRun(seals, horizon, adopted)
 
 
+# --- row-version checks ---------------------------------------------------------------------------
+
+CHECK_FORMAT = "hardening-audit-seal-check/1"
+# In recording runs, a check older than this is not trusted, so every seal is re-hashed in full
+# at least this often even if its row versions never change (a change below SQL, written
+# straight into the data files, keeps them).
+RECHECK_AFTER = timedelta(days=7)
+_EMPTY_VERSIONS = hashlib.sha256(b"").digest()
+
+
+@dataclass(frozen=True)
+class SealCheck(_Authenticated):
+    """A full re-hash of one seal that found its rows intact, and the row versions it saw."""
+
+    seq: int
+    seal_digest: bytes
+    versions_digest: bytes
+    checked_at: datetime
+    checked_by: str
+    key_id: str | None = None
+    mac: bytes | None = field(default=None, repr=False)
+
+    def mac_message(self) -> bytes:
+        body = {
+            "format": CHECK_FORMAT,
+            "seq": self.seq,
+            "seal_digest": self.seal_digest.hex(),
+            "versions_digest": self.versions_digest.hex(),
+            "checked_at": _iso(self.checked_at),
+            "checked_by": self.checked_by,
+            "key_id": self.key_id,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+_CHECK_COLUMNS = tuple(SealCheck.__dataclass_fields__)
+_SELECT_CHECKS = sql.SQL(
+    "SELECT {} FROM hardening.audit_seal_checks ORDER BY seq, checked_at"
+).format(sql.SQL(", ").join(map(sql.Identifier, _CHECK_COLUMNS)))
+_INSERT_CHECK = sql.SQL("INSERT INTO hardening.audit_seal_checks ({}) VALUES ({})").format(
+    sql.SQL(", ").join(map(sql.Identifier, _CHECK_COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder(c) for c in _CHECK_COLUMNS),
+)
+# One pass over the sealed range, grouped by seal with a binary search over the seals' first
+# ids. Bucket 0 holds ids below the first seal, which can only be forged rows. Only row headers
+# are read: no jsonb image is detoasted or rendered.
+_ROW_VERSIONS = """
+    SELECT pg_catalog.width_bucket(id, %(starts)s::bigint[]) AS bucket,
+           pg_catalog.sha256(pg_catalog.string_agg(
+               pg_catalog.int8send(id) || pg_catalog.int8send(xmin::text::bigint)
+               || pg_catalog.convert_to(ctid::text, 'UTF8'), ''::bytea ORDER BY id)) AS versions
+    FROM public.audit_events
+    WHERE id <= %(last)s
+    GROUP BY 1
+"""
+
+
+def row_versions(conn: psycopg.Connection, chain: Sequence[Seal]) -> tuple[dict[int, bytes], bool]:
+    """Each seal's versions digest, and whether any row lies below the first seal."""
+    found = {
+        r["bucket"]: bytes(r["versions"])
+        for r in conn.execute(
+            _ROW_VERSIONS, {"starts": [s.from_id for s in chain], "last": chain[-1].to_id}
+        ).fetchall()
+    }
+    versions = {s.seq: found.get(i, _EMPTY_VERSIONS) for i, s in enumerate(chain, start=1)}
+    return versions, 0 in found
+
+
+def _checks_table_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT pg_catalog.to_regclass('hardening.audit_seal_checks') AS t")
+    return row.fetchone()["t"] is not None
+
+
+def trusted_checks(
+    conn: psycopg.Connection,
+    chain: Sequence[Seal],
+    store: BackupStore | None,
+    keyring: Keyring | None,
+    *,
+    max_age: timedelta | None = None,
+) -> dict[int, SealCheck]:
+    """The newest check per seal that may stand in for re-hashing it.
+
+    A check counts only for the seal digest it was made against. With a keyring, only checks
+    whose MAC it verifies count. With a store but no keyring, none do: the store copies are
+    then the reference, and a check in the database proves nothing to it. With neither, the
+    database's own seals are the reference and its checks are trusted as far as they are.
+    """
+    if (store is not None and keyring is None) or not _checks_table_exists(conn):
+        return {}
+    digests = {s.seq: s.digest for s in chain}
+    now = datetime.now(UTC)
+    trusted: dict[int, SealCheck] = {}
+    for row in conn.execute(_SELECT_CHECKS).fetchall():
+        values = {c: row[c] for c in _CHECK_COLUMNS}
+        for c in ("seal_digest", "versions_digest", "mac"):
+            if values[c] is not None:
+                values[c] = bytes(values[c])
+        check = SealCheck(**values)
+        if digests.get(check.seq) != check.seal_digest:
+            continue
+        if keyring is not None and check.mac_problem(keyring):
+            continue
+        if max_age is not None and now - check.checked_at > max_age:
+            continue
+        trusted[check.seq] = check  # rows arrive oldest first, so the newest wins
+    return trusted
+
+
 # --- verification ---------------------------------------------------------------------------------
 
 
@@ -622,6 +760,8 @@ class SealVerification:
     rows: int = 0
     store_checked: bool = False
     problems: list[str] = field(default_factory=list)
+    rehashed_seals: int = 0
+    rehashed_rows: int = 0
 
 
 FIX = (
@@ -678,9 +818,11 @@ def _check_structure(chain: Sequence[Seal], keyring: Keyring | None, problems: _
 
 
 def _check_rows(
-    conn: psycopg.Connection, chain: Sequence[Seal], problems: _Problems
+    conn: psycopg.Connection, chain: Sequence[Seal], problems: _Problems, after: int
 ) -> tuple[int, int | None]:
-    """Recompute every seal from the rows; returns (rows read, first bad id found here)."""
+    """Recompute consecutive seals from the rows with ids above ``after``; returns (rows read,
+    first bad id found here). ``after`` is the id before the first seal's range, or the lowest
+    bigint for the chain's first seal, so that rows forged below it are read too."""
     rows_read = 0
     index = 0
     seal = chain[0]
@@ -705,7 +847,7 @@ def _check_rows(
         return rows_read, bad_id
 
     try:
-        for row_id, row_hash in _row_hashes(conn, _MIN_BIGINT, chain[-1].to_id):
+        for row_id, row_hash in _row_hashes(conn, after, chain[-1].to_id):
             rows_read += 1
             while row_id > seal.to_id:
                 if (bad := finish()) is not None:
@@ -782,7 +924,12 @@ def _compare_with_store(
 
 
 def verify_seal_chain(
-    conn: psycopg.Connection, store: BackupStore | None = None, keyring: Keyring | None = None
+    conn: psycopg.Connection,
+    store: BackupStore | None = None,
+    keyring: Keyring | None = None,
+    *,
+    full: bool = False,
+    record_as: str | None = None,
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -790,6 +937,12 @@ def verify_seal_chain(
     them; without one, the database's own seals are the reference (a full rewrite of seals and
     rows together then goes unseen, see the module docstring). With a keyring, every seal's MAC
     is checked too.
+
+    Every seal's structure, MAC and store copy is checked on every call. Its rows are re-hashed
+    unless a trusted check (``trusted_checks``) saw exactly the row versions that are there now;
+    ``full`` re-hashes every seal regardless. ``record_as`` (a writable connection) records a
+    check for each seal re-hashed when the whole chain is intact, and re-hashes seals whose last
+    check is older than ``RECHECK_AFTER``.
     """
     problems = _Problems()
     db = read_seals(conn)
@@ -801,20 +954,90 @@ def verify_seal_chain(
             return _red(problems, 0, 0, store is not None)
         return SealVerification(True, "no seals yet", store_checked=store is not None)
     _check_structure(chain, keyring, problems)
-    rows, _ = _check_rows(conn, chain, problems)
+    # Versions are read before any row is re-hashed: a row changed in between then differs
+    # from what a recorded check says, and the next verification re-hashes it.
+    versions, below_first = row_versions(conn, chain) if record_as or not full else ({}, True)
+    trusted = (
+        {}
+        if full
+        else trusted_checks(
+            conn, chain, store, keyring, max_age=RECHECK_AFTER if record_as else None
+        )
+    )
+    stale = [
+        i
+        for i, seal in enumerate(chain)
+        if seal.seq not in trusted or trusted[seal.seq].versions_digest != versions[seal.seq]
+    ]
+    if below_first and stale[:1] != [0]:
+        stale.insert(0, 0)  # the first seal's re-hash reads from the lowest id, so it finds them
+    rows_read = 0
+    for run in _consecutive(stale):
+        first = chain[run[0]]
+        after = _MIN_BIGINT if run[0] == 0 else first.from_id - 1
+        read, bad = _check_rows(conn, [chain[i] for i in run], problems, after)
+        rows_read += read
+        if bad is not None:
+            break
     if problems.items:
-        return _red(problems, len(chain), rows, store is not None)
+        return _red(problems, len(chain), rows_read, store is not None)
+    if record_as is not None and stale:
+        _record_checks(conn, [chain[i] for i in stale], versions, keyring, record_as)
+    covered = sum(s.row_count for s in chain)
     checks = ["store copies match" if store is not None else "database copy only"]
     if keyring is not None:
         checks.append("MACs valid")
+    if len(stale) == len(chain):
+        rehashed = "every row re-hashed"
+    else:
+        oldest = min(trusted[s.seq].checked_at for s in chain if s.seq in trusted)
+        rehashed = (
+            f"re-hashed {len(stale)} seal(s) ({rows_read} rows); {len(chain) - len(stale)} "
+            f"unchanged since re-hashed (oldest {_iso(oldest)[:19]}Z)"
+        )
     detail = (
-        f"{len(chain)} seal(s) cover ids 1..{chain[-1].to_id} ({rows} rows), chain intact; "
-        + ", ".join(checks)
+        f"{len(chain)} seal(s) cover ids 1..{chain[-1].to_id} ({covered} rows), chain intact; "
+        + ", ".join([rehashed, *checks])
         + f"; last sealed {_iso(chain[-1].sealed_at)[:19]}Z"
     )
     return SealVerification(
-        True, detail, seals=len(chain), rows=rows, store_checked=store is not None
+        True,
+        detail,
+        seals=len(chain),
+        rows=covered,
+        store_checked=store is not None,
+        rehashed_seals=len(stale),
+        rehashed_rows=rows_read,
     )
+
+
+def _consecutive(indexes: Sequence[int]) -> Iterator[list[int]]:
+    """Split sorted indexes into runs of consecutive ones: [0, 1, 4] -> [0, 1], [4]."""
+    run: list[int] = []
+    for i in indexes:
+        if run and i != run[-1] + 1:
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def _record_checks(
+    conn: psycopg.Connection,
+    seals: Sequence[Seal],
+    versions: dict[int, bytes],
+    keyring: Keyring | None,
+    checked_by: str,
+) -> None:
+    if not _checks_table_exists(conn):
+        return
+    now = datetime.now(UTC)
+    for seal in seals:
+        check = SealCheck(seal.seq, seal.digest, versions[seal.seq], now, checked_by)
+        if keyring is not None:
+            check = check.signed(keyring)
+        conn.execute(_INSERT_CHECK, check.__dict__)
 
 
 def _red(problems: _Problems, seals: int, rows: int, store_checked: bool) -> SealVerification:
@@ -826,10 +1049,20 @@ def _red(problems: _Problems, seals: int, rows: int, store_checked: bool) -> Sea
 
 
 def verify_audit_seals(
-    url: str, store: BackupStore | None = None, keyring: Keyring | None = None
+    url: str,
+    store: BackupStore | None = None,
+    keyring: Keyring | None = None,
+    *,
+    full: bool = False,
+    record_as: str | None = None,
 ) -> SealVerification:
-    """Check the chain against ``url`` in one read-only transaction."""
+    """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``).
+
+    Read-only unless ``record_as`` asks for checks to be recorded. Repeatable read, so the row
+    versions and the re-hashed rows come from one snapshot.
+    """
     with connect(url) as conn:
-        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = record_as is None
         with conn.transaction():
-            return verify_seal_chain(conn, store, keyring)
+            return verify_seal_chain(conn, store, keyring, full=full, record_as=record_as)
