@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 import socket
+import threading
 import uuid
 
 import pytest
@@ -27,7 +28,7 @@ from hardening_pipeline.canaries import (
 from hardening_pipeline.canaries.runner import CANARIES_DIR
 from hardening_pipeline.errors import ConfigError
 from tests.support.db import insert_tenant
-from tests.support.slack_receiver import SERVER_ERROR
+from tests.support.slack_receiver import SERVER_ERROR, SLOW
 
 FAST = {"timeout": 5, "max_retries": 0}
 
@@ -253,6 +254,33 @@ def test_a_burst_of_deletes_fires_and_the_floor_keeps_small_ones_quiet(db_url, a
     assert by_name(run_canaries(db_url))["abnormal_delete_volume"].passed
 
 
+def test_a_truncate_of_a_tenant_table_always_fires(db_url, admin, two_tenants):
+    """TRUNCATE leaves one audit event for every tenant's rows, so no per-tenant count or floor
+    applies: any TRUNCATE in the window is abnormal. Only a superuser can still do it (004)."""
+    assert by_name(run_canaries(db_url))["abnormal_delete_volume"].passed
+    with admin.transaction():
+        admin.execute("SELECT set_config('app.actor', 'test:truncate', true)")
+        admin.execute("TRUNCATE onboarding_attempts")
+        event = admin.execute(
+            "SELECT id FROM audit_events WHERE operation = 'TRUNCATE' ORDER BY id DESC LIMIT 1"
+        ).fetchone()["id"]
+    result = by_name(run_canaries(db_url))["abnormal_delete_volume"]  # default floor of 50
+    assert not result.passed
+    [finding] = result.findings
+    assert (finding.tenant_id, finding.subject, finding.count) == (None, "onboarding_attempts", 1)
+    assert list(finding.sample_ids) == [str(event)]
+    assert "TRUNCATE on onboarding_attempts 1 time(s)" in finding.detail
+    # deletes that do fire are listed alongside it
+    delete_messages(admin, add_messages(admin, two_tenants[0], 6))
+    result = by_name(run_canaries(db_url, CanaryThresholds(delete_min_count=5)))[
+        "abnormal_delete_volume"
+    ]
+    assert [(f.subject, f.count) for f in result.findings] == [
+        ("messages", 6),
+        ("onboarding_attempts", 1),
+    ]
+
+
 def test_deletes_within_the_usual_rate_do_not_fire(db_url, admin, two_tenants):
     a, _ = two_tenants
     # A week of history at ~10 deletes an hour (inserted as superuser; INSERT is allowed).
@@ -441,6 +469,29 @@ def test_no_repeat_for_an_unchanged_finding_realert_when_it_grows_resolved_when_
         ":large_green_circle: Canary orphaned_messages: resolved"
     )
     assert admin.execute("SELECT count(*) AS n FROM hardening.alert_state").fetchone()["n"] == 0
+
+
+def test_two_concurrent_runs_send_a_new_alert_once(db_url, admin, two_tenants, slack_receiver):
+    """Two schedulers (or a schedule and someone at the CLI) alerting at the same moment: the
+    second must see what the first recorded, not the empty state they both started from."""
+    plant_orphan(admin, two_tenants[0])
+    results = run_canaries(db_url, names=["orphaned_messages"])
+    slack_receiver.respond_with([SLOW, SLOW])  # a window in which both would have sent
+    start = threading.Barrier(2)
+    actions: list[str] = []
+
+    def run() -> None:
+        start.wait()
+        notifier = SlackNotifier(slack_receiver.url, **FAST)
+        actions.append(alert_canaries(db_url, results, notifier)[0].action)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(actions) == ["sent", "suppressed"]
+    assert len(slack_receiver.requests) == 1
 
 
 def test_slack_down_still_reports_and_retries_next_run(

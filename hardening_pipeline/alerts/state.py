@@ -11,9 +11,11 @@ channel. So each alert source (a canary, a status line) has a key, and ``hardeni
 * passing, nothing remembered            -> nothing
 
 The state lives in the database, not on a worker's disk: the CLI, cron and every Dagster run
-worker share it without a volume, and updates are transactional. A row is written (or removed)
-only after Slack accepted the message, so when Slack is down (or no webhook is configured) the
-alert is logged as NOT DELIVERED and tried again on the next run instead of being lost.
+worker share it without a volume, and updates are transactional; an advisory lock makes two
+concurrent runs take turns, so they cannot both send the same new alert. A row is written (or
+removed) only after Slack accepted the message, so when Slack is down (or no webhook is
+configured) the alert is logged as NOT DELIVERED and tried again on the next run instead of
+being lost.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from hardening_pipeline.db.connection import connect
 logger = logging.getLogger(__name__)
 
 DEFAULT_REALERT_AFTER = timedelta(hours=24)
+# Serialises notify() across processes: two runs that both read "nothing remembered" before
+# either recorded its send would both alert. Held for one run's sends (bounded by the notifier's
+# timeouts and retries); a run that cannot get it within LOCK_TIMEOUT fails loudly.
+_NOTIFY_LOCK_KEY = 0x0A1E_575E
+LOCK_TIMEOUT = "120s"
 
 Action = Literal["sent", "resolved", "suppressed", "not_delivered", "nothing"]
 
@@ -106,6 +113,8 @@ def notify(
     """
     outcomes: list[AlertOutcome] = []
     with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (_NOTIFY_LOCK_KEY,))  # freed on close
         now = conn.execute("SELECT now() AS now").fetchone()["now"]
         if not _has_state_table(conn):
             # Not migrated yet (005 pending): alert without dedup rather than not at all.

@@ -990,7 +990,8 @@ def verify_seal_chain(
     if len(stale) == len(chain):
         rehashed = "every row re-hashed"
     else:
-        oldest = min(trusted[s.seq].checked_at for s in chain if s.seq in trusted)
+        spared = set(range(len(chain))) - set(stale)
+        oldest = min(trusted[chain[i].seq].checked_at for i in spared)
         rehashed = (
             f"re-hashed {len(stale)} seal(s) ({rows_read} rows); {len(chain) - len(stale)} "
             f"unchanged since re-hashed (oldest {_iso(oldest)[:19]}Z)"

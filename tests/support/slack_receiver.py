@@ -23,7 +23,9 @@ SERVER_ERROR = "500"
 RATE_LIMITED = "429"
 INVALID_BLOCKS = "400"
 HANG = "hang"
-BEHAVIOURS = (OK, SERVER_ERROR, RATE_LIMITED, INVALID_BLOCKS, HANG)
+SLOW = "slow"  # answers ok after SLOW_SECONDS: a window for two senders to overlap
+BEHAVIOURS = (OK, SERVER_ERROR, RATE_LIMITED, INVALID_BLOCKS, HANG, SLOW)
+SLOW_SECONDS = 1.0
 
 # Long enough to outlast any client timeout used in the tests; teardown releases hung
 # handlers early so the fixture never waits this long.
@@ -72,6 +74,9 @@ def _handler_for(receiver: SlackReceiver) -> type[BaseHTTPRequestHandler]:
             if behaviour == HANG:
                 receiver._release.wait(HANG_SECONDS)
                 return  # close without answering, like a load balancer that gave up
+            if behaviour == SLOW:
+                time.sleep(SLOW_SECONDS)
+                behaviour = OK
             status, text, extra = {
                 OK: (200, "ok", {}),
                 SERVER_ERROR: (500, "internal_error", {}),
