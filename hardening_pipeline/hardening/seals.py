@@ -66,18 +66,29 @@ case the seal exists to catch.
 every jsonb image as text, about 10 s per million rows. Changing a row through SQL always gives
 it a new row version: UPDATE writes a new tuple with a new ``xmin`` and ``ctid``, DELETE removes
 it, a forged row has its own. So a verification that re-hashed a seal's rows and found them
-intact may record a check: ``versions_digest = SHA-256(int8(id) || int8(xmin) || UTF-8 of
-ctid::text, for every row in the seal's range in id order)``, with the seal's digest it was made
-against, MAC'd like a seal (``mac_message``, format ``hardening-audit-seal-check/1``). Later
-verifications still check every seal's structure, MAC and store copy, and read every sealed
-row's header (about 1 s per million rows, no image is read); only seals whose versions differ
-from a trusted check, or that have none, are re-hashed. VACUUM FULL, CLUSTER or a restore
-change the versions, so those seals are re-hashed once and checked again. Which checks are
-trusted (``trusted_checks``): with a keyring, those with a valid MAC; with a store but no
-keyring, none (the store, not the database, is then the reference); with neither, all (the
-database is then its own reference anyway). A change made below SQL, straight into the data
-files, can keep a row's version, so recording runs (the hourly asset, ``hardening seal``)
-re-hash each seal at least every ``RECHECK_AFTER`` and ``--full`` re-hashes everything.
+intact may record a check: a versions digest (``row_versions``) with the seal's digest it was
+made against, MAC'd like a seal (``mac_message``, format ``hardening-audit-seal-check/1``).
+
+* versions digest: ``SHA-256(UTF-8 of the table's shape || 0x00 || SHA-256(per row in id
+  order: int8(id) || int8(xmin) || UTF-8 of ctid::text || (0x01 || h, or 0x00)))``. The shape
+  (``_TABLE_SHAPE``: the table's oid and kind, and every column's number, name, type, modifier,
+  collation, dropped flag, missing value, generation and identity) is there because renaming,
+  swapping or re-adding a column, or a type change that rewrites nothing, changes what every
+  row reads as and no row's version. ``h`` is there for rows whose text columns take at least
+  ``OUT_OF_LINE_BYTES`` stored bytes: only those can keep a value in the TOAST table, whose
+  chunks a superuser can swap without touching the row. Only their images are read.
+* later verifications still check every seal's structure, MAC and store copy, and read every
+  sealed row's header (about 2 s per million rows); only seals whose versions differ from a
+  trusted check, or that have none, are re-hashed. VACUUM FULL or CLUSTER (when they compact)
+  and a logical restore move rows, so those seals are re-hashed once and checked again.
+* trusted (``trusted_checks``): with a keyring, checks with a valid MAC; with a store but no
+  keyring, none (the store, not the database, is then the reference, so none are written
+  either); with neither, all (the database is then its own reference anyway).
+* age: recording runs (the hourly asset, ``hardening seal``) re-hash each seal at least every
+  ``RECHECK_AFTER`` (a day), and readers (the status line) stop trusting a check after
+  ``TRUST_CHECKS_FOR``. That bounds what versions cannot show: a change written straight into
+  the data files, or a row re-created under the same 32-bit ``xmin`` after 2^32 transactions.
+  ``full`` (``hardening seal --full``) re-hashes everything now.
 
 **What it cannot catch.** Without a store copy and without the key, someone who controls the
 database can rewrite rows, then delete and recompute every seal: the chain in the database is
@@ -324,16 +335,20 @@ class _Accumulator:
         return hasher.digest()
 
 
+# The row hash ``h`` of the format above, as SQL over a row of public.audit_events.
+_ROW_HASH = sql.SQL(
+    """pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+               id, actor, tenant_id, table_name, operation, record_id, before, after,
+               created_at AT TIME ZONE 'UTC', db_role, txid)::text, 'UTF8'))"""
+)
 _ROW_HASHES = sql.SQL(
     """
-    SELECT id, pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
-               id, actor, tenant_id, table_name, operation, record_id, before, after,
-               created_at AT TIME ZONE 'UTC', db_role, txid)::text, 'UTF8'))
+    SELECT id, {row_hash}
     FROM public.audit_events
     WHERE id > %(after)s AND id <= %(upto)s
     ORDER BY id
     """
-)
+).format(row_hash=_ROW_HASH)
 _MIN_BIGINT = -(2**63)
 
 
@@ -641,8 +656,16 @@ CHECK_FORMAT = "hardening-audit-seal-check/1"
 # In recording runs, a check older than this is not trusted, so every seal is re-hashed in full
 # at least this often even if its row versions never change (a change below SQL, written
 # straight into the data files, keeps them).
-RECHECK_AFTER = timedelta(days=7)
-_EMPTY_VERSIONS = hashlib.sha256(b"").digest()
+RECHECK_AFTER = timedelta(days=1)
+# Readers (the status line) stop trusting a check this old, so a stopped recording job cannot
+# leave the line vouching for rows nobody has re-hashed in a long time.
+TRUST_CHECKS_FOR = 2 * RECHECK_AFTER
+# A row whose text columns take this many stored bytes may keep a value out of line, in the
+# table's TOAST relation, where a change does not give the row a new version. Postgres moves a
+# value out of line only when the row, compressed, is still over ~2 kB, so any such row is well
+# above this; for those rows the versions digest includes the row hash itself.
+OUT_OF_LINE_BYTES = 1000
+_EMPTY_ROWS = hashlib.sha256(b"").digest()
 
 
 @dataclass(frozen=True)
@@ -678,29 +701,71 @@ _INSERT_CHECK = sql.SQL("INSERT INTO hardening.audit_seal_checks ({}) VALUES ({}
     sql.SQL(", ").join(map(sql.Identifier, _CHECK_COLUMNS)),
     sql.SQL(", ").join(sql.Placeholder(c) for c in _CHECK_COLUMNS),
 )
+# What a row reads as depends on the table's columns too: renaming or swapping two, dropping
+# one and adding it back with a default, or changing a type without a rewrite changes every
+# sealed row's text and no row's version. So the table's shape is part of every digest.
+_TABLE_SHAPE = """
+    SELECT c.oid::text || ':' || c.relkind::text || ';' || pg_catalog.string_agg(
+               pg_catalog.concat_ws(':', a.attnum, a.attname, a.atttypid, a.atttypmod,
+                                    a.attcollation, a.attisdropped, a.atthasmissing,
+                                    a.attmissingval::text, a.attgenerated, a.attidentity),
+               ',' ORDER BY a.attnum) AS shape
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+    WHERE c.oid = pg_catalog.to_regclass('public.audit_events')
+    GROUP BY c.oid, c.relkind
+"""
 # One pass over the sealed range, grouped by seal with a binary search over the seals' first
-# ids. Bucket 0 holds ids below the first seal, which can only be forged rows. Only row headers
-# are read: no jsonb image is detoasted or rendered.
-_ROW_VERSIONS = """
+# ids. Bucket 0 holds ids below the first seal, which can only be forged rows. Per row: id,
+# xmin and ctid, then 0x00, or 0x01 and the row hash when the row may hold a value out of line
+# (only those rows have their images read).
+_ROW_VERSIONS = sql.SQL(
+    """
     SELECT pg_catalog.width_bucket(id, %(starts)s::bigint[]) AS bucket,
            pg_catalog.sha256(pg_catalog.string_agg(
                pg_catalog.int8send(id) || pg_catalog.int8send(xmin::text::bigint)
-               || pg_catalog.convert_to(ctid::text, 'UTF8'), ''::bytea ORDER BY id)) AS versions
+               || pg_catalog.convert_to(ctid::text, 'UTF8')
+               || CASE WHEN coalesce(pg_catalog.pg_column_size(actor), 0)
+                            + coalesce(pg_catalog.pg_column_size(table_name), 0)
+                            + coalesce(pg_catalog.pg_column_size(operation), 0)
+                            + coalesce(pg_catalog.pg_column_size(record_id), 0)
+                            + coalesce(pg_catalog.pg_column_size(before), 0)
+                            + coalesce(pg_catalog.pg_column_size(after), 0)
+                            + coalesce(pg_catalog.pg_column_size(db_role), 0)
+                            >= %(out_of_line)s
+                       THEN '\\x01'::bytea || {row_hash}
+                       ELSE '\\x00'::bytea END,
+               ''::bytea ORDER BY id)) AS versions
     FROM public.audit_events
     WHERE id <= %(last)s
     GROUP BY 1
-"""
+    """
+).format(row_hash=_ROW_HASH)
 
 
 def row_versions(conn: psycopg.Connection, chain: Sequence[Seal]) -> tuple[dict[int, bytes], bool]:
-    """Each seal's versions digest, and whether any row lies below the first seal."""
+    """Each seal's versions digest, and whether any row lies below the first seal.
+
+    ``versions_digest = SHA-256(UTF-8 of the table shape || 0x00 || rows)``, where ``rows`` is
+    the SHA-256 that ``_ROW_VERSIONS`` computes for the seal's range (of no bytes when empty).
+    """
+    shape_row = conn.execute(_TABLE_SHAPE).fetchone()
+    shape = (shape_row["shape"] if shape_row else "missing").encode("utf-8")
     found = {
         r["bucket"]: bytes(r["versions"])
         for r in conn.execute(
-            _ROW_VERSIONS, {"starts": [s.from_id for s in chain], "last": chain[-1].to_id}
+            _ROW_VERSIONS,
+            {
+                "starts": [s.from_id for s in chain],
+                "last": chain[-1].to_id,
+                "out_of_line": OUT_OF_LINE_BYTES,
+            },
         ).fetchall()
     }
-    versions = {s.seq: found.get(i, _EMPTY_VERSIONS) for i, s in enumerate(chain, start=1)}
+    versions = {
+        s.seq: hashlib.sha256(shape + b"\x00" + found.get(i, _EMPTY_ROWS)).digest()
+        for i, s in enumerate(chain, start=1)
+    }
     return versions, 0 in found
 
 
@@ -942,7 +1007,8 @@ def verify_seal_chain(
     unless a trusted check (``trusted_checks``) saw exactly the row versions that are there now;
     ``full`` re-hashes every seal regardless. ``record_as`` (a writable connection) records a
     check for each seal re-hashed when the whole chain is intact, and re-hashes seals whose last
-    check is older than ``RECHECK_AFTER``.
+    check is older than ``RECHECK_AFTER``; without it, checks older than ``TRUST_CHECKS_FOR``
+    are not trusted.
     """
     problems = _Problems()
     db = read_seals(conn)
@@ -961,7 +1027,7 @@ def verify_seal_chain(
         {}
         if full
         else trusted_checks(
-            conn, chain, store, keyring, max_age=RECHECK_AFTER if record_as else None
+            conn, chain, store, keyring, max_age=RECHECK_AFTER if record_as else TRUST_CHECKS_FOR
         )
     )
     stale = [
@@ -981,7 +1047,8 @@ def verify_seal_chain(
             break
     if problems.items:
         return _red(problems, len(chain), rows_read, store is not None)
-    if record_as is not None and stale:
+    # With a store but no key, checks are never trusted (trusted_checks), so none are written.
+    if record_as is not None and stale and (store is None or keyring is not None):
         _record_checks(conn, [chain[i] for i in stale], versions, keyring, record_as)
     covered = sum(s.row_count for s in chain)
     checks = ["store copies match" if store is not None else "database copy only"]

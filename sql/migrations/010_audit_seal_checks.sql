@@ -7,16 +7,21 @@
 -- A row cannot be changed through SQL without getting a new row version: UPDATE writes a new
 -- tuple (a new xmin and ctid), DELETE removes it, and a row forged into a sealed range has its
 -- own. So after a seal's rows have been re-hashed and found intact, the verifier records a
--- digest of their versions (id, xmin, ctid, in id order). While the versions still hash to a
--- recorded digest, the rows are the ones that were re-hashed, and reading their headers (about
--- 1 s per million rows) replaces re-hashing them. Anything that moves rows (VACUUM FULL,
--- CLUSTER, a restore) changes the versions, and the seal is simply re-hashed again.
+-- digest of their versions. While the versions still hash to a recorded digest, the rows are
+-- the ones that were re-hashed, and reading their headers (about 2 s per million rows)
+-- replaces re-hashing them. Two things can change what a row reads as without a new version,
+-- so the digest covers them too: the table's shape (renaming, swapping or re-adding columns,
+-- or a type change that rewrites nothing) and a value stored out of line in the TOAST table
+-- (rows large enough to have one contribute their full row hash). Anything that moves rows
+-- (VACUUM FULL or CLUSTER when they compact, a logical restore) changes the versions, and the
+-- seal is simply re-hashed again.
 --
 -- Columns (formats in hardening_pipeline/hardening/seals.py, "Row-version checks"):
 --   seq, seal_digest  the seal that was re-hashed; a check applies only while that seal has
 --                     this digest (no foreign key: the digest is the binding)
---   versions_digest   SHA-256 over int8(id) || int8(xmin) || text(ctid) of every row in the
---                     seal's range, in id order
+--   versions_digest   SHA-256 over the table's shape and, for every row in the seal's range in
+--                     id order, int8(id) || int8(xmin) || text(ctid) (and the row hash for a
+--                     row large enough to keep a value out of line)
 --   checked_at/by     when and by whom
 --   key_id, mac       HMAC-SHA256 under the seal key: with a keyring, an unauthenticated check
 --                     is ignored, so someone who controls the database but not the key cannot
