@@ -13,10 +13,12 @@ import re
 import shutil
 import socket
 import threading
+import time
 import uuid
 
 import pytest
 
+from hardening_pipeline.alerts import state as state_module
 from hardening_pipeline.alerts.slack import NOT_DELIVERED_MARKER, SlackNotifier
 from hardening_pipeline.canaries import (
     CANARIES,
@@ -27,7 +29,7 @@ from hardening_pipeline.canaries import (
 )
 from hardening_pipeline.canaries.runner import CANARIES_DIR
 from hardening_pipeline.errors import ConfigError
-from tests.support.db import insert_tenant
+from tests.support.db import admin_connect, insert_tenant
 from tests.support.slack_receiver import SERVER_ERROR, SLOW
 
 FAST = {"timeout": 5, "max_retries": 0}
@@ -492,6 +494,27 @@ def test_two_concurrent_runs_send_a_new_alert_once(db_url, admin, two_tenants, s
         t.join(timeout=60)
     assert sorted(actions) == ["sent", "suppressed"]
     assert len(slack_receiver.requests) == 1
+
+
+def test_a_run_never_waits_for_another_run_that_is_sending(
+    db_url, admin, two_tenants, slack_receiver
+):
+    """The other run holds this alert's lock (a slow Slack): this run moves on at once and says
+    why it did not send, instead of queueing behind it or failing."""
+    plant_orphan(admin, two_tenants[0])
+    results = run_canaries(db_url, names=["orphaned_messages"])
+    with admin_connect(db_url, autocommit=True) as other:
+        other.execute(
+            "SELECT pg_advisory_lock(%s, hashtext(%s))",
+            (state_module._NOTIFY_LOCK_CLASS, "canary:orphaned_messages"),
+        )
+        started = time.monotonic()
+        [outcome] = alert_canaries(db_url, results, SlackNotifier(slack_receiver.url, **FAST))
+        assert time.monotonic() - started < 5
+    assert (outcome.action, outcome.detail) == ("suppressed", "another run is sending this alert")
+    assert slack_receiver.requests == []
+    [again] = alert_canaries(db_url, results, SlackNotifier(slack_receiver.url, **FAST))
+    assert again.action == "sent"  # the lock is gone with the other run's session
 
 
 def test_slack_down_still_reports_and_retries_next_run(

@@ -11,11 +11,12 @@ channel. So each alert source (a canary, a status line) has a key, and ``hardeni
 * passing, nothing remembered            -> nothing
 
 The state lives in the database, not on a worker's disk: the CLI, cron and every Dagster run
-worker share it without a volume, and updates are transactional; an advisory lock makes two
-concurrent runs take turns, so they cannot both send the same new alert. A row is written (or
-removed) only after Slack accepted the message, so when Slack is down (or no webhook is
-configured) the alert is logged as NOT DELIVERED and tried again on the next run instead of
-being lost.
+worker share it without a volume, and updates are transactional. Each send happens under a
+per-alert advisory lock, taken without waiting, with the state read again once it is held: two
+concurrent runs cannot both send the same alert, and neither waits on the other's Slack calls.
+A row is written (or removed) only after Slack accepted the message, so when Slack is down (or
+no webhook is configured) the alert is logged as NOT DELIVERED and tried again on the next run
+instead of being lost.
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ from hardening_pipeline.db.connection import connect
 logger = logging.getLogger(__name__)
 
 DEFAULT_REALERT_AFTER = timedelta(hours=24)
-# Serialises notify() across processes: two runs that both read "nothing remembered" before
-# either recorded its send would both alert. Held for one run's sends (bounded by the notifier's
-# timeouts and retries); a run that cannot get it within LOCK_TIMEOUT fails loudly.
-_NOTIFY_LOCK_KEY = 0x0A1E_575E
-LOCK_TIMEOUT = "120s"
+# First half of the two-part advisory lock key notify() takes per alert (the second half is
+# hashtext(alert_key)), so its locks cannot collide with other users of advisory locks.
+_NOTIFY_LOCK_CLASS = 0x0A1E575E
 
 Action = Literal["sent", "resolved", "suppressed", "not_delivered", "nothing"]
 
@@ -99,6 +98,43 @@ def _send_untracked(notifier: SlackNotifier, item: TrackedFinding) -> AlertOutco
     return AlertOutcome(item.key, "sent", "not recorded: no alert state table")
 
 
+_REMEMBERED = (
+    "SELECT alert_key, fingerprint, magnitude, last_alerted_at "
+    "FROM hardening.alert_state WHERE alert_key = ANY(%s)"
+)
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS held"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
+
+
+def _send_and_record(
+    conn: psycopg.Connection,
+    notifier: SlackNotifier,
+    item: TrackedFinding,
+    now: datetime,
+    realert_after: timedelta,
+) -> AlertOutcome:
+    """Under the item's lock: decide again on the state as it is now, send, record."""
+    previous = conn.execute(_REMEMBERED, ([item.key],)).fetchone()
+    alert = _decide(item, previous, now, realert_after)
+    if alert is None:  # another run sent or resolved it since the state was first read
+        return AlertOutcome(item.key, "suppressed" if item.failing else "nothing")
+    result = notifier.send(alert)
+    if not result.delivered:
+        return AlertOutcome(item.key, "not_delivered", result.detail)
+    if item.failing:
+        conn.execute(
+            "INSERT INTO hardening.alert_state "
+            "(alert_key, fingerprint, magnitude, summary) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (alert_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+            "magnitude = EXCLUDED.magnitude, summary = EXCLUDED.summary, "
+            "last_alerted_at = now()",
+            (item.key, item.fingerprint, item.magnitude, alert.summary[:1000]),
+        )
+        return AlertOutcome(item.key, "sent")
+    conn.execute("DELETE FROM hardening.alert_state WHERE alert_key = %s", (item.key,))
+    return AlertOutcome(item.key, "resolved")
+
+
 def notify(
     url: str,
     notifier: SlackNotifier,
@@ -113,8 +149,6 @@ def notify(
     """
     outcomes: list[AlertOutcome] = []
     with connect(url, autocommit=True) as conn:
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
-        conn.execute("SELECT pg_advisory_lock(%s)", (_NOTIFY_LOCK_KEY,))  # freed on close
         now = conn.execute("SELECT now() AS now").fetchone()["now"]
         if not _has_state_table(conn):
             # Not migrated yet (005 pending): alert without dedup rather than not at all.
@@ -123,34 +157,21 @@ def notify(
                 "alerts are sent without dedup"
             )
             return [_send_untracked(notifier, item) for item in items]
-        rows = conn.execute(
-            "SELECT alert_key, fingerprint, magnitude, last_alerted_at "
-            "FROM hardening.alert_state WHERE alert_key = ANY(%s)",
-            ([i.key for i in items],),
-        ).fetchall()
-        remembered = {r["alert_key"]: r for r in rows}
+        remembered = {
+            r["alert_key"]: r for r in conn.execute(_REMEMBERED, ([i.key for i in items],))
+        }
         for item in items:
-            previous = remembered.get(item.key)
-            alert = _decide(item, previous, now, realert_after)
-            if alert is None:
-                action: Action = "suppressed" if item.failing else "nothing"
-                outcomes.append(AlertOutcome(item.key, action))
+            if _decide(item, remembered.get(item.key), now, realert_after) is None:
+                outcomes.append(AlertOutcome(item.key, "suppressed" if item.failing else "nothing"))
                 continue
-            result = notifier.send(alert)
-            if not result.delivered:
-                outcomes.append(AlertOutcome(item.key, "not_delivered", result.detail))
-                continue
-            if item.failing:
-                conn.execute(
-                    "INSERT INTO hardening.alert_state "
-                    "(alert_key, fingerprint, magnitude, summary) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (alert_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
-                    "magnitude = EXCLUDED.magnitude, summary = EXCLUDED.summary, "
-                    "last_alerted_at = now()",
-                    (item.key, item.fingerprint, item.magnitude, alert.summary[:1000]),
+            lock = (_NOTIFY_LOCK_CLASS, item.key)
+            if not conn.execute(_TRY_LOCK, lock).fetchone()["held"]:
+                outcomes.append(
+                    AlertOutcome(item.key, "suppressed", "another run is sending this alert")
                 )
-                outcomes.append(AlertOutcome(item.key, "sent"))
-            else:
-                conn.execute("DELETE FROM hardening.alert_state WHERE alert_key = %s", (item.key,))
-                outcomes.append(AlertOutcome(item.key, "resolved"))
+                continue
+            try:
+                outcomes.append(_send_and_record(conn, notifier, item, now, realert_after))
+            finally:
+                conn.execute(_UNLOCK, lock)
     return outcomes
