@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -256,31 +257,42 @@ def test_a_burst_of_deletes_fires_and_the_floor_keeps_small_ones_quiet(db_url, a
     assert by_name(run_canaries(db_url))["abnormal_delete_volume"].passed
 
 
-def test_a_truncate_of_a_tenant_table_always_fires(db_url, admin, two_tenants):
+def test_a_truncated_tenant_table_fires_whatever_the_volume(
+    db_url, admin, two_tenants, slack_receiver
+):
     """TRUNCATE leaves one audit event for every tenant's rows, so no per-tenant count or floor
-    applies: any TRUNCATE in the window is abnormal. Only a superuser can still do it (004)."""
-    assert by_name(run_canaries(db_url))["abnormal_delete_volume"].passed
+    applies: any TRUNCATE in the look-back is a blocking finding. Only a superuser or a table
+    owner can still do it (004), and a delete-volume canary would never see it."""
+    assert by_name(run_canaries(db_url))["tenant_table_truncated"].passed
     with admin.transaction():
         admin.execute("SELECT set_config('app.actor', 'test:truncate', true)")
         admin.execute("TRUNCATE onboarding_attempts")
         event = admin.execute(
             "SELECT id FROM audit_events WHERE operation = 'TRUNCATE' ORDER BY id DESC LIMIT 1"
         ).fetchone()["id"]
-    result = by_name(run_canaries(db_url))["abnormal_delete_volume"]  # default floor of 50
-    assert not result.passed
+    results = by_name(run_canaries(db_url))
+    assert results["abnormal_delete_volume"].passed  # it counts deletes, not this
+    result = results["tenant_table_truncated"]
+    assert not result.passed and result.severity == "error"
     [finding] = result.findings
     assert (finding.tenant_id, finding.subject, finding.count) == (None, "onboarding_attempts", 1)
     assert list(finding.sample_ids) == [str(event)]
-    assert "TRUNCATE on onboarding_attempts 1 time(s)" in finding.detail
-    # deletes that do fire are listed alongside it
-    delete_messages(admin, add_messages(admin, two_tenants[0], 6))
-    result = by_name(run_canaries(db_url, CanaryThresholds(delete_min_count=5)))[
-        "abnormal_delete_volume"
-    ]
-    assert [(f.subject, f.count) for f in result.findings] == [
-        ("messages", 6),
-        ("onboarding_attempts", 1),
-    ]
+    assert "1 TRUNCATE(s) of onboarding_attempts" in finding.detail
+    assert "by test:truncate as postgres" in finding.detail
+    narrower = CanaryThresholds(truncate_lookback_hours=1)
+    assert not by_name(run_canaries(db_url, narrower))["tenant_table_truncated"].passed
+
+    notifier = SlackNotifier(slack_receiver.url, **FAST)
+    [outcome] = alert_canaries(db_url, [result], notifier)
+    assert outcome.action == "sent"
+    summary = slack_receiver.requests[0]["blocks"][1]["text"]["text"]
+    assert "1 TRUNCATE statements flagged" in summary
+    assert "Tenants affected: every tenant (whole tables)" in summary
+    quiet = replace(result, passed=True, findings=())
+    [cleared] = alert_canaries(db_url, [quiet], notifier)
+    assert cleared.action == "resolved"
+    resolved = slack_receiver.requests[1]["blocks"][1]["text"]["text"]
+    assert "does not bring its rows back" in resolved
 
 
 def test_deletes_within_the_usual_rate_do_not_fire(db_url, admin, two_tenants):
@@ -383,6 +395,7 @@ def test_slack_payload_field_by_field(db_url, admin, two_tenants, slack_receiver
         "canary:orphaned_messages": "sent",
         "canary:tenant_misalignment": "nothing",
         "canary:abnormal_delete_volume": "nothing",
+        "canary:tenant_table_truncated": "nothing",
         "canary:failed_onboarding_attempts": "nothing",
     }
     assert len(slack_receiver.requests) == 1
@@ -560,7 +573,7 @@ def test_cli_canaries_prints_a_table_and_exits_1_when_red(db_url, admin, two_ten
     env = {"HARDENING_DATABASE_URL": db_url, "COLUMNS": "200"}
     green = run_cli("canaries", "--no-alert", env=env)
     assert green.returncode == 0, green.stderr
-    assert green.stdout.count("pass") == 4
+    assert green.stdout.count("pass") == len(CANARIES)
     plant_orphan(admin, two_tenants[0])
     redrun = run_cli("canaries", env=env)
     assert redrun.returncode == 1

@@ -32,6 +32,7 @@ def test_names_and_schedules_snapshot():
         ("['app', 'messages']", "orphaned_messages"),
         ("['app', 'messages']", "tenant_misalignment"),
         ("['app', 'audit_events']", "abnormal_delete_volume"),
+        ("['app', 'audit_events']", "tenant_table_truncated"),
         ("['app', 'onboarding_attempts']", "failed_onboarding_attempts"),
     }
     blocking = {s.name: s.blocking for s in canary_checks.check_specs}
@@ -39,6 +40,7 @@ def test_names_and_schedules_snapshot():
         "orphaned_messages": True,
         "tenant_misalignment": True,
         "abnormal_delete_volume": False,
+        "tenant_table_truncated": True,
         "failed_onboarding_attempts": False,
     }
 
@@ -80,6 +82,7 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
         "orphaned_messages",
         "tenant_misalignment",
         "abnormal_delete_volume",
+        "tenant_table_truncated",
         "failed_onboarding_attempts",
     }
     assert all(e.passed for e in evaluations.values())

@@ -92,6 +92,7 @@ def test_readme_main_command_on_the_embedded_database_with_s3(tmp_path, s3_serve
         "orphaned_messages",
         "tenant_misalignment",
         "abnormal_delete_volume",
+        "tenant_table_truncated",
         "failed_onboarding_attempts",
     } and all(c["passed"] for c in canaries)
     for name in ("status-initial.json", "status-report.json"):

@@ -59,10 +59,11 @@ def failure_alert(result: CanaryResult, runbook_base_url: str | None = None) -> 
             f"for {result.what_it_means}. Run the query below by hand to see why."
         )
     else:
+        whole_tables = all(f.tenant_id is None for f in result.findings)
+        affected = "every tenant (whole tables)" if whole_tables else len(result.tenants)
         summary = (
-            f"{result.count} {result.table if result.table != 'audit_events' else 'deletes'} "
-            f"flagged: {result.what_it_means}. "
-            f"Tenants affected: {len(result.tenants)}."
+            f"{result.count} {result.counted or result.table} flagged: {result.what_it_means}. "
+            f"Tenants affected: {affected}."
         )
     details = [
         f"tenant {f.tenant_id or '(none)'} / {f.subject}: {f.count} — {f.detail}"
@@ -94,7 +95,7 @@ def resolved_alert(result: CanaryResult, runbook_base_url: str | None = None) ->
     return Alert(
         title=f"Canary {result.name}: resolved",
         status="resolved",
-        summary=f"{result.title} is back to 0; the earlier alert needs no further action.",
+        summary=f"{result.title} is back to 0; {result.resolved_meaning}.",
         fields=[("Canary", result.name), ("Runbook", runbook)],
         links=links,
     )

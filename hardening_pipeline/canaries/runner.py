@@ -43,6 +43,10 @@ class CanarySpec:
     severity: Severity
     what_it_means: str
     runbook_anchor: str
+    # What the "resolved" message says once the canary is quiet again.
+    resolved_meaning: str = "the earlier alert needs no further action"
+    # What the count counts, in the alert's first line ("3 messages flagged").
+    counted: str = ""
 
 
 # Integrity canaries block (ERROR): a row there is a data leak or lost data. Volume canaries warn:
@@ -76,6 +80,23 @@ CANARIES: dict[str, CanarySpec] = {
             severity="warn",
             what_it_means="a tenant deleted far more rows in the last window than it usually does",
             runbook_anchor="canary-abnormal-delete-volume",
+            counted="deletes",
+        ),
+        CanarySpec(
+            name="tenant_table_truncated",
+            title="Tenant table truncated",
+            table="audit_events",
+            severity="error",
+            what_it_means=(
+                "a tenant-scoped table was truncated: every tenant's rows in it were removed at "
+                "once"
+            ),
+            runbook_anchor="canary-tenant-table-truncated",
+            resolved_meaning=(
+                "the last TRUNCATE is now older than the look-back. That does not bring its rows "
+                "back: if they were not restored yet, follow the runbook"
+            ),
+            counted="TRUNCATE statements",
         ),
         CanarySpec(
             name="failed_onboarding_attempts",
@@ -103,6 +124,7 @@ class CanaryThresholds:
     delete_baseline_factor: float = 10.0
     onboarding_window_minutes: int = 60
     onboarding_max_failures: int = 3
+    truncate_lookback_hours: int = 168
     sample_size: int = 5
     statement_timeout_ms: int = 30_000
 
@@ -151,6 +173,8 @@ class CanaryResult:
     seconds: float
     error: str | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
+    resolved_meaning: str = "the earlier alert needs no further action"
+    counted: str = ""
 
     @property
     def count(self) -> int:
@@ -198,7 +222,7 @@ class CanaryResult:
         tenants = self.tenants
         return (
             f"{self.count} found in {len(tenants)} tenant(s): {self.what_it_means}; "
-            + "; ".join(f"tenant {f.tenant_id}: {f.detail}" for f in self.findings[:3])
+            + "; ".join(f"tenant {f.tenant_id or '(none)'}: {f.detail}" for f in self.findings[:3])
             + ("; …" if len(self.findings) > 3 else "")
         )
 
@@ -272,6 +296,8 @@ def _run_one(
         seconds=time.perf_counter() - started,
         error=error,
         thresholds=settings,
+        resolved_meaning=spec.resolved_meaning,
+        counted=spec.counted or spec.table,
     )
 
 

@@ -4,16 +4,12 @@
 -- (default 60 minutes) with the same tenant's average per window over the trailing baseline
 -- (default 7 days, the window itself excluded). A (tenant, table) fires when its recent deletes
 -- reach the absolute floor (default 50) AND exceed the baseline by the factor (default 10x). The
--- floor keeps a quiet tenant's first few deletes from paging anyone. A TRUNCATE of a tenant
--- table in the window always fires, whatever the floor: it removes every tenant's rows at once
--- and leaves one audit event (tenant_id NULL, listed by its audit id) instead of one per row.
--- No rows means healthy.
+-- floor keeps a quiet tenant's first few deletes from paging anyone. No rows means healthy.
 --
 -- Thresholds are read from transaction-local settings so the same file runs by hand with the
 -- defaults, or with others, e.g.:
 --   BEGIN; SELECT set_config('canary.delete_min_count', '20', true); \i this file; ROLLBACK;
--- Reads audit_events_deletes_idx (a partial index on DELETE events) and, for TRUNCATE events,
--- the (tenant_id, operation, created_at) index; never the INSERT flood.
+-- Reads audit_events_deletes_idx (a partial index on DELETE events), never the INSERT flood.
 WITH settings AS (
     SELECT coalesce(nullif(current_setting('canary.delete_window_minutes', true), ''), '60')::int
                AS window_minutes,
@@ -43,15 +39,6 @@ recent AS (
     WHERE a.operation = 'DELETE' AND a.created_at >= (SELECT window_start FROM bounds)
     GROUP BY a.tenant_id, a.table_name
 ),
-truncates AS (
-    SELECT a.table_name, count(*) AS truncates,
-           (array_agg(a.id::text ORDER BY a.created_at DESC))[1:(SELECT sample_size FROM bounds)]
-               AS sample_ids
-    FROM public.audit_events a
-    WHERE a.tenant_id IS NULL AND a.operation = 'TRUNCATE'
-      AND a.created_at >= (SELECT window_start FROM bounds)
-    GROUP BY a.table_name
-),
 baseline AS (
     SELECT a.tenant_id, a.table_name, count(*) AS deletes
     FROM public.audit_events a
@@ -75,14 +62,4 @@ LEFT JOIN baseline bl ON bl.tenant_id IS NOT DISTINCT FROM r.tenant_id
                      AND bl.table_name = r.table_name
 WHERE r.deletes >= b.min_count
   AND r.deletes > b.factor * coalesce(bl.deletes, 0) / b.baseline_windows
-UNION ALL
-SELECT NULL::uuid,
-       t.table_name,
-       t.truncates,
-       t.sample_ids,
-       format('TRUNCATE on %s %s time(s) in the last %s min: every tenant''s rows in it removed '
-              'at once (sample ids are audit_events ids)',
-              t.table_name, t.truncates, b.window_minutes)
-FROM truncates t
-CROSS JOIN bounds b
-ORDER BY 3 DESC, 1, 2;
+ORDER BY r.deletes DESC, r.tenant_id, r.table_name;
