@@ -354,7 +354,8 @@ def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -
     report = write_drill_report(result, ctx.settings.reports_dir)
     console.print(Markdown(drill_markdown(result)))
     console.print(f"report: {report.markdown} and {report.json.name}")
-    SlackNotifier(ctx.settings.slack_webhook_url).send(drill_alert(result, report, None))
+    alert = drill_alert(result, report, ctx.settings.runbook_url)
+    SlackNotifier(ctx.settings.slack_webhook_url).send(alert)
     if not result.passed:
         raise CheckFailed(
             f"the restore drill failed at stage {result.failed_stage or 'verify'}: "
@@ -439,7 +440,7 @@ def canaries(ctx: Context, names: tuple[str, ...], no_alert: bool) -> None:
         )
     if not no_alert:
         notifier = SlackNotifier(ctx.settings.slack_webhook_url)
-        outcomes = alert_canaries(url, results, notifier)
+        outcomes = alert_canaries(url, results, notifier, runbook_base_url=ctx.settings.runbook_url)
         for o in outcomes:
             if o.undelivered:
                 err_console.print(f"[yellow]alert for {o.key} NOT delivered:[/] {o.detail}")
@@ -494,7 +495,13 @@ def status(
     console.print(f"report: {files.markdown} and {files.json}")
     if not no_alert:
         notifier = SlackNotifier(ctx.settings.slack_webhook_url)
-        outcome = alert_status(url, report, notifier, report_path=str(files.markdown))
+        outcome = alert_status(
+            url,
+            report,
+            notifier,
+            report_path=str(files.markdown),
+            runbook_base_url=ctx.settings.runbook_url,
+        )
         if outcome.undelivered:
             err_console.print(f"[yellow]status alert NOT delivered:[/] {outcome.detail}")
     if not report.passed:

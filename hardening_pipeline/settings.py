@@ -18,6 +18,8 @@ variable name is caught here, once.
 | HARDENING_REPORTS_DIR | where status and drill reports land | ``scripts/hardening/reports`` |
 | HARDENING_STATE_DIR | embedded database, local key, default backups | ``.hardening`` |
 | DAGSTER_WEBSERVER_URL | base URL used for run links in alerts | ``http://localhost:3000`` |
+| HARDENING_RUNBOOK_URL | where docs/runbook.md is published, for links in alerts | unset: alerts |
+|  |  | name the repository path |
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ ENV_SLACK_WEBHOOK_URL = "SLACK_WEBHOOK_URL"
 ENV_REPORTS_DIR = "HARDENING_REPORTS_DIR"
 ENV_STATE_DIR = "HARDENING_STATE_DIR"
 ENV_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
+ENV_RUNBOOK_URL = "HARDENING_RUNBOOK_URL"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Settings:
     reports_dir: Path = Path("scripts/hardening/reports")
     state_dir: Path = Path(".hardening")
     webserver_url: str = "http://localhost:3000"
+    runbook_url: str | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -137,6 +141,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     _check_url(ENV_S3_ENDPOINT_URL, endpoint, ("http", "https"), need_host=True)
     webhook = _clean(env, ENV_SLACK_WEBHOOK_URL)
     _check_url(ENV_SLACK_WEBHOOK_URL, webhook, ("http", "https"), need_host=True)
+    runbook = _clean(env, ENV_RUNBOOK_URL)
+    _check_url(ENV_RUNBOOK_URL, runbook, ("http", "https"), need_host=True)
     previous = _clean(env, ENV_ENCRYPTION_KEYS_PREVIOUS)
     return Settings(
         database_url=database_url,
@@ -149,4 +155,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         reports_dir=Path(_clean(env, ENV_REPORTS_DIR) or "scripts/hardening/reports"),
         state_dir=Path(_clean(env, ENV_STATE_DIR) or ".hardening"),
         webserver_url=(_clean(env, ENV_WEBSERVER_URL) or "http://localhost:3000").rstrip("/"),
+        runbook_url=runbook.split("#", 1)[0] if runbook else None,
     )

@@ -184,6 +184,11 @@ def env_cases(db_url: str, store_url: str) -> list[tuple[list[str], dict[str, st
             {**good, ENV_SLACK_WEBHOOK_URL: "https://[hooks.slack.com/x"},
             "SLACK_WEBHOOK_URL is not a valid URL",
         ),
+        (
+            ["canaries"],
+            {**good, "HARDENING_RUNBOOK_URL": "ops.example.org/runbook.html"},
+            "HARDENING_RUNBOOK_URL must start with one of http://",
+        ),
         (["migrate"], {**good, ENV_DATABASE_URL: "mysql://db/x"}, "must start with one of"),
         (["seed"], {**good, ENV_DATABASE_URL: "postgresql://[::1/x"}, "not a valid URL"),
         (["canaries"], {**good, ENV_DATABASE_URL: "host=x port=1 =y"}, "neither a postgresql"),

@@ -184,6 +184,11 @@ def test_empty_store_is_a_failure_not_a_pass(store, keyring, tmp_path, slack_rec
     assert not result.passed
     assert "holds no backup" in (result.failure or "")
     assert "could not" not in report.markdown.read_text() or not result.passed
+    assert ("Runbook", "docs/runbook.md#restore-drill-failed") in drill_alert(result, report).fields
+    published = drill_alert(result, report, "https://ops.example.org/runbook.html")
+    section = "https://ops.example.org/runbook.html#restore-drill-failed"
+    assert ("Runbook", section) in published.fields
+    assert published.links == [("Runbook: restore drill failed", section)]
 
 
 def test_throwaway_database_is_removed_even_when_the_drill_fails(

@@ -281,6 +281,26 @@ def test_status_alert_once_when_red_and_resolved_when_green(db_url, admin, slack
     assert "all green again" in slack_receiver.requests[1]["blocks"][0]["text"]["text"]
 
 
+def test_alerts_link_the_published_runbook_when_configured(db_url, admin, tmp_path, slack_receiver):
+    from tests.test_cli import run_cli
+
+    admin.execute("GRANT SELECT ON messages TO anon")
+    admin.commit()
+    env = {
+        "HARDENING_DATABASE_URL": db_url,
+        "HARDENING_REPORTS_DIR": str(tmp_path / "r"),
+        "SLACK_WEBHOOK_URL": slack_receiver.url,
+        "HARDENING_RUNBOOK_URL": "https://ops.example.org/runbook.html",
+    }
+    red = run_cli("status", env=env)
+    assert red.returncode == 1, red.stderr
+    [payload] = slack_receiver.requests
+    text = json.dumps(payload)
+    section = "https://ops.example.org/runbook.html#status-no-anon-grants"
+    assert f"<{section}|Runbook: what to do>" in text
+    assert "docs/runbook.md" not in text
+
+
 def test_cli_status_exit_codes_and_report(db_url, admin, tmp_path):
     from tests.test_cli import run_cli
 

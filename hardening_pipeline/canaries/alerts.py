@@ -17,7 +17,7 @@ from hardening_pipeline.alerts.state import (
     TrackedFinding,
     notify,
 )
-from hardening_pipeline.canaries.runner import CanaryResult, CanaryThresholds
+from hardening_pipeline.canaries.runner import CanaryResult, CanaryThresholds, runbook_link
 
 MAX_DETAIL_LINES = 10
 
@@ -43,11 +43,8 @@ def investigation_query(result: CanaryResult) -> str:
 
 
 def _runbook(result: CanaryResult, runbook_base_url: str | None) -> tuple[str, list]:
-    anchor = f"#{result.runbook_anchor}"
-    if runbook_base_url:
-        url = runbook_base_url.rstrip("#") + anchor
-        return url, [("Runbook: what to do", url)]
-    return result.runbook_link, []
+    link = runbook_link(result.runbook_anchor, runbook_base_url)
+    return link, [("Runbook: what to do", link)] if runbook_base_url else []
 
 
 def failure_alert(result: CanaryResult, runbook_base_url: str | None = None) -> Alert:

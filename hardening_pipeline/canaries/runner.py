@@ -30,6 +30,13 @@ from hardening_pipeline.errors import ConfigError
 CANARIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "canaries"
 RUNBOOK_PATH = "docs/runbook.md"
 
+
+def runbook_link(anchor: str, base_url: str | None = None) -> str:
+    """Where a runbook section is: on the published runbook (HARDENING_RUNBOOK_URL) when there
+    is one, else as the path in this repository."""
+    return f"{base_url or RUNBOOK_PATH}#{anchor}"
+
+
 Severity = Literal["error", "warn"]
 
 
@@ -196,7 +203,7 @@ class CanaryResult:
 
     @property
     def runbook_link(self) -> str:
-        return f"{RUNBOOK_PATH}#{self.runbook_anchor}"
+        return runbook_link(self.runbook_anchor)
 
     @property
     def fingerprint(self) -> str:

@@ -72,7 +72,9 @@ def canary_checks(
 ):
     url = app_db.url()
     results = run_canaries(url)
-    outcomes = alert_canaries(url, results, slack.notifier())
+    outcomes = alert_canaries(
+        url, results, slack.notifier(), runbook_base_url=slack.runbook_base_url()
+    )
     for outcome in outcomes:
         if outcome.undelivered:
             context.log.error(f"Slack alert for {outcome.key} was NOT delivered: {outcome.detail}")

@@ -106,3 +106,7 @@ class SlackAlertsResource(dg.ConfigurableResource):
     def notifier(self) -> SlackNotifier:
         url = self.webhook_url or load_settings().slack_webhook_url
         return SlackNotifier(url, timeout=self.timeout, max_retries=self.max_retries)
+
+    def runbook_base_url(self) -> str | None:
+        """Where the runbook is published (HARDENING_RUNBOOK_URL), for links in alerts."""
+        return load_settings().runbook_url

@@ -63,7 +63,7 @@ def restore_drill_report(
         on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
     )
     report = write_drill_report(result, settings.reports_dir)
-    delivery = slack.notifier().send(drill_alert(result, report, None))
+    delivery = slack.notifier().send(drill_alert(result, report, slack.runbook_base_url()))
     if not delivery.delivered:
         context.log.warning(f"the drill result was NOT delivered to Slack: {delivery.detail}")
     metadata = {

@@ -40,7 +40,13 @@ def hardening_status_report(
     url = app_db.url()
     report = run_status_check(url)
     files = write_report(report, app_db.settings().reports_dir)
-    outcome = alert_status(url, report, slack.notifier(), report_path=str(files.markdown))
+    outcome = alert_status(
+        url,
+        report,
+        slack.notifier(),
+        report_path=str(files.markdown),
+        runbook_base_url=slack.runbook_base_url(),
+    )
     if outcome.undelivered:
         context.log.error(f"Slack status alert was NOT delivered: {outcome.detail}")
     red = [line.name for line in report.red]

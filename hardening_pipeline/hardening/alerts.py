@@ -11,14 +11,21 @@ from hardening_pipeline.alerts.state import (
     TrackedFinding,
     notify,
 )
-from hardening_pipeline.canaries.runner import RUNBOOK_PATH
+from hardening_pipeline.canaries.runner import RUNBOOK_PATH, runbook_link
 from hardening_pipeline.hardening.status_check import StatusReport
 
 ALERT_KEY = "status_check"
 
 
-def status_alert(report: StatusReport, report_path: str | None = None) -> Alert:
+def status_alert(
+    report: StatusReport, report_path: str | None = None, runbook_base_url: str | None = None
+) -> Alert:
     red = report.red
+    runbook = (
+        runbook_link(red[0].runbook_anchor, runbook_base_url)
+        if red
+        else (runbook_base_url or RUNBOOK_PATH)
+    )
     return Alert(
         title=f"Hardening status: {len(red)} check(s) red",
         status="failure",
@@ -31,10 +38,11 @@ def status_alert(report: StatusReport, report_path: str | None = None) -> Alert:
             ("Red checks", str(len(red))),
             ("Database", report.database),
             ("Report", report_path or "-"),
-            ("Runbook", f"{RUNBOOK_PATH}#{red[0].runbook_anchor}" if red else RUNBOOK_PATH),
+            ("Runbook", runbook),
         ],
         details=[f"{line.name}: {line.detail} -> fix: {line.fix}" for line in red],
         query="hardening status   # re-run the checklist after fixing",
+        links=[("Runbook: what to do", runbook)] if runbook_base_url else [],
     )
 
 
@@ -52,6 +60,7 @@ def alert_status(
     notifier: SlackNotifier,
     *,
     report_path: str | None = None,
+    runbook_base_url: str | None = None,
     realert_after: timedelta = DEFAULT_REALERT_AFTER,
 ) -> AlertOutcome:
     """Alert when the set of red lines is new or larger; announce when everything is green."""
@@ -61,7 +70,7 @@ def alert_status(
         failing=bool(red_names),
         fingerprint=",".join(red_names) or "green",
         magnitude=len(red_names),
-        alert=status_alert(report, report_path) if red_names else None,
+        alert=status_alert(report, report_path, runbook_base_url) if red_names else None,
         resolved_alert=status_resolved_alert(report),
     )
     return notify(url, notifier, [item], realert_after=realert_after)[0]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from hardening_pipeline.alerts.slack import Alert
+from hardening_pipeline.canaries.runner import runbook_link
 from hardening_pipeline.reports import ReportFiles, write_report
 from hardening_pipeline.restore.drill import DrillResult
 
-RUNBOOK_ANCHOR = "docs/runbook.md#restore-drill-failed"
+RUNBOOK_SECTION = "restore-drill-failed"
 
 
 def _duration(seconds: float | None) -> str:
@@ -64,7 +65,9 @@ def write_drill_report(result: DrillResult, reports_dir: Path) -> ReportFiles:
     )
 
 
-def drill_alert(result: DrillResult, report: ReportFiles | None, runbook_url: str | None) -> Alert:
+def drill_alert(
+    result: DrillResult, report: ReportFiles | None, runbook_base_url: str | None = None
+) -> Alert:
     """A success note or an actionable failure, with the numbers an on-call engineer wants."""
     fields = [
         ("Backup", result.backup_id or "none found"),
@@ -75,9 +78,10 @@ def drill_alert(result: DrillResult, report: ReportFiles | None, runbook_url: st
     if report:
         fields.append(("Report", str(report.markdown)))
     if not result.passed:
-        fields.append(("Runbook", RUNBOOK_ANCHOR))
+        fields.append(("Runbook", runbook_link(RUNBOOK_SECTION, runbook_base_url)))
     details = [f"{'ok  ' if i.passed else 'FAIL'} {i.name}: {i.detail}" for i in result.invariants]
-    links = [("Runbook: restore drill failed", runbook_url)] if runbook_url else []
+    section = runbook_link(RUNBOOK_SECTION, runbook_base_url)
+    links = [("Runbook: restore drill failed", section)] if runbook_base_url else []
     if result.passed:
         return Alert(
             title="Restore drill passed",
