@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from tests.support.db import admin_connect, create_database, drop_database
@@ -67,3 +68,9 @@ def admin(db_url: str):
 @pytest.fixture
 def unique_slug() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    """A fresh random master key per test; a test module that needs a fixed one overrides it."""
+    return Keyring(os.urandom(32))

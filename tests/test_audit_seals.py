@@ -58,11 +58,6 @@ def su(db_url):
 
 
 @pytest.fixture
-def keyring() -> Keyring:
-    return Keyring(os.urandom(32))
-
-
-@pytest.fixture
 def store(tmp_path) -> FileStore:
     return FileStore(tmp_path / "store")
 

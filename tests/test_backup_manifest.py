@@ -96,11 +96,6 @@ def make_manifest(keyring: Keyring, data_key: bytes | None = None) -> Manifest:
     )
 
 
-@pytest.fixture
-def keyring() -> Keyring:
-    return Keyring(os.urandom(32))
-
-
 def resign(document: dict[str, Any], keyring: Keyring) -> bytes:
     """Produce a correctly MAC'd file for arbitrary content, to reach the strict validator."""
     body = {k: v for k, v in document.items() if k != MAC_FIELD}

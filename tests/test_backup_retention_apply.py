@@ -27,7 +27,7 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
-from hardening_pipeline.backup.store import BackupStore, FileStore, StoreError, open_store
+from hardening_pipeline.backup.store import BackupStore, FileStore, StoreError
 from hardening_pipeline.errors import CheckFailed
 from tests.support.s3_server import B2LikeS3Server
 from tests.support.stores import RecordingStore
@@ -41,11 +41,6 @@ from tests.support.stores import RecordingStore
 END = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
 NOW = END + timedelta(hours=1)
 OBJECT = b"stand-in for an encrypted object"
-
-
-@pytest.fixture
-def keyring() -> Keyring:
-    return Keyring(os.urandom(32))
 
 
 def write_backup(store: BackupStore, keyring: Keyring, created_at: datetime) -> str:
@@ -221,16 +216,10 @@ def test_incomplete_folders_are_removed_only_after_the_grace_period(
 # --- the same against the B2-strict S3 server ---------------------------------------------------
 
 
-def s3(s3_server: B2LikeS3Server, bucket: str) -> BackupStore:
-    return open_store(
-        f"s3://{bucket}/backups", endpoint_url=s3_server.endpoint_url, region=s3_server.region
-    )
-
-
 def test_retention_on_s3_deletes_every_version_manifest_first(
     keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str
 ) -> None:
-    store = RecordingStore(s3(s3_server, s3_bucket))
+    store = RecordingStore(s3_server.store(s3_bucket))
     # 45 nights: daily keeps the last 30, weekly and monthly reach a little further back.
     ids = dailies(store.inner, keyring, 45, end=datetime.now(UTC) - timedelta(hours=2))
     incomplete_id = new_backup_id(datetime.now(UTC))
@@ -263,7 +252,7 @@ def test_retention_on_s3_deletes_every_version_manifest_first(
 def test_s3_listing_failure_deletes_nothing(
     keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults, status: int
 ) -> None:
-    store = RecordingStore(s3(s3_server, s3_bucket))
+    store = RecordingStore(s3_server.store(s3_bucket))
     dailies(store.inner, keyring, 35, end=datetime.now(UTC) - timedelta(hours=2))
     store.calls.clear()
     s3_faults.fail_next("ListObjectsV2", times=10, status=status)
@@ -278,7 +267,7 @@ def test_s3_listing_failure_deletes_nothing(
 def test_s3_tampered_manifest_stops_all_deletion(
     keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str
 ) -> None:
-    store = s3(s3_server, s3_bucket)
+    store = s3_server.store(s3_bucket)
     ids = dailies(store, keyring, 35, end=datetime.now(UTC) - timedelta(hours=2))
     key = next(o.key for o in store.list() if ids[3] in o.key and o.key.endswith(MANIFEST_NAME))
     raw = b"".join(store.get(key)).replace(b'"app"', b'"ap2"')

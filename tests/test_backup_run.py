@@ -30,7 +30,7 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.backup.nightly import BACKUP_LOCK_KEY, BackupResult, run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
-from hardening_pipeline.backup.store import MIN_PART_SIZE, BackupStore, FileStore, open_store
+from hardening_pipeline.backup.store import MIN_PART_SIZE, BackupStore, FileStore
 from hardening_pipeline.errors import CheckFailed, HardeningError
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
@@ -42,23 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def keyring() -> Keyring:
-    return Keyring(os.urandom(32))
-
-
-@pytest.fixture
 def seeded(db_url: str) -> str:
     seed_demo_data(db_url, tenants=3, messages_per_unit=5, random_seed=7)
     return db_url
-
-
-def s3_store(s3_server: B2LikeS3Server, bucket: str, **options: int) -> BackupStore:
-    return open_store(
-        f"s3://{bucket}/backups",
-        endpoint_url=s3_server.endpoint_url,
-        region=s3_server.region,
-        **options,
-    )
 
 
 def decode_tables(
@@ -160,7 +146,7 @@ def test_backup_to_a_folder_holds_every_row(seeded: str, keyring: Keyring, tmp_p
 def test_backup_to_b2_like_s3_holds_every_row(
     seeded: str, keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str
 ) -> None:
-    store = s3_store(s3_server, s3_bucket)
+    store = s3_server.store(s3_bucket)
     result = run_backup(seeded, store, keyring)
     assert s3_server.rejected == []  # no checksum header B2 would refuse
     assert_backup_holds_the_database(result, store, keyring, seeded)
@@ -203,7 +189,7 @@ def test_manifest_is_written_last_and_a_failed_manifest_leaves_no_backup(
 def test_manifest_put_refused_by_s3_leaves_an_incomplete_backup(
     seeded: str, keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults
 ) -> None:
-    store = s3_store(s3_server, s3_bucket)
+    store = s3_server.store(s3_bucket)
     # Three tenants plus the shared object go up first; the fifth PutObject is the manifest.
     s3_faults.fail_next("PutObject", status=403, after=4)
     with pytest.raises(HardeningError, match="AccessDenied"):
@@ -253,7 +239,7 @@ def test_multipart_upload_for_objects_bigger_than_a_part(
             for i in range(160):
                 copy.write_row((i, os.urandom(48 * 1024).hex()))
         conn.commit()
-    store = s3_store(s3_server, s3_bucket, part_size=MIN_PART_SIZE)
+    store = s3_server.store(s3_bucket, part_size=MIN_PART_SIZE)
     result = run_backup(seeded, store, keyring)
     shared = result.manifest.object(NON_TENANT_OBJECT_NAME)
     assert shared.ciphertext_bytes > MIN_PART_SIZE

@@ -35,11 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def keyring() -> Keyring:
-    return Keyring(os.urandom(32))
-
-
-@pytest.fixture
 def seeded(db_url: str) -> str:
     seed_demo_data(db_url, tenants=TENANTS, messages_per_unit=5, random_seed=11)
     return db_url

@@ -440,11 +440,7 @@ def test_s3_503_mid_multipart_is_retried_aborted_and_alerted(
         assert ops.index("AbortMultipartUpload") > len(ops) - ops[::-1].index("UploadPart") - 1
         assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
         s3_faults.clear()
-        store = open_store(
-            f"s3://{s3_bucket}/backups",
-            endpoint_url=s3_server.endpoint_url,
-            region=s3_server.region,
-        )
+        store = s3_server.store(s3_bucket)
         assert not any(o.key.endswith(MANIFEST_NAME) for o in store.list())
         assert list_backups(store, keyring).valid == []
 
@@ -686,12 +682,7 @@ def small_pages(store: S3Store) -> None:
 def test_retention_listing_failing_on_page_two_deletes_nothing(
     keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: Any
 ) -> None:
-    store = open_store(
-        f"s3://{s3_bucket}/backups",
-        endpoint_url=s3_server.endpoint_url,
-        region=s3_server.region,
-        max_attempts=1,
-    )
+    store = s3_server.store(s3_bucket, max_attempts=1)
     assert isinstance(store, S3Store)
     small_pages(store)
     ids = dailies(store, keyring, 40, end=datetime.now(UTC) - timedelta(days=3))
@@ -731,12 +722,7 @@ def test_retention_with_a_listing_that_misses_objects_deletes_nothing(
 def test_retention_interrupted_while_deleting_leaves_only_debris(
     keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: Any
 ) -> None:
-    store = open_store(
-        f"s3://{s3_bucket}/backups",
-        endpoint_url=s3_server.endpoint_url,
-        region=s3_server.region,
-        max_attempts=1,
-    )
+    store = s3_server.store(s3_bucket, max_attempts=1)
     ids = dailies(store, keyring, 33, end=datetime.now(UTC) - timedelta(hours=1))
     victims = [r.backup_id for r in apply_retention(store, keyring, dry_run=True).plan.delete]
     assert victims
@@ -926,9 +912,7 @@ def test_junk_keys_in_a_bucket_never_block_listing_drills_or_retention(
 ) -> None:
     """A bucket can hold keys no filesystem can ('..' segments, double slashes): stray objects
     there must be ignored or reported, not make every listing fail."""
-    store = open_store(
-        f"s3://{s3_bucket}/backups", endpoint_url=s3_server.endpoint_url, region=s3_server.region
-    )
+    store = s3_server.store(s3_bucket)
     real = write_backup(store, keyring, datetime.now(UTC) - timedelta(days=1))
     day = datetime.now(UTC).strftime("%Y/%m/%d")
     junk = [

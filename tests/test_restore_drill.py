@@ -21,7 +21,7 @@ from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.manifest import MANIFEST_NAME, load_manifest, sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
-from hardening_pipeline.backup.store import BackupStore, open_store
+from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.report import drill_alert, write_drill_report
 from hardening_pipeline.seed import seed_demo_data
@@ -33,9 +33,7 @@ KEY = bytes(range(32))
 
 @pytest.fixture
 def store(s3_server, s3_bucket) -> BackupStore:
-    return open_store(
-        f"s3://{s3_bucket}/backups", endpoint_url=s3_server.endpoint_url, region=s3_server.region
-    )
+    return s3_server.store(s3_bucket)
 
 
 @pytest.fixture

@@ -382,6 +382,18 @@ class B2LikeS3Server:
             aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         ).client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=cfg)
 
+    def store(self, bucket: str, **options: Any) -> Any:
+        """The project's own store on ``s3://<bucket>/backups`` of this server, as a user
+        configures it; ``options`` go to ``open_store`` (part size, attempts)."""
+        from hardening_pipeline.backup.store import open_store
+
+        return open_store(
+            f"s3://{bucket}/backups",
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            **options,
+        )
+
     def create_bucket(self, name: str | None = None, *, versioned: bool = True) -> str:
         name = name or f"test-{uuid.uuid4().hex[:20]}"
         client = self.client()
