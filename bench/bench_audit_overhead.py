@@ -107,13 +107,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import seed_one_unit
 from psycopg import sql
 
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.embedded import pgserver_bin_dir
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
-from hardening_pipeline.seed import seed_demo_data
 
 BULK_ROWS = 100_000
 UPDATE_ROWS = 100_000
@@ -161,20 +161,8 @@ def set_audit(url: str, triggers: list[str], on: bool) -> None:
 
 def prepare(url: str) -> dict[str, str]:
     """One tenant with one unit, and the rows the update benchmark picks from."""
-    seed_demo_data(
-        url,
-        tenants=1,
-        messages_per_unit=0,
-        developments_per_tenant=1,
-        units_per_development=1,
-        onboarding_per_tenant=0,
-        random_seed=1,
-    )
+    ids = seed_one_unit(url, random_seed=1)
     with connect(url) as conn:
-        ids = conn.execute(
-            "SELECT tenant_id::text AS tenant, development_id::text AS development, "
-            "id::text AS unit FROM public.units"
-        ).fetchone()
         conn.execute("SELECT set_config('app.actor', 'bench:setup', true)")
         conn.execute(
             "INSERT INTO public.messages (id, tenant_id, development_id, unit_id, sender, body) "

@@ -31,14 +31,13 @@ import time
 import uuid
 from collections.abc import Callable
 
+from common import seed_one_unit
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.tenant_scoped_client import TenantScopedClient
 from hardening_pipeline.db.throwaway import throwaway_postgres
-from hardening_pipeline.seed import seed_demo_data
 
 RAW_CONTEXT = (
     "SELECT set_config('role', 'authenticated', true), set_config('app.tenant_id', %s, true), "
@@ -51,18 +50,8 @@ RAW_INSERT = (
 
 
 def fixture_ids(url: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    seed_demo_data(
-        url,
-        tenants=1,
-        messages_per_unit=0,
-        developments_per_tenant=1,
-        units_per_development=1,
-        onboarding_per_tenant=0,
-        random_seed=3,
-    )
-    with connect(url) as conn:
-        row = conn.execute("SELECT tenant_id, development_id, id FROM units").fetchone()
-    return row["tenant_id"], row["development_id"], row["id"]
+    ids = seed_one_unit(url, random_seed=3)
+    return uuid.UUID(ids["tenant"]), uuid.UUID(ids["development"]), uuid.UUID(ids["unit"])
 
 
 def measure(
