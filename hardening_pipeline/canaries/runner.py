@@ -38,6 +38,8 @@ def runbook_link(anchor: str, base_url: str | None = None) -> str:
 
 
 Severity = Literal["error", "warn"]
+# What a canary's "resolved" message says unless its spec says otherwise.
+NOTHING_MORE_TO_DO = "the earlier alert needs no further action"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class CanarySpec:
     what_it_means: str
     runbook_anchor: str
     # What the "resolved" message says once the canary is quiet again.
-    resolved_meaning: str = "the earlier alert needs no further action"
+    resolved_meaning: str = NOTHING_MORE_TO_DO
     # What the count counts, in the alert's first line ("3 messages flagged").
     counted: str = ""
 
@@ -180,7 +182,7 @@ class CanaryResult:
     seconds: float
     error: str | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
-    resolved_meaning: str = "the earlier alert needs no further action"
+    resolved_meaning: str = NOTHING_MORE_TO_DO
     counted: str = ""
 
     @property
@@ -304,7 +306,7 @@ def _run_one(
         error=error,
         thresholds=settings,
         resolved_meaning=spec.resolved_meaning,
-        counted=spec.counted or spec.table,
+        counted=spec.counted,
     )
 
 
