@@ -30,7 +30,7 @@ from typing import Literal
 import psycopg
 
 from hardening_pipeline.alerts.slack import Alert, SlackNotifier
-from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.connection import connect, table_exists
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ def _decide(
     not_bigger = item.magnitude <= remembered["magnitude"]
     fresh = now - remembered["last_alerted_at"] < realert_after
     return None if (same and not_bigger and fresh) else item.alert
-
-
-def _has_state_table(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass('hardening.alert_state') IS NOT NULL AS e").fetchone()
-    return bool(row["e"])
 
 
 def _send_untracked(notifier: SlackNotifier, item: TrackedFinding) -> AlertOutcome:
@@ -150,7 +145,7 @@ def notify(
     outcomes: list[AlertOutcome] = []
     with connect(url, autocommit=True) as conn:
         now = conn.execute("SELECT now() AS now").fetchone()["now"]
-        if not _has_state_table(conn):
+        if not table_exists(conn, "hardening.alert_state"):
             # Not migrated yet (005 pending): alert without dedup rather than not at all.
             logger.warning(
                 "hardening.alert_state is missing (run hardening migrate); "

@@ -34,6 +34,12 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
         ) from exc
 
 
+def table_exists(conn: psycopg.Connection, qualified_name: str) -> bool:
+    """Whether ``schema.table`` exists: lets readers tell "not migrated yet" from "empty"."""
+    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AS e", (qualified_name,))
+    return bool(row.fetchone()["e"])
+
+
 def with_database(url: str, dbname: str) -> str:
     """The same server, another database (for clones, templates and drills)."""
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
@@ -122,8 +122,7 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[MigrationFile]
 
 def read_applied(conn: psycopg.Connection) -> list[AppliedMigration]:
     """The migrations record, or an empty list on a database never migrated."""
-    exists = conn.execute("SELECT to_regclass('hardening.schema_migrations') IS NOT NULL AS e")
-    if not exists.fetchone()["e"]:
+    if not table_exists(conn, "hardening.schema_migrations"):
         return []
     rows = conn.execute(
         "SELECT filename, sha256, applied_at, applied_by FROM hardening.schema_migrations "

@@ -119,7 +119,7 @@ from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
-from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.errors import ConfigError, HardeningError
 
 __all__ = [
@@ -653,6 +653,7 @@ def seal_audit_log(
 # --- row-version checks ---------------------------------------------------------------------------
 
 CHECK_FORMAT = "hardening-audit-seal-check/1"
+CHECKS_TABLE = "hardening.audit_seal_checks"
 # In recording runs, a check older than this is not trusted, so every seal is re-hashed in full
 # at least this often even if its row versions never change (a change below SQL, written
 # straight into the data files, keeps them).
@@ -769,11 +770,6 @@ def row_versions(conn: psycopg.Connection, chain: Sequence[Seal]) -> tuple[dict[
     return versions, 0 in found
 
 
-def _checks_table_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT pg_catalog.to_regclass('hardening.audit_seal_checks') AS t")
-    return row.fetchone()["t"] is not None
-
-
 def trusted_checks(
     conn: psycopg.Connection,
     chain: Sequence[Seal],
@@ -789,7 +785,7 @@ def trusted_checks(
     then the reference, and a check in the database proves nothing to it. With neither, the
     database's own seals are the reference and its checks are trusted as far as they are.
     """
-    if (store is not None and keyring is None) or not _checks_table_exists(conn):
+    if (store is not None and keyring is None) or not table_exists(conn, CHECKS_TABLE):
         return {}
     digests = {s.seq: s.digest for s in chain}
     now = datetime.now(UTC)
@@ -1098,7 +1094,7 @@ def _record_checks(
     keyring: Keyring | None,
     checked_by: str,
 ) -> None:
-    if not _checks_table_exists(conn):
+    if not table_exists(conn, CHECKS_TABLE):
         return
     now = datetime.now(UTC)
     for seal in seals:

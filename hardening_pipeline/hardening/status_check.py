@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.migrations import (
     MIGRATIONS_DIR,
     compare,
@@ -172,8 +172,7 @@ def tenant_tables(conn: psycopg.Connection) -> list[str]:
 def _locked_tables(conn: psycopg.Connection) -> list[str]:
     # tenants has no tenant_id (it is the tenant) but is locked down the same way.
     names = tenant_tables(conn)
-    exists = _rows(conn, "SELECT to_regclass('public.tenants') IS NOT NULL AS e")[0]["e"]
-    return sorted({*names, "tenants"} if exists else set(names))
+    return sorted({*names, "tenants"} if table_exists(conn, "public.tenants") else set(names))
 
 
 # --- migrations and constraints -------------------------------------------------------------------
