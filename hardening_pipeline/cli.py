@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from hardening_pipeline.canaries.runner import runbook_link
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migrations import apply_migrations, migration_status
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
@@ -488,7 +489,7 @@ def status(
                 "[bold red]✘[/]",
                 f"[red]{line.name}[/]",
                 f"{line.detail}\n[yellow]fix:[/] {line.fix}\n"
-                f"[dim]runbook: docs/runbook.md#{line.runbook_anchor}[/]",
+                f"[dim]runbook: {runbook_link(line.runbook_anchor)}[/]",
             )
     console.print(table)
     files = write_report(report, ctx.settings.reports_dir)

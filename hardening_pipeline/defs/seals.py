@@ -11,6 +11,7 @@ alerts Slack. No ``from __future__ import annotations``: Dagster inspects the an
 
 import dagster as dg
 
+from hardening_pipeline.canaries.runner import runbook_link
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -86,7 +87,7 @@ def audit_seal(
                     "rows_verified": dg.MetadataValue.int(verification.rows),
                     "seals_rehashed": dg.MetadataValue.int(verification.rehashed_seals),
                     "rows_rehashed": dg.MetadataValue.int(verification.rehashed_rows),
-                    "runbook": dg.MetadataValue.text("docs/runbook.md#status-audit-seal-chain"),
+                    "runbook": dg.MetadataValue.text(runbook_link("status-audit-seal-chain")),
                 },
             )
         ],
