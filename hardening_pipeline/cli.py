@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from hardening_pipeline.canaries.runner import runbook_link
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migrations import apply_migrations, migration_status
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError

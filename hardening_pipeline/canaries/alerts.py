@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import Alert, SlackNotifier
 from hardening_pipeline.alerts.state import (
     DEFAULT_REALERT_AFTER,
@@ -17,7 +18,7 @@ from hardening_pipeline.alerts.state import (
     TrackedFinding,
     notify,
 )
-from hardening_pipeline.canaries.runner import CanaryResult, CanaryThresholds, runbook_link
+from hardening_pipeline.canaries.runner import CanaryResult, CanaryThresholds
 
 MAX_DETAIL_LINES = 10
 

@@ -24,18 +24,11 @@ from typing import Literal
 
 import psycopg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.errors import ConfigError
 
 CANARIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "canaries"
-RUNBOOK_PATH = "docs/runbook.md"
-
-
-def runbook_link(anchor: str, base_url: str | None = None) -> str:
-    """Where a runbook section is: on the published runbook (HARDENING_RUNBOOK_URL) when there
-    is one, else as the path in this repository."""
-    return f"{base_url or RUNBOOK_PATH}#{anchor}"
-
 
 Severity = Literal["error", "warn"]
 # What a canary's "resolved" message says unless its spec says otherwise.

@@ -11,7 +11,7 @@ alerts Slack. No ``from __future__ import annotations``: Dagster inspects the an
 
 import dagster as dg
 
-from hardening_pipeline.canaries.runner import runbook_link
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from hardening_pipeline.alerts.runbook import RUNBOOK_PATH, runbook_link
 from hardening_pipeline.alerts.slack import Alert, SlackNotifier
 from hardening_pipeline.alerts.state import (
     DEFAULT_REALERT_AFTER,
@@ -11,7 +12,6 @@ from hardening_pipeline.alerts.state import (
     TrackedFinding,
     notify,
 )
-from hardening_pipeline.canaries.runner import RUNBOOK_PATH, runbook_link
 from hardening_pipeline.hardening.status_check import StatusReport
 
 ALERT_KEY = "status_check"

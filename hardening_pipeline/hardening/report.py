@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hardening_pipeline.canaries.runner import RUNBOOK_PATH
+from hardening_pipeline.alerts.runbook import RUNBOOK_PATH, runbook_link
 from hardening_pipeline.hardening.status_check import StatusReport
 from hardening_pipeline.reports import ReportFiles
 from hardening_pipeline.reports import write_report as write_timestamped_report
@@ -28,7 +28,7 @@ def checklist_markdown(report: StatusReport) -> str:
     for line in report.lines:
         mark = "✅" if line.passed else "❌"
         name = f"`{line.name}` {line.title}"
-        fix = f"{line.fix} ([runbook]({RUNBOOK_PATH}#{line.runbook_anchor}))" if line.fix else ""
+        fix = f"{line.fix} ([runbook]({runbook_link(line.runbook_anchor)}))" if line.fix else ""
         lines.append(f"| {mark} | {_cell(name)} | {_cell(line.detail)} | {_cell(fix)} |")
     return "\n".join(lines)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import Alert
-from hardening_pipeline.canaries.runner import runbook_link
 from hardening_pipeline.reports import ReportFiles, write_report
 from hardening_pipeline.restore.drill import DrillResult
 
