@@ -164,28 +164,29 @@ def assert_nothing_half_done_is_valid(store: BackupStore, keyring: Keyring) -> B
 def next_run_then_retention(db_url: str, store: BackupStore, keyring: Keyring) -> None:
     """The next backup succeeds beside the debris, and retention later removes the debris.
 
-    A killed run that had already finished is a valid backup of the same day, which the daily
-    rule replaces with the newer one; nothing else may go.
+    A killed run that had already finished is a valid backup of the same day. The daily rule
+    keeps the newer one, and restic's rule spends a slot left over on the oldest backup, so of
+    the runs that finished only the first survives beside the new one; nothing else may go.
     """
-    earlier = [b.backup_id for b in list_backups(store, keyring).valid]
+    earlier = [b.backup_id for b in list_backups(store, keyring).valid]  # oldest first
     result = run_backup(db_url, store, keyring)
     catalog = list_backups(store, keyring)
     assert [b.backup_id for b in catalog.valid] == [*earlier, result.backup_id]
     outcome = apply_retention(store, keyring, now=datetime.now(UTC) + LATER)
-    assert sorted(outcome.deleted) == sorted(earlier)
+    survivors = [*earlier[:1], result.backup_id]
+    assert sorted(outcome.deleted) == sorted(earlier[1:])
     assert sorted(outcome.debris_removed) == sorted(b.backup_id for b in catalog.incomplete)
     after = list_backups(store, keyring)
-    assert [b.backup_id for b in after.valid] == [result.backup_id]
+    assert [b.backup_id for b in after.valid] == survivors
     assert after.incomplete == [] and after.invalid == []
-    assert {o.key.split("/")[3] for o in store.list()} == {result.backup_id}
+    assert {o.key.split("/")[3] for o in store.list()} == set(survivors)
     if isinstance(store, FileStore):
         # Neither temporary files nor empty folders of the killed runs are left behind.
         assert temp_files(store.root) == []
         folders = [p for p in store.root.rglob("*") if p.is_dir()]
         assert {len(p.relative_to(store.root).parts) for p in folders} == {1, 2, 3, 4}
-        assert [p.name for p in folders if len(p.relative_to(store.root).parts) == 4] == [
-            result.backup_id
-        ]
+        backup_folders = [p.name for p in folders if len(p.relative_to(store.root).parts) == 4]
+        assert sorted(backup_folders) == sorted(survivors)
 
 
 # A driver whose store freezes at a chosen put; the test then SIGKILLs it there. It runs the
