@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg_pool import ConnectionPool
 
 from hardening_pipeline.db.tenant_scoped_client import TenantScopedClient, TenantScopeError
@@ -90,6 +90,16 @@ HOSTILE_NAMES = [
 ]
 
 
+class ShiftyKey(str):
+    """Spells a column's name but hashes differently, so ``name in row`` misses it."""
+
+    def __hash__(self) -> int:
+        return hash("shifty:" + str(self))
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other)
+
+
 def refused_operations(a, b):
     """(description, callable(tx)) pairs that must all raise TenantScopeError."""
     msg = {"development_id": a.development, "unit_id": a.unit, "sender": "s", "body": "b"}
@@ -124,6 +134,35 @@ def refused_operations(a, b):
         ("delete hostile where", lambda tx: tx.delete("messages", where={"id = id OR 1": 1})),
         ("select hostile order", lambda tx: tx.select("messages", order_by=["id; DROP TABLE x"])),
         ("select bad limit", lambda tx: tx.select("messages", limit=-1)),
+        # A str subclass can answer == and hash() differently each time it is asked, so the
+        # tenant check and the statement could see different keys.
+        (
+            "str-subclass tenant key",
+            lambda tx: tx.insert("messages", {**msg, ShiftyKey("tenant_id"): b.tenant}),
+        ),
+        (
+            "str-subclass key moves the row",
+            lambda tx: tx.update(
+                "messages", {ShiftyKey("tenant_id"): b.tenant}, where={"id": a.message}
+            ),
+        ),
+        (
+            "str-subclass where key",
+            lambda tx: tx.delete("messages", where={ShiftyKey("tenant_id"): b.tenant}),
+        ),
+        ("str-subclass table", lambda tx: tx.insert(ShiftyKey("messages"), msg)),
+        ("str-subclass value", lambda tx: tx.insert("messages", {**msg, "body": ShiftyKey("x")})),
+        (
+            "sql object as value",
+            lambda tx: tx.insert("messages", {**msg, "body": sql.SQL("(SELECT 'x')")}),
+        ),
+        (
+            "sql literal as where value",
+            lambda tx: tx.delete("messages", where={"id": sql.Literal(a.message)}),
+        ),
+        ("dict as value", lambda tx: tx.insert("messages", {**msg, "body": {"a": 1}})),
+        ("object as value", lambda tx: tx.update("messages", {"body": object()}, where={"id": 1})),
+        ("nested sql in list", lambda tx: tx.delete("messages", where={"id": [sql.SQL("1")]})),
     ]
     for name in HOSTILE_NAMES:
         ops.append((f"table {name!r}", lambda tx, n=name: tx.insert(n, msg)))
@@ -143,6 +182,7 @@ def test_every_refused_operation_sends_no_sql_and_changes_nothing(
             with frontend_messages(tx.connection) as sent:
                 with pytest.raises(TenantScopeError):
                     op(tx)
+                    pytest.fail(f"{description}: not refused")
             assert sent == [], f"{description}: client sent {sent}"
     assert snapshot(admin) == before
 
@@ -239,6 +279,38 @@ def test_failure_inside_the_unit_of_work_rolls_everything_back(admin, tenants, p
         with client.transaction(a.tenant) as tx:
             tx.insert("onboarding_attempts", {"email": "x@example.com"})
             raise RuntimeError("boom")
+    assert snapshot(admin) == before
+
+
+@pytest.mark.parametrize("mode", ["authenticated", "service_role"])
+def test_a_transaction_object_refuses_every_call_once_its_block_has_ended(
+    admin, tenants, pool, mode
+):
+    a, _ = tenants
+    client = TenantScopedClient(pool, actor="user:kept", mode=mode)
+    with client.transaction(a.tenant) as kept:
+        pass
+    other = TenantScopedClient(pool, actor="nightly", mode="service_role")
+    before = snapshot(admin)
+    msg = {"development_id": a.development, "unit_id": a.unit, "sender": "s", "body": "b"}
+    calls = [
+        lambda: kept.insert("messages", msg),
+        lambda: kept.insert_many("messages", [msg]),
+        lambda: kept.update("messages", {"body": "x"}, where={"id": a.message}),
+        lambda: kept.delete("messages", where={"id": a.message}),
+        lambda: kept.select("messages"),
+        lambda: kept.connection,
+    ]
+    # Also while another client holds the same pooled connection in a service_role transaction.
+    with other.transaction(a.tenant) as live:
+        for call in calls:
+            with frontend_messages(live.connection) as sent:
+                with pytest.raises(TenantScopeError, match="has ended"):
+                    call()
+            assert sent == []
+    for call in calls:
+        with pytest.raises(TenantScopeError, match="has ended"):
+            call()
     assert snapshot(admin) == before
 
 

@@ -27,6 +27,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
+import ipaddress
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool
 
 from hardening_pipeline.errors import HardeningError
@@ -45,6 +49,30 @@ Mode = Literal["authenticated", "service_role"]
 _TENANT_COLUMN_OVERRIDES = {"tenants": "id"}
 # Tables the client never writes: the audit log is written by triggers only.
 _NEVER_WRITABLE = frozenset({"audit_events"})
+# Values travel as parameters, and only these types: each adapts to exactly one SQL literal.
+# Anything else (a psycopg sql object, a dict, an object with its own adaptation) could change
+# what the statement does, so it is refused before any SQL is sent. Subclasses are refused too:
+# they can override equality, hashing or formatting. JSON goes in wrapped, as Jsonb(...)/Json(...).
+_PLAIN_VALUE_TYPES = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        decimal.Decimal,
+        str,
+        bytes,
+        uuid.UUID,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        Json,
+        Jsonb,
+    }
+)
 
 # Role and context in one round trip. set_config('role', ..., true) is SET LOCAL ROLE: the same
 # setting, the same membership check, gone at the end of the transaction.
@@ -65,6 +93,26 @@ ORDER BY c.relname, a.attnum
 
 class TenantScopeError(HardeningError):
     """A write or read the client cannot prove stays inside one tenant; nothing was sent."""
+
+
+def _is_plain_name(name: object) -> bool:
+    """Exactly ``str``: a subclass can answer ``==`` and ``hash`` differently for each check."""
+    return type(name) is str
+
+
+def check_plain_value(value: object, where: str) -> None:
+    """Refuse anything that is not a plain value (or a list/tuple of them) before SQL is built."""
+    if type(value) in _PLAIN_VALUE_TYPES:
+        return
+    if type(value) in (list, tuple):
+        for item in value:  # type: ignore[attr-defined]
+            check_plain_value(item, where)
+        return
+    raise TenantScopeError(
+        f"{where} is a {type(value).__name__}, not a plain value; pass str, int, float, "
+        "Decimal, bool, bytes, UUID, date/time, None, a list of those, or JSON wrapped in "
+        "psycopg's Jsonb(...)."
+    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +204,13 @@ class TenantScopedClient:
         with self._connection() as conn:
             with conn.transaction():
                 conn.execute(_ENTER_QUERY, (self.mode, str(tenant), self.actor))
-                yield TenantTransaction(conn, tenant, catalog, self.mode, self._statements)
+                tx = TenantTransaction(conn, tenant, catalog, self.mode, self._statements)
+                try:
+                    yield tx
+                finally:
+                    # The connection goes back to the pool (or closes) now; a kept reference
+                    # must not run as the login role, or inside someone else's transaction.
+                    tx._close()
 
 
 class TenantTransaction:
@@ -175,15 +229,27 @@ class TenantTransaction:
         self._catalog = catalog
         self._mode = mode
         self._statements = {} if statements is None else statements
+        self._closed = False
+
+    def _close(self) -> None:
+        self._closed = True
+
+    def _open_connection(self) -> psycopg.Connection:
+        if self._closed:
+            raise TenantScopeError(
+                "this tenant transaction has ended (its with block is over); open a new one "
+                "with client.transaction(tenant_id)."
+            )
+        return self._conn
 
     @property
     def connection(self) -> psycopg.Connection:
         """The underlying connection, inside this tenant's transaction (for reads and tests)."""
-        return self._conn
+        return self._open_connection()
 
     def _run(self, query: sql.Composable | bytes, params: Sequence[Any]) -> psycopg.Cursor:
         # A cursor of its own: a pooled connection's row factory is not ours to change.
-        return self._conn.cursor(row_factory=dict_row).execute(query, params)
+        return self._open_connection().cursor(row_factory=dict_row).execute(query, params)
 
     def _rendered(self, key: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
         """The statement for ``key``, composed and quoted once per client, not once per write.
@@ -200,7 +266,8 @@ class TenantTransaction:
     # -- validation: everything here runs before a statement is built ----------------------
 
     def _table(self, table: object) -> TableInfo:
-        if not isinstance(table, str) or table not in self._catalog:
+        self._open_connection()
+        if not _is_plain_name(table) or table not in self._catalog:
             raise TenantScopeError(
                 f"table {table!r} is not a tenant-scoped table this client can prove is scoped; "
                 "use one of: " + ", ".join(sorted(self._catalog)) + "."
@@ -210,7 +277,7 @@ class TenantTransaction:
     def _columns(self, info: TableInfo, names: Iterable[object]) -> list[str]:
         checked = []
         for name in names:
-            if not isinstance(name, str) or name not in info.columns:
+            if not _is_plain_name(name) or name not in info.columns:
                 raise TenantScopeError(f"table {info.name} has no column {name!r}.")
             checked.append(name)
         return checked
@@ -234,14 +301,20 @@ class TenantTransaction:
             raise TenantScopeError(f"a row for {info.name} must be a non-empty mapping.")
         self._columns(info, row.keys())
         scoped = dict(row)
+        for column, value in scoped.items():
+            check_plain_value(value, f"the value for {info.name}.{column}")
         if info.tenant_column in scoped:
             self._same_tenant(info, scoped[info.tenant_column])
         scoped[info.tenant_column] = self.tenant_id
         return scoped
 
     def _where(self, info: TableInfo, where: Mapping[str, Any] | None) -> sql.Composable:
+        if where is not None and not isinstance(where, Mapping):
+            raise TenantScopeError(f"where for {info.name} must be a mapping of column to value.")
         where = dict(where or {})
         self._columns(info, where.keys())
+        for column, value in where.items():
+            check_plain_value(value, f"the where value for {info.name}.{column}")
         if info.tenant_column in where:
             self._same_tenant(info, where.pop(info.tenant_column))
         clauses = [sql.SQL("{} = %s").format(sql.Identifier(info.tenant_column))]
@@ -289,7 +362,7 @@ class TenantTransaction:
             copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 sql.Identifier(info.name), sql.SQL(", ").join(map(sql.Identifier, columns))
             )
-            with self._conn.cursor() as cur, cur.copy(copy) as writer:
+            with self._open_connection().cursor() as cur, cur.copy(copy) as writer:
                 for r in scoped:
                     writer.write_row([r[c] for c in columns])
         else:
@@ -298,7 +371,7 @@ class TenantTransaction:
                 sql.SQL(", ").join(map(sql.Identifier, columns)),
                 sql.SQL(", ").join(sql.Placeholder() * len(columns)),
             )
-            with self._conn.cursor() as cur:
+            with self._open_connection().cursor() as cur:
                 cur.executemany(query, [[r[c] for c in columns] for r in scoped])
         return len(scoped)
 
@@ -307,10 +380,12 @@ class TenantTransaction:
     ) -> list[dict[str, Any]]:
         """Update this tenant's rows matching ``where``; returns the updated rows."""
         info = self._table(table)
-        if not values:
+        if not isinstance(values, Mapping) or not values:
             raise TenantScopeError(f"update of {info.name} needs at least one value to set.")
         self._columns(info, values.keys())
         values = dict(values)
+        for column, value in values.items():
+            check_plain_value(value, f"the value for {info.name}.{column}")
         if info.tenant_column in values:
             self._same_tenant(info, values.pop(info.tenant_column))
             if not values:
