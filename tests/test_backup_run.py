@@ -28,7 +28,7 @@ from hardening_pipeline.backup.manifest import (
     TableEntry,
     unwrap_data_key,
 )
-from hardening_pipeline.backup.nightly import BACKUP_LOCK_KEY, BackupResult, run_backup
+from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import MIN_PART_SIZE, BackupStore, FileStore
 from hardening_pipeline.errors import CheckFailed, HardeningError
@@ -204,10 +204,11 @@ def test_manifest_put_refused_by_s3_leaves_an_incomplete_backup(
 
 def test_second_concurrent_backup_refuses(seeded: str, keyring: Keyring, tmp_path: Path) -> None:
     store = RecordingStore(FileStore(tmp_path / "backups"))
-    with admin_connect(seeded, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (BACKUP_LOCK_KEY,))
+    with admin_connect(seeded) as holder:
+        holder.execute("SELECT job FROM hardening.job_locks WHERE job = 'backup' FOR UPDATE")
         with pytest.raises(CheckFailed, match="another backup"):
             run_backup(seeded, store, keyring)
+        holder.rollback()
     assert store.calls == []
     # Once the first one is done the lock is free again.
     run_backup(seeded, store, keyring)

@@ -38,7 +38,7 @@ from hardening_pipeline.backup.manifest import (
     SchemaVersion,
     TableEntry,
 )
-from hardening_pipeline.backup.nightly import run_backup
+from hardening_pipeline.backup.nightly import LOCK_CONNECTION_NAME, run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.store import (
@@ -474,6 +474,7 @@ def test_s3_503_mid_multipart_is_retried_aborted_and_alerted(
 EXPORT_BACKEND = """
 SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+  AND application_name <> %s
 """
 
 
@@ -498,7 +499,7 @@ class TerminatingStore(RecordingStore):
             yield chunk
             if n == 0:
                 with admin_connect(self.admin_url, autocommit=True) as conn:
-                    for row in conn.execute(EXPORT_BACKEND).fetchall():
+                    for row in conn.execute(EXPORT_BACKEND, (LOCK_CONNECTION_NAME,)).fetchall():
                         conn.execute("SELECT pg_terminate_backend(%s)", (row["pid"],))
                         self.terminated.append(row["pid"])
 
@@ -535,7 +536,7 @@ def test_cli_backup_whose_connection_is_terminated_says_so_in_one_sentence(
 
                 def waiting() -> list[int]:
                     rows = watcher.execute(
-                        EXPORT_BACKEND + " AND wait_event_type = 'Lock'"
+                        EXPORT_BACKEND + " AND wait_event_type = 'Lock'", (LOCK_CONNECTION_NAME,)
                     ).fetchall()
                     return [r["pid"] for r in rows]
 

@@ -49,11 +49,14 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 
 log = logging.getLogger(__name__)
 
-# Distinct from the migration lock; spells "hpbackup" in ASCII.
+# The connection holding the backup's job lock, as pg_stat_activity shows it.
+LOCK_CONNECTION_NAME = "hardening backup lock"
+# Databases migrated before 013 only. Distinct from the migration lock; "hpbackup" in ASCII.
 BACKUP_LOCK_KEY = 0x6870_6261_636B_7570
 # Each worker holds a connection for the whole run; more than this is a typo, not a plan.
 MAX_WORKERS = 32
@@ -137,13 +140,9 @@ def run_backup(
             f"backup workers must be a whole number from 1 to {MAX_WORKERS} (got {workers!r})."
         )
     started = time.perf_counter()
-    with connect(url, autocommit=True) as lock_conn:
-        got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (BACKUP_LOCK_KEY,))
-        if not got.fetchone()["ok"]:
-            raise CheckFailed(
-                "another backup of this database is running; wait for it to finish (or check "
-                "the Dagster run queue) before starting a new one."
-            )
+    # Named, so pg_stat_activity tells the idle-in-transaction lock holder from the export.
+    with connect(url, application_name=LOCK_CONNECTION_NAME) as lock_conn:
+        advisory = _lock_backup_job(lock_conn)
         try:
             return _run_locked(url, store, keyring, dry_run, workers, on_object, started)
         except psycopg.Error as exc:
@@ -156,9 +155,28 @@ def run_backup(
             ) from exc
         finally:
             if not lock_conn.closed and not lock_conn.broken:
-                # The lock dies with its session anyway; a failed unlock must not hide the cause.
+                # The lock dies with its session anyway; a failed release must not hide the cause.
                 with contextlib.suppress(psycopg.Error):
-                    lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+                    if advisory:
+                        lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+                    lock_conn.rollback()
+
+
+def _lock_backup_job(lock_conn: psycopg.Connection) -> bool:
+    """Take the backup's job lock in ``lock_conn``'s transaction, held for the whole run.
+
+    A database migrated before 013 has no job-lock table and keeps the advisory lock (True).
+    """
+    if job_locks_available(lock_conn):
+        take_job_lock(lock_conn, "backup", lock_timeout_ms=None)
+        return False
+    got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (BACKUP_LOCK_KEY,))
+    if not got.fetchone()["ok"]:
+        raise CheckFailed(
+            "another backup of this database is running; wait for it to finish (or check "
+            "the Dagster run queue) before starting a new one."
+        )
+    return True
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ from psycopg.rows import tuple_row
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import ConfigError, HardeningError
 
 __all__ = [
@@ -152,6 +153,8 @@ START_MARGIN = timedelta(seconds=1)
 FETCH_ROWS = 10_000
 # Serialises sealing runs (two at once would both try to write seal n + 1).
 _LOCK_KEY = 0x5EA1_A0D1
+# A second sealer waits this long for the first, then says who holds the lock instead of hanging.
+SEAL_LOCK_TIMEOUT_MS = 60_000
 
 
 class SealError(HardeningError):
@@ -600,12 +603,15 @@ def seal_audit_log(
 
     The store copy of each seal is written before the database transaction commits, so a seal
     that exists in the database always has its copy; a copy whose commit failed is picked up by
-    the next run (``_adopt_store_copies``). Runs are serialised with an advisory lock.
+    the next run (``_adopt_store_copies``). Runs are serialised with the seal's job lock.
     """
     if max_rows < 1:
         raise ValueError("max_rows must be at least 1")
     with connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if job_locks_available(conn):
+            take_job_lock(conn, "seal", lock_timeout_ms=SEAL_LOCK_TIMEOUT_MS)
+        else:  # a database migrated before 013
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         head = _last_seal(conn)
         adopted = _adopt_store_copies(conn, store, keyring, head) if store else []
         head = adopted[-1] if adopted else head
