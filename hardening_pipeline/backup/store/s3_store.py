@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Parts in flight at once for one object. Memory per object being uploaded is about
 # (DEFAULT_UPLOAD_CONCURRENCY + 1) parts: the parts being sent plus the one being read.
+# Measured once, 256 MiB in 16 MiB parts to the local test server on a shared 2-core VM:
+# 1 at a time 3.2-4.5 s and 102 MiB peak RSS, 4 at a time 2.5 s and 157 MiB. Against a remote
+# bucket, where each part waits on the network, parallel parts matter more.
 DEFAULT_UPLOAD_CONCURRENCY = 4
 
 
