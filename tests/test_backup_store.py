@@ -443,6 +443,18 @@ def test_client_errors_are_not_retried(
     assert store.list_incomplete_uploads() == []
 
 
+def test_a_stream_longer_than_the_part_cap_fails_and_leaves_nothing(
+    s3_server: B2LikeS3Server, s3_bucket: str
+) -> None:
+    # S3 allows 10,000 parts; the same check with a cap of 2 instead of 50 GB of test data.
+    store = make_s3(s3_server, s3_bucket, max_parts=2)
+    store.put("fits.bin", chunked(pattern(2 * PART)))
+    with pytest.raises(StoreError, match="big.bin .*more than 2 parts; raise the part size"):
+        store.put("big.bin", chunked(pattern(2 * PART + 1)))
+    assert [o.key for o in store.list()] == ["fits.bin"]
+    assert store.list_incomplete_uploads() == []
+
+
 def test_failed_complete_aborts_the_upload(
     s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
 ) -> None:

@@ -110,6 +110,7 @@ class S3Store(BackupStore):
         *,
         part_size: int = DEFAULT_PART_SIZE,
         upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
+        max_parts: int = MAX_PARTS,
     ) -> None:
         # The URL behind these was validated in settings (parse_store_url); these are guards
         # against programming errors, not messages for users.
@@ -127,6 +128,9 @@ class S3Store(BackupStore):
         self.client = client
         self.part_size = part_size
         self.upload_concurrency = upload_concurrency
+        # S3's cap on parts per upload; with an unknown stream length the cap is checked as the
+        # bytes arrive, so a too-small part size fails clearly instead of at part 10,001.
+        self.max_parts = max_parts
 
     # -- naming and errors --
 
@@ -157,7 +161,7 @@ class S3Store(BackupStore):
         from s3transfer.manager import TransferConfig, TransferManager
 
         full = self._full(key)
-        source = _ChunkReader(chunks, limit=MAX_PARTS * self.part_size, key=key, store=self)
+        source = _ChunkReader(chunks, key=key, store=self)
         config = TransferConfig(
             # One more byte than a part: exactly one part's worth still goes up in one request.
             multipart_threshold=self.part_size + 1,
@@ -363,11 +367,11 @@ class _ChunkReader:
     joined here. Reading more than ``limit`` bytes (S3's part count cap) fails the upload.
     """
 
-    def __init__(self, chunks: Iterable[bytes], *, limit: int, key: str, store: S3Store) -> None:
+    def __init__(self, chunks: Iterable[bytes], *, key: str, store: S3Store) -> None:
         self._chunks = iter(chunks)
         self._pending = bytearray()
         self._done = False
-        self._limit = limit
+        self._limit = store.max_parts * store.part_size
         self._key = key
         self._store = store
         self.consumed = 0
@@ -393,7 +397,7 @@ class _ChunkReader:
         if self.consumed > self._limit:
             raise StoreError(
                 f"could not upload {self._key} to {self._store.describe()}: more than "
-                f"{MAX_PARTS} parts; raise the part size"
+                f"{self._store.max_parts} parts; raise the part size"
             )
         return data
 
