@@ -399,14 +399,22 @@ def test_max_attempts_is_the_only_retry_setting(
 
 
 def test_a_flaky_part_is_retried_by_botocore_and_the_object_is_whole(
-    s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
+    s3_server: B2LikeS3Server,
+    s3_bucket: str,
+    s3_faults: FaultInjector,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = make_s3(s3_server, s3_bucket, max_attempts=4)
+    store = make_s3(s3_server, s3_bucket, max_attempts=4, upload_concurrency=1)
     s3_faults.fail_next("UploadPart", 3, status=503, after=1)
     data = pattern(2 * PART + 7)
-    assert store.put("big.bin", chunked(data, 999_999)) == len(data)
+    with caplog.at_level("WARNING", logger="hardening_pipeline.backup.store"):
+        assert store.put("big.bin", chunked(data, 999_999)) == len(data)
     assert s3_faults.injected == {"UploadPart": 3}
     assert s3_server.operations().count("UploadPart") == 3 + 3
+    # botocore retries quietly; each retry still leaves a line in the log.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"S3 UploadPart failed; retrying (try {n} of 4)" for n in (2, 3, 4)
+    ]
     assert read_all(store, "big.bin") == data
     assert store.list_incomplete_uploads() == []
 
