@@ -401,7 +401,7 @@ def _summary_lines(
             not write_paths,
             "file-tree.txt: hardening_pipeline/db/tenant_scoped_client.py; "
             + (
-                "no direct writes found outside db/"
+                "no direct writes found outside db/ and restore/bulk_load.py"
                 if not write_paths
                 else "direct writes in " + ", ".join(write_paths)
             ),

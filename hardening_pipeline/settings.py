@@ -28,7 +28,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from hardening_pipeline.errors import ConfigError
 
@@ -126,17 +127,73 @@ def check_database_url(value: str | None, name: str = ENV_DATABASE_URL) -> None:
         ) from exc
 
 
+@dataclass(frozen=True)
+class StoreLocation:
+    """A checked ``BACKUP_STORE_URL``: a folder (``path``), or a bucket and a key prefix."""
+
+    scheme: Literal["file", "s3"]
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def _unusable_prefix(prefix: str) -> bool:
+    # The store's own key rules (backup/store/interface.py check_key), restated here so that
+    # settings needs nothing from the backup package; a test holds the two together.
+    if "\\" in prefix or "\x00" in prefix:
+        return True
+    return any(part in ("", ".", "..") or part.startswith(".tmp-") for part in prefix.split("/"))
+
+
+def parse_store_url(url: str, name: str = ENV_STORE_URL) -> StoreLocation:
+    """The one check of a store URL: ``file:///absolute/path`` or ``s3://bucket/prefix``.
+
+    ``load_settings`` runs it on the variable and ``open_store`` on whatever URL it is handed
+    (the Dagster resource may carry its own), so both refuse the same URLs with the same
+    sentence. Raises ``ConfigError`` naming ``name`` and the fix; never echoes credentials.
+    """
+    url = url.strip()
+    _check_url(name, url, ("s3", "file"))
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"{name} file URLs need an absolute path, like file:///var/backups "
+                f"(three slashes), got a host {parsed.netloc!r}; fix the variable."
+            )
+        path = unquote(parsed.path)
+        if not path.startswith("/") or "\x00" in path:
+            raise ConfigError(
+                f"{name} file URLs need an absolute path, like file:///var/backups; "
+                f"fix the variable."
+            )
+        return StoreLocation("file", path=Path(path))
+    if not parsed.netloc:
+        raise ConfigError(
+            f"{name} must name a bucket, like s3://my-bucket/backups; fix the variable."
+        )
+    if parsed.username or parsed.password or parsed.query:
+        raise ConfigError(
+            f"{name} must be just s3://bucket/prefix; put credentials in "
+            f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the endpoint in {ENV_S3_ENDPOINT_URL}."
+        )
+    prefix = unquote(parsed.path).strip("/")
+    if prefix and _unusable_prefix(prefix):
+        raise ConfigError(
+            f"{name} has an unusable prefix {prefix!r} (no '.', '..' or empty segments); "
+            f"fix the variable."
+        )
+    return StoreLocation("s3", bucket=parsed.netloc, prefix=prefix)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
     env = os.environ if environ is None else environ
     database_url = _clean(env, ENV_DATABASE_URL)
     check_database_url(database_url)
     store_url = _clean(env, ENV_STORE_URL)
-    _check_url(ENV_STORE_URL, store_url, ("s3", "file"))
-    if store_url and store_url.startswith("s3://") and not urlparse(store_url).netloc:
-        raise ConfigError(
-            f"{ENV_STORE_URL} must name a bucket, like s3://my-bucket/backups; fix the variable."
-        )
+    if store_url is not None:
+        parse_store_url(store_url)
     endpoint = _clean(env, ENV_S3_ENDPOINT_URL)
     _check_url(ENV_S3_ENDPOINT_URL, endpoint, ("http", "https"), need_host=True)
     webhook = _clean(env, ENV_SLACK_WEBHOOK_URL)

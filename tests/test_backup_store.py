@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote
 
 import boto3
 import pytest
@@ -22,11 +23,13 @@ from hardening_pipeline.backup.store import (
     S3Store,
     StoreAccessError,
     StoreError,
+    check_key,
     make_s3_client,
     open_store,
 )
 from hardening_pipeline.errors import ConfigError
-from tests.support.s3_server import B2LikeS3Server, FaultInjector
+from hardening_pipeline.settings import load_settings, parse_store_url
+from tests.support.s3_server import B2LikeS3Server, FaultInjector, RecordedRequest
 
 PART = MIN_PART_SIZE
 
@@ -41,8 +44,8 @@ def make_s3(
     read_timeout: float = 10.0,
     **kwargs: Any,
 ) -> S3Store:
-    # botocore's own retries are off (one attempt) unless a test wants them, so each injected
-    # fault reaches S3Store and the test counts exactly the retries our code makes.
+    # botocore's retries (the only retry layer) are off, one attempt, unless a test wants them,
+    # so an injected fault fails the operation at once.
     client = make_s3_client(
         endpoint_url or server.endpoint_url,
         server.region,
@@ -51,7 +54,6 @@ def make_s3(
         read_timeout=read_timeout,
     )
     kwargs.setdefault("part_size", PART)
-    kwargs.setdefault("retry_base_delay", 0.0)
     return S3Store(bucket, prefix, client, **kwargs)
 
 
@@ -61,6 +63,17 @@ def versions(server: B2LikeS3Server, bucket: str) -> list[tuple[str, str]]:
     found = [("version", v["Key"]) for v in page.get("Versions", [])]
     found += [("marker", m["Key"]) for m in page.get("DeleteMarkers", [])]
     return sorted(found)
+
+
+def part_number(request: RecordedRequest) -> int:
+    return int(parse_qs(request.query)["partNumber"][0])
+
+
+def part_attempts(server: B2LikeS3Server, number: int) -> int:
+    """How many times part ``number`` was sent, as the server saw it."""
+    return sum(
+        1 for r in server.requests if r.operation == "UploadPart" and part_number(r) == number
+    )
 
 
 def read_all(store: BackupStore, key: str) -> bytes:
@@ -297,7 +310,7 @@ def test_unconfigured_client_error_names_the_fix(s3_server: B2LikeS3Server, s3_b
         region_name=s3_server.region,
         config=Config(retries={"mode": "standard", "max_attempts": 1}),
     )
-    store = S3Store(s3_bucket, "p", default, part_size=PART, retry_base_delay=0)
+    store = S3Store(s3_bucket, "p", default, part_size=PART)
     with pytest.raises(StoreError, match="when_required"):
         store.put("k", [b"x"])
 
@@ -345,65 +358,108 @@ def test_large_stream_is_multipart_with_exact_sized_parts(
         "CompleteMultipartUpload",
     ]
     parts = [r for r in s3_server.requests if r.operation == "UploadPart"]
-    # B2 wants a known Content-Length on every part, never chunked transfer encoding.
-    assert [int(r.headers["content-length"]) for r in parts] == [PART, PART, 12_345]
+    # B2 wants a known Content-Length on every part, never chunked transfer encoding. Parts
+    # travel in parallel, so they are matched up by number.
+    sizes = {part_number(r): int(r.headers["content-length"]) for r in parts}
+    assert sizes == {1: PART, 2: PART, 3: 12_345}
     assert all("transfer-encoding" not in r.headers for r in parts)
     assert read_all(store, "big.bin") == data
     assert store.list_incomplete_uploads() == []
 
 
-def test_part_upload_is_retried_with_exponential_backoff(
+def test_a_failing_part_gets_exactly_the_configured_attempts_then_the_upload_aborts(
     s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
 ) -> None:
-    delays: list[float] = []
-    store = make_s3(
-        s3_server, s3_bucket, part_attempts=4, retry_base_delay=0.5, sleep=delays.append
-    )
-    s3_faults.fail_next("UploadPart", 3, status=503)
-    data = pattern(PART + 1)
-    store.put("big.bin", chunked(data))
-    assert delays == [0.5, 1.0, 2.0]
-    assert s3_faults.injected == {"UploadPart": 3}
-    assert read_all(store, "big.bin") == data
-
-
-def test_backoff_is_capped(s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector):
-    delays: list[float] = []
-    store = make_s3(
-        s3_server,
-        s3_bucket,
-        part_attempts=5,
-        retry_base_delay=1.0,
-        retry_max_delay=3.0,
-        sleep=delays.append,
-    )
-    s3_faults.fail_next("PutObject", 4, status=500)
-    store.put("k", [b"x"])
-    assert delays == [1.0, 2.0, 3.0, 3.0]
-
-
-def test_exhausted_part_retries_abort_the_upload(
-    s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
-) -> None:
-    store = make_s3(s3_server, s3_bucket, part_attempts=3)
+    # The store as a user opens it, with its default retry configuration. Part 2 fails forever:
+    # botocore tries it max_attempts (5) times in all and nothing retries on top of that (a
+    # second loop used to make it 4 x 5 = 20 tries).
+    store = s3_server.store(s3_bucket, part_size=PART, upload_concurrency=1)
     s3_faults.fail_next("UploadPart", 100, status=503, after=1)
     with pytest.raises(StoreError, match=r"upload part 2 of big.bin .*ServiceUnavailable"):
         store.put("big.bin", chunked(pattern(3 * PART)))
-    assert s3_faults.injected == {"UploadPart": 3}
+    assert part_attempts(s3_server, 2) == 5
+    assert s3_faults.injected == {"UploadPart": 5}
+    # Part 3 was never sent: the upload stopped at the first part that failed for good.
+    assert part_attempts(s3_server, 3) == 0
     assert "AbortMultipartUpload" in s3_server.operations()
     assert store.list_incomplete_uploads() == []
     assert versions(s3_server, s3_bucket) == []
 
 
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_max_attempts_is_the_only_retry_setting(
+    s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector, max_attempts: int
+) -> None:
+    store = make_s3(s3_server, s3_bucket, max_attempts=max_attempts, upload_concurrency=1)
+    s3_faults.fail_next("UploadPart", 100, status=500, after=1)
+    with pytest.raises(StoreError, match="upload part 2 of big.bin .*InternalError"):
+        store.put("big.bin", chunked(pattern(2 * PART + 1)))
+    assert part_attempts(s3_server, 2) == max_attempts
+    assert store.list_incomplete_uploads() == []
+
+
+def test_a_flaky_part_is_retried_by_botocore_and_the_object_is_whole(
+    s3_server: B2LikeS3Server,
+    s3_bucket: str,
+    s3_faults: FaultInjector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = make_s3(s3_server, s3_bucket, max_attempts=4, upload_concurrency=1)
+    s3_faults.fail_next("UploadPart", 3, status=503, after=1)
+    data = pattern(2 * PART + 7)
+    with caplog.at_level("WARNING", logger="hardening_pipeline.backup.store"):
+        assert store.put("big.bin", chunked(data, 999_999)) == len(data)
+    assert s3_faults.injected == {"UploadPart": 3}
+    assert s3_server.operations().count("UploadPart") == 3 + 3
+    # botocore retries quietly; each retry still leaves a line in the log.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"S3 UploadPart failed; retrying (try {n} of 4)" for n in (2, 3, 4)
+    ]
+    assert read_all(store, "big.bin") == data
+    assert store.list_incomplete_uploads() == []
+
+
+def test_parts_go_up_in_parallel_and_the_object_is_in_order(
+    s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
+) -> None:
+    store = make_s3(s3_server, s3_bucket, upload_concurrency=3)
+    # Part 1 is held up: sent one at a time, no other part could be in flight meanwhile.
+    s3_faults.delay_next("UploadPart", 1.5)
+    data = pattern(4 * PART + 3)
+    assert store.put("big.bin", chunked(data, 333_333)) == len(data)
+    assert s3_server.middleware.max_in_flight["UploadPart"] >= 2
+    assert s3_server.operations().count("UploadPart") == 5
+    assert read_all(store, "big.bin") == data
+
+
+def test_one_part_at_a_time_when_asked(s3_server: B2LikeS3Server, s3_bucket: str) -> None:
+    # The guard for the test above: it can fail.
+    store = make_s3(s3_server, s3_bucket, upload_concurrency=1)
+    store.put("big.bin", chunked(pattern(3 * PART + 3)))
+    assert s3_server.middleware.max_in_flight["UploadPart"] == 1
+
+
 def test_client_errors_are_not_retried(
     s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
 ) -> None:
-    store = make_s3(s3_server, s3_bucket, part_attempts=5)
+    store = make_s3(s3_server, s3_bucket, max_attempts=5, upload_concurrency=1)
     s3_faults.fail_next("UploadPart", 100, status=403)
     with pytest.raises(StoreAccessError, match="AccessDenied") as error:
         store.put("big.bin", chunked(pattern(PART + 1)))
     assert isinstance(error.value, ConfigError)
     assert s3_faults.injected == {"UploadPart": 1}
+    assert store.list_incomplete_uploads() == []
+
+
+def test_a_stream_longer_than_the_part_cap_fails_and_leaves_nothing(
+    s3_server: B2LikeS3Server, s3_bucket: str
+) -> None:
+    # S3 allows 10,000 parts; the same check with a cap of 2 instead of 50 GB of test data.
+    store = make_s3(s3_server, s3_bucket, max_parts=2)
+    store.put("fits.bin", chunked(pattern(2 * PART)))
+    with pytest.raises(StoreError, match="big.bin .*more than 2 parts; raise the part size"):
+        store.put("big.bin", chunked(pattern(2 * PART + 1)))
+    assert [o.key for o in store.list()] == ["fits.bin"]
     assert store.list_incomplete_uploads() == []
 
 
@@ -438,7 +494,7 @@ def test_upload_the_abort_could_not_remove_is_swept_later(
 def test_put_object_is_retried(
     s3_server: B2LikeS3Server, s3_bucket: str, s3_faults: FaultInjector
 ) -> None:
-    store = make_s3(s3_server, s3_bucket, part_attempts=2)
+    store = make_s3(s3_server, s3_bucket, max_attempts=2)
     s3_faults.fail_next("PutObject", 1, status=503)
     store.put("k", [b"x"])
     assert read_all(store, "k") == b"x"
@@ -545,7 +601,7 @@ def test_store_prefix_isolates_stores(s3_server: B2LikeS3Server, s3_bucket: str)
 
 
 def test_unreachable_store(s3_server: B2LikeS3Server, s3_closed_endpoint: str) -> None:
-    store = make_s3(s3_server, "bucket", endpoint_url=s3_closed_endpoint, part_attempts=2)
+    store = make_s3(s3_server, "bucket", endpoint_url=s3_closed_endpoint, max_attempts=2)
     expected = (
         f"could not reach the backup store at {s3_closed_endpoint}: connection refused; "
         f"check BACKUP_S3_ENDPOINT_URL and the network"
@@ -624,8 +680,8 @@ def test_open_store_s3_url(s3_server: B2LikeS3Server, s3_bucket: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("gs://bucket/x", "must be s3://bucket/prefix or file:///absolute/path"),
-        ("/var/backups", "must be s3://bucket/prefix or file:///absolute/path"),
+        ("gs://bucket/x", "must start with one of s3://, file://"),
+        ("/var/backups", "must start with one of s3://, file://"),
         ("s3:///prefix-only", "must name a bucket"),
         ("file://server/share", "absolute path"),
         ("s3://key:secret@bucket/p", "put credentials in AWS_ACCESS_KEY_ID"),
@@ -637,3 +693,49 @@ def test_open_store_rejects_bad_urls(url: str, message: str) -> None:
         open_store(url, endpoint_url=None, region="us-east-1")
     assert "BACKUP_STORE_URL" in str(error.value)
     assert "secret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "gs://bucket/x",
+        "/var/backups",
+        "s3:///prefix-only",
+        "file://server/share",
+        "file://relative/dir",
+        "s3://key:secret@bucket/p",
+        "s3://bucket/p?x=1",
+        "s3://bucket/a/../b",
+        "s3://[bucket/x",
+    ],
+)
+def test_one_store_url_check_for_settings_and_open_store(url: str) -> None:
+    # The variable (load_settings) and a URL handed straight to open_store (a Dagster resource's
+    # own store_url) go through the same check, so they refuse with the same sentence.
+    with pytest.raises(ConfigError) as from_settings:
+        load_settings({"BACKUP_STORE_URL": url})
+    with pytest.raises(ConfigError) as from_open:
+        open_store(url, endpoint_url=None, region="us-east-1")
+    assert str(from_settings.value) == str(from_open.value)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["ok", "ok/fine", "a/../b", "a//b", "./a", "a/.", "..", "a\\b", "x\x00y", ".tmp-x", "a/.tmp-y"],
+)
+def test_the_url_check_and_the_store_agree_on_prefixes(prefix: str) -> None:
+    # settings restates the store's key rules for the prefix (it imports nothing from backup/);
+    # this keeps the two from drifting apart.
+    try:
+        check_key(prefix)
+        store_refuses = False
+    except InvalidKeyError:
+        store_refuses = True
+    try:
+        location = parse_store_url(f"s3://bucket/{quote(prefix)}")
+        url_refuses = False
+    except ConfigError:
+        url_refuses = True
+    assert url_refuses == store_refuses
+    if not url_refuses:
+        assert S3Store(location.bucket, location.prefix, None).prefix == f"{prefix}/"

@@ -78,3 +78,11 @@ def test_a_planted_module_outside_db_is_reported(tmp_path):
     assert direct_tenant_writes(package) == {
         "jobs/sneaky.py": ['1: Q = "UPDATE units SET label = 1"']
     }
+
+
+def test_the_restore_loader_is_the_only_sanctioned_writer_outside_db(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "restore").mkdir(parents=True)
+    (package / "restore" / "bulk_load.py").write_text('Q = "COPY messages FROM STDIN"\n')
+    (package / "restore" / "drill.py").write_text('Q = "DELETE FROM units"\n')
+    assert direct_tenant_writes(package) == {"restore/drill.py": ['1: Q = "DELETE FROM units"']}

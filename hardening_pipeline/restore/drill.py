@@ -42,17 +42,17 @@ from hardening_pipeline.backup.export import TableStream, discover_layout
 from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
-from hardening_pipeline.db.bulk_load import (
-    DeferredKeys,
-    UserTriggers,
-    load_into_empty,
-    reset_sequences,
-)
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.restore.bulk_load import (
+    DeferredKeys,
+    UserTriggers,
+    load_into_empty,
+    reset_sequences,
+)
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

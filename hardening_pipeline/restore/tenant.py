@@ -16,10 +16,10 @@ from hardening_pipeline.backup.catalog import find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.manifest import unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore
-from hardening_pipeline.db.bulk_load import MergeCount, merge_tenant
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.restore.bulk_load import MergeCount, merge_tenant
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
 

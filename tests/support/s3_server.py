@@ -190,6 +190,9 @@ class B2Middleware:
         self.requests: list[RecordedRequest] = []
         self.rejected: list[RecordedRequest] = []
         self.upload_started: dict[str, datetime] = {}
+        # Most requests of one operation being answered at the same moment, to see parallelism.
+        self.max_in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def clear(self) -> None:
@@ -197,6 +200,7 @@ class B2Middleware:
         with self._lock:
             self.requests.clear()
             self.rejected.clear()
+            self.max_in_flight.clear()
 
     def operations(self) -> list[str]:
         with self._lock:
@@ -218,6 +222,19 @@ class B2Middleware:
             length -= len(data)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        operation = classify(
+            environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+        )
+        with self._lock:
+            now = self._in_flight[operation] = self._in_flight.get(operation, 0) + 1
+            self.max_in_flight[operation] = max(self.max_in_flight.get(operation, 0), now)
+        try:
+            return self._handle(environ, start_response)
+        finally:
+            with self._lock:
+                self._in_flight[operation] -= 1
+
+    def _handle(self, environ: dict[str, Any], start_response: Any) -> Any:
         headers = {
             key[5:].replace("_", "-").lower(): str(value)
             for key, value in environ.items()

@@ -1,0 +1,453 @@
+"""The S3 store: a prefix in an S3-compatible bucket (Backblaze B2), within B2's limits.
+
+Clients are built with checksums "when_required" because B2 rejects the ``x-amz-checksum-*``
+headers boto3 >= 1.36 sends by default. For the same reason ``DeleteObjects`` is never used: it
+sends those headers whatever the configuration says. Integrity is the backup format's job
+(SHA-256 in the manifest plus authenticated encryption), not the transport's.
+
+Retries belong to botocore alone (``Config(retries=...)``, standard mode): every request,
+including each multipart part, gets ``max_attempts`` tries in total with botocore's jittered
+backoff. Nothing here loops on top of that, so the number of tries is the number configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hardening_pipeline.backup.store.interface import (
+    DEFAULT_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    READ_CHUNK_SIZE,
+    BackupStore,
+    IncompleteUpload,
+    ObjectNotFoundError,
+    StoredObject,
+    StoreError,
+    check_key,
+    check_prefix,
+    require_nonempty_prefix,
+)
+from hardening_pipeline.backup.store.s3_errors import call_s3, error_code, redact_url, store_error
+
+log = logging.getLogger(__name__)
+
+# Parts in flight at once for one object. Memory per object being uploaded is about
+# (DEFAULT_UPLOAD_CONCURRENCY + 1) parts: the parts being sent plus the one being read.
+# Measured once, 256 MiB in 16 MiB parts to the local test server on a shared 2-core VM:
+# 1 at a time 3.2-4.5 s and 102 MiB peak RSS, 4 at a time 2.5 s and 157 MiB. Against a remote
+# bucket, where each part waits on the network, parallel parts matter more.
+DEFAULT_UPLOAD_CONCURRENCY = 4
+
+
+def make_s3_client(
+    endpoint_url: str | None,
+    region: str,
+    *,
+    max_attempts: int = 5,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+) -> Any:
+    """Build a boto3 S3 client that Backblaze B2 accepts.
+
+    ``max_attempts`` is the total number of tries per request, including the first, for
+    botocore's own retries (throttling, 5xx, connection errors).
+
+    Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+    hold the B2 keyID and applicationKey). A fresh session keeps clients independent of boto3's
+    module-level default session, which is not thread-safe to create clients from.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        # B2 rejects x-amz-checksum-* / x-amz-sdk-checksum-algorithm (boto3 >= 1.36 default).
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # total_max_attempts counts the first try; botocore's "max_attempts" counts only retries.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region, config=config
+    )
+    client.meta.events.register("before-send.s3", _log_retry, unique_id="hardening-log-retry")
+    return client
+
+
+def _log_retry(request: Any, event_name: str = "", **_: Any) -> None:
+    """botocore retries quietly; a warning per retry shows a flaky store before it fails."""
+    header = request.headers.get("amz-sdk-request") or b""
+    if isinstance(header, bytes):
+        header = header.decode("ascii", "replace")
+    fields = dict(p.strip().split("=", 1) for p in header.split(";") if "=" in p)
+    attempt, total = fields.get("attempt", "1"), fields.get("max", "?")
+    if attempt.isdigit() and int(attempt) > 1:
+        operation = event_name.rsplit(".", 1)[-1]
+        log.warning("S3 %s failed; retrying (try %s of %s)", operation, attempt, total)
+
+
+class S3Store(BackupStore):
+    """A prefix in an S3-compatible bucket.
+
+    Uploads go through s3transfer's managed transfer on the store's own (B2-safe) client: a
+    stream of at most ``part_size`` bytes is one ``PutObject``; a longer one is a multipart
+    upload of parts of exactly ``part_size`` bytes (the last may be shorter), each sent with a
+    known Content-Length (B2 refuses chunked transfer encoding), up to ``upload_concurrency``
+    at a time. Any failure, including the stream itself raising, aborts the upload, so no
+    parts linger and nothing appears under the key.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: Any,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
+        max_parts: int = MAX_PARTS,
+    ) -> None:
+        # The URL behind these was validated in settings (parse_store_url); these are guards
+        # against programming errors, not messages for users.
+        if not bucket:
+            raise ValueError("bucket must not be empty")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum)")
+        if upload_concurrency < 1:
+            raise ValueError("upload_concurrency must be at least 1")
+        self.bucket = bucket
+        prefix = prefix.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client = client
+        self.part_size = part_size
+        self.upload_concurrency = upload_concurrency
+        # S3's cap on parts per upload; with an unknown stream length the cap is checked as the
+        # bytes arrive, so a too-small part size fails clearly instead of at part 10,001.
+        self.max_parts = max_parts
+
+    # -- naming and errors --
+
+    @property
+    def endpoint(self) -> str:
+        return redact_url(str(self.client.meta.endpoint_url))
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
+        )
+
+    def _full(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _call(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        return call_s3(action, fn, where=self.describe(), endpoint=self.endpoint, **kwargs)
+
+    def _error(self, exc: BaseException, action: str) -> StoreError:
+        return store_error(exc, action, where=self.describe(), endpoint=self.endpoint)
+
+    # -- writing --
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        full = self._full(key)
+        source = _ChunkReader(chunks, key=key, store=self)
+        config = TransferConfig(
+            # One more byte than a part: exactly one part's worth still goes up in one request.
+            multipart_threshold=self.part_size + 1,
+            multipart_chunksize=self.part_size,
+            max_request_concurrency=self.upload_concurrency,
+            # Bounds the parts held in memory while they wait for a free connection.
+            max_in_memory_upload_chunks=self.upload_concurrency,
+        )
+        client = _NamedStepsClient(self, key)
+        with TransferManager(client, config) as manager:
+            manager.upload(source, self.bucket, full).result()
+        return source.consumed
+
+    # -- reading --
+
+    def get(self, key: str) -> Iterator[bytes]:
+        full = self._full(key)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+        except (BotoCoreError, ClientError) as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(f"{key} does not exist in {self.describe()}") from exc
+            raise self._error(exc, f"download {key}") from exc
+        return self._stream(key, response["Body"])
+
+    def _stream(self, key: str, body: Any) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield from body.iter_chunks(READ_CHUNK_SIZE)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._error(exc, f"download {key}") from exc
+        finally:
+            body.close()
+
+    def exists(self, key: str) -> bool:
+        # Not HeadObject: a HEAD answer has no body, so a wrong bucket name and a missing key
+        # both come back as a bare 404 and a misconfigured store would look merely empty. The
+        # exact key, if present, sorts first among the keys it prefixes.
+        full = self._full(key)
+        page = self._call(
+            f"check {key}",
+            self.client.list_objects_v2,
+            Bucket=self.bucket,
+            Prefix=full,
+            MaxKeys=1,
+        )
+        return any(item["Key"] == full for item in page.get("Contents", []))
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        check_prefix(prefix)
+        found: list[StoredObject] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        seen_tokens: set[str] = set()
+        while True:
+            page = self._call(
+                f"list {prefix or 'the store'}", self.client.list_objects_v2, **kwargs
+            )
+            for item in page.get("Contents", []):
+                found.append(
+                    StoredObject(
+                        key=self._relative(item["Key"]),
+                        size=int(item["Size"]),
+                        last_modified=item["LastModified"].astimezone(UTC),
+                    )
+                )
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+            # A truncated page without a usable token would end the loop early: a silent
+            # partial listing, which is exactly what retention must never act on.
+            if not token or token in seen_tokens:
+                raise StoreError(
+                    f"could not list {prefix or 'the store'} in {self.describe()}: the store "
+                    f"returned a truncated page without a new continuation token"
+                )
+            seen_tokens.add(token)
+            kwargs["ContinuationToken"] = token
+        found.sort(key=lambda o: o.key)
+        return found
+
+    def _relative(self, full_key: str) -> str:
+        if not full_key.startswith(self.prefix):
+            raise StoreError(
+                f"the store returned {full_key!r}, outside the prefix of {self.describe()}"
+            )
+        return full_key[len(self.prefix) :]
+
+    # -- deleting --
+
+    def _marker_pages(
+        self, action: str, method: Any, next_marker: str, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a listing paged by ``KeyMarker`` plus one more marker (versions,
+        multipart uploads). A truncated page that brings no new markers raises: ending there
+        would be a silent partial listing, which retention must never act on."""
+        while True:
+            page = self._call(action, method, **kwargs)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            key_marker = page.get("NextKeyMarker")
+            other_marker = page.get(f"Next{next_marker}")
+            if not key_marker or (
+                key_marker == kwargs.get("KeyMarker") and other_marker == kwargs.get(next_marker)
+            ):
+                raise StoreError(
+                    f"could not {action} in {self.describe()}: the store returned a truncated "
+                    f"page without a new marker"
+                )
+            kwargs["KeyMarker"] = key_marker
+            if other_marker:
+                kwargs[next_marker] = other_marker
+            else:
+                kwargs.pop(next_marker, None)
+
+    def _versions(self, full_prefix: str, action: str) -> list[tuple[str, str]]:
+        """Every (key, version id) under ``full_prefix``: versions and delete markers alike."""
+        return [
+            (item["Key"], item.get("VersionId") or "null")
+            for page in self._marker_pages(
+                action,
+                self.client.list_object_versions,
+                "VersionIdMarker",
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+            )
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+
+    def _delete_versions(self, versions: list[tuple[str, str]], action: str) -> None:
+        # One request per version: DeleteObjects would be faster but botocore attaches checksum
+        # headers to it even under "when_required", and B2 rejects those.
+        for full_key, version_id in versions:
+            self._call(
+                action,
+                self.client.delete_object,
+                Bucket=self.bucket,
+                Key=full_key,
+                VersionId=version_id,
+            )
+
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        action = f"delete {key}"
+        versions = [v for v in self._versions(full, action) if v[0] == full]
+        self._delete_versions(versions, action)
+
+    def delete_prefix(self, prefix: str) -> int:
+        require_nonempty_prefix(prefix)
+        action = f"delete {prefix}"
+        versions = self._versions(self.prefix + prefix, action)
+        self._delete_versions(versions, action)
+        return len({key for key, _ in versions})
+
+    # -- debris --
+
+    def list_incomplete_uploads(self) -> list[IncompleteUpload]:
+        """Multipart uploads under this prefix that were never completed or aborted."""
+        return [
+            IncompleteUpload(
+                key=self._relative(item["Key"]),
+                upload_id=item["UploadId"],
+                initiated=item["Initiated"].astimezone(UTC),
+            )
+            for page in self._marker_pages(
+                "list incomplete uploads",
+                self.client.list_multipart_uploads,
+                "UploadIdMarker",
+                Bucket=self.bucket,
+                Prefix=self.prefix,
+            )
+            for item in page.get("Uploads", [])
+        ]
+
+    def abort_stale_uploads(self, older_than: timedelta, *, now: datetime | None = None) -> int:
+        """Abort multipart uploads started before ``now - older_than``.
+
+        A generous ``older_than`` (a day) avoids aborting an upload another process is still
+        writing. Uploaded parts of an incomplete upload are billed on B2 until aborted.
+        """
+        cutoff = (now or datetime.now(UTC)) - older_than
+        aborted = 0
+        for upload in self.list_incomplete_uploads():
+            if upload.initiated < cutoff:
+                self._call(
+                    f"abort the stale upload of {upload.key}",
+                    self.client.abort_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self.prefix + upload.key,
+                    UploadId=upload.upload_id,
+                )
+                aborted += 1
+        return aborted
+
+
+class _ChunkReader:
+    """The ``chunks`` iterator as the readable, non-seekable file s3transfer reads parts from.
+
+    s3transfer expects ``read(n)`` to return ``n`` bytes until the end, so chunks are cut and
+    joined here. Reading more than ``limit`` bytes (S3's part count cap) fails the upload.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], *, key: str, store: S3Store) -> None:
+        self._chunks = iter(chunks)
+        self._pending = bytearray()
+        self._done = False
+        self._limit = store.max_parts * store.part_size
+        self._key = key
+        self._store = store
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._pending) < size):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+            else:
+                self._pending += chunk
+        if size < 0 or size >= len(self._pending):
+            data = bytes(self._pending)
+            self._pending.clear()
+        else:
+            with memoryview(self._pending) as view:
+                data = bytes(view[:size])
+            del self._pending[:size]
+        self.consumed += len(data)
+        if self.consumed > self._limit:
+            raise StoreError(
+                f"could not upload {self._key} to {self._store.describe()}: more than "
+                f"{self._store.max_parts} parts; raise the part size"
+            )
+        return data
+
+
+class _NamedStepsClient:
+    """The store's client as s3transfer sees it, with each upload step's failure named.
+
+    A bare ``ClientError`` from a worker thread says neither the key nor which part failed;
+    wrapping the four upload calls turns each failure into the store's one-sentence
+    ``StoreError`` ("upload part 3 of <key> ..."). Everything else is the real client.
+    """
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self._store = store
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store.client, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        return self._store._call(f"upload {self._key}", self._store.client.put_object, **kwargs)
+
+    def create_multipart_upload(self, **kwargs: Any) -> Any:
+        return self._store._call(
+            f"start uploading {self._key}", self._store.client.create_multipart_upload, **kwargs
+        )
+
+    def upload_part(self, **kwargs: Any) -> Any:
+        action = f"upload part {kwargs.get('PartNumber')} of {self._key}"
+        return self._store._call(action, self._store.client.upload_part, **kwargs)
+
+    def complete_multipart_upload(self, **kwargs: Any) -> Any:
+        return self._store._call(
+            f"finish uploading {self._key}",
+            self._store.client.complete_multipart_upload,
+            **kwargs,
+        )
+
+    def abort_multipart_upload(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._store.client.abort_multipart_upload(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            # The original error matters more; abort_stale_uploads sweeps this one later.
+            log.warning(
+                "could not abort the failed upload of %s (%s): %s; "
+                "abort_stale_uploads will remove its parts later",
+                self._key,
+                kwargs.get("UploadId"),
+                exc,
+            )
+            return None
