@@ -141,3 +141,17 @@ def test_plan_on_a_new_database_as_superuser(empty_db_url, kind) -> None:
     assert any(c.group == "triggers attached" for c in plan.changes)
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT to_regnamespace('hardening')").fetchone() == (None,)
+
+
+def test_a_busy_table_makes_the_plan_fail_fast_with_a_retry_fix(supabase_app_url) -> None:
+    apply_blocker_fixes(supabase_app_url)
+    with psycopg.connect(supabase_app_url) as reader:
+        # An open transaction that read messages holds a lock 001's policy changes must wait for.
+        reader.execute("SELECT count(*) FROM public.messages")
+        plan = plan_migrations(supabase_app_url, lock_timeout="100ms")
+        reader.rollback()
+    assert [b.failure.filename for b in plan.blockers] == ["001_core_schema.sql"]
+    failure = plan.blockers[0].failure
+    assert failure.sqlstate == "55P03"
+    assert "retry off-peak" in failure.fix
+    assert plan_migrations(supabase_app_url).ok

@@ -11,6 +11,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from hardening_pipeline.db.migration_plan import MigrationPlan, plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
 from tests.support.behaviour import Capture, Change, capture, diff
 from tests.support.supabase_app import (
@@ -38,34 +39,37 @@ WRITES = ("insert", "update", "delete")
 UNITS_WITH_MESSAGES = {UNIT_A, UNIT_B, UNIT_MISPLACED}
 
 
-def expected_after(before: Capture) -> Capture:
-    """The app's behaviour once the kit is applied, as the plan announces it.
+# The expected difference, as data: (contexts, tables, actions, rows, outcome after, why).
+# "*" means any; rows None means every row (and the table-wide probes). A probe matching no line
+# must come out of the kit exactly as it went in: no caller gains a row or a write, and every
+# other write keeps working.
+EXPECTED_CHANGES = (
+    ("anon", TENANT_TABLES, ("select", *WRITES), None, "error:42501",
+     "004 revokes every privilege anon had on tenant tables"),
+    ("service_role", TENANT_TABLES, WRITES, None, "error:42501",
+     "002's guard refuses a service_role write without the wrapper's actor"),
+    ("*", {"units"}, ("delete",), UNITS_WITH_MESSAGES, "error:23503",
+     "003's ON DELETE RESTRICT key from messages.unit_id (the app had none): a unit that still "
+     "has messages can no longer be deleted by whoever could delete it before"),
+)  # fmt: skip
 
-    - anon loses every privilege on tenant tables (004 revokes them): each probe is refused;
-    - a service_role write without the wrapper's actor is refused (002's guard) on tenant tables;
-    - a unit that still has messages can no longer be deleted by whoever could delete it before
-      (003's ON DELETE RESTRICT key from messages.unit_id; the app had no key there).
-    Nothing else changes: no caller gains a row or a write, and every other write keeps working.
-    """
+
+def expected_after(before: Capture) -> Capture:
+    """The capture ``before`` with EXPECTED_CHANGES applied."""
     after = dict(before)
     for key, outcome in before.items():
         parts = key.split(" ")
         if len(parts) < 3:
             continue
-        ctx, table, action = parts[0], parts[1], parts[2]
-        if table not in TENANT_TABLES:
-            continue
-        if ctx == "anon" and action in ("select", *WRITES):
-            after[key] = "error:42501"
-        elif ctx == "service_role" and action in WRITES:
-            after[key] = "error:42501"
-        elif (
-            table == "units"
-            and action == "delete"
-            and parts[3] in UNITS_WITH_MESSAGES
-            and outcome == "ok"
-        ):
-            after[key] = "error:23503"
+        ctx, table, action = parts[:3]
+        row = parts[3] if len(parts) > 3 else None
+        for contexts, tables, actions, rows, result, _why in EXPECTED_CHANGES:
+            if contexts not in ("*", ctx) or table not in tables or action not in actions:
+                continue
+            if rows is not None and (row not in rows or outcome != "ok"):
+                continue  # a row-specific refusal only changes a write that used to succeed
+            after[key] = result
+            break
     return after
 
 
@@ -80,6 +84,40 @@ def adopted(supabase_app_url: str) -> tuple[Capture, Capture]:
     before = _capture(supabase_app_url)
     apply_migrations(supabase_app_url, applied_by="test-behaviour")
     return before, _capture(supabase_app_url)
+
+
+def _announced(change: Change, plan: MigrationPlan) -> bool:
+    """Whether the plan's "writes that will start being refused" names this refusal."""
+    ctx, table = change.key.split(" ")[:2]
+    subjects = {
+        c.subject for c in plan.changes if c.group == "writes that will start being refused"
+    }
+    if change.after == "error:42501" and ctx == "anon":
+        return f"anon on public.{table}" in subjects
+    if change.after == "error:42501" and ctx == "service_role":
+        return f"service_role writes on public.{table}" in subjects
+    if change.after == "error:23503":
+        return f"DELETE on public.{table}" in subjects
+    return False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="writes to legacy_accounts (text tenant ids) start failing in audit capture and the "
+    "plan does not say so (issue 13, observation 4; the 'policies' change)",
+)
+def test_every_refusal_the_capture_sees_is_announced_by_the_plan(supabase_app_url: str) -> None:
+    apply_blocker_fixes(supabase_app_url)
+    plan = plan_migrations(supabase_app_url)
+    before = _capture(supabase_app_url)
+    apply_migrations(supabase_app_url, applied_by="test-behaviour")
+    refusals = [
+        c
+        for c in diff(before, _capture(supabase_app_url))
+        if str(c.after).startswith("error:") and not str(c.before).startswith("error:")
+    ]
+    assert refusals  # the kit does refuse things; each must be on the plan
+    assert [c for c in refusals if not _announced(c, plan)] == []
 
 
 def _counts(url: str) -> dict[str, int]:
