@@ -27,16 +27,16 @@ from psycopg import sql
 
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import (
-    _BOOTSTRAP,
     ADVISORY_LOCK_KEY,
+    BOOTSTRAP_SQL,
     MIGRATIONS_DIR,
     MigrationFailed,
     MigrationFailure,
-    _refuse_drift,
     compare,
     discover_migrations,
     execute_migration,
     read_applied,
+    refuse_drift,
 )
 from hardening_pipeline.errors import ConfigError
 
@@ -451,12 +451,12 @@ def plan_migrations(
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
             role = conn.execute("SELECT current_user AS r").fetchone()["r"]
             states = compare(files, read_applied(conn))
-            _refuse_drift(states)
+            refuse_drift(states)
             pending = {s.filename for s in states if s.state == "pending"}
             plan = MigrationPlan(pending=[f.filename for f in files if f.filename in pending])
             if not plan.pending:
                 return plan
-            conn.execute(_BOOTSTRAP)
+            conn.execute(BOOTSTRAP_SQL)
             snapshot = catalog_snapshot(conn)
             todo = [f for f in files if f.filename in pending]
             for index, f in enumerate(todo):

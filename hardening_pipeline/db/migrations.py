@@ -30,7 +30,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 ADVISORY_LOCK_KEY = 0x6861726465_6E696E
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
-_BOOTSTRAP = """
+BOOTSTRAP_SQL = """
 CREATE SCHEMA IF NOT EXISTS hardening;
 CREATE TABLE IF NOT EXISTS hardening.schema_migrations (
     filename    text PRIMARY KEY,
@@ -152,7 +152,7 @@ def compare(
     return sorted(states, key=lambda s: s.filename)
 
 
-def _refuse_drift(states: Sequence[MigrationState]) -> None:
+def refuse_drift(states: Sequence[MigrationState]) -> None:
     changed = [s.filename for s in states if s.state == "changed"]
     if changed:
         raise ConfigError(
@@ -328,9 +328,9 @@ def apply_migrations(
         role = conn.execute("SELECT current_user AS r").fetchone()["r"]
         try:
             with conn.transaction():
-                conn.execute(_BOOTSTRAP)
+                conn.execute(BOOTSTRAP_SQL)
             states = compare(files, read_applied(conn))
-            _refuse_drift(states)
+            refuse_drift(states)
             pending = {s.filename for s in states if s.state == "pending"}
             applied: list[str] = []
             for f in files:

@@ -210,8 +210,9 @@ def _probe_row(t: _Table, template: dict[str, Any]) -> dict[str, Any]:
         pass  # GENERATED ALWAYS identity: the database picks the key
     elif len(t.pk) == 1 and isinstance(row.get(t.pk[0]), int):
         row.pop(t.pk[0])  # identity BY DEFAULT or serial: let the default pick
-    for column in t.unique_text:
-        if row.get(column) is not None:
+    text_pk = [t.pk[0]] if len(t.pk) == 1 and isinstance(row.get(t.pk[0]), str) else []
+    for column in [*t.unique_text, *text_pk]:
+        if row.get(column) is not None and not t.uuid_pk:
             row[column] = f"{row[column]}-probe"
     return row
 

@@ -174,11 +174,14 @@ def running_supabase() -> Iterator[SupabaseServer]:
             f"-c unix_socket_directories={sockets} -c fsync=off -c full_page_writes=off "
             "-c synchronous_commit=off"
         )
-        subprocess.run(
+        start = subprocess.run(
             _as_postgres_os_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w",
                                   "start"]),
-            check=True, capture_output=True,
+            capture_output=True, text=True,
         )  # fmt: skip
+        if start.returncode != 0:
+            server_log = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"Postgres 15 did not start: {start.stderr}{server_log[-2000:]}")
         started = True
         _build_supabase(server)
         yield server
