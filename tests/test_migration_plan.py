@@ -8,7 +8,6 @@ accordingly, and leave the database exactly as it found it.
 from __future__ import annotations
 
 import psycopg
-import pytest
 
 from hardening_pipeline.db.migration_plan import catalog_snapshot, plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
@@ -130,8 +129,7 @@ def test_migrate_refuses_with_the_same_blocker_report(supabase_app_url) -> None:
     assert applied == ["001_core_schema.sql", "002_audit_events.sql"]
 
 
-@pytest.mark.parametrize("kind", ["superuser"])
-def test_plan_on_a_new_database_as_superuser(empty_db_url, kind) -> None:
+def test_plan_on_a_new_database_as_superuser(empty_db_url) -> None:
     plan = plan_migrations(empty_db_url)
     assert plan.ok and len(plan.planned) == len(plan.pending) > 0
     # Nothing existed before 001, so 001 only creates; later files change what 001 made.

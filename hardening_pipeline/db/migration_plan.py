@@ -302,7 +302,7 @@ def describe_changes(before: Snapshot, after: Snapshot, filename: str) -> list[C
             add("constraints added", key, definition)
             # A key that contains an existing unique key refuses nothing new.
             implied = contype == "u" and any(
-                _table_of(k) == table and v[0] in ("p", "u") and set(v[4]) <= set(columns)
+                _table_of(k) == table and v[0] in ("p", "u") and set(v[4] or ()) <= set(columns)
                 for k, v in before["constraints"].items()
             )
             if not implied:
@@ -314,7 +314,7 @@ def describe_changes(before: Snapshot, after: Snapshot, filename: str) -> list[C
             add("writes that will start being refused", f"INSERT/UPDATE on {key.rsplit('.', 1)[0]}",
                 f"a NULL in {key}")  # fmt: skip
 
-    guarded: dict[str, list[str]] = {}
+    guarded: list[str] = []
     for key, (definition, enabled, function) in sorted(after["triggers"].items()):
         table = _table_of(key)
         if key in before["triggers"] or table not in existed:
@@ -326,7 +326,7 @@ def describe_changes(before: Snapshot, after: Snapshot, filename: str) -> list[C
             detail += " (ENABLE ALWAYS: also under session_replication_role = replica)"
         add("triggers attached", key, detail)
         if function.startswith("hardening.audit_write_guard"):
-            guarded.setdefault(table, [])
+            guarded.append(table)
     for table in guarded:
         add(
             "writes that will start being refused",
@@ -393,6 +393,8 @@ def _privileges(
                 )
         if new - old:
             add("privileges granted", obj, f"{', '.join(sorted(new - old))} to {grantee}")
+            if grantee in ("PUBLIC", "anon", "authenticated"):
+                add("may widen access", obj, f"grants {', '.join(sorted(new - old))} to {grantee}")
 
 
 # --- blockers ---------------------------------------------------------------------------------
