@@ -153,3 +153,38 @@ def test_a_busy_table_makes_the_plan_fail_fast_with_a_retry_fix(supabase_app_url
     assert failure.sqlstate == "55P03"
     assert "retry off-peak" in failure.fix
     assert plan_migrations(supabase_app_url).ok
+
+
+def test_plan_shows_a_replaced_foreign_key_and_the_deletes_it_refuses(empty_db_url, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "001_app.sql").write_text(
+        "CREATE TABLE public.parent (id int PRIMARY KEY);\n"
+        "CREATE TABLE public.child (id int PRIMARY KEY, parent_id int CONSTRAINT child_parent_fk"
+        " REFERENCES public.parent (id) ON DELETE CASCADE);\n"
+    )
+    apply_migrations(empty_db_url, folder)
+    (folder / "002_restrict.sql").write_text(
+        "ALTER TABLE public.child DROP CONSTRAINT child_parent_fk,\n"
+        "    ADD CONSTRAINT child_parent_id_fkey FOREIGN KEY (parent_id)\n"
+        "        REFERENCES public.parent (id) ON DELETE RESTRICT;\n"
+    )
+    plan = plan_migrations(empty_db_url, folder)
+    found = {(c.group, c.subject, c.detail) for c in plan.changes}
+    assert (
+        "foreign keys replaced",
+        "public.child child_parent_id_fkey",
+        "child_parent_fk (FOREIGN KEY (parent_id) REFERENCES public.parent(id) ON DELETE CASCADE)"
+        " -> FOREIGN KEY (parent_id) REFERENCES public.parent(id) ON DELETE RESTRICT",
+    ) in found
+    assert (
+        "writes that will start being refused",
+        "DELETE on public.parent",
+        "a public.parent row still referenced by public.child (parent_id) can no longer be "
+        "deleted (child_parent_id_fkey, ON DELETE RESTRICT)",
+    ) in found
+    with psycopg.connect(empty_db_url) as conn:  # and the rehearsal left the old key in place
+        assert conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'public.child'::regclass "
+            "AND contype = 'f'"
+        ).fetchall() == [("child_parent_fk",)]

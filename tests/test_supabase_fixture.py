@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations, discover_migrations
+from tests.support.supabase_db import running_supabase
 
 
 def _one(url: str, query: str, params: tuple = ()) -> tuple:
@@ -125,3 +126,9 @@ def test_audit_log_stays_append_only_for_supabase_postgres(supabase_db_url: str)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 with conn.transaction():
                     conn.execute(statement)
+
+
+def test_missing_postgres_15_skips_with_the_reason(tmp_path) -> None:
+    with pytest.raises(pytest.skip.Exception, match="Postgres 15 binaries not found at"):
+        with running_supabase(tmp_path / "no-such-bin"):
+            pass

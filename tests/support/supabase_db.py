@@ -139,12 +139,12 @@ def _build_supabase(server: SupabaseServer) -> None:
 
 
 @contextlib.contextmanager
-def running_supabase() -> Iterator[SupabaseServer]:
+def running_supabase(bin_dir: Path = PG15_BIN) -> Iterator[SupabaseServer]:
     """Start, build and finally stop and delete a Supabase-shaped Postgres 15."""
-    initdb = PG15_BIN / "initdb"
+    initdb = bin_dir / "initdb"
     if not initdb.exists():
         pytest.skip(
-            f"Postgres 15 binaries not found at {PG15_BIN} (install postgresql-15, or set "
+            f"Postgres 15 binaries not found at {bin_dir} (install postgresql-15, or set "
             "HARDENING_TEST_PG15_BIN); the Supabase-faithful tests need them."
         )
     if os.geteuid() == 0:
@@ -159,7 +159,7 @@ def running_supabase() -> Iterator[SupabaseServer]:
         for path in (folder, sockets):
             shutil.chown(path, "postgres", "postgres")
     server = SupabaseServer("127.0.0.1", _free_port())
-    pg_ctl = str(PG15_BIN / "pg_ctl")
+    pg_ctl = str(bin_dir / "pg_ctl")
     started = False
     try:
         subprocess.run(
