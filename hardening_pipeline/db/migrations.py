@@ -1,10 +1,11 @@
 """Apply ``sql/migrations/NNN_*.sql`` in order, once each, and notice when history is rewritten.
 
 Each file runs in its own transaction, so a file that fails (003's pre-flight report, a lock
-timeout) changes nothing. All runners take one advisory lock first: a second runner waits, then
-finds everything applied. The record of what ran (file, SHA-256, when, by whom) lives in
-``hardening.schema_migrations``; an applied file whose bytes changed since is refused, because the
-database no longer matches what the repository says it is.
+timeout) changes nothing. Inside it the statements run one by one, so a failure names the file,
+the statement, its line and a fix (``MigrationFailed``). All runners take one advisory lock
+first: a second runner waits, then finds everything applied. The record of what ran (file,
+SHA-256, when, by whom) lives in ``hardening.schema_migrations``; an applied file whose bytes
+changed since is refused, because the database no longer matches what the repository says it is.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The runner executes a file statement by statement inside its one transaction, so
 name the exact statement and line (most server errors carry no position), and the plan can tell
 which statement changed what. The splitter understands what our migrations and a DBA's SQL use:
 ``--`` and nested ``/* */`` comments, '...' and E'...' strings, "quoted" identifiers and
-$tag$ ... $tag$ bodies. A semicolon anywhere else ends a statement.
+$tag$ ... $tag$ bodies. A semicolon anywhere else ends a statement, so SQL-standard
+``BEGIN ATOMIC ... END`` function bodies are not supported: write bodies dollar-quoted.
 """
 
 from __future__ import annotations
