@@ -21,6 +21,8 @@ from rich.table import Table
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migration_plan import (
+    MigrationBlocked,
+    apply_after_rehearsal,
     blocker_fix_sql,
     plan_migrations,
     render_blocker,
@@ -122,12 +124,17 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
         return
     if not show_status:
         try:
-            run = apply_migrations(
+            run = apply_after_rehearsal(
                 url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
             )
+        except MigrationBlocked as exc:
+            for blocker in exc.plan.blockers:
+                for line in render_blocker(blocker.failure, blocker.fix_sql):
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
+            raise
         except MigrationFailed as exc:
             for line in render_blocker(exc.failure, blocker_fix_sql(url, exc.failure)):
-                console.print(line, markup=False, highlight=False)
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
             raise
         if not run.applied:
             console.print("nothing to apply: the database is up to date")

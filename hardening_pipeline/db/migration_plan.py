@@ -17,7 +17,7 @@ exist before them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,15 @@ from hardening_pipeline.db.migrations import (
     MIGRATIONS_DIR,
     MigrationFailed,
     MigrationFailure,
+    MigrationRun,
+    apply_migrations,
     compare,
     discover_migrations,
     execute_migration,
     read_applied,
     refuse_drift,
 )
-from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
 GROUPS = (
@@ -483,6 +485,36 @@ def plan_migrations(
         finally:
             if not conn.closed:
                 conn.rollback()
+
+
+class MigrationBlocked(CheckFailed):
+    """The rehearsal found blockers, so nothing was applied; ``plan`` holds them."""
+
+    def __init__(self, plan: MigrationPlan) -> None:
+        first = plan.blockers[0].failure
+        super().__init__(
+            f"nothing was applied: {first.filename} would fail ({first.message.splitlines()[0]}); "
+            "fix the blocker above, then run hardening migrate again (hardening migrate --plan "
+            "shows every change first)."
+        )
+        self.plan = plan
+
+
+def apply_after_rehearsal(
+    url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    on_applied: Callable[[str, float], None] | None = None,
+) -> MigrationRun:
+    """Rehearse first and apply only when nothing blocks.
+
+    Applying file by file up to a blocker would leave a live app half-adopted (001's policies
+    and 002's guards in force) while the team fixes the blocker; this refuses before any change.
+    """
+    plan = plan_migrations(url, directory)
+    if not plan.ok:
+        raise MigrationBlocked(plan)
+    return apply_migrations(url, directory, on_applied=on_applied)
 
 
 def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
