@@ -116,8 +116,7 @@ def test_4_status_runs_as_postgres_and_names_the_apps_own_findings(adoption: Ado
     strict=True,
     reason="status is red on the kit's own lines foreign_keys_restrict and "
     "tenant_consistency_keys: 003 does not replace the app's CASCADE keys on messages nor add a "
-    "unit->development tenant key to existing tables (issue 13, observations 3 and 9; the "
-    "'policies' change)",
+    "unit->development tenant key to existing tables (issue 13, observations 3 and 9)",
 )
 def test_5_status_is_red_only_on_the_apps_own_findings(adoption: Adoption) -> None:
     adoption.run("status")
@@ -127,7 +126,7 @@ def test_5_status_is_red_only_on_the_apps_own_findings(adoption: Adoption) -> No
 @pytest.mark.xfail(
     strict=True,
     reason="status does not flag SECURITY DEFINER functions anon may execute (issue 13, "
-    "observation 8; the 'mode' change)",
+    "observation 8)",
 )
 def test_6_status_names_the_security_definer_function_anon_can_call(adoption: Adoption) -> None:
     adoption.run("status")
@@ -144,8 +143,7 @@ def test_7_canaries_are_green(adoption: Adoption) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="backup refuses the app's legacy_accounts (text tenant ids that match no tenant row) "
-    "and carries rows only, not the app's schema (issue 13, observations 4 and 6; the "
-    "'wholeapp' change)",
+    "and carries rows only, not the app's schema (issue 13, observations 4 and 6)",
 )
 def test_8_backup_succeeds(adoption: Adoption) -> None:
     result = adoption.run("backup")
@@ -156,7 +154,7 @@ def test_8_backup_succeeds(adoption: Adoption) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="the drill needs a backup of the whole app (previous step) and rebuilds the schema "
-    "from the kit's migrations, not the app's (issue 13, observation 6; the 'wholeapp' change)",
+    "from the kit's migrations, not the app's (issue 13, observation 6)",
 )
 def test_9_restore_drill_rebuilds_the_app_and_passes(adoption: Adoption) -> None:
     result = adoption.run("restore-drill")
@@ -180,8 +178,7 @@ def test_10_an_audited_write_as_postgres_is_sealed(adoption: Adoption) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="evidence is red while status, backup and drill are (see the steps above: the "
-    "'policies', 'wholeapp' and 'mode' changes of issue 13)",
+    reason="evidence is red while status, backup and drill are (the steps above; issue 13)",
 )
 def test_11_evidence_is_green(adoption: Adoption) -> None:
     result = adoption.run("evidence", "--out", str(adoption.reports.parent / "evidence"))
