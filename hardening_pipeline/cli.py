@@ -20,7 +20,15 @@ from rich.table import Table
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import resolve_database_url
-from hardening_pipeline.db.migrations import apply_migrations, migration_status
+from hardening_pipeline.db.migration_plan import (
+    MigrationBlocked,
+    apply_after_rehearsal,
+    blocker_fix_sql,
+    plan_migrations,
+    render_blocker,
+    render_plan,
+)
+from hardening_pipeline.db.migrations import MigrationFailed, apply_migrations, migration_status
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 from hardening_pipeline.settings import Settings, load_settings
 
@@ -99,15 +107,35 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 @main.command()
 @click.option("--status", "show_status", is_flag=True, help="Show applied/pending; change nothing.")
+@click.option(
+    "--plan",
+    "show_plan",
+    is_flag=True,
+    help="Rehearse the pending migrations in a rolled-back transaction and print every change "
+    "and blocker; change nothing. Exit 1 when something blocks.",
+)
 @pass_context
 @friendly_errors
-def migrate(ctx: Context, show_status: bool) -> None:
+def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
     """Apply sql/migrations in order (each once, under a lock; drift is refused)."""
     url = ctx.database_url
+    if show_plan:
+        _print_plan(url)
+        return
     if not show_status:
-        run = apply_migrations(
-            url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
-        )
+        try:
+            run = apply_after_rehearsal(
+                url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
+            )
+        except MigrationBlocked as exc:
+            for blocker in exc.plan.blockers:
+                for line in render_blocker(blocker.failure, blocker.fix_sql):
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
+            raise
+        except MigrationFailed as exc:
+            for line in render_blocker(exc.failure, blocker_fix_sql(url, exc.failure)):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            raise
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
     states = migration_status(url)
@@ -130,6 +158,17 @@ def migrate(ctx: Context, show_status: bool) -> None:
         )
     if show_status and any(s.state == "pending" for s in states):
         sys.exit(EXIT_RED)
+
+
+def _print_plan(url: str) -> None:
+    plan = plan_migrations(url)
+    for line in render_plan(plan):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not plan.ok:
+        raise CheckFailed(
+            f"{len(plan.blockers)} blocker(s) stop hardening migrate; apply the fixes above and "
+            "plan again."
+        )
 
 
 @main.command()

@@ -20,6 +20,11 @@ from hardening_pipeline.db.throwaway import throwaway_postgres
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.s3_server import s3_bucket, s3_closed_endpoint, s3_faults, s3_server  # noqa: F401
 from tests.support.slack_receiver import slack_receiver  # noqa: F401  (fixture)
+from tests.support.supabase_db import (  # noqa: F401  (fixtures)
+    supabase_app_url,
+    supabase_db_url,
+    supabase_server,
+)
 
 
 @pytest.fixture(scope="session")

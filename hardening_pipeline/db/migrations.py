@@ -1,10 +1,11 @@
 """Apply ``sql/migrations/NNN_*.sql`` in order, once each, and notice when history is rewritten.
 
 Each file runs in its own transaction, so a file that fails (003's pre-flight report, a lock
-timeout) changes nothing. All runners take one advisory lock first: a second runner waits, then
-finds everything applied. The record of what ran (file, SHA-256, when, by whom) lives in
-``hardening.schema_migrations``; an applied file whose bytes changed since is refused, because the
-database no longer matches what the repository says it is.
+timeout) changes nothing. Inside it the statements run one by one, so a failure names the file,
+the statement, its line and a fix (``MigrationFailed``). All runners take one advisory lock
+first: a second runner waits, then finds everything applied. The record of what ran (file,
+SHA-256, when, by whom) lives in ``hardening.schema_migrations``; an applied file whose bytes
+changed since is refused, because the database no longer matches what the repository says it is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import psycopg
 
 from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.db.sql_statements import Statement, split_statements
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
@@ -29,7 +31,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 ADVISORY_LOCK_KEY = 0x6861726465_6E696E
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
-_BOOTSTRAP = """
+BOOTSTRAP_SQL = """
 CREATE SCHEMA IF NOT EXISTS hardening;
 CREATE TABLE IF NOT EXISTS hardening.schema_migrations (
     filename    text PRIMARY KEY,
@@ -151,7 +153,7 @@ def compare(
     return sorted(states, key=lambda s: s.filename)
 
 
-def _refuse_drift(states: Sequence[MigrationState]) -> None:
+def refuse_drift(states: Sequence[MigrationState]) -> None:
     changed = [s.filename for s in states if s.state == "changed"]
     if changed:
         raise ConfigError(
@@ -181,13 +183,115 @@ def default_applied_by() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _describe_failure(filename: str, exc: psycopg.Error) -> str:
+@dataclass(frozen=True)
+class MigrationFailure:
+    """Where a migration stopped and what to do about it, for the CLI and the plan."""
+
+    filename: str
+    line: int | None
+    statement: str
+    sqlstate: str | None
+    message: str
+    fix: str
+
+    def describe(self) -> str:
+        where = f"line {self.line} ({self.statement}): " if self.line else ""
+        return (
+            f"migration {self.filename} failed and was rolled back; {where}{self.message}. "
+            f"Fix: {self.fix}"
+        )
+
+
+class MigrationFailed(CheckFailed):
+    """A migration statement raised; ``failure`` names the file, statement and fix."""
+
+    def __init__(self, failure: MigrationFailure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+_DUPLICATE = {"42710", "42P07", "42P06", "42723", "42P04"}
+_BAD_ROWS = {"23502", "23503", "23505", "23514", "23P01"}
+
+
+def _fix_for(sqlstate: str | None, message: str, role: str) -> str:
+    """One sentence on how to get past an error the server gave no HINT for."""
+    if sqlstate == "42501":
+        schema = re.search(r"permission denied for schema (\S+)", message)
+        if schema:
+            return (
+                f"the role taking the object over lacks CREATE on schema {schema.group(1)}; "
+                f"have the schema's owner run GRANT CREATE ON SCHEMA {schema.group(1)} TO "
+                f"<that role>, or run hardening migrate as the schema's owner."
+            )
+        owner = re.search(r"must be owner of (\w+) (\S+)", message)
+        if owner:
+            return (
+                f"{role} does not own {owner.group(1)} {owner.group(2)}; run hardening migrate as "
+                f"its owner, or have the owner run GRANT <owning role> TO {role}."
+            )
+        denied = re.search(r"permission denied for (\w+) (\S+)", message)
+        if denied:
+            return (
+                f"{role} lacks a privilege on {denied.group(1)} {denied.group(2)}; have its "
+                f"owner grant it to {role}, or run hardening migrate as the owner."
+            )
+        return (
+            f"{role} lacks a privilege this statement needs; run hardening migrate as the owner "
+            "of the objects it changes (on Supabase: postgres) or have their owner grant it."
+        )
+    if sqlstate in _DUPLICATE:
+        return (
+            "an object with this name already exists (probably the app's own); rename or drop "
+            "it if it is a leftover, or adopt it by hand, then run hardening migrate again."
+        )
+    if sqlstate == "55P03":
+        return (
+            "another session holds a lock on the table; retry off-peak, or find the holder with "
+            "SELECT pid, query FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids(<pid>))."
+        )
+    if sqlstate == "57014":
+        return "the statement ran into a timeout; run it off-peak or raise the timeout."
+    if sqlstate in ("42P01", "42703", "42883"):
+        return (
+            "the database lacks a table, column or function this migration expects (the app's "
+            "shape differs from the kit's); add it or rename to match, then run hardening "
+            "migrate again."
+        )
+    if sqlstate in _BAD_ROWS:
+        return "existing rows break the new rule; fix or remove them, then migrate again."
+    return "fix the cause above, then run hardening migrate again (nothing was changed)."
+
+
+def describe_failure(
+    filename: str, exc: psycopg.Error, statement: Statement | None, role: str
+) -> MigrationFailure:
+    """What failed, where, and the fix: the server's HINT when it gave one, else ours."""
     diag = exc.diag
-    message = diag.message_primary or str(exc).strip()
-    text = f"migration {filename} failed and was rolled back: {message}"
-    if diag.message_hint:
-        text += f" ({diag.message_hint})"
-    return text
+    message = (diag.message_primary or str(exc).strip()).rstrip(".")
+    line = None
+    if statement is not None:
+        line = statement.line
+        position = diag.statement_position
+        if position and position.isdigit():
+            line = statement.line_at(int(position))
+    return MigrationFailure(
+        filename=filename,
+        line=line,
+        statement=statement.summary if statement else "",
+        sqlstate=diag.sqlstate,
+        message=message,
+        fix=diag.message_hint or _fix_for(diag.sqlstate, message, role),
+    )
+
+
+def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
+    """Run one file's statements in the caller's transaction; a failure names its statement."""
+    for statement in split_statements(f.sql):
+        try:
+            conn.execute(statement.text)
+        except psycopg.Error as exc:
+            raise MigrationFailed(describe_failure(f.filename, exc, statement, role)) from exc
 
 
 def migration_status(url: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
@@ -222,29 +326,27 @@ def apply_migrations(
     who = applied_by or default_applied_by()
     with connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        role = conn.execute("SELECT current_user AS r").fetchone()["r"]
         try:
             with conn.transaction():
-                conn.execute(_BOOTSTRAP)
+                conn.execute(BOOTSTRAP_SQL)
             states = compare(files, read_applied(conn))
-            _refuse_drift(states)
+            refuse_drift(states)
             pending = {s.filename for s in states if s.state == "pending"}
             applied: list[str] = []
             for f in files:
                 if f.filename not in pending:
                     continue
                 started = time.perf_counter()
-                try:
-                    with conn.transaction():
-                        conn.execute(f.sql)
-                        elapsed = time.perf_counter() - started
-                        conn.execute(
-                            "INSERT INTO hardening.schema_migrations "
-                            "(filename, sha256, applied_by, duration_ms) "
-                            "VALUES (%s, %s, %s || ' as ' || current_user, %s)",
-                            (f.filename, f.sha256, who, int(elapsed * 1000)),
-                        )
-                except psycopg.Error as exc:
-                    raise CheckFailed(_describe_failure(f.filename, exc)) from exc
+                with conn.transaction():
+                    execute_migration(conn, f, role)
+                    elapsed = time.perf_counter() - started
+                    conn.execute(
+                        "INSERT INTO hardening.schema_migrations "
+                        "(filename, sha256, applied_by, duration_ms) "
+                        "VALUES (%s, %s, %s || ' as ' || current_user, %s)",
+                        (f.filename, f.sha256, who, int(elapsed * 1000)),
+                    )
                 applied.append(f.filename)
                 if on_applied:
                     on_applied(f.filename, elapsed)

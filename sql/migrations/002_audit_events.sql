@@ -52,12 +52,6 @@ CREATE INDEX audit_events_tenant_op_time_idx
     ON public.audit_events (tenant_id, operation, created_at);
 CREATE INDEX audit_events_record_idx ON public.audit_events (table_name, record_id);
 
-ALTER TABLE public.audit_events OWNER TO hardening_audit_owner;
-REVOKE ALL ON public.audit_events FROM PUBLIC, anon, authenticated, service_role;
-REVOKE ALL ON public.audit_events FROM hardening_audit_owner;
-GRANT SELECT, INSERT ON public.audit_events TO hardening_audit_owner;
-GRANT SELECT ON public.audit_events TO service_role;
-
 -- The table has a tenant_id, so it is tenant-scoped: RLS on. Only the capture path inserts.
 ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY audit_events_capture_insert ON public.audit_events
@@ -80,6 +74,20 @@ CREATE TRIGGER audit_events_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON public.audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION hardening.audit_events_append_only();
 ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_append_only;
+
+-- Hand the table to the NOLOGIN owner only now, after its guard trigger exists: the REVOKE below
+-- also takes TRIGGER from the owner, and a migrating role that is not a superuser (Supabase's
+-- postgres) acts through that owner. Changing the owner needs the new owner to hold CREATE on the
+-- schema, granted for that one statement. Where default privileges open new sequences to the API
+-- roles (Supabase does), the identity sequence behind the table would be open too: closed here.
+GRANT CREATE ON SCHEMA public TO hardening_audit_owner;
+ALTER TABLE public.audit_events OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA public FROM hardening_audit_owner;
+REVOKE ALL ON public.audit_events FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON SEQUENCE public.audit_events_id_seq FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON public.audit_events FROM hardening_audit_owner;
+GRANT SELECT, INSERT ON public.audit_events TO hardening_audit_owner;
+GRANT SELECT ON public.audit_events TO service_role;
 
 -- The role that issued the current statement, as remembered by audit_write_guard.
 CREATE FUNCTION hardening.statement_role() RETURNS text
@@ -184,10 +192,13 @@ BEGIN
 END
 $fn$;
 
+-- As above: the new owner needs CREATE on the schema while it takes the functions over.
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.audit_capture_insert() OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.audit_capture_update() OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.audit_capture_delete() OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.audit_capture_truncate() OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 REVOKE ALL ON FUNCTION hardening.audit_capture_insert(), hardening.audit_capture_update(),
     hardening.audit_capture_delete(), hardening.audit_capture_truncate() FROM PUBLIC;
 

@@ -46,12 +46,6 @@ COMMENT ON TABLE hardening.audit_seals IS
     'Hash-chain seals over public.audit_events; append-only; verified by the audit_seal_chain '
     'status line. See hardening_pipeline/hardening/seals.py.';
 
-ALTER TABLE hardening.audit_seals OWNER TO hardening_audit_owner;
-REVOKE ALL ON hardening.audit_seals FROM PUBLIC, anon, authenticated, service_role;
-REVOKE ALL ON hardening.audit_seals FROM hardening_audit_owner;
-GRANT SELECT, INSERT ON hardening.audit_seals TO hardening_audit_owner;
-GRANT SELECT ON hardening.audit_seals TO service_role;
-
 CREATE FUNCTION hardening.audit_seals_append_only() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = ''
@@ -68,3 +62,15 @@ CREATE TRIGGER audit_seals_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON hardening.audit_seals
     FOR EACH STATEMENT EXECUTE FUNCTION hardening.audit_seals_append_only();
 ALTER TABLE hardening.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only;
+
+-- Hand the table to the NOLOGIN owner only now, after its trigger exists: the REVOKE below
+-- also takes TRIGGER from the owner, and a migrating role that is not a superuser (Supabase's
+-- postgres) acts through that owner. Changing the owner needs the new owner to hold CREATE on
+-- the schema, granted for that one statement.
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER TABLE hardening.audit_seals OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
+REVOKE ALL ON hardening.audit_seals FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON hardening.audit_seals FROM hardening_audit_owner;
+GRANT SELECT, INSERT ON hardening.audit_seals TO hardening_audit_owner;
+GRANT SELECT ON hardening.audit_seals TO service_role;

@@ -1,0 +1,558 @@
+"""``hardening migrate --plan``: what the pending migrations would change, and what blocks them.
+
+The plan is a rehearsal. It runs the pending migrations, statement by statement, inside one
+transaction that is always rolled back, with a short ``lock_timeout`` so a busy table makes the
+plan fail fast instead of queueing writers. It snapshots the catalog before and after each file
+and reports the differences to objects that already existed, grouped the way a reviewer reads
+them: policies, foreign keys, constraints, triggers, row-level security, privileges, ownership,
+and the writes that will start being refused. The first file that raises is a blocker: it is
+reported with the fix (SQL where it can be derived) and later files are not planned, since they
+would run against a database that file never produced.
+
+Nothing durable changes; a sequence advanced by a rehearsed statement is the one exception
+Postgres allows (sequences are not transactional), and the kit's migrations advance none that
+exist before them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from hardening_pipeline.db.connection import connect
+from hardening_pipeline.db.migrations import (
+    ADVISORY_LOCK_KEY,
+    BOOTSTRAP_SQL,
+    MIGRATIONS_DIR,
+    MigrationFailed,
+    MigrationFailure,
+    MigrationRun,
+    apply_migrations,
+    compare,
+    discover_migrations,
+    execute_migration,
+    read_applied,
+    refuse_drift,
+)
+from hardening_pipeline.errors import CheckFailed, ConfigError
+
+# Report groups, in the order they are printed.
+GROUPS = (
+    "may widen access",
+    "policies added",
+    "policies changed",
+    "policies removed",
+    "foreign keys replaced",
+    "foreign keys added",
+    "constraints added",
+    "columns made NOT NULL",
+    "triggers attached",
+    "RLS enabled",
+    "RLS forced",
+    "privileges revoked",
+    "privileges granted",
+    "ownership changed",
+    "objects created",
+    "writes that will start being refused",
+)
+
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+Snapshot = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Change:
+    group: str
+    subject: str
+    detail: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class Blocker:
+    failure: MigrationFailure
+    fix_sql: list[str]
+    not_planned: list[str]
+
+
+@dataclass
+class MigrationPlan:
+    """The rehearsal's result; ``ok`` means ``hardening migrate`` would apply cleanly."""
+
+    pending: list[str]
+    planned: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+    # The catalog as the rehearsal left it: what a real run of the planned files produces.
+    rehearsed: Snapshot | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+    def grouped(self) -> dict[str, list[Change]]:
+        out: dict[str, list[Change]] = {g: [] for g in GROUPS}
+        for c in self.changes:
+            out[c.group].append(c)
+        return {g: cs for g, cs in out.items() if cs}
+
+
+# --- catalog snapshot -------------------------------------------------------------------------
+
+_QUERIES: Mapping[str, str] = {
+    # relation -> kind, owner, RLS enabled, RLS forced
+    "relations": """
+        SELECT c.oid::regclass::text AS key,
+               json_build_array(c.relkind, c.relowner::regrole::text,
+                                c.relrowsecurity, c.relforcerowsecurity) AS value
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+    """,
+    "policies": """
+        SELECT format('%%I.%%I %%s', schemaname, tablename, policyname) AS key,
+               json_build_array(permissive, cmd, roles::text[], qual, with_check) AS value
+        FROM pg_policies WHERE schemaname <> ALL (%(system)s)
+    """,
+    "constraints": """
+        SELECT format('%%s %%s', con.conrelid::regclass, con.conname) AS key,
+               json_build_array(con.contype, pg_get_constraintdef(con.oid), con.confdeltype,
+                                con.confrelid::regclass::text,
+                                (SELECT array_agg(a.attname::text ORDER BY a.attnum)
+                                   FROM pg_attribute a WHERE a.attrelid = con.conrelid
+                                    AND a.attnum = ANY (con.conkey))) AS value
+        FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace
+        WHERE n.nspname <> ALL (%(system)s) AND con.conrelid <> 0
+    """,
+    "not_null": """
+        SELECT format('%%s.%%I', c.oid::regclass, a.attname) AS key, to_json(a.attnotnull) AS value
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname <> ALL (%(system)s) AND c.relkind IN ('r', 'p')
+          AND a.attnum > 0 AND NOT a.attisdropped
+    """,
+    "triggers": """
+        SELECT format('%%s %%s', t.tgrelid::regclass, t.tgname) AS key,
+               json_build_array(pg_get_triggerdef(t.oid), t.tgenabled,
+                                t.tgfoid::regprocedure::text) AS value
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT t.tgisinternal AND n.nspname <> ALL (%(system)s)
+    """,
+    "relation_privileges": """
+        SELECT format('%%s %%s', c.oid::regclass,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                           ELSE a.grantee::regrole::text END) AS key,
+               to_json(array_agg(a.privilege_type ORDER BY a.privilege_type)) AS value
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault(
+            CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
+        WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+        GROUP BY 1
+    """,
+    "functions": """
+        SELECT p.oid::regprocedure::text AS key,
+               json_build_array(p.proowner::regrole::text, p.prosecdef) AS value
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname <> ALL (%(system)s)
+    """,
+    "function_privileges": """
+        SELECT format('%%s %%s', p.oid::regprocedure,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                           ELSE a.grantee::regrole::text END) AS key,
+               to_json(array_agg(a.privilege_type ORDER BY a.privilege_type)) AS value
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+        WHERE n.nspname <> ALL (%(system)s)
+        GROUP BY 1
+    """,
+    "schemas": """
+        SELECT n.nspname::text AS key,
+               json_build_array(n.nspowner::regrole::text, n.nspacl::text[]) AS value
+        FROM pg_namespace n WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
+    """,
+    "roles": """
+        SELECT r.rolname::text AS key,
+               json_build_array(r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin,
+                   (SELECT array_agg(m.roleid::regrole::text ORDER BY 1)
+                      FROM pg_auth_members m WHERE m.member = r.oid)) AS value
+        FROM pg_roles r WHERE r.rolname NOT LIKE 'pg\\_%%'
+    """,
+}
+
+
+def catalog_snapshot(conn: psycopg.Connection) -> Snapshot:
+    """What the plan compares: policies, constraints, triggers, RLS, grants, owners, roles."""
+    snapshot: Snapshot = {}
+    cur = psycopg.ClientCursor(conn)
+    # An empty search_path makes regclass, regprocedure and pg_get_*def schema-qualify every name,
+    # so keys do not depend on the caller's path; restored afterwards (transaction-local).
+    saved = _get(cur.execute("SELECT current_setting('search_path') AS p").fetchone(), "p", 0)
+    cur.execute("SELECT set_config('search_path', '', true)")
+    try:
+        for name, query in _QUERIES.items():
+            rows = cur.execute(query, {"system": list(_SYSTEM_SCHEMAS)}).fetchall()
+            snapshot[name] = {_get(r, "key", 0): _get(r, "value", 1) for r in rows}
+    finally:
+        cur.execute("SELECT set_config('search_path', %s, true)", (saved,))
+    return snapshot
+
+
+def _get(row: Any, name: str, index: int) -> Any:
+    return row[name] if isinstance(row, Mapping) else row[index]
+
+
+# --- differences ------------------------------------------------------------------------------
+
+_DELETE_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
+                   "d": "SET DEFAULT"}  # fmt: skip
+
+
+def _table_of(key: str) -> str:
+    return key.split(" ", 1)[0]
+
+
+def describe_changes(before: Snapshot, after: Snapshot, filename: str) -> list[Change]:
+    """Changes to what existed before, plus a one-line summary of what was created."""
+    out: list[Change] = []
+
+    def add(group: str, subject: str, detail: str) -> None:
+        out.append(Change(group, subject, detail, filename))
+
+    existed = set(before["relations"])
+    rel_before, rel_after = before["relations"], after["relations"]
+
+    for key, value in after["policies"].items():
+        if _table_of(key) not in existed:
+            continue  # a policy on a table this file created is part of "objects created"
+        permissive, cmd, roles, qual, check = value
+        text = f"{permissive} FOR {cmd} TO {', '.join(roles)}"
+        text += f" USING ({qual})" if qual else ""
+        text += f" WITH CHECK ({check})" if check else ""
+        if key not in before["policies"]:
+            add("policies added", key, text)
+            table = key.split(" ", 1)[0]
+            others = [
+                k
+                for k, v in before["policies"].items()
+                if k.split(" ", 1)[0] == table and v[0] == "PERMISSIVE"
+            ]
+            if permissive == "PERMISSIVE" and others:
+                # Permissive policies are ORed: this one can let through what the app's refused.
+                add(
+                    "may widen access",
+                    key,
+                    f"PERMISSIVE FOR {cmd} TO {', '.join(roles)} is ORed with the table's "
+                    f"{len(others)} existing permissive policies, so it can allow what they "
+                    "did not",
+                )
+        elif before["policies"][key] != value:
+            add("policies changed", key, text)
+    for key in before["policies"].keys() - after["policies"].keys():
+        add("policies removed", key, "dropped")
+
+    fk_before = {k: v for k, v in before["constraints"].items() if v[0] == "f"}
+    for key, value in sorted(after["constraints"].items()):
+        if key in before["constraints"] and before["constraints"][key] == value:
+            continue
+        contype, definition, deltype, _parent, columns = value
+        table = _table_of(key)
+        if table not in existed:
+            continue
+        if contype == "f":
+            same_columns = [
+                (k, v)
+                for k, v in fk_before.items()
+                if _table_of(k) == table and v[4] == columns and k not in after["constraints"]
+            ]
+            beside = [
+                (k, v)
+                for k, v in fk_before.items()
+                if _table_of(k) == table and v[4] == columns and k in after["constraints"]
+            ]
+            detail = definition
+            if same_columns:
+                old_key, old = same_columns[0]
+                add("foreign keys replaced", key,
+                    f"{old_key.split(' ', 1)[1]} ({old[1]}) -> {definition}")  # fmt: skip
+            else:
+                if beside:
+                    other_key, other = beside[0]
+                    detail += (
+                        f" (beside the existing {other_key.split(' ', 1)[1]}, ON DELETE "
+                        f"{_DELETE_ACTIONS.get(other[2], other[2])})"
+                    )
+                add("foreign keys added", key, detail)
+            if deltype in ("r", "a"):
+                parent = value[3]
+                add(
+                    "writes that will start being refused",
+                    f"DELETE on {parent}",
+                    f"a {parent} row still referenced by {table} ({', '.join(columns)}) "
+                    f"can no longer be deleted ({key.split(' ', 1)[1]}, ON DELETE "
+                    f"{_DELETE_ACTIONS[deltype]})",
+                )
+        elif contype in ("c", "u", "x"):
+            add("constraints added", key, definition)
+            # A key that contains an existing unique key refuses nothing new.
+            implied = contype == "u" and any(
+                _table_of(k) == table and v[0] in ("p", "u") and set(v[4] or ()) <= set(columns)
+                for k, v in before["constraints"].items()
+            )
+            if not implied:
+                add("writes that will start being refused", f"INSERT/UPDATE on {table}",
+                    f"rows breaking {key.split(' ', 1)[1]}: {definition}")  # fmt: skip
+    for key, value in after["not_null"].items():
+        if value and before["not_null"].get(key) is False:
+            add("columns made NOT NULL", key, "SET NOT NULL")
+            add("writes that will start being refused", f"INSERT/UPDATE on {key.rsplit('.', 1)[0]}",
+                f"a NULL in {key}")  # fmt: skip
+
+    guarded: list[str] = []
+    for key, (definition, enabled, function) in sorted(after["triggers"].items()):
+        table = _table_of(key)
+        if key in before["triggers"] or table not in existed:
+            continue
+        timing = re.search(r" (BEFORE|AFTER|INSTEAD OF) (.+?) ON ", definition)
+        detail = f"{timing.group(1)} {timing.group(2)}" if timing else definition
+        detail += f" -> {function}"
+        if enabled == "A":
+            detail += " (ENABLE ALWAYS: also under session_replication_role = replica)"
+        add("triggers attached", key, detail)
+        if function.startswith("hardening.audit_write_guard"):
+            guarded.append(table)
+    for table in guarded:
+        add(
+            "writes that will start being refused",
+            f"service_role writes on {table}",
+            "INSERT/UPDATE/DELETE/TRUNCATE as service_role without app.actor (supabase-js with "
+            "the service key, edge functions, database webhooks) raise "
+            "insufficient_privilege; write through TenantScopedClient or set app.actor",
+        )
+
+    for key, value in rel_after.items():
+        if key not in rel_before:
+            continue
+        if value[2] and not rel_before[key][2]:
+            add("RLS enabled", key, "ENABLE ROW LEVEL SECURITY")
+        if value[3] and not rel_before[key][3]:
+            add("RLS forced", key, "FORCE ROW LEVEL SECURITY (the owner is filtered too, "
+                "unless it has BYPASSRLS)")  # fmt: skip
+        if value[1] != rel_before[key][1]:
+            add("ownership changed", key, f"{rel_before[key][1]} -> {value[1]}")
+
+    _privileges(before, after, "relation_privileges", existed, add)
+    _privileges(before, after, "function_privileges", set(before["functions"]), add)
+    for key, value in after["functions"].items():
+        if key in before["functions"] and before["functions"][key][0] != value[0]:
+            add(
+                "ownership changed",
+                f"function {key}",
+                f"{before['functions'][key][0]} -> {value[0]}",
+            )
+
+    created = sorted(set(rel_after) - existed)
+    functions = sorted(set(after["functions"]) - set(before["functions"]))
+    roles = sorted(set(after["roles"]) - set(before["roles"]))
+    if created or functions or roles:
+        parts = []
+        if created:
+            parts.append("relations " + ", ".join(created))
+        if functions:
+            parts.append(f"{len(functions)} function(s)")
+        if roles:
+            parts.append("roles " + ", ".join(roles))
+        add("objects created", filename, "; ".join(parts))
+    return out
+
+
+def _privileges(
+    before: Snapshot, after: Snapshot, kind: str, existed: Iterable[str], add: Any
+) -> None:
+    existed = set(existed)
+    keys = set(before[kind]) | set(after[kind])
+    for key in sorted(keys):
+        obj, grantee = key.rsplit(" ", 1)
+        if obj not in existed:
+            continue
+        old, new = set(before[kind].get(key, [])), set(after[kind].get(key, []))
+        if old - new:
+            add("privileges revoked", obj, f"{', '.join(sorted(old - new))} from {grantee}")
+            if kind == "relation_privileges" and old - new - {"TRUNCATE", "REFERENCES",
+                                                               "TRIGGER"}:  # fmt: skip
+                add(
+                    "writes that will start being refused",
+                    f"{grantee} on {obj}",
+                    f"{', '.join(sorted(old - new))} now raise permission denied",
+                )
+        if new - old:
+            add("privileges granted", obj, f"{', '.join(sorted(new - old))} to {grantee}")
+            if grantee in ("PUBLIC", "anon", "authenticated"):
+                add("may widen access", obj, f"grants {', '.join(sorted(new - old))} to {grantee}")
+
+
+# --- blockers ---------------------------------------------------------------------------------
+
+
+def _fix_sql(conn: psycopg.Connection, failure: MigrationFailure) -> list[str]:
+    """SQL that fixes the blocker, where the catalog tells us exactly what it is."""
+    if "apply to anon or PUBLIC" in failure.message:
+        rows = conn.execute(
+            """
+            SELECT format('ALTER POLICY %I ON %I.%I TO authenticated;', p.polname,
+                          n.nspname, c.relname)
+            FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public'
+              AND (0::oid = ANY (p.polroles)
+                   OR (SELECT oid FROM pg_roles WHERE rolname = 'anon') = ANY (p.polroles))
+            ORDER BY 1
+            """
+        ).fetchall()
+        return [_get(r, "format", 0) for r in rows]
+    if failure.sqlstate == "42501" and failure.message.startswith("permission denied for schema"):
+        schema = failure.message.rsplit(" ", 1)[1]
+        return [
+            f"-- as the owner of schema {schema}, for the role the statement hands objects to:",
+            f"GRANT CREATE ON SCHEMA {schema} TO <role>;",
+        ]
+    if failure.filename.startswith("003_") and failure.sqlstate == "23514":
+        return [
+            "-- the messages 003 refuses (orphaned, without a unit, or in another tenant's unit):",
+            "SELECT m.* FROM public.messages m LEFT JOIN public.units u ON u.id = m.unit_id",
+            "WHERE m.unit_id IS NULL OR m.development_id IS NULL OR u.id IS NULL",
+            "   OR u.tenant_id <> m.tenant_id OR u.development_id <> m.development_id;",
+        ]
+    return []
+
+
+# --- the rehearsal ----------------------------------------------------------------------------
+
+
+def plan_migrations(
+    url: str, directory: Path = MIGRATIONS_DIR, *, lock_timeout: str = "3s"
+) -> MigrationPlan:
+    """Rehearse every pending migration in a transaction that is rolled back; see the module."""
+    files = discover_migrations(directory)
+    with connect(url) as conn:
+        try:
+            got = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ADVISORY_LOCK_KEY,)
+            ).fetchone()
+            if not got["ok"]:
+                raise ConfigError(
+                    "another hardening migrate is running on this database; wait for it to "
+                    "finish, then plan again."
+                )
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+            role = conn.execute("SELECT current_user AS r").fetchone()["r"]
+            states = compare(files, read_applied(conn))
+            refuse_drift(states)
+            pending = {s.filename for s in states if s.state == "pending"}
+            plan = MigrationPlan(pending=[f.filename for f in files if f.filename in pending])
+            if not plan.pending:
+                return plan
+            conn.execute(BOOTSTRAP_SQL)
+            snapshot = catalog_snapshot(conn)
+            todo = [f for f in files if f.filename in pending]
+            for index, f in enumerate(todo):
+                try:
+                    with conn.transaction():
+                        execute_migration(conn, f, role)
+                except MigrationFailed as exc:
+                    plan.blockers.append(
+                        Blocker(
+                            failure=exc.failure,
+                            fix_sql=_fix_sql(conn, exc.failure),
+                            not_planned=[later.filename for later in todo[index + 1 :]],
+                        )
+                    )
+                    break
+                after = catalog_snapshot(conn)
+                plan.changes.extend(describe_changes(snapshot, after, f.filename))
+                plan.planned.append(f.filename)
+                snapshot = after
+            plan.rehearsed = snapshot
+            return plan
+        finally:
+            if not conn.closed:
+                conn.rollback()
+
+
+class MigrationBlocked(CheckFailed):
+    """The rehearsal found blockers, so nothing was applied; ``plan`` holds them."""
+
+    def __init__(self, plan: MigrationPlan) -> None:
+        first = plan.blockers[0].failure
+        super().__init__(
+            f"nothing was applied: {first.filename} would fail ({first.message.splitlines()[0]}); "
+            "fix the blocker above, then run hardening migrate again (hardening migrate --plan "
+            "shows every change first)."
+        )
+        self.plan = plan
+
+
+def apply_after_rehearsal(
+    url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    on_applied: Callable[[str, float], None] | None = None,
+) -> MigrationRun:
+    """Rehearse first and apply only when nothing blocks.
+
+    Applying file by file up to a blocker would leave a live app half-adopted (001's policies
+    and 002's guards in force) while the team fixes the blocker; this refuses before any change.
+    """
+    plan = plan_migrations(url, directory)
+    if not plan.ok:
+        raise MigrationBlocked(plan)
+    return apply_migrations(url, directory, on_applied=on_applied)
+
+
+def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
+    """The fix SQL for a failure ``hardening migrate`` hit (read-only)."""
+    with connect(url) as conn:
+        try:
+            return _fix_sql(conn, failure)
+        finally:
+            conn.rollback()
+
+
+def render_plan(plan: MigrationPlan) -> list[str]:
+    """The plan as plain text lines, blockers first."""
+    lines: list[str] = []
+    if not plan.pending:
+        return ["nothing to plan: every migration is applied"]
+    lines.append(f"pending: {', '.join(plan.pending)}")
+    for b in plan.blockers:
+        lines += render_blocker(b.failure, b.fix_sql)
+        if b.not_planned:
+            lines.append(f"  not planned (they run after it): {', '.join(b.not_planned)}")
+    if plan.changes:
+        lines.append(f"changes ({', '.join(plan.planned)}):")
+    for group, changes in plan.grouped().items():
+        lines.append(f"  {group} ({len(changes)}):")
+        for c in changes:
+            lines.append(f"    {c.subject}: {c.detail}  [{c.filename}]")
+    if plan.ok:
+        lines.append("no blockers: hardening migrate would apply cleanly")
+    return lines
+
+
+def render_blocker(failure: MigrationFailure, fix_sql: list[str]) -> list[str]:
+    where = f" line {failure.line} ({failure.statement})" if failure.line else ""
+    lines = [f"BLOCKER {failure.filename}{where}:"]
+    lines += [f"  {line}" for line in failure.message.splitlines()]
+    lines.append(f"  fix: {failure.fix}")
+    if fix_sql:
+        lines.append("  fix SQL:")
+        lines += [f"    {s}" for s in fix_sql]
+    return lines
