@@ -57,6 +57,7 @@ FILE_TREE_GLOBS = (
     "pyproject.toml",
     "workspace.yaml",
     "dagster.yaml",
+    "deploy/**/*.yaml",
     "docker-compose.yml",
     "Dockerfile",
     ".env.example",

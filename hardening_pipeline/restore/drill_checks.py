@@ -133,6 +133,14 @@ def anon_reads_nothing(url: str) -> str:
     return "anon is refused on messages"
 
 
+# Rewrites of the audit log the restored database must refuse, whoever sends them.
+AUDIT_REWRITES = {
+    "update": "UPDATE audit_events SET actor = 'x'",  # refused-write probe
+    "delete": "DELETE FROM audit_events",  # refused-write probe
+    "truncate": "TRUNCATE audit_events",  # refused-write probe
+}
+
+
 def _audit_statement_refused(statement: str) -> Callable[[str], str]:
     def check(url: str) -> str:
         with connect(url) as conn:
@@ -147,6 +155,13 @@ def _audit_statement_refused(statement: str) -> Callable[[str], str]:
     return check
 
 
+# A message of one tenant on another tenant's unit; the composite key must refuse it.
+CROSS_TENANT_MESSAGE = (
+    "INSERT INTO messages (tenant_id, development_id, unit_id, sender, body)"  # refused-write probe
+    " VALUES (%s, %s, %s, 'drill', 'x')"
+)
+
+
 def cross_tenant_message_is_refused(url: str) -> str:
     with connect(url) as conn:
         a, b = _two_tenants(conn)
@@ -159,11 +174,7 @@ def cross_tenant_message_is_refused(url: str) -> str:
         try:
             with conn.transaction(force_rollback=True):
                 conn.execute("SELECT set_config('app.actor', 'drill', true)")
-                conn.execute(
-                    "INSERT INTO messages (tenant_id, development_id, unit_id, sender, body) "
-                    "VALUES (%s, %s, %s, 'drill', 'cross')",
-                    (a, unit["development_id"], unit["id"]),
-                )
+                conn.execute(CROSS_TENANT_MESSAGE, (a, unit["development_id"], unit["id"]))
         except errors.ForeignKeyViolation:
             return "a message of one tenant pointing at another tenant's unit is refused"
     raise CheckRefuted(f"a message of tenant {a} was accepted on a unit of tenant {b}")
@@ -205,9 +216,9 @@ DRILL_CHECKS: dict[str, Callable[[str], str]] = {
     "each_tenant_sees_only_its_rows": each_tenant_sees_only_its_rows,
     "no_tenant_context_sees_nothing": no_tenant_context_sees_nothing,
     "anon_reads_nothing": anon_reads_nothing,
-    "audit_log_refuses_update": _audit_statement_refused("UPDATE audit_events SET actor = 'x'"),
-    "audit_log_refuses_delete": _audit_statement_refused("DELETE FROM audit_events"),
-    "audit_log_refuses_truncate": _audit_statement_refused("TRUNCATE audit_events"),
+    "audit_log_refuses_update": _audit_statement_refused(AUDIT_REWRITES["update"]),
+    "audit_log_refuses_delete": _audit_statement_refused(AUDIT_REWRITES["delete"]),
+    "audit_log_refuses_truncate": _audit_statement_refused(AUDIT_REWRITES["truncate"]),
     "cross_tenant_message_is_refused": cross_tenant_message_is_refused,
     "client_writes_are_audited": client_writes_are_audited,
     "audit_triggers_are_enabled_always": audit_triggers_are_enabled_always,

@@ -51,7 +51,8 @@ def copy_checkout(prefix: str = "hp-root-") -> Path:
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any project, Dagster home or Dagster storage setting."""
-    prefixes = ("HARDENING_", "BACKUP_", "SLACK_", "DAGSTER_", "AWS_")
+    """This process's environment without any project, Dagster home or Dagster storage setting,
+    and without PYTHONPATH (which would put a checkout ahead of what is installed)."""
+    prefixes = ("HARDENING_", "BACKUP_", "SLACK_", "DAGSTER_", "AWS_", "PYTHONPATH")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     return env | extra
