@@ -12,7 +12,7 @@ Stages, each timed (their sum is the recovery time, RTO):
              row count and SHA-256 must equal the manifest;
 6. upgrade - apply this checkout's newer migrations, as a real recovery would;
 7. checks  - canaries clean, RLS still isolates, the status check all green;
-8. tests   - ``pytest -m drill`` pointed at the restored database.
+8. tests   - the drill checks (``restore/drill_checks.py``) against the restored database.
 
 Anything that cannot be verified is a failure, never a pass. The throwaway database is removed
 whatever happens.
