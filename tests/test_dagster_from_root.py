@@ -98,7 +98,7 @@ def test_materialize_the_status_report_on_the_embedded_database(checkout: Path) 
     assert no_temporary_dagster_home(checkout)
 
 
-def test_the_deployment_instance_config_would_not_work_from_the_root(checkout: Path) -> None:
+def test_the_deployment_instance_config_would_not_work_from_the_root() -> None:
     """The failure this layout prevents: the compose config at the root needs DAGSTER_PG_*."""
     broken = copy_checkout()
     try:
