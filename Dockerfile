@@ -1,5 +1,20 @@
-# One image for every Dagster process in docker-compose.yml (code server, webserver, daemon):
-# sharing it keeps the Dagster family on exactly the versions pinned in pyproject.toml.
+# One image for every Dagster process in docker-compose.yml (code server, webserver, daemon) and
+# for the Helm chart's user-code deployment: sharing it keeps the Dagster family on exactly the
+# versions pinned in pyproject.toml.
+
+# Build stage: the wheel. sql/ ships inside it as package data (hardening_pipeline/sql links to
+# it), so the image needs no checkout, no tests/ and no dev extra.
+FROM python:3.11-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sql/ sql/
+COPY hardening_pipeline/ hardening_pipeline/
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,19 +32,16 @@ RUN useradd --create-home --uid 1000 dagster \
 
 WORKDIR /opt/dagster/app
 
-# Installed in place (-e) because sql/, tests/ and docs/ live beside the package, not inside it:
-# the migrations, canaries and the drill's pytest suite are read from this tree at run time.
-# The dev extra brings pytest, which the restore drill runs against the restored database.
-COPY pyproject.toml README.md ./
-COPY hardening_pipeline/ hardening_pipeline/
-RUN pip install -e ".[dev]"
+# The wheel alone, with its runtime dependencies: the migrations, canaries and drill checks are
+# inside the package.
+COPY --from=build /wheels/ /tmp/wheels/
+RUN pip install /tmp/wheels/hardening_pipeline-*.whl \
+    && rm -rf /tmp/wheels
 
-COPY sql/ sql/
-COPY tests/ tests/
-COPY docs/ docs/
-COPY workspace.yaml ./
+# The compose deployment's workspace (webserver and daemon reach the code server over gRPC) and
+# its instance config: Postgres storage from DAGSTER_PG_*, read from DAGSTER_HOME.
 COPY deploy/workspace.docker.yaml deploy/workspace.docker.yaml
-COPY dagster.yaml /opt/dagster/home/dagster.yaml
+COPY deploy/dagster.yaml /opt/dagster/home/dagster.yaml
 
 # Code stays owned by root: the processes can read it but a compromised run cannot rewrite it.
 USER dagster

@@ -57,6 +57,7 @@ FILE_TREE_GLOBS = (
     "pyproject.toml",
     "workspace.yaml",
     "dagster.yaml",
+    "deploy/**/*.yaml",
     "docker-compose.yml",
     "Dockerfile",
     ".env.example",
@@ -90,9 +91,20 @@ class EvidenceResult:
         )
 
 
+# Installed from a wheel there is no checkout: the tree is what the wheel shipped.
+INSTALLED_FILE_TREE_GLOBS = (
+    "hardening_pipeline/**/*.py",
+    "hardening_pipeline/sql/migrations/*.sql",
+    "hardening_pipeline/sql/canaries/*.sql",
+)
+
+
 def project_file_tree(root: Path = PROJECT_ROOT) -> list[str]:
+    """Paths relative to ``root``: the checkout's files, or the installed package's own files
+    when ``root`` is not a checkout (no ``pyproject.toml``, e.g. ``site-packages``)."""
+    is_checkout = (root / "pyproject.toml").is_file()
     paths: set[str] = set()
-    for pattern in FILE_TREE_GLOBS:
+    for pattern in FILE_TREE_GLOBS if is_checkout else INSTALLED_FILE_TREE_GLOBS:
         for path in root.glob(pattern):
             if path.is_file() and "__pycache__" not in path.parts:
                 paths.add(path.relative_to(root).as_posix())
@@ -387,7 +399,8 @@ def _summary_lines(
         "hardening_pipeline/restore/drill.py",
         "hardening_pipeline/hardening/status_check.py",
     ]
-    files_present = all(r in tree for r in required)
+    # An installed wheel carries sql/ inside the package.
+    files_present = all(r in tree or f"hardening_pipeline/{r}" in tree for r in required)
     return [
         (
             "A",

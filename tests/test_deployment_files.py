@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.dockerfile import Stage, stages
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DAGSTER_YAML = ROOT / "dagster.yaml"
+DEPLOY_DAGSTER_YAML = ROOT / "deploy" / "dagster.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKSPACE = ROOT / "workspace.yaml"
 DOCKER_WORKSPACE = ROOT / "deploy" / "workspace.docker.yaml"
@@ -30,6 +33,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 YAML_FILES = [
     COMPOSE,
     DAGSTER_YAML,
+    DEPLOY_DAGSTER_YAML,
     WORKSPACE,
     DOCKER_WORKSPACE,
     WORKFLOWS / "nightly-backup.yml",
@@ -180,12 +184,16 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
 
 
 def test_dagster_processes_get_the_storage_variables(compose: dict[str, Any]) -> None:
-    referenced = set(re.findall(r"\{env: *([A-Z_]+)\}", DAGSTER_YAML.read_text()))
+    referenced = set(re.findall(r"\{env: *([A-Z_]+)\}", DEPLOY_DAGSTER_YAML.read_text()))
     assert referenced == set(DAGSTER_PG_VARS)
+    (home,) = set(
+        re.findall(r"DAGSTER_HOME=(\S+)", " ".join(sum(final_stage().args_of("ENV"), [])))
+    )
     for name in DAGSTER_SERVICES:
         env = environment_of(compose["services"][name])
         missing = sorted(referenced - set(env))
-        assert not missing, f"{name} lacks {missing}, which dagster.yaml reads"
+        assert not missing, f"{name} lacks {missing}, which deploy/dagster.yaml reads"
+        assert env["DAGSTER_HOME"] == home, f"{name} must read the image's instance config"
 
 
 def test_compose_storage_credentials_match_the_storage_database(compose: dict[str, Any]) -> None:
@@ -236,38 +244,61 @@ def test_workspace_used_by_compose_points_at_the_code_server(compose: dict[str, 
 # --- Dockerfile ---------------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, list[str]]]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    instructions = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, *args = line.split()
-            instructions.append((keyword.upper(), args))
-    return instructions
+def final_stage() -> Stage:
+    return stages(DOCKERFILE)[-1]
+
+
+def build_stage() -> Stage:
+    (stage,) = stages(DOCKERFILE)[:-1]
+    return stage
 
 
 def test_dockerfile_copies_only_files_that_exist() -> None:
-    copies = [args for keyword, args in dockerfile_instructions() if keyword in ("COPY", "ADD")]
+    copies = [c for stage in stages(DOCKERFILE) for c in stage.copies()]
     assert copies
-    for args in copies:
-        if any(a.startswith("--from") for a in args):
+    for origin, sources, _destination in copies:
+        if origin is not None:
             continue
-        *sources, _destination = [a for a in args if not a.startswith("--")]
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
 
 
-def test_dockerfile_installs_the_project_and_the_instance_config() -> None:
-    instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", ["python:3.11-slim"])
-    runs = " ".join(" ".join(args) for keyword, args in instructions if keyword == "RUN")
-    assert "pip install" in runs
-    env = " ".join(" ".join(args) for keyword, args in instructions if keyword == "ENV")
+def test_dockerfile_builds_the_wheel_from_the_package_and_its_sql() -> None:
+    build = build_stage()
+    assert build.name and build.base == "python:3.11-slim"
+    sources = {s.rstrip("/") for origin, srcs, _ in build.copies() for s in srcs}
+    # hardening_pipeline/sql links to ../sql: without sql/ in the stage the wheel has no SQL.
+    assert {"pyproject.toml", "hardening_pipeline", "sql"} <= sources
+    assert "tests" not in sources
+    (run,) = build.args_of("RUN")
+    assert run[:2] == ["pip", "wheel"] and "--no-deps" in run and run[-1] == "."
+
+
+def test_image_installs_the_built_wheel_without_dev_extra_or_tests() -> None:
+    build, final = build_stage(), final_stage()
+    assert final.base == "python:3.11-slim"
+    wheel_run = build.args_of("RUN")[0]
+    wheel_dir = wheel_run[wheel_run.index("--wheel-dir") + 1]
+    from_build = [(srcs, dest) for origin, srcs, dest in final.copies() if origin == build.name]
+    assert from_build == [([f"{wheel_dir}/"], "/tmp/wheels/")]
+    installs = [" ".join(args) for args in final.args_of("RUN") if "pip install" in " ".join(args)]
+    assert installs == ["pip install /tmp/wheels/hardening_pipeline-*.whl && rm -rf /tmp/wheels"]
+    everything = " ".join(" ".join(a) for s in stages(DOCKERFILE) for _, a in s.instructions)
+    assert "[dev]" not in everything and "pip install -e" not in everything
+    local_sources = {
+        s.rstrip("/") for origin, srcs, _ in final.copies() if origin is None for s in srcs
+    }
+    assert not any(s == "tests" or s.startswith("tests/") for s in local_sources)
+    assert not {"sql", "hardening_pipeline"} & local_sources, "the code comes from the wheel"
+
+
+def test_dockerfile_installs_the_deployment_instance_config() -> None:
+    final = final_stage()
+    env = " ".join(" ".join(args) for args in final.args_of("ENV"))
     home = re.search(r"DAGSTER_HOME=(\S+)", env)
     assert home, "the image must set DAGSTER_HOME"
-    assert ("COPY", ["dagster.yaml", f"{home.group(1)}/dagster.yaml"]) in instructions
-    assert any(keyword == "USER" and args != ["root"] for keyword, args in instructions)
+    assert (None, ["deploy/dagster.yaml"], f"{home.group(1)}/dagster.yaml") in final.copies()
+    assert any(args != ["root"] for args in final.args_of("USER"))
 
 
 def test_secrets_stay_out_of_the_build_context() -> None:
@@ -279,10 +310,27 @@ def test_secrets_stay_out_of_the_build_context() -> None:
 # --- dagster.yaml -------------------------------------------------------------------------------
 
 
-def test_dagster_yaml_validates_against_the_instance_schema() -> None:
+def test_root_dagster_yaml_needs_no_environment() -> None:
     from dagster._core.instance.config import dagster_instance_config
 
     config, custom_class = dagster_instance_config(str(ROOT))
+    assert custom_class is None
+    text = DAGSTER_YAML.read_text()
+    assert "storage" not in load_yaml(DAGSTER_YAML), "Dagster's default local storage"
+    assert "{env:" not in text and "env:" not in re.sub(r"#.*", "", text)
+    assert config["telemetry"] == {"enabled": False}
+
+
+def test_root_and_deployment_instance_configs_differ_only_in_storage() -> None:
+    root, deploy = load_yaml(DAGSTER_YAML), load_yaml(DEPLOY_DAGSTER_YAML)
+    assert set(deploy) - set(root) == {"storage"}
+    assert {k: v for k, v in deploy.items() if k != "storage"} == root
+
+
+def test_deployment_dagster_yaml_validates_against_the_instance_schema() -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, custom_class = dagster_instance_config(str(DEPLOY_DAGSTER_YAML.parent))
     assert custom_class is None
     postgres = config["storage"]["postgres"]["postgres_db"]
     assert postgres == {
@@ -310,7 +358,7 @@ def test_dagster_yaml_storage_resolves_from_the_environment(
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    storage = load_yaml(DAGSTER_YAML)["storage"]["postgres"]
+    storage = load_yaml(DEPLOY_DAGSTER_YAML)["storage"]["postgres"]
 
     result = process_config(DagsterPostgresStorage.config_type(), storage)
 
@@ -319,8 +367,9 @@ def test_dagster_yaml_storage_resolves_from_the_environment(
     assert (db["hostname"], db["port"], db["password"]) == ("dagster_postgres", 5432, "s3cret")
 
 
-def test_dagster_yaml_settings_take_effect_in_a_real_instance(tmp_path: Path) -> None:
-    """Loads a real instance from dagster.yaml, with only the storage swapped for SQLite.
+@pytest.mark.parametrize("source", [DAGSTER_YAML, DEPLOY_DAGSTER_YAML], ids=["root", "deploy"])
+def test_dagster_yaml_settings_take_effect_in_a_real_instance(tmp_path: Path, source: Path) -> None:
+    """Loads a real instance from each dagster.yaml, with the storage set to SQLite.
 
     Schema validation accepts any run coordinator config (it is a free-form mapping); building
     the instance makes Dagster parse and apply every setting the way the daemon will.
@@ -329,7 +378,7 @@ def test_dagster_yaml_settings_take_effect_in_a_real_instance(tmp_path: Path) ->
     from dagster._core.instance.ref import InstanceRef
     from dagster._core.run_coordinator import QueuedRunCoordinator
 
-    shutil.copy(DAGSTER_YAML, tmp_path / "dagster.yaml")
+    shutil.copy(source, tmp_path / "dagster.yaml")
     ref = InstanceRef.from_dir(
         str(tmp_path), overrides={"storage": {"sqlite": {"base_dir": str(tmp_path)}}}
     )

@@ -1,7 +1,7 @@
 """The restore drill end to end, and every way a backup can be unrestorable.
 
 Round trip: seed -> backup to the B2-strict S3 server -> drill (throwaway Postgres, migrations,
-COPY, invariants, drill tests) -> report and Slack. Then the same with a flipped byte, a
+COPY, invariants, drill checks) -> report and Slack. Then the same with a flipped byte, a
 truncated object, a missing object, a tampered manifest, a wrong key, a newer schema and an
 empty store: each must fail with a clear reason, and each failure must reach Slack.
 """
@@ -23,6 +23,7 @@ from hardening_pipeline.backup.manifest import MANIFEST_NAME, load_manifest, sig
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.restore.drill import run_restore_drill
+from hardening_pipeline.restore.drill_checks import DRILL_CHECKS
 from hardening_pipeline.restore.report import drill_alert, write_drill_report
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
@@ -70,7 +71,8 @@ def test_round_trip_passes_and_reports(backed_up, store, keyring, tmp_path, slac
     assert result.passed, (result.failure, result.invariants, result.tests_output)
     assert result.backup_id == backed_up.backup_id
     assert result.rows_restored == backed_up.rows
-    assert result.tests_passed > 0 and result.tests_failed == 0
+    assert (result.tests_passed, result.tests_failed) == (len(DRILL_CHECKS), 0)
+    assert result.tests_output.endswith(f"{len(DRILL_CHECKS)} passed, 0 failed")
     assert set(result.stages) >= {"find", "schema", "restore", "verify", "checks", "tests"}
     assert result.rpo_seconds is not None and result.rpo_seconds >= 0
     data = json.loads(report.json.read_text())
@@ -181,7 +183,9 @@ def test_empty_store_is_a_failure_not_a_pass(store, keyring, tmp_path, slack_rec
     result, report = drill_and_alert(store, keyring, tmp_path, slack_receiver)
     assert not result.passed
     assert "holds no backup" in (result.failure or "")
-    assert "could not" not in report.markdown.read_text() or not result.passed
+    markdown = report.markdown.read_text()
+    assert "# Restore drill FAILED" in markdown
+    assert "**Failure** (stage `find`)" in markdown and "holds no backup" in markdown
     assert ("Runbook", "docs/runbook.md#restore-drill-failed") in drill_alert(result, report).fields
     published = drill_alert(result, report, "https://ops.example.org/runbook.html")
     section = "https://ops.example.org/runbook.html#restore-drill-failed"

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from hardening_pipeline.db.write_paths import direct_tenant_writes, offending_lines
+from hardening_pipeline.db.write_paths import (
+    PACKAGE,
+    PROBE_MARKER,
+    direct_tenant_writes,
+    modules_outside_db,
+    offending_lines,
+)
 from hardening_pipeline.seed import seed_demo_data
 
 
@@ -32,6 +38,18 @@ def test_no_module_outside_db_writes_tenant_tables_directly():
 )
 def test_the_scan_catches_planted_writes(planted):
     assert offending_lines(planted)
+    # A probe marker exempts its own line only, not the next one.
+    marked = f"{planted}  {PROBE_MARKER}\n{planted}"
+    assert [line.split(":", 1)[0] for line in offending_lines(marked)] == ["2"]
+
+
+def test_only_the_restore_drill_probes_refused_writes():
+    marked = {
+        str(path.relative_to(PACKAGE))
+        for path in modules_outside_db()
+        if PROBE_MARKER in path.read_text(encoding="utf-8")
+    }
+    assert marked == {"restore/drill_checks.py"}
 
 
 @pytest.mark.parametrize(

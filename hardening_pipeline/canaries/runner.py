@@ -27,8 +27,7 @@ import psycopg
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.errors import ConfigError
-
-CANARIES_DIR = Path(__file__).resolve().parents[2] / "sql" / "canaries"
+from hardening_pipeline.sql_files import CANARIES_DIR
 
 Severity = Literal["error", "warn"]
 # What a canary's "resolved" message says unless its spec says otherwise.
@@ -237,7 +236,8 @@ def load_canary_sql(directory: Path = CANARIES_DIR) -> dict[str, str]:
     """
     if not directory.is_dir():
         raise ConfigError(
-            f"the canaries folder {directory} does not exist; run from a full checkout."
+            f"the canaries folder {directory} does not exist; reinstall hardening_pipeline "
+            "(its wheel ships sql/canaries) or point at a full checkout."
         )
     files = {p.stem: p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.sql"))}
     unknown = sorted(set(files) - set(CANARIES))

@@ -25,8 +25,8 @@ import psycopg
 from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.sql_statements import Statement, split_statements
 from hardening_pipeline.errors import CheckFailed, ConfigError
+from hardening_pipeline.sql_files import MIGRATIONS_DIR
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
 # Any fixed bigint will do; this one spells "hardenin" in ASCII so it is recognisable in pg_locks.
 ADVISORY_LOCK_KEY = 0x6861726465_6E696E
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -90,8 +90,8 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[MigrationFile]
     """Read every migration file, in order; malformed names and duplicate numbers are refused."""
     if not directory.is_dir():
         raise ConfigError(
-            f"the migrations folder {directory} does not exist; run from a full checkout of the "
-            "project."
+            f"the migrations folder {directory} does not exist; reinstall hardening_pipeline "
+            "(its wheel ships sql/migrations) or point at a full checkout."
         )
     files: list[MigrationFile] = []
     seen: dict[int, str] = {}

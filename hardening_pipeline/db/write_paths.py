@@ -21,10 +21,18 @@ NAMED_WRITE = re.compile(rf"\b{_WRITE_VERB}\s+(?:ONLY\s+)?{_TARGET}", re.IGNOREC
 DYNAMIC_WRITE = re.compile(rf"\b{_WRITE_VERB}\s+(?:ONLY\s+)?\{{\w*\}}", re.IGNORECASE)
 
 
+# The restore drill sends a few writes to prove the restored database refuses them (always in a
+# rolled-back transaction). Each such line carries this marker, so it stays visible in review
+# and the exemption covers that line alone.
+PROBE_MARKER = "# refused-write probe"
+
+
 def offending_lines(text: str) -> list[str]:
     """``"<line number>: <line>"`` for every line that looks like a direct tenant write."""
     found = []
     for number, line in enumerate(text.splitlines(), 1):
+        if PROBE_MARKER in line:
+            continue
         if NAMED_WRITE.search(line) or DYNAMIC_WRITE.search(line):
             found.append(f"{number}: {line.strip()}")
     return found

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
-from dagster._core.storage.tags import PARTITION_NAME_TAG, WILL_RETRY_TAG
+from dagster import DagsterEventType
 
 from hardening_pipeline.alerts.slack import Alert
 from hardening_pipeline.defs.resources import SlackAlertsResource
@@ -44,6 +43,9 @@ REMEMBER_HANDLED = timedelta(days=7)
 # the other; a run seen in between waits this long for the tag before it is alerted anyway.
 RETRY_DECISION_WAIT = timedelta(minutes=2)
 MAX_ALERTS_PER_TICK = 20
+# Dagster's system run tags, by their documented names (the constants live in a private module).
+PARTITION_NAME_TAG = "dagster/partition"
+WILL_RETRY_TAG = "dagster/will_retry"
 MAX_ERROR_CHARS = 1500
 
 

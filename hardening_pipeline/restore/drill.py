@@ -12,7 +12,7 @@ Stages, each timed (their sum is the recovery time, RTO):
              row count and SHA-256 must equal the manifest;
 6. upgrade - apply this checkout's newer migrations, as a real recovery would;
 7. checks  - canaries clean, RLS still isolates, the status check all green;
-8. tests   - ``pytest -m drill`` pointed at the restored database.
+8. tests   - the drill checks (``restore/drill_checks.py``) against the restored database.
 
 Anything that cannot be verified is a failure, never a pass. The throwaway database is removed
 whatever happens.
@@ -21,12 +21,7 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,9 +48,9 @@ from hardening_pipeline.restore.bulk_load import (
     load_into_empty,
     reset_sequences,
 )
+from hardening_pipeline.restore.drill_checks import run_drill_checks
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRILL_DATABASE = "restore_drill"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
 MIGRATIONS_TABLE = "hardening.schema_migrations"
@@ -282,42 +277,10 @@ def check_canaries(url: str) -> Invariant:
     )
 
 
-def run_drill_tests(url: str, tests_dir: Path | None = None) -> tuple[int, int, str]:
-    """Run ``pytest -m drill`` against the restored database; returns (passed, failed, tail)."""
-    tests_dir = tests_dir or PROJECT_ROOT / "tests" / "drill"
-    with tempfile.TemporaryDirectory(prefix="hp-drill-tests-") as tmp:
-        junit = Path(tmp) / "junit.xml"
-        env = dict(os.environ, HARDENING_DRILL_DATABASE_URL=url)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-m",
-                "drill",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                f"--junitxml={junit}",
-                str(tests_dir),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        if not junit.exists():
-            return 0, 1, tail or proc.stderr[-2000:]
-        suite = ET.parse(junit).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        total = int(suite.get("tests", 0))
-        failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-        skipped = int(suite.get("skipped", 0))
-        if proc.returncode not in (0, 1):
-            failed = max(failed, 1)
-        return total - failed - skipped, failed, tail
+def run_drill_tests(url: str) -> tuple[int, int, str]:
+    """Run the packaged drill checks against the restored database: (passed, failed, output)."""
+    checks = run_drill_checks(url)
+    return checks.passed, checks.failed, checks.output
 
 
 @contextlib.contextmanager
