@@ -16,6 +16,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.nightly import BACKUP_LOCK_KEY, run_backup
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.db.job_locks import JobLockBusy
+from hardening_pipeline.errors import ConfigError
 from hardening_pipeline.hardening import seals
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import acting_as, admin_connect
@@ -83,3 +84,16 @@ def test_a_second_sealer_gives_up_after_the_lock_timeout_naming_the_holder(
             seals.seal_audit_log(seeded, wait_seconds=0)
         holder.rollback()
     assert seals.seal_audit_log(seeded, wait_seconds=0) is not None
+
+
+def test_a_missing_lock_row_refuses_the_job_instead_of_running_unserialised(
+    seeded: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    with admin_connect(seeded, autocommit=True) as conn:
+        conn.execute("DELETE FROM hardening.job_locks")
+    store_root = tmp_path / "store"
+    with pytest.raises(ConfigError, match=r"no row for the backup job.*INSERT INTO"):
+        run_backup(seeded, FileStore(store_root), keyring)
+    assert not store_root.exists() or list(store_root.rglob("*")) == []
+    with pytest.raises(ConfigError, match="no row for the seal job"):
+        seals.seal_audit_log(seeded, wait_seconds=0)

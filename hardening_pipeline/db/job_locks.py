@@ -13,7 +13,7 @@ from psycopg import errors, pq
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.db.connection import table_exists
-from hardening_pipeline.errors import CheckFailed
+from hardening_pipeline.errors import CheckFailed, ConfigError
 
 JOB_LOCKS_TABLE = "hardening.job_locks"
 
@@ -59,12 +59,12 @@ def take_job_lock(conn: psycopg.Connection, job: str, *, lock_timeout_ms: int | 
     try:
         with conn.transaction():  # a savepoint: a refused lock leaves the transaction usable
             if lock_timeout_ms is None:
-                conn.execute(_TAKE_NOWAIT, (job,))
+                locked = conn.execute(_TAKE_NOWAIT, (job,)).fetchall()
             else:
                 conn.execute(
                     "SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",)
                 )
-                conn.execute(_TAKE, (job,))
+                locked = conn.execute(_TAKE, (job,)).fetchall()
                 conn.execute("SELECT set_config('lock_timeout', '0', true)")
     except errors.LockNotAvailable as exc:  # NOWAIT and lock_timeout both raise 55P03
         holder = describe_holder(conn, job)
@@ -72,3 +72,9 @@ def take_job_lock(conn: psycopg.Connection, job: str, *, lock_timeout_ms: int | 
             f"another {job} of this database is running ({holder}); wait for it to finish, or "
             f"if that session is stuck end it with SELECT pg_terminate_backend(<pid>)."
         ) from exc
+    if not locked:  # no row, no lock: refuse rather than run unserialised
+        fix = "INSERT INTO hardening.job_locks (job) VALUES ('" + job + "')"  # noqa: S608 (a text)
+        raise ConfigError(
+            f"hardening.job_locks has no row for the {job} job, so it cannot be serialised; put "
+            f"it back as the migration role: {fix}."
+        )
