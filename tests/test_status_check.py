@@ -146,6 +146,7 @@ BREAKAGES = [
         "function_search_path_mutable",
         "CREATE FUNCTION public.add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1'",
     ),
+    ("service_role_rule_enforced", "UPDATE hardening.service_role_mode SET mode = 'report'"),
     ("security_definer_view", "CREATE VIEW public.message_bodies AS SELECT id, body FROM messages"),
     (
         # A seal claiming a row that is not there (what remains when sealed rows are deleted).

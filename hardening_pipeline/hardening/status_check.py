@@ -33,6 +33,7 @@ from hardening_pipeline.db.migrations import (
     discover_migrations,
     read_applied,
 )
+from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.seals import verify_seal_chain
 
@@ -432,6 +433,30 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     # key (ctx.store, ctx.keyring) it can. See hardening_pipeline/hardening/seals.py.
     result = verify_seal_chain(conn, store=ctx.store, keyring=ctx.keyring)
     return result.passed, result.detail, result.fix
+
+
+@check(
+    "service_role_rule_enforced",
+    "service-role rule in enforce mode: raw service_role writes without an actor are refused",
+)
+def check_service_role_mode(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    state = read_mode(conn)
+    if state is None:
+        return False, "no service-role mode (012 not applied)", "run `hardening migrate`."
+    if state.mode == "enforce":
+        return True, f"enforce since {state.set_at:%Y-%m-%d %H:%M} UTC ({state.set_by})", ""
+    sources = unattributed_sources(conn)
+    seen = (
+        "unattributed callers in the last 7 days: " + _names([s.describe() for s in sources], 5)
+        if sources
+        else "no unattributed service_role writes in the last 7 days"
+    )
+    fix = (
+        "make each caller write through TenantScopedClient or set app.actor in its transaction "
+        "(see the README, 'Service-role rule: report, then enforce'), then run "
+        "`hardening service-role-mode enforce`."
+    )
+    return False, f"report mode since {state.set_at:%Y-%m-%d %H:%M} UTC; {seen}", fix
 
 
 # --- row-level security ---------------------------------------------------------------------------
