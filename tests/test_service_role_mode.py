@@ -11,6 +11,8 @@ import pytest
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.service_role_mode import (
@@ -21,6 +23,8 @@ from hardening_pipeline.db.service_role_mode import (
     unattributed_sources,
 )
 from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.restore.drill import run_restore_drill
+from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import acting_as, admin_connect, insert_tenant
 from tests.test_cli import run_cli
 
@@ -326,3 +330,20 @@ def test_proof_does_not_count_a_missing_grant_as_the_rule(admin, tenant):
     admin.commit()
     proof = prove_service_role_rule(admin)
     assert not proof.refused and "permission denied" in proof.error
+
+
+# --- backups ------------------------------------------------------------------------------------
+
+
+def test_a_database_in_report_mode_still_passes_its_restore_drill(
+    db_url, admin, s3_server, s3_bucket
+):
+    """The restored copy keeps the source's mode; that is how it is run, not a restore fault."""
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2)
+    set_mode(admin, "report")
+    store, keyring = s3_server.store(s3_bucket), Keyring(bytes(range(32)))
+    run_backup(db_url, store, keyring)
+    result = run_restore_drill(store, keyring)
+    assert result.passed, (result.failure, result.invariants)
+    [status] = [i for i in result.invariants if i.name.startswith("status check")]
+    assert "service_role_rule_enforced red as in the source" in status.detail

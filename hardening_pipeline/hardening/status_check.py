@@ -9,9 +9,12 @@ Tables are *found*, not listed: every table in ``public`` with a ``tenant_id`` c
 tenant-scoped, so a table added tomorrow is held to the same rules. Besides the project's own
 guarantees it covers the RLS-related lints of Supabase's database linter (splinter): RLS disabled
 in public, policies on a table whose RLS is off, RLS on with no policy, mutable function
-search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies and
-security-definer views. Where a lint and a project line would report the same fact, the lint's
-scope is narrowed so one breakage turns one line red.
+search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies,
+security-definer views and SECURITY DEFINER functions anon or authenticated can call (0028/0029).
+Beyond splinter it follows tenant data to where those roles reach it without RLS: views over
+tenant tables in any schema without ``security_invoker``, and their privileges on such views,
+materialized views and tenant tables' sequences. Where a lint and a project line would report
+the same fact, the lint's scope is narrowed so one breakage turns one line red.
 """
 
 from __future__ import annotations

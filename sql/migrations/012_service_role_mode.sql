@@ -25,7 +25,7 @@ CREATE TABLE hardening.service_role_mode (
     set_by     text NOT NULL DEFAULT current_user,
     reason     text NOT NULL
 );
-REVOKE ALL ON hardening.service_role_mode FROM PUBLIC;
+REVOKE ALL ON hardening.service_role_mode FROM PUBLIC, anon, authenticated, service_role;
 GRANT SELECT ON hardening.service_role_mode TO hardening_audit_owner;
 
 -- One row per unattributed service_role statement that report mode let through.
@@ -40,7 +40,7 @@ CREATE TABLE hardening.unattributed_writes (
     txid              bigint NOT NULL DEFAULT txid_current()
 );
 CREATE INDEX unattributed_writes_created_at_idx ON hardening.unattributed_writes (created_at);
-REVOKE ALL ON hardening.unattributed_writes FROM PUBLIC;
+REVOKE ALL ON hardening.unattributed_writes FROM PUBLIC, anon, authenticated, service_role;
 GRANT INSERT ON hardening.unattributed_writes TO hardening_audit_owner;
 
 -- Called by the guard for an unattributed service_role statement: true (and the source noted)
@@ -77,7 +77,8 @@ BEGIN
     RETURN true;
 END
 $fn$;
-REVOKE ALL ON FUNCTION hardening.allow_unattributed_write(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hardening.allow_unattributed_write(text, text)
+    FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION hardening.allow_unattributed_write(text, text) TO service_role;
 
 -- A non-superuser migration role can only hand an object to a role that may create in its
@@ -122,12 +123,23 @@ $fn$;
 -- The starting mode. Tenant rows that the audit log has never seen written predate the kit: an
 -- app adopting it, whose callers have not been attributed yet, starts in report. A new database,
 -- or one the kit has been guarding (its audit log holds events), starts in enforce.
+-- Rows are counted with row security off: a migration role that owns forced-RLS tables but has
+-- no BYPASSRLS gets an error there instead of an empty answer, and a table it cannot read
+-- counts as holding data (an adopting app's, most likely), so the database starts in report.
 DO $mode$
 DECLARE
     tbl regclass;
     held boolean := false;
+    guarded boolean := false;
+    prior_row_security text := current_setting('row_security');
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM public.audit_events) THEN
+    PERFORM set_config('row_security', 'off', true);
+    BEGIN
+        guarded := EXISTS (SELECT 1 FROM public.audit_events);
+    EXCEPTION WHEN insufficient_privilege THEN
+        guarded := false;
+    END;
+    IF NOT guarded THEN
         FOR tbl IN
             SELECT c.oid::regclass
             FROM pg_catalog.pg_class c
@@ -138,10 +150,15 @@ BEGIN
                               WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
                                 AND NOT a.attisdropped))
         LOOP
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', tbl) INTO held;
+            BEGIN
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', tbl) INTO held;
+            EXCEPTION WHEN insufficient_privilege THEN
+                held := true;
+            END;
             EXIT WHEN held;
         END LOOP;
     END IF;
+    PERFORM set_config('row_security', prior_row_security, true);
     INSERT INTO hardening.service_role_mode (mode, reason)
     VALUES (CASE WHEN held THEN 'report' ELSE 'enforce' END,
             CASE WHEN held
