@@ -13,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.nightly import run_backup
-from hardening_pipeline.canaries.runner import run_canaries
+from hardening_pipeline.canaries.runner import CanaryThresholds, run_canaries
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.service_role_mode import (
     UNATTRIBUTED_ACTOR,
@@ -104,6 +104,22 @@ def test_report_mode_survives_malformed_claims_and_no_jwt(admin, tenant):
     assert noted[0]["jwt_role"] is None and noted[0]["application_name"] == ""
 
 
+def test_the_source_is_noted_once_per_statement_not_per_row(admin, tenant):
+    set_mode(admin, "report")
+    insert_tenant(admin, "gamma")
+    with acting_as(admin, "service_role"):
+        admin.execute("UPDATE units SET label = label || '-x'")  # both tenants' units
+        admin.execute("RESET ROLE")
+        audited = admin.execute(
+            "SELECT count(*) AS n FROM audit_events "
+            "WHERE table_name = 'units' AND actor = 'service_role:unattributed'"
+        ).fetchone()
+        noted = admin.execute(
+            "SELECT count(*) AS n FROM hardening.unattributed_writes WHERE table_name = 'units'"
+        ).fetchone()
+    assert audited == {"n": 2} and noted == {"n": 1}
+
+
 def test_naming_yourself_unattributed_does_not_get_past_enforce(admin, tenant):
     with pytest.raises(errors.InsufficientPrivilege, match="without an actor"):
         with acting_as(admin, "service_role", actor=UNATTRIBUTED_ACTOR):
@@ -167,6 +183,22 @@ def test_canary_names_the_sources_and_counts(db_url, admin, tenant):
     assert finding.subject == "messages"
     assert "'edge-fn:notify'" in finding.detail and "JWT role service_role" in finding.detail
     assert fired.runbook_anchor == "canary-unattributed-service-role-writes"
+
+
+def test_canary_look_back_is_a_threshold(db_url, admin):
+    admin.execute(
+        "INSERT INTO hardening.unattributed_writes (created_at, table_name, operation, "
+        "application_name) VALUES (now() - interval '30 hours', 'messages', 'DELETE', 'nightly')"
+    )
+    admin.commit()
+    default = run_canaries(db_url, names=["unattributed_service_role_writes"])[0]
+    assert default.passed
+    wider = run_canaries(
+        db_url,
+        names=["unattributed_service_role_writes"],
+        thresholds=CanaryThresholds(unattributed_lookback_hours=48),
+    )[0]
+    assert not wider.passed and "'nightly'" in wider.findings[0].detail
 
 
 def test_status_line_is_red_in_report_and_names_the_callers(db_url, admin, tenant):
@@ -278,6 +310,12 @@ def test_cli_shows_sets_and_refuses(db_url, admin, tenant):
     assert "report -> enforce" in forced.stdout
     bad = run_cli("service-role-mode", "lenient", env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_cli_on_an_unmigrated_database_says_to_migrate(empty_db_url):
+    result = run_cli("service-role-mode", env={"HARDENING_DATABASE_URL": empty_db_url})
+    assert result.returncode == 2 and "hardening migrate" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_as_an_app_role_cannot_switch(db_url, admin):
