@@ -5,7 +5,9 @@ through and says where it came from; enforce refuses it; only the migration role
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 from psycopg import errors, sql
@@ -84,6 +86,55 @@ def test_report_lets_it_through_audited_as_unattributed_with_its_source(admin, t
             "jwt_role": "service_role",
         }
     ]
+
+
+def test_through_postgrest_the_client_header_and_path_tell_callers_apart(admin, tenant):
+    set_mode(admin, "report")
+    headers = json.dumps({"x-client-info": "supabase-js-node/2.45.0", "user-agent": "Deno/1.4"})
+    with acting_as(admin, "service_role", jwt_claims=EDGE_CLAIMS):
+        admin.execute("SELECT set_config('application_name', 'postgrest', true)")
+        admin.execute("SELECT set_config('request.headers', %s, true)", (headers,))
+        admin.execute("SELECT set_config('request.path', '/messages', true)")
+        admin.execute("UPDATE messages SET body = 'via api' WHERE id = %s", (tenant.message,))
+        admin.execute("RESET ROLE")
+        noted = admin.execute(
+            "SELECT client_info, request_path FROM hardening.unattributed_writes"
+        ).fetchall()
+        [source] = unattributed_sources(admin)
+    assert noted == [{"client_info": "supabase-js-node/2.45.0", "request_path": "/messages"}]
+    assert "client supabase-js-node/2.45.0" in source.describe()
+
+
+def readme_pre_request_function() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(
+        r"```sql\n(\s*CREATE FUNCTION public\.attribute_service_role.*?\$\$;)", readme, re.S
+    )
+    assert block, "the README's pre-request pattern is gone"
+    return block.group(1)
+
+
+def test_the_readme_pattern_for_postgrest_callers_passes_enforce(db_url, admin, tenant):
+    """A PostgREST request: role and headers set, the pre-request function called, the write."""
+    admin.execute(readme_pre_request_function())
+    admin.commit()
+    assert run_status_check(db_url).passed  # the function itself trips no status line
+    with acting_as(admin, "service_role", jwt_claims=EDGE_CLAIMS):
+        admin.execute(
+            "SELECT set_config('request.headers', %s, true)",
+            (json.dumps({"x-caller": "edge:notify"}),),
+        )
+        admin.execute("SELECT public.attribute_service_role()")
+        admin.execute("UPDATE messages SET body = 'named' WHERE id = %s", (tenant.message,))
+        admin.execute("RESET ROLE")
+        actor = admin.execute("SELECT actor FROM audit_events ORDER BY id DESC LIMIT 1").fetchone()
+    assert actor == {"actor": "service_role:edge:notify"}
+    # Without the header nothing is set, and enforce refuses as before.
+    with pytest.raises(errors.InsufficientPrivilege, match="without an actor"):
+        with acting_as(admin, "service_role", jwt_claims=EDGE_CLAIMS):
+            admin.execute("SELECT set_config('request.headers', '{}', true)")
+            admin.execute("SELECT public.attribute_service_role()")
+            admin.execute("UPDATE messages SET body = 'anon' WHERE id = %s", (tenant.message,))
 
 
 def test_report_mode_keeps_attributed_writes_attributed_and_unnoted(admin, tenant):

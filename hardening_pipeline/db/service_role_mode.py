@@ -45,6 +45,7 @@ class UnattributedSource:
 
     application_name: str
     jwt_role: str | None
+    client_info: str | None
     table_name: str
     operation: str
     writes: int
@@ -53,9 +54,10 @@ class UnattributedSource:
     def describe(self) -> str:
         app = self.application_name or "(no application_name)"
         jwt = f"JWT role {self.jwt_role}" if self.jwt_role else "no JWT"
+        client = f", client {self.client_info}" if self.client_info else ""
         return (
-            f"{app} ({jwt}): {self.writes} {self.operation} statement(s) on {self.table_name}, "
-            f"last {self.last_seen:%Y-%m-%d %H:%M} UTC"
+            f"{app} ({jwt}{client}): {self.writes} {self.operation} statement(s) on "
+            f"{self.table_name}, last {self.last_seen:%Y-%m-%d %H:%M} UTC"
         )
 
 
@@ -88,11 +90,11 @@ def unattributed_sources(
         return []
     rows = conn.execute(
         """
-        SELECT application_name, jwt_role, table_name, operation,
+        SELECT application_name, jwt_role, client_info, table_name, operation,
                count(*) AS writes, max(created_at) AS last_seen
         FROM hardening.unattributed_writes
         WHERE created_at >= now() - make_interval(days => %s)
-        GROUP BY application_name, jwt_role, table_name, operation
+        GROUP BY application_name, jwt_role, client_info, table_name, operation
         ORDER BY writes DESC, application_name, table_name, operation
         """,
         (days,),

@@ -8,7 +8,8 @@
 --   enforce  the write is refused, as before (the default on a new database);
 --   report   the write goes through, is audited with the actor 'service_role:unattributed',
 --            and one row per statement in hardening.unattributed_writes says where it came
---            from (application_name, the JWT role); the unattributed_service_role_writes canary
+--            from (application_name, the JWT role, and through PostgREST the client header and
+--            request path); the unattributed_service_role_writes canary
 --            names them, and the status line stays red until the mode is enforce.
 --
 -- The mode lives in a one-row table owned by the migration role; no application role holds
@@ -36,6 +37,10 @@ CREATE TABLE hardening.unattributed_writes (
     operation         text NOT NULL,
     application_name  text NOT NULL,
     jwt_role          text,
+    -- Through PostgREST every caller shares one application_name; the client's own header
+    -- (supabase-js sends x-client-info) and the request path tell them apart.
+    client_info       text,
+    request_path      text,
     client_addr       text,
     txid              bigint NOT NULL DEFAULT txid_current()
 );
@@ -53,7 +58,9 @@ SET search_path = ''
 AS $fn$
 DECLARE
     claims text := nullif(current_setting('request.jwt.claims', true), '');
+    headers text := nullif(current_setting('request.headers', true), '');
     jwt_role text;
+    client_info text;
 BEGIN
     -- Only the guard trigger may ask; called by hand it would let a caller fill the report.
     IF pg_catalog.pg_trigger_depth() = 0 THEN
@@ -70,9 +77,19 @@ BEGIN
             jwt_role := '(malformed request.jwt.claims)';
         END;
     END IF;
+    IF headers IS NOT NULL THEN
+        BEGIN
+            client_info := coalesce(headers::jsonb ->> 'x-client-info',
+                                    headers::jsonb ->> 'user-agent');
+        EXCEPTION WHEN invalid_text_representation THEN
+            client_info := '(malformed request.headers)';
+        END;
+    END IF;
     INSERT INTO hardening.unattributed_writes
-        (table_name, operation, application_name, jwt_role, client_addr)
-    VALUES (target_table, operation, current_setting('application_name'), jwt_role,
+        (table_name, operation, application_name, jwt_role, client_info, request_path,
+         client_addr)
+    VALUES (target_table, operation, current_setting('application_name'), jwt_role, client_info,
+            nullif(current_setting('request.path', true), ''),
             pg_catalog.inet_client_addr()::text);
     RETURN true;
 END
