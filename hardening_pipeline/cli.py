@@ -138,6 +138,7 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
             raise
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
+        _print_mode_set_by_migration(url, run.applied)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
@@ -644,6 +645,81 @@ def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> No
         err_console.print(f"[yellow]fix:[/] {result.fix}")
         raise CheckFailed(f"the audit seal chain is broken: {result.detail}")
     console.print(f"[green]audit seal chain intact:[/] {result.detail}")
+
+
+def _print_mode_set_by_migration(url: str, applied: list[str]) -> None:
+    """After 012 runs, say which service-role mode it chose: report changes what gets through."""
+    from hardening_pipeline.db.connection import connect
+    from hardening_pipeline.db.service_role_mode import read_mode
+
+    if not any(name.startswith("012_") for name in applied):
+        return
+    with connect(url) as conn:
+        state = read_mode(conn)
+    if state is None:
+        return
+    colour = "green" if state.mode == "enforce" else "yellow"
+    console.print(f"service-role rule: [{colour}]{state.mode}[/] mode ({state.reason})")
+    if state.mode == "report":
+        console.print(
+            "  unattributed service_role writes go through and are reported; fix the callers, "
+            "then run `hardening service-role-mode enforce`."
+        )
+
+
+@main.command("service-role-mode")
+@click.argument("mode", required=False, type=click.Choice(["report", "enforce"]))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Switch to enforce even though unattributed writes were seen in the last 7 days.",
+)
+@pass_context
+@friendly_errors
+def service_role_mode(ctx: Context, mode: str | None, force: bool) -> None:
+    """Show the service-role rule's mode, or set it to report or enforce.
+
+    enforce refuses every service_role write to a tenant table without the wrapper's actor;
+    report lets it through, audited as service_role:unattributed, and reports where it came
+    from. Switching to enforce first shows the last 7 days' unattributed writes and refuses
+    (exit 1) unless --force.
+    """
+    from hardening_pipeline.db.service_role_mode import change_mode, current_mode
+
+    url = ctx.database_url
+    if mode is None:
+        state, sources = current_mode(url)
+        colour = "green" if state.mode == "enforce" else "yellow"
+        console.print(
+            f"service-role rule: [{colour}]{state.mode}[/] mode, set "
+            f"{state.set_at:%Y-%m-%d %H:%M} UTC by {state.set_by} ({state.reason})"
+        )
+        _print_sources(sources)
+        return
+    change = change_mode(url, mode, force=force)
+    if change.sources:
+        _print_sources(change.sources)
+    if not change.changed and change.previous.mode == mode:
+        console.print(f"service-role rule: already in {mode} mode; nothing changed")
+        return
+    if not change.changed:
+        raise CheckFailed(
+            f"not switched to enforce: {len(change.sources)} unattributed caller(s) wrote in the "
+            f"last 7 days and would be refused ({change.sources[0].describe()}); fix them, or "
+            "run again with --force."
+        )
+    console.print(
+        f"service-role rule: {change.previous.mode} -> [bold]{change.current.mode}[/] mode"
+    )
+
+
+def _print_sources(sources: list) -> None:
+    if not sources:
+        console.print("no unattributed service_role writes in the last 7 days")
+        return
+    console.print("unattributed service_role writes in the last 7 days:")
+    for source in sources:
+        console.print(f"  {source.describe()}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,12 @@
 """One run that captures everything an auditor asked for, in one folder.
 
-In order: migrations, status check, backup, retention (dry run), restore drill, canaries, and
-the status check again. Every stage writes a ``.log`` a person reads and a ``.json`` a machine
-reads into ``evidence/<timestamp>/``; ``file-tree.txt`` lists the files the hardening consists
-of; ``SUMMARY.md`` gives one green/red line per task-list item (A to G) with a pointer to its
-proof. A stage that fails does not stop the others (an auditor wants the whole picture), but any
-red makes the run red.
+In order: migrations, status check, backup, retention (dry run), restore drill, canaries, a raw
+service-role write tried in a rolled-back transaction (item B: the database, not a scan of this
+package, shows what it refuses), and the status check again. Every stage writes a ``.log`` a person
+reads and a ``.json`` a machine reads into ``evidence/<timestamp>/``; ``file-tree.txt`` lists the
+files the hardening consists of; ``SUMMARY.md`` gives one green/red line per task-list item (A to
+G) with a pointer to its proof. A stage that fails does not stop the others (an auditor wants the
+whole picture), but any red makes the run red.
 
 The embedded default database is seeded with a small demo dataset when it is empty, so a first
 run has something to prove; a configured database is never seeded.
@@ -31,7 +32,7 @@ from hardening_pipeline.backup.store import BackupStore, FileStore, open_store
 from hardening_pipeline.canaries.runner import CanaryResult, run_canaries
 from hardening_pipeline.db.connection import connect, resolve_database_url
 from hardening_pipeline.db.migrations import MigrationRun, apply_migrations, migration_status
-from hardening_pipeline.db.write_paths import direct_tenant_writes
+from hardening_pipeline.db.service_role_mode import ServiceRoleProof, prove_service_role_rule
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.report import report_markdown
 from hardening_pipeline.hardening.report import write_report as write_status_report
@@ -346,6 +347,16 @@ def run_evidence(
             summary = "all canaries quiet" if not bad else f"firing: {', '.join(bad)}"
             return StageOutcome("canaries", not bad, 0.0, summary, files)
 
+        def service_role_rule() -> StageOutcome:
+            with connect(url) as conn:
+                proof: ServiceRoleProof = prove_service_role_rule(conn)
+            facts["service_role"] = proof
+            files = [
+                bundle.write("service-role-rule.log", proof.describe()),
+                bundle.write_json("service-role-rule.json", asdict(proof)),
+            ]
+            return StageOutcome("service-role-rule", proof.passed, 0.0, proof.describe(), files)
+
         bundle.run("migrations", migrations)
         first = bundle.run(
             "status-initial", lambda: _status_stage(bundle, url, "status-initial", settings)
@@ -354,6 +365,7 @@ def run_evidence(
         bundle.run("retention", retention)
         bundle.run("restore-drill", drill)
         bundle.run("canaries", canaries)
+        bundle.run("service-role-rule", service_role_rule)
         final = bundle.run(
             "status-report", lambda: _status_stage(bundle, url, "status-report", settings)
         )
@@ -362,8 +374,7 @@ def run_evidence(
 
     tree = project_file_tree()
     bundle.write("file-tree.txt", "\n".join(tree))
-    write_paths = direct_tenant_writes()
-    summary = _summary_lines(bundle, facts, first, final, write_paths, tree)
+    summary = _summary_lines(bundle, facts, first, final, tree)
     result = EvidenceResult(
         folder,
         bundle.stages,
@@ -384,7 +395,6 @@ def _summary_lines(
     facts: dict[str, Any],
     first: StageOutcome,
     final: StageOutcome,
-    write_paths: dict[str, list[str]],
     tree: list[str],
 ) -> list[tuple[str, str, bool, str]]:
     def ok(name: str) -> bool:
@@ -410,14 +420,10 @@ def _summary_lines(
         ),
         (
             "B",
-            "TenantScopedClient is the only tenant write path",
-            not write_paths,
-            "file-tree.txt: hardening_pipeline/db/tenant_scoped_client.py; "
-            + (
-                "no direct writes found outside db/ and restore/bulk_load.py"
-                if not write_paths
-                else "direct writes in " + ", ".join(write_paths)
-            ),
+            "Raw service_role writes without the wrapper's actor are refused (enforce mode)",
+            ok("service-role-rule"),
+            "service-role-rule.log: "
+            + (proof.describe() if (proof := facts.get("service_role")) else "not tried"),
         ),
         (
             "C",

@@ -397,6 +397,7 @@ def test_slack_payload_field_by_field(db_url, admin, two_tenants, slack_receiver
         "canary:abnormal_delete_volume": "nothing",
         "canary:tenant_table_truncated": "nothing",
         "canary:failed_onboarding_attempts": "nothing",
+        "canary:unattributed_service_role_writes": "nothing",
     }
     assert len(slack_receiver.requests) == 1
     payload = slack_receiver.requests[0]

@@ -33,6 +33,7 @@ def test_names_and_schedules_snapshot():
         ("['app', 'messages']", "tenant_misalignment"),
         ("['app', 'audit_events']", "abnormal_delete_volume"),
         ("['app', 'audit_events']", "tenant_table_truncated"),
+        ("['app', 'audit_events']", "unattributed_service_role_writes"),
         ("['app', 'onboarding_attempts']", "failed_onboarding_attempts"),
     }
     blocking = {s.name: s.blocking for s in canary_checks.check_specs}
@@ -42,6 +43,7 @@ def test_names_and_schedules_snapshot():
         "abnormal_delete_volume": False,
         "tenant_table_truncated": True,
         "failed_onboarding_attempts": False,
+        "unattributed_service_role_writes": False,
     }
 
 
@@ -84,6 +86,7 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
         "abnormal_delete_volume",
         "tenant_table_truncated",
         "failed_onboarding_attempts",
+        "unattributed_service_role_writes",
     }
     assert all(e.passed for e in evaluations.values())
     assert slack_receiver.requests == []

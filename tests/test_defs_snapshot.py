@@ -29,6 +29,7 @@ ASSETS = {
 CHECKS = {
     ("app/audit_events", "abnormal_delete_volume"),
     ("app/audit_events", "tenant_table_truncated"),
+    ("app/audit_events", "unattributed_service_role_writes"),
     ("app/messages", "orphaned_messages"),
     ("app/messages", "tenant_misalignment"),
     ("app/onboarding_attempts", "failed_onboarding_attempts"),

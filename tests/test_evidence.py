@@ -31,6 +31,8 @@ BUNDLE_FILES = {
     "restore-drill.json",
     "canaries.log",
     "canaries.json",
+    "service-role-rule.log",
+    "service-role-rule.json",
     "status-initial.md",
     "status-initial.json",
     "status-report.md",
@@ -94,7 +96,10 @@ def test_readme_main_command_on_the_embedded_database_with_s3(tmp_path, s3_serve
         "abnormal_delete_volume",
         "tenant_table_truncated",
         "failed_onboarding_attempts",
+        "unattributed_service_role_writes",
     } and all(c["passed"] for c in canaries)
+    proof = json.loads((folder / "service-role-rule.json").read_text())
+    assert proof["mode"] == "enforce" and proof["refused"] is True
     for name in ("status-initial.json", "status-report.json"):
         assert json.loads((folder / name).read_text())["passed"] is True
     retention = json.loads((folder / "retention.json").read_text())
@@ -118,6 +123,7 @@ def test_readme_main_command_on_the_embedded_database_with_s3(tmp_path, s3_serve
         "retention",
         "restore-drill",
         "canaries",
+        "service-role-rule",
         "status-report",
     ):
         assert stage in result.stdout  # the progress table names every stage
@@ -196,3 +202,29 @@ def test_dagster_evidence_asset_green_on_a_seeded_database(db_url, tmp_path, mon
     metadata = result.asset_materializations_for_node("evidence_bundle")[0].metadata
     assert metadata["all_green"].value is True
     assert "ALL GREEN" in metadata["summary"].value
+
+
+def test_item_b_is_proven_by_the_database_and_red_in_report_mode(
+    db_url, admin, tmp_path, monkeypatch
+):
+    seed_demo_data(db_url, tenants=1, messages_per_unit=1)
+    admin.execute("UPDATE hardening.service_role_mode SET mode = 'report'")
+    admin.commit()
+    monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
+    monkeypatch.setenv("BACKUP_STORE_URL", (tmp_path / "store").as_uri())
+    with pytest.raises(dg.Failure, match="evidence is red for item"):
+        dg.materialize(
+            [evidence_bundle],
+            resources={"app_db": AppDatabaseResource(database_url=db_url)},
+            run_config={"ops": {"evidence_bundle": {"config": {"out_root": str(tmp_path / "ev")}}}},
+        )
+    (folder,) = list((tmp_path / "ev").iterdir())
+    assert summary_rows(folder)["B"] == "🔴 red"
+    proof = json.loads((folder / "service-role-rule.json").read_text())
+    assert proof["mode"] == "report" and proof["refused"] is False
+    assert "went through" in (folder / "service-role-rule.log").read_text()
+    # Rolled back: the raw write left no trace.
+    assert admin.execute("SELECT count(*) AS n FROM hardening.unattributed_writes").fetchone() == {
+        "n": 0
+    }

@@ -136,7 +136,7 @@ BREAKAGES = [
     (
         "function_search_path_fixed",
         "CREATE FUNCTION public.whoami() RETURNS text LANGUAGE sql SECURITY DEFINER "
-        "AS 'SELECT current_user::text'",
+        "AS 'SELECT current_user::text'; REVOKE EXECUTE ON FUNCTION public.whoami() FROM PUBLIC",
     ),
     (
         "function_search_path_fixed",
@@ -146,7 +146,55 @@ BREAKAGES = [
         "function_search_path_mutable",
         "CREATE FUNCTION public.add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1'",
     ),
-    ("security_definer_view", "CREATE VIEW public.message_bodies AS SELECT id, body FROM messages"),
+    ("service_role_rule_enforced", "UPDATE hardening.service_role_mode SET mode = 'report'"),
+    ("security_definer_view", "CREATE VIEW public.plan_names AS SELECT 'basic'::text AS name"),
+    (
+        "tenant_views_security_invoker",
+        "CREATE VIEW public.message_bodies AS SELECT id, body FROM messages",
+    ),
+    (
+        # Through another view, in another schema: still a view over a tenant table.
+        "tenant_views_security_invoker",
+        "CREATE VIEW public.inbox WITH (security_invoker = on) AS SELECT * FROM messages; "
+        "CREATE SCHEMA reporting; CREATE VIEW reporting.inbox_count AS SELECT count(*) FROM "
+        "public.inbox",
+    ),
+    (
+        "anon_security_definer_function_executable",
+        "CREATE FUNCTION public.tenant_counts() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS 'SELECT count(*) FROM public.messages'; "
+        "REVOKE EXECUTE ON FUNCTION public.tenant_counts() FROM PUBLIC; "
+        "GRANT EXECUTE ON FUNCTION public.tenant_counts() TO anon",
+    ),
+    (
+        "authenticated_security_definer_function_executable",
+        "CREATE FUNCTION public.tenant_counts() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS 'SELECT count(*) FROM public.messages'; "
+        "REVOKE EXECUTE ON FUNCTION public.tenant_counts() FROM PUBLIC; "
+        "GRANT EXECUTE ON FUNCTION public.tenant_counts() TO authenticated",
+    ),
+    (
+        "authenticated_security_definer_function_executable",
+        "REVOKE EXECUTE ON FUNCTION hardening.allow_unattributed_write(text, text) "
+        "FROM service_role; GRANT EXECUTE ON FUNCTION "
+        "hardening.allow_unattributed_write(text, text) TO authenticated",
+    ),
+    (
+        "api_roles_reach_no_tenant_data",
+        "CREATE VIEW public.inbox WITH (security_invoker = true) AS SELECT * FROM messages; "
+        "GRANT SELECT ON public.inbox TO anon",
+    ),
+    (
+        "api_roles_reach_no_tenant_data",
+        "CREATE MATERIALIZED VIEW public.message_counts AS "
+        "SELECT tenant_id, count(*) AS n FROM messages GROUP BY tenant_id; "
+        "GRANT SELECT ON public.message_counts TO authenticated",
+    ),
+    ("api_roles_reach_no_tenant_data", "GRANT USAGE ON SEQUENCE audit_events_id_seq TO anon"),
+    (
+        "api_roles_reach_no_tenant_data",
+        "GRANT SELECT ON SEQUENCE audit_events_id_seq TO authenticated",
+    ),
     (
         # A seal claiming a row that is not there (what remains when sealed rows are deleted).
         "audit_seal_chain",

@@ -72,6 +72,9 @@ def test_actor_and_mode_are_required(db_url):
         TenantScopedClient(db_url, actor="  ")
     with pytest.raises(TenantScopeError, match="unknown mode"):
         TenantScopedClient(db_url, actor="x", mode="superuser")  # type: ignore[arg-type]
+    for reserved in ("unattributed", "service_role:unattributed"):
+        with pytest.raises(TenantScopeError, match="reserved"):
+            TenantScopedClient(db_url, actor=reserved, mode="service_role")
 
 
 # -- refused writes send nothing ---------------------------------------------------------------

@@ -100,6 +100,22 @@ CANARIES: dict[str, CanarySpec] = {
             counted="TRUNCATE statements",
         ),
         CanarySpec(
+            name="unattributed_service_role_writes",
+            title="Unattributed service-role writes",
+            table="audit_events",
+            severity="warn",
+            what_it_means=(
+                "callers write to tenant tables as service_role without the wrapper's actor; "
+                "report mode lets them through, enforce mode will refuse them"
+            ),
+            runbook_anchor="canary-unattributed-service-role-writes",
+            resolved_meaning=(
+                "no unattributed service_role write in the look-back; once none is seen for a "
+                "week, switch to enforce (`hardening service-role-mode enforce`)"
+            ),
+            counted="unattributed statements",
+        ),
+        CanarySpec(
             name="failed_onboarding_attempts",
             title="Failed onboarding attempts",
             table="onboarding_attempts",
@@ -126,6 +142,7 @@ class CanaryThresholds:
     onboarding_window_minutes: int = 60
     onboarding_max_failures: int = 3
     truncate_lookback_hours: int = 168
+    unattributed_lookback_hours: int = 24
     sample_size: int = 5
     statement_timeout_ms: int = 30_000
 

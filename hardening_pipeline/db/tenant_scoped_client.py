@@ -41,6 +41,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool
 
+from hardening_pipeline.db.service_role_mode import UNATTRIBUTED_ACTOR
 from hardening_pipeline.errors import HardeningError
 
 Mode = Literal["authenticated", "service_role"]
@@ -172,6 +173,11 @@ class TenantScopedClient:
             raise TenantScopeError("an actor is required so audit_events can say who wrote.")
         if mode == "service_role" and not actor.startswith("service_role:"):
             actor = f"service_role:{actor}"
+        if actor == UNATTRIBUTED_ACTOR:
+            # The audit guard reads this actor as "none given" (012's report mode marker).
+            raise TenantScopeError(
+                f"the actor {UNATTRIBUTED_ACTOR!r} is reserved; name the caller instead."
+            )
         self._source = source
         self.actor = actor
         self.mode: Mode = mode

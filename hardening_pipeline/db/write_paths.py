@@ -4,7 +4,8 @@ TenantScopedClient (in db/) and the restore loader (restore/bulk_load.py, which 
 rows back exactly as they were) are the only sanctioned writers. This
 scanner reads every other Python module of the package as text and flags statement text that
 writes to a tenant-scoped table, and any dynamically built write (``INSERT INTO {}``) whose
-target it cannot see. The test suite and the evidence run both use it.
+target it cannot see. It lints this package in the test suite; it says nothing about an app's
+own writers (evidence item B asks the database instead, see ``db/service_role_mode.py``).
 """
 
 from __future__ import annotations

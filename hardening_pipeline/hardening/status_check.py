@@ -9,9 +9,12 @@ Tables are *found*, not listed: every table in ``public`` with a ``tenant_id`` c
 tenant-scoped, so a table added tomorrow is held to the same rules. Besides the project's own
 guarantees it covers the RLS-related lints of Supabase's database linter (splinter): RLS disabled
 in public, policies on a table whose RLS is off, RLS on with no policy, mutable function
-search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies and
-security-definer views. Where a lint and a project line would report the same fact, the lint's
-scope is narrowed so one breakage turns one line red.
+search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies,
+security-definer views and SECURITY DEFINER functions anon or authenticated can call (0028/0029).
+Beyond splinter it follows tenant data to where those roles reach it without RLS: views over
+tenant tables in any schema without ``security_invoker``, and their privileges on such views,
+materialized views and tenant tables' sequences. Where a lint and a project line would report
+the same fact, the lint's scope is narrowed so one breakage turns one line red.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg import sql
 
 from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.migrations import (
@@ -33,6 +37,7 @@ from hardening_pipeline.db.migrations import (
     discover_migrations,
     read_applied,
 )
+from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.seals import verify_seal_chain
 
@@ -434,6 +439,30 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     return result.passed, result.detail, result.fix
 
 
+@check(
+    "service_role_rule_enforced",
+    "service-role rule in enforce mode: raw service_role writes without an actor are refused",
+)
+def check_service_role_mode(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    state = read_mode(conn)
+    if state is None:
+        return False, "no service-role mode (012 not applied)", "run `hardening migrate`."
+    if state.mode == "enforce":
+        return True, f"enforce since {state.set_at:%Y-%m-%d %H:%M} UTC ({state.set_by})", ""
+    sources = unattributed_sources(conn)
+    seen = (
+        "unattributed callers in the last 7 days: " + _names([s.describe() for s in sources], 5)
+        if sources
+        else "no unattributed service_role writes in the last 7 days"
+    )
+    fix = (
+        "make each caller write through TenantScopedClient or set app.actor in its transaction "
+        "(see the README, 'Service-role rule: report, then enforce'), then run "
+        "`hardening service-role-mode enforce`."
+    )
+    return False, f"report mode since {state.set_at:%Y-%m-%d %H:%M} UTC; {seen}", fix
+
+
 # --- row-level security ---------------------------------------------------------------------------
 
 _RLS = """
@@ -764,10 +793,12 @@ def _mutable_path_functions(conn: psycopg.Connection, *, definer: bool) -> list[
 
 @check("security_definer_view", "splinter security_definer_view: API views use security_invoker")
 def check_views(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    # Views that read tenant tables are tenant_views_security_invoker's (any schema).
+    over_tenant = {r["oid"] for r in _views_over_tenant_tables(conn)}
     rows = _rows(
         conn,
         """
-        SELECT n.nspname || '.' || c.relname AS view
+        SELECT c.oid, n.nspname || '.' || c.relname AS view
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('v', 'm') AND n.nspname = %s
@@ -780,7 +811,7 @@ def check_views(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str,
         """,
         (SCHEMA,),
     )
-    bad = [r["view"] for r in rows]
+    bad = [r["view"] for r in rows if r["oid"] not in over_tenant]
     if not bad:
         return True, "no views in public run with their owner's rights", ""
     fix = (
@@ -788,6 +819,207 @@ def check_views(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str,
         "its owner, bypassing the caller's RLS."
     )
     return False, f"{_names(bad)} run as their owner", fix
+
+
+# --- what anon and authenticated can reach around RLS (splinter 0028/0029 and beyond) -------------
+
+API_ROLES = ("anon", "authenticated")
+_INVOKER_OPTION = "security_invoker=(t|tr|tru|true|y|ye|yes|on|1)"
+
+
+def _require_api_roles(conn: psycopg.Connection) -> None:
+    roles = {r["rolname"] for r in _rows(conn, "SELECT rolname FROM pg_catalog.pg_roles")}
+    if not set(API_ROLES) <= roles:
+        # has_*_privilege on a missing role raises; this is not a Supabase-style database.
+        raise RuntimeError("roles anon and authenticated are missing; apply 001_core_schema.sql")
+
+
+_DEFINER_FUNCTIONS = """
+    SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+    FROM pg_catalog.pg_proc p
+    JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.prosecdef AND p.prokind IN ('f', 'p')
+      -- trigger functions cannot be called, only fired
+      AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
+      AND NOT (n.nspname = ANY (%(system)s)) AND n.nspname NOT LIKE 'pg\\_%%'
+      -- a role reaches a function only through a schema it may use
+      AND pg_catalog.has_schema_privilege(%(role)s, n.oid, 'USAGE')
+      AND pg_catalog.has_function_privilege(%(role)s, p.oid, 'EXECUTE')
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.objid = p.oid AND d.deptype = 'e')
+    ORDER BY 1, 2, 3
+"""
+
+
+def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, str, str]:
+    _require_api_roles(conn)
+    rows = _rows(conn, _DEFINER_FUNCTIONS, {"role": role, "system": list(SYSTEM_SCHEMAS)})
+    if not rows:
+        return True, f"no SECURITY DEFINER function is callable by {role}", ""
+    names = [f"{r['nspname']}.{r['proname']}({r['args']})" for r in rows]
+    # Exact SQL only; the runbook says when to GRANT it back to service_role or go INVOKER.
+    fix = " ".join(
+        f"REVOKE EXECUTE ON FUNCTION {sql.Identifier(r['nspname'], r['proname']).as_string(conn)}"
+        f"({r['args']}) FROM PUBLIC, {role};"
+        for r in rows[:5]
+    )
+    detail = (
+        f"{role} can call {_names(names, 5)} with its owner's rights (RLS bypassed), e.g. "
+        "through /rest/v1/rpc"
+    )
+    return False, detail, fix
+
+
+@check(
+    "anon_security_definer_function_executable",
+    "splinter 0028: no SECURITY DEFINER function is executable by anon",
+)
+def check_anon_definer(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    return _definer_functions_for(conn, "anon")
+
+
+@check(
+    "authenticated_security_definer_function_executable",
+    "splinter 0029: no SECURITY DEFINER function is executable by authenticated",
+)
+def check_authenticated_definer(
+    conn: psycopg.Connection, ctx: CheckContext
+) -> tuple[bool, str, str]:
+    return _definer_functions_for(conn, "authenticated")
+
+
+_VIEWS_OVER_TENANT_TABLES = """
+    WITH RECURSIVE view_deps AS (
+        SELECT DISTINCT r.ev_class AS view_oid, d.refobjid AS dep_oid
+        FROM pg_catalog.pg_rewrite r
+        JOIN pg_catalog.pg_depend d
+          ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
+    ),
+    over_tenant (view_oid, base_oid) AS (
+        SELECT view_oid, dep_oid FROM view_deps WHERE dep_oid = ANY (%(tables)s::regclass[])
+        UNION
+        SELECT vd.view_oid, o.base_oid
+        FROM view_deps vd JOIN over_tenant o ON vd.dep_oid = o.view_oid
+    )
+    SELECT c.oid, c.relkind, n.nspname, c.relname,
+           pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS qualified,
+           array_agg(DISTINCT b.relname::text ORDER BY b.relname::text) AS bases,
+           EXISTS (SELECT 1 FROM unnest(coalesce(c.reloptions, '{}')) opt
+                   WHERE opt ~* %(invoker)s) AS security_invoker,
+           ARRAY(SELECT role || ' ' || priv
+                 FROM unnest(%(roles)s::text[]) role,
+                      unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                   'REFERENCES', 'TRIGGER']) priv
+                 WHERE pg_catalog.has_table_privilege(role, c.oid, priv)
+                 ORDER BY 1) AS api_privileges
+    FROM over_tenant o
+    JOIN pg_catalog.pg_class c ON c.oid = o.view_oid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_class b ON b.oid = o.base_oid
+    WHERE c.relkind IN ('v', 'm')
+      AND NOT (n.nspname = ANY (%(system)s)) AND n.nspname NOT LIKE 'pg\\_%%'
+    GROUP BY c.oid, c.relkind, n.nspname, c.relname, c.reloptions
+    ORDER BY n.nspname, c.relname
+"""
+
+
+def _views_over_tenant_tables(conn: psycopg.Connection) -> list[dict]:
+    """Views and materialized views that read a tenant table, directly or through other views."""
+    _require_api_roles(conn)
+    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    return _rows(
+        conn,
+        _VIEWS_OVER_TENANT_TABLES,
+        {
+            "tables": tables,
+            "invoker": f"^{_INVOKER_OPTION}$",
+            "roles": list(API_ROLES),
+            "system": list(SYSTEM_SCHEMAS),
+        },
+    )
+
+
+@check(
+    "tenant_views_security_invoker",
+    "views over tenant tables run as the caller (security_invoker = true), in every schema",
+)
+def check_tenant_views(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    views = [v for v in _views_over_tenant_tables(conn) if v["relkind"] == "v"]
+    bad = [v for v in views if not v["security_invoker"]]
+    if not bad:
+        return True, f"{len(views)} view(s) over tenant tables, all security_invoker", ""
+    detail = _names([f"{v['qualified']} (reads {', '.join(v['bases'])})" for v in bad], 5)
+    fix = " ".join(f"ALTER VIEW {v['qualified']} SET (security_invoker = true);" for v in bad[:5])
+    return (
+        False,
+        f"{detail} read tenant rows with the owner's rights, bypassing every tenant policy",
+        fix,
+    )
+
+
+_TENANT_SEQUENCES = """
+    SELECT pg_catalog.format('%%I.%%I', sn.nspname, s.relname) AS qualified, t.relname AS tbl,
+           ARRAY(SELECT role || ' ' || priv
+                 FROM unnest(%(roles)s::text[]) role,
+                      unnest(ARRAY['USAGE', 'SELECT', 'UPDATE']) priv
+                 -- authenticated needs USAGE (nextval) to insert; SELECT shows every tenant's
+                 -- volume (last_value) and UPDATE (setval) breaks every tenant's inserts.
+                 WHERE NOT (role = 'authenticated' AND priv = 'USAGE')
+                   AND pg_catalog.has_sequence_privilege(role, s.oid, priv)
+                 ORDER BY 1) AS api_privileges
+    FROM pg_catalog.pg_class s
+    JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+    JOIN pg_catalog.pg_depend d
+      ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+    JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+    WHERE s.relkind = 'S' AND t.oid = ANY (%(tables)s::regclass[])
+    ORDER BY 1
+"""
+
+
+@check(
+    "api_roles_reach_no_tenant_data",
+    "anon/authenticated reach no tenant data around RLS: views, materialized views, sequences",
+)
+def check_api_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    problems: list[str] = []
+    fixes: list[str] = []
+    for v in _views_over_tenant_tables(conn):
+        # A materialized view has no RLS at all: any SELECT on it reads every tenant's rows.
+        held = [
+            p
+            for p in v["api_privileges"]
+            if p.startswith("anon ") or (v["relkind"] == "m" and p == "authenticated SELECT")
+        ]
+        if held:
+            kind = "materialized view" if v["relkind"] == "m" else "view"
+            problems.append(
+                f"{', '.join(held)} on {kind} {v['qualified']} (reads {', '.join(v['bases'])})"
+            )
+            roles = sorted({p.split()[0] for p in held})
+            # GRANT/REVOKE name views and materialized views as TABLE.
+            fixes.append(f"REVOKE ALL ON TABLE {v['qualified']} FROM PUBLIC, {', '.join(roles)};")
+    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    for seq in _rows(conn, _TENANT_SEQUENCES, {"roles": list(API_ROLES), "tables": tables}):
+        if seq["api_privileges"]:
+            problems.append(
+                f"{', '.join(seq['api_privileges'])} on sequence {seq['qualified']} "
+                f"(of {seq['tbl']})"
+            )
+            roles = sorted({p.split()[0] for p in seq["api_privileges"]})
+            what = "ALL" if roles == ["anon"] else "SELECT, UPDATE"
+            if "anon" in roles and "authenticated" in roles:
+                fixes.append(f"REVOKE ALL ON SEQUENCE {seq['qualified']} FROM PUBLIC, anon;")
+                what = "SELECT, UPDATE"
+                roles = ["authenticated"]
+            fixes.append(
+                f"REVOKE {what} ON SEQUENCE {seq['qualified']} FROM PUBLIC, {', '.join(roles)};"
+            )
+    if not problems:
+        return True, "no view, materialized view or sequence hands them tenant rows", ""
+    return False, _names(problems, 5), " ".join(fixes[:6])
 
 
 # --- running --------------------------------------------------------------------------------------

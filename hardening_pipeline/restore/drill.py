@@ -55,7 +55,7 @@ DRILL_DATABASE = "restore_drill"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
 MIGRATIONS_TABLE = "hardening.schema_migrations"
 # Tables the migrations fill in themselves; the backup's rows replace theirs.
-MIGRATION_FILLED_TABLES = (MIGRATIONS_TABLE, "hardening.job_locks")
+MIGRATION_FILLED_TABLES = (MIGRATIONS_TABLE, "hardening.job_locks", "hardening.service_role_mode")
 
 
 class DrillFailure(HardeningError):
@@ -354,14 +354,28 @@ def run_restore_drill(
     return result
 
 
+# Status lines about how the source database is run, not about whether its backup restores: the
+# restored copy carries the source's service-role mode, and a team still in report mode must be
+# able to prove its backups (the live database's own status shows that line red).
+NOT_ABOUT_THE_RESTORE = frozenset({"service_role_rule_enforced"})
+
+
 def status_invariants(url: str) -> list[Invariant]:
     """The hardening status check must be all green on the restored database."""
     report = run_status_check(url)
-    red = [line.name for line in report.lines if not line.passed]
+    red = [
+        line.name
+        for line in report.lines
+        if not line.passed and line.name not in NOT_ABOUT_THE_RESTORE
+    ]
+    noted = [line.name for line in report.lines if not line.passed and line.name not in red]
+    green = f"{len(report.lines) - len(noted)} checks green" + (
+        f" ({', '.join(noted)} red as in the source; not a restore problem)" if noted else ""
+    )
     return [
         Invariant(
             "status check all green on the restored database",
             not red,
-            "red: " + ", ".join(red) if red else f"{len(report.lines)} checks green",
+            "red: " + ", ".join(red) if red else green,
         )
     ]
