@@ -42,12 +42,11 @@ UNITS_WITH_MESSAGES = {UNIT_A, UNIT_B, UNIT_MISPLACED}
 # The expected difference, as data: (contexts, tables, actions, rows, outcome after, why).
 # "*" means any; rows None means every row (and the table-wide probes). A probe matching no line
 # must come out of the kit exactly as it went in: no caller gains a row or a write, and every
-# other write keeps working.
+# other write keeps working. service_role keeps writing: 012 starts a database whose rows predate
+# the kit in report mode (audited as service_role:unattributed), until the team switches to enforce.
 EXPECTED_CHANGES = (
     ("anon", TENANT_TABLES, ("select", *WRITES), None, "error:42501",
      "004 revokes every privilege anon had on tenant tables"),
-    ("service_role", TENANT_TABLES, WRITES, None, "error:42501",
-     "002's guard refuses a service_role write without the wrapper's actor"),
     ("*", {"units"}, ("delete",), UNITS_WITH_MESSAGES, "error:23503",
      "003's ON DELETE RESTRICT key from messages.unit_id (the app had none): a unit that still "
      "has messages can no longer be deleted by whoever could delete it before"),

@@ -40,6 +40,7 @@ from hardening_pipeline.db.migrations import (
     read_applied,
     refuse_drift,
 )
+from hardening_pipeline.db.service_role_mode import read_mode
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
@@ -60,7 +61,9 @@ GROUPS = (
     "ownership changed",
     "objects created",
     "writes that will start being refused",
+    "writes reported, not refused (service-role report mode)",
 )
+REPORTED_GROUP = GROUPS[-1]
 
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -481,10 +484,35 @@ def plan_migrations(
                 plan.planned.append(f.filename)
                 snapshot = after
             plan.rehearsed = snapshot
+            _soften_for_report_mode(conn, plan)
             return plan
         finally:
             if not conn.closed:
                 conn.rollback()
+
+
+def _soften_for_report_mode(conn: psycopg.Connection, plan: MigrationPlan) -> None:
+    """A database that starts in report mode lets unattributed service_role writes through.
+
+    The guard's trigger is attached by 002, but 012 decides the mode (report when the app's
+    rows predate the kit), so the plan says what the rehearsed database will really do.
+    """
+    state = read_mode(conn)
+    if state is None or state.mode != "report":
+        return
+    prefix = "service_role writes on "
+    for index, change in enumerate(plan.changes):
+        if change.group == "writes that will start being refused" and change.subject.startswith(
+            prefix
+        ):
+            plan.changes[index] = Change(
+                REPORTED_GROUP,
+                change.subject,
+                "allowed while the database is in report mode, audited as "
+                "service_role:unattributed and named by the unattributed_service_role_writes "
+                "canary; refused once you run hardening service-role-mode enforce",
+                change.filename,
+            )
 
 
 class MigrationBlocked(CheckFailed):
