@@ -21,6 +21,13 @@ from rich.table import Table
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migrations import apply_migrations, migration_status
+from hardening_pipeline.db.tenant_resolver import (
+    adoption_changes,
+    last_adoption_change_id,
+    read_resolver,
+    set_claim_resolver,
+    set_membership_resolver,
+)
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 from hardening_pipeline.settings import Settings, load_settings
 
@@ -105,11 +112,13 @@ def migrate(ctx: Context, show_status: bool) -> None:
     """Apply sql/migrations in order (each once, under a lock; drift is refused)."""
     url = ctx.database_url
     if not show_status:
+        logged_before = last_adoption_change_id(url)
         run = apply_migrations(
             url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
         )
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
+        _print_adoption_changes(url, logged_before)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
@@ -130,6 +139,56 @@ def migrate(ctx: Context, show_status: bool) -> None:
         )
     if show_status and any(s.state == "pending" for s in states):
         sys.exit(EXIT_RED)
+
+
+def _print_adoption_changes(url: str, after_id: int) -> None:
+    # What the run changed on objects the app had before the kit (adopted tables, replaced keys).
+    for change in adoption_changes(url, after_id):
+        console.print(
+            f"[yellow]changed[/] {change.object}: {change.action} ({change.detail}) "
+            f"[dim]{change.migration}[/]"
+        )
+
+
+@main.group("tenant-resolver", invoke_without_command=True)
+@click.pass_context
+def tenant_resolver(click_ctx: click.Context) -> None:
+    """Show or set how policies find the current tenant (kept in hardening.tenant_resolver).
+
+    JWT claims, when present, win over app.tenant_id; a tenant id that is not a uuid resolves to
+    no tenant, so the kit's policies see nothing. Without a subcommand: show the resolver.
+    """
+    if click_ctx.invoked_subcommand is None:
+        _show_resolver(click_ctx.find_object(Context))
+
+
+@friendly_errors
+def _show_resolver(ctx: Context) -> None:
+    console.print(f"tenant resolver: {read_resolver(ctx.database_url).describe()}")
+
+
+@tenant_resolver.command("claim")
+@click.argument("paths", nargs=-1, required=True)
+@pass_context
+@friendly_errors
+def tenant_resolver_claim(ctx: Context, paths: tuple[str, ...]) -> None:
+    """Read the tenant from the first JWT claim path present, e.g. app_metadata.tenant_id."""
+    resolver = set_claim_resolver(ctx.database_url, list(paths))
+    console.print(f"tenant resolver: {resolver.describe()}")
+
+
+@tenant_resolver.command("membership")
+@click.argument("table")
+@click.argument("user_column")
+@click.argument("tenant_column")
+@pass_context
+@friendly_errors
+def tenant_resolver_membership(
+    ctx: Context, table: str, user_column: str, tenant_column: str
+) -> None:
+    """Every TENANT_COLUMN of TABLE whose USER_COLUMN is the JWT sub (auth.uid())."""
+    resolver = set_membership_resolver(ctx.database_url, table, user_column, tenant_column)
+    console.print(f"tenant resolver: {resolver.describe()}")
 
 
 @main.command()
