@@ -92,8 +92,12 @@ CREATE TABLE public.legacy_notes (
     note text NOT NULL
 );
 
+-- Buildings are managed by staff through the service role: users only read them.
+GRANT SELECT ON public.tenants, public.developments, public.units TO authenticated;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.memberships, public.messages, public.legacy_notes
+    TO authenticated;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenants, public.memberships, public.developments,
-    public.units, public.messages, public.legacy_notes TO authenticated, service_role;
+    public.units, public.messages, public.legacy_notes TO service_role;
 
 -- The app's own policies: members read their tenants' rows, only editors change them, and a
 -- viewer can write nothing.
@@ -269,6 +273,39 @@ def test_kit_policies_are_restrictive_on_adopted_and_permissive_on_created(plain
         assert managed[table]["adopted_at"] is not None
         assert policies[(table, managed[table]["tenant_policy"])] is False, table
     assert policies[("onboarding_attempts", "onboarding_attempts_tenant_isolation")] is True
+
+
+def _privileges(url: str) -> set[tuple[str, str, str]]:
+    with admin_connect(url) as conn:
+        rows = conn.execute(
+            "SELECT grantee, table_name, privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_schema = 'public' AND grantee IN ('anon', 'authenticated', "
+            "'service_role', 'PUBLIC') AND table_name IN ('tenants', 'memberships', "
+            "'developments', 'units', 'messages', 'legacy_notes')"
+        ).fetchall()
+    return {(r["grantee"], r["table_name"], r["privilege_type"]) for r in rows}
+
+
+def test_migrations_grant_nothing_on_adopted_tables(plain_app: App) -> None:
+    """001 and 004 touch every tenant table: they may revoke (TRUNCATE, anon) but never grant."""
+    before = _privileges(plain_app.url)
+    apply_migrations(plain_app.url, applied_by="test")
+    after = _privileges(plain_app.url)
+    assert after - before == set()
+    assert ("authenticated", "developments", "SELECT") in after
+
+
+def test_kit_policies_read_the_tenant_once_per_statement(plain_app: App) -> None:
+    apply_migrations(plain_app.url, applied_by="test")
+    jwt = claims(plain_app.editor, tenant_id=str(plain_app.tenant_a))
+    with admin_connect(plain_app.url) as conn:
+        with acting_as(conn, "authenticated", jwt_claims=jwt):
+            plan = "\n".join(
+                r["QUERY PLAN"]
+                for r in conn.execute("EXPLAIN (COSTS OFF, VERBOSE) SELECT * FROM messages")
+            )
+    # The resolver runs in an InitPlan (once), and no per-row filter calls it.
+    assert "InitPlan" in plan and plan.count("current_tenant_ids()") == 1, plan
 
 
 def test_viewer_cannot_gain_writes_with_a_tenant_claim(plain_app: App) -> None:
