@@ -295,8 +295,11 @@ def test_migrations_grant_nothing_on_adopted_tables(plain_app: App) -> None:
     assert ("authenticated", "developments", "SELECT") in after
 
 
-def test_kit_policies_read_the_tenant_once_per_statement(plain_app: App) -> None:
+@pytest.mark.parametrize("membership", [False, True])
+def test_kit_policies_read_the_tenant_once_per_statement(plain_app: App, membership: bool) -> None:
     apply_migrations(plain_app.url, applied_by="test")
+    if membership:
+        set_membership_resolver(plain_app.url, "public.memberships", "user_id", "tenant_id")
     jwt = claims(plain_app.editor, tenant_id=str(plain_app.tenant_a))
     with admin_connect(plain_app.url) as conn:
         with acting_as(conn, "authenticated", jwt_claims=jwt):
@@ -305,7 +308,8 @@ def test_kit_policies_read_the_tenant_once_per_statement(plain_app: App) -> None
                 for r in conn.execute("EXPLAIN (COSTS OFF, VERBOSE) SELECT * FROM messages")
             )
     # The resolver runs in an InitPlan (once), and no per-row filter calls it.
-    assert "InitPlan" in plan and plan.count("current_tenant_ids()") == 1, plan
+    function = "current_tenant_ids()" if membership else "current_tenant_id()"
+    assert "InitPlan" in plan and plan.count(function) == 1, plan
 
 
 def test_viewer_cannot_gain_writes_with_a_tenant_claim(plain_app: App) -> None:
@@ -598,3 +602,18 @@ def test_status_capture_line_is_red_while_text_tenant_writes_fail(plain_app: App
     line = _capture_line(plain_app.url)
     assert not line.passed
     assert "legacy_notes" in line.detail and "casts tenant_id (text) to uuid" in line.detail
+
+
+def test_status_names_a_permissive_kit_policy_on_an_adopted_table(plain_app: App) -> None:
+    apply_migrations(plain_app.url, applied_by="test")
+    with admin_connect(plain_app.url, autocommit=True) as conn:
+        (line,) = run_checks(conn, names=["adopted_tables_policies_narrow"])
+        assert line.passed, line.detail
+        conn.execute(
+            "DROP POLICY messages_tenant_isolation ON messages; "
+            "CREATE POLICY messages_tenant_isolation ON messages FOR ALL TO authenticated "
+            "USING (tenant_id = (SELECT hardening.current_tenant_id()))"
+        )
+        (line,) = run_checks(conn, names=["adopted_tables_policies_narrow"])
+    assert not line.passed
+    assert "messages: messages_tenant_isolation is permissive" in line.detail

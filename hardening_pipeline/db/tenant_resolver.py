@@ -100,6 +100,7 @@ def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:
             "tenant_column = NULL, updated_at = now()",
             (paths,),
         )
+        conn.execute("SELECT hardening.use_tenant_policies(false)")
     return read_resolver(url)
 
 
@@ -153,6 +154,8 @@ def set_membership_resolver(
             "membership_table = %s, user_column = %s, tenant_column = %s, updated_at = now()",
             (schema, name, user_column, tenant_column),
         )
+        # A user may belong to several tenants: the policies compare with the set.
+        conn.execute("SELECT hardening.use_tenant_policies(true)")
     return read_resolver(url)
 
 

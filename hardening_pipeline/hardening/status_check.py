@@ -413,6 +413,42 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
     return False, "; ".join(problems), fix
 
 
+_ADOPTED_POLICIES = """
+    SELECT m.table_name, m.tenant_policy, p.polpermissive
+    FROM hardening.managed_tables m
+    LEFT JOIN pg_catalog.pg_policy p
+        ON p.polrelid = pg_catalog.to_regclass('public.' || quote_ident(m.table_name))
+       AND p.polname = m.tenant_policy
+    WHERE NOT m.created_by_kit AND m.rls_was_enabled
+    ORDER BY m.table_name
+"""
+
+
+@check(
+    "adopted_tables_policies_narrow",
+    "the kit's tenant policy on each table it adopted is AS RESTRICTIVE (it only narrows)",
+)
+def check_adopted_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    if not table_exists(conn, "hardening.managed_tables"):
+        return False, "hardening.managed_tables is missing", "run hardening migrate."
+    rows = _rows(conn, _ADOPTED_POLICIES)
+    bad = [
+        f"{r['table_name']}: {r['tenant_policy']} is "
+        + ("missing" if r["polpermissive"] is None else "permissive")
+        for r in rows
+        if r["polpermissive"] is not False
+    ]
+    if not bad:
+        return True, f"{len(rows)} adopted table(s) with RLS, each narrowed by the kit", ""
+    fix = (
+        "recreate it AS RESTRICTIVE: DROP POLICY <policy> ON public.<table>; CREATE POLICY "
+        "<policy> ON public.<table> AS RESTRICTIVE FOR ALL TO authenticated USING (tenant_id = "
+        "(SELECT hardening.current_tenant_id())) WITH CHECK (the same), then run hardening "
+        "tenant-resolver again to keep the resolver's form."
+    )
+    return False, "; ".join(bad), fix
+
+
 _AUDIT_WRITE_GRANTS = """
     SELECT coalesce(r.rolname, 'PUBLIC') AS grantee, x.privilege_type, NULL::text AS column_name
     FROM pg_catalog.pg_class c

@@ -2,8 +2,9 @@
 -- raising, unit -> development tenant consistency on adopted tables, and audit capture for
 -- tables whose tenant id is not a uuid.
 --
--- Tenant resolver. Policies read the tenant through hardening.current_tenant_ids(), once per
--- statement (wrapped as (SELECT ...)). How it finds the tenant is kept in the one-row table
+-- Tenant resolver. Policies read the tenant through hardening.current_tenant_id() (claim: one
+-- tenant) or hardening.current_tenant_ids() (membership: a set), once per statement (wrapped as
+-- (SELECT ...)). How it finds the tenant is kept in the one-row table
 -- hardening.tenant_resolver and set with `hardening tenant-resolver`:
 --   claim       the first of claim_paths present in request.jwt.claims (dotted paths; default
 --               tenant_id, then app_metadata.tenant_id), as 001 always did;
@@ -107,10 +108,12 @@ DECLARE
     path text;
     value text;
 BEGIN
+    -- The uuid test is written out rather than calling hardening.as_uuid: a LANGUAGE sql
+    -- function with SET search_path is parsed and planned again in every transaction.
     IF claims IS NULL THEN
         value := nullif(current_setting('app.tenant_id', true), '');
-        RETURN CASE WHEN hardening.as_uuid(value) IS NULL THEN '{}'::uuid[]
-                    ELSE ARRAY[hardening.as_uuid(value)] END;
+        RETURN CASE WHEN value ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                    THEN ARRAY[value::uuid] ELSE '{}'::uuid[] END;
     END IF;
     SELECT * INTO r FROM hardening.tenant_resolver;
     IF r.kind = 'membership' THEN
@@ -121,8 +124,8 @@ BEGIN
     LOOP
         value := claims #>> string_to_array(path, '.');
         IF value IS NOT NULL THEN
-            RETURN CASE WHEN hardening.as_uuid(value) IS NULL THEN '{}'::uuid[]
-                        ELSE ARRAY[hardening.as_uuid(value)] END;
+            RETURN CASE WHEN value ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                        THEN ARRAY[value::uuid] ELSE '{}'::uuid[] END;
         END IF;
     END LOOP;
     RETURN '{}';
@@ -131,20 +134,43 @@ $fn$;
 REVOKE ALL ON FUNCTION hardening.current_tenant_ids() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.current_tenant_ids() TO authenticated, service_role;
 
--- The single tenant, for callers that want one: NULL unless exactly one resolves.
+-- The single tenant: NULL unless exactly one resolves. The kit's policies call this one while
+-- the resolver is a claim (one tenant per request): the planner treats "= (SELECT ...)" as one
+-- value, while "= ANY (...)" of an unknown array makes it guess several and pick worse plans
+-- on tables without fresh statistics.
 CREATE OR REPLACE FUNCTION hardening.current_tenant_id() RETURNS uuid
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = ''
 AS $fn$
-    SELECT CASE WHEN cardinality(ids) = 1 THEN ids[1] END
-    FROM (SELECT hardening.current_tenant_ids() AS ids) AS resolved
+DECLARE
+    value text;
+    ids uuid[];
+BEGIN
+    -- TenantScopedClient's path (no claims) is answered here, without a second function call.
+    IF nullif(current_setting('request.jwt.claims', true), '') IS NULL THEN
+        value := nullif(current_setting('app.tenant_id', true), '');
+        RETURN CASE WHEN value ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                    THEN value::uuid END;
+    END IF;
+    ids := hardening.current_tenant_ids();
+    RETURN CASE WHEN cardinality(ids) = 1 THEN ids[1] END;
+END
 $fn$;
 
--- The kit's tenant policies (named in hardening.managed_tables by 001) move to the set form.
-DO $policies$
+-- Switches the kit's tenant policies (named in hardening.managed_tables by 001) between the
+-- one-tenant form and the set form a membership resolver needs. hardening tenant-resolver calls
+-- it in the same transaction that changes the resolver.
+CREATE FUNCTION hardening.use_tenant_policies(many_tenants boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = ''
+AS $fn$
 DECLARE
     t record;
+    tenant text;
 BEGIN
+    tenant := CASE WHEN many_tenants
+                   THEN '= ANY ((SELECT hardening.current_tenant_ids())::uuid[])'
+                   ELSE '= (SELECT hardening.current_tenant_id())' END;
     FOR t IN
         SELECT m.table_name, m.tenant_policy FROM hardening.managed_tables m
         WHERE m.tenant_policy IS NOT NULL AND EXISTS (
@@ -154,18 +180,17 @@ BEGIN
         ORDER BY m.table_name
     LOOP
         IF t.table_name = 'tenants' THEN
-            EXECUTE format('ALTER POLICY %I ON public.tenants '
-                           'USING (id = ANY ((SELECT hardening.current_tenant_ids())::uuid[]))',
-                           t.tenant_policy);
+            EXECUTE format('ALTER POLICY %I ON public.tenants USING (id %s)',
+                           t.tenant_policy, tenant);
         ELSE
-            EXECUTE format('ALTER POLICY %I ON public.%I '
-                           'USING (tenant_id = ANY ((SELECT hardening.current_tenant_ids())::uuid[])) '
-                           'WITH CHECK (tenant_id = ANY ((SELECT hardening.current_tenant_ids())::uuid[]))',
-                           t.tenant_policy, t.table_name);
+            EXECUTE format('ALTER POLICY %I ON public.%I USING (tenant_id %s) '
+                           'WITH CHECK (tenant_id %s)',
+                           t.tenant_policy, t.table_name, tenant, tenant);
         END IF;
     END LOOP;
 END
-$policies$;
+$fn$;
+REVOKE ALL ON FUNCTION hardening.use_tenant_policies(boolean) FROM PUBLIC;
 
 SET LOCAL lock_timeout = '10s';
 
