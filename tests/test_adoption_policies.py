@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from click.testing import CliRunner
-from psycopg import errors
+from psycopg import errors, sql
 
 from hardening_pipeline.cli import main
 from hardening_pipeline.db.migrations import apply_migrations
@@ -320,8 +320,8 @@ def test_viewer_cannot_gain_writes_with_a_tenant_claim(plain_app: App) -> None:
     with admin_connect(plain_app.url) as conn:
         with acting_as(conn, "authenticated", jwt_claims=jwt):
             assert conn.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 1
-            sql = "UPDATE messages SET body = 'x' WHERE id = %s"
-            assert conn.execute(sql, (plain_app.message_a,)).rowcount == 0
+            update = "UPDATE messages SET body = 'x' WHERE id = %s"
+            assert conn.execute(update, (plain_app.message_a,)).rowcount == 0
             assert (
                 conn.execute("DELETE FROM messages WHERE id = %s", (plain_app.message_a,)).rowcount
                 == 0
@@ -421,6 +421,40 @@ def test_tenant_resolver_cli_refuses_bad_names(app: App, monkeypatch, args, need
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
     assert read_resolver(app.url).kind == "claim"
+
+
+def test_membership_table_authenticated_cannot_read_is_refused(app: App) -> None:
+    apply_migrations(app.url, applied_by="test")
+    with admin_connect(app.url) as conn:
+        conn.execute("REVOKE SELECT ON memberships FROM authenticated")
+        conn.commit()
+    with pytest.raises(ConfigError, match="GRANT SELECT ON public.memberships TO authenticated"):
+        set_membership_resolver(app.url, "public.memberships", "user_id", "tenant_id")
+    assert read_resolver(app.url).kind == "claim"
+
+
+def test_membership_lookup_goes_through_the_apps_own_rls(app: App) -> None:
+    """No definer rights: if the app's policy hides a membership row, the kit does not see it."""
+    apply_migrations(app.url, applied_by="test")
+    set_membership_resolver(app.url, "public.memberships", "user_id", "tenant_id")
+    with admin_connect(app.url) as conn:
+        with acting_as(conn, "authenticated", jwt_claims=claims(app.both)):
+            ids = conn.execute("SELECT hardening.current_tenant_ids() AS t").fetchone()["t"]
+            assert sorted(ids) == sorted([app.tenant_a, app.tenant_b])
+        conn.execute(
+            sql.SQL(
+                "DROP POLICY own_memberships ON memberships; "
+                "CREATE POLICY own_memberships ON memberships FOR SELECT TO authenticated "
+                "USING (user_id = (SELECT auth.uid()) AND tenant_id = {})"
+            ).format(sql.Literal(str(app.tenant_b)))
+        )
+        conn.commit()
+        with acting_as(conn, "authenticated", jwt_claims=claims(app.both)):
+            ids = conn.execute("SELECT hardening.current_tenant_ids() AS t").fetchone()["t"]
+            assert ids == [app.tenant_b]
+        with pytest.raises(errors.InsufficientPrivilege):
+            with acting_as(conn, "anon", jwt_claims=claims(app.both)):
+                conn.execute("SELECT hardening.membership_tenant_ids()")
 
 
 def test_tenant_resolver_cli_sets_and_shows(app: App, monkeypatch) -> None:

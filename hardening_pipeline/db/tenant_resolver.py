@@ -7,7 +7,8 @@ connection, PostgREST's included, must see the same rule. Two kinds:
 - ``claim``: the first of one or more dotted paths present in ``request.jwt.claims``
   (default ``tenant_id`` then ``app_metadata.tenant_id``);
 - ``membership``: every tenant of the JWT's ``sub`` (what ``auth.uid()`` returns) in a membership
-  table, so a user in two tenants sees both.
+  table, so a user in two tenants sees both. The lookup runs as the querying role, through the
+  table's own grants and RLS (a user must be able to read their own membership rows).
 
 JWT claims, when present, always win over ``app.tenant_id``; a value that is not a uuid resolves
 to no tenant (the kit's policies see nothing, nothing raises).
@@ -148,6 +149,15 @@ def set_membership_resolver(
             raise ConfigError(
                 f"{schema}.{name}.{tenant_column} is {tenant_type}; the tenant column must be "
                 "uuid (or text holding uuids)."
+            )
+        readable = conn.execute(
+            "SELECT has_table_privilege('authenticated', %s, 'SELECT') AS ok", (found["oid"],)
+        ).fetchone()["ok"]
+        if not readable:
+            # The lookup runs as the querying role, through the table's own grants and RLS.
+            raise ConfigError(
+                f"authenticated cannot read {schema}.{name}; GRANT SELECT ON {schema}.{name} "
+                "TO authenticated (with an RLS policy letting a user read their own rows)."
             )
         conn.execute(
             "UPDATE hardening.tenant_resolver SET kind = 'membership', membership_schema = %s, "

@@ -9,7 +9,9 @@
 --   claim       the first of claim_paths present in request.jwt.claims (dotted paths; default
 --               tenant_id, then app_metadata.tenant_id), as 001 always did;
 --   membership  every tenant_column of membership_table whose user_column is the JWT's sub
---               (what auth.uid() returns), so a user in two tenants sees both.
+--               (what auth.uid() returns), so a user in two tenants sees both; read as the
+--               querying role, so authenticated needs SELECT on it and its RLS must let a user
+--               read their own rows.
 -- When request.jwt.claims is set (a PostgREST request) it wins and app.tenant_id is ignored;
 -- otherwise app.tenant_id (set transaction-locally by TenantScopedClient) names the tenant.
 -- A value that is not a uuid resolves to no tenant: the kit's policies see nothing and nothing
@@ -53,11 +55,11 @@ $fn$;
 REVOKE ALL ON FUNCTION hardening.as_uuid(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.as_uuid(text) TO authenticated, service_role;
 
--- Definer rights: the membership table usually has RLS of its own, often written with the
--- tenant functions, and reading it as the user would recurse. It reads only the caller's own
--- memberships (the sub of the claims the request carries).
+-- Invoker rights on purpose: the lookup sees the membership table through the app's own
+-- grants and RLS (a user may read their own memberships), so the kit never reads around them,
+-- and no SECURITY DEFINER function is left for authenticated to call.
 CREATE FUNCTION hardening.membership_tenant_ids() RETURNS uuid[]
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = ''
 AS $fn$
 DECLARE
