@@ -59,6 +59,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRILL_DATABASE = "restore_drill"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
 MIGRATIONS_TABLE = "hardening.schema_migrations"
+# Tables the migrations fill in themselves; the backup's rows replace theirs.
+MIGRATION_FILLED_TABLES = (
+    MIGRATIONS_TABLE,
+    "hardening.managed_tables",
+    "hardening.adoption_log",
+    "hardening.tenant_resolver",
+)
 
 
 class DrillFailure(HardeningError):
@@ -199,7 +206,7 @@ def restore_backup_into(
         ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
         for entry in ordered:
             reader = TableReader(fetched[entry.name], manifest, data_key)
-            load_into_empty(conn, iter(reader), replace=(MIGRATIONS_TABLE,))
+            load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
         keys.rebuild(conn)
         reset_sequences(conn, tables)
         triggers.restore(conn)
