@@ -23,6 +23,7 @@ from hardening_pipeline.db.tenant_resolver import (
     read_resolver,
     set_claim_resolver,
     set_membership_resolver,
+    sync_tenant_policies,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.hardening.status_check import CheckLine, run_checks
@@ -651,3 +652,59 @@ def test_status_names_a_permissive_kit_policy_on_an_adopted_table(plain_app: App
         (line,) = run_checks(conn, names=["adopted_tables_policies_narrow"])
     assert not line.passed
     assert "messages: messages_tenant_isolation is permissive" in line.detail
+
+
+def test_adopted_table_without_rls_gets_a_policy_that_narrows_every_row_to_the_tenant(
+    plain_app: App,
+) -> None:
+    """RLS off meant every row was open to the app's grants; the kit's policy (the only one, so
+    permissive) narrows that to the tenant's rows instead of closing the table."""
+    with admin_connect(plain_app.url) as conn:
+        conn.execute("ALTER TABLE developments DISABLE ROW LEVEL SECURITY")
+        conn.commit()
+        with acting_as(conn, "authenticated", jwt_claims=claims(plain_app.editor)):
+            assert conn.execute("SELECT count(*) AS n FROM developments").fetchone()["n"] == 2
+    apply_migrations(plain_app.url, applied_by="test")
+    jwt = claims(plain_app.editor, tenant_id=str(plain_app.tenant_a))
+    with admin_connect(plain_app.url) as conn:
+        policy = conn.execute(
+            "SELECT p.polpermissive FROM pg_policy p JOIN hardening.managed_tables m "
+            "ON p.polname = m.tenant_policy WHERE m.table_name = 'developments' "
+            "AND p.polrelid = 'public.developments'::regclass"
+        ).fetchone()
+        assert policy == {"polpermissive": True}
+        with acting_as(conn, "authenticated", jwt_claims=jwt):
+            rows = conn.execute("SELECT tenant_id FROM developments").fetchall()
+            assert [r["tenant_id"] for r in rows] == [plain_app.tenant_a]
+        # Still no write the app's grants did not allow.
+        with pytest.raises(errors.InsufficientPrivilege):
+            with acting_as(conn, "authenticated", jwt_claims=jwt):
+                conn.execute("DELETE FROM developments")
+
+
+def test_policies_follow_the_stored_resolver_after_a_restore_loads_it(plain_app: App) -> None:
+    """A restore loads the resolver row onto policies fresh from the migrations (one-tenant
+    form); the drill then calls sync_tenant_policies, which must bring back the set form."""
+    apply_migrations(plain_app.url, applied_by="test")
+    set_membership_resolver(plain_app.url, "public.memberships", "user_id", "tenant_id")
+
+    def tenants_seen(conn) -> list[uuid.UUID]:
+        with acting_as(conn, "authenticated", jwt_claims=claims(plain_app.both)):
+            rows = conn.execute("SELECT DISTINCT tenant_id FROM messages").fetchall()
+        return sorted(r["tenant_id"] for r in rows)
+
+    both = sorted([plain_app.tenant_a, plain_app.tenant_b])
+    with admin_connect(plain_app.url) as conn:
+        assert tenants_seen(conn) == both
+        conn.execute("SELECT hardening.use_tenant_policies(false)")  # what migrations leave
+        assert tenants_seen(conn) == []
+        sync_tenant_policies(conn)
+        assert tenants_seen(conn) == both
+
+
+def test_a_table_under_the_kits_own_tenant_policy_cannot_be_the_membership_table(
+    plain_app: App,
+) -> None:
+    apply_migrations(plain_app.url, applied_by="test")
+    with pytest.raises(ConfigError, match="tenant policy"):
+        set_membership_resolver(plain_app.url, "public.onboarding_attempts", "email", "tenant_id")

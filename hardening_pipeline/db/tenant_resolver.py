@@ -150,6 +150,18 @@ def set_membership_resolver(
                 f"{schema}.{name}.{tenant_column} is {tenant_type}; the tenant column must be "
                 "uuid (or text holding uuids)."
             )
+        policied = conn.execute(
+            "SELECT tenant_policy FROM hardening.managed_tables "
+            "WHERE %s = 'public' AND table_name = %s AND tenant_policy IS NOT NULL",
+            (schema, name),
+        ).fetchone()
+        if policied:
+            # Its own policy would call the resolver, which would read the table again.
+            raise ConfigError(
+                f"{schema}.{name} carries the kit's tenant policy {policied['tenant_policy']}, "
+                "so it cannot hold the memberships that policy reads; give the app's own "
+                "membership table."
+            )
         readable = conn.execute(
             "SELECT has_table_privilege('authenticated', %s, 'SELECT') AS ok", (found["oid"],)
         ).fetchone()["ok"]
@@ -167,6 +179,19 @@ def set_membership_resolver(
         # A user may belong to several tenants: the policies compare with the set.
         conn.execute("SELECT hardening.use_tenant_policies(true)")
     return read_resolver(url)
+
+
+def sync_tenant_policies(conn: psycopg.Connection) -> None:
+    """Give the kit's policies the form the stored resolver needs (one tenant, or a set).
+
+    The form lives in the policies, the resolver in a table: a restore loads the table's row
+    from the backup onto policies the migrations just created, so it calls this afterwards.
+    """
+    if not table_exists(conn, "hardening.tenant_resolver"):
+        return
+    conn.execute(
+        "SELECT hardening.use_tenant_policies(kind = 'membership') FROM hardening.tenant_resolver"
+    )
 
 
 def last_adoption_change_id(url: str) -> int:

@@ -50,6 +50,7 @@ from hardening_pipeline.db.bulk_load import (
 )
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.status_check import run_status_check
@@ -210,6 +211,7 @@ def restore_backup_into(
         keys.rebuild(conn)
         reset_sequences(conn, tables)
         triggers.restore(conn)
+        sync_tenant_policies(conn)
         conn.commit()
     return sum(t.row_count for o in manifest.objects for t in o.tables)
 
