@@ -85,8 +85,10 @@ CREATE TABLE public.messages (
     sender text NOT NULL, body text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
--- A name the kit would give an index, already taken by an index on another column.
+-- Names the kit would give an index and a UNIQUE constraint, already taken by the app's own
+-- indexes on other columns (index names share one namespace per schema).
 CREATE INDEX messages_development_id_idx ON public.messages (created_at);
+CREATE INDEX units_id_development_tenant_key ON public.memberships (role);
 CREATE TABLE public.legacy_notes (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id text NOT NULL,
@@ -523,6 +525,44 @@ def test_existing_foreign_keys_are_replaced_with_restrict_and_reported(app: App)
             "WHERE i.indrelid = 'public.messages'::regclass AND a.attname = 'development_id'"
         ).fetchone()["n"]
         assert indexed == 1
+
+
+def test_kit_names_taken_by_the_app_are_left_alone(app: App) -> None:
+    apply_migrations(app.url, applied_by="test")
+    with admin_connect(app.url) as conn:
+        taken = conn.execute(
+            "SELECT indrelid::regclass::text AS t FROM pg_index "
+            "WHERE indexrelid = 'public.units_id_development_tenant_key'::regclass"
+        ).fetchone()
+        assert taken == {"t": "memberships"}
+        unique = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'public.units'::regclass "
+            "AND contype = 'u' AND pg_get_constraintdef(oid) = "
+            "'UNIQUE (id, development_id, tenant_id)'"
+        ).fetchall()
+        assert [r["conname"] for r in unique] == ["units_id_development_tenant_key_2"]
+
+
+def test_an_adopted_tenant_column_that_is_not_a_uuid_is_refused_by_name(empty_db_url: str) -> None:
+    build_app(empty_db_url)
+    with admin_connect(empty_db_url) as conn:
+        conn.execute(
+            "ALTER TABLE messages DROP CONSTRAINT messages_tenant_id_fkey; "
+            "DROP POLICY members_read ON messages; DROP POLICY editors_insert ON messages; "
+            "DROP POLICY editors_update ON messages; DROP POLICY editors_delete ON messages; "
+            "ALTER TABLE messages ALTER COLUMN tenant_id TYPE text"
+        )
+        conn.commit()
+    with pytest.raises(CheckFailed) as failed:
+        apply_migrations(empty_db_url, applied_by="test")
+    text = str(failed.value)
+    assert "001_core_schema.sql" in text and "public.messages.tenant_id is text, not uuid" in text
+    assert "ALTER COLUMN" in text  # the fix
+    with admin_connect(empty_db_url) as conn:
+        # Refused before anything changed.
+        assert conn.execute("SELECT to_regclass('public.onboarding_attempts') AS r").fetchone() == {
+            "r": None
+        }
 
 
 def test_migrate_prints_what_it_changed_on_adopted_objects(app: App, monkeypatch) -> None:

@@ -38,8 +38,8 @@ GRANT USAGE ON SCHEMA hardening TO authenticated, service_role;
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 
 -- The one place the current tenant is read. STABLE and wrapped as (SELECT ...) in policies so it
--- runs once per statement, not once per row. A malformed tenant id raises (invalid uuid), which
--- also fails closed.
+-- runs once per statement, not once per row. Here a malformed tenant id raises (invalid uuid);
+-- 011 replaces it with the configurable resolver, under which it sees nothing instead.
 CREATE OR REPLACE FUNCTION hardening.current_tenant_id() RETURNS uuid
 LANGUAGE sql STABLE
 SET search_path = ''
