@@ -648,6 +648,18 @@ def test_writes_to_a_text_tenant_table_keep_working_and_are_audited(plain_app: A
     assert [e["operation"] for e in events] == ["INSERT", "UPDATE", "UPDATE", "DELETE"]
     assert {e["t"] for e in events} == {"acme-legacy-42"}
     assert {e["tenant_id"] for e in events} == {None}
+    # A text tenant id that reads as a uuid still lands in audit_events.tenant_id.
+    with admin_connect(plain_app.url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'test:fixture', false)")
+        conn.execute(
+            "INSERT INTO legacy_notes (tenant_id, note) VALUES (%s, 'migrated')",
+            (str(plain_app.tenant_a),),
+        )
+        last = conn.execute(
+            "SELECT tenant_id FROM audit_events WHERE table_name = 'legacy_notes' "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert last == {"tenant_id": plain_app.tenant_a}
 
 
 def _capture_line(url: str) -> CheckLine:

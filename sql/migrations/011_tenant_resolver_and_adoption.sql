@@ -238,7 +238,9 @@ $unit_development$;
 
 -- Capture: TG_ARGV[1] = 'text' marks a table whose tenant column is not a uuid. Only a value
 -- that reads as a uuid lands in audit_events.tenant_id; uuid tables (one argument) are cast as
--- before, so their rows and cost are unchanged. Otherwise the same functions as 009.
+-- before (OR stops at uuid_tenant), so their rows and cost are unchanged. The test is written
+-- out, not a call to hardening.as_uuid, to stay free of per-row function calls (see 009).
+-- Otherwise the same functions as 009.
 CREATE OR REPLACE FUNCTION hardening.audit_capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
@@ -256,8 +258,8 @@ BEGIN
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
-           CASE WHEN uuid_tenant THEN (r ->> TG_ARGV[0])::uuid
-                ELSE hardening.as_uuid(r ->> TG_ARGV[0]) END,
+           CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                THEN (r ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'INSERT', r ->> 'id', NULL, r, statement_role
     FROM (SELECT to_jsonb(n) AS r FROM new_rows n) AS captured;
     RETURN NULL;
@@ -282,8 +284,8 @@ BEGIN
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
-           CASE WHEN uuid_tenant THEN (coalesce(a.r, b.r) ->> TG_ARGV[0])::uuid
-                ELSE hardening.as_uuid(coalesce(a.r, b.r) ->> TG_ARGV[0]) END,
+           CASE WHEN uuid_tenant OR (coalesce(a.r, b.r) ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                THEN (coalesce(a.r, b.r) ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'UPDATE', coalesce(a.r, b.r) ->> 'id', b.r, a.r, statement_role
     FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS b
     FULL JOIN (SELECT to_jsonb(n) AS r FROM new_rows n) AS a ON (a.r ->> 'id') = (b.r ->> 'id');
@@ -308,14 +310,13 @@ BEGIN
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
-           CASE WHEN uuid_tenant THEN (r ->> TG_ARGV[0])::uuid
-                ELSE hardening.as_uuid(r ->> TG_ARGV[0]) END,
+           CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                THEN (r ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'DELETE', r ->> 'id', r, NULL, statement_role
     FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS captured;
     RETURN NULL;
 END
 $fn$;
-GRANT EXECUTE ON FUNCTION hardening.as_uuid(text) TO hardening_audit_owner;
 
 -- install_audit_capture now marks a non-uuid tenant column itself, so the fix the status check
 -- prints (SELECT hardening.install_audit_capture(...)) is right for every table.
