@@ -113,12 +113,15 @@ def migrate(ctx: Context, show_status: bool) -> None:
     url = ctx.database_url
     if not show_status:
         logged_before = last_adoption_change_id(url)
-        run = apply_migrations(
-            url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
-        )
+        try:
+            run = apply_migrations(
+                url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
+            )
+        finally:
+            # Also when a later file failed: the files before it are applied, changes and all.
+            _print_adoption_changes(url, logged_before)
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
-        _print_adoption_changes(url, logged_before)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
