@@ -23,7 +23,6 @@ from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.migrations import apply_migrations, migration_status
 from hardening_pipeline.db.tenant_resolver import (
     adoption_changes,
-    last_adoption_change_id,
     read_resolver,
     set_claim_resolver,
     set_membership_resolver,
@@ -112,16 +111,12 @@ def migrate(ctx: Context, show_status: bool) -> None:
     """Apply sql/migrations in order (each once, under a lock; drift is refused)."""
     url = ctx.database_url
     if not show_status:
-        logged_before = last_adoption_change_id(url)
-        try:
-            run = apply_migrations(
-                url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
-            )
-        finally:
-            # Also when a later file failed: the files before it are applied, changes and all.
-            _print_adoption_changes(url, logged_before)
+        run = apply_migrations(
+            url, on_applied=lambda name, secs: console.print(f"applied {name} ({secs:.2f}s)")
+        )
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
+        _print_adoption_changes(url, run.applied)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
@@ -144,9 +139,11 @@ def migrate(ctx: Context, show_status: bool) -> None:
         sys.exit(EXIT_RED)
 
 
-def _print_adoption_changes(url: str, after_id: int) -> None:
+def _print_adoption_changes(url: str, migrations: list[str]) -> None:
     # What the run changed on objects the app had before the kit (adopted tables, replaced keys).
-    for change in adoption_changes(url, after_id):
+    if not migrations:
+        return
+    for change in adoption_changes(url, migrations):
         console.print(
             f"[yellow]changed[/] {change.object}: {change.action} ({change.detail}) "
             f"[dim]{change.migration}[/]"

@@ -17,6 +17,7 @@ to no tenant (the kit's policies see nothing, nothing raises).
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import psycopg
@@ -194,23 +195,14 @@ def sync_tenant_policies(conn: psycopg.Connection) -> None:
     )
 
 
-def last_adoption_change_id(url: str) -> int:
-    """The newest adoption log id (0 before the log exists): read before a migrate run."""
-    with connect(url, autocommit=True) as conn:
-        if not table_exists(conn, "hardening.adoption_log"):
-            return 0
-        row = conn.execute("SELECT coalesce(max(id), 0) AS m FROM hardening.adoption_log")
-        return int(row.fetchone()["m"])
-
-
-def adoption_changes(url: str, after_id: int = 0) -> list[AdoptionChange]:
-    """What the migrations changed on objects the kit did not create, oldest first."""
+def adoption_changes(url: str, migrations: Collection[str] | None = None) -> list[AdoptionChange]:
+    """What the migrations (all, or the named files) changed on objects the kit did not create."""
     with connect(url, autocommit=True) as conn:
         if not table_exists(conn, "hardening.adoption_log"):
             return []
         rows = conn.execute(
             "SELECT id, migration, object, action, detail FROM hardening.adoption_log "
-            "WHERE id > %s ORDER BY id",
-            (after_id,),
+            "WHERE %(all)s OR migration = ANY(%(names)s) ORDER BY id",
+            {"all": migrations is None, "names": list(migrations or [])},
         ).fetchall()
     return [AdoptionChange(**r) for r in rows]
