@@ -63,12 +63,12 @@ CREATE TABLE public.memberships (
 );
 CREATE TABLE public.developments (
     id uuid PRIMARY KEY,
-    tenant_id uuid NOT NULL REFERENCES public.tenants (id) ON DELETE CASCADE,
+    tenant_id uuid NOT NULL REFERENCES public.tenants (id) ON UPDATE CASCADE ON DELETE CASCADE,
     name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE public.units (
     id uuid PRIMARY KEY,
-    tenant_id uuid NOT NULL REFERENCES public.tenants (id) ON DELETE CASCADE,
+    tenant_id uuid NOT NULL REFERENCES public.tenants (id) DEFERRABLE INITIALLY DEFERRED,
     development_id uuid NOT NULL CONSTRAINT unit_in_development
         REFERENCES public.developments (id) ON DELETE CASCADE,
     label text NOT NULL, created_at timestamptz NOT NULL DEFAULT now()
@@ -508,10 +508,42 @@ def test_existing_foreign_keys_are_replaced_with_restrict_and_reported(app: App)
         "public.messages.messages_tenant_id_fkey",
         "public.messages.msg_development",
         "public.messages.messages_unit_id_fkey",
+        "public.developments.developments_tenant_id_fkey",
+        "public.units.units_tenant_id_fkey",
+        "public.units.unit_in_development",
     }
     assert "ON DELETE SET NULL" in replaced["public.messages.msg_development"]
     assert "ON DELETE CASCADE" in replaced["public.messages.messages_unit_id_fkey"]
 
+    # The tenant chain above messages too: the app's CASCADE keys now RESTRICT, names kept.
+    with admin_connect(app.url) as conn:
+        chain = {
+            (r["t"], r["conname"]): r["confdeltype"]
+            for r in conn.execute(
+                "SELECT conrelid::regclass::text AS t, conname, confdeltype FROM pg_constraint "
+                "WHERE contype = 'f' AND conrelid IN ('public.units'::regclass, "
+                "'public.developments'::regclass) AND cardinality(conkey) = 1"
+            )
+        }
+    assert chain == {
+        ("developments", "developments_tenant_id_fkey"): "r",
+        ("units", "units_tenant_id_fkey"): "r",
+        ("units", "unit_in_development"): "r",
+    }
+    # Everything but the delete rule is kept.
+    rebuilt = {
+        c.object: c.detail.split("; now ")[1]
+        for c in adoption_changes(app.url)
+        if c.action == "replaced foreign key" and c.migration.startswith("011")
+    }
+    assert rebuilt == {
+        "public.developments.developments_tenant_id_fkey": "FOREIGN KEY (tenant_id) REFERENCES "
+        "tenants(id) ON UPDATE CASCADE ON DELETE RESTRICT",
+        "public.units.units_tenant_id_fkey": "FOREIGN KEY (tenant_id) REFERENCES tenants(id) "
+        "ON DELETE RESTRICT DEFERRABLE INITIALLY DEFERRED",
+        "public.units.unit_in_development": "FOREIGN KEY (development_id) REFERENCES "
+        "developments(id) ON DELETE RESTRICT",
+    }
     # Deleting a unit that still has messages is refused, not cascaded.
     with admin_connect(app.url) as conn:
         conn.execute("SELECT set_config('app.actor', 'test:fixture', false)")

@@ -236,6 +236,76 @@ BEGIN
 END
 $unit_development$;
 
+-- The tenant chain above messages on adopted tables: the keys the status check requires
+-- (developments, units, onboarding_attempts onto tenants) and units onto developments, often
+-- ON DELETE CASCADE in an app. A key with another delete rule is rebuilt with ON DELETE RESTRICT
+-- and otherwise the same definition (name, ON UPDATE, DEFERRABLE kept), a missing required one
+-- is added; NOT VALID then VALIDATE, each change in hardening.adoption_log. On a database the
+-- kit created, every key is already there and RESTRICT, so nothing happens.
+DO $restrict$
+DECLARE
+    k record;
+    fk record;
+    definition text;
+    name text;
+    label text;
+BEGIN
+    FOR k IN
+        SELECT * FROM (VALUES
+            ('public.developments'::regclass, 'tenant_id', 'public.tenants'::regclass, true),
+            ('public.units'::regclass, 'tenant_id', 'public.tenants'::regclass, true),
+            -- Replaced when the app has it, never added: the composite key covers it.
+            ('public.units'::regclass, 'development_id', 'public.developments'::regclass, false),
+            ('public.onboarding_attempts'::regclass, 'tenant_id', 'public.tenants'::regclass, true)
+        ) AS wanted(target, column_name, parent, add_if_missing)
+    LOOP
+        label := (SELECT format('%s.%s', n.nspname, c.relname) FROM pg_catalog.pg_class c
+                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = k.target);
+        FOR fk IN
+            SELECT c.conname, c.confdeltype, pg_catalog.pg_get_constraintdef(c.oid) AS definition
+            FROM pg_catalog.pg_constraint c
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+            WHERE c.conrelid = k.target AND c.contype = 'f' AND c.confrelid = k.parent
+              AND cardinality(c.conkey) = 1 AND a.attname = k.column_name
+              AND c.confdeltype <> 'r'
+            ORDER BY c.conname
+        LOOP
+            definition := regexp_replace(fk.definition, ' NOT VALID$', '');
+            IF definition ~ ' ON DELETE (CASCADE|SET NULL|SET DEFAULT|NO ACTION)( \([^)]*\))?' THEN
+                definition := regexp_replace(
+                    definition, ' ON DELETE (CASCADE|SET NULL|SET DEFAULT|NO ACTION)( \([^)]*\))?',
+                    ' ON DELETE RESTRICT');
+            ELSIF definition ~ ' DEFERRABLE| NOT DEFERRABLE' THEN
+                definition := regexp_replace(definition, '( NOT)? DEFERRABLE',
+                                             ' ON DELETE RESTRICT\&');
+            ELSE
+                definition := definition || ' ON DELETE RESTRICT';
+            END IF;
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', k.target, fk.conname);
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID',
+                           k.target, fk.conname, definition);
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', k.target, fk.conname);
+            INSERT INTO hardening.adoption_log (migration, object, action, detail)
+            VALUES ('011_tenant_resolver_and_adoption.sql', label || '.' || fk.conname,
+                    'replaced foreign key', format('was %s; now %s', fk.definition, definition));
+        END LOOP;
+        IF k.add_if_missing AND NOT hardening.has_foreign_key(k.target, ARRAY[k.column_name],
+                                                             k.parent, ARRAY['id']) THEN
+            name := hardening.free_name(k.target, (SELECT relname FROM pg_catalog.pg_class
+                                                   WHERE oid = k.target)
+                                                  || '_' || k.column_name || '_fkey');
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s (id) '
+                           'ON DELETE RESTRICT NOT VALID', k.target, name, k.column_name, k.parent);
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', k.target, name);
+            INSERT INTO hardening.adoption_log (migration, object, action, detail)
+            VALUES ('011_tenant_resolver_and_adoption.sql', label || '.' || name,
+                    'added foreign key',
+                    format('%s -> %s (id) ON DELETE RESTRICT', k.column_name, k.parent));
+        END IF;
+    END LOOP;
+END
+$restrict$;
+
 -- Capture: TG_ARGV[1] = 'text' marks a table whose tenant column is not a uuid. Only a value
 -- that reads as a uuid lands in audit_events.tenant_id; uuid tables (one argument) are cast as
 -- before (OR stops at uuid_tenant), so their rows and cost are unchanged. The test is written
