@@ -26,7 +26,7 @@ from hardening_pipeline.db.tenant_resolver import (
     sync_tenant_policies,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError
-from hardening_pipeline.hardening.status_check import CheckLine, run_checks
+from hardening_pipeline.hardening.status_check import CheckLine, run_checks, run_status_check
 from tests.support.db import acting_as, admin_connect
 
 APP_SCHEMA = """
@@ -795,3 +795,12 @@ def test_a_table_under_the_kits_own_tenant_policy_cannot_be_the_membership_table
     apply_migrations(plain_app.url, applied_by="test")
     with pytest.raises(ConfigError, match="tenant policy"):
         set_membership_resolver(plain_app.url, "public.onboarding_attempts", "email", "tenant_id")
+
+
+def test_status_after_adoption_is_red_only_on_the_apps_own_finding(app: App) -> None:
+    apply_migrations(app.url, applied_by="test")
+    report = run_status_check(app.url)
+    # Every kit line is green; the one red line is the app's own per-row policy call.
+    assert [(line.name, "legacy_notes" in line.detail) for line in report.red] == [
+        ("auth_rls_initplan", True)
+    ]
