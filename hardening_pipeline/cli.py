@@ -29,6 +29,12 @@ from hardening_pipeline.db.migration_plan import (
     render_plan,
 )
 from hardening_pipeline.db.migrations import MigrationFailed, apply_migrations, migration_status
+from hardening_pipeline.db.tenant_resolver import (
+    adoption_changes,
+    read_resolver,
+    set_claim_resolver,
+    set_membership_resolver,
+)
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 from hardening_pipeline.settings import Settings, load_settings
 
@@ -139,6 +145,7 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
         if not run.applied:
             console.print("nothing to apply: the database is up to date")
         _print_mode_set_by_migration(url, run.applied)
+        _print_adoption_changes(url, run.applied)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
@@ -170,6 +177,58 @@ def _print_plan(url: str) -> None:
             f"{len(plan.blockers)} blocker(s) stop hardening migrate; apply the fixes above and "
             "plan again."
         )
+
+
+def _print_adoption_changes(url: str, migrations: list[str]) -> None:
+    # What the run changed on objects the app had before the kit (adopted tables, replaced keys).
+    if not migrations:
+        return
+    for change in adoption_changes(url, migrations):
+        console.print(
+            f"[yellow]changed[/] {change.object}: {change.action} ({change.detail}) "
+            f"[dim]{change.migration}[/]"
+        )
+
+
+@main.group("tenant-resolver", invoke_without_command=True)
+@click.pass_context
+def tenant_resolver(click_ctx: click.Context) -> None:
+    """Show or set how policies find the current tenant (kept in hardening.tenant_resolver).
+
+    JWT claims, when present, win over app.tenant_id; a tenant id that is not a uuid resolves to
+    no tenant, so the kit's policies see nothing. Without a subcommand: show the resolver.
+    """
+    if click_ctx.invoked_subcommand is None:
+        _show_resolver(click_ctx.find_object(Context))
+
+
+@friendly_errors
+def _show_resolver(ctx: Context) -> None:
+    console.print(f"tenant resolver: {read_resolver(ctx.database_url).describe()}")
+
+
+@tenant_resolver.command("claim")
+@click.argument("paths", nargs=-1, required=True)
+@pass_context
+@friendly_errors
+def tenant_resolver_claim(ctx: Context, paths: tuple[str, ...]) -> None:
+    """Read the tenant from the first JWT claim path present, e.g. app_metadata.tenant_id."""
+    resolver = set_claim_resolver(ctx.database_url, list(paths))
+    console.print(f"tenant resolver: {resolver.describe()}")
+
+
+@tenant_resolver.command("membership")
+@click.argument("table")
+@click.argument("user_column")
+@click.argument("tenant_column")
+@pass_context
+@friendly_errors
+def tenant_resolver_membership(
+    ctx: Context, table: str, user_column: str, tenant_column: str
+) -> None:
+    """Every TENANT_COLUMN of TABLE whose USER_COLUMN is the JWT sub (auth.uid())."""
+    resolver = set_membership_resolver(ctx.database_url, table, user_column, tenant_column)
+    console.print(f"tenant resolver: {resolver.describe()}")
 
 
 @main.command()

@@ -20,6 +20,11 @@ variable name is caught here, once.
 | DAGSTER_WEBSERVER_URL | base URL used for run links in alerts | ``http://localhost:3000`` |
 | HARDENING_RUNBOOK_URL | where docs/runbook.md is published, for links in alerts | unset: alerts |
 |  |  | name the repository path |
+
+How policies find the current tenant is deliberately not an environment variable: PostgREST and
+every other client must see the same rule, so it is kept in the database
+(``hardening.tenant_resolver``) and set with ``hardening tenant-resolver`` (see
+``hardening_pipeline.db.tenant_resolver``).
 """
 
 from __future__ import annotations

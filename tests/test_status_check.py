@@ -85,6 +85,12 @@ BREAKAGES = [
     ("audit_capture_triggers", "ALTER TABLE messages DISABLE TRIGGER messages_audit_insert"),
     ("audit_capture_triggers", "ALTER TABLE units ENABLE TRIGGER units_audit_guard"),
     ("audit_capture_triggers", "DROP TRIGGER tenants_audit_delete ON tenants"),
+    (
+        "adopted_tables_policies_narrow",
+        # messages recorded as found with RLS on: its permissive kit policy would widen access.
+        "UPDATE hardening.managed_tables SET created_by_kit = false, adopted_at = now(), "
+        "rls_was_enabled = true WHERE table_name = 'messages'",
+    ),
     ("audit_events_no_write_grants", "GRANT DELETE ON audit_events TO service_role"),
     ("audit_events_no_write_grants", "GRANT TRUNCATE ON audit_events TO hardening_audit_owner"),
     ("audit_events_no_write_grants", "GRANT UPDATE (actor) ON audit_events TO authenticated"),

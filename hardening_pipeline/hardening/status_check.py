@@ -331,6 +331,22 @@ _TRIGGERS = """
     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
     WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
 """
+# Capture triggers with one argument cast the tenant column to uuid (011 marks the others with a
+# second argument): on a column of another type every write to the table fails.
+_UUID_CAST_ON_OTHER_TYPES = """
+    SELECT c.relname, t.tgname, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+    FROM pg_catalog.pg_trigger t
+    JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+    JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tgrelid
+        AND a.attname = split_part(encode(t.tgargs, 'escape'), '\\000', 1)
+    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+      AND p.proname IN ('audit_capture_insert', 'audit_capture_update', 'audit_capture_delete')
+      AND t.tgnargs = 1 AND a.atttypid <> 'uuid'::regtype
+    ORDER BY c.relname, t.tgname
+"""
 _ENABLED = {"O": "enabled (skipped in replica mode)", "D": "disabled", "R": "replica only"}
 # pg_trigger.tgtype bits: BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
 _GUARD_BITS = 2 | 8 | 16 | 32
@@ -386,14 +402,56 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             problems.append(f"{table}: missing {', '.join(missing)}")
         if off:
             problems.append(f"{table}: {', '.join(off)}")
+    for r in _rows(conn, _UUID_CAST_ON_OTHER_TYPES, (SCHEMA,)):
+        problems.append(
+            f"{r['relname']}: every write fails, {r['tgname']} casts {r['attname']} "
+            f"({r['type']}) to uuid"
+        )
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
     fix = (
-        "for a missing set: SELECT hardening.install_audit_capture('public.<table>'::regclass, "
-        "'tenant_id') in a new migration; for a disabled one: ALTER TABLE public.<table> "
-        "ENABLE ALWAYS TRIGGER <trigger>."
+        "for a missing set, or one that casts a non-uuid tenant column: drop it and SELECT "
+        "hardening.install_audit_capture('public.<table>'::regclass, 'tenant_id') in a new "
+        "migration; for a disabled one: ALTER TABLE public.<table> ENABLE ALWAYS TRIGGER "
+        "<trigger>."
     )
     return False, "; ".join(problems), fix
+
+
+_ADOPTED_POLICIES = """
+    SELECT m.table_name, m.tenant_policy, p.polpermissive
+    FROM hardening.managed_tables m
+    LEFT JOIN pg_catalog.pg_policy p
+        ON p.polrelid = pg_catalog.to_regclass('public.' || quote_ident(m.table_name))
+       AND p.polname = m.tenant_policy
+    WHERE NOT m.created_by_kit AND m.rls_was_enabled
+    ORDER BY m.table_name
+"""
+
+
+@check(
+    "adopted_tables_policies_narrow",
+    "the kit's tenant policy on each table it adopted is AS RESTRICTIVE (it only narrows)",
+)
+def check_adopted_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    if not table_exists(conn, "hardening.managed_tables"):
+        return False, "hardening.managed_tables is missing", "run hardening migrate."
+    rows = _rows(conn, _ADOPTED_POLICIES)
+    bad = [
+        f"{r['table_name']}: {r['tenant_policy']} is "
+        + ("missing" if r["polpermissive"] is None else "permissive")
+        for r in rows
+        if r["polpermissive"] is not False
+    ]
+    if not bad:
+        return True, f"{len(rows)} adopted table(s) with RLS, each narrowed by the kit", ""
+    fix = (
+        "recreate it AS RESTRICTIVE: DROP POLICY <policy> ON public.<table>; CREATE POLICY "
+        "<policy> ON public.<table> AS RESTRICTIVE FOR ALL TO authenticated USING (tenant_id = "
+        "(SELECT hardening.current_tenant_id())) WITH CHECK (the same), then run hardening "
+        "tenant-resolver again to keep the resolver's form."
+    )
+    return False, "; ".join(bad), fix
 
 
 _AUDIT_WRITE_GRANTS = """
@@ -664,7 +722,7 @@ def check_tenant_index(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
 
 
 _POLICY_CALLS = re.compile(
-    r"\b(current_setting|auth\.(?:uid|jwt|role|email)|hardening\.current_tenant_id)\s*\(",
+    r"\b(current_setting|auth\.(?:uid|jwt|role|email)|hardening\.current_tenant_ids?)\s*\(",
     re.IGNORECASE,
 )
 

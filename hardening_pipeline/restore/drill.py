@@ -39,6 +39,7 @@ from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.status_check import run_status_check
@@ -55,7 +56,14 @@ DRILL_DATABASE = "restore_drill"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
 MIGRATIONS_TABLE = "hardening.schema_migrations"
 # Tables the migrations fill in themselves; the backup's rows replace theirs.
-MIGRATION_FILLED_TABLES = (MIGRATIONS_TABLE, "hardening.job_locks", "hardening.service_role_mode")
+MIGRATION_FILLED_TABLES = (
+    MIGRATIONS_TABLE,
+    "hardening.job_locks",
+    "hardening.service_role_mode",
+    "hardening.managed_tables",
+    "hardening.adoption_log",
+    "hardening.tenant_resolver",
+)
 
 
 class DrillFailure(HardeningError):
@@ -200,6 +208,7 @@ def restore_backup_into(
         keys.rebuild(conn)
         reset_sequences(conn, tables)
         triggers.restore(conn)
+        sync_tenant_policies(conn)
         conn.commit()
     return sum(t.row_count for o in manifest.objects for t in o.tables)
 

@@ -1,0 +1,208 @@
+"""How the database's policies find the current tenant, and what the kit changed on adoption.
+
+The resolver lives in the database (``hardening.tenant_resolver``, one row, read by
+``hardening.current_tenant_ids()`` once per statement), not in an environment variable: every
+connection, PostgREST's included, must see the same rule. Two kinds:
+
+- ``claim``: the first of one or more dotted paths present in ``request.jwt.claims``
+  (default ``tenant_id`` then ``app_metadata.tenant_id``);
+- ``membership``: every tenant of the JWT's ``sub`` (what ``auth.uid()`` returns) in a membership
+  table, so a user in two tenants sees both. The lookup runs as the querying role, through the
+  table's own grants and RLS (a user must be able to read their own membership rows).
+
+JWT claims, when present, always win over ``app.tenant_id``; a value that is not a uuid resolves
+to no tenant (the kit's policies see nothing, nothing raises).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import psycopg
+
+from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.errors import ConfigError
+
+_CLAIM_PATH = re.compile(r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+_TENANT_TYPES = ("uuid", "text", "character varying")
+
+
+@dataclass(frozen=True)
+class TenantResolver:
+    """The one row of ``hardening.tenant_resolver``."""
+
+    kind: str
+    claim_paths: list[str]
+    membership_table: str | None
+    user_column: str | None
+    tenant_column: str | None
+
+    def describe(self) -> str:
+        if self.kind == "claim":
+            return "claim " + ", then ".join(self.claim_paths)
+        return (
+            f"membership {self.membership_table} ({self.user_column} = JWT sub, "
+            f"tenant {self.tenant_column})"
+        )
+
+
+@dataclass(frozen=True)
+class AdoptionChange:
+    """One row of ``hardening.adoption_log``: a change the kit made to an object it found."""
+
+    id: int
+    migration: str
+    object: str
+    action: str
+    detail: str
+
+
+def _require_resolver_table(conn: psycopg.Connection) -> None:
+    if not table_exists(conn, "hardening.tenant_resolver"):
+        raise ConfigError(
+            "the database has no hardening.tenant_resolver yet; run hardening migrate first."
+        )
+
+
+def read_resolver(url: str) -> TenantResolver:
+    """The resolver in force."""
+    with connect(url, autocommit=True) as conn:
+        _require_resolver_table(conn)
+        row = conn.execute(
+            "SELECT kind, claim_paths, user_column, tenant_column, "
+            "CASE WHEN membership_table IS NOT NULL "
+            "THEN format('%I.%I', membership_schema, membership_table) END AS membership_table "
+            "FROM hardening.tenant_resolver"
+        ).fetchone()
+    if row is None:
+        raise ConfigError(
+            "hardening.tenant_resolver is empty; set it with hardening tenant-resolver claim "
+            "tenant_id app_metadata.tenant_id."
+        )
+    return TenantResolver(**row)
+
+
+def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:
+    """Resolve the tenant from the first of ``paths`` present in the JWT claims."""
+    if not paths:
+        raise ConfigError("give at least one claim path, e.g. app_metadata.tenant_id.")
+    for path in paths:
+        if not _CLAIM_PATH.match(path):
+            raise ConfigError(
+                f"claim path {path!r} is not dot-separated claim names; write it like "
+                "app_metadata.tenant_id."
+            )
+    with connect(url) as conn:
+        _require_resolver_table(conn)
+        conn.execute(
+            "UPDATE hardening.tenant_resolver SET kind = 'claim', claim_paths = %s, "
+            "membership_schema = NULL, membership_table = NULL, user_column = NULL, "
+            "tenant_column = NULL, updated_at = now()",
+            (paths,),
+        )
+        conn.execute("SELECT hardening.use_tenant_policies(false)")
+    return read_resolver(url)
+
+
+def _column_type(conn: psycopg.Connection, table_oid: int, column: str) -> str | None:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) AS t FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = %s AND attname = %s AND attnum > 0 AND NOT attisdropped",
+        (table_oid, column),
+    ).fetchone()
+    return row["t"] if row else None
+
+
+def set_membership_resolver(
+    url: str, table: str, user_column: str, tenant_column: str
+) -> TenantResolver:
+    """Resolve the tenants as every ``tenant_column`` of ``table`` whose ``user_column`` is sub."""
+    schema, _, name = table.rpartition(".")
+    schema = schema or "public"
+    with connect(url) as conn:
+        _require_resolver_table(conn)
+        found = conn.execute(
+            "SELECT c.oid, c.relkind FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (schema, name),
+        ).fetchone()
+        if found is None or found["relkind"] not in ("r", "p", "v", "m", "f"):
+            raise ConfigError(
+                f"membership table {schema}.{name} does not exist; give an existing table as "
+                "schema.table (e.g. public.memberships)."
+            )
+        user_type = _column_type(conn, found["oid"], user_column)
+        if user_type is None:
+            raise ConfigError(
+                f"{schema}.{name} has no column {user_column!r}; give the column holding the "
+                "user id (the JWT sub, auth.uid())."
+            )
+        tenant_type = _column_type(conn, found["oid"], tenant_column)
+        if tenant_type is None:
+            raise ConfigError(
+                f"{schema}.{name} has no column {tenant_column!r}; give the column holding the "
+                "tenant id."
+            )
+        if tenant_type not in _TENANT_TYPES:
+            raise ConfigError(
+                f"{schema}.{name}.{tenant_column} is {tenant_type}; the tenant column must be "
+                "uuid (or text holding uuids)."
+            )
+        policied = conn.execute(
+            "SELECT tenant_policy FROM hardening.managed_tables "
+            "WHERE %s = 'public' AND table_name = %s AND tenant_policy IS NOT NULL",
+            (schema, name),
+        ).fetchone()
+        if policied:
+            # Its own policy would call the resolver, which would read the table again.
+            raise ConfigError(
+                f"{schema}.{name} carries the kit's tenant policy {policied['tenant_policy']}, "
+                "so it cannot hold the memberships that policy reads; give the app's own "
+                "membership table."
+            )
+        readable = conn.execute(
+            "SELECT has_table_privilege('authenticated', %s, 'SELECT') AS ok", (found["oid"],)
+        ).fetchone()["ok"]
+        if not readable:
+            # The lookup runs as the querying role, through the table's own grants and RLS.
+            raise ConfigError(
+                f"authenticated cannot read {schema}.{name}; GRANT SELECT ON {schema}.{name} "
+                "TO authenticated (with an RLS policy letting a user read their own rows)."
+            )
+        conn.execute(
+            "UPDATE hardening.tenant_resolver SET kind = 'membership', membership_schema = %s, "
+            "membership_table = %s, user_column = %s, tenant_column = %s, updated_at = now()",
+            (schema, name, user_column, tenant_column),
+        )
+        # A user may belong to several tenants: the policies compare with the set.
+        conn.execute("SELECT hardening.use_tenant_policies(true)")
+    return read_resolver(url)
+
+
+def sync_tenant_policies(conn: psycopg.Connection) -> None:
+    """Give the kit's policies the form the stored resolver needs (one tenant, or a set).
+
+    The form lives in the policies, the resolver in a table: a restore loads the table's row
+    from the backup onto policies the migrations just created, so it calls this afterwards.
+    """
+    if not table_exists(conn, "hardening.tenant_resolver"):
+        return
+    conn.execute(
+        "SELECT hardening.use_tenant_policies(kind = 'membership') FROM hardening.tenant_resolver"
+    )
+
+
+def adoption_changes(url: str, migrations: Collection[str] | None = None) -> list[AdoptionChange]:
+    """What the migrations (all, or the named files) changed on objects the kit did not create."""
+    with connect(url, autocommit=True) as conn:
+        if not table_exists(conn, "hardening.adoption_log"):
+            return []
+        rows = conn.execute(
+            "SELECT id, migration, object, action, detail FROM hardening.adoption_log "
+            "WHERE %(all)s OR migration = ANY(%(names)s) ORDER BY id",
+            {"all": migrations is None, "names": list(migrations or [])},
+        ).fetchall()
+    return [AdoptionChange(**r) for r in rows]
