@@ -670,11 +670,19 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == 2
 
 
-def test_schedule_requests_the_job():
+def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():
+    assert audit_seal_schedule.cron_schedule == "* * * * *"
     assert audit_seal_schedule.job_name == audit_seal_job.name
     assert audit_seal_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    requests = list(audit_seal_schedule.evaluate_tick(dg.build_schedule_context()).run_requests)
-    assert len(requests) == 1
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance)
+        requests = list(audit_seal_schedule.evaluate_tick(context).run_requests)
+        assert len(requests) == 1
+        instance.add_run(
+            dg.DagsterRun(job_name=audit_seal_job.name, status=dg.DagsterRunStatus.STARTED)
+        )
+        tick = audit_seal_schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+        assert not tick.run_requests and "still in flight" in tick.skip_message
 
 
 def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):

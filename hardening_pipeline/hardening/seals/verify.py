@@ -108,7 +108,6 @@ def _check_structure(chain: Sequence[Seal], keyring: Keyring | None, problems: _
         previous = seal
 
 
-
 def _check_rows(
     conn: psycopg.Connection,
     chain: Sequence[Seal],
