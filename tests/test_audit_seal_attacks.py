@@ -275,3 +275,68 @@ def test_created_at_going_backwards_inside_the_tolerance_is_not_tampering(db_url
     assert verify_audit_seals(db_url).passed
     assert seal_audit_log(db_url).seals
     assert verify_audit_seals(db_url, full=True).passed
+
+
+def test_cli_seal_and_verify_only_are_red_after_the_window_attack(db_url, su, tmp_path):
+    import base64
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
+    env |= {
+        "HARDENING_DATABASE_URL": db_url,
+        "BACKUP_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "hardening_pipeline.cli", "seal", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    write(su, 1)
+    assert cli().returncode == 0
+    last = su.execute("SELECT max(to_id) AS m FROM hardening.audit_seals").fetchone()["m"]
+    write(su, 1)
+    tamper(
+        su,
+        ("DELETE FROM audit_events WHERE id > %s", (last,)),
+        (f"SELECT setval({SEQ}, %s)", (last,)),
+        (BACKDATED, ()),
+    )
+
+    def said(result: subprocess.CompletedProcess) -> str:
+        return " ".join(result.stderr.split())  # rich wraps long lines
+
+    quick = cli("--verify-only")
+    assert quick.returncode == 1 and f"first bad id {last + 1}" in said(quick), quick.stderr
+    refused = cli()
+    assert refused.returncode == 1 and "sealing refused" in said(refused), refused.stderr
+    assert f"id {last + 1}" in said(refused) and "Traceback" not in refused.stderr
+
+
+def test_the_asset_run_fails_when_the_window_was_rewritten(db_url, su, tmp_path):
+    import base64
+
+    import dagster as dg
+
+    from hardening_pipeline.defs.resources import (
+        AppDatabaseResource,
+        BackupStoreResource,
+        EncryptionKeysResource,
+    )
+    from hardening_pipeline.defs.seals import audit_seal
+
+    resources = {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+    }
+    write(su, 1)
+    assert dg.materialize([audit_seal], resources=resources).success
+    su.execute(f"SELECT setval({SEQ}, 2)")
+    red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
+    assert not red.success

@@ -108,6 +108,15 @@ def test_it_finds_a_rewound_sequence_and_a_missing_pending_row(db_url, su, seale
     )
     problems = independent.verify(db_url, sealed.root, MASTER)
     assert (held["to_id"] + 1, "the sequence was rewound") in problems
+    su.execute(
+        "SELECT setval(pg_get_serial_sequence('public.audit_events', 'id'), %s)",
+        (max(s["high_water"] for s in seals) + 10,),
+    )
+    assert independent.verify(db_url, sealed.root, MASTER) == []
+    gone = held["to_id"] + 1 + held["pending"][0] - 1  # the first pending id (one-byte delta)
+    tamper(su, "DELETE FROM audit_events WHERE id = %(last)s", last=gone)
+    problems = independent.verify(db_url, sealed.root, MASTER)
+    assert (gone, f"pending id {gone} is missing") in problems, problems
 
 
 def test_it_rejects_a_forged_store_copy(db_url, sealed):
