@@ -340,3 +340,24 @@ def test_the_asset_run_fails_when_the_window_was_rewritten(db_url, su, tmp_path)
     su.execute(f"SELECT setval({SEQ}, 2)")
     red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
     assert not red.success
+
+
+def test_a_restore_moves_the_sequence_past_the_recorded_high_water_mark(db_url, su):
+    """A restore sets the sequence just past the largest restored id; ids burned before the
+    backup would then be handed out again and look reused. restore_high_water prevents it."""
+    from hardening_pipeline.hardening.seals.window import restore_high_water
+
+    write(su, 1)
+    with pytest.raises(RuntimeError), su.transaction():  # burns ids above the last row
+        insert_tenant(su, "t-rolled-back")
+        raise RuntimeError
+    sealed = seal_audit_log(db_url).latest
+    top = su.execute("SELECT max(id) AS m FROM audit_events").fetchone()["m"]
+    assert sealed.high_water > top
+    su.execute(f"SELECT setval({SEQ}, %s, false)", (top + 1,))  # what the restore does
+    assert "rewound" in verify_audit_seals(db_url).detail
+    with su.transaction():
+        assert restore_high_water(su) == sealed.high_water
+    assert verify_audit_seals(db_url).passed
+    write(su, 1)
+    assert seal_audit_log(db_url).seals and verify_audit_seals(db_url).passed

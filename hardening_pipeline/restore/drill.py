@@ -52,6 +52,7 @@ from hardening_pipeline.db.connection import connect, drop_database, recreate_da
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.seals.window import restore_high_water
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
@@ -202,6 +203,7 @@ def restore_backup_into(
             load_into_empty(conn, iter(reader), replace=(MIGRATIONS_TABLE,))
         keys.rebuild(conn)
         reset_sequences(conn, tables)
+        restore_high_water(conn)
         triggers.restore(conn)
         conn.commit()
     return sum(t.row_count for o in manifest.objects for t in o.tables)

@@ -57,6 +57,30 @@ def read_high_water(conn: psycopg.Connection) -> int:
     return seq["last_value"] if seq["is_called"] else seq["last_value"] - 1
 
 
+def restore_high_water(conn: psycopg.Connection) -> int | None:
+    """After a logical restore, move the audit sequence up to the largest recorded high-water
+    mark; returns the mark, or None when no seal records one.
+
+    A restore sets each sequence just past the largest restored id, but ids above it may have
+    been handed out (rolled back, or held back from the last seal) before the backup. Handing
+    them out again would reuse ids the seals saw, which the window checks rightly call red.
+    """
+    if not conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = "
+        "pg_catalog.to_regclass('hardening.audit_seals') AND attname = 'high_water'"
+    ).fetchone():
+        return None
+    mark = conn.execute("SELECT max(high_water) AS m FROM hardening.audit_seals").fetchone()["m"]
+    if mark is None or read_high_water(conn) >= mark:
+        return mark
+    row = conn.execute(_SEQUENCE_NAME).fetchone()
+    conn.execute(
+        "SELECT pg_catalog.setval(%s::regclass, %s, true)",
+        (sql.Identifier(row["nspname"], row["relname"]).as_string(conn), mark),
+    )
+    return mark
+
+
 def to_us(value: datetime) -> int:
     return (value - _PG_EPOCH) // timedelta(microseconds=1)
 
