@@ -150,3 +150,23 @@ def test_a_format_1_seal_digest_differs_from_format_2_over_the_same_rows(db_url,
         one.add(row_id, hashlib.sha256(row_text_v1(fields)).digest())
         two.add(row_id, row_hash_v2(fields))
     assert one.digest(rows[-1][0]) != two.digest(rows[-1][0])
+
+
+def test_a_database_before_014_still_verifies_and_sealing_asks_for_the_migration(empty_db_url):
+    """A restore of a backup taken before 014 is migrated only that far."""
+    from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations
+    from hardening_pipeline.errors import ConfigError
+
+    before = {p.name for p in MIGRATIONS_DIR.glob("*.sql") if p.name < "014"}
+    apply_migrations(empty_db_url, only=before, applied_by="test")
+    with admin_connect(empty_db_url, autocommit=True) as su:
+        insert_tenant(su, "t-before")
+        seal_in_format_1(su)
+        assert verify_audit_seals(empty_db_url, record_as="test").passed
+        with pytest.raises(ConfigError, match="014"):
+            seal_audit_log(empty_db_url)
+        with su.transaction():
+            su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+            su.execute("UPDATE audit_events SET actor = 'mallory' WHERE id = 2")
+            su.execute("ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only")
+    assert verify_audit_seals(empty_db_url).first_bad_id == 2

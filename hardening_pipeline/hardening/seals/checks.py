@@ -27,8 +27,13 @@ from psycopg import sql
 
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore
-from hardening_pipeline.db.connection import table_exists
-from hardening_pipeline.hardening.seals.format import Seal, _Authenticated, canonical_json, iso
+from hardening_pipeline.hardening.seals.format import (
+    Seal,
+    _Authenticated,
+    canonical_json,
+    has_format_2,
+    iso,
+)
 from hardening_pipeline.hardening.seals.rows import (
     COLUMNS,
     check_types,
@@ -198,8 +203,8 @@ def trusted_checks(
     then the reference, and a check in the database proves nothing to it. With neither, the
     database's own seals are the reference and its checks are trusted as far as they are.
     """
-    if (store is not None and keyring is None) or not table_exists(conn, CHECKS_TABLE):
-        return {}
+    if (store is not None and keyring is None) or not has_format_2(conn):
+        return {}  # before 014 every check is format 1, digested by the database
     digests = {s.seq: s.digest for s in chain}
     now = datetime.now(UTC)
     trusted: dict[int, SealCheck] = {}
@@ -226,7 +231,7 @@ def record_checks(
     keyring: Keyring | None,
     checked_by: str,
 ) -> None:
-    if not table_exists(conn, CHECKS_TABLE):
+    if not has_format_2(conn):
         return
     now = datetime.now(UTC)
     for seal in seals:

@@ -1,7 +1,7 @@
 """The seal and check records, their MAC, fingerprints and the seal digest.
 
 The byte formats are specified in ``docs/audit-seal-format.md``; this module is the reference
-implementation of that page. Nothing here talks to the database.
+implementation of that page. Apart from ``has_format_2``, nothing here talks to the database.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Self
 
+import psycopg
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -174,6 +175,20 @@ class Seal(_Authenticated):
         if seal.store_key != key:
             raise SealError(f"the store object {key} holds seal {seal.seq}: it was moved or copied")
         return seal
+
+
+def has_format_2(conn: psycopg.Connection) -> bool:
+    """Whether migration 014 (the ``version`` columns) is applied on this connection's database.
+
+    A database restored from a backup taken before 014 is migrated only as far as the backup
+    was, and its seals must still verify.
+    """
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_catalog.pg_attribute WHERE attname = 'version' AND "
+        "attrelid IN (pg_catalog.to_regclass('hardening.audit_seals'), "
+        "pg_catalog.to_regclass('hardening.audit_seal_checks'))"
+    ).fetchone()
+    return row["n"] == 2
 
 
 def store_key(seq: int) -> str:

@@ -23,6 +23,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
+from hardening_pipeline.errors import ConfigError
 from hardening_pipeline.hardening.seals.format import (
     CURRENT_VERSION,
     GENESIS_DIGEST,
@@ -30,6 +31,7 @@ from hardening_pipeline.hardening.seals.format import (
     Fingerprints,
     Seal,
     SealError,
+    has_format_2,
     store_key,
 )
 from hardening_pipeline.hardening.seals.horizon import DEFAULT_WAIT_SECONDS, Horizon, safe_horizon
@@ -112,8 +114,22 @@ def _seal_from_row(row: dict) -> Seal:
     return Seal(**values)
 
 
+_V1_COLUMNS = _SEAL_COLUMNS[: _SEAL_COLUMNS.index("version")]
+_SELECT_V1_SEALS = sql.SQL("SELECT {} FROM hardening.audit_seals ORDER BY seq").format(
+    sql.SQL(", ").join(map(sql.Identifier, _V1_COLUMNS))
+)
+
+
 def read_seals(conn: psycopg.Connection) -> list[Seal]:
-    """Every seal in the database, in seq order."""
+    """Every seal in the database, in seq order (all format 1 before migration 014)."""
+    if not has_format_2(conn):
+        rows = conn.execute(_SELECT_V1_SEALS).fetchall()
+        return [
+            _seal_from_row(
+                {**r, "version": 1, "high_water": None, "pending": None, "last_created_at": None}
+            )
+            for r in rows
+        ]
     return [_seal_from_row(r) for r in conn.execute(_SELECT_SEALS).fetchall()]
 
 
@@ -205,6 +221,11 @@ def seal_audit_log(
             take_job_lock(conn, "seal", lock_timeout_ms=SEAL_LOCK_TIMEOUT_MS)
         else:  # a database migrated before 013
             conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if not has_format_2(conn):
+            raise ConfigError(
+                "the database lacks migration 014_audit_seal_v2, which new seals need; run "
+                "`hardening migrate` first."
+            )
         chain = read_seals(conn)
         head = chain[-1] if chain else None
         adopted = _adopt_store_copies(conn, store, keyring, head) if store else []
