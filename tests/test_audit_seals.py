@@ -31,11 +31,9 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
 )
 from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
-from hardening_pipeline.hardening import seals as seals_module
 from hardening_pipeline.hardening.seals import (
     SealCheck,
     SealError,
-    _Accumulator,
     decode_fingerprints,
     read_seals,
     row_versions,
@@ -43,6 +41,8 @@ from hardening_pipeline.hardening.seals import (
     store_key,
     verify_audit_seals,
 )
+from hardening_pipeline.hardening.seals import checks as seals_module
+from hardening_pipeline.hardening.seals.format import Accumulator
 from hardening_pipeline.hardening.status_check import run_status_check
 from tests.support.db import admin_connect, insert_tenant
 
@@ -409,14 +409,15 @@ def forge_check(su: psycopg.Connection, keyring: Keyring | None = None) -> None:
     """What someone who controls the database writes after rewriting a row: a check that vouches
     for the new row versions of every seal (MAC'd under ``keyring`` if they have one)."""
     chain = read_seals(su)
-    versions, _ = row_versions(su, chain)
+    with su.transaction():  # the versions are read through a server-side cursor
+        versions, _ = row_versions(su, chain)
     for s in chain:
         check = SealCheck(s.seq, s.digest, versions[s.seq], datetime.now(UTC), "attacker")
         if keyring is not None:
             check = check.signed(keyring)
         su.execute(
             "INSERT INTO hardening.audit_seal_checks (seq, seal_digest, versions_digest, "
-            "checked_at, checked_by, key_id, mac) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "checked_at, checked_by, key_id, mac, version) VALUES (%s, %s, %s, %s, %s, %s, %s, 2)",
             (
                 s.seq,
                 s.digest,
@@ -626,7 +627,7 @@ def test_fingerprints_round_trip_for_random_id_sequences():
     for _ in range(200):
         start = rng.randint(1, 10**12)
         ids = sorted(rng.sample(range(start, start + rng.randint(1, 10**6)), rng.randint(0, 40)))
-        acc = _Accumulator(start, bytes(32))
+        acc = Accumulator(start, bytes(32))
         hashes = [rng.randbytes(32) for _ in ids]
         for i, h in zip(ids, hashes, strict=True):
             acc.add(i, h)
@@ -669,11 +670,19 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == 2
 
 
-def test_schedule_requests_the_job():
+def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():
+    assert audit_seal_schedule.cron_schedule == "* * * * *"
     assert audit_seal_schedule.job_name == audit_seal_job.name
     assert audit_seal_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    requests = list(audit_seal_schedule.evaluate_tick(dg.build_schedule_context()).run_requests)
-    assert len(requests) == 1
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance)
+        requests = list(audit_seal_schedule.evaluate_tick(context).run_requests)
+        assert len(requests) == 1
+        instance.add_run(
+            dg.DagsterRun(job_name=audit_seal_job.name, status=dg.DagsterRunStatus.STARTED)
+        )
+        tick = audit_seal_schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+        assert not tick.run_requests and "still in flight" in tick.skip_message
 
 
 def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):

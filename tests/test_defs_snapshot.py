@@ -47,7 +47,7 @@ JOBS = {
     "status_check_job",
 }
 SCHEDULES = {
-    "audit_seal_schedule": ("7 * * * *", "audit_seal_job"),
+    "audit_seal_schedule": ("* * * * *", "audit_seal_job"),
     "backup_freshness_schedule": ("30 * * * *", "backup_freshness_job"),
     "canary_schedule": ("*/15 * * * *", "canary_job"),
     "nightly_backup_schedule": ("0 2 * * *", "nightly_backup_job"),

@@ -17,7 +17,7 @@ from hardening_pipeline.backup.nightly import BACKUP_LOCK_KEY, run_backup
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.db.job_locks import JobLockBusy
 from hardening_pipeline.errors import ConfigError
-from hardening_pipeline.hardening import seals
+from hardening_pipeline.hardening.seals import sealing as seals
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import acting_as, admin_connect
 

@@ -1,10 +1,11 @@
-"""Hourly audit seals as a Dagster asset, with its job and schedule.
+"""Audit seals every minute as a Dagster asset, with its job and schedule.
 
 The work is ``hardening_pipeline.hardening.seals`` (the same functions ``hardening seal`` calls):
 this asset seals what is new, then verifies the whole chain against the store copies and the
 key, which the daily status report cannot do on its own (it reads only the database). It
 records each full re-hash (``hardening.audit_seal_checks``), so later runs re-hash only seals
-whose rows changed version, plus each seal once every ``RECHECK_AFTER``. The check
+whose rows changed version, plus each seal once every ``RECHECK_AFTER``; a rewritten unsealed
+window (rewound sequence, reused or missing ids, back-dated rows) fails the seal itself. The check
 is blocking with ERROR severity, so a broken chain fails the run and the run-failure sensor
 alerts Slack. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
@@ -100,11 +101,32 @@ audit_seal_job = dg.define_asset_job(
     description="Seal the new audit rows and verify the seal chain against the backup store.",
 )
 
-audit_seal_schedule = dg.ScheduleDefinition(
+# Rows written since the last seal are the window in which a superuser's rewrite can go unseen
+# (hardening_pipeline/hardening/seals/window.py), so the seal runs every minute. A run still in
+# flight makes the next tick skip rather than queue behind it.
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.schedule(
     name="audit_seal_schedule",
     job=audit_seal_job,
-    cron_schedule="7 * * * *",
+    cron_schedule="* * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Hourly at :07: seal the audit rows added since the last seal.",
+    description=(
+        "Every minute: seal the audit rows added since the last seal, so what a superuser could "
+        "rewrite unseen is at most about a minute of rows."
+    ),
 )
+def audit_seal_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    running = context.instance.get_runs_count(
+        dg.RunsFilter(job_name=audit_seal_job.name, statuses=_IN_FLIGHT)
+    )
+    if running:
+        return dg.SkipReason("the previous audit seal run is still in flight")
+    return dg.RunRequest()

@@ -488,11 +488,13 @@ def check_audit_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
 
 @check(
     "audit_seal_chain",
-    "audit_events matches its hash-chain seals (no sealed row changed, deleted or back-dated)",
+    "audit_events matches its hash-chain seals (no sealed row changed, deleted or forged) and "
+    "the unsealed window its high-water marks recorded (no rewound sequence, reused id or "
+    "back-dated row)",
 )
 def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     # The database alone cannot reveal a rewrite of rows and seals together; with the store and
-    # key (ctx.store, ctx.keyring) it can. See hardening_pipeline/hardening/seals.py.
+    # key (ctx.store, ctx.keyring) it can. See docs/audit-seal-format.md.
     result = verify_seal_chain(conn, store=ctx.store, keyring=ctx.keyring)
     return result.passed, result.detail, result.fix
 

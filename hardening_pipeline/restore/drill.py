@@ -42,6 +42,7 @@ from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, d
 from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.seals.window import restore_high_water
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.bulk_load import (
     DeferredKeys,
@@ -207,6 +208,7 @@ def restore_backup_into(
             load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
         keys.rebuild(conn)
         reset_sequences(conn, tables)
+        restore_high_water(conn)
         triggers.restore(conn)
         sync_tenant_policies(conn)
         conn.commit()
