@@ -123,12 +123,6 @@ def test_4_status_runs_as_postgres_and_names_the_apps_own_findings(adoption: Ado
     assert result.returncode == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status is red on the kit's own lines foreign_keys_restrict and "
-    "tenant_consistency_keys: 003 does not replace the app's CASCADE keys on messages nor add a "
-    "unit->development tenant key to existing tables (issue 13, observations 3 and 9)",
-)
 def test_5_status_is_red_only_on_the_apps_own_findings(adoption: Adoption) -> None:
     adoption.run("status")
     red = set(adoption.latest_report("status")["red"])

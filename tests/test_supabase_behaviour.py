@@ -100,11 +100,6 @@ def _announced(change: Change, plan: MigrationPlan) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writes to legacy_accounts (text tenant ids) start failing in audit capture and the "
-    "plan does not say so (issue 13, observation 4)",
-)
 def test_every_refusal_the_capture_sees_is_announced_by_the_plan(supabase_app_url: str) -> None:
     apply_blocker_fixes(supabase_app_url)
     plan = plan_migrations(supabase_app_url)
@@ -180,23 +175,11 @@ def _widenings(changes: list[Change]) -> list[Change]:
     return [c for c in changes if grants_more(c)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="001 adds permissive FOR ALL tenant policies beside the app's own (issue 13, "
-    "observation 2): a viewer may then edit a colleague's message; needs restrictive tenant "
-    "policies on tables the kit did not create",
-)
 def test_the_kit_never_widens_access(adopted: tuple[Capture, Capture]) -> None:
     before, after = adopted
     assert _widenings(diff(before, after)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit capture casts tenant_id to uuid (issue 13, observation 4): every write to "
-    "legacy_accounts (text tenant ids) fails; and 001's permissive policies (observation 2) "
-    "let a viewer reach deletes that then fail",
-)
 def test_writes_keep_working_unless_the_plan_says_so(adopted: tuple[Capture, Capture]) -> None:
     before, after = adopted
     expected = expected_after(before)
@@ -209,11 +192,6 @@ def test_writes_keep_working_unless_the_plan_says_so(adopted: tuple[Capture, Cap
     assert newly_refused == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs restrictive tenant policies and text tenant ids in audit capture (issue 13, "
-    "observations 2 and 4)",
-)
 def test_behaviour_differs_exactly_as_expected(adopted: tuple[Capture, Capture]) -> None:
     before, after = adopted
     assert diff(before, after) == diff(before, expected_after(before))

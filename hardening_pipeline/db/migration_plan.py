@@ -282,7 +282,10 @@ def describe_changes(before: Snapshot, after: Snapshot, filename: str) -> list[C
                 if _table_of(k) == table and v[4] == columns and k in after["constraints"]
             ]
             detail = definition
-            if same_columns:
+            if key in fk_before:  # the same name rebuilt (011 keeps the app's key names)
+                old = fk_before[key]
+                add("foreign keys replaced", key, f"{old[1]} -> {definition}")
+            elif same_columns:
                 old_key, old = same_columns[0]
                 add("foreign keys replaced", key,
                     f"{old_key.split(' ', 1)[1]} ({old[1]}) -> {definition}")  # fmt: skip
