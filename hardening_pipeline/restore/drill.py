@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -36,10 +37,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
-from hardening_pipeline.backup.export import TableStream, discover_layout
-from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
+from hardening_pipeline.backup.export import DEFAULT_SCHEMAS, TableStream, discover_layout
+from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.bulk_load import (
@@ -53,7 +55,13 @@ from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, d
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.status_check import run_status_check
-from hardening_pipeline.restore.reader import TableReader, fetched_backup
+from hardening_pipeline.restore.reader import (
+    FetchedObject,
+    TableReader,
+    fetched_backup,
+    read_schema_sections,
+)
+from hardening_pipeline.restore.schema import SchemaRebuild, apply_post_data, prepare_target
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRILL_DATABASE = "restore_drill"
@@ -207,6 +215,141 @@ def restore_backup_into(
     return sum(t.row_count for o in manifest.objects for t in o.tables)
 
 
+# Objects loaded at once by the schema-carrying restore, one connection each (as pg_restore -j).
+RESTORE_WORKERS = 2
+
+
+@dataclass
+class AppRestore:
+    """What restoring a schema-carrying backup did: rows loaded and how the schema came back."""
+
+    rows: int
+    rebuild: SchemaRebuild
+
+
+def _load_objects(
+    url: str,
+    fetched: dict[str, FetchedObject],
+    manifest: Manifest,
+    data_key: bytes,
+    workers: int,
+) -> None:
+    """COPY every object in, ``workers`` objects at a time, each in its own transaction.
+
+    The tables have no keys or triggers yet, so objects do not depend on each other; an
+    object whose decryption fails at its end rolls its own transaction back and fails the
+    restore (of a throwaway database).
+    """
+    pending = sorted(manifest.objects, key=lambda o: -o.plaintext_bytes)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            with connect(url) as conn:
+                while True:
+                    with lock:
+                        if not pending or failures:
+                            return
+                        entry = pending.pop(0)
+                    reader = TableReader(fetched[entry.name], manifest, data_key)
+                    load_into_empty(conn, iter(reader))
+                    conn.commit()
+        except BaseException as exc:  # re-raised in the caller's thread
+            with lock:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def restore_app_backup_into(
+    url: str,
+    store: BackupStore,
+    backup: StoredBackup,
+    keyring: Keyring,
+    *,
+    workers: int = RESTORE_WORKERS,
+) -> AppRestore:
+    """Rebuild a schema-carrying backup in the empty database at ``url``, pg_restore's way.
+
+    Roles the schema needs, pre-data, rows (``workers`` objects at once), sequences, then
+    post-data. A constraint the rows break is reported in the result, not raised.
+    """
+    manifest = backup.manifest
+    assert manifest is not None and manifest.app_schema is not None
+    data_key = unwrap_data_key(manifest, keyring)
+    with fetched_backup(store, manifest, backup.folder) as fetched:
+        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
+        rebuild = prepare_target(url, manifest.app_schema, sections["pre-data"])
+        if rebuild.failed:
+            raise DrillFailure(
+                f"the backup's schema could not be rebuilt ({len(rebuild.failed)} object(s) "
+                f"failed, first: {rebuild.failed[0]}); restore into a server with the "
+                "extensions and version the app needs (--target-dsn)."
+            )
+        _load_objects(url, fetched, manifest, data_key, workers)
+    with connect(url) as conn:
+        reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
+        conn.commit()
+    apply_post_data(url, sections["post-data"], rebuild, workers=workers)
+    return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
+
+
+def rebuild_invariants(rebuild: SchemaRebuild) -> list[Invariant]:
+    """The schema came back whole, and every constraint holds on the restored rows."""
+    violations = [v.describe() for v in rebuild.violations]
+    return [
+        Invariant(
+            "the backup's schema rebuilt without errors",
+            not rebuild.failed,
+            "; ".join(rebuild.failed[:10])
+            if rebuild.failed
+            else "pre-data, rows, post-data"
+            + (
+                f"; roles created: {', '.join(rebuild.roles_created)}"
+                if rebuild.roles_created
+                else ""
+            ),
+        ),
+        Invariant(
+            "every constraint holds on the restored rows",
+            not violations,
+            "; ".join(violations[:10])
+            + (" (kept NOT VALID or left out; fix the rows at the source)" if violations else "")
+            if violations
+            else "all keys, foreign keys and checks validated",
+        ),
+    ]
+
+
+def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
+    """The restored app's tables, views, functions, policies... equal the backup's catalog."""
+    with connect(url) as conn:
+        restored = read_catalog(conn, app_schema.schemas)
+        conn.rollback()
+    differences = []
+    for kind, recorded in sorted(app_schema.catalog.items()):
+        now = set(restored.get(kind, ()))
+        missing = sorted(set(recorded) - now)
+        extra = sorted(now - set(recorded))
+        if missing:
+            differences.append(f"{kind} missing: {', '.join(missing[:5])}")
+        if extra:
+            differences.append(f"{kind} not in the backup: {', '.join(extra[:5])}")
+    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(app_schema.catalog.items()))
+    return Invariant(
+        "the app's schema equals the backup's catalog",
+        not differences,
+        "; ".join(differences) if differences else counts,
+    )
+
+
 def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     """Re-export the restored database and compare every table's count and digest."""
     mismatches: list[str] = []
@@ -214,7 +357,9 @@ def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        layout = discover_layout(conn)
+        layout = discover_layout(
+            conn, manifest.app_schema.schemas if manifest.app_schema else DEFAULT_SCHEMAS
+        )
         specs = {t.qualified: t for t in (*layout.tenant_tables, *layout.shared_tables)}
         for entry in manifest.objects:
             wanted = [specs.get(t.name) for t in entry.tables]
@@ -361,9 +506,17 @@ def run_restore_drill(
         with _target_database(target_dsn) as (url, description):
             result.target = description
             with stages.stage("restore"):
-                result.rows_restored = restore_backup_into(url, store, backup, keyring)
+                if manifest.app_schema is None:
+                    # Written before backups carried the schema: the migrations rebuild it.
+                    result.rows_restored = restore_backup_into(url, store, backup, keyring)
+                else:
+                    restored = restore_app_backup_into(url, store, backup, keyring)
+                    result.rows_restored = restored.rows
+                    result.invariants.extend(rebuild_invariants(restored.rebuild))
             with stages.stage("verify"):
                 result.invariants.extend(compare_with_manifest(url, manifest))
+                if manifest.app_schema is not None:
+                    result.invariants.append(compare_catalog(url, manifest.app_schema))
             with stages.stage("upgrade"):
                 # Newer migrations of this checkout, applied after the digests were compared:
                 # proves the backup is usable with the code that would restore it today.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import psycopg
+
 from hardening_pipeline.backup.catalog import find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.manifest import unwrap_data_key
@@ -19,7 +21,7 @@ from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.bulk_load import MergeCount, merge_tenant
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
-from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.restore.reader import TableReader, fetched_backup
 
 
@@ -73,8 +75,18 @@ def restore_tenant(
         data_key = unwrap_data_key(manifest, keyring)
         with fetched_backup(store, manifest, backup.folder, only={entries[0].name}) as fetched:
             reader = TableReader(fetched[entries[0].name], manifest, data_key)
-            with conn.transaction():
-                counts = merge_tenant(
-                    conn, iter(reader), tenant_id=tenant, actor=f"restore:{manifest.backup_id}"
-                )
+            try:
+                with conn.transaction():
+                    counts = merge_tenant(
+                        conn, iter(reader), tenant_id=tenant, actor=f"restore:{manifest.backup_id}"
+                    )
+            except psycopg.Error as exc:
+                # The target's schema or rows disagree with the backup (a column it lacks, a
+                # parent row that is gone): one sentence, nothing written, no traceback.
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CheckFailed(
+                    f"tenant {tenant} could not be restored into the target ({reason}); nothing "
+                    "was written: bring the target's schema to the backup's (`hardening "
+                    "migrate`) or restore into an empty migrated database."
+                ) from exc
     return TenantRestoreResult(manifest.backup_id, tenant, counts)

@@ -125,8 +125,16 @@ def test_application_writes_through_the_client_are_audited(url, conn, two_tenant
 
 
 def test_audit_triggers_are_enabled_always(conn):
+    # The kit's triggers (functions in the hardening schema); the app's own keep their state.
     rows = conn.execute(
         "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "WHERE NOT t.tgisinternal AND t.tgenabled <> 'A'"
+        "JOIN pg_proc p ON p.oid = t.tgfoid "
+        "WHERE NOT t.tgisinternal AND t.tgenabled <> 'A' "
+        "AND p.pronamespace = 'hardening'::regnamespace"
     ).fetchall()
     assert rows == []
+    count = conn.execute(
+        "SELECT count(*) AS n FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+        "WHERE p.pronamespace = 'hardening'::regnamespace"
+    ).fetchone()["n"]
+    assert count > 0
