@@ -229,6 +229,18 @@ class SnapshotInfo:
     table_totals: dict[str, int]
 
 
+def pin_text_output(conn: psycopg.Connection) -> None:
+    """Fix the session settings COPY's text depends on, for this transaction.
+
+    The same rows must give the same bytes on the source and on a restored copy whose server
+    has another time zone or encoding, or the digests a restore is checked with would differ.
+    """
+    conn.execute("SET LOCAL client_encoding = 'UTF8'")
+    conn.execute("SET LOCAL TimeZone = 'UTC'")
+    conn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
+    conn.execute("SET LOCAL IntervalStyle = 'postgres'")
+
+
 def open_snapshot(conn: psycopg.Connection) -> None:
     """Start the read-only snapshot transaction every read of this backup runs in.
 
@@ -239,6 +251,7 @@ def open_snapshot(conn: psycopg.Connection) -> None:
     conn.read_only = True
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    pin_text_output(conn)
 
 
 def export_snapshot(conn: psycopg.Connection) -> str:
@@ -263,6 +276,7 @@ def join_snapshot(conn: psycopg.Connection, snapshot_id: str) -> None:
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    pin_text_output(conn)
 
 
 def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> SnapshotInfo:

@@ -40,7 +40,12 @@ from psycopg import sql
 from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
-from hardening_pipeline.backup.export import DEFAULT_SCHEMAS, TableStream, discover_layout
+from hardening_pipeline.backup.export import (
+    DEFAULT_SCHEMAS,
+    TableStream,
+    discover_layout,
+    pin_text_output,
+)
 from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
@@ -197,7 +202,10 @@ def restore_backup_into(
     assert manifest is not None
     data_key = unwrap_data_key(manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
-    with fetched_backup(store, manifest, backup.folder) as fetched, connect(url) as conn:
+    with (
+        fetched_backup(store, manifest, backup.folder) as fetched,
+        connect(url, client_encoding="UTF8") as conn,
+    ):
         tables = [t.name for o in manifest.objects for t in o.tables]
         triggers = UserTriggers.read(conn, tables)
         keys = DeferredKeys.read(conn, tables)
@@ -246,7 +254,7 @@ def _load_objects(
 
     def loop() -> None:
         try:
-            with connect(url) as conn:
+            with connect(url, client_encoding="UTF8") as conn:
                 while True:
                     with lock:
                         if not pending or failures:
@@ -357,6 +365,7 @@ def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+        pin_text_output(conn)
         layout = discover_layout(
             conn, manifest.app_schema.schemas if manifest.app_schema else DEFAULT_SCHEMAS
         )

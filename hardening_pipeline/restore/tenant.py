@@ -57,7 +57,7 @@ def restore_tenant(
         raise ConfigError(
             f"backup {manifest.backup_id} holds no tenant {tenant}; pick another with --backup-id."
         )
-    with connect(target_url) as conn:
+    with connect(target_url, client_encoding="UTF8") as conn:
         applied = {m.filename for m in read_applied(conn)}
         missing = [m for m in manifest.schema.applied_migrations if m not in applied]
         if missing:
