@@ -392,3 +392,23 @@ def test_schema_object_is_checked_like_the_data(app_db, store, keyring):
     result = run_restore_drill(store, keyring, run_tests=False)
     assert result.failed_stage == "restore" and "schema.hpb" in (result.failure or "")
     assert result.rows_restored == 0
+
+
+def test_restore_one_tenant_into_an_empty_database_rebuilds_the_app(
+    app_db, store, keyring, empty_db_url
+):
+    backup = run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    tenant = backup.manifest.objects[0].tenant_id
+    result = restore_tenant(store, keyring, tenant_id=tenant, target_url=empty_db_url)
+    assert {c.table: c.inserted for c in result.counts}["invoices"] == 3
+    with admin_connect(empty_db_url) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM billing.plans").fetchone()["n"] == 2
+        tenants = conn.execute("SELECT DISTINCT tenant_id::text AS t FROM invoices").fetchall()
+        assert tenants == [{"t": tenant}]
+        # Shared rows that are every tenant's stay out: other tenants' lines, the audit log.
+        assert conn.execute("SELECT count(*) AS n FROM invoice_lines").fetchone()["n"] == 0
+        actors = conn.execute("SELECT DISTINCT actor FROM audit_events").fetchall()
+        assert actors == [{"actor": f"restore:{backup.backup_id}"}]
+        migrations = conn.execute("SELECT count(*) AS n FROM hardening.schema_migrations")
+        assert migrations.fetchone()["n"] == len(backup.manifest.schema.applied_migrations)
+        assert conn.execute("SELECT count(*) AS n FROM invoice_totals").fetchone()["n"] == 1
