@@ -119,9 +119,23 @@ def _run(conn: psycopg.Connection, statement: str) -> None:
     conn.execute(statement.encode("utf-8"))
 
 
+def _run_retrying(conn: psycopg.Connection, statement: str, attempts: int = 3) -> None:
+    """Run, retrying a deadlock: two foreign keys built at once can lock the same two tables
+    in opposite orders, and Postgres then cancels one of them."""
+    for attempt in range(attempts):
+        try:
+            _run(conn, statement)
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == attempts - 1:
+                raise
+
+
 def _session(url: str, prologue: str) -> psycopg.Connection:
     conn = connect(url, autocommit=True)
     _run(conn, prologue)
+    # Index and key builds sort the whole table; the default 64 MB spills to disk early.
+    conn.execute("SET maintenance_work_mem = '256MB'")
     return conn
 
 
@@ -223,7 +237,7 @@ def _foreign_key_rows(conn: psycopg.Connection, table: str, constraint: str) -> 
 def _apply_constraint(conn: psycopg.Connection, entry: DumpEntry, result: SchemaRebuild) -> None:
     """Add one key; if the rows break it, keep it NOT VALID (foreign keys) and name the rows."""
     try:
-        _run(conn, entry.sql)
+        _run_retrying(conn, entry.sql)
         return
     except psycopg.errors.ForeignKeyViolation as exc:
         error: psycopg.Error = exc
@@ -288,7 +302,8 @@ def _parallel(
 
 
 def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int = 2) -> None:
-    """Keys and indexes (in parallel), then foreign keys, then triggers, RLS and policies."""
+    """Keys and indexes, then foreign keys (each on ``workers`` connections, as
+    ``pg_restore -j`` does), then triggers, RLS and policies in the dump's order."""
     prologue, entries = split_dump(text)
     keys = [e for e in entries if e.type in _KEY_TYPES]
     foreign = [e for e in entries if e.type in _FK_TYPES]
@@ -297,7 +312,7 @@ def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int 
 
     def build_key(conn: psycopg.Connection, entry: DumpEntry) -> None:
         local = SchemaRebuild()
-        if entry.type == "CONSTRAINT":
+        if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
             _apply_constraint(conn, entry, local)
         else:
             try:
@@ -309,9 +324,8 @@ def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int 
             result.violations.extend(local.violations)
 
     _parallel(url, prologue, keys, workers, build_key)
+    _parallel(url, prologue, foreign, workers, build_key)
     with _session(url, prologue) as conn:
-        for entry in foreign:
-            _apply_constraint(conn, entry, result)
         for entry in rest:
             try:
                 _run(conn, entry.sql)
