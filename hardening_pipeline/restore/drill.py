@@ -5,11 +5,15 @@ Stages, each timed (their sum is the recovery time, RTO):
 1. find   - newest backup with a verified manifest (an empty store is a failure);
 2. fetch  - download every object and compare its SHA-256 with the manifest, before decrypting;
 3. schema - the backup's migrations must all be known to this code, unchanged;
-4. restore - a throwaway Postgres (container or embedded, or ``target_dsn``), the backup's
-             migrations, then every table by COPY in dependency order, audit triggers off so
-             the audit log comes back exactly as it was; all in one transaction;
+4. restore - a throwaway Postgres (container or embedded, or ``target_dsn``), then the
+             backup's own schema (missing roles NOLOGIN, pre-data), every object by COPY on two
+             connections before any trigger or key exists, then post-data (keys, indexes,
+             triggers, RLS, policies); a key the rows break is reported, not fatal. A backup
+             written before backups carried the schema gets its migrations instead, then its
+             rows with the audit triggers off, in one transaction;
 5. verify  - re-export the restored database with the backup's own exporter: every table's
-             row count and SHA-256 must equal the manifest;
+             row count and SHA-256 must equal the manifest; the restored catalog must equal
+             the one recorded at backup time;
 6. upgrade - apply this checkout's newer migrations, as a real recovery would;
 7. checks  - canaries clean, RLS still isolates, the status check all green;
 8. tests   - ``pytest -m drill`` pointed at the restored database.
