@@ -412,3 +412,25 @@ def test_restore_one_tenant_into_an_empty_database_rebuilds_the_app(
         migrations = conn.execute("SELECT count(*) AS n FROM hardening.schema_migrations")
         assert migrations.fetchone()["n"] == len(backup.manifest.schema.applied_migrations)
         assert conn.execute("SELECT count(*) AS n FROM invoice_totals").fetchone()["n"] == 1
+
+
+def test_dump_entries_are_split_on_pg_dump_headers_and_meta_commands_dropped():
+    from hardening_pipeline.restore.schema import split_dump
+
+    text = (
+        "\\restrict AbC123\n"
+        "SET statement_timeout = 0;\n\n"
+        "--\n-- Name: public; Type: SCHEMA; Schema: -; Owner: pg_database_owner\n--\n\n"
+        "CREATE SCHEMA public;\n\n"
+        "--\n-- Name: plans plans_pkey; Type: CONSTRAINT; Schema: billing; Owner: app\n--\n\n"
+        "ALTER TABLE ONLY billing.plans\n    ADD CONSTRAINT plans_pkey PRIMARY KEY (id);\n\n"
+        "--\n-- PostgreSQL database dump complete\n--\n\n"
+        "\\unrestrict AbC123\n"
+    )
+    prologue, entries = split_dump(text)
+    assert prologue.strip() == "SET statement_timeout = 0;"
+    assert [(e.type, e.schema, e.name) for e in entries] == [
+        ("SCHEMA", "-", "public"),
+        ("CONSTRAINT", "billing", "plans plans_pkey"),
+    ]
+    assert "\\unrestrict" not in entries[-1].sql and "PRIMARY KEY (id);" in entries[-1].sql

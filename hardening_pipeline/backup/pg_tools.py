@@ -10,6 +10,7 @@ the embedded ``pgserver`` wheel ships.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -36,6 +37,18 @@ class PgTool:
 
 def tool_version(path: Path) -> PgTool | None:
     """The version ``path --version`` reports, or None when it does not run or is not Postgres."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    # A long-running process (the Dagster code server) backs up every night: ask each binary
+    # once, again only if it was replaced.
+    return _tool_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _tool_version(path_text: str, _mtime_ns: int, _size: int) -> PgTool | None:
+    path = Path(path_text)
     try:
         proc = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
