@@ -434,3 +434,13 @@ def test_dump_entries_are_split_on_pg_dump_headers_and_meta_commands_dropped():
         ("CONSTRAINT", "billing", "plans plans_pkey"),
     ]
     assert "\\unrestrict" not in entries[-1].sql and "PRIMARY KEY (id);" in entries[-1].sql
+
+
+def test_restore_into_a_malformed_target_is_a_usage_error(store, keyring):
+    with pytest.raises(ConfigError, match="--into is neither"):
+        restore_tenant(
+            store,
+            keyring,
+            tenant_id="00000000-0000-0000-0000-000000000001",
+            target_url="not a dsn",
+        )

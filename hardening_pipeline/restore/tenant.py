@@ -34,6 +34,7 @@ from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
 from hardening_pipeline.restore.schema import apply_post_data, prepare_target
+from hardening_pipeline.settings import check_database_url
 
 MIGRATIONS_TABLE = "hardening.schema_migrations"
 
@@ -143,6 +144,7 @@ def restore_tenant(
         tenant = str(uuid.UUID(tenant_id))
     except ValueError:
         raise ConfigError(f"--tenant {tenant_id!r} is not a UUID; pass the tenant's id.") from None
+    check_database_url(target_url, "--into")
     backup = find_backup(list_backups(store, keyring), backup_id)
     manifest = backup.manifest
     assert manifest is not None
