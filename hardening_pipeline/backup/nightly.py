@@ -317,8 +317,10 @@ class _ObjectExporter:
 class _SchemaExport:
     """The schema object: ``pg_dump`` runs beside the row export, on the same snapshot.
 
-    It runs in its own thread because two ``pg_dump`` processes cost a few hundred
-    milliseconds of mostly waiting, which the row export can fill.
+    The dump runs in its own thread because two ``pg_dump`` processes cost a few hundred
+    milliseconds of mostly waiting, which the row export can fill. The (small) object is
+    stored after the data objects, from the backup's own thread, so a run that dies half-way
+    leaves the same debris as before backups carried the schema.
     """
 
     def __init__(
@@ -343,6 +345,7 @@ class _SchemaExport:
         self.stats = None
         self.stored = 0
         self.failure: BaseException | None = None
+        self._dumped: dict[str, bytes] = {}
         self._thread = threading.Thread(target=self._run, name="backup-schema", daemon=True)
 
     def start(self) -> None:
@@ -357,24 +360,28 @@ class _SchemaExport:
 
     def _run(self) -> None:
         try:
-            dumped = dump_schema(*self._args)
-            self.sections = tuple(
-                SectionEntry(name, len(text), hashlib.sha256(text).hexdigest())
-                for name, text in dumped.items()
-            )
-            encoder = ObjectEncoder(
-                list(dumped.values()),
-                self._data_key,
-                backup_id=self._backup_id,
-                object_name=SCHEMA_OBJECT_NAME,
-            )
-            if self._dry_run:
-                _discard(encoder)
-            else:
-                self.stored = self._store.put(self._folder + SCHEMA_OBJECT_NAME, encoder)
-            self.stats = encoder.stats
-        except BaseException as exc:  # re-raised by join() in the backup's own thread
+            self._dumped = dump_schema(*self._args)
+        except BaseException as exc:  # re-raised by raise_failure() in the backup's thread
             self.failure = exc
+
+    def store_object(self) -> None:
+        """Encrypt and store the dump (after ``join`` and ``raise_failure``)."""
+        dumped = self._dumped
+        self.sections = tuple(
+            SectionEntry(name, len(text), hashlib.sha256(text).hexdigest())
+            for name, text in dumped.items()
+        )
+        encoder = ObjectEncoder(
+            list(dumped.values()),
+            self._data_key,
+            backup_id=self._backup_id,
+            object_name=SCHEMA_OBJECT_NAME,
+        )
+        if self._dry_run:
+            _discard(encoder)
+        else:
+            self.stored = self._store.put(self._folder + SCHEMA_OBJECT_NAME, encoder)
+        self.stats = encoder.stats
 
 
 def _run_locked(
@@ -433,6 +440,7 @@ def _run_locked(
         exporter.raise_failure()
         schema_export.raise_failure()
         conn.rollback()
+    schema_export.store_object()
     stats = schema_export.stats
     assert stats is not None
     app_schema = AppSchemaEntry(

@@ -11,6 +11,7 @@ the embedded ``pgserver`` wheel ships.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -62,12 +63,12 @@ def _tool_version(path_text: str, _mtime_ns: int, _size: int) -> PgTool | None:
 
 
 def _embedded_bin_dir() -> Path | None:
-    try:
-        from hardening_pipeline.db.embedded import pgserver_bin_dir
-
-        return pgserver_bin_dir()
-    except Exception:  # pgserver missing or broken: simply one candidate fewer
+    # Located, not imported: importing pgserver prints a platformdirs warning on headless
+    # machines, which would break the CLI's one-line errors.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.origin:
         return None
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def candidate_paths(name: str, server_major: int) -> list[Path]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import TableEntry
@@ -35,11 +36,20 @@ def copy_in(
     target: sql.Composable,
     columns: Sequence[str],
     chunks: Iterable[bytes],
+    *,
+    queued: bool = False,
 ) -> None:
+    """``COPY target (columns) FROM STDIN`` with ``chunks``.
+
+    ``queued`` sends on a writer thread, so decrypting the next chunk overlaps sending this one.
+    """
     query = sql.SQL("COPY {} ({}) FROM STDIN").format(
         target, sql.SQL(", ").join(map(sql.Identifier, columns))
     )
-    with conn.cursor() as cur, cur.copy(query) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(query, writer=QueuedLibpqWriter(cur) if queued else None) as copy,
+    ):
         for chunk in chunks:
             copy.write(chunk)
 
@@ -138,6 +148,7 @@ def load_into_empty(
     tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
     *,
     replace: Sequence[str] = (),
+    queued: bool = False,
 ) -> dict[str, int]:
     """COPY every table in, triggers off; ``replace`` tables are emptied first. Returns bytes."""
     loaded: dict[str, int] = {}
@@ -146,7 +157,7 @@ def load_into_empty(
         if entry.name in replace and entry.name not in loaded:
             conn.execute(sql.SQL("DELETE FROM {}").format(target))
         counted = _counting(chunks, entry.name, loaded)
-        copy_in(conn, target, entry.columns, counted)
+        copy_in(conn, target, entry.columns, counted, queued=queued)
     return loaded
 
 

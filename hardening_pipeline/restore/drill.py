@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,7 +71,13 @@ from hardening_pipeline.restore.reader import (
     fetched_backup,
     read_schema_sections,
 )
-from hardening_pipeline.restore.schema import SchemaRebuild, apply_post_data, prepare_target
+from hardening_pipeline.restore.schema import (
+    DumpEntry,
+    PostData,
+    SchemaRebuild,
+    entry_table,
+    prepare_target,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DRILL_DATABASE = "restore_drill"
@@ -239,37 +246,72 @@ class AppRestore:
     rebuild: SchemaRebuild
 
 
-def _load_objects(
+def _load_and_index(
     url: str,
     fetched: dict[str, FetchedObject],
     manifest: Manifest,
     data_key: bytes,
+    post: PostData,
+    rebuild: SchemaRebuild,
     workers: int,
 ) -> None:
-    """COPY every object in, ``workers`` objects at a time, each in its own transaction.
+    """COPY every object in on ``workers`` connections, building each table's keys and
+    indexes as soon as its last object is in, the way ``pg_restore -j`` schedules.
 
-    The tables have no keys or triggers yet, so objects do not depend on each other; an
-    object whose decryption fails at its end rolls its own transaction back and fails the
-    restore (of a throwaway database).
+    The tables have no keys or triggers while rows go in, so objects do not depend on each
+    other. Each object loads in its own transaction: one whose decryption fails at its end
+    rolls back and fails the restore (of a throwaway database).
     """
+    remaining = Counter(t.name for o in manifest.objects for t in o.tables)
+    waiting: dict[str, list[DumpEntry]] = defaultdict(list)
+    after_load: list[DumpEntry] = []
+    for entry in post.keys:
+        table = entry_table(entry)
+        (waiting[table] if table in remaining else after_load).append(entry)
+    ready: deque[DumpEntry] = deque()
     pending = sorted(manifest.objects, key=lambda o: -o.plaintext_bytes)
-    lock = threading.Lock()
+    cond = threading.Condition()
+    state = {"loading": 0}
     failures: list[BaseException] = []
+
+    def next_task() -> tuple[str, Any] | None:
+        with cond:
+            while not failures:
+                if ready:
+                    return "key", ready.popleft()
+                if pending:
+                    state["loading"] += 1
+                    return "load", pending.pop(0)
+                if not state["loading"]:
+                    return None
+                cond.wait()
+            return None
 
     def loop() -> None:
         try:
-            with connect(url, client_encoding="UTF8") as conn:
-                while True:
-                    with lock:
-                        if not pending or failures:
-                            return
-                        entry = pending.pop(0)
-                    reader = TableReader(fetched[entry.name], manifest, data_key)
-                    load_into_empty(conn, iter(reader))
-                    conn.commit()
+            with post.session(url) as conn:
+                # A throwaway target: a crash loses it whole anyway, so commits need not
+                # wait for the disk.
+                conn.execute("SET synchronous_commit = off")
+                while (task := next_task()) is not None:
+                    kind, item = task
+                    if kind == "key":
+                        post.build(conn, item, rebuild)
+                        continue
+                    reader = TableReader(fetched[item.name], manifest, data_key)
+                    with conn.transaction():
+                        load_into_empty(conn, iter(reader), queued=True)
+                    with cond:
+                        state["loading"] -= 1
+                        for table in item.tables:
+                            remaining[table.name] -= 1
+                            if remaining[table.name] == 0:
+                                ready.extend(waiting.pop(table.name, []))
+                        cond.notify_all()
         except BaseException as exc:  # re-raised in the caller's thread
-            with lock:
+            with cond:
                 failures.append(exc)
+                cond.notify_all()
 
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
     for thread in threads:
@@ -278,6 +320,8 @@ def _load_objects(
         thread.join()
     if failures:
         raise failures[0]
+    leftovers = [e for entries in waiting.values() for e in entries] + after_load
+    post.build_all(url, leftovers, rebuild, workers)
 
 
 def restore_app_backup_into(
@@ -305,11 +349,12 @@ def restore_app_backup_into(
                 f"failed, first: {rebuild.failed[0]}); restore into a server with the "
                 "extensions and version the app needs (--target-dsn)."
             )
-        _load_objects(url, fetched, manifest, data_key, workers)
+        post = PostData(sections["post-data"])
+        _load_and_index(url, fetched, manifest, data_key, post, rebuild, workers)
     with connect(url) as conn:
         reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
         conn.commit()
-    apply_post_data(url, sections["post-data"], rebuild, workers=workers)
+    post.finish(url, rebuild, workers)
     return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
 
 

@@ -132,7 +132,7 @@ def _run_retrying(conn: psycopg.Connection, statement: str, attempts: int = 3) -
 
 
 def _session(url: str, prologue: str) -> psycopg.Connection:
-    conn = connect(url, autocommit=True)
+    conn = connect(url, autocommit=True, client_encoding="UTF8")
     _run(conn, prologue)
     # Index and key builds sort the whole table; the default 64 MB spills to disk early.
     conn.execute("SET maintenance_work_mem = '256MB'")
@@ -301,16 +301,41 @@ def _parallel(
         raise failures[0]
 
 
-def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int = 2) -> None:
-    """Keys and indexes, then foreign keys (each on ``workers`` connections, as
-    ``pg_restore -j`` does), then triggers, RLS and policies in the dump's order."""
-    prologue, entries = split_dump(text)
-    keys = [e for e in entries if e.type in _KEY_TYPES]
-    foreign = [e for e in entries if e.type in _FK_TYPES]
-    rest = [e for e in entries if e.type not in _KEY_TYPES | _FK_TYPES]
-    lock = threading.Lock()
+_ON_TABLE = re.compile(r"\bON (?:ONLY )?((?:\"[^\"]+\"|[^\s(.]+)\.(?:\"[^\"]+\"|[^\s(]+))")
 
-    def build_key(conn: psycopg.Connection, entry: DumpEntry) -> None:
+
+def entry_table(entry: DumpEntry) -> str | None:
+    """The table a key or index entry builds on, named as the manifest names tables.
+
+    ``None`` when it cannot be told (an index whose definition does not parse): such an entry
+    is simply built after every row is in.
+    """
+    if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
+        schema, name = entry.schema, entry.name.split(" ", 1)[0]
+    else:
+        match = _ON_TABLE.search(entry.sql)
+        if not match:
+            return None
+        schema, _, name = match.group(1).partition(".")
+        schema, name = schema.strip('"'), name.strip('"')
+    return name if schema == "public" else f"{schema}.{name}"
+
+
+class PostData:
+    """The post-data section, split into what can be built per table and what comes last."""
+
+    def __init__(self, text: str) -> None:
+        self.prologue, entries = split_dump(text)
+        self.keys = [e for e in entries if e.type in _KEY_TYPES]
+        self.foreign = [e for e in entries if e.type in _FK_TYPES]
+        self.rest = [e for e in entries if e.type not in _KEY_TYPES | _FK_TYPES]
+        self._lock = threading.Lock()
+
+    def session(self, url: str) -> psycopg.Connection:
+        return _session(url, self.prologue)
+
+    def build(self, conn: psycopg.Connection, entry: DumpEntry, result: SchemaRebuild) -> None:
+        """One key, foreign key or index; failures and violations land in ``result``."""
         local = SchemaRebuild()
         if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
             _apply_constraint(conn, entry, local)
@@ -319,18 +344,32 @@ def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int 
                 _run(conn, entry.sql)
             except psycopg.Error as exc:
                 local.failed.append(f"{entry.label}: {_error_line(exc)}")
-        with lock:
+        with self._lock:
             result.failed.extend(local.failed)
             result.violations.extend(local.violations)
 
-    _parallel(url, prologue, keys, workers, build_key)
-    _parallel(url, prologue, foreign, workers, build_key)
-    with _session(url, prologue) as conn:
-        for entry in rest:
-            try:
-                _run(conn, entry.sql)
-            except psycopg.Error as exc:
-                result.failed.append(f"{entry.label}: {_error_line(exc)}")
+    def build_all(
+        self, url: str, entries: Sequence[DumpEntry], result: SchemaRebuild, workers: int
+    ) -> None:
+        _parallel(url, self.prologue, entries, workers, lambda c, e: self.build(c, e, result))
+
+    def finish(self, url: str, result: SchemaRebuild, workers: int) -> None:
+        """Foreign keys (on ``workers`` connections), then triggers, RLS and policies."""
+        self.build_all(url, self.foreign, result, workers)
+        with self.session(url) as conn:
+            for entry in self.rest:
+                try:
+                    _run(conn, entry.sql)
+                except psycopg.Error as exc:
+                    result.failed.append(f"{entry.label}: {_error_line(exc)}")
+
+
+def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int = 2) -> None:
+    """Keys and indexes, then foreign keys (each on ``workers`` connections, as
+    ``pg_restore -j`` does), then triggers, RLS and policies in the dump's order."""
+    post = PostData(text)
+    post.build_all(url, post.keys, result, workers)
+    post.finish(url, result, workers)
 
 
 def prepare_target(url: str, app_schema: AppSchemaEntry, pre_data: str) -> SchemaRebuild:
