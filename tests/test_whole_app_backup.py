@@ -444,3 +444,29 @@ def test_restore_into_a_malformed_target_is_a_usage_error(store, keyring):
             tenant_id="00000000-0000-0000-0000-000000000001",
             target_url="not a dsn",
         )
+
+
+def test_duplicate_rows_leave_the_key_out_and_name_the_duplicate(empty_db_url):
+    from hardening_pipeline.restore.schema import SchemaRebuild, apply_post_data
+
+    with admin_connect(empty_db_url) as conn:
+        conn.execute("CREATE TABLE public.codes (id int, label text)")
+        conn.execute("INSERT INTO codes VALUES (1, 'a'), (1, 'b'), (2, 'c')")
+        conn.commit()
+    post_data = (
+        "SET statement_timeout = 0;\n"
+        "--\n-- Name: codes codes_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres\n--\n\n"
+        "ALTER TABLE ONLY public.codes\n    ADD CONSTRAINT codes_pkey PRIMARY KEY (id);\n\n"
+        "--\n-- Name: codes codes_label_key; Type: CONSTRAINT; Schema: public; Owner: x\n--\n\n"
+        "ALTER TABLE ONLY public.codes\n    ADD CONSTRAINT codes_label_key UNIQUE (label);\n\n"
+    )
+    result = SchemaRebuild()
+    apply_post_data(empty_db_url, post_data, result)
+    assert not result.failed
+    assert [(v.constraint, v.table) for v in result.violations] == [("codes_pkey", "public.codes")]
+    assert "Key (id)=(1) is duplicated" in result.violations[0].describe()
+    with admin_connect(empty_db_url) as conn:
+        keys = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'codes'::regclass ORDER BY 1"
+        ).fetchall()
+        assert keys == [{"conname": "codes_label_key"}]  # the good key is in, the broken one out
