@@ -364,6 +364,8 @@ def backup(ctx: Context, dry_run: bool, workers: int) -> None:
             on_object=lambda name, done, total: progress.update(
                 task, completed=done, total=total, description=f"backing up {name}"
             ),
+            schemas=ctx.settings.backup_schemas,
+            pg_dump_path=ctx.settings.pg_dump_path,
         )
     mb = 1024 * 1024
     rate = result.plaintext_bytes / mb / result.seconds if result.seconds else 0.0

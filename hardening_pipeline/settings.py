@@ -20,6 +20,10 @@ variable name is caught here, once.
 | DAGSTER_WEBSERVER_URL | base URL used for run links in alerts | ``http://localhost:3000`` |
 | HARDENING_RUNBOOK_URL | where docs/runbook.md is published, for links in alerts | unset: alerts |
 |  |  | name the repository path |
+| BACKUP_SCHEMAS | comma-separated schemas a backup carries (schema and rows), | ``public,`` |
+|  | e.g. ``public,auth``; ``hardening`` is always added | ``hardening`` |
+| HARDENING_PG_DUMP | path of the ``pg_dump`` to use for the schema part of backups | found: PATH, |
+|  |  | ``/usr/lib/postgresql/<major>/bin``, the embedded server's |
 
 How policies find the current tenant is deliberately not an environment variable: PostgREST and
 every other client must see the same rule, so it is kept in the database
@@ -30,6 +34,7 @@ every other client must see the same rule, so it is kept in the database
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +54,12 @@ ENV_REPORTS_DIR = "HARDENING_REPORTS_DIR"
 ENV_STATE_DIR = "HARDENING_STATE_DIR"
 ENV_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
 ENV_RUNBOOK_URL = "HARDENING_RUNBOOK_URL"
+ENV_BACKUP_SCHEMAS = "BACKUP_SCHEMAS"
+ENV_PG_DUMP = "HARDENING_PG_DUMP"
+# The app's own schema plus the kit's; ``auth`` (Supabase) is opt-in because its rows are
+# Supabase's to restore, not every team wants them in the app's backup.
+DEFAULT_BACKUP_SCHEMAS = ("public", "hardening")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class Settings:
     state_dir: Path = Path(".hardening")
     webserver_url: str = "http://localhost:3000"
     runbook_url: str | None = None
+    backup_schemas: tuple[str, ...] = DEFAULT_BACKUP_SCHEMAS
+    pg_dump_path: str | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -191,6 +204,21 @@ def parse_store_url(url: str, name: str = ENV_STORE_URL) -> StoreLocation:
     return StoreLocation("s3", bucket=parsed.netloc, prefix=prefix)
 
 
+def parse_backup_schemas(value: str | None) -> tuple[str, ...]:
+    """``BACKUP_SCHEMAS``: plain schema names, comma-separated; ``hardening`` is always added."""
+    if value is None:
+        return DEFAULT_BACKUP_SCHEMAS
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [name for name in names if not _SCHEMA_NAME.fullmatch(name) or name.startswith("pg_")]
+    if bad or not names:
+        raise ConfigError(
+            f"{ENV_BACKUP_SCHEMAS} must be comma-separated schema names like public,auth (got "
+            f"{(bad[0] if bad else value)!r}); fix the variable or unset it for public,hardening."
+        )
+    # The kit's own schema holds the migration record and the audit log a restore needs.
+    return tuple(dict.fromkeys([*names, "hardening"]))
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
     env = os.environ if environ is None else environ
@@ -218,4 +246,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         state_dir=Path(_clean(env, ENV_STATE_DIR) or ".hardening"),
         webserver_url=(_clean(env, ENV_WEBSERVER_URL) or "http://localhost:3000").rstrip("/"),
         runbook_url=runbook.split("#", 1)[0] if runbook else None,
+        backup_schemas=parse_backup_schemas(_clean(env, ENV_BACKUP_SCHEMAS)),
+        pg_dump_path=_clean(env, ENV_PG_DUMP),
     )

@@ -35,6 +35,7 @@ from hardening_pipeline.backup.object_format import SEGMENT_SIZE, ObjectEncoder
 from tests.support import independent_reader as reader
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "backup-format.md"
+TRICKY = "tab\there\nnew\\line \u00e9 \\N"
 
 
 def write_backup(keyring: Keyring) -> tuple[bytes, dict[str, bytes], dict[str, dict[str, bytes]]]:
@@ -153,3 +154,51 @@ def test_the_worked_example_in_the_document_runs() -> None:
     exec(compile(blocks[0], str(DOC), "exec"), namespace)  # our own document, not input
     assert namespace["plaintext"] == b"".join(inputs[first].values())
     assert namespace["name"] == first and namespace["S"] == SEGMENT_SIZE
+
+
+def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path) -> None:
+    """A real backup, read with the document's rules only: folder, manifest, rows, schema."""
+    from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.backup.store import FileStore
+    from hardening_pipeline.seed import seed_demo_data
+    from tests.support.db import admin_connect
+
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2, random_seed=9)
+    with admin_connect(db_url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'test:reader', false)")
+        # A value that needs every escape the document lists, and a NULL.
+        conn.execute(
+            "UPDATE onboarding_attempts SET status = 'failed', error = %s, finished_at = NULL "
+            "WHERE id = (SELECT id FROM onboarding_attempts ORDER BY id LIMIT 1)",
+            (TRICKY,),
+        )
+        conn.commit()
+    master = os.urandom(32)
+    run_backup(db_url, FileStore(tmp_path / "store"), Keyring(master))
+    manifests = list((tmp_path / "store").rglob("manifest.json"))
+    assert len(manifests) == 1
+    folder = manifests[0].parent
+    doc = reader.verify_manifest(manifests[0].read_bytes(), [master])
+    reader.check_folder(doc, str(folder.relative_to(tmp_path / "store")))
+    with pytest.raises(reader.ReaderError, match="does not belong"):
+        reader.check_folder(doc, "2001/01/01/" + doc["backup_id"])
+    bodies = []
+    for entry in doc["objects"]:
+        parts = reader.split_tables(
+            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry), entry
+        )
+        for table in entry["tables"]:
+            rows = reader.parse_copy_rows(parts[table["name"]], table["columns"])
+            assert len(rows) == table["row_count"]
+            if table["name"] == "onboarding_attempts":
+                bodies += [(r["error"], r["finished_at"]) for r in rows]
+            if entry["tenant_id"] is not None and "tenant_id" in table["columns"]:
+                assert {r["tenant_id"] for r in rows} <= {entry["tenant_id"]}
+    assert (TRICKY, None) in bodies
+    schema = doc["app_schema"]
+    sections = reader.split_sections(
+        reader.read_object((folder / schema["name"]).read_bytes(), doc, schema), schema
+    )
+    assert "CREATE TABLE public.messages" in sections["pre-data"]
+    assert "CREATE POLICY messages_tenant_isolation" in sections["post-data"]
+    assert any(t.startswith("public.messages (") for t in schema["catalog"]["tables"])

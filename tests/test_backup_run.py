@@ -190,8 +190,9 @@ def test_manifest_put_refused_by_s3_leaves_an_incomplete_backup(
     seeded: str, keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults
 ) -> None:
     store = s3_server.store(s3_bucket)
-    # Three tenants plus the shared object go up first; the fifth PutObject is the manifest.
-    s3_faults.fail_next("PutObject", status=403, after=4)
+    # Three tenants, the shared object and the schema go up first; the sixth PutObject is the
+    # manifest (the schema's place among the others depends on timing, the manifest's never).
+    s3_faults.fail_next("PutObject", status=403, after=5)
     with pytest.raises(HardeningError, match="AccessDenied"):
         run_backup(seeded, store, keyring)
     assert s3_faults.injected == {"PutObject": 1}

@@ -500,7 +500,8 @@ def test_database_connection_dropped_mid_export_fails_clearly(
     store = TerminatingStore(FileStore(tmp_path / "store"), seeded, at=2)
     with pytest.raises(HardeningError) as failure:
         run_backup(seeded, store, keyring)
-    assert len(store.terminated) == 1
+    # The row export's backend, and pg_dump's when it is still reading the schema.
+    assert 1 <= len(store.terminated) <= 2
     message = str(failure.value)
     assert "database" in message and "no manifest was written" in message
     assert "\n" not in message and not isinstance(failure.value, psycopg.Error)

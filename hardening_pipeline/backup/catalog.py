@@ -117,7 +117,7 @@ def _verify(
         )
         return
     stored = {o.key: o for o in backup.objects}
-    for entry in manifest.objects:
+    for entry in manifest.stored_objects:
         found = stored.get(backup.folder + entry.name)
         if found is None:
             backup.problem = f"object {entry.name} listed in the manifest is missing"

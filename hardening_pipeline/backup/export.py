@@ -22,13 +22,20 @@ from psycopg.rows import tuple_row
 from hardening_pipeline.backup.manifest import DatabaseIdentity, SchemaVersion, TableEntry
 from hardening_pipeline.errors import CheckFailed
 
-# Tables the restore path manages itself or that hold no tenant data worth keeping.
-_SHARED_SCHEMAS = ("public", "hardening")
+# What BACKUP_SCHEMAS defaults to; generated columns are left out of every column list because
+# Postgres computes them again on load and refuses values for them.
+DEFAULT_SCHEMAS = ("public", "hardening")
+
+_TENANT_ID_TYPE_QUERY = """
+SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = pg_catalog.to_regclass('public.tenants') AND a.attname = 'id'
+"""
 
 _TABLES_QUERY = """
 SELECT n.nspname AS schema_name, c.relname AS table_name,
        array_agg(a.attname ORDER BY a.attnum) AS columns,
-       bool_or(a.attname = 'tenant_id') AS has_tenant_id,
+       max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = 'tenant_id')
+           AS tenant_id_type,
        coalesce((SELECT array_agg(pa.attname ORDER BY k.ord)
                  FROM pg_catalog.pg_index i
                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -38,6 +45,7 @@ SELECT n.nspname AS schema_name, c.relname AS table_name,
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     AND a.attgenerated = ''
 WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)
   AND NOT (c.relkind = 'r' AND c.relispartition)
 GROUP BY n.nspname, c.relname, c.oid
@@ -96,17 +104,31 @@ def _load_order(tables: Sequence[TableSpec], edges: Sequence[tuple[str, str]]) -
     return ordered
 
 
-def discover_layout(conn: psycopg.Connection) -> BackupLayout:
-    """Find every table to back up; a table added later is picked up without code changes."""
+def discover_layout(
+    conn: psycopg.Connection, schemas: Sequence[str] = DEFAULT_SCHEMAS
+) -> BackupLayout:
+    """Find every table to back up; a table added later is picked up without code changes.
+
+    A table in ``public`` whose ``tenant_id`` has the type of ``tenants.id`` goes into each
+    tenant's object (``tenants`` itself by ``id``); every other table of ``schemas`` (the audit
+    log, the app's lookup tables, a ``tenant_id`` of another type) into the shared object.
+    """
     cur = conn.cursor(row_factory=tuple_row)
+    row = cur.execute(_TENANT_ID_TYPE_QUERY).fetchone()
+    tenant_type = row[0] if row else None
     tenant, shared = [], []
-    for schema, table, columns, has_tenant_id, primary_key in cur.execute(
-        _TABLES_QUERY, (list(_SHARED_SCHEMAS),)
+    for schema, table, columns, tenant_id_type, primary_key in cur.execute(
+        _TABLES_QUERY, (list(schemas),)
     ).fetchall():
         order_by = tuple(primary_key) or tuple(columns)
         if schema == "public" and table == "tenants":
             tenant.append(TableSpec(schema, table, tuple(columns), order_by, "id"))
-        elif schema == "public" and has_tenant_id and table != "audit_events":
+        elif (
+            schema == "public"
+            and tenant_id_type is not None
+            and tenant_id_type == tenant_type
+            and table != "audit_events"
+        ):
             tenant.append(TableSpec(schema, table, tuple(columns), order_by, "tenant_id"))
         else:
             shared.append(TableSpec(schema, table, tuple(columns), order_by, None))
@@ -207,6 +229,18 @@ class SnapshotInfo:
     table_totals: dict[str, int]
 
 
+def pin_text_output(conn: psycopg.Connection) -> None:
+    """Fix the session settings COPY's text depends on, for this transaction.
+
+    The same rows must give the same bytes on the source and on a restored copy whose server
+    has another time zone or encoding, or the digests a restore is checked with would differ.
+    """
+    conn.execute("SET LOCAL client_encoding = 'UTF8'")
+    conn.execute("SET LOCAL TimeZone = 'UTC'")
+    conn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
+    conn.execute("SET LOCAL IntervalStyle = 'postgres'")
+
+
 def open_snapshot(conn: psycopg.Connection) -> None:
     """Start the read-only snapshot transaction every read of this backup runs in.
 
@@ -217,6 +251,7 @@ def open_snapshot(conn: psycopg.Connection) -> None:
     conn.read_only = True
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    pin_text_output(conn)
 
 
 def export_snapshot(conn: psycopg.Connection) -> str:
@@ -241,6 +276,7 @@ def join_snapshot(conn: psycopg.Connection, snapshot_id: str) -> None:
     conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    pin_text_output(conn)
 
 
 def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> SnapshotInfo:

@@ -111,6 +111,49 @@ class ObjectEntry:
 
 
 @dataclass(frozen=True)
+class SectionEntry:
+    """One ``pg_dump`` section inside the schema object: its length and SHA-256."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SchemaRole:
+    """A role the backed-up schema refers to (owner, grantee or policy role)."""
+
+    name: str
+    bypassrls: bool
+
+
+@dataclass(frozen=True)
+class AppSchemaEntry:
+    """The encrypted ``pg_dump --schema-only`` object and what a restore checks it against.
+
+    ``sections`` cut the object's plaintext apart like ``tables`` do for data objects;
+    ``catalog`` is the summary of the schemas' objects at backup time, compared with the
+    restored database's; ``roles`` are created (NOLOGIN) in a restore target that lacks them.
+    Absent (``None`` on the manifest) in backups written before backups carried the schema.
+    """
+
+    name: str
+    schemas: tuple[str, ...]
+    pg_dump_version: str
+    sections: tuple[SectionEntry, ...]
+    roles: tuple[SchemaRole, ...]
+    catalog: Mapping[str, tuple[str, ...]]
+    plaintext_bytes: int
+    plaintext_sha256: str
+    compressed_bytes: int
+    ciphertext_bytes: int
+    sha256: str
+
+    def section(self, name: str) -> SectionEntry | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a restore needs to find, authenticate, decrypt and check a backup.
 
@@ -130,6 +173,12 @@ class Manifest:
     objects: tuple[ObjectEntry, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
     format_version: int = MANIFEST_VERSION
+    app_schema: AppSchemaEntry | None = None
+
+    @property
+    def stored_objects(self) -> tuple[ObjectEntry | AppSchemaEntry, ...]:
+        """Every object in the backup's folder besides the manifest, schema object included."""
+        return (*self.objects, *([self.app_schema] if self.app_schema else []))
 
     @property
     def wrapped(self) -> WrappedDataKey:
@@ -198,8 +247,33 @@ def canonical_json(value: Any) -> bytes:
     ).encode("ascii")
 
 
+def _app_schema_to_dict(entry: AppSchemaEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "schemas": list(entry.schemas),
+        "pg_dump_version": entry.pg_dump_version,
+        "sections": [
+            {"name": s.name, "bytes": s.bytes, "sha256": s.sha256} for s in entry.sections
+        ],
+        "roles": [{"name": r.name, "bypassrls": r.bypassrls} for r in entry.roles],
+        "catalog": {kind: list(items) for kind, items in entry.catalog.items()},
+        "plaintext_bytes": entry.plaintext_bytes,
+        "plaintext_sha256": entry.plaintext_sha256,
+        "compressed_bytes": entry.compressed_bytes,
+        "ciphertext_bytes": entry.ciphertext_bytes,
+        "sha256": entry.sha256,
+    }
+
+
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     """The manifest as plain JSON data, without the MAC."""
+    body = _manifest_body(manifest)
+    if manifest.app_schema is not None:
+        body["app_schema"] = _app_schema_to_dict(manifest.app_schema)
+    return body
+
+
+def _manifest_body(manifest: Manifest) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "format_version": manifest.format_version,
@@ -436,10 +510,29 @@ _OBJECT_FIELDS = (
     "sha256",
 )
 _TABLE_FIELDS = ("name", "columns", "row_count", "bytes", "sha256")
+_APP_SCHEMA_FIELDS = (
+    "name",
+    "schemas",
+    "pg_dump_version",
+    "sections",
+    "roles",
+    "catalog",
+    "plaintext_bytes",
+    "plaintext_sha256",
+    "compressed_bytes",
+    "ciphertext_bytes",
+    "sha256",
+)
+_SECTION_NAMES = ("pre-data", "post-data")
+_CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
 
 
 def _manifest_from_dict(document: Any) -> Manifest:
-    top = _fields(document, "(top level)", _TOP_FIELDS)
+    # app_schema is the one optional field: backups written before it existed lack it.
+    has_schema = isinstance(document, dict) and "app_schema" in document
+    top = _fields(
+        document, "(top level)", (*_TOP_FIELDS, "app_schema") if has_schema else _TOP_FIELDS
+    )
     if top["format"] != MANIFEST_FORMAT:
         raise ManifestError(f"manifest field format must be {MANIFEST_FORMAT!r}.")
     if type(top["format_version"]) is not int or top["format_version"] != MANIFEST_VERSION:
@@ -512,6 +605,9 @@ def _manifest_from_dict(document: Any) -> Manifest:
         )
         for k, v in raw_meta.items()
     }
+    app_schema = _app_schema_from_dict(top["app_schema"]) if has_schema else None
+    if app_schema is not None and app_schema.name in names:
+        raise ManifestError("manifest app_schema.name is also the name of a data object.")
     return Manifest(
         backup_id=backup_id,
         created_at=created_at,
@@ -523,7 +619,69 @@ def _manifest_from_dict(document: Any) -> Manifest:
         objects=objects,
         metadata=metadata,
         format_version=MANIFEST_VERSION,
+        app_schema=app_schema,
     )
+
+
+def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
+    where = "app_schema"
+    top = _fields(value, where, _APP_SCHEMA_FIELDS)
+    name = _name("object name", top["name"], f"{where}.name")
+    if name == MANIFEST_NAME:
+        raise ManifestError(f"manifest field {where}.name may not be {MANIFEST_NAME}.")
+    schemas = tuple(
+        _str(item, f"{where}.schemas[{i}]", max_len=63)
+        for i, item in enumerate(_list(top["schemas"], f"{where}.schemas"))
+    )
+    if not schemas or len(set(schemas)) != len(schemas):
+        raise ManifestError(f"manifest field {where}.schemas must list distinct schema names.")
+    sections = []
+    for i, item in enumerate(_list(top["sections"], f"{where}.sections")):
+        sec = _fields(item, f"{where}.sections[{i}]", ("name", "bytes", "sha256"))
+        sections.append(
+            SectionEntry(
+                name=_str(sec["name"], f"{where}.sections[{i}].name", max_len=32),
+                bytes=_int(sec["bytes"], f"{where}.sections[{i}].bytes"),
+                sha256=_sha(sec["sha256"], f"{where}.sections[{i}].sha256"),
+            )
+        )
+    if tuple(s.name for s in sections) != _SECTION_NAMES:
+        raise ManifestError(
+            f"manifest field {where}.sections must be pre-data then post-data, once each."
+        )
+    roles = []
+    for i, item in enumerate(_list(top["roles"], f"{where}.roles")):
+        role = _fields(item, f"{where}.roles[{i}]", ("name", "bypassrls"))
+        if type(role["bypassrls"]) is not bool:
+            raise ManifestError(f"manifest field {where}.roles[{i}].bypassrls must be a boolean.")
+        role_name = _str(role["name"], f"{where}.roles[{i}].name", max_len=63)
+        roles.append(SchemaRole(role_name, role["bypassrls"]))
+    raw_catalog = _fields(top["catalog"], f"{where}.catalog", _CATALOG_KINDS)
+    catalog = {
+        kind: tuple(
+            _str(item, f"{where}.catalog.{kind}[{i}]", max_len=65536)
+            for i, item in enumerate(_list(raw_catalog[kind], f"{where}.catalog.{kind}"))
+        )
+        for kind in _CATALOG_KINDS
+    }
+    entry = AppSchemaEntry(
+        name=name,
+        schemas=schemas,
+        pg_dump_version=_str(top["pg_dump_version"], f"{where}.pg_dump_version", max_len=64),
+        sections=tuple(sections),
+        roles=tuple(roles),
+        catalog=catalog,
+        plaintext_bytes=_int(top["plaintext_bytes"], f"{where}.plaintext_bytes"),
+        plaintext_sha256=_sha(top["plaintext_sha256"], f"{where}.plaintext_sha256"),
+        compressed_bytes=_int(top["compressed_bytes"], f"{where}.compressed_bytes"),
+        ciphertext_bytes=_int(top["ciphertext_bytes"], f"{where}.ciphertext_bytes"),
+        sha256=_sha(top["sha256"], f"{where}.sha256"),
+    )
+    if sum(s.bytes for s in sections) != entry.plaintext_bytes:
+        raise ManifestError(
+            f"manifest field {where}.plaintext_bytes is not the sum of its sections' bytes."
+        )
+    return entry
 
 
 def _object_from_dict(value: Any, where: str) -> ObjectEntry:
@@ -576,6 +734,9 @@ def _table_from_dict(value: Any, where: str) -> TableEntry:
 
 __all__ = [
     "MANIFEST_NAME",
+    "AppSchemaEntry",
+    "SchemaRole",
+    "SectionEntry",
     "NON_TENANT_OBJECT_NAME",
     "BackupIntegrityError",
     "DatabaseIdentity",

@@ -16,18 +16,28 @@ the number of workers, and a failure in any worker fails the run before the mani
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
 
 from hardening_pipeline import __version__
+from hardening_pipeline.backup.app_schema import (
+    SCHEMA_OBJECT_NAME,
+    check_schemas_exist,
+    dump_schema,
+    read_catalog,
+    read_roles,
+    server_version_num,
+)
 from hardening_pipeline.backup.crypto import Keyring, generate_data_key
 from hardening_pipeline.backup.export import (
+    DEFAULT_SCHEMAS,
     BackupLayout,
     TableStream,
     discover_layout,
@@ -39,14 +49,18 @@ from hardening_pipeline.backup.export import (
 from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
     NON_TENANT_OBJECT_NAME,
+    AppSchemaEntry,
     Manifest,
     ObjectEntry,
+    SchemaRole,
+    SectionEntry,
     backup_folder,
     new_backup_id,
     sign_manifest,
     tenant_object_name,
 )
 from hardening_pipeline.backup.object_format import ObjectEncoder
+from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
@@ -128,12 +142,16 @@ def run_backup(
     dry_run: bool = False,
     workers: int = 1,
     on_object: Callable[[str, int, int], None] | None = None,
+    schemas: Sequence[str] = DEFAULT_SCHEMAS,
+    pg_dump_path: str | None = None,
 ) -> BackupResult:
     """Take one backup of the database at ``url`` into ``store`` (or nowhere, with ``dry_run``).
 
     ``workers`` objects are exported at a time, each by its own connection on the same
     snapshot. ``on_object(name, done, total)`` is called after each object, for progress
-    displays (from the worker threads, one call at a time).
+    displays (from the worker threads, one call at a time). ``schemas`` (``BACKUP_SCHEMAS``)
+    are backed up whole: their DDL by ``pg_dump`` (``pg_dump_path``, or found) and every
+    table's rows.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(
@@ -144,7 +162,14 @@ def run_backup(
     with connect(url, application_name=LOCK_CONNECTION_NAME) as lock_conn:
         advisory = _lock_backup_job(lock_conn)
         try:
-            return _run_locked(url, store, keyring, dry_run, workers, on_object, started)
+            return _run_locked(
+                url,
+                store,
+                keyring,
+                _Options(dry_run, workers, tuple(schemas), pg_dump_path),
+                on_object,
+                started,
+            )
         except psycopg.Error as exc:
             # A raw driver error would reach the CLI as a traceback and Dagster as noise; say
             # what it means for the backup instead.
@@ -177,6 +202,14 @@ def _lock_backup_job(lock_conn: psycopg.Connection) -> bool:
             "the Dagster run queue) before starting a new one."
         )
     return True
+
+
+@dataclass(frozen=True)
+class _Options:
+    dry_run: bool
+    workers: int
+    schemas: tuple[str, ...]
+    pg_dump_path: str | None
 
 
 @dataclass(frozen=True)
@@ -299,20 +332,96 @@ class _ObjectExporter:
             raise self._failure
 
 
+class _SchemaExport:
+    """The schema object: ``pg_dump`` runs beside the row export, on the same snapshot.
+
+    The dump runs in its own thread because two ``pg_dump`` processes cost a few hundred
+    milliseconds of mostly waiting, which the row export can fill. The (small) object is
+    stored after the data objects, from the backup's own thread, so a run that dies half-way
+    leaves the same debris as before backups carried the schema.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        snapshot_id: str,
+        schemas: tuple[str, ...],
+        pg_dump: PgTool,
+        store: BackupStore,
+        data_key: bytes,
+        backup_id: str,
+        folder: str,
+        dry_run: bool,
+    ) -> None:
+        self._args = (url, snapshot_id, schemas, pg_dump)
+        self._store = store
+        self._data_key = data_key
+        self._backup_id = backup_id
+        self._folder = folder
+        self._dry_run = dry_run
+        self.sections: tuple[SectionEntry, ...] = ()
+        self.stats = None
+        self.stored = 0
+        self.failure: BaseException | None = None
+        self._dumped: dict[str, bytes] = {}
+        self._thread = threading.Thread(target=self._run, name="backup-schema", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _run(self) -> None:
+        try:
+            self._dumped = dump_schema(*self._args)
+        except BaseException as exc:  # re-raised by raise_failure() in the backup's thread
+            self.failure = exc
+
+    def store_object(self) -> None:
+        """Encrypt and store the dump (after ``join`` and ``raise_failure``)."""
+        dumped = self._dumped
+        self.sections = tuple(
+            SectionEntry(name, len(text), hashlib.sha256(text).hexdigest())
+            for name, text in dumped.items()
+        )
+        encoder = ObjectEncoder(
+            list(dumped.values()),
+            self._data_key,
+            backup_id=self._backup_id,
+            object_name=SCHEMA_OBJECT_NAME,
+        )
+        if self._dry_run:
+            _discard(encoder)
+        else:
+            self.stored = self._store.put(self._folder + SCHEMA_OBJECT_NAME, encoder)
+        self.stats = encoder.stats
+
+
 def _run_locked(
     url: str,
     store: BackupStore,
     keyring: Keyring,
-    dry_run: bool,
-    workers: int,
+    options: _Options,
     on_object: Callable[[str, int, int], None] | None,
     started: float,
 ) -> BackupResult:
+    dry_run, workers = options.dry_run, options.workers
     data_key = generate_data_key()
     with connect(url) as conn:
         open_snapshot(conn)
-        layout = discover_layout(conn)
+        # Refused here, before a row is read: an older pg_dump would write a schema the
+        # restore cannot trust (or refuse half-way through the backup).
+        pg_dump = find_pg_tool("pg_dump", server_version_num(conn), options.pg_dump_path)
+        check_schemas_exist(conn, options.schemas)
+        layout = discover_layout(conn, options.schemas)
         info = read_snapshot_info(conn, layout)
+        catalog = read_catalog(conn, options.schemas)
+        roles = read_roles(conn, options.schemas)
         created_at = info.taken_at.astimezone(UTC)
         backup_id = new_backup_id(created_at)
         folder = backup_folder("", backup_id, created_at)
@@ -324,28 +433,47 @@ def _run_locked(
         exporter = _ObjectExporter(
             layout, jobs, store, data_key, backup_id, folder, dry_run, on_object
         )
-        if workers == 1:
-            exporter.work(conn)
-        else:
-            # The main connection works too; the others read its snapshot, which stays valid
-            # because this transaction stays open until every worker has finished.
-            snapshot_id = export_snapshot(conn)
-            threads = [
-                threading.Thread(
-                    target=exporter.work_joined,
-                    args=(url, snapshot_id),
-                    name=f"backup-worker-{n}",
-                    daemon=True,
-                )
-                for n in range(1, workers)
-            ]
-            for thread in threads:
-                thread.start()
-            exporter.work(conn)
-            for thread in threads:
-                thread.join()
+        # The main connection works too; pg_dump and the other workers read its snapshot,
+        # which stays valid because this transaction stays open until all of them finished.
+        snapshot_id = export_snapshot(conn)
+        schema_export = _SchemaExport(
+            url, snapshot_id, options.schemas, pg_dump, store, data_key, backup_id, folder, dry_run
+        )
+        schema_export.start()
+        threads = [
+            threading.Thread(
+                target=exporter.work_joined,
+                args=(url, snapshot_id),
+                name=f"backup-worker-{n}",
+                daemon=True,
+            )
+            for n in range(1, workers)
+        ]
+        for thread in threads:
+            thread.start()
+        exporter.work(conn)
+        for thread in threads:
+            thread.join()
+        schema_export.join()
         exporter.raise_failure()
+        schema_export.raise_failure()
         conn.rollback()
+    schema_export.store_object()
+    stats = schema_export.stats
+    assert stats is not None
+    app_schema = AppSchemaEntry(
+        name=SCHEMA_OBJECT_NAME,
+        schemas=options.schemas,
+        pg_dump_version=pg_dump.version,
+        sections=schema_export.sections,
+        roles=tuple(SchemaRole(r.name, r.bypassrls) for r in roles),
+        catalog=catalog,
+        plaintext_bytes=stats.plaintext_bytes,
+        plaintext_sha256=stats.plaintext_sha256,
+        compressed_bytes=stats.compressed_bytes,
+        ciphertext_bytes=stats.ciphertext_bytes,
+        sha256=stats.ciphertext_sha256,
+    )
     objects = [e for e in exporter.entries if e is not None]
     if len(objects) != len(plan):  # unreachable without a failure above; never publish less
         raise CheckFailed(
@@ -353,7 +481,7 @@ def _run_locked(
             "written."
         )
     object_seconds = {job.name: exporter.seconds[job.index] for job in jobs}
-    stored = exporter.stored
+    stored = exporter.stored + schema_export.stored
     _verify_complete(layout, objects, info.table_totals)
     manifest = Manifest(
         backup_id=backup_id,
@@ -365,6 +493,7 @@ def _run_locked(
         wrapped_data_key=wrapped.ciphertext,
         objects=tuple(objects),
         metadata={"tool": f"hardening_pipeline {__version__}", "dry_run": str(dry_run).lower()},
+        app_schema=app_schema,
     )
     signed = sign_manifest(manifest, keyring)
     manifest_key = folder + MANIFEST_NAME

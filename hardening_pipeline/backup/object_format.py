@@ -412,11 +412,15 @@ class ObjectDecoder(_Finished):
         backup_id: str,
         object_name: str,
         expected_sha256: str | None = None,
+        digest_plaintext: bool = True,
     ) -> None:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError(f"a data key is {DATA_KEY_BYTES} bytes, got {len(data_key)}")
         if expected_sha256 is not None and not _SHA256_RE.fullmatch(expected_sha256):
             raise ValueError("expected_sha256 must be 64 lowercase hex digits")
+        # A reader that checks every table's digest itself (the restore) need not pay for a
+        # second SHA-256 over the same plaintext; its stats then carry no plaintext digest.
+        self._digest_plaintext = digest_plaintext
         self._ciphertext = ciphertext
         self._data_key = data_key
         self._backup_id = backup_id
@@ -531,11 +535,13 @@ class ObjectDecoder(_Finished):
         source = _IterReader(segments)
         plain_hash = hashlib.sha256()
         plain_bytes = 0
+        hash_plain = self._digest_plaintext
         try:
             for piece in zstandard.ZstdDecompressor().read_to_iter(
                 source, read_size=_DECODE_READ_SIZE, write_size=DECODE_WRITE_SIZE
             ):
-                plain_hash.update(piece)
+                if hash_plain:
+                    plain_hash.update(piece)
                 plain_bytes += len(piece)
                 yield piece
         except zstandard.ZstdError as exc:
@@ -554,7 +560,7 @@ class ObjectDecoder(_Finished):
             )
         self._stats = ObjectStats(
             plaintext_bytes=plain_bytes,
-            plaintext_sha256=plain_hash.hexdigest(),
+            plaintext_sha256=plain_hash.hexdigest() if self._digest_plaintext else "",
             compressed_bytes=counts["compressed"],
             ciphertext_bytes=counts["cipher"],
             ciphertext_sha256=digest,

@@ -129,6 +129,8 @@ def nightly_backup(
             dry_run=config.dry_run,
             workers=config.workers,
             on_object=lambda name, done, total: context.log.info(f"stored {name} ({done}/{total})"),
+            schemas=app_db.settings().backup_schemas,
+            pg_dump_path=app_db.settings().pg_dump_path,
         )
     except HardeningError as exc:
         raise _as_failure(exc, "the backup") from exc

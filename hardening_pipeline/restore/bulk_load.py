@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import TableEntry
@@ -35,11 +36,20 @@ def copy_in(
     target: sql.Composable,
     columns: Sequence[str],
     chunks: Iterable[bytes],
+    *,
+    queued: bool = False,
 ) -> None:
+    """``COPY target (columns) FROM STDIN`` with ``chunks``.
+
+    ``queued`` sends on a writer thread, so decrypting the next chunk overlaps sending this one.
+    """
     query = sql.SQL("COPY {} ({}) FROM STDIN").format(
         target, sql.SQL(", ").join(map(sql.Identifier, columns))
     )
-    with conn.cursor() as cur, cur.copy(query) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(query, writer=QueuedLibpqWriter(cur) if queued else None) as copy,
+    ):
         for chunk in chunks:
             copy.write(chunk)
 
@@ -138,6 +148,7 @@ def load_into_empty(
     tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
     *,
     replace: Sequence[str] = (),
+    queued: bool = False,
 ) -> dict[str, int]:
     """COPY every table in, triggers off; ``replace`` tables are emptied first. Returns bytes."""
     loaded: dict[str, int] = {}
@@ -146,7 +157,7 @@ def load_into_empty(
         if entry.name in replace and entry.name not in loaded:
             conn.execute(sql.SQL("DELETE FROM {}").format(target))
         counted = _counting(chunks, entry.name, loaded)
-        copy_in(conn, target, entry.columns, counted)
+        copy_in(conn, target, entry.columns, counted, queued=queued)
     return loaded
 
 
@@ -185,6 +196,23 @@ class MergeCount:
     inserted: int
 
 
+_GENERATED_QUERY = """
+SELECT a.attname, a.attgenerated <> '' AS generated, a.attidentity <> '' AS identity,
+       pg_catalog.pg_get_serial_sequence(%(t)s, a.attname) AS sequence
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
+  AND (a.attgenerated <> '' OR a.attidentity <> '')
+"""
+
+
+def _special_columns(conn: psycopg.Connection, target: str) -> tuple[set[str], list[tuple]]:
+    """Generated columns (computed, never inserted) and identity columns with their sequence."""
+    rows = conn.cursor(row_factory=tuple_row).execute(_GENERATED_QUERY, {"t": target}).fetchall()
+    generated = {r[0] for r in rows if r[1]}
+    identities = [(r[0], r[3]) for r in rows if r[2] and r[3]]
+    return generated, identities
+
+
 def merge_tenant(
     conn: psycopg.Connection,
     tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
@@ -192,27 +220,56 @@ def merge_tenant(
     tenant_id: str,
     actor: str,
 ) -> list[MergeCount]:
-    """Insert one tenant's backed-up rows that are missing, as service_role with an actor."""
+    """Insert one tenant's backed-up rows that are missing, as service_role with an actor.
+
+    Identity columns keep their backed-up values (``OVERRIDING SYSTEM VALUE``: the rows' ids
+    are what other rows and the outside world refer to) and their sequences are moved past the
+    largest value afterwards; generated columns are left for Postgres to compute.
+    """
     conn.execute("SET LOCAL ROLE service_role")
     conn.execute(
         "SELECT set_config('app.tenant_id', %s, true), set_config('app.actor', %s, true)",
         (tenant_id, actor),
     )
     counts = []
+    sequences: list[tuple[str, str, str]] = []
     for entry, chunks in tables:
         stage = sql.Identifier(f"restore_stage_{len(counts)}")
         target = _split(entry.name)
+        generated, identities = _special_columns(conn, target.as_string(conn))
+        sequences += [(entry.name, column, seq) for column, seq in identities]
         conn.execute(
             sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
                 stage, sql.SQL(", ").join(map(sql.Identifier, entry.columns)), target
             )
         )
         copy_in(conn, stage, entry.columns, chunks)
-        cols = sql.SQL(", ").join(map(sql.Identifier, entry.columns))
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in entry.columns if c not in generated)
         inserted = conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                target, cols, cols, stage
-            )
+            sql.SQL(
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} "
+                "ON CONFLICT DO NOTHING"
+            ).format(target, cols, cols, stage)
         ).rowcount
         counts.append(MergeCount(entry.name, entry.row_count, inserted))
+    # Moving a sequence needs rights on it that service_role need not have; the rows are in.
+    conn.execute("RESET ROLE")
+    for table, column, sequence in sequences:
+        _advance_sequence(conn, table, column, sequence)
     return counts
+
+
+def _advance_sequence(conn: psycopg.Connection, table: str, column: str, sequence: str) -> None:
+    """Move ``sequence`` past the largest ``column`` value, never backwards."""
+    conn.execute(
+        sql.SQL(
+            "SELECT setval({seq}, m) FROM (SELECT max({col}) AS m FROM {table}) x, "
+            "(SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS v "
+            "FROM {seqrel}) s WHERE m > v"
+        ).format(
+            seq=sql.Literal(sequence),
+            col=sql.Identifier(column),
+            table=_split(table),
+            seqrel=sql.SQL(sequence),  # pg_get_serial_sequence output: already quoted
+        )
+    )

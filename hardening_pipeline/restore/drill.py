@@ -5,11 +5,15 @@ Stages, each timed (their sum is the recovery time, RTO):
 1. find   - newest backup with a verified manifest (an empty store is a failure);
 2. fetch  - download every object and compare its SHA-256 with the manifest, before decrypting;
 3. schema - the backup's migrations must all be known to this code, unchanged;
-4. restore - a throwaway Postgres (container or embedded, or ``target_dsn``), the backup's
-             migrations, then every table by COPY in dependency order, audit triggers off so
-             the audit log comes back exactly as it was; all in one transaction;
+4. restore - a throwaway Postgres (container or embedded, or ``target_dsn``), then the
+             backup's own schema (missing roles NOLOGIN, pre-data), every object by COPY on two
+             connections before any trigger or key exists, then post-data (keys, indexes,
+             triggers, RLS, policies); a key the rows break is reported, not fatal. A backup
+             written before backups carried the schema gets its migrations instead, then its
+             rows with the audit triggers off, in one transaction;
 5. verify  - re-export the restored database with the backup's own exporter: every table's
-             row count and SHA-256 must equal the manifest;
+             row count and SHA-256 must equal the manifest; the restored catalog must equal
+             the one recorded at backup time;
 6. upgrade - apply this checkout's newer migrations, as a real recovery would;
 7. checks  - canaries clean, RLS still isolates, the status check all green;
 8. tests   - the drill checks (``restore/drill_checks.py``) against the restored database.
@@ -21,7 +25,9 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,10 +37,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
-from hardening_pipeline.backup.export import TableStream, discover_layout
-from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
+from hardening_pipeline.backup.export import (
+    DEFAULT_SCHEMAS,
+    TableStream,
+    discover_layout,
+    pin_text_output,
+)
+from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
@@ -51,7 +63,19 @@ from hardening_pipeline.restore.bulk_load import (
     reset_sequences,
 )
 from hardening_pipeline.restore.drill_checks import run_drill_checks
-from hardening_pipeline.restore.reader import TableReader, fetched_backup
+from hardening_pipeline.restore.reader import (
+    FetchedObject,
+    TableReader,
+    fetched_backup,
+    read_schema_sections,
+)
+from hardening_pipeline.restore.schema import (
+    DumpEntry,
+    PostData,
+    SchemaRebuild,
+    entry_table,
+    prepare_target,
+)
 
 DRILL_DATABASE = "restore_drill"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
@@ -195,7 +219,10 @@ def restore_backup_into(
     assert manifest is not None
     data_key = unwrap_data_key(manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
-    with fetched_backup(store, manifest, backup.folder) as fetched, connect(url) as conn:
+    with (
+        fetched_backup(store, manifest, backup.folder) as fetched,
+        connect(url, client_encoding="UTF8") as conn,
+    ):
         tables = [t.name for o in manifest.objects for t in o.tables]
         triggers = UserTriggers.read(conn, tables)
         keys = DeferredKeys.read(conn, tables)
@@ -215,6 +242,179 @@ def restore_backup_into(
     return sum(t.row_count for o in manifest.objects for t in o.tables)
 
 
+# Objects loaded at once by the schema-carrying restore, one connection each (as pg_restore -j).
+RESTORE_WORKERS = 2
+
+
+@dataclass
+class AppRestore:
+    """What restoring a schema-carrying backup did: rows loaded and how the schema came back."""
+
+    rows: int
+    rebuild: SchemaRebuild
+
+
+def _load_and_index(
+    url: str,
+    fetched: dict[str, FetchedObject],
+    manifest: Manifest,
+    data_key: bytes,
+    post: PostData,
+    rebuild: SchemaRebuild,
+    workers: int,
+) -> None:
+    """COPY every object in on ``workers`` connections, building each table's keys and
+    indexes as soon as its last object is in, the way ``pg_restore -j`` schedules.
+
+    The tables have no keys or triggers while rows go in, so objects do not depend on each
+    other. Each object loads in its own transaction: one whose decryption fails at its end
+    rolls back and fails the restore (of a throwaway database).
+    """
+    remaining = Counter(t.name for o in manifest.objects for t in o.tables)
+    waiting: dict[str, list[DumpEntry]] = defaultdict(list)
+    after_load: list[DumpEntry] = []
+    for entry in post.keys:
+        table = entry_table(entry)
+        (waiting[table] if table in remaining else after_load).append(entry)
+    ready: deque[DumpEntry] = deque()
+    pending = sorted(manifest.objects, key=lambda o: -o.plaintext_bytes)
+    cond = threading.Condition()
+    state = {"loading": 0}
+    failures: list[BaseException] = []
+
+    def next_task() -> tuple[str, Any] | None:
+        with cond:
+            while not failures:
+                if ready:
+                    return "key", ready.popleft()
+                if pending:
+                    state["loading"] += 1
+                    return "load", pending.pop(0)
+                if not state["loading"]:
+                    return None
+                cond.wait()
+            return None
+
+    def loop() -> None:
+        try:
+            with post.session(url) as conn:
+                # A throwaway target: a crash loses it whole anyway, so commits need not
+                # wait for the disk.
+                conn.execute("SET synchronous_commit = off")
+                while (task := next_task()) is not None:
+                    kind, item = task
+                    if kind == "key":
+                        post.build(conn, item, rebuild)
+                        continue
+                    reader = TableReader(fetched[item.name], manifest, data_key)
+                    with conn.transaction():
+                        load_into_empty(conn, iter(reader), queued=True)
+                    with cond:
+                        state["loading"] -= 1
+                        for table in item.tables:
+                            remaining[table.name] -= 1
+                            if remaining[table.name] == 0:
+                                ready.extend(waiting.pop(table.name, []))
+                        cond.notify_all()
+        except BaseException as exc:  # re-raised in the caller's thread
+            with cond:
+                failures.append(exc)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    leftovers = [e for entries in waiting.values() for e in entries] + after_load
+    post.build_all(url, leftovers, rebuild, workers)
+
+
+def restore_app_backup_into(
+    url: str,
+    store: BackupStore,
+    backup: StoredBackup,
+    keyring: Keyring,
+    *,
+    workers: int = RESTORE_WORKERS,
+) -> AppRestore:
+    """Rebuild a schema-carrying backup in the empty database at ``url``, pg_restore's way.
+
+    Roles the schema needs, pre-data, rows (``workers`` objects at once), sequences, then
+    post-data. A constraint the rows break is reported in the result, not raised.
+    """
+    manifest = backup.manifest
+    assert manifest is not None and manifest.app_schema is not None
+    data_key = unwrap_data_key(manifest, keyring)
+    with fetched_backup(store, manifest, backup.folder) as fetched:
+        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
+        rebuild = prepare_target(url, manifest.app_schema, sections["pre-data"])
+        if rebuild.failed:
+            raise DrillFailure(
+                f"the backup's schema could not be rebuilt ({len(rebuild.failed)} object(s) "
+                f"failed, first: {rebuild.failed[0]}); restore into a server with the "
+                "extensions and version the app needs (--target-dsn)."
+            )
+        post = PostData(sections["post-data"])
+        _load_and_index(url, fetched, manifest, data_key, post, rebuild, workers)
+    with connect(url) as conn:
+        reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
+        conn.commit()
+    post.finish(url, rebuild, workers)
+    return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
+
+
+def rebuild_invariants(rebuild: SchemaRebuild) -> list[Invariant]:
+    """The schema came back whole, and every constraint holds on the restored rows."""
+    violations = [v.describe() for v in rebuild.violations]
+    return [
+        Invariant(
+            "the backup's schema rebuilt without errors",
+            not rebuild.failed,
+            "; ".join(rebuild.failed[:10])
+            if rebuild.failed
+            else "pre-data, rows, post-data"
+            + (
+                f"; roles created: {', '.join(rebuild.roles_created)}"
+                if rebuild.roles_created
+                else ""
+            ),
+        ),
+        Invariant(
+            "every constraint holds on the restored rows",
+            not violations,
+            "; ".join(violations[:10])
+            + (" (kept NOT VALID or left out; fix the rows at the source)" if violations else "")
+            if violations
+            else "all keys, foreign keys and checks validated",
+        ),
+    ]
+
+
+def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
+    """The restored app's tables, views, functions, policies... equal the backup's catalog."""
+    with connect(url) as conn:
+        restored = read_catalog(conn, app_schema.schemas)
+        conn.rollback()
+    differences = []
+    for kind, recorded in sorted(app_schema.catalog.items()):
+        now = set(restored.get(kind, ()))
+        missing = sorted(set(recorded) - now)
+        extra = sorted(now - set(recorded))
+        if missing:
+            differences.append(f"{kind} missing: {', '.join(missing[:5])}")
+        if extra:
+            differences.append(f"{kind} not in the backup: {', '.join(extra[:5])}")
+    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(app_schema.catalog.items()))
+    return Invariant(
+        "the app's schema equals the backup's catalog",
+        not differences,
+        "; ".join(differences) if differences else counts,
+    )
+
+
 def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     """Re-export the restored database and compare every table's count and digest."""
     mismatches: list[str] = []
@@ -222,7 +422,10 @@ def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        layout = discover_layout(conn)
+        pin_text_output(conn)
+        layout = discover_layout(
+            conn, manifest.app_schema.schemas if manifest.app_schema else DEFAULT_SCHEMAS
+        )
         specs = {t.qualified: t for t in (*layout.tenant_tables, *layout.shared_tables)}
         for entry in manifest.objects:
             wanted = [specs.get(t.name) for t in entry.tables]
@@ -337,9 +540,17 @@ def run_restore_drill(
         with _target_database(target_dsn) as (url, description):
             result.target = description
             with stages.stage("restore"):
-                result.rows_restored = restore_backup_into(url, store, backup, keyring)
+                if manifest.app_schema is None:
+                    # Written before backups carried the schema: the migrations rebuild it.
+                    result.rows_restored = restore_backup_into(url, store, backup, keyring)
+                else:
+                    restored = restore_app_backup_into(url, store, backup, keyring)
+                    result.rows_restored = restored.rows
+                    result.invariants.extend(rebuild_invariants(restored.rebuild))
             with stages.stage("verify"):
                 result.invariants.extend(compare_with_manifest(url, manifest))
+                if manifest.app_schema is not None:
+                    result.invariants.append(compare_catalog(url, manifest.app_schema))
             with stages.stage("upgrade"):
                 # Newer migrations of this checkout, applied after the digests were compared:
                 # proves the backup is usable with the code that would restore it today.

@@ -202,14 +202,23 @@ def client_writes_are_audited(url: str) -> str:
 
 def audit_triggers_are_enabled_always(url: str) -> str:
     with connect(url) as conn:
+        # The kit's triggers (functions in the hardening schema); the app's own keep their state.
         rows = conn.execute(
             "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE NOT t.tgisinternal AND t.tgenabled <> 'A' ORDER BY 1, 2"
+            "JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE NOT t.tgisinternal AND t.tgenabled <> 'A' "
+            "AND p.pronamespace = 'hardening'::regnamespace ORDER BY 1, 2"
         ).fetchall()
+        kit_triggers = conn.execute(
+            "SELECT count(*) AS n FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE p.pronamespace = 'hardening'::regnamespace"
+        ).fetchone()["n"]
     if rows:
         names = ", ".join(f"{r['tgname']} on {r['relname']}" for r in rows)
         raise CheckRefuted(f"triggers not ENABLE ALWAYS (replica mode skips them): {names}")
-    return "every user trigger is ENABLE ALWAYS"
+    if kit_triggers == 0:
+        raise CheckRefuted("the restored database has none of the kit's audit triggers")
+    return f"all {kit_triggers} of the kit's triggers are ENABLE ALWAYS"
 
 
 DRILL_CHECKS: dict[str, Callable[[str], str]] = {

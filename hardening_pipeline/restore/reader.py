@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardening_pipeline.backup.crypto import BackupIntegrityError
-from hardening_pipeline.backup.manifest import Manifest, ObjectEntry, TableEntry
+from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, ObjectEntry, TableEntry
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
 
@@ -30,7 +30,7 @@ _READ_SIZE = 1 << 20
 class FetchedObject:
     """A downloaded, checksum-verified (still encrypted) object."""
 
-    entry: ObjectEntry
+    entry: ObjectEntry | AppSchemaEntry
     path: Path
 
 
@@ -47,7 +47,7 @@ def fetched_backup(
     os.chmod(workdir, 0o700)
     try:
         fetched: dict[str, FetchedObject] = {}
-        for entry in manifest.objects:
+        for entry in manifest.stored_objects:
             if only is not None and entry.name not in only:
                 continue
             fetched[entry.name] = FetchedObject(entry, _download(store, folder, entry, workdir))
@@ -56,7 +56,9 @@ def fetched_backup(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _download(store: BackupStore, folder: str, entry: ObjectEntry, workdir: Path) -> Path:
+def _download(
+    store: BackupStore, folder: str, entry: ObjectEntry | AppSchemaEntry, workdir: Path
+) -> Path:
     target = workdir / entry.name
     digest = hashlib.sha256()
     size = 0
@@ -85,6 +87,46 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+# The schema of even a large app is a few MiB of SQL; more than this is not a schema dump.
+MAX_SCHEMA_BYTES = 256 << 20
+
+
+def read_schema_sections(
+    fetched: FetchedObject, manifest: Manifest, data_key: bytes
+) -> dict[str, str]:
+    """Decrypt the schema object and cut it into its ``pg_dump`` sections, each digest checked."""
+    entry = fetched.entry
+    if not isinstance(entry, AppSchemaEntry) or entry.plaintext_bytes > MAX_SCHEMA_BYTES:
+        raise BackupIntegrityError(f"backup object {entry.name!r} is not a schema object.")
+    decoder = ObjectDecoder(
+        _file_chunks(fetched.path),
+        data_key,
+        backup_id=manifest.backup_id,
+        object_name=entry.name,
+        expected_sha256=entry.sha256,
+    )
+    plaintext = bytearray()
+    for chunk in decoder:
+        plaintext += chunk
+        if len(plaintext) > entry.plaintext_bytes:
+            break
+    if len(plaintext) != entry.plaintext_bytes:
+        raise BackupIntegrityError(
+            f"schema object {entry.name!r} holds {len(plaintext)} bytes, the manifest says "
+            f"{entry.plaintext_bytes}."
+        )
+    sections, offset = {}, 0
+    for section in entry.sections:
+        part = bytes(plaintext[offset : offset + section.bytes])
+        offset += section.bytes
+        if hashlib.sha256(part).hexdigest() != section.sha256:
+            raise BackupIntegrityError(
+                f"schema section {section.name} does not match its recorded SHA-256."
+            )
+        sections[section.name] = part.decode("utf-8")
+    return sections
+
+
 class TableReader:
     """Iterate ``(table, chunks)`` pairs over one decrypted object, checking each table's digest.
 
@@ -101,6 +143,8 @@ class TableReader:
             backup_id=manifest.backup_id,
             object_name=fetched.entry.name,
             expected_sha256=fetched.entry.sha256,
+            # Every table's digest is checked below, which covers the whole plaintext.
+            digest_plaintext=False,
         )
 
     def __iter__(self) -> Iterator[tuple[TableEntry, Iterator[bytes]]]:

@@ -1,6 +1,9 @@
 """Bring one tenant back from a backup into a database you name (the "we deleted it" day).
 
-The target must already have the schema (``hardening migrate``). Without ``merge`` the restore
+The target must already have the schema (``hardening migrate``), or hold nothing at all in the
+backed-up schemas: then the backup's own schema is rebuilt there first (roles, pre-data,
+post-data), with its migration record and its lookup tables but none of the shared rows that
+are every tenant's (the audit log, tables pointing at tenants' rows). Without ``merge`` the restore
 refuses a database that still holds the tenant, so it never mixes old and new data by accident;
 with ``merge`` it inserts only the rows that are missing and leaves existing ones alone. Rows go
 in as ``service_role`` with the actor ``restore:<backup-id>``, so the audit log records the
@@ -10,17 +13,111 @@ restore like any other write.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hardening_pipeline.backup.catalog import find_backup, list_backups
+import psycopg
+
+from hardening_pipeline.backup.catalog import StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.manifest import unwrap_data_key
+from hardening_pipeline.backup.manifest import Manifest, ObjectEntry, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
-from hardening_pipeline.errors import ConfigError
-from hardening_pipeline.restore.bulk_load import MergeCount, merge_tenant
-from hardening_pipeline.restore.reader import TableReader, fetched_backup
+from hardening_pipeline.errors import CheckFailed, ConfigError
+from hardening_pipeline.restore.bulk_load import (
+    MergeCount,
+    _split,
+    copy_in,
+    merge_tenant,
+    reset_sequences,
+)
+from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
+from hardening_pipeline.restore.schema import apply_post_data, prepare_target
+from hardening_pipeline.settings import check_database_url
+
+MIGRATIONS_TABLE = "hardening.schema_migrations"
+
+
+_USER_TABLES = """
+SELECT count(*) AS n FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY(%s)
+"""
+
+
+def _is_empty(url: str, schemas: Sequence[str]) -> bool:
+    """No table or view in any of the backed-up schemas: a database the app was never in."""
+    with connect(url) as conn:
+        return conn.execute(_USER_TABLES, (list(schemas),)).fetchone()["n"] == 0
+
+
+_FOREIGN_KEYS = """
+SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent
+FROM pg_catalog.pg_constraint WHERE contype = 'f'
+"""
+
+
+def _reference_tables(
+    conn: psycopg.Connection, manifest: Manifest, shared: ObjectEntry
+) -> set[str]:
+    """Shared tables that belong to no tenant: no tenant column, no key into tenants' rows.
+
+    Lookup tables (plans, countries) come back whole, because the tenant's rows refer to them;
+    the audit log, the kit's seal records and anything pointing at a tenant table stay out.
+    """
+    tenant_tables = {t.name for o in manifest.objects if o.tenant_id is not None for t in o.tables}
+    excluded = {
+        t.name
+        for t in shared.tables
+        if "tenant_id" in t.columns
+        or (t.name.startswith("hardening.") and t.name != MIGRATIONS_TABLE)
+    }
+    edges = [(r["child"], r["parent"]) for r in conn.execute(_FOREIGN_KEYS).fetchall()]
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in edges:
+            if child not in excluded and (parent in excluded or parent in tenant_tables):
+                excluded.add(child)
+                changed = True
+    return {t.name for t in shared.tables} - excluded
+
+
+def rebuild_schema(url: str, store: BackupStore, backup: StoredBackup, data_key: bytes) -> None:
+    """Give an empty target the backup's schema, its migration record and its lookup tables.
+
+    The tenant's rows then go in through the audited merge like on any other target. Shared
+    rows that are every tenant's (the audit log, tables pointing at tenants' rows) stay out:
+    this restores one tenant.
+    """
+    manifest = backup.manifest
+    assert manifest is not None and manifest.app_schema is not None
+    shared = next((o for o in manifest.objects if o.tenant_id is None), None)
+    names = {manifest.app_schema.name} | ({shared.name} if shared else set())
+    with fetched_backup(store, manifest, backup.folder, only=names) as fetched:
+        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
+        rebuild = prepare_target(url, manifest.app_schema, sections["pre-data"])
+        if not rebuild.failed:
+            apply_post_data(url, sections["post-data"], rebuild)
+        if rebuild.failed:
+            raise CheckFailed(
+                f"the backup's schema could not be rebuilt in the target ({rebuild.failed[0]}); "
+                "install the extensions and roles the app needs there, or restore into a "
+                "database that already has the app's schema."
+            )
+        if shared is not None:
+            with connect(url, client_encoding="UTF8") as conn:
+                wanted = _reference_tables(conn, manifest, shared)
+                reader = TableReader(fetched[shared.name], manifest, data_key)
+                for table, chunks in reader:
+                    if table.name in wanted:
+                        copy_in(conn, _split(table.name), table.columns, chunks)
+                    else:
+                        for _ in chunks:  # read through: the digests are still checked
+                            pass
+                reset_sequences(conn, sorted(wanted))
+                conn.commit()
 
 
 @dataclass
@@ -47,6 +144,7 @@ def restore_tenant(
         tenant = str(uuid.UUID(tenant_id))
     except ValueError:
         raise ConfigError(f"--tenant {tenant_id!r} is not a UUID; pass the tenant's id.") from None
+    check_database_url(target_url, "--into")
     backup = find_backup(list_backups(store, keyring), backup_id)
     manifest = backup.manifest
     assert manifest is not None
@@ -55,7 +153,10 @@ def restore_tenant(
         raise ConfigError(
             f"backup {manifest.backup_id} holds no tenant {tenant}; pick another with --backup-id."
         )
-    with connect(target_url) as conn:
+    data_key = unwrap_data_key(manifest, keyring)
+    if manifest.app_schema is not None and _is_empty(target_url, manifest.app_schema.schemas):
+        rebuild_schema(target_url, store, backup, data_key)
+    with connect(target_url, client_encoding="UTF8") as conn:
         applied = {m.filename for m in read_applied(conn)}
         missing = [m for m in manifest.schema.applied_migrations if m not in applied]
         if missing:
@@ -70,11 +171,20 @@ def restore_tenant(
                 f"the target database already holds tenant {tenant}; pass --merge to add only "
                 "the rows that are missing, or restore into another database."
             )
-        data_key = unwrap_data_key(manifest, keyring)
         with fetched_backup(store, manifest, backup.folder, only={entries[0].name}) as fetched:
             reader = TableReader(fetched[entries[0].name], manifest, data_key)
-            with conn.transaction():
-                counts = merge_tenant(
-                    conn, iter(reader), tenant_id=tenant, actor=f"restore:{manifest.backup_id}"
-                )
+            try:
+                with conn.transaction():
+                    counts = merge_tenant(
+                        conn, iter(reader), tenant_id=tenant, actor=f"restore:{manifest.backup_id}"
+                    )
+            except psycopg.Error as exc:
+                # The target's schema or rows disagree with the backup (a column it lacks, a
+                # parent row that is gone): one sentence, nothing written, no traceback.
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CheckFailed(
+                    f"tenant {tenant} could not be restored into the target ({reason}); nothing "
+                    "was written: bring the target's schema to the backup's (`hardening "
+                    "migrate`) or restore into an empty migrated database."
+                ) from exc
     return TenantRestoreResult(manifest.backup_id, tenant, counts)

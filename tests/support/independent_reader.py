@@ -105,3 +105,51 @@ def split_tables(plaintext: bytes, entry: dict) -> dict[str, bytes]:
     if pos != len(plaintext):
         raise ReaderError("plaintext longer than its tables")
     return out
+
+
+def split_sections(plaintext: bytes, schema_entry: dict) -> dict[str, str]:
+    """The schema object's parts (pre-data, post-data), each checked, as SQL text."""
+    names = [s["name"] for s in schema_entry["sections"]]
+    if names != ["pre-data", "post-data"]:
+        raise ReaderError(f"unexpected schema sections {names}")
+    parts = split_tables(plaintext, {"tables": schema_entry["sections"]})
+    return {name: part.decode("utf-8") for name, part in parts.items()}
+
+
+def check_folder(doc: dict, folder: str) -> None:
+    """The manifest must sit in <YYYY>/<MM>/<DD>/<backup_id>/ of its own created_at (UTC)."""
+    day = doc["created_at"][:10].replace("-", "/")
+    if folder.strip("/").split("/")[-4:] != [*day.split("/"), doc["backup_id"]]:
+        raise ReaderError(f"manifest of {doc['backup_id']} does not belong in {folder}")
+
+
+_ESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+
+
+def _unescape(field: str) -> str | None:
+    if field == "\\N":
+        return None
+    out, i = [], 0
+    while i < len(field):
+        ch = field[i]
+        if ch == "\\" and i + 1 < len(field) and field[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[field[i + 1]])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_copy_rows(part: bytes, columns: list[str]) -> list[dict[str, str | None]]:
+    """COPY text: UTF-8, one row per line, tab between columns, \\N for NULL, no end marker."""
+    rows = []
+    text = part.decode("utf-8")
+    if text and not text.endswith("\n"):
+        raise ReaderError("a table part must end with a newline")
+    for line in text.split("\n")[:-1]:
+        fields = line.split("\t")
+        if len(fields) != len(columns):
+            raise ReaderError(f"row has {len(fields)} fields, expected {len(columns)}")
+        rows.append(dict(zip(columns, map(_unescape, fields), strict=True)))
+    return rows

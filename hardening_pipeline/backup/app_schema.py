@@ -1,0 +1,229 @@
+"""The schema half of a backup: ``pg_dump --schema-only`` of the backed-up schemas.
+
+Rows alone restore nothing for an app whose tables, views, functions, triggers and policies
+the kit never created. So each backup also carries the DDL of the schemas it backs up, taken by
+``pg_dump`` from the very snapshot the rows are read from (``--snapshot``), in two sections:
+
+* ``pre-data``: schemas, types, functions, tables, views, sequences, grants - what must exist
+  before rows can be loaded;
+* ``post-data``: primary keys, unique and foreign keys, indexes, triggers, row security and
+  policies - what ``pg_restore`` builds after the rows, and what a restore builds after them too.
+
+Next to it the manifest records a *catalog summary* (the app's tables with their columns, views,
+functions, policies, triggers, constraints and indexes, by name) and the roles the schema refers
+to, so a restore can create the roles a target lacks and prove the rebuilt catalog is the one
+that was backed up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from hardening_pipeline.backup.pg_tools import PgTool
+from hardening_pipeline.errors import ConfigError, HardeningError
+
+SCHEMA_OBJECT_NAME = "schema.hpb"
+SECTIONS = ("pre-data", "post-data")
+CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
+
+# Extension members are recreated by CREATE EXTENSION, never by the dump: each query leaves
+# them out.
+
+_CATALOG_QUERIES = {
+    "tables": """
+        SELECT n.nspname || '.' || c.relname || ' (' || string_agg(
+                 a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)
+                 || CASE WHEN a.attgenerated = 's' THEN ' generated' ELSE '' END
+                 || CASE WHEN a.attidentity <> '' THEN ' identity' ELSE '' END,
+                 ', ' ORDER BY a.attnum) || ')'
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        GROUP BY n.nspname, c.relname""",
+    "views": """
+        SELECT n.nspname || '.' || c.relname
+               || CASE c.relkind WHEN 'm' THEN ' (materialized)' ELSE '' END
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')""",
+    "functions": """
+        SELECT n.nspname || '.' || p.proname || '('
+               || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')'
+               || CASE WHEN p.prosecdef THEN ' security definer' ELSE '' END
+        FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+               WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')""",
+    "policies": """
+        SELECT n.nspname || '.' || c.relname || ' ' || p.polname || ' ('
+               || CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert'
+                  WHEN 'w' THEN 'update' WHEN 'd' THEN 'delete' ELSE 'all' END
+               || CASE WHEN p.polpermissive THEN '' ELSE ', restrictive' END
+               || ', to ' || coalesce((SELECT string_agg(x, ' ' ORDER BY x) FROM (
+                      SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)
+                      END AS x FROM unnest(p.polroles) AS r) AS roles), 'public') || ')'
+        FROM pg_catalog.pg_policy p
+        JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%s)""",
+    "triggers": """
+        SELECT n.nspname || '.' || c.relname || ' ' || t.tgname
+        FROM pg_catalog.pg_trigger t
+        JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT t.tgisinternal AND n.nspname = ANY(%s)""",
+    "constraints": """
+        SELECT n.nspname || '.' || c.relname || ' ' || k.conname || ' (' || k.contype::text || ')'
+        FROM pg_catalog.pg_constraint k
+        JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE k.contype IN ('p', 'u', 'f', 'c', 'x') AND n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')""",
+    "indexes": """
+        SELECT n.nspname || '.' || c.relname
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+               WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indrelid
+                 AND d.deptype = 'e')""",
+}
+
+# Every role an object in the schemas is owned by, granted to, or has a policy for. Predefined
+# roles (pg_*) exist on every server.
+_ROLES_QUERY = """
+WITH refs(oid) AS (
+    SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = ANY(%(s)s)
+    UNION SELECT (pg_catalog.aclexplode(nspacl)).grantee FROM pg_catalog.pg_namespace
+          WHERE nspname = ANY(%(s)s) AND nspacl IS NOT NULL
+    UNION SELECT c.relowner FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%(s)s)
+    UNION SELECT (pg_catalog.aclexplode(c.relacl)).grantee FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = ANY(%(s)s) AND c.relacl IS NOT NULL
+    UNION SELECT p.proowner FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ANY(%(s)s)
+    UNION SELECT (pg_catalog.aclexplode(p.proacl)).grantee FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = ANY(%(s)s) AND p.proacl IS NOT NULL
+    UNION SELECT t.typowner FROM pg_catalog.pg_type t
+          JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = ANY(%(s)s)
+    UNION SELECT unnest(p.polroles) FROM pg_catalog.pg_policy p
+          JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%(s)s)
+)
+SELECT r.rolname, r.rolbypassrls FROM pg_catalog.pg_roles r
+WHERE r.oid IN (SELECT oid FROM refs) AND r.rolname !~ '^pg_'
+ORDER BY r.rolname
+"""
+
+
+class SchemaDumpError(HardeningError):
+    """``pg_dump`` failed; the message carries its own first error line."""
+
+
+@dataclass(frozen=True)
+class RoleEntry:
+    """A role the backed-up schema refers to; a restore target that lacks it gets it NOLOGIN."""
+
+    name: str
+    bypassrls: bool
+
+
+def missing_schemas(conn: psycopg.Connection, schemas: Sequence[str]) -> list[str]:
+    rows = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT s FROM unnest(%s::text[]) AS s WHERE s NOT IN "
+        "(SELECT nspname FROM pg_catalog.pg_namespace) ORDER BY s",
+        (list(schemas),),
+    )
+    return [r[0] for r in rows.fetchall()]
+
+
+def check_schemas_exist(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
+    missing = missing_schemas(conn, schemas)
+    if missing:
+        raise ConfigError(
+            f"BACKUP_SCHEMAS names schema(s) the database does not have ({', '.join(missing)}); "
+            "remove them from BACKUP_SCHEMAS or create them."
+        )
+
+
+def read_catalog(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The catalog summary of ``schemas``: sorted object descriptions per kind."""
+    cur = conn.cursor(row_factory=tuple_row)
+    summary = {}
+    for kind in CATALOG_KINDS:
+        rows = cur.execute(_CATALOG_QUERIES[kind], (list(schemas),)).fetchall()  # type: ignore[arg-type]
+        summary[kind] = tuple(sorted(str(r[0]) for r in rows))
+    return summary
+
+
+def read_roles(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[RoleEntry, ...]:
+    rows = conn.cursor(row_factory=tuple_row).execute(_ROLES_QUERY, {"s": list(schemas)})
+    return tuple(RoleEntry(str(name), bool(bypass)) for name, bypass in rows.fetchall())
+
+
+def server_version_num(conn: psycopg.Connection) -> int:
+    row = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT current_setting('server_version_num')::int"
+    )
+    return int(row.fetchone()[0])
+
+
+def _libpq_target(url: str) -> tuple[str, dict[str, str]]:
+    """The connection string without its password, which goes to pg_dump's environment.
+
+    A password on the command line is visible to every local user in the process list.
+    """
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return psycopg.conninfo.make_conninfo(**params), env  # type: ignore[arg-type]
+
+
+def dump_schema(
+    url: str, snapshot_id: str, schemas: Sequence[str], pg_dump: PgTool
+) -> dict[str, bytes]:
+    """``pg_dump --schema-only`` of ``schemas`` at the exported snapshot, one text per section.
+
+    Schema names are passed double-quoted so ``pg_dump`` takes them literally, not as patterns.
+    """
+    target, env = _libpq_target(url)
+    selectors = [arg for name in schemas for arg in ("--schema", f'"{name}"')]
+    dumped = {}
+    for section in SECTIONS:
+        argv = [
+            str(pg_dump.path),
+            "--schema-only",
+            f"--section={section}",
+            f"--snapshot={snapshot_id}",
+            "--no-password",
+            *selectors,
+            "--dbname",
+            target,
+        ]
+        proc = subprocess.run(argv, capture_output=True, env=env, timeout=3600, check=False)
+        if proc.returncode != 0:
+            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            reason = next((line for line in lines if "error" in line), lines[0] if lines else "")
+            raise SchemaDumpError(
+                f"pg_dump could not dump the schema ({reason.strip() or 'no output'}); no "
+                "manifest was written: fix the cause and run the backup again."
+            )
+        dumped[section] = proc.stdout
+    return dumped
