@@ -361,6 +361,8 @@ def restore_app_backup_into(
         _load_and_index(url, fetched, manifest, data_key, post, rebuild, workers)
     with connect(url) as conn:
         reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
+        # Ids burned before the backup must not be handed out again (they would look reused).
+        restore_high_water(conn)
         conn.commit()
     post.finish(url, rebuild, workers)
     return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
