@@ -286,7 +286,13 @@ def run_evidence(
             )
 
         def backup() -> StageOutcome:
-            result = run_backup(url, store, keyring)
+            result = run_backup(
+                url,
+                store,
+                keyring,
+                schemas=settings.backup_schemas,
+                pg_dump_path=settings.pg_dump_path,
+            )
             facts["backup"] = result
             data = _backup_summary(result, upload)
             log = [

@@ -235,3 +235,8 @@ def run_hardening(
 def apply_blocker_fixes(url: str) -> None:
     """Run ``tests/supabase/app_fixes.sql`` as ``postgres``: what a team fixes before adopting."""
     _run_files(url, ["app_fixes.sql"])
+
+
+def apply_status_fixes(url: str) -> None:
+    """Run ``tests/supabase/app_status_fixes.sql`` as ``postgres``: the app's own findings."""
+    _run_files(url, ["app_status_fixes.sql"])
