@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hardening_pipeline.db.migrations import (
+    EARLIER_REVISIONS,
     MIGRATIONS_DIR,
     apply_migrations,
     discover_migrations,
@@ -68,6 +69,28 @@ def test_changed_applied_file_is_refused(empty_db_url, tmp_path):
         apply_migrations(empty_db_url, folder)
     states = {s.filename: s.state for s in migration_status(empty_db_url, folder)}
     assert states["002_audit_events.sql"] == "changed"
+
+
+def test_a_record_of_an_earlier_revision_counts_as_applied(empty_db_url):
+    """Databases migrated before 001-003, 006 and 010 were revised for adoption keep working."""
+    apply_migrations(empty_db_url)
+    with admin_connect(empty_db_url, autocommit=True) as conn:
+        for filename, earlier in EARLIER_REVISIONS.items():
+            conn.execute(
+                "UPDATE hardening.schema_migrations SET sha256 = %s WHERE filename = %s",
+                (sorted(earlier)[0], filename),
+            )
+    states = {s.filename: s.state for s in migration_status(empty_db_url)}
+    assert set(states.values()) == {"applied"}
+    assert apply_migrations(empty_db_url).applied == []
+    # Any other text is still drift.
+    with admin_connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE hardening.schema_migrations SET sha256 = repeat('0', 64) "
+            "WHERE filename = '001_core_schema.sql'"
+        )
+    with pytest.raises(ConfigError, match="001_core_schema.sql changed on disk"):
+        apply_migrations(empty_db_url)
 
 
 def test_database_ahead_of_checkout_is_refused(empty_db_url, tmp_path):
