@@ -75,6 +75,7 @@ from hardening_pipeline.restore.schema import (
     SchemaRebuild,
     entry_table,
     prepare_target,
+    run_workers,
 )
 
 DRILL_DATABASE = "restore_drill"
@@ -321,13 +322,7 @@ def _load_and_index(
                 failures.append(exc)
                 cond.notify_all()
 
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    run_workers(loop, workers, failures)
     leftovers = [e for entries in waiting.values() for e in entries] + after_load
     post.build_all(url, leftovers, rebuild, workers)
 

@@ -292,13 +292,7 @@ def _parallel(
             with lock:
                 failures.append(exc)
 
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    run_workers(loop, workers, failures)
 
 
 _ON_TABLE = re.compile(r"\bON (?:ONLY )?((?:\"[^\"]+\"|[^\s(.]+)\.(?:\"[^\"]+\"|[^\s(]+))")
@@ -379,3 +373,17 @@ def prepare_target(url: str, app_schema: AppSchemaEntry, pre_data: str) -> Schem
         result.roles_created = create_missing_roles(conn, app_schema.roles)
     apply_pre_data(url, pre_data, result)
     return result
+
+
+def run_workers(loop: Callable[[], None], workers: int, failures: list[BaseException]) -> None:
+    """Run ``loop`` on ``workers`` threads, wait for all, then re-raise the first failure.
+
+    Each ``loop`` appends what it caught to ``failures`` (under its own lock) and stops.
+    """
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
