@@ -28,7 +28,11 @@ from hardening_pipeline.defs.restore import (
     restore_drill_schedule,
 )
 from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
-from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.defs.sensors import (
+    failed_runs_alerted,
+    slack_failure_alerts,
+    slack_on_run_failure,
+)
 from hardening_pipeline.defs.status import (
     hardening_status_report,
     status_check_job,
@@ -45,8 +49,9 @@ defs = dg.Definitions(
         restore_drill_report,
         evidence_bundle,
         audit_seal,
+        slack_failure_alerts,
     ],
-    asset_checks=[canary_checks, backup_is_fresh],
+    asset_checks=[canary_checks, backup_is_fresh, failed_runs_alerted],
     jobs=[
         canary_job,
         status_check_job,

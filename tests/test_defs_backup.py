@@ -26,7 +26,11 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
     SlackAlertsResource,
 )
-from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.defs.sensors import (
+    failed_runs_alerted,
+    slack_failure_alerts,
+    slack_on_run_failure,
+)
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.s3_server import closed_port_url
 from tests.support.slack_receiver import SERVER_ERROR, SlackReceiver
@@ -266,3 +270,64 @@ def test_with_run_retries_on_the_retry_decision_is_respected(slack_receiver: Sla
         assert instance.get_run_by_id(run_id).tags.get("dagster/will_retry") == "true"
         tick(instance, None, slack_receiver.url)
     assert slack_receiver.requests == []
+
+
+def test_one_undelivered_alert_never_holds_back_the_others(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    first = fail_a_run(instance)
+    second = fail_a_run(instance)
+    slack_receiver.respond_with([SERVER_ERROR])  # Slack refuses the first alert only
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    state = json.loads(context.cursor)
+    assert first in state["pending"] and second in state["handled"]
+    assert second in json.dumps(slack_receiver.requests[1])
+    # The undelivered alert is a warning on the slack_failure_alerts asset, not only a log line.
+    [evaluation] = result.asset_events
+    assert evaluation.check_name == "failed_runs_alerted" and evaluation.passed is False
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert first in evaluation.metadata["pending_runs"].value
+
+    # A third run fails while the first is still pending; the next tick delivers both.
+    third = fail_a_run(instance)
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=context.cursor,
+        resources={"slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    state = json.loads(context.cursor)
+    assert state["pending"] == {} and {first, third} <= set(state["handled"])
+    sent = [json.dumps(r) for r in slack_receiver.requests]
+    assert len(sent) == 4 and third in sent[2] and first in sent[3]
+    [evaluation] = result.asset_events
+    assert evaluation.passed is True
+    # Nothing changed since: no new check evaluation, no repeated alert.
+    assert tick(instance, context.cursor, slack_receiver.url) is not None
+    assert len(slack_receiver.requests) == 4
+
+
+def test_the_pending_check_reads_the_sensor_state(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    result = dg.materialize(
+        [slack_failure_alerts, failed_runs_alerted],
+        instance=instance,
+        selection=dg.AssetSelection.checks(failed_runs_alerted),
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed is True
+
+
+def test_each_tick_says_what_it_did(instance: dg.DagsterInstance) -> None:
+    fail_a_run(instance)
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"slack": SlackAlertsResource(webhook_url=closed_port_url(), max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    assert "1 alert(s) NOT delivered yet" in result.skip_reason.skip_message

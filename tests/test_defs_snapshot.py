@@ -25,6 +25,7 @@ ASSETS = {
     "hardening_status_report",
     "nightly_backup",
     "restore_drill_report",
+    "slack_failure_alerts",
 }
 CHECKS = {
     ("app/audit_events", "abnormal_delete_volume"),
@@ -35,6 +36,7 @@ CHECKS = {
     ("audit_seal", "seal_chain_intact"),
     ("hardening_status_report", "all_green"),
     ("nightly_backup", "backup_is_fresh"),
+    ("slack_failure_alerts", "failed_runs_alerted"),
 }
 JOBS = {
     "audit_seal_job",

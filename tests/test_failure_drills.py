@@ -642,7 +642,7 @@ def test_failure_alert_survives_rate_limits_and_timeouts_while_backups_go_on(
         # Slack rate-limits twice (retried once, then given up), then hangs.
         slack_receiver.respond_with([RATE_LIMITED, RATE_LIMITED, HANG])
         cursor, outcome = sensor_tick(instance, None, slack)
-        assert "stopped" in outcome.skip_message
+        assert "NOT delivered" in outcome.skip_reason.skip_message
         assert failed.run_id not in json.loads(cursor)["handled"]
         # Backups carry on regardless of Slack.
         ok = dg.materialize(
