@@ -12,6 +12,7 @@ import dagster as dg
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -54,21 +55,22 @@ def check_partition_is_current(partition_key: str, today: date | None = None) ->
     today = today or datetime.now(UTC).date()
     day = date.fromisoformat(partition_key)
     if day < today - timedelta(days=1):
-        raise dg.Failure(
-            description=(
-                f"refusing to back up partition {partition_key}: a backup always captures the "
+        raise failure(
+            "nightly backup refused",
+            (
+                f"partition {partition_key} is in the past: a backup always captures the "
                 f"database as it is now, so only yesterday's or today's partition can be "
                 f"materialized (today is {today.isoformat()} UTC). Launch the latest partition "
                 f"instead; old days cannot be backfilled."
             ),
-            allow_retries=False,
         )
 
 
 def _as_failure(exc: HardeningError, what: str) -> dg.Failure:
     """One clear sentence in the UI; retries only for errors a second try could fix."""
-    return dg.Failure(
-        description=f"{what} failed: {exc}",
+    return failure(
+        f"{what} failed",
+        str(exc),
         allow_retries=not isinstance(exc, ConfigError | CheckFailed),
     )
 
@@ -131,7 +133,7 @@ def nightly_backup(
             on_object=lambda name, done, total: context.log.info(f"stored {name} ({done}/{total})"),
         )
     except HardeningError as exc:
-        raise _as_failure(exc, "the backup") from exc
+        raise _as_failure(exc, "nightly backup") from None
     context.log.info(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
         f"objects to {result.location}" + (" (dry run: nothing stored)" if result.dry_run else "")
@@ -187,11 +189,9 @@ def backup_retention(
         store = backup_store.open()
         outcome = apply_retention(store, keyring, policy, dry_run=config.dry_run)
     except ValueError as exc:  # a negative keep count
-        raise dg.Failure(
-            description=f"retention is misconfigured: {exc}", allow_retries=False
-        ) from exc
+        raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
-        raise _as_failure(exc, "retention") from exc
+        raise _as_failure(exc, "retention") from None
     deleted = [r.backup_id for r in outcome.plan.delete]
     context.log.info(
         f"retention kept {len(outcome.plan.keep)}, "

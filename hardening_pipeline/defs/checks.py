@@ -9,8 +9,10 @@ No ``from __future__ import annotations`` here: Dagster inspects the context ann
 
 import dagster as dg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.canaries import CANARIES, CanaryResult, alert_canaries, run_canaries
 from hardening_pipeline.canaries.alerts import investigation_query
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 
 CANARY_CHECK_SPECS = [
@@ -84,6 +86,22 @@ def canary_checks(
         if not result.passed:
             context.log.warning(f"canary {result.name} failed: {result.summary()}")
         yield check_result(result)
+    blocking = [r for r in results if not r.passed and r.severity == "error"]
+    if blocking:
+        # Raised here, after every result is recorded, so the run fails with the canary's own
+        # sentence instead of Dagster's generic DagsterAssetCheckFailedError.
+        raise canary_failure(blocking, slack.runbook_base_url())
+
+
+def canary_failure(failed: list[CanaryResult], runbook_base_url: str | None) -> dg.Failure:
+    """The run's failure message: which canary failed, what it found, where the fix is."""
+    first = failed[0]
+    others = f" (and {', '.join(r.name for r in failed[1:])})" if failed[1:] else ""
+    return failure(
+        f"canary {first.name} failed{others}",
+        f"{first.summary()}; the runbook says what to do: "
+        f"{runbook_link(first.runbook_anchor, runbook_base_url)}",
+    )
 
 
 canary_job = dg.define_asset_job(

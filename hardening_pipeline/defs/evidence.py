@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.evidence import run_evidence, summary_markdown
@@ -42,7 +43,7 @@ def evidence_bundle(
             ),
         )
     except HardeningError as exc:
-        raise dg.Failure(description=f"the evidence run could not start: {exc}") from exc
+        raise failure("the evidence run could not start", str(exc)) from None
     metadata = {
         "summary": dg.MetadataValue.md(summary_markdown(result)),
         "folder": dg.MetadataValue.path(str(result.folder)),
@@ -51,12 +52,11 @@ def evidence_bundle(
     }
     if not result.passed:
         red = [item for item, _, green, _ in result.summary_lines if not green]
-        raise dg.Failure(
-            description=(
-                f"evidence is red for item(s) {', '.join(red)}; see {result.folder}/SUMMARY.md"
-            ),
+        raise failure(
+            "evidence is red",
+            f"item(s) {', '.join(red)} failed; {Path(result.folder).resolve() / 'SUMMARY.md'} "
+            "says what each one needs.",
             metadata=metadata,
-            allow_retries=False,
         )
     return dg.MaterializeResult(metadata=metadata)
 

@@ -7,6 +7,7 @@ drill into a failed run. No ``from __future__ import annotations``: Dagster insp
 
 import dagster as dg
 
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -52,9 +53,7 @@ def restore_drill_report(
         keyring = encryption_keys.keyring(settings)
         store = backup_store.open()
     except HardeningError as exc:
-        raise dg.Failure(
-            description=f"the restore drill cannot start: {exc}", allow_retries=False
-        ) from exc
+        raise failure("the restore drill cannot start", str(exc)) from None
     result = run_restore_drill(
         store,
         keyring,
@@ -79,14 +78,13 @@ def restore_drill_report(
         "slack_delivered": dg.MetadataValue.bool(delivery.delivered),
     }
     if not result.passed:
-        raise dg.Failure(
-            description=(
-                f"restore drill failed at stage {result.failed_stage or 'verify'}: "
-                f"{result.failure or 'an invariant or drill test is red'} "
-                f"(report: {report.markdown})"
+        raise failure(
+            f"restore drill failed at stage {result.failed_stage or 'verify'}",
+            (
+                f"{result.failure or 'an invariant or drill test is red'}; "
+                f"the report {report.markdown.resolve()} lists each check and its fix."
             ),
             metadata=metadata,
-            allow_retries=False,
         )
     return dg.MaterializeResult(metadata=metadata)
 
