@@ -103,7 +103,7 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
     description=(
         "Encrypted backup of the application database taken at run time: one consistent "
         "snapshot, one AES-256-GCM object per tenant plus one for the non-tenant tables, "
-        "manifest.json written last, in BACKUP_STORE_URL under <YYYY>/<MM>/<DD>/<backup-id>/. "
+        "manifest.json written last, in BACKUP_STORE_URL under `<YYYY>/<MM>/<DD>/<backup-id>/`. "
         "On failure nothing is published: without a manifest the partial folder is ignored by "
         "restores and removed by retention after a day. It fails without retry when the "
         "encryption key is missing or malformed, when another backup is running, when rows "

@@ -26,7 +26,15 @@ CANARY_CHECK_SPECS = [
 ]
 
 
-def check_result(result: CanaryResult) -> dg.AssetCheckResult:
+def runbook_metadata(anchor: str, runbook_base_url: str | None) -> dg.MetadataValue:
+    """A clickable link where the runbook is published (HARDENING_RUNBOOK_URL); otherwise the
+    section's path as text, since a relative link in the UI opens a Dagster page, not the file."""
+    if runbook_base_url:
+        return dg.MetadataValue.url(runbook_link(anchor, runbook_base_url))
+    return dg.MetadataValue.text(runbook_link(anchor))
+
+
+def check_result(result: CanaryResult, runbook_base_url: str | None = None) -> dg.AssetCheckResult:
     """One canary result as a Dagster check result with the facts an operator needs."""
     return dg.AssetCheckResult(
         check_name=result.name,
@@ -55,7 +63,7 @@ def check_result(result: CanaryResult) -> dg.AssetCheckResult:
                 ]
             ),
             "query": dg.MetadataValue.md(f"```sql\n{investigation_query(result)}\n```"),
-            "runbook": dg.MetadataValue.text(result.runbook_link),
+            "runbook": runbook_metadata(result.runbook_anchor, runbook_base_url),
             "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
             "error": dg.MetadataValue.text(result.error or ""),
         },
@@ -85,7 +93,7 @@ def canary_checks(
     for result in results:
         if not result.passed:
             context.log.warning(f"canary {result.name} failed: {result.summary()}")
-        yield check_result(result)
+        yield check_result(result, slack.runbook_base_url())
     blocking = [r for r in results if not r.passed and r.severity == "error"]
     if blocking:
         # Raised here, after every result is recorded, so the run fails with the canary's own

@@ -24,7 +24,7 @@ class EvidenceConfig(dg.Config):
     group_name="hardening",
     description=(
         "Runs, in order, migrations, the status check, a backup, retention (dry run), a restore "
-        "drill, the canaries and the status check again, and writes evidence/<timestamp>/ with "
+        "drill, the canaries and the status check again, and writes `evidence/<timestamp>/` with "
         "a log and JSON per stage, file-tree.txt and SUMMARY.md (one green/red line per "
         "task-list item A-G). The run fails when any item is red; the bundle is still written "
         "and says which item and why."

@@ -40,7 +40,7 @@ SEAL_ACTOR = "dagster:audit_seal"
     description=(
         "Hashes the audit_events rows added since the last seal (up to the safe horizon) into a "
         "digest chained to the previous seal; stores it in hardening.audit_seals and as "
-        "seals/<seq>.json in the backup store, then verifies the whole chain. If a sealed row "
+        "`seals/<seq>.json` in the backup store, then verifies the whole chain. If a sealed row "
         "was changed, deleted or back-dated, the blocking seal_chain_intact check fails with "
         "the first bad id and the run fails (Slack alert); see docs/runbook.md."
     ),
