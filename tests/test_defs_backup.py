@@ -61,7 +61,6 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
     store_dir = tmp_path / "backups"
     result = dg.materialize(
         [nightly_backup, backup_retention],
-        partition_key=YESTERDAY,
         resources=backup_resources(db_url, store_dir, master_key),
     )
     assert result.success
@@ -87,7 +86,6 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
 def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: bytes) -> None:
     result = dg.materialize(
         [nightly_backup],
-        partition_key=YESTERDAY,
         resources=backup_resources(db_url, tmp_path / "backups", master_key),
         run_config={"ops": {"nightly_backup": {"config": {"dry_run": True}}}},
     )
@@ -96,18 +94,11 @@ def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: 
     assert not (tmp_path / "backups").exists()
 
 
-def test_old_partitions_are_refused(db_url: str, tmp_path: Path, master_key: bytes) -> None:
-    old = (datetime.now(UTC).date() - timedelta(days=3)).isoformat()
-    result = dg.materialize(
-        [nightly_backup],
-        partition_key=old,
-        resources=backup_resources(db_url, tmp_path / "backups", master_key),
-        raise_on_error=False,
-    )
-    assert not result.success
-    (failure,) = result.get_step_failure_events()
-    assert "cannot be backfilled" in failure.step_failure_data.user_failure_data.description
-    assert not (tmp_path / "backups").exists()
+def test_backups_are_not_partitioned() -> None:
+    # A backup captures the database at run time; daily partitions could only ever be filled
+    # for "now" and showed the rest red and unfillable. Recency is backup_is_fresh's job.
+    assert nightly_backup.partitions_def is None and backup_retention.partitions_def is None
+    assert defs.resolve_job_def("nightly_backup_job").partitions_def is None
 
 
 def test_missing_key_fails_with_the_fix(
@@ -116,7 +107,6 @@ def test_missing_key_fails_with_the_fix(
     monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
     result = dg.materialize(
         [nightly_backup],
-        partition_key=YESTERDAY,
         resources={
             "app_db": AppDatabaseResource(database_url=db_url),
             "backup_store": BackupStoreResource(store_url=(tmp_path / "b").as_uri()),
@@ -131,7 +121,7 @@ def test_missing_key_fails_with_the_fix(
     assert not (tmp_path / "b").exists()
 
 
-def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
+def test_schedule_runs_one_backup_a_night_at_0200_utc() -> None:
     schedule = defs.resolve_schedule_def("nightly_backup_schedule")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "UTC"
@@ -141,7 +131,8 @@ def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
         repository_def=defs.get_repository_def(),
     )
     (request,) = schedule.evaluate_tick(context).run_requests
-    assert request.partition_key == "2026-03-01"
+    assert request.partition_key is None
+    assert request.run_key == "nightly-backup-2026-03-02"
     job = defs.resolve_job_def("nightly_backup_job")
     assert job.tags["hardening/exclusive"] == "backup"
     # The freshness check rides along: right after the backup it confirms the store shows it.

@@ -77,7 +77,6 @@ def test_a_backup_that_cannot_start_says_why_in_one_sentence(db_url: str, monkey
         result = dg.materialize(
             [nightly_backup],
             instance=instance,
-            partition_key=nightly_backup.partitions_def.get_last_partition_key(),
             resources={
                 "app_db": AppDatabaseResource(database_url=db_url),
                 "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),

@@ -5,7 +5,7 @@ The work itself is ``hardening_pipeline.backup`` (the same functions ``hardening
 into metadata. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -25,8 +25,6 @@ EXCLUSIVE_TAG = "hardening/exclusive"
 # Rows of the kept/deleted table in the retention metadata; the counts are always complete.
 MAX_REPORT_ROWS = 200
 
-backup_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
-
 
 class NightlyBackupConfig(dg.Config):
     """Launch-time options of the nightly backup."""
@@ -43,27 +41,6 @@ class BackupRetentionConfig(dg.Config):
     keep_daily: int = 30
     keep_weekly: int = 12
     keep_monthly: int = 12
-
-
-def check_partition_is_current(partition_key: str, today: date | None = None) -> None:
-    """Refuse partitions older than yesterday.
-
-    A backup is always of the database as it is *now*; materializing an old day's partition
-    would store today's data under a day it does not describe and mislead anyone reading the
-    partition history. The schedule asks for yesterday's partition at 02:00 UTC.
-    """
-    today = today or datetime.now(UTC).date()
-    day = date.fromisoformat(partition_key)
-    if day < today - timedelta(days=1):
-        raise failure(
-            "nightly backup refused",
-            (
-                f"partition {partition_key} is in the past: a backup always captures the "
-                f"database as it is now, so only yesterday's or today's partition can be "
-                f"materialized (today is {today.isoformat()} UTC). Launch the latest partition "
-                f"instead; old days cannot be backfilled."
-            ),
-        )
 
 
 def _as_failure(exc: HardeningError, what: str) -> dg.Failure:
@@ -96,8 +73,10 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
     }
 
 
+# Not partitioned: a backup always captures the database as it is at run time, so a daily
+# partition could only ever be filled for "now" and the rest would stay red and unfillable.
+# Whether the latest backup is recent enough is the backup_is_fresh check's job.
 @dg.asset(
-    partitions_def=backup_partitions,
     group_name="backups",
     kinds={"postgres", "s3"},
     description=(
@@ -105,10 +84,11 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
         "snapshot, one AES-256-GCM object per tenant plus one for the non-tenant tables, "
         "manifest.json written last, in BACKUP_STORE_URL under `<YYYY>/<MM>/<DD>/<backup-id>/`. "
         "On failure nothing is published: without a manifest the partial folder is ignored by "
-        "restores and removed by retention after a day. It fails without retry when the "
-        "encryption key is missing or malformed, when another backup is running, when rows "
-        "have no tenant (the error names the table), or when an old partition is requested; "
-        "store errors may be retried."
+        "restores and removed by retention after a day. It fails when the encryption key is "
+        "missing or malformed, when another backup is running, or when rows have no tenant "
+        "(the error names the table). Transient S3 errors are retried request by request "
+        "inside the run; a failed run is not relaunched: the next night's run, or a launch "
+        "from this page, takes a new backup."
     ),
 )
 def nightly_backup(
@@ -118,7 +98,6 @@ def nightly_backup(
     backup_store: BackupStoreResource,
     encryption_keys: EncryptionKeysResource,
 ) -> dg.MaterializeResult:
-    check_partition_is_current(context.partition_key)
     try:
         # Key first, store second, database last: bad configuration stops before data is read.
         keyring = encryption_keys.keyring(app_db.settings())
@@ -162,7 +141,6 @@ def retention_report(outcome: RetentionOutcome) -> str:
 
 
 @dg.asset(
-    partitions_def=backup_partitions,
     deps=[nightly_backup],
     group_name="backups",
     kinds={"s3"},
@@ -232,11 +210,11 @@ nightly_backup_job = dg.define_asset_job(
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="02:00 UTC every night: back up (yesterday's partition, today's data), then prune.",
+    description="02:00 UTC every night: back up the database as it is, then prune.",
 )
 def nightly_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Yesterday's partition: the day that just ended is the one this backup closes."""
+    """One backup per night, keyed by the night's date."""
     scheduled = context.scheduled_execution_time or datetime.now(UTC)
-    day = (scheduled.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    night = scheduled.astimezone(UTC).date().isoformat()
     # The run key makes a re-evaluated tick for the same night launch nothing new.
-    return dg.RunRequest(run_key=day, partition_key=day)
+    return dg.RunRequest(run_key=f"nightly-backup-{night}", tags={"hardening/night": night})
