@@ -73,6 +73,7 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
         o.ciphertext_bytes for o in catalog.valid[0].manifest.objects[1:]
     )
     assert backup["duration_seconds"] > 0 and backup["throughput_mib_per_second"] >= 0
+    assert backup["stored_mib"] == round(backup["stored_bytes"] / (1024 * 1024), 3)
     assert str(store_dir) in backup["location"]
     assert backup["dry_run"] is False
 

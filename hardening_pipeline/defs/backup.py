@@ -65,6 +65,9 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
         "rows": dg.MetadataValue.int(result.rows),
         "plaintext_bytes": dg.MetadataValue.int(result.plaintext_bytes),
         "stored_bytes": dg.MetadataValue.int(result.ciphertext_bytes),
+        # The same sizes in MiB, the unit the plots and the throughput are read in.
+        "plaintext_mib": dg.MetadataValue.float(round(result.plaintext_bytes / MIB, 3)),
+        "stored_mib": dg.MetadataValue.float(round(result.ciphertext_bytes / MIB, 3)),
         "duration_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
         "throughput_mib_per_second": dg.MetadataValue.float(round(throughput, 2)),
         "location": dg.MetadataValue.text(result.location),

@@ -82,7 +82,12 @@ def audit_seal(
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=verification.detail,
                 metadata={
-                    "first_bad_id": dg.MetadataValue.int(verification.first_bad_id or 0),
+                    # An id, not a quantity: text, so it is never plotted as a metric.
+                    "first_bad_id": dg.MetadataValue.text(
+                        "none"
+                        if verification.first_bad_id is None
+                        else str(verification.first_bad_id)
+                    ),
                     "seals": dg.MetadataValue.int(verification.seals),
                     "rows_verified": dg.MetadataValue.int(verification.rows),
                     "seals_rehashed": dg.MetadataValue.int(verification.rehashed_seals),
