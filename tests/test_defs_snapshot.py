@@ -42,6 +42,7 @@ JOBS = {
     "audit_seal_job",
     "backup_freshness_job",
     "canary_job",
+    "database_schema_job",
     "evidence_job",
     "nightly_backup_job",
     "restore_drill_job",
@@ -104,3 +105,27 @@ def test_everything_an_operator_sees_is_described(repo):
         assert schedule.description, f"schedule {schedule.name} has no description"
     for sensor in repo.sensor_defs:
         assert sensor.description, f"sensor {sensor.name} has no description"
+
+
+def test_lineage_runs_from_the_tables_through_the_backup_to_the_drill(repo):
+    graph = repo.asset_graph
+    backup = graph.get(dg.AssetKey("nightly_backup"))
+    tables = {k for k in graph.get_all_asset_keys() if k.path[0] == "app"}
+    assert tables and tables <= backup.parent_keys
+    assert (
+        dg.AssetKey("nightly_backup") in graph.get(dg.AssetKey("restore_drill_report")).parent_keys
+    )
+
+
+def test_every_asset_has_a_kind_and_each_defined_here_a_code_reference(repo):
+    graph = repo.asset_graph
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.kinds, key
+        if node.is_materializable:
+            assert "dagster/code_references" in node.metadata, key
+
+
+def test_database_schema_has_a_job(repo):
+    job = repo.get_job("database_schema_job")
+    assert {n.name for n in job.nodes} == {"database_schema"}

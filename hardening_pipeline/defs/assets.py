@@ -57,3 +57,13 @@ def database_schema(
             "latest_migration": dg.MetadataValue.text(states[-1].filename if states else ""),
         }
     )
+
+
+database_schema_job = dg.define_asset_job(
+    "database_schema_job",
+    selection=[database_schema],
+    description=(
+        "Apply pending sql/migrations (run on demand after an upgrade of the kit; "
+        "`hardening migrate --plan` shows what would change first)."
+    ),
+)

@@ -12,6 +12,7 @@ import dagster as dg
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.defs.assets import application_tables
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
@@ -80,6 +81,8 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
 # partition could only ever be filled for "now" and the rest would stay red and unfillable.
 # Whether the latest backup is recent enough is the backup_is_fresh check's job.
 @dg.asset(
+    # Lineage: what the backup reads, so the graph shows table -> backup -> drill.
+    deps=[spec.key for spec in application_tables],
     group_name="backups",
     kinds={"postgres", "s3"},
     description=(

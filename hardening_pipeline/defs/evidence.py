@@ -22,6 +22,7 @@ class EvidenceConfig(dg.Config):
 
 @dg.asset(
     group_name="hardening",
+    kinds={"postgres", "s3"},
     description=(
         "Runs, in order, migrations, the status check, a backup, retention (dry run), a restore "
         "drill, the canaries and the status check again, and writes `evidence/<timestamp>/` with "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from hardening_pipeline.defs.backup import nightly_backup
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
@@ -30,6 +31,7 @@ class RestoreDrillConfig(dg.Config):
 
 
 @dg.asset(
+    deps=[nightly_backup],
     group_name="backups",
     kinds={"postgres", "s3"},
     description=(
