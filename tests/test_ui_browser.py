@@ -29,7 +29,7 @@ import pytest
 
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.checkout import clean_environment
-from tests.support.db import create_database
+from tests.support.db import admin_connect, create_database
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -238,3 +238,64 @@ def test_every_job_succeeds_when_launched_from_its_launchpad_as_shown(ui: UI) ->
         ui.page.wait_for_timeout(1000)
         ui.shot(f"run-{job}")
     assert outcomes == {job: "SUCCESS" for job in JOBS}
+
+
+def test_lineage_shows_table_to_backup_to_drill(ui: UI) -> None:
+    # The backup's nearest neighbours: what it reads (the application tables) on one side and
+    # what reads it (the drill) on the other.
+    page = ui.page
+    page.goto(f"{ui.base}/assets/nightly_backup?view=lineage&lineageScope=neighbors")
+    ui.dismiss_welcome()
+    for table in ("tenants", "units", "messages", "audit_events"):
+        page.get_by_text(table, exact=True).first.wait_for(timeout=30_000)
+    # Long names are shortened in the middle on graph nodes ("restore_dr…_report").
+    page.get_by_text(re.compile(r"^restore_dr.*report$")).first.wait_for(timeout=30_000)
+    ui.shot("lineage-table-backup-drill")
+
+
+def test_a_broken_canary_fails_its_run_with_the_canary_sentence_first(ui: UI) -> None:
+    with admin_connect(ui.db_url) as conn:
+        unit = conn.execute("SELECT id FROM units LIMIT 1").fetchone()["id"]
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("SELECT set_config('app.actor', 'test:replica', true)")
+            conn.execute("DELETE FROM units WHERE id = %s", (unit,))
+    run_id = ui.launch_from_launchpad("canary_job")
+    assert wait_for_run(ui.base, run_id) == "FAILURE"
+    page = ui.page
+    page.goto(f"{ui.base}/runs/{run_id}")
+    sentence = page.get_by_text(re.compile(r"^canary orphaned_messages failed: \d+ found")).first
+    sentence.wait_for(timeout=30_000)
+    ui.shot("run-canary-failed")
+    body = page.inner_text("body")
+    assert "DagsterAssetCheckFailedError" not in body
+    assert "dagster._core" not in body.split("canary orphaned_messages failed", 1)[0]
+
+
+def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui: UI) -> None:
+    with admin_connect(ui.db_url) as conn:
+        conn.execute("ALTER TABLE messages DISABLE ROW LEVEL SECURITY")
+        conn.commit()
+    try:
+        run_id = ui.launch_from_launchpad("status_check_job")
+        assert wait_for_run(ui.base, run_id) == "SUCCESS"
+        page = ui.page
+        page.goto(f"{ui.base}/assets/hardening_status_report")
+        ui.dismiss_welcome()
+        ui.shot("status-asset-page")
+        # The checklist is Markdown metadata: the table shows a button that opens it rendered.
+        page.get_by_text("[Show Markdown]").first.click()
+        fix = page.get_by_text("ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;").first
+        fix.wait_for(timeout=30_000)
+        ui.shot("status-checklist-red")
+        link = page.locator(f'a[href^="{ui.runbook_base}#status-rls-tenant-tables"]').first
+        href = link.get_attribute("href")
+    finally:
+        with admin_connect(ui.db_url) as conn:
+            conn.execute("ALTER TABLE messages ENABLE ROW LEVEL SECURITY")
+            conn.commit()
+    anchor = href.split("#", 1)[1]
+    page.goto(href)
+    text = page.inner_text("body")
+    assert f'<a id="{anchor}"></a>' in text or f'id="{anchor}"' in text
+    assert "### `rls_tenant_tables`" in text.split(f'id="{anchor}"', 1)[1][:200]
