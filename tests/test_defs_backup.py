@@ -323,3 +323,30 @@ def test_each_tick_says_what_it_did(instance: dg.DagsterInstance) -> None:
     )
     result = slack_on_run_failure(context)
     assert "1 alert(s) NOT delivered yet" in result.skip_reason.skip_message
+
+
+def test_a_backup_with_rows_the_drill_cannot_load_is_kept_but_fails_with_the_canary(
+    db_url: str, admin, tmp_path: Path, master_key: bytes
+) -> None:
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2)
+    # An orphaned message, planted the way a replica-mode load or a console hotfix would.
+    with admin.transaction():
+        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
+        admin.execute("DELETE FROM units WHERE id = (SELECT unit_id FROM messages LIMIT 1)")
+    store_dir = tmp_path / "backups"
+    result = dg.materialize(
+        [nightly_backup],
+        resources=backup_resources(db_url, store_dir, master_key),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    line = failure.step_failure_data.error.message.splitlines()[0]
+    assert "will not restore cleanly: canary orphaned_messages finds" in line
+    # The backup itself was stored and recorded: bad rows are no reason to have no backup.
+    backup = metadata_of(result, nightly_backup)
+    assert backup["integrity_canaries_failed"] == 1
+    assert [b.backup_id for b in list_backups(FileStore(store_dir), Keyring(master_key)).valid] == [
+        backup["backup_id"]
+    ]

@@ -5,13 +5,16 @@ The work itself is ``hardening_pipeline.backup`` (the same functions ``hardening
 into metadata. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.canaries import run_canaries
 from hardening_pipeline.defs.assets import application_tables
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
@@ -20,11 +23,14 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.settings import load_settings
 
 MIB = 1024 * 1024
 EXCLUSIVE_TAG = "hardening/exclusive"
 # Rows of the kept/deleted table in the retention metadata; the counts are always complete.
 MAX_REPORT_ROWS = 200
+# The canaries whose findings a restore trips over: rows the restored foreign keys refuse.
+INTEGRITY_CANARIES = ["orphaned_messages", "tenant_misalignment"]
 
 
 class NightlyBackupConfig(dg.Config):
@@ -103,7 +109,7 @@ def nightly_backup(
     app_db: AppDatabaseResource,
     backup_store: BackupStoreResource,
     encryption_keys: EncryptionKeysResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     try:
         # Key first, store second, database last: bad configuration stops before data is read.
         keyring = encryption_keys.keyring(app_db.settings())
@@ -123,7 +129,26 @@ def nightly_backup(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
         f"objects to {result.location}" + (" (dry run: nothing stored)" if result.dry_run else "")
     )
-    return dg.MaterializeResult(metadata=backup_metadata(result))
+    # Rows the integrity canaries flag (an orphaned message, a misaligned tenant) are rows a
+    # restore cannot load under the foreign keys, so the drill would fail on them weeks later.
+    # The backup is kept (a backup with bad rows beats none) but the run says so now.
+    blocking = [
+        r
+        for r in run_canaries(url, names=INTEGRITY_CANARIES)
+        if not r.passed and r.severity == "error"
+    ]
+    metadata = backup_metadata(result)
+    metadata["integrity_canaries_failed"] = dg.MetadataValue.int(len(blocking))
+    yield dg.MaterializeResult(metadata=metadata)
+    if blocking:
+        first = blocking[0]
+        raise failure(
+            f"nightly backup {result.backup_id} will not restore cleanly",
+            f"canary {first.name} finds {first.summary()}; a restore cannot load such rows, so "
+            f"fix them ({runbook_link(first.runbook_anchor, load_settings().runbook_url)}) and "
+            "launch the backup again.",
+            metadata={"backup_id": dg.MetadataValue.text(result.backup_id)},
+        )
 
 
 def retention_report(outcome: RetentionOutcome) -> str:
