@@ -38,7 +38,8 @@ SEAL_ACTOR = "dagster:audit_seal"
         )
     ],
     description=(
-        "Hashes the audit_events rows added since the last seal (up to the safe horizon) into a "
+        "Hashes the audit_events rows added since the last seal (up to the newest id no open "
+        "transaction can still write below) into a "
         "digest chained to the previous seal; stores it in hardening.audit_seals and as "
         "`seals/<seq>.json` in the backup store, then verifies the whole chain. If a sealed row "
         "was changed, deleted or back-dated, the blocking seal_chain_intact check fails with "
