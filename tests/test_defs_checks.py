@@ -133,7 +133,9 @@ def test_canary_job_logs_an_undelivered_alert(db_url, admin):
 
 
 def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, slack_receiver):
-    monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
+    # Relative, as by default: the metadata still holds an absolute path.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARDENING_REPORTS_DIR", "reports")
     result = dg.materialize([hardening_status_report], resources=resources)
     assert result.success
     metadata = result.asset_materializations_for_node("hardening_status_report")[0].metadata

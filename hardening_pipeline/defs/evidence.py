@@ -50,7 +50,7 @@ def evidence_bundle(
     yield from exercised_assets(result, uploaded=not config.dry_run_upload)
     metadata = {
         "summary": dg.MetadataValue.md(summary_markdown(result)),
-        "folder": dg.MetadataValue.path(str(result.folder)),
+        "folder": dg.MetadataValue.path(str(Path(result.folder).resolve())),
         "all_green": dg.MetadataValue.bool(result.passed),
         "upload": dg.MetadataValue.text(result.upload),
     }

@@ -55,8 +55,9 @@ def hardening_status_report(
             "checklist": dg.MetadataValue.md(
                 checklist_markdown(report, runbook_base_url=slack.runbook_base_url())
             ),
-            "report_path": dg.MetadataValue.path(str(files.markdown)),
-            "report_json_path": dg.MetadataValue.path(str(files.json)),
+            # Absolute: a path relative to the run's working folder means nothing in the UI.
+            "report_path": dg.MetadataValue.path(str(files.markdown.resolve())),
+            "report_json_path": dg.MetadataValue.path(str(files.json.resolve())),
             "red_count": dg.MetadataValue.int(len(red)),
             "red": dg.MetadataValue.json(red),
             "alert": dg.MetadataValue.text(outcome.action),
