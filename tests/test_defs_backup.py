@@ -283,6 +283,7 @@ def test_one_undelivered_alert_never_holds_back_the_others(
     assert evaluation.check_name == "failed_runs_alerted" and evaluation.passed is False
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
     assert first in evaluation.metadata["pending_runs"].value
+    assert evaluation.metadata["runbook"].value == "docs/runbook.md#failure-alerts-pending"
 
     # A third run fails while the first is still pending; the next tick delivers both.
     third = fail_a_run(instance)

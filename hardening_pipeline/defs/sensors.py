@@ -32,6 +32,7 @@ import dagster as dg
 from dagster import DagsterEventType
 
 from hardening_pipeline.alerts.slack import Alert
+from hardening_pipeline.defs.checks import runbook_metadata
 from hardening_pipeline.defs.resources import SlackAlertsResource
 from hardening_pipeline.settings import load_settings
 
@@ -183,6 +184,7 @@ def pending_check_evaluation(cursor: AlertCursor, now: datetime) -> dg.AssetChec
             "pending_runs": dg.MetadataValue.json(
                 {run_id: entry.get("error", "") for run_id, entry in sorted(pending.items())}
             ),
+            "runbook": runbook_metadata("failure-alerts-pending", load_settings().runbook_url),
         },
     )
 
