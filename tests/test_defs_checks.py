@@ -6,7 +6,12 @@ import dagster as dg
 import pytest
 
 from hardening_pipeline.defs.assets import application_tables
-from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
+from hardening_pipeline.defs.checks import (
+    CANARY_CHECK_SPECS,
+    canary_checks,
+    canary_job,
+    canary_schedule,
+)
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.defs.status import (
     hardening_status_report,
@@ -156,3 +161,32 @@ def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, sl
     assert not check.passed
     assert len(slack_receiver.requests) == 1
     assert len(list((tmp_path / "reports").glob("status-*.json"))) == 2
+
+
+def test_one_canary_runs_on_its_own_so_its_execute_button_works(db_url, admin):
+    # The UI enables a check's "Execute" only when it can run without the others.
+    from hardening_pipeline.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    for spec in CANARY_CHECK_SPECS:
+        assert graph.get_execution_set_asset_and_check_keys(spec.key) == {spec.key}
+
+    t = insert_tenant(admin, "alone")
+    with admin.transaction():
+        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
+        admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
+    result = dg.materialize(
+        [*application_tables, canary_checks],
+        selection=dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey(["app", "messages"]), "tenant_misalignment")
+        ),
+        resources={
+            "app_db": AppDatabaseResource(database_url=db_url),
+            "slack": SlackAlertsResource(webhook_url="", max_retries=0),
+        },
+        raise_on_error=False,
+    )
+    # Only the selected canary ran: the orphan it does not look for did not fail the run.
+    assert result.success
+    assert [e.check_name for e in result.get_asset_check_evaluations()] == ["tenant_misalignment"]
