@@ -666,7 +666,9 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
     assert not red.success
     evaluation = red.get_asset_check_evaluations()[0]
-    assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == 2
+    # An id, shown as text: never plotted as a metric (nor as 0 when there is none).
+    assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == "2"
+    assert check.metadata["first_bad_id"].value == "none"
 
 
 def test_schedule_requests_the_job():
