@@ -82,6 +82,8 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
     assert retention["newest_backup"] == backup["backup_id"]
     assert f"| {backup['backup_id']} |" in retention["decisions"]
     assert "newest" in retention["decisions"]
+    # Three columns: with a fourth the UI squeezed "why" to one word per line.
+    assert retention["decisions"].splitlines()[0] == "| backup | decision | why |"
 
 
 def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: bytes) -> None:

@@ -152,18 +152,20 @@ def nightly_backup(
 
 
 def retention_report(outcome: RetentionOutcome) -> str:
-    """Markdown table of every decision and the rule behind it, newest first."""
+    """Markdown table of every decision and the rule behind it, newest first.
+
+    Three columns only: the backup id already starts with its UTC time, and with a fourth column
+    the UI's narrow metadata dialog squeezed "why" to one word per line.
+    """
     verb = "would delete" if outcome.dry_run else "deleted"
-    lines = ["| backup | taken at (UTC) | decision | why |", "|---|---|---|---|"]
+    lines = ["| backup | decision | why |", "|---|---|---|"]
     for kept in outcome.plan.keep:
-        taken = kept.created_at.astimezone(UTC).isoformat(timespec="seconds")
-        lines.append(f"| {kept.backup_id} | {taken} | keep | {', '.join(kept.reasons)} |")
+        lines.append(f"| {kept.backup_id} | keep | {', '.join(kept.reasons)} |")
     for ref in outcome.plan.delete:
-        taken = ref.created_at.astimezone(UTC).isoformat(timespec="seconds")
-        lines.append(f"| {ref.backup_id} | {taken} | {verb} | not selected by any rule |")
+        lines.append(f"| {ref.backup_id} | {verb} | not selected by any rule |")
     for debris in outcome.debris:
         lines.append(
-            f"| {debris.backup_id} | | {verb} | incomplete: no manifest after the grace period |"
+            f"| {debris.backup_id} | {verb} | incomplete: no manifest after the grace period |"
         )
     if len(lines) > MAX_REPORT_ROWS + 2:
         hidden = len(lines) - MAX_REPORT_ROWS - 2
