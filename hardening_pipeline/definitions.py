@@ -5,9 +5,9 @@ import warnings
 import dagster as dg
 
 from hardening_pipeline.defs.assets import (
-    application_tables,
     database_schema,
     database_schema_job,
+    observe_application_tables,
 )
 from hardening_pipeline.defs.backup import (
     backup_retention,
@@ -51,7 +51,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
     _assets = dg.with_source_code_references(
         [
-            *application_tables,
+            observe_application_tables,
             database_schema,
             hardening_status_report,
             nightly_backup,

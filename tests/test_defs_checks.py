@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from hardening_pipeline.defs.assets import application_tables
+from hardening_pipeline.defs.assets import APPLICATION_TABLES, observe_application_tables
 from hardening_pipeline.defs.checks import (
     CANARY_CHECK_SPECS,
     canary_checks,
@@ -68,7 +68,7 @@ def resources(db_url, slack_receiver):
 
 def run_canary_job(resources, instance=None):
     defs = dg.Definitions(
-        assets=application_tables,
+        assets=[observe_application_tables],
         asset_checks=[canary_checks],
         jobs=[canary_job],
         resources=resources,
@@ -177,7 +177,7 @@ def test_one_canary_runs_on_its_own_so_its_execute_button_works(db_url, admin):
         admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
         admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
     result = dg.materialize(
-        [*application_tables, canary_checks],
+        [observe_application_tables, canary_checks],
         selection=dg.AssetSelection.checks(
             dg.AssetCheckKey(dg.AssetKey(["app", "messages"]), "tenant_misalignment")
         ),
@@ -190,3 +190,19 @@ def test_one_canary_runs_on_its_own_so_its_execute_button_works(db_url, admin):
     # Only the selected canary ran: the orphan it does not look for did not fail the run.
     assert result.success
     assert [e.check_name for e in result.get_asset_check_evaluations()] == ["tenant_misalignment"]
+
+
+def test_the_canary_run_observes_each_table(db_url, admin, resources):
+    insert_tenant(admin, "observed")
+    admin.execute("ANALYZE")
+    admin.commit()
+    result = run_canary_job(resources)
+    assert result.success
+    observed = {
+        e.asset_key.to_user_string(): e
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    }
+    assert set(observed) == {f"app/{name}" for name in APPLICATION_TABLES}
+    tenants = observed["app/tenants"].event_specific_data.asset_observation.metadata
+    assert tenants["live_rows_estimate"].value >= 1

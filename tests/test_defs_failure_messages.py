@@ -8,7 +8,7 @@ import json
 
 import dagster as dg
 
-from hardening_pipeline.defs.assets import application_tables
+from hardening_pipeline.defs.assets import observe_application_tables
 from hardening_pipeline.defs.backup import nightly_backup
 from hardening_pipeline.defs.checks import canary_checks, canary_job
 from hardening_pipeline.defs.failures import first_line
@@ -45,7 +45,7 @@ def test_a_broken_canary_fails_the_run_with_its_own_sentence(
         admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
     slack = SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0, timeout=5)
     defs = dg.Definitions(
-        assets=application_tables,
+        assets=[observe_application_tables],
         asset_checks=[canary_checks],
         jobs=[canary_job],
         resources={"app_db": AppDatabaseResource(database_url=db_url), "slack": slack},

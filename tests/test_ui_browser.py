@@ -271,6 +271,21 @@ def test_a_broken_canary_fails_its_run_with_the_canary_sentence_first(ui: UI) ->
     assert "DagsterAssetCheckFailedError" not in body
     assert "dagster._core" not in body.split("canary orphaned_messages failed", 1)[0]
 
+    # The table's page shows it observed by that run, with the failed check, not as an asset
+    # that was "Never materialized".
+    page.goto(f"{ui.base}/assets/app/messages")
+    ui.dismiss_welcome()
+    page.get_by_text("Latest observation").first.wait_for(timeout=30_000)
+    page.get_by_text("live_rows_estimate").first.wait_for(timeout=30_000)
+    ui.shot("table-messages-canary-failed")
+    assert "Never materialized" not in page.inner_text("body")
+    page.goto(f"{ui.base}/assets/app/messages?view=checks")
+    page.get_by_text("orphaned_messages").first.wait_for(timeout=30_000)
+    ui.shot("table-messages-checks")
+    # Each canary check can be run on its own from here.
+    execute = page.locator("button", has_text=re.compile(r"^\s*Execute\s*$")).first
+    assert execute.is_enabled()
+
 
 def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui: UI) -> None:
     with admin_connect(ui.db_url) as conn:

@@ -12,6 +12,7 @@ import dagster as dg
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.canaries import CANARIES, CanaryResult, alert_canaries, run_canaries
 from hardening_pipeline.canaries.alerts import investigation_query
+from hardening_pipeline.defs.assets import application_tables
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 
@@ -118,7 +119,9 @@ def canary_failure(failed: list[CanaryResult], runbook_base_url: str | None) -> 
 
 canary_job = dg.define_asset_job(
     "canary_job",
-    selection=dg.AssetSelection.checks(canary_checks),
+    # The tables are observed in the same run, so their pages show when they were last watched.
+    selection=dg.AssetSelection.checks(canary_checks)
+    | dg.AssetSelection.assets(*(spec.key for spec in application_tables)),
     description="Run every canary against the application database.",
 )
 
