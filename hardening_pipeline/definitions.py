@@ -1,8 +1,14 @@
 """The Dagster code location: assets, checks, jobs, schedules, sensors and resources."""
 
+import warnings
+
 import dagster as dg
 
-from hardening_pipeline.defs.assets import application_tables, database_schema
+from hardening_pipeline.defs.assets import (
+    database_schema,
+    database_schema_job,
+    observe_application_tables,
+)
 from hardening_pipeline.defs.backup import (
     backup_retention,
     nightly_backup,
@@ -28,26 +34,40 @@ from hardening_pipeline.defs.restore import (
     restore_drill_schedule,
 )
 from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
-from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.defs.sensors import (
+    failed_runs_alerted,
+    slack_failure_alerts,
+    slack_on_run_failure,
+)
 from hardening_pipeline.defs.status import (
     hardening_status_report,
     status_check_job,
     status_check_schedule,
 )
 
+# Each asset links to the file and line that defines it (the UI's "code references"). The
+# helper is marked beta; its warning would otherwise print on every `dagster` command.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    _assets = dg.with_source_code_references(
+        [
+            observe_application_tables,
+            database_schema,
+            hardening_status_report,
+            nightly_backup,
+            backup_retention,
+            restore_drill_report,
+            evidence_bundle,
+            audit_seal,
+            slack_failure_alerts,
+        ]
+    )
+
 defs = dg.Definitions(
-    assets=[
-        *application_tables,
-        database_schema,
-        hardening_status_report,
-        nightly_backup,
-        backup_retention,
-        restore_drill_report,
-        evidence_bundle,
-        audit_seal,
-    ],
-    asset_checks=[canary_checks, backup_is_fresh],
+    assets=_assets,
+    asset_checks=[canary_checks, backup_is_fresh, failed_runs_alerted],
     jobs=[
+        database_schema_job,
         canary_job,
         status_check_job,
         nightly_backup_job,

@@ -667,7 +667,9 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
     assert not red.success
     evaluation = red.get_asset_check_evaluations()[0]
-    assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == 2
+    # An id, shown as text: never plotted as a metric (nor as 0 when there is none).
+    assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == "2"
+    assert check.metadata["first_bad_id"].value == "none"
 
 
 def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():

@@ -89,8 +89,10 @@ def test_dagster_check_is_blocking_error_and_scheduled_hourly(db_url, tmp_path):
     assert spec.blocking
     result = backup_is_fresh(**resources)
     assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
+    assert "age_hours" not in result.metadata  # no backup has no age (not a plotted -1)
     seed_demo_data(db_url, tenants=1, messages_per_unit=1)
     run_backup(db_url, FileStore(tmp_path / "store"), Keyring(KEY))
-    assert backup_is_fresh(**resources).passed
+    fresh = backup_is_fresh(**resources)
+    assert fresh.passed and 0 <= fresh.metadata["age_hours"].value < 1
     assert backup_freshness_schedule.cron_schedule == "30 * * * *"
     assert backup_freshness_schedule.default_status == dg.DefaultScheduleStatus.RUNNING

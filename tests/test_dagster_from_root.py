@@ -25,6 +25,7 @@ JOBS = [
     "audit_seal_job",
     "backup_freshness_job",
     "canary_job",
+    "database_schema_job",
     "evidence_job",
     "nightly_backup_job",
     "restore_drill_job",

@@ -26,7 +26,11 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
     SlackAlertsResource,
 )
-from hardening_pipeline.defs.sensors import slack_on_run_failure
+from hardening_pipeline.defs.sensors import (
+    failed_runs_alerted,
+    slack_failure_alerts,
+    slack_on_run_failure,
+)
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.s3_server import closed_port_url
 from tests.support.slack_receiver import SERVER_ERROR, SlackReceiver
@@ -57,7 +61,6 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
     store_dir = tmp_path / "backups"
     result = dg.materialize(
         [nightly_backup, backup_retention],
-        partition_key=YESTERDAY,
         resources=backup_resources(db_url, store_dir, master_key),
     )
     assert result.success
@@ -70,6 +73,7 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
         o.ciphertext_bytes for o in catalog.valid[0].manifest.objects[1:]
     )
     assert backup["duration_seconds"] > 0 and backup["throughput_mib_per_second"] >= 0
+    assert backup["stored_mib"] == round(backup["stored_bytes"] / (1024 * 1024), 3)
     assert str(store_dir) in backup["location"]
     assert backup["dry_run"] is False
 
@@ -78,12 +82,13 @@ def test_materialize_backup_then_retention(db_url: str, tmp_path: Path, master_k
     assert retention["newest_backup"] == backup["backup_id"]
     assert f"| {backup['backup_id']} |" in retention["decisions"]
     assert "newest" in retention["decisions"]
+    # Three columns: with a fourth the UI squeezed "why" to one word per line.
+    assert retention["decisions"].splitlines()[0] == "| backup | decision | why |"
 
 
 def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: bytes) -> None:
     result = dg.materialize(
         [nightly_backup],
-        partition_key=YESTERDAY,
         resources=backup_resources(db_url, tmp_path / "backups", master_key),
         run_config={"ops": {"nightly_backup": {"config": {"dry_run": True}}}},
     )
@@ -92,18 +97,11 @@ def test_dry_run_backup_stores_nothing(db_url: str, tmp_path: Path, master_key: 
     assert not (tmp_path / "backups").exists()
 
 
-def test_old_partitions_are_refused(db_url: str, tmp_path: Path, master_key: bytes) -> None:
-    old = (datetime.now(UTC).date() - timedelta(days=3)).isoformat()
-    result = dg.materialize(
-        [nightly_backup],
-        partition_key=old,
-        resources=backup_resources(db_url, tmp_path / "backups", master_key),
-        raise_on_error=False,
-    )
-    assert not result.success
-    (failure,) = result.get_step_failure_events()
-    assert "cannot be backfilled" in failure.step_failure_data.user_failure_data.description
-    assert not (tmp_path / "backups").exists()
+def test_backups_are_not_partitioned() -> None:
+    # A backup captures the database at run time; daily partitions could only ever be filled
+    # for "now" and showed the rest red and unfillable. Recency is backup_is_fresh's job.
+    assert nightly_backup.partitions_def is None and backup_retention.partitions_def is None
+    assert defs.resolve_job_def("nightly_backup_job").partitions_def is None
 
 
 def test_missing_key_fails_with_the_fix(
@@ -112,7 +110,6 @@ def test_missing_key_fails_with_the_fix(
     monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
     result = dg.materialize(
         [nightly_backup],
-        partition_key=YESTERDAY,
         resources={
             "app_db": AppDatabaseResource(database_url=db_url),
             "backup_store": BackupStoreResource(store_url=(tmp_path / "b").as_uri()),
@@ -127,7 +124,7 @@ def test_missing_key_fails_with_the_fix(
     assert not (tmp_path / "b").exists()
 
 
-def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
+def test_schedule_runs_one_backup_a_night_at_0200_utc() -> None:
     schedule = defs.resolve_schedule_def("nightly_backup_schedule")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "UTC"
@@ -137,7 +134,8 @@ def test_schedule_runs_yesterdays_partition_at_0200_utc() -> None:
         repository_def=defs.get_repository_def(),
     )
     (request,) = schedule.evaluate_tick(context).run_requests
-    assert request.partition_key == "2026-03-01"
+    assert request.partition_key is None
+    assert request.run_key == "nightly-backup-2026-03-02"
     job = defs.resolve_job_def("nightly_backup_job")
     assert job.tags["hardening/exclusive"] == "backup"
     # The freshness check rides along: right after the backup it confirms the store shows it.
@@ -266,3 +264,92 @@ def test_with_run_retries_on_the_retry_decision_is_respected(slack_receiver: Sla
         assert instance.get_run_by_id(run_id).tags.get("dagster/will_retry") == "true"
         tick(instance, None, slack_receiver.url)
     assert slack_receiver.requests == []
+
+
+def test_one_undelivered_alert_never_holds_back_the_others(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    first = fail_a_run(instance)
+    second = fail_a_run(instance)
+    slack_receiver.respond_with([SERVER_ERROR])  # Slack refuses the first alert only
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    state = json.loads(context.cursor)
+    assert first in state["pending"] and second in state["handled"]
+    assert second in json.dumps(slack_receiver.requests[1])
+    # The undelivered alert is a warning on the slack_failure_alerts asset, not only a log line.
+    [evaluation] = result.asset_events
+    assert evaluation.check_name == "failed_runs_alerted" and evaluation.passed is False
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert first in evaluation.metadata["pending_runs"].value
+    assert evaluation.metadata["runbook"].value == "docs/runbook.md#failure-alerts-pending"
+
+    # A third run fails while the first is still pending; the next tick delivers both.
+    third = fail_a_run(instance)
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=context.cursor,
+        resources={"slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    state = json.loads(context.cursor)
+    assert state["pending"] == {} and {first, third} <= set(state["handled"])
+    sent = [json.dumps(r) for r in slack_receiver.requests]
+    assert len(sent) == 4 and third in sent[2] and first in sent[3]
+    [evaluation] = result.asset_events
+    assert evaluation.passed is True
+    # Nothing changed since: no new check evaluation, no repeated alert.
+    assert tick(instance, context.cursor, slack_receiver.url) is not None
+    assert len(slack_receiver.requests) == 4
+
+
+def test_the_pending_check_reads_the_sensor_state(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    result = dg.materialize(
+        [slack_failure_alerts, failed_runs_alerted],
+        instance=instance,
+        selection=dg.AssetSelection.checks(failed_runs_alerted),
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed is True
+
+
+def test_each_tick_says_what_it_did(instance: dg.DagsterInstance) -> None:
+    fail_a_run(instance)
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"slack": SlackAlertsResource(webhook_url=closed_port_url(), max_retries=0)},
+    )
+    result = slack_on_run_failure(context)
+    assert "1 alert(s) NOT delivered yet" in result.skip_reason.skip_message
+
+
+def test_a_backup_with_rows_the_drill_cannot_load_is_kept_but_fails_with_the_canary(
+    db_url: str, admin, tmp_path: Path, master_key: bytes
+) -> None:
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2)
+    # An orphaned message, planted the way a replica-mode load or a console hotfix would.
+    with admin.transaction():
+        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
+        admin.execute("DELETE FROM units WHERE id = (SELECT unit_id FROM messages LIMIT 1)")
+    store_dir = tmp_path / "backups"
+    result = dg.materialize(
+        [nightly_backup],
+        resources=backup_resources(db_url, store_dir, master_key),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    line = failure.step_failure_data.error.message.splitlines()[0]
+    assert "will not restore cleanly: canary orphaned_messages finds" in line
+    # The backup itself was stored and recorded: bad rows are no reason to have no backup.
+    backup = metadata_of(result, nightly_backup)
+    assert backup["integrity_canaries_failed"] == 1
+    assert [b.backup_id for b in list_backups(FileStore(store_dir), Keyring(master_key)).valid] == [
+        backup["backup_id"]
+    ]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from hardening_pipeline.defs.assets import application_tables
-from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
+from hardening_pipeline.defs.assets import APPLICATION_TABLES, observe_application_tables
+from hardening_pipeline.defs.checks import (
+    CANARY_CHECK_SPECS,
+    canary_checks,
+    canary_job,
+    canary_schedule,
+)
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.defs.status import (
     hardening_status_report,
@@ -65,7 +70,7 @@ def resources(db_url, slack_receiver):
 
 def run_canary_job(resources, instance=None):
     defs = dg.Definitions(
-        assets=application_tables,
+        assets=[observe_application_tables],
         asset_checks=[canary_checks],
         jobs=[canary_job],
         resources=resources,
@@ -136,7 +141,9 @@ def test_canary_job_logs_an_undelivered_alert(db_url, admin):
 
 
 def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, slack_receiver):
-    monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
+    # Relative, as by default: the metadata still holds an absolute path.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARDENING_REPORTS_DIR", "reports")
     result = dg.materialize([hardening_status_report], resources=resources)
     assert result.success
     metadata = result.asset_materializations_for_node("hardening_status_report")[0].metadata
@@ -157,3 +164,48 @@ def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, sl
     assert not check.passed
     assert len(slack_receiver.requests) == 1
     assert len(list((tmp_path / "reports").glob("status-*.json"))) == 2
+
+
+def test_one_canary_runs_on_its_own_so_its_execute_button_works(db_url, admin):
+    # The UI enables a check's "Execute" only when it can run without the others.
+    from hardening_pipeline.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    for spec in CANARY_CHECK_SPECS:
+        assert graph.get_execution_set_asset_and_check_keys(spec.key) == {spec.key}
+
+    t = insert_tenant(admin, "alone")
+    with admin.transaction():
+        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
+        admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
+    result = dg.materialize(
+        [observe_application_tables, canary_checks],
+        selection=dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey(["app", "messages"]), "tenant_misalignment")
+        ),
+        resources={
+            "app_db": AppDatabaseResource(database_url=db_url),
+            "slack": SlackAlertsResource(webhook_url="", max_retries=0),
+        },
+        raise_on_error=False,
+    )
+    # Only the selected canary ran: the orphan it does not look for did not fail the run.
+    assert result.success
+    assert [e.check_name for e in result.get_asset_check_evaluations()] == ["tenant_misalignment"]
+
+
+def test_the_canary_run_observes_each_table(db_url, admin, resources):
+    insert_tenant(admin, "observed")
+    admin.execute("ANALYZE")
+    admin.commit()
+    result = run_canary_job(resources)
+    assert result.success
+    observed = {
+        e.asset_key.to_user_string(): e
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    }
+    assert set(observed) == {f"app/{name}" for name in APPLICATION_TABLES}
+    tenants = observed["app/tenants"].event_specific_data.asset_observation.metadata
+    assert tenants["live_rows_estimate"].value >= 1

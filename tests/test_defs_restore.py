@@ -52,6 +52,8 @@ def test_green_drill_materializes_with_report_and_slack(
     assert metadata["backup_id"].value == backup.backup_id
     assert metadata["drill_tests_failed"].value == 0 and metadata["drill_tests_passed"].value > 0
     assert metadata["slack_delivered"].value is True
+    assert isinstance(metadata["rto_seconds"], dg.FloatMetadataValue)
+    assert metadata["rto_seconds"].value > 0 and metadata["rpo_hours"].value >= 0
     assert list((tmp_path / "reports").glob("restore-drill-*.md"))
     assert "Restore drill passed" in slack_receiver.requests[-1]["text"]
 
@@ -63,6 +65,14 @@ def test_red_drill_fails_the_run_and_still_reports(tmp_path, resources, slack_re
     assert "holds no backup" in failure.step_failure_data.error.message
     assert "Restore drill FAILED" in slack_receiver.requests[-1]["text"]
     assert list((tmp_path / "reports").glob("restore-drill-*.json"))
+    # The asset page shows the red drill too: its report, with no invented RPO or RTO.
+    [materialization] = result.asset_materializations_for_node("restore_drill_report")
+    metadata = materialization.metadata
+    assert metadata["passed"].value is False
+    assert os.path.isabs(metadata["report_path"].value)
+    assert metadata["report_path"].value.endswith(".md")
+    assert "rpo_seconds" not in metadata and "rto_seconds" not in metadata
+    assert metadata["seconds_until_failure"].value >= 0
 
 
 def test_monthly_schedule_targets_the_drill_job():

@@ -25,6 +25,7 @@ ASSETS = {
     "hardening_status_report",
     "nightly_backup",
     "restore_drill_report",
+    "slack_failure_alerts",
 }
 CHECKS = {
     ("app/audit_events", "abnormal_delete_volume"),
@@ -36,11 +37,13 @@ CHECKS = {
     ("audit_seal", "seal_chain_intact"),
     ("hardening_status_report", "all_green"),
     ("nightly_backup", "backup_is_fresh"),
+    ("slack_failure_alerts", "failed_runs_alerted"),
 }
 JOBS = {
     "audit_seal_job",
     "backup_freshness_job",
     "canary_job",
+    "database_schema_job",
     "evidence_job",
     "nightly_backup_job",
     "restore_drill_job",
@@ -103,3 +106,27 @@ def test_everything_an_operator_sees_is_described(repo):
         assert schedule.description, f"schedule {schedule.name} has no description"
     for sensor in repo.sensor_defs:
         assert sensor.description, f"sensor {sensor.name} has no description"
+
+
+def test_lineage_runs_from_the_tables_through_the_backup_to_the_drill(repo):
+    graph = repo.asset_graph
+    backup = graph.get(dg.AssetKey("nightly_backup"))
+    tables = {k for k in graph.get_all_asset_keys() if k.path[0] == "app"}
+    assert tables and tables <= backup.parent_keys
+    assert (
+        dg.AssetKey("nightly_backup") in graph.get(dg.AssetKey("restore_drill_report")).parent_keys
+    )
+
+
+def test_every_asset_has_a_kind_and_each_defined_here_a_code_reference(repo):
+    graph = repo.asset_graph
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.kinds, key
+        if node.is_materializable:
+            assert "dagster/code_references" in node.metadata, key
+
+
+def test_database_schema_has_a_job(repo):
+    job = repo.get_job("database_schema_job")
+    assert {n.name for n in job.nodes} == {"database_schema"}

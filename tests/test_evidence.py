@@ -174,7 +174,7 @@ def test_broken_guarantee_turns_items_red(db_url, admin, tmp_path, monkeypatch):
     monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     monkeypatch.setenv("BACKUP_STORE_URL", (tmp_path / "store").as_uri())
-    with pytest.raises(dg.Failure, match="evidence is red for item"):
+    with pytest.raises(dg.Failure, match=r"A \(Database guarantees"):
         dg.materialize(
             [evidence_bundle],
             resources={"app_db": AppDatabaseResource(database_url=db_url)},
@@ -199,9 +199,22 @@ def test_dagster_evidence_asset_green_on_a_seeded_database(db_url, tmp_path, mon
         run_config={"ops": {"evidence_bundle": {"config": {"out_root": str(tmp_path / "ev")}}}},
     )
     assert result.success
-    metadata = result.asset_materializations_for_node("evidence_bundle")[0].metadata
+    by_asset = {
+        m.asset_key.to_user_string(): m
+        for m in result.asset_materializations_for_node("evidence_bundle")
+    }
+    metadata = by_asset["evidence_bundle"].metadata
     assert metadata["all_green"].value is True
     assert "ALL GREEN" in metadata["summary"].value
+    # The assets the run exercised record it on their own pages.
+    assert set(by_asset) == {
+        "evidence_bundle",
+        "database_schema",
+        "nightly_backup",
+        "restore_drill_report",
+        "hardening_status_report",
+    }
+    assert by_asset["restore_drill_report"].metadata["passed"].value is True
 
 
 def test_item_b_is_proven_by_the_database_and_red_in_report_mode(

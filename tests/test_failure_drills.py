@@ -400,7 +400,6 @@ def test_s3_503_mid_multipart_is_retried_aborted_and_alerted(
         result = dg.materialize(
             [nightly_backup],
             instance=instance,
-            partition_key=YESTERDAY,
             resources={
                 "app_db": AppDatabaseResource(database_url=seeded),
                 "backup_store": BackupStoreResource(
@@ -631,24 +630,20 @@ def test_failure_alert_survives_rate_limits_and_timeouts_while_backups_go_on(
     }
     slack = SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=1, timeout=1)
     with dg.instance_for_test() as instance:
-        old = (datetime.now(UTC).date() - timedelta(days=5)).isoformat()
         failed = dg.materialize(
             [nightly_backup],
             instance=instance,
-            partition_key=old,
-            resources=resources,
+            resources={**resources, "encryption_keys": EncryptionKeysResource(key="not-a-key")},
             raise_on_error=False,
         )
         assert not failed.success
         # Slack rate-limits twice (retried once, then given up), then hangs.
         slack_receiver.respond_with([RATE_LIMITED, RATE_LIMITED, HANG])
         cursor, outcome = sensor_tick(instance, None, slack)
-        assert "stopped" in outcome.skip_message
+        assert "NOT delivered" in outcome.skip_reason.skip_message
         assert failed.run_id not in json.loads(cursor)["handled"]
         # Backups carry on regardless of Slack.
-        ok = dg.materialize(
-            [nightly_backup], instance=instance, partition_key=YESTERDAY, resources=resources
-        )
+        ok = dg.materialize([nightly_backup], instance=instance, resources=resources)
         assert ok.success
         assert len(list_backups(FileStore(store_dir), keyring).valid) == 1
         cursor, outcome = sensor_tick(instance, cursor, slack)  # the hang

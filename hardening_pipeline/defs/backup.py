@@ -5,26 +5,32 @@ The work itself is ``hardening_pipeline.backup`` (the same functions ``hardening
 into metadata. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
 
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.canaries import run_canaries
+from hardening_pipeline.defs.assets import application_tables
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
     EncryptionKeysResource,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.settings import load_settings
 
 MIB = 1024 * 1024
 EXCLUSIVE_TAG = "hardening/exclusive"
 # Rows of the kept/deleted table in the retention metadata; the counts are always complete.
 MAX_REPORT_ROWS = 200
-
-backup_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
+# The canaries whose findings a restore trips over: rows the restored foreign keys refuse.
+INTEGRITY_CANARIES = ["orphaned_messages", "tenant_misalignment"]
 
 
 class NightlyBackupConfig(dg.Config):
@@ -44,31 +50,11 @@ class BackupRetentionConfig(dg.Config):
     keep_monthly: int = 12
 
 
-def check_partition_is_current(partition_key: str, today: date | None = None) -> None:
-    """Refuse partitions older than yesterday.
-
-    A backup is always of the database as it is *now*; materializing an old day's partition
-    would store today's data under a day it does not describe and mislead anyone reading the
-    partition history. The schedule asks for yesterday's partition at 02:00 UTC.
-    """
-    today = today or datetime.now(UTC).date()
-    day = date.fromisoformat(partition_key)
-    if day < today - timedelta(days=1):
-        raise dg.Failure(
-            description=(
-                f"refusing to back up partition {partition_key}: a backup always captures the "
-                f"database as it is now, so only yesterday's or today's partition can be "
-                f"materialized (today is {today.isoformat()} UTC). Launch the latest partition "
-                f"instead; old days cannot be backfilled."
-            ),
-            allow_retries=False,
-        )
-
-
 def _as_failure(exc: HardeningError, what: str) -> dg.Failure:
     """One clear sentence in the UI; retries only for errors a second try could fix."""
-    return dg.Failure(
-        description=f"{what} failed: {exc}",
+    return failure(
+        f"{what} failed",
+        str(exc),
         allow_retries=not isinstance(exc, ConfigError | CheckFailed),
     )
 
@@ -86,6 +72,9 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
         "rows": dg.MetadataValue.int(result.rows),
         "plaintext_bytes": dg.MetadataValue.int(result.plaintext_bytes),
         "stored_bytes": dg.MetadataValue.int(result.ciphertext_bytes),
+        # The same sizes in MiB, the unit the plots and the throughput are read in.
+        "plaintext_mib": dg.MetadataValue.float(round(result.plaintext_bytes / MIB, 3)),
+        "stored_mib": dg.MetadataValue.float(round(result.ciphertext_bytes / MIB, 3)),
         "duration_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
         "throughput_mib_per_second": dg.MetadataValue.float(round(throughput, 2)),
         "location": dg.MetadataValue.text(result.location),
@@ -94,19 +83,24 @@ def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
     }
 
 
+# Not partitioned: a backup always captures the database as it is at run time, so a daily
+# partition could only ever be filled for "now" and the rest would stay red and unfillable.
+# Whether the latest backup is recent enough is the backup_is_fresh check's job.
 @dg.asset(
-    partitions_def=backup_partitions,
+    # Lineage: what the backup reads, so the graph shows table -> backup -> drill.
+    deps=[spec.key for spec in application_tables],
     group_name="backups",
     kinds={"postgres", "s3"},
     description=(
         "Encrypted backup of the application database taken at run time: one consistent "
         "snapshot, one AES-256-GCM object per tenant plus one for the non-tenant tables, "
-        "manifest.json written last, in BACKUP_STORE_URL under <YYYY>/<MM>/<DD>/<backup-id>/. "
+        "manifest.json written last, in BACKUP_STORE_URL under `<YYYY>/<MM>/<DD>/<backup-id>/`. "
         "On failure nothing is published: without a manifest the partial folder is ignored by "
-        "restores and removed by retention after a day. It fails without retry when the "
-        "encryption key is missing or malformed, when another backup is running, when rows "
-        "have no tenant (the error names the table), or when an old partition is requested; "
-        "store errors may be retried."
+        "restores and removed by retention after a day. It fails when the encryption key is "
+        "missing or malformed, when another backup is running, or when rows have no tenant "
+        "(the error names the table). Transient S3 errors are retried request by request "
+        "inside the run; a failed run is not relaunched: the next night's run, or a launch "
+        "from this page, takes a new backup."
     ),
 )
 def nightly_backup(
@@ -115,8 +109,7 @@ def nightly_backup(
     app_db: AppDatabaseResource,
     backup_store: BackupStoreResource,
     encryption_keys: EncryptionKeysResource,
-) -> dg.MaterializeResult:
-    check_partition_is_current(context.partition_key)
+) -> Iterator[dg.MaterializeResult]:
     try:
         # Key first, store second, database last: bad configuration stops before data is read.
         keyring = encryption_keys.keyring(app_db.settings())
@@ -133,27 +126,48 @@ def nightly_backup(
             pg_dump_path=app_db.settings().pg_dump_path,
         )
     except HardeningError as exc:
-        raise _as_failure(exc, "the backup") from exc
+        raise _as_failure(exc, "nightly backup") from None
     context.log.info(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
         f"objects to {result.location}" + (" (dry run: nothing stored)" if result.dry_run else "")
     )
-    return dg.MaterializeResult(metadata=backup_metadata(result))
+    # Rows the integrity canaries flag (an orphaned message, a misaligned tenant) are rows a
+    # restore cannot load under the foreign keys, so the drill would fail on them weeks later.
+    # The backup is kept (a backup with bad rows beats none) but the run says so now.
+    blocking = [
+        r
+        for r in run_canaries(url, names=INTEGRITY_CANARIES)
+        if not r.passed and r.severity == "error"
+    ]
+    metadata = backup_metadata(result)
+    metadata["integrity_canaries_failed"] = dg.MetadataValue.int(len(blocking))
+    yield dg.MaterializeResult(metadata=metadata)
+    if blocking:
+        first = blocking[0]
+        raise failure(
+            f"nightly backup {result.backup_id} will not restore cleanly",
+            f"canary {first.name} finds {first.summary()}; a restore cannot load such rows, so "
+            f"fix them ({runbook_link(first.runbook_anchor, load_settings().runbook_url)}) and "
+            "launch the backup again.",
+            metadata={"backup_id": dg.MetadataValue.text(result.backup_id)},
+        )
 
 
 def retention_report(outcome: RetentionOutcome) -> str:
-    """Markdown table of every decision and the rule behind it, newest first."""
+    """Markdown table of every decision and the rule behind it, newest first.
+
+    Three columns only: the backup id already starts with its UTC time, and with a fourth column
+    the UI's narrow metadata dialog squeezed "why" to one word per line.
+    """
     verb = "would delete" if outcome.dry_run else "deleted"
-    lines = ["| backup | taken at (UTC) | decision | why |", "|---|---|---|---|"]
+    lines = ["| backup | decision | why |", "|---|---|---|"]
     for kept in outcome.plan.keep:
-        taken = kept.created_at.astimezone(UTC).isoformat(timespec="seconds")
-        lines.append(f"| {kept.backup_id} | {taken} | keep | {', '.join(kept.reasons)} |")
+        lines.append(f"| {kept.backup_id} | keep | {', '.join(kept.reasons)} |")
     for ref in outcome.plan.delete:
-        taken = ref.created_at.astimezone(UTC).isoformat(timespec="seconds")
-        lines.append(f"| {ref.backup_id} | {taken} | {verb} | not selected by any rule |")
+        lines.append(f"| {ref.backup_id} | {verb} | not selected by any rule |")
     for debris in outcome.debris:
         lines.append(
-            f"| {debris.backup_id} | | {verb} | incomplete: no manifest after the grace period |"
+            f"| {debris.backup_id} | {verb} | incomplete: no manifest after the grace period |"
         )
     if len(lines) > MAX_REPORT_ROWS + 2:
         hidden = len(lines) - MAX_REPORT_ROWS - 2
@@ -162,7 +176,6 @@ def retention_report(outcome: RetentionOutcome) -> str:
 
 
 @dg.asset(
-    partitions_def=backup_partitions,
     deps=[nightly_backup],
     group_name="backups",
     kinds={"s3"},
@@ -189,11 +202,9 @@ def backup_retention(
         store = backup_store.open()
         outcome = apply_retention(store, keyring, policy, dry_run=config.dry_run)
     except ValueError as exc:  # a negative keep count
-        raise dg.Failure(
-            description=f"retention is misconfigured: {exc}", allow_retries=False
-        ) from exc
+        raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
-        raise _as_failure(exc, "retention") from exc
+        raise _as_failure(exc, "retention") from None
     deleted = [r.backup_id for r in outcome.plan.delete]
     context.log.info(
         f"retention kept {len(outcome.plan.keep)}, "
@@ -234,11 +245,11 @@ nightly_backup_job = dg.define_asset_job(
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="02:00 UTC every night: back up (yesterday's partition, today's data), then prune.",
+    description="02:00 UTC every night: back up the database as it is, then prune.",
 )
 def nightly_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Yesterday's partition: the day that just ended is the one this backup closes."""
+    """One backup per night, keyed by the night's date."""
     scheduled = context.scheduled_execution_time or datetime.now(UTC)
-    day = (scheduled.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    night = scheduled.astimezone(UTC).date().isoformat()
     # The run key makes a re-evaluated tick for the same night launch nothing new.
-    return dg.RunRequest(run_key=day, partition_key=day)
+    return dg.RunRequest(run_key=f"nightly-backup-{night}", tags={"hardening/night": night})

@@ -9,8 +9,11 @@ No ``from __future__ import annotations`` here: Dagster inspects the context ann
 
 import dagster as dg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.canaries import CANARIES, CanaryResult, alert_canaries, run_canaries
 from hardening_pipeline.canaries.alerts import investigation_query
+from hardening_pipeline.defs.assets import application_tables
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 
 CANARY_CHECK_SPECS = [
@@ -24,7 +27,15 @@ CANARY_CHECK_SPECS = [
 ]
 
 
-def check_result(result: CanaryResult) -> dg.AssetCheckResult:
+def runbook_metadata(anchor: str, runbook_base_url: str | None) -> dg.MetadataValue:
+    """A clickable link where the runbook is published (HARDENING_RUNBOOK_URL); otherwise the
+    section's path as text, since a relative link in the UI opens a Dagster page, not the file."""
+    if runbook_base_url:
+        return dg.MetadataValue.url(runbook_link(anchor, runbook_base_url))
+    return dg.MetadataValue.text(runbook_link(anchor))
+
+
+def check_result(result: CanaryResult, runbook_base_url: str | None = None) -> dg.AssetCheckResult:
     """One canary result as a Dagster check result with the facts an operator needs."""
     return dg.AssetCheckResult(
         check_name=result.name,
@@ -53,7 +64,7 @@ def check_result(result: CanaryResult) -> dg.AssetCheckResult:
                 ]
             ),
             "query": dg.MetadataValue.md(f"```sql\n{investigation_query(result)}\n```"),
-            "runbook": dg.MetadataValue.text(result.runbook_link),
+            "runbook": runbook_metadata(result.runbook_anchor, runbook_base_url),
             "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
             "error": dg.MetadataValue.text(result.error or ""),
         },
@@ -64,6 +75,9 @@ def check_result(result: CanaryResult) -> dg.AssetCheckResult:
     specs=CANARY_CHECK_SPECS,
     name="canaries",
     description="Runs sql/canaries read-only and alerts Slack on new, grown or cleared findings.",
+    # Each canary can run on its own, so a check's "Execute" button in the UI works (a check
+    # that can only run with all the others is shown as needing its asset materialized).
+    can_subset=True,
 )
 def canary_checks(
     context: dg.AssetCheckExecutionContext,
@@ -71,7 +85,8 @@ def canary_checks(
     slack: SlackAlertsResource,
 ):
     url = app_db.url()
-    results = run_canaries(url)
+    selected = [key.name for key in context.selected_asset_check_keys]
+    results = run_canaries(url, names=[name for name in CANARIES if name in selected])
     outcomes = alert_canaries(
         url, results, slack.notifier(), runbook_base_url=slack.runbook_base_url()
     )
@@ -83,12 +98,30 @@ def canary_checks(
     for result in results:
         if not result.passed:
             context.log.warning(f"canary {result.name} failed: {result.summary()}")
-        yield check_result(result)
+        yield check_result(result, slack.runbook_base_url())
+    blocking = [r for r in results if not r.passed and r.severity == "error"]
+    if blocking:
+        # Raised here, after every result is recorded, so the run fails with the canary's own
+        # sentence instead of Dagster's generic DagsterAssetCheckFailedError.
+        raise canary_failure(blocking, slack.runbook_base_url())
+
+
+def canary_failure(failed: list[CanaryResult], runbook_base_url: str | None) -> dg.Failure:
+    """The run's failure message: which canary failed, what it found, where the fix is."""
+    first = failed[0]
+    others = f" (and {', '.join(r.name for r in failed[1:])})" if failed[1:] else ""
+    return failure(
+        f"canary {first.name} failed{others}",
+        f"{first.summary()}; the runbook says what to do: "
+        f"{runbook_link(first.runbook_anchor, runbook_base_url)}",
+    )
 
 
 canary_job = dg.define_asset_job(
     "canary_job",
-    selection=dg.AssetSelection.checks(canary_checks),
+    # The tables are observed in the same run, so their pages show when they were last watched.
+    selection=dg.AssetSelection.checks(canary_checks)
+    | dg.AssetSelection.assets(*(spec.key for spec in application_tables)),
     description="Run every canary against the application database.",
 )
 

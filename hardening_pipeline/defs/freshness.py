@@ -44,16 +44,17 @@ def backup_is_fresh(
             description=f"cannot check backup freshness: {exc}",
         )
     fresh = check_backup_freshness(store, keyring, max_age=DEFAULT_MAX_AGE)
-    age_hours = fresh.age / timedelta(hours=1) if fresh.age is not None else -1.0
+    metadata = {
+        "newest_backup_id": dg.MetadataValue.text(fresh.newest_backup_id or "none found"),
+        "store": dg.MetadataValue.text(store.describe()),
+    }
+    if fresh.age is not None:  # no backup at all has no age; a -1 would be plotted as one
+        metadata["age_hours"] = dg.MetadataValue.float(round(fresh.age / timedelta(hours=1), 2))
     return dg.AssetCheckResult(
         passed=fresh.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=fresh.detail,
-        metadata={
-            "newest_backup_id": dg.MetadataValue.text(fresh.newest_backup_id or "none"),
-            "age_hours": dg.MetadataValue.float(round(age_hours, 2)),
-            "store": dg.MetadataValue.text(store.describe()),
-        },
+        metadata=metadata,
     )
 
 

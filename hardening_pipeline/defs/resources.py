@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from hardening_pipeline.alerts.slack import SlackNotifier
-from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
+from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings, parse_master_key
 from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.tenant_scoped_client import Mode, TenantScopedClient
@@ -46,6 +46,18 @@ class AppDatabaseResource(dg.ConfigurableResource):
 
 # Marks a field secret in Dagster's config schema, so the UI masks it.
 _SECRET = {"dagster__is_secret": True}
+# What the Launchpad pre-fills a secret field with (Dagster masks any default of a secret field
+# this way). Launched unchanged it means "the default", which for every field here is "follow
+# the environment", never a literal URL or key.
+LAUNCHPAD_MASK = "********"
+
+
+def configured(value: str | None) -> str | None:
+    """A config value the user really set, or None for empty, blank or the Launchpad's mask."""
+    text = (value or "").strip()
+    if not text or text == LAUNCHPAD_MASK:
+        return None
+    return text
 
 
 class BackupStoreResource(dg.ConfigurableResource):
@@ -79,16 +91,27 @@ class EncryptionKeysResource(dg.ConfigurableResource):
     when a run starts. A real database without a key is refused before any data is read.
     """
 
-    key: str | None = Field(default=None, json_schema_extra=_SECRET)
-    previous_keys: list[str] | None = Field(default=None, json_schema_extra=_SECRET)
+    # Strings, not lists: the Launchpad pre-fills every secret field with one masked string, so
+    # a list field would refuse to launch as shown. Comma-separated, like the environment.
+    key: str = Field(default="", json_schema_extra=_SECRET)
+    previous_keys: str = Field(default="", json_schema_extra=_SECRET)
 
     def keyring(self, settings: Settings | None = None) -> Keyring:
         """Build the keyring; ``settings`` says which database it is for (embedded or real)."""
         settings = settings or load_settings()
-        if self.key:
-            settings = replace(settings, encryption_key=self.key)
-        if self.previous_keys is not None:
-            settings = replace(settings, previous_encryption_keys=tuple(self.previous_keys))
+        key = configured(self.key)
+        if key:
+            # Checked here so a bad value blames this config field, not the environment.
+            parse_master_key(key, "the encryption_keys resource's `key` config")
+            settings = replace(settings, encryption_key=key)
+        previous = configured(self.previous_keys)
+        if previous:
+            keys = tuple(k.strip() for k in previous.split(",") if k.strip())
+            for index, value in enumerate(keys, start=1):
+                parse_master_key(
+                    value, f"entry {index} of the encryption_keys resource's `previous_keys` config"
+                )
+            settings = replace(settings, previous_encryption_keys=keys)
         return keyring_from_settings(settings)
 
 
@@ -99,12 +122,12 @@ class SlackAlertsResource(dg.ConfigurableResource):
     are logged as NOT DELIVERED (and senders that track delivery try again later).
     """
 
-    webhook_url: str | None = Field(default=None, json_schema_extra=_SECRET)
+    webhook_url: str = Field(default="", json_schema_extra=_SECRET)
     timeout: float = 10.0
     max_retries: int = 3
 
     def notifier(self) -> SlackNotifier:
-        url = self.webhook_url or load_settings().slack_webhook_url
+        url = configured(self.webhook_url) or load_settings().slack_webhook_url
         return SlackNotifier(url, timeout=self.timeout, max_retries=self.max_retries)
 
     def runbook_base_url(self) -> str | None:

@@ -5,8 +5,13 @@ this module hands it resources, writes the report, posts the result to Slack, an
 drill into a failed run. No ``from __future__ import annotations``: Dagster inspects them.
 """
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import dagster as dg
 
+from hardening_pipeline.defs.backup import nightly_backup
+from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -14,7 +19,7 @@ from hardening_pipeline.defs.resources import (
     SlackAlertsResource,
 )
 from hardening_pipeline.errors import HardeningError
-from hardening_pipeline.restore.drill import run_restore_drill
+from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
 from hardening_pipeline.restore.report import drill_alert, drill_markdown, write_drill_report
 
 
@@ -26,6 +31,7 @@ class RestoreDrillConfig(dg.Config):
 
 
 @dg.asset(
+    deps=[nightly_backup],
     group_name="backups",
     kinds={"postgres", "s3"},
     description=(
@@ -46,15 +52,13 @@ def restore_drill_report(
     backup_store: BackupStoreResource,
     encryption_keys: EncryptionKeysResource,
     slack: SlackAlertsResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     settings = app_db.settings()
     try:
         keyring = encryption_keys.keyring(settings)
         store = backup_store.open()
     except HardeningError as exc:
-        raise dg.Failure(
-            description=f"the restore drill cannot start: {exc}", allow_retries=False
-        ) from exc
+        raise failure("the restore drill cannot start", str(exc)) from None
     result = run_restore_drill(
         store,
         keyring,
@@ -66,29 +70,43 @@ def restore_drill_report(
     delivery = slack.notifier().send(drill_alert(result, report, slack.runbook_base_url()))
     if not delivery.delivered:
         context.log.warning(f"the drill result was NOT delivered to Slack: {delivery.detail}")
-    metadata = {
+    metadata = drill_metadata(result, report.markdown)
+    metadata["slack_delivered"] = dg.MetadataValue.bool(delivery.delivered)
+    # Recorded before failing, so the asset page shows RPO, the report and what went wrong for a
+    # red drill too: the report exists either way, and it is what this asset is.
+    yield dg.MaterializeResult(metadata=metadata)
+    if not result.passed:
+        raise failure(
+            f"restore drill failed at stage {result.failed_stage or 'verify'}",
+            (
+                f"{result.failure or 'an invariant or drill test is red'}; "
+                f"the report {report.markdown.resolve()} lists each check and its fix."
+            ),
+            metadata=metadata,
+        )
+
+
+def drill_metadata(result: DrillResult, report_path: Path) -> dict[str, dg.MetadataValue]:
+    """Numbers an operator follows over time, typed so the asset page plots them; a value that
+    does not exist (no backup found, no completed restore) is left out rather than faked."""
+    metadata: dict[str, dg.MetadataValue] = {
         "passed": dg.MetadataValue.bool(result.passed),
-        "backup_id": dg.MetadataValue.text(result.backup_id or "none"),
-        "rpo_seconds": dg.MetadataValue.float(round(result.rpo_seconds or -1.0, 1)),
-        "rto_seconds": dg.MetadataValue.float(round(result.rto_seconds, 1)),
+        "backup_id": dg.MetadataValue.text(result.backup_id or "none found"),
         "rows_restored": dg.MetadataValue.int(result.rows_restored),
         "drill_tests_passed": dg.MetadataValue.int(result.tests_passed),
         "drill_tests_failed": dg.MetadataValue.int(result.tests_failed),
         "report": dg.MetadataValue.md(drill_markdown(result)),
-        "report_path": dg.MetadataValue.path(str(report.markdown)),
-        "slack_delivered": dg.MetadataValue.bool(delivery.delivered),
+        "report_path": dg.MetadataValue.path(str(report_path.resolve())),
     }
-    if not result.passed:
-        raise dg.Failure(
-            description=(
-                f"restore drill failed at stage {result.failed_stage or 'verify'}: "
-                f"{result.failure or 'an invariant or drill test is red'} "
-                f"(report: {report.markdown})"
-            ),
-            metadata=metadata,
-            allow_retries=False,
-        )
-    return dg.MaterializeResult(metadata=metadata)
+    if result.rpo_seconds is not None:
+        metadata["rpo_seconds"] = dg.MetadataValue.float(round(result.rpo_seconds, 1))
+        metadata["rpo_hours"] = dg.MetadataValue.float(round(result.rpo_seconds / 3600, 2))
+    if result.passed:
+        # Time to recover is only a time to recover when the recovery worked.
+        metadata["rto_seconds"] = dg.MetadataValue.float(round(result.rto_seconds, 1))
+    else:
+        metadata["seconds_until_failure"] = dg.MetadataValue.float(round(result.rto_seconds, 1))
+    return metadata
 
 
 restore_drill_job = dg.define_asset_job(

@@ -39,9 +39,10 @@ SEAL_ACTOR = "dagster:audit_seal"
         )
     ],
     description=(
-        "Hashes the audit_events rows added since the last seal (up to the safe horizon) into a "
+        "Hashes the audit_events rows added since the last seal (up to the newest id no open "
+        "transaction can still write below) into a "
         "digest chained to the previous seal; stores it in hardening.audit_seals and as "
-        "seals/<seq>.json in the backup store, then verifies the whole chain. If a sealed row "
+        "`seals/<seq>.json` in the backup store, then verifies the whole chain. If a sealed row "
         "was changed, deleted or back-dated, the blocking seal_chain_intact check fails with "
         "the first bad id and the run fails (Slack alert); see docs/runbook.md."
     ),
@@ -83,7 +84,12 @@ def audit_seal(
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=verification.detail,
                 metadata={
-                    "first_bad_id": dg.MetadataValue.int(verification.first_bad_id or 0),
+                    # An id, not a quantity: text, so it is never plotted as a metric.
+                    "first_bad_id": dg.MetadataValue.text(
+                        "none"
+                        if verification.first_bad_id is None
+                        else str(verification.first_bad_id)
+                    ),
                     "seals": dg.MetadataValue.int(verification.seals),
                     "rows_verified": dg.MetadataValue.int(verification.rows),
                     "seals_rehashed": dg.MetadataValue.int(verification.rehashed_seals),

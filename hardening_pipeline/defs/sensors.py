@@ -5,17 +5,22 @@ advances its cursor even when the sensor raises, so an alert that Slack did not 
 for good, and it alerts on runs the daemon is about to retry. This sensor keeps its own cursor
 instead, in the sensor's JSON cursor, which Dagster stores only when a tick completes:
 
-* ``watermark``: the update time of the last failed run that was dealt with; each tick asks the
+* ``watermark``: the update time of the last failed run that was looked at; each tick asks the
   run storage for failed runs updated after it (minus an overlap for late-committed updates),
   oldest first.
 * ``handled``: run id -> when it was dealt with, for the overlap window and for runs whose
   update time moves later (a tag added after the failure): a run id in here is never alerted
   again. Entries are forgotten after a week.
+* ``pending``: run id -> the alert Slack has not accepted yet (since when, how many attempts,
+  the last answer). Each run waits on its own: an alert Slack refuses never holds back the
+  alerts of other runs, and pending ones are tried again on every tick until delivered or a
+  week old.
 
 A run counts as dealt with only once Slack answered ``ok``, or when it is tagged
-``dagster/will_retry=true`` (its retry will alert if it fails too). At the first alert Slack
-does not accept the tick stops and keeps the watermark before that run, so the next tick sends
-it again; nothing after it is skipped either.
+``dagster/will_retry=true`` (its retry will alert if it fails too). Whenever the set of
+pending alerts changes the tick reports the ``failed_runs_alerted`` check on the
+``slack_failure_alerts`` asset, so an undelivered alert shows as a warning in the UI rather
+than only in tick logs.
 """
 
 import json
@@ -27,12 +32,13 @@ import dagster as dg
 from dagster import DagsterEventType
 
 from hardening_pipeline.alerts.slack import Alert
+from hardening_pipeline.defs.checks import runbook_metadata
 from hardening_pipeline.defs.resources import SlackAlertsResource
 from hardening_pipeline.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
 # On the very first tick, failures this recent are still alerted (a fresh deploy after an
 # outage should not swallow the failure that caused it).
 FIRST_TICK_LOOKBACK = timedelta(hours=24)
@@ -43,6 +49,12 @@ REMEMBER_HANDLED = timedelta(days=7)
 # the other; a run seen in between waits this long for the tag before it is alerted anyway.
 RETRY_DECISION_WAIT = timedelta(minutes=2)
 MAX_ALERTS_PER_TICK = 20
+# After this many undelivered alerts in a row Slack is taken to be down for this tick: the rest
+# wait as pending instead of each waiting out its own timeout.
+MAX_UNDELIVERED_IN_A_ROW = 3
+SENSOR_NAME = "slack_on_run_failure"
+ALERTS_ASSET_KEY = dg.AssetKey("slack_failure_alerts")
+ALERTS_CHECK_NAME = "failed_runs_alerted"
 # Dagster's system run tags, by their documented names (the constants live in a private module).
 PARTITION_NAME_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -55,21 +67,31 @@ class AlertCursor:
 
     watermark: float
     handled: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, raw: str | None, now: datetime) -> "AlertCursor":
         if raw:
             try:
                 data = json.loads(raw)
-                if data.get("v") == CURSOR_VERSION:
-                    return cls(float(data["watermark"]), dict(data["handled"]))
+                if data.get("v") in (1, CURSOR_VERSION):
+                    return cls(
+                        float(data["watermark"]),
+                        dict(data["handled"]),
+                        dict(data.get("pending") or {}),
+                    )
             except (ValueError, KeyError, TypeError):
                 log.warning("unreadable failure-alert cursor %r; starting over", raw[:200])
         return cls((now - FIRST_TICK_LOOKBACK).timestamp())
 
     def dump(self) -> str:
         return json.dumps(
-            {"v": CURSOR_VERSION, "watermark": self.watermark, "handled": self.handled},
+            {
+                "v": CURSOR_VERSION,
+                "watermark": self.watermark,
+                "handled": self.handled,
+                "pending": self.pending,
+            },
             sort_keys=True,
         )
 
@@ -137,22 +159,87 @@ def build_failure_alert(
     )
 
 
+def pending_check_evaluation(cursor: AlertCursor, now: datetime) -> dg.AssetCheckEvaluation:
+    """The ``failed_runs_alerted`` check: a warning while any failed run's alert is pending."""
+    pending = cursor.pending
+    oldest = min((entry["since"] for entry in pending.values()), default=None)
+    if pending:
+        description = (
+            f"{len(pending)} failed run(s) have no Slack alert yet (Slack did not accept it); "
+            "check SLACK_WEBHOOK_URL and Slack's status, the sensor tries again every tick."
+        )
+    else:
+        description = "Every failed run has been alerted in Slack."
+    return dg.AssetCheckEvaluation(
+        asset_key=ALERTS_ASSET_KEY,
+        check_name=ALERTS_CHECK_NAME,
+        passed=not pending,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "pending_alerts": dg.MetadataValue.int(len(pending)),
+            "oldest_pending_seconds": dg.MetadataValue.float(
+                round(now.timestamp() - oldest, 1) if oldest is not None else 0.0
+            ),
+            "pending_runs": dg.MetadataValue.json(
+                {run_id: entry.get("error", "") for run_id, entry in sorted(pending.items())}
+            ),
+            "runbook": runbook_metadata("failure-alerts-pending", load_settings().runbook_url),
+        },
+    )
+
+
+slack_failure_alerts = dg.AssetSpec(
+    ALERTS_ASSET_KEY,
+    group_name="alerts",
+    kinds={"slack"},
+    description=(
+        "The Slack alerts the slack_on_run_failure sensor sends for failed runs. Its "
+        "failed_runs_alerted check warns while an alert is waiting for Slack to accept it; the "
+        "sensor reports it whenever that changes."
+    ),
+)
+
+
+@dg.asset_check(
+    asset=ALERTS_ASSET_KEY,
+    name=ALERTS_CHECK_NAME,
+    description="Every failed run has reached Slack (read from the failure sensor's state).",
+)
+def failed_runs_alerted(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    cursor_text = None
+    for state in context.instance.all_instigator_state():
+        if state.instigator_name == SENSOR_NAME and state.instigator_data is not None:
+            cursor_text = getattr(state.instigator_data, "cursor", None)
+    now = datetime.now(UTC)
+    evaluation = pending_check_evaluation(AlertCursor.load(cursor_text, now), now)
+    return dg.AssetCheckResult(
+        passed=evaluation.passed,
+        severity=evaluation.severity,
+        description=evaluation.description,
+        metadata=evaluation.metadata,
+    )
+
+
 @dg.sensor(
-    name="slack_on_run_failure",
+    name=SENSOR_NAME,
     description=(
         "Posts one Slack alert per failed run (job, failed steps, error, link). A run is "
-        "marked alerted only after Slack accepted the message, so alerts survive a Slack "
-        "outage; runs tagged dagster/will_retry=true are skipped."
+        "marked alerted only after Slack accepted the message; until then its alert is kept "
+        "pending, on its own, and the slack_failure_alerts asset's check warns. Runs tagged "
+        "dagster/will_retry=true are skipped."
     ),
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def slack_on_run_failure(
     context: dg.SensorEvaluationContext, slack: SlackAlertsResource
-) -> dg.SkipReason:
-    """One tick: alert the failed runs not yet alerted, oldest first, stopping at Slack errors."""
+) -> dg.SensorResult:
+    """One tick: alert new failed runs, then retry pending alerts; each run on its own."""
     now = datetime.now(UTC)
+    first_tick = context.cursor is None
     cursor = AlertCursor.load(context.cursor, now)
+    pending_before = set(cursor.pending)
     instance = context.instance
     webserver_url = load_settings().webserver_url
     notifier = slack.notifier()
@@ -163,19 +250,45 @@ def slack_on_run_failure(
         ),
         order_by="update_timestamp",
         ascending=True,
-        # Enough to get past every run already handled inside the overlap window.
-        limit=len(cursor.handled) + MAX_ALERTS_PER_TICK,
+        # Enough to get past every run already handled or pending inside the overlap window.
+        limit=len(cursor.handled) + len(cursor.pending) + MAX_ALERTS_PER_TICK,
     )
     sent: list[str] = []
     skipped: list[str] = []
+    undelivered: list[str] = []
+    in_a_row = 0
     stopped = ""
+
+    def attempt(run: dg.DagsterRun, failed_at: float) -> None:
+        nonlocal in_a_row
+        entry = cursor.pending.setdefault(
+            run.run_id,
+            {"since": now.timestamp(), "failed_at": failed_at, "attempts": 0, "error": ""},
+        )
+        if in_a_row >= MAX_UNDELIVERED_IN_A_ROW or len(sent) + len(undelivered) >= (
+            MAX_ALERTS_PER_TICK
+        ):
+            entry["error"] = entry["error"] or "not tried yet: Slack refused the alerts before it"
+            return
+        result = notifier.send(build_failure_alert(instance, run, webserver_url))
+        if result.delivered:
+            in_a_row = 0
+            sent.append(run.run_id)
+            cursor.pending.pop(run.run_id, None)
+            cursor.handled[run.run_id] = now.timestamp()
+        else:
+            in_a_row += 1
+            undelivered.append(run.run_id)
+            entry["attempts"] = int(entry.get("attempts", 0)) + 1
+            entry["error"] = str(result.detail)[:300]
+
     for record in records:
         run = record.dagster_run
-        updated = record.update_timestamp.timestamp()
-        if run.run_id not in cursor.handled:
+        if run.run_id not in cursor.handled and run.run_id not in cursor.pending:
             will_retry = run.tags.get(WILL_RETRY_TAG)
             if will_retry == "true":
                 skipped.append(run.run_id)
+                cursor.handled[run.run_id] = now.timestamp()
             elif (
                 will_retry is None
                 and instance.run_retries_enabled
@@ -183,27 +296,39 @@ def slack_on_run_failure(
             ):
                 stopped = f"run {run.run_id} is waiting for its retry decision"
                 break
-            elif len(sent) >= MAX_ALERTS_PER_TICK:
-                stopped = "alert limit for one tick reached"
-                break
             else:
-                result = notifier.send(build_failure_alert(instance, run, webserver_url))
-                if not result.delivered:
-                    stopped = (
-                        f"Slack did not accept the alert for run {run.run_id}: {result.detail}"
-                    )
-                    break
-                sent.append(run.run_id)
-            cursor.handled[run.run_id] = now.timestamp()
-        cursor.watermark = max(cursor.watermark, updated)
+                attempt(run, record.update_timestamp.timestamp())
+        cursor.watermark = max(cursor.watermark, record.update_timestamp.timestamp())
+    # Alerts left over from earlier ticks, oldest first, after the new ones: a run whose alert
+    # Slack keeps refusing must not hold back alerts for runs that failed since.
+    for run_id in sorted(
+        (r for r in list(cursor.pending) if r not in sent and r not in undelivered),
+        key=lambda r: cursor.pending[r].get("failed_at", cursor.pending[r]["since"]),
+    ):
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            cursor.pending.pop(run_id)
+            continue
+        attempt(run, 0.0)
     forget_before = (now - REMEMBER_HANDLED).timestamp()
     cursor.handled = {k: v for k, v in cursor.handled.items() if v >= forget_before}
+    for run_id, entry in list(cursor.pending.items()):
+        if entry["since"] < forget_before:
+            context.log.error(f"giving up on the Slack alert for failed run {run_id}: {entry}")
+            cursor.pending.pop(run_id)
     context.update_cursor(cursor.dump())
-    if stopped:
-        context.log.warning(f"{stopped}; it will be tried again on the next tick")
     parts = [f"alerted {len(sent)} failed run(s)"]
     if skipped:
         parts.append(f"skipped {len(skipped)} that will be retried")
+    if cursor.pending:
+        parts.append(
+            f"{len(cursor.pending)} alert(s) NOT delivered yet, kept pending and tried again "
+            "next tick (see the failed_runs_alerted check)"
+        )
+        context.log.warning(parts[-1])
     if stopped:
-        parts.append(f"stopped: {stopped}; will try again next tick")
-    return dg.SkipReason("; ".join(parts))
+        parts.append(f"stopped: {stopped}; will look again next tick")
+    events = []
+    if first_tick or set(cursor.pending) != pending_before:
+        events.append(pending_check_evaluation(cursor, now))
+    return dg.SensorResult(skip_reason="; ".join(parts), asset_events=events)

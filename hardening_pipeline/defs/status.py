@@ -28,7 +28,7 @@ from hardening_pipeline.hardening.status_check import run_status_check
     ],
     description=(
         "Checks every hardening guarantee (migrations, keys, audit triggers, grants, RLS, "
-        "splinter's RLS lints) and writes status-<UTC>.md/.json to HARDENING_REPORTS_DIR. "
+        "splinter's RLS lints) and writes `status-<UTC>.md`/`.json` to HARDENING_REPORTS_DIR. "
         "When a line is red the all_green check fails (shown red on this asset) and Slack "
         "gets the red lines with their fixes, once per change; each links to its section of "
         "docs/runbook.md."
@@ -52,9 +52,12 @@ def hardening_status_report(
     red = [line.name for line in report.red]
     return dg.MaterializeResult(
         metadata={
-            "checklist": dg.MetadataValue.md(checklist_markdown(report)),
-            "report_path": dg.MetadataValue.path(str(files.markdown)),
-            "report_json_path": dg.MetadataValue.path(str(files.json)),
+            "checklist": dg.MetadataValue.md(
+                checklist_markdown(report, runbook_base_url=slack.runbook_base_url())
+            ),
+            # Absolute: a path relative to the run's working folder means nothing in the UI.
+            "report_path": dg.MetadataValue.path(str(files.markdown.resolve())),
+            "report_json_path": dg.MetadataValue.path(str(files.json.resolve())),
             "red_count": dg.MetadataValue.int(len(red)),
             "red": dg.MetadataValue.json(red),
             "alert": dg.MetadataValue.text(outcome.action),

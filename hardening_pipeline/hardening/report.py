@@ -15,11 +15,26 @@ from hardening_pipeline.reports import write_report as write_timestamped_report
 
 
 def _cell(text: str) -> str:
-    # A "|" inside a table cell would start a new column.
-    return text.replace("|", "\\|").replace("\n", " ")
+    # A "|" inside a table cell would start a new column, and "<table>" would be taken for an
+    # HTML tag and vanish from the rendered fix.
+    return (
+        text.replace("|", "\\|")
+        .replace("\n", " ")
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
 
 
-def checklist_markdown(report: StatusReport) -> str:
+def _runbook_ref(anchor: str, runbook_base_url: str | None) -> str:
+    """A link when the runbook is published somewhere absolute; otherwise its path as text (a
+    relative link would open a page of whatever renders the report, never the runbook)."""
+    if runbook_base_url:
+        return f"[runbook]({runbook_link(anchor, runbook_base_url)})"
+    return f"runbook: `{runbook_link(anchor)}`"
+
+
+def checklist_markdown(report: StatusReport, runbook_base_url: str | None = None) -> str:
     """The checklist as a Markdown table: also used as Dagster metadata."""
     lines = [
         "| | check | detail | fix |",
@@ -28,8 +43,12 @@ def checklist_markdown(report: StatusReport) -> str:
     for line in report.lines:
         mark = "✅" if line.passed else "❌"
         name = f"`{line.name}` {line.title}"
-        fix = f"{line.fix} ([runbook]({runbook_link(line.runbook_anchor)}))" if line.fix else ""
-        lines.append(f"| {mark} | {_cell(name)} | {_cell(line.detail)} | {_cell(fix)} |")
+        fix = (
+            f"{_cell(line.fix)} ({_runbook_ref(line.runbook_anchor, runbook_base_url)})"
+            if line.fix
+            else ""
+        )
+        lines.append(f"| {mark} | {_cell(name)} | {_cell(line.detail)} | {fix} |")
     return "\n".join(lines)
 
 

@@ -569,10 +569,17 @@ def check_rls_tenant(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
             problems.append(f"{r['relname']}: RLS not forced (the owner bypasses it)")
     if not problems:
         return True, f"{len(rows)} tables: {_names([r['relname'] for r in rows])}", ""
-    fix = (
-        "ALTER TABLE public.<table> ENABLE ROW LEVEL SECURITY; ALTER TABLE public.<table> FORCE "
-        "ROW LEVEL SECURITY; and add a tenant_isolation policy TO authenticated (see 001)."
-    )
+    # Name each table, so the fix can be pasted as it is.
+    statements = [
+        f"ALTER TABLE public.{r['relname']} {what} ROW LEVEL SECURITY;"
+        for r in rows
+        for what, missing in (
+            ("ENABLE", not r["relrowsecurity"]),
+            ("FORCE", not r["relforcerowsecurity"]),
+        )
+        if missing
+    ]
+    fix = " ".join(statements) + " and keep a tenant_isolation policy TO authenticated (see 001)."
     return False, "; ".join(problems), fix
 
 
@@ -587,8 +594,9 @@ def check_rls_public(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
     if not bad:
         return True, "no table in public without RLS", ""
     fix = (
-        "public is what PostgREST exposes: ALTER TABLE public.<table> ENABLE ROW LEVEL SECURITY "
-        "and add policies, or move the table to a private schema."
+        "public is what PostgREST exposes: "
+        + " ".join(f"ALTER TABLE public.{name} ENABLE ROW LEVEL SECURITY;" for name in bad)
+        + " and add policies, or move the table to a private schema."
     )
     return False, f"RLS disabled on {_names(bad)}", fix
 
@@ -606,7 +614,10 @@ def check_policy_rls_off(conn: psycopg.Connection, ctx: CheckContext) -> tuple[b
     ]
     if not bad:
         return True, "every table with policies has RLS on", ""
-    fix = "ALTER TABLE <schema>.<table> ENABLE ROW LEVEL SECURITY (or drop the unused policies)."
+    fix = (
+        " ".join(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY;" for name in bad)
+        + " (or drop the unused policies)."
+    )
     return False, f"policies exist but RLS is off on {_names(bad)}", fix
 
 

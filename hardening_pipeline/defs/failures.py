@@ -1,0 +1,45 @@
+"""Run failures that read as one sentence in the Dagster UI and in Slack.
+
+Dagster shows a failed step's error as Python's ``format_exception_only``, which starts with the
+exception's dotted class path (``dagster._core.definitions.events.Failure: ...``) and is followed
+by every chained cause. The operator needs neither: the sentence already names the problem and
+the fix. Python leaves the module out for classes in ``builtins`` and prints the class's
+``__qualname__`` verbatim, so a ``Failure`` subclass whose qualname is the subject ("nightly
+backup failed") makes the first line read ``nightly backup failed: <problem and fix>``.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+FAILURE_CLASS_NAME = "HardeningFailure"
+
+
+def failure(
+    subject: str,
+    sentence: str,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    allow_retries: bool = False,
+) -> dg.Failure:
+    """A ``dg.Failure`` whose message in the UI is ``<subject>: <sentence>``.
+
+    Raise it ``from None``: the cause was already turned into the sentence, and its chained
+    traceback (botocore, psycopg, Dagster frames) would bury it.
+    """
+    cls = type(
+        FAILURE_CLASS_NAME,
+        (dg.Failure,),
+        {"__module__": "builtins", "__qualname__": subject},
+    )
+    raised = cls(description=sentence, metadata=metadata, allow_retries=allow_retries)
+    # The description (shown with the failure's metadata, and used by the failure alert)
+    # carries the subject too; the exception's own text stays the bare sentence.
+    raised.description = f"{subject}: {sentence}"
+    return raised
+
+
+def first_line(error: object) -> str:
+    """The first line of a recorded error (a ``SerializableErrorInfo``), as the UI shows it."""
+    return ((getattr(error, "message", "") or "").strip().splitlines() or [""])[0]

@@ -1,0 +1,92 @@
+"""What an operator reads when a run fails: one sentence first, naming the problem and the fix.
+
+Dagster shows a failed step's error message as recorded in the event log; these tests read
+that record (the same field the UI and the failure alert read) from real failed runs.
+"""
+
+import json
+
+import dagster as dg
+
+from hardening_pipeline.defs.assets import observe_application_tables
+from hardening_pipeline.defs.backup import nightly_backup
+from hardening_pipeline.defs.checks import canary_checks, canary_job
+from hardening_pipeline.defs.failures import first_line
+from hardening_pipeline.defs.resources import (
+    AppDatabaseResource,
+    BackupStoreResource,
+    EncryptionKeysResource,
+    SlackAlertsResource,
+)
+from hardening_pipeline.defs.sensors import slack_on_run_failure
+from tests.support.db import insert_tenant
+from tests.support.slack_receiver import SlackReceiver
+
+
+def step_failure_lines(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [
+        first_line(entry.dagster_event.event_specific_data.error)
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    ]
+
+
+def assert_reads_as_a_sentence(line: str) -> None:
+    assert "dagster." not in line and "Error:" not in line and "Failure:" not in line, line
+    assert "DagsterAssetCheckFailedError" not in line
+
+
+def test_a_broken_canary_fails_the_run_with_its_own_sentence(
+    db_url: str, admin, slack_receiver: SlackReceiver
+) -> None:
+    t = insert_tenant(admin, "broken-canary")
+    with admin.transaction():
+        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
+        admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
+    slack = SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0, timeout=5)
+    defs = dg.Definitions(
+        assets=[observe_application_tables],
+        asset_checks=[canary_checks],
+        jobs=[canary_job],
+        resources={"app_db": AppDatabaseResource(database_url=db_url), "slack": slack},
+    )
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("canary_job").execute_in_process(
+            raise_on_error=False, instance=instance
+        )
+        assert not result.success
+        [line] = step_failure_lines(instance, result.run_id)
+        assert_reads_as_a_sentence(line)
+        assert line.startswith("canary orphaned_messages failed: 1 found in 1 tenant(s)")
+        assert "runbook.md#canary-orphaned-messages" in line
+        # Every result was still recorded before the run failed.
+        evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert evaluations["orphaned_messages"] is False and len(evaluations) == 5
+
+        # The run-failure alert carries the same sentence.
+        before = len(slack_receiver.requests)
+        slack_on_run_failure(dg.build_sensor_context(instance=instance, resources={"slack": slack}))
+        alert = json.dumps(slack_receiver.requests[before:])
+        assert "canary orphaned_messages failed" in alert
+        assert "DagsterAssetCheckFailedError" not in alert
+
+
+def test_a_backup_that_cannot_start_says_why_in_one_sentence(db_url: str, monkeypatch) -> None:
+    monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [nightly_backup],
+            instance=instance,
+            resources={
+                "app_db": AppDatabaseResource(database_url=db_url),
+                "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),
+                "encryption_keys": EncryptionKeysResource(),
+            },
+            raise_on_error=False,
+        )
+        [line] = step_failure_lines(instance, result.run_id)
+    assert_reads_as_a_sentence(line)
+    assert line.startswith("nightly backup failed: BACKUP_ENCRYPTION_KEY is not set; run")
+    # No chained causes under the sentence.
+    error = next(e.event_specific_data.error for e in result.all_events if e.is_step_failure)
+    assert error.cause is None and error.context is None

@@ -1,0 +1,316 @@
+"""The Dagster UI in a real browser: what an on-call engineer clicks, on a seeded database.
+
+``dagster dev`` (webserver and daemon) runs from a temporary folder against a seeded database;
+Playwright drives Debian's ``chromium`` (Playwright cannot download a browser of its own here).
+Screenshots of the pages visited land in ``tests/ui_screenshots/`` (git-ignored).
+Skipped, with the reason, where chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hardening_pipeline.seed import seed_demo_data
+from tests.support.checkout import clean_environment
+from tests.support.db import admin_connect, create_database
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+try:
+    from playwright.sync_api import Page, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (dev extra)"),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason="no chromium binary (apt-get install chromium; .ci/run does it)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHOTS = ROOT / "tests" / "ui_screenshots"
+LOCATION = "hardening_pipeline"
+REPOSITORY = "__repository__"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The order a new deployment would use: the backup first, since the drill, freshness and seal
+# read it.
+JOBS = [
+    "database_schema_job",
+    "nightly_backup_job",
+    "restore_drill_job",
+    "backup_freshness_job",
+    "audit_seal_job",
+    "canary_job",
+    "status_check_job",
+    "evidence_job",
+]
+RUN_STATUS = """
+query ($id: ID!) {
+  runOrError(runId: $id) {
+    ... on Run { status }
+  }
+}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(base: str, query: str, variables: dict[str, Any] | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for_run(base: str, run_id: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    status = "?"
+    while time.monotonic() < deadline:
+        data = graphql(base, RUN_STATUS, {"id": run_id})
+        status = data["data"]["runOrError"].get("status", "?")
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(1)
+    return f"still {status} after {timeout:.0f}s"
+
+
+class UI:
+    def __init__(self, base: str, page: Page, runbook_base: str, db_url: str) -> None:
+        self.base = base
+        self.page = page
+        self.runbook_base = runbook_base
+        self.db_url = db_url
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def dismiss_welcome(self) -> None:
+        """A fresh browser profile gets Dagster's one-time community dialog over the page."""
+        skip = self.page.get_by_role("button", name="Skip")
+        try:
+            skip.wait_for(timeout=5_000)
+            skip.click()
+        except PlaywrightTimeout:  # the dialog only shows once per profile
+            pass
+
+    def launch_from_launchpad(self, job: str) -> str:
+        """Open the job's Launchpad, launch exactly what it shows, return the run id."""
+        page = self.page
+        page.goto(f"{self.base}/locations/{REPOSITORY}@{LOCATION}/jobs/{job}/playground")
+        self.dismiss_welcome()
+        button = page.get_by_role("button", name=re.compile("Launch run", re.I))
+        button.wait_for(timeout=60_000)
+        # The editor is filled asynchronously from the job's default config.
+        page.wait_for_timeout(1500)
+        self.shot(f"launchpad-{job}")
+        button.click()
+        page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}.*"), timeout=60_000)
+        return re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
+
+
+@pytest.fixture(scope="module")
+def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
+    work = tmp_path_factory.mktemp("ui")
+    db_url = create_database(pg_server_url, template=template_db)
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2)
+
+    # The runbook, published where HARDENING_RUNBOOK_URL points.
+    handler = partial(SimpleHTTPRequestHandler, directory=str(ROOT / "docs"))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    docs = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=docs.serve_forever, daemon=True).start()
+    runbook_base = f"http://127.0.0.1:{docs.server_address[1]}/runbook.md"
+
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = clean_environment(
+        DAGSTER_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        HARDENING_DATABASE_URL=db_url,
+        BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+        BACKUP_STORE_URL=(work / "store").as_uri(),
+        HARDENING_REPORTS_DIR=str(work / "reports"),
+        HARDENING_STATE_DIR=str(work / "state"),
+        HARDENING_RUNBOOK_URL=runbook_base,
+        DAGSTER_WEBSERVER_URL=base,
+    )
+    log = (work / "dagster-dev.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dagster"),
+            "dev",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(ROOT / "workspace.yaml"),
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"dagster dev exited: {(work / 'dagster-dev.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/server_info", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        else:
+            pytest.fail("dagster dev did not answer within 120 s")
+        with sync_playwright() as pw:
+            # A fresh profile per run: nothing cached from an earlier UI build or session.
+            context = pw.chromium.launch_persistent_context(
+                str(work / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1400, "height": 900},
+            )
+            page = context.pages[0] if context.pages else context.new_page()
+            yield UI(base, page, runbook_base, db_url)
+            context.close()
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+        docs.shutdown()
+        log.close()
+
+
+def test_every_job_succeeds_when_launched_from_its_launchpad_as_shown(ui: UI) -> None:
+    outcomes = {}
+    for job in JOBS:
+        run_id = ui.launch_from_launchpad(job)
+        outcomes[job] = wait_for_run(ui.base, run_id)
+        ui.page.goto(f"{ui.base}/runs/{run_id}")
+        ui.page.wait_for_timeout(1000)
+        ui.shot(f"run-{job}")
+    assert outcomes == {job: "SUCCESS" for job in JOBS}
+
+
+def test_lineage_shows_table_to_backup_to_drill(ui: UI) -> None:
+    # The backup's nearest neighbours: what it reads (the application tables) on one side and
+    # what reads it (the drill) on the other.
+    page = ui.page
+    page.goto(f"{ui.base}/assets/nightly_backup?view=lineage&lineageScope=neighbors")
+    ui.dismiss_welcome()
+    for table in ("tenants", "units", "messages", "audit_events"):
+        page.get_by_text(table, exact=True).first.wait_for(timeout=30_000)
+    # Long names are shortened in the middle on graph nodes ("restore_dr…_report").
+    page.get_by_text(re.compile(r"^restore_dr.*report$")).first.wait_for(timeout=30_000)
+    ui.shot("lineage-table-backup-drill")
+
+
+def test_a_broken_canary_fails_its_run_with_the_canary_sentence_first(ui: UI) -> None:
+    with admin_connect(ui.db_url) as conn:
+        unit = conn.execute("SELECT id FROM units LIMIT 1").fetchone()["id"]
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("SELECT set_config('app.actor', 'test:replica', true)")
+            conn.execute("DELETE FROM units WHERE id = %s", (unit,))
+    run_id = ui.launch_from_launchpad("canary_job")
+    assert wait_for_run(ui.base, run_id) == "FAILURE"
+    page = ui.page
+    page.goto(f"{ui.base}/runs/{run_id}")
+    sentence = page.get_by_text(re.compile(r"^canary orphaned_messages failed: \d+ found")).first
+    sentence.wait_for(timeout=30_000)
+    ui.shot("run-canary-failed")
+    body = page.inner_text("body")
+    assert "DagsterAssetCheckFailedError" not in body
+    assert "dagster._core" not in body.split("canary orphaned_messages failed", 1)[0]
+
+    # The table's page shows it observed by that run, with the failed check, not as an asset
+    # that was "Never materialized".
+    page.goto(f"{ui.base}/assets/app/messages")
+    ui.dismiss_welcome()
+    page.get_by_text("Latest observation").first.wait_for(timeout=30_000)
+    page.get_by_text("live_rows_estimate").first.wait_for(timeout=30_000)
+    ui.shot("table-messages-canary-failed")
+    assert "Never materialized" not in page.inner_text("body")
+    page.goto(f"{ui.base}/assets/app/messages?view=checks")
+    page.get_by_text("orphaned_messages").first.wait_for(timeout=30_000)
+    ui.shot("table-messages-checks")
+    # Each canary check can be run on its own from here.
+    execute = page.locator("button", has_text=re.compile(r"^\s*Execute\s*$")).first
+    assert execute.is_enabled()
+
+
+def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui: UI) -> None:
+    with admin_connect(ui.db_url) as conn:
+        conn.execute("ALTER TABLE messages DISABLE ROW LEVEL SECURITY")
+        conn.commit()
+    try:
+        run_id = ui.launch_from_launchpad("status_check_job")
+        assert wait_for_run(ui.base, run_id) == "SUCCESS"
+        page = ui.page
+        page.goto(f"{ui.base}/assets/hardening_status_report")
+        ui.dismiss_welcome()
+        ui.shot("status-asset-page")
+        # The checklist is Markdown metadata: the table shows a button that opens it rendered.
+        page.get_by_text("[Show Markdown]").first.click()
+        fix = page.get_by_text("ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;").first
+        fix.wait_for(timeout=30_000)
+        ui.shot("status-checklist-red")
+        link = page.locator(f'a[href^="{ui.runbook_base}#status-rls-tenant-tables"]').first
+        href = link.get_attribute("href")
+    finally:
+        with admin_connect(ui.db_url) as conn:
+            conn.execute("ALTER TABLE messages ENABLE ROW LEVEL SECURITY")
+            conn.commit()
+    anchor = href.split("#", 1)[1]
+    page.goto(href)
+    text = page.inner_text("body")
+    assert f'<a id="{anchor}"></a>' in text or f'id="{anchor}"' in text
+    assert "### `rls_tenant_tables`" in text.split(f'id="{anchor}"', 1)[1][:200]
