@@ -226,7 +226,7 @@ def test_item_b_is_proven_by_the_database_and_red_in_report_mode(
     monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     monkeypatch.setenv("BACKUP_STORE_URL", (tmp_path / "store").as_uri())
-    with pytest.raises(dg.Failure, match="evidence is red for item"):
+    with pytest.raises(dg.Failure, match=r"B \(Raw service_role writes"):
         dg.materialize(
             [evidence_bundle],
             resources={"app_db": AppDatabaseResource(database_url=db_url)},
