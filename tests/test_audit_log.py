@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
 from tests.support.db import acting_as, insert_tenant
 
@@ -244,10 +244,20 @@ def test_capture_records_what_current_actor_returns(admin, tenant, operation, co
                 "DELETE": ("DELETE FROM onboarding_attempts WHERE id = %s", (tenant.onboarding,)),
             }[operation]
             admin.execute(statement, params)
-            admin.execute("RESET ROLE")  # both functions belong to the audit owner alone
+            # Both functions read the session (015), so they are asked in the writer's role;
+            # they belong to the audit owner alone, hence the grant, rolled back with the rest.
+            admin.execute("RESET ROLE")
+            if context["role"]:
+                admin.execute(
+                    sql.SQL(
+                        "GRANT EXECUTE ON FUNCTION hardening.current_actor(), "
+                        "hardening.statement_role() TO {role}; SET LOCAL ROLE {role}"
+                    ).format(role=sql.Identifier(context["role"]))
+                )
             expected = admin.execute(
                 "SELECT hardening.current_actor() AS actor, hardening.statement_role() AS db_role"
             ).fetchone()
+            admin.execute("RESET ROLE")
             recorded = admin.execute(
                 "SELECT actor, db_role FROM audit_events WHERE operation = %s "
                 "ORDER BY id DESC LIMIT 1",
