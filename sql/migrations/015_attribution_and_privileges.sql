@@ -176,3 +176,109 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
+
+-- Privileges. Every function and sequence of the kit is closed to PUBLIC and the API roles,
+-- then the few that policies and the guard call are opened again: the tenant resolver (every
+-- tenant policy calls it as the querying role) and the report-mode hook (the guard calls it as
+-- service_role). Trigger functions need no EXECUTE to fire. A sequence open to authenticated
+-- lets one setval make every audited write fail with a duplicate key (Supabase opens new
+-- sequences in public to the API roles by default).
+DO $close$
+DECLARE
+    api_roles text := (SELECT string_agg(quote_ident(r), ', ')
+                       FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
+                       WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r));
+    grantees text := concat_ws(', ', 'PUBLIC', api_roles);
+    obj record;
+BEGIN
+    FOR obj IN
+        SELECT p.oid::regprocedure AS fn
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'hardening'::regnamespace
+        ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', obj.fn, grantees);
+    END LOOP;
+    FOR obj IN
+        SELECT c.oid::regclass AS seq
+        FROM pg_catalog.pg_class c
+        WHERE c.relkind = 'S'
+          AND (c.relnamespace = 'hardening'::regnamespace
+               OR c.oid = pg_catalog.pg_get_serial_sequence('public.audit_events', 'id')::regclass)
+        ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', obj.seq, grantees);
+    END LOOP;
+    -- Default privileges a role set for this schema alone (IN SCHEMA hardening) are undone;
+    -- the built-in default (EXECUTE to PUBLIC on new functions) is closed for the audit owner,
+    -- and every migration revokes on what it creates, which status checks.
+    FOR obj IN
+        SELECT DISTINCT pg_catalog.pg_get_userbyid(d.defaclrole) AS owner
+        FROM pg_catalog.pg_default_acl d
+        WHERE d.defaclnamespace = 'hardening'::regnamespace
+    LOOP
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA hardening '
+                       'REVOKE ALL ON TABLES FROM %s', obj.owner, grantees);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA hardening '
+                       'REVOKE ALL ON SEQUENCES FROM %s', obj.owner, grantees);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA hardening '
+                       'REVOKE ALL ON FUNCTIONS FROM %s', obj.owner, grantees);
+    END LOOP;
+    ALTER DEFAULT PRIVILEGES FOR ROLE hardening_audit_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+    IF api_roles IS NOT NULL THEN
+        FOR obj IN
+            SELECT p.oid::regprocedure AS fn
+            FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'hardening'::regnamespace
+              AND p.proname IN ('current_tenant_id', 'current_tenant_ids',
+                                'membership_tenant_ids', 'as_uuid')
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', obj.fn,
+                           (SELECT string_agg(quote_ident(r), ', ')
+                            FROM unnest(ARRAY['authenticated', 'service_role']) AS r
+                            WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                                          WHERE rolname = r)));
+        END LOOP;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION hardening.allow_unattributed_write(text, text) TO service_role;
+    END IF;
+END
+$close$;
+
+-- No login role keeps the audit owner. 002 made a migration role that is not a superuser
+-- (Supabase's postgres) a member, to hand objects over; a member can SET ROLE to the owner,
+-- switch the guard off, grant itself DELETE and put everything back. What the jobs need
+-- (reading the log and its sequence's high-water mark, writing seals and seal checks) is
+-- granted to the migration role directly, and the membership goes. A later migration that must
+-- act as the owner grants it to itself at its start and revokes it at its end, as here.
+DO $membership$
+DECLARE
+    me text := current_user;
+    member record;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = me) THEN
+        EXECUTE format('GRANT SELECT ON public.audit_events TO %I', me);
+        EXECUTE format('GRANT SELECT ON SEQUENCE public.audit_events_id_seq TO %I', me);
+        EXECUTE format('GRANT SELECT, INSERT ON hardening.audit_seals TO %I', me);
+        EXECUTE format('GRANT SELECT, INSERT ON hardening.audit_seal_checks TO %I', me);
+        -- audit_events has RLS; a migration role without BYPASSRLS reads it through this.
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
+                       WHERE polrelid = 'public.audit_events'::regclass
+                         AND polname = 'audit_events_jobs_read') THEN
+            EXECUTE format('CREATE POLICY audit_events_jobs_read ON public.audit_events '
+                           'FOR SELECT TO %I USING (true)', me);
+        END IF;
+    END IF;
+    FOR member IN
+        SELECT r.rolname
+        FROM pg_catalog.pg_auth_members m
+        JOIN pg_catalog.pg_roles r ON r.oid = m.member
+        WHERE m.roleid = 'hardening_audit_owner'::regrole AND r.rolcanlogin
+          AND (r.rolname = me OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = me))
+        ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE hardening_audit_owner FROM %I', member.rolname);
+    END LOOP;
+END
+$membership$;
