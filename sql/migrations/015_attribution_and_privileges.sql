@@ -262,8 +262,10 @@ BEGIN
         EXECUTE format('GRANT SELECT ON SEQUENCE public.audit_events_id_seq TO %I', me);
         EXECUTE format('GRANT SELECT, INSERT ON hardening.audit_seals TO %I', me);
         EXECUTE format('GRANT SELECT, INSERT ON hardening.audit_seal_checks TO %I', me);
-        -- audit_events has RLS; a migration role without BYPASSRLS reads it through this.
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
+        -- audit_events has RLS; a migration role without BYPASSRLS reads it through this
+        -- (Supabase's postgres bypasses RLS and gets no policy).
+        IF NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = me)
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
                        WHERE polrelid = 'public.audit_events'::regclass
                          AND polname = 'audit_events_jobs_read') THEN
             EXECUTE format('CREATE POLICY audit_events_jobs_read ON public.audit_events '
