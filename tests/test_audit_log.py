@@ -294,3 +294,30 @@ def test_guard_and_capture_triggers_are_enabled_always(admin):
         "onboarding_attempts",
     }
     assert all(r["tgenabled"] == "A" for r in rows), rows
+
+
+def test_a_primary_key_change_leaves_two_unlinked_half_rows(admin, tenant):
+    """What the README says of it: the capture pairs old and new images by id."""
+    new_id = uuid.uuid4()
+    with acting_as(admin, None, actor="test:pk"):
+        admin.execute(
+            "UPDATE onboarding_attempts SET id = %s WHERE id = %s", (new_id, tenant.onboarding)
+        )
+        rows = admin.execute(
+            "SELECT record_id, before IS NULL AS no_before, after IS NULL AS no_after "
+            "FROM audit_events WHERE operation = 'UPDATE' AND table_name = 'onboarding_attempts' "
+            "ORDER BY record_id"
+        ).fetchall()
+    assert sorted((r["record_id"], r["no_before"], r["no_after"]) for r in rows) == sorted(
+        [(str(tenant.onboarding), False, True), (str(new_id), True, False)]
+    )
+
+
+def test_a_ddl_rewrite_leaves_no_audit_row(admin, tenant):
+    """The README's limit, shown: ALTER ... USING rewrites rows without any capture trigger."""
+    with acting_as(admin, None, actor="test:ddl"):
+        before = admin.execute("SELECT count(*) AS n FROM audit_events").fetchone()["n"]
+        admin.execute("ALTER TABLE messages ALTER COLUMN body TYPE text USING 'x'")
+        assert admin.execute("SELECT DISTINCT body FROM messages").fetchall() == [{"body": "x"}]
+        after = admin.execute("SELECT count(*) AS n FROM audit_events").fetchone()["n"]
+    assert after == before
