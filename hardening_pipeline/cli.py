@@ -497,7 +497,9 @@ def restore(
     for c in result.counts:
         table.add_row(c.table, str(c.offered), str(c.inserted), str(c.offered - c.inserted))
     console.print(table)
-    console.print(f"restored {result.inserted} row(s); audited as restore:{result.backup_id}")
+    console.print(
+        f"restored {result.inserted} row(s); audited as service_role:restore:{result.backup_id}"
+    )
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
 from tests.support.db import acting_as, insert_tenant
 
@@ -244,10 +244,20 @@ def test_capture_records_what_current_actor_returns(admin, tenant, operation, co
                 "DELETE": ("DELETE FROM onboarding_attempts WHERE id = %s", (tenant.onboarding,)),
             }[operation]
             admin.execute(statement, params)
-            admin.execute("RESET ROLE")  # both functions belong to the audit owner alone
+            # Both functions read the session (015), so they are asked in the writer's role;
+            # they belong to the audit owner alone, hence the grant, rolled back with the rest.
+            admin.execute("RESET ROLE")
+            if context["role"]:
+                admin.execute(
+                    sql.SQL(
+                        "GRANT EXECUTE ON FUNCTION hardening.current_actor(), "
+                        "hardening.statement_role() TO {role}; SET LOCAL ROLE {role}"
+                    ).format(role=sql.Identifier(context["role"]))
+                )
             expected = admin.execute(
                 "SELECT hardening.current_actor() AS actor, hardening.statement_role() AS db_role"
             ).fetchone()
+            admin.execute("RESET ROLE")
             recorded = admin.execute(
                 "SELECT actor, db_role FROM audit_events WHERE operation = %s "
                 "ORDER BY id DESC LIMIT 1",
@@ -284,3 +294,30 @@ def test_guard_and_capture_triggers_are_enabled_always(admin):
         "onboarding_attempts",
     }
     assert all(r["tgenabled"] == "A" for r in rows), rows
+
+
+def test_a_primary_key_change_leaves_two_unlinked_half_rows(admin, tenant):
+    """What the README says of it: the capture pairs old and new images by id."""
+    new_id = uuid.uuid4()
+    with acting_as(admin, None, actor="test:pk"):
+        admin.execute(
+            "UPDATE onboarding_attempts SET id = %s WHERE id = %s", (new_id, tenant.onboarding)
+        )
+        rows = admin.execute(
+            "SELECT record_id, before IS NULL AS no_before, after IS NULL AS no_after "
+            "FROM audit_events WHERE operation = 'UPDATE' AND table_name = 'onboarding_attempts' "
+            "ORDER BY record_id"
+        ).fetchall()
+    assert sorted((r["record_id"], r["no_before"], r["no_after"]) for r in rows) == sorted(
+        [(str(tenant.onboarding), False, True), (str(new_id), True, False)]
+    )
+
+
+def test_a_ddl_rewrite_leaves_no_audit_row(admin, tenant):
+    """The README's limit, shown: ALTER ... USING rewrites rows without any capture trigger."""
+    with acting_as(admin, None, actor="test:ddl"):
+        before = admin.execute("SELECT count(*) AS n FROM audit_events").fetchone()["n"]
+        admin.execute("ALTER TABLE messages ALTER COLUMN body TYPE text USING 'x'")
+        assert admin.execute("SELECT DISTINCT body FROM messages").fetchall() == [{"body": "x"}]
+        after = admin.execute("SELECT count(*) AS n FROM audit_events").fetchone()["n"]
+    assert after == before

@@ -30,7 +30,7 @@ def insert_message(conn, tenant_id, development_id, unit_id):
 def test_deleting_a_parent_with_messages_is_refused(admin, two_tenants, table, column, role):
     a, _ = two_tenants
     with pytest.raises(errors.ForeignKeyViolation):
-        with acting_as(admin, role, actor="test:delete-parent"):
+        with acting_as(admin, role, actor="service_role:test-delete-parent"):
             admin.execute(f"DELETE FROM {table} WHERE id = %s", (getattr(a, column),))  # noqa: S608
     counts = admin.execute(
         "SELECT (SELECT count(*) FROM messages WHERE tenant_id = %s) AS m, "
@@ -72,10 +72,10 @@ def test_message_pointing_at_another_tenants_unit_is_refused(admin, two_tenants)
     """Even a role that bypasses RLS cannot file a message under another tenant's unit."""
     a, b = two_tenants
     with pytest.raises(errors.ForeignKeyViolation):
-        with acting_as(admin, "service_role", actor="test"):
+        with acting_as(admin, "service_role", actor="service_role:test"):
             insert_message(admin, a.tenant, b.development, b.unit)
     with pytest.raises(errors.ForeignKeyViolation):
-        with acting_as(admin, "service_role", actor="test"):
+        with acting_as(admin, "service_role", actor="service_role:test"):
             insert_message(admin, a.tenant, a.development, b.unit)
 
 
@@ -95,14 +95,14 @@ def test_message_whose_unit_is_in_another_development_is_refused(admin, two_tena
 def test_moving_a_message_to_another_tenant_breaks_the_composite_key(admin, two_tenants):
     a, b = two_tenants
     with pytest.raises(errors.ForeignKeyViolation):
-        with acting_as(admin, "service_role", actor="test"):
+        with acting_as(admin, "service_role", actor="service_role:test"):
             admin.execute("UPDATE messages SET tenant_id = %s WHERE id = %s", (b.tenant, a.message))
 
 
 def test_unit_cannot_join_another_tenants_development(admin, two_tenants):
     a, b = two_tenants
     with pytest.raises(errors.ForeignKeyViolation):
-        with acting_as(admin, "service_role", actor="test"):
+        with acting_as(admin, "service_role", actor="service_role:test"):
             admin.execute(
                 "INSERT INTO units (tenant_id, development_id, label) VALUES (%s, %s, '9Z')",
                 (a.tenant, b.development),

@@ -258,7 +258,7 @@ def test_restore_one_tenant_into_another_database(backed_up, store, keyring, emp
     expected = {t.name: t.row_count for t in backed_up.manifest.objects[0].tables}
     assert messages == expected["messages"]
     assert result.inserted == sum(expected.values())
-    assert actors == [{"actor": f"restore:{backed_up.backup_id}"}]
+    assert actors == [{"actor": f"service_role:restore:{backed_up.backup_id}"}]
     with pytest.raises(ConfigError, match="already holds tenant"):
         restore_tenant(store, keyring, tenant_id=tenant, target_url=empty_db_url)
     # A deleted message comes back with --merge; nothing else is duplicated.

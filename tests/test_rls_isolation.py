@@ -143,7 +143,7 @@ def test_anon_cannot_insert(admin, two_tenants):
 def test_truncate_of_tenant_tables_is_never_granted(admin, two_tenants, role):
     for table in TENANT_TABLES:
         with pytest.raises(errors.InsufficientPrivilege):
-            with acting_as(admin, role, actor="test:truncate"):
+            with acting_as(admin, role, actor="service_role:test-truncate"):
                 admin.execute(f"TRUNCATE {table} CASCADE")
 
 

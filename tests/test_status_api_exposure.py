@@ -121,6 +121,10 @@ def test_sequence_privileges_on_a_tenant_table(db_url, admin):
     assert "sequence public.audit_events_id_seq" in line.detail
     assert "authenticated USAGE" not in line.detail  # inserts need it; not reported
     apply_fix(admin, line.fix)
+    # Not on the audit log's own sequence, which only the capture uses: its USAGE is the kit line's.
+    kit = red(db_url)["kit_objects_closed_to_api_roles"]
+    assert "authenticated USAGE on sequence audit_events_id_seq" in kit.detail
+    apply_fix(admin, kit.fix)
     assert red(db_url) == {}
 
 

@@ -202,6 +202,18 @@ BREAKAGES = [
         "GRANT SELECT ON SEQUENCE audit_events_id_seq TO authenticated",
     ),
     (
+        "kit_objects_closed_to_api_roles",
+        "GRANT EXECUTE ON FUNCTION hardening.install_audit_capture(regclass, text) TO anon",
+    ),
+    (
+        "kit_objects_closed_to_api_roles",
+        "GRANT UPDATE ON SEQUENCE audit_events_id_seq TO service_role",
+    ),
+    (
+        "pg_catalog_untouched",
+        "CREATE FUNCTION pg_catalog.sha256_shadow(bytea) RETURNS bytea LANGUAGE sql AS 'SELECT $1'",
+    ),
+    (
         # A seal claiming a row that is not there (what remains when sealed rows are deleted).
         "audit_seal_chain",
         "INSERT INTO hardening.audit_seals (seq, from_id, to_id, row_count, digest, "
@@ -225,8 +237,18 @@ def test_a_hardened_database_is_all_green(db_url):
     assert report.seconds < 5
 
 
+# Lines whose breakage outlives the test database (roles are cluster-wide), broken and cleaned
+# up by the tests named here instead.
+BROKEN_ELSEWHERE = {
+    "audit_owner_unreachable": "tests/test_kit_privileges.py::"
+    "test_status_names_a_login_member_of_the_audit_owner",
+}
+
+
 def test_every_line_is_broken_by_at_least_one_test():
-    assert {line for line, _ in BREAKAGES} | {"migrations_applied"} == set(ALL_LINES)
+    assert {line for line, _ in BREAKAGES} | {"migrations_applied"} | set(BROKEN_ELSEWHERE) == set(
+        ALL_LINES
+    )
 
 
 @pytest.mark.parametrize(

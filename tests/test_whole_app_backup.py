@@ -408,7 +408,7 @@ def test_restore_one_tenant_into_an_empty_database_rebuilds_the_app(
         # Shared rows that are every tenant's stay out: other tenants' lines, the audit log.
         assert conn.execute("SELECT count(*) AS n FROM invoice_lines").fetchone()["n"] == 0
         actors = conn.execute("SELECT DISTINCT actor FROM audit_events").fetchall()
-        assert actors == [{"actor": f"restore:{backup.backup_id}"}]
+        assert actors == [{"actor": f"service_role:restore:{backup.backup_id}"}]
         migrations = conn.execute("SELECT count(*) AS n FROM hardening.schema_migrations")
         assert migrations.fetchone()["n"] == len(backup.manifest.schema.applied_migrations)
         assert conn.execute("SELECT count(*) AS n FROM invoice_totals").fetchone()["n"] == 1

@@ -13,6 +13,7 @@ what the database really does.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -26,6 +27,8 @@ from hardening_pipeline.errors import ConfigError
 Mode = Literal["report", "enforce"]
 MODES: tuple[Mode, ...] = ("report", "enforce")
 UNATTRIBUTED_ACTOR = "service_role:unattributed"
+# The form of a service_role actor the audit guard accepts (015); anything else is no actor.
+SERVICE_ROLE_ACTOR_PATTERN = re.compile(r"service_role:[A-Za-z0-9._:@/+#=-]{1,200}")
 # How far back a switch to enforce looks for callers it would start refusing.
 DEFAULT_LOOKBACK_DAYS = 7
 MODE_TABLE = "hardening.service_role_mode"

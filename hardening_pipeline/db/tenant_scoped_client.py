@@ -41,7 +41,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool
 
-from hardening_pipeline.db.service_role_mode import UNATTRIBUTED_ACTOR
+from hardening_pipeline.db.service_role_mode import SERVICE_ROLE_ACTOR_PATTERN, UNATTRIBUTED_ACTOR
 from hardening_pipeline.errors import HardeningError
 
 Mode = Literal["authenticated", "service_role"]
@@ -173,6 +173,12 @@ class TenantScopedClient:
             raise TenantScopeError("an actor is required so audit_events can say who wrote.")
         if mode == "service_role" and not actor.startswith("service_role:"):
             actor = f"service_role:{actor}"
+        if mode == "service_role" and not SERVICE_ROLE_ACTOR_PATTERN.fullmatch(actor):
+            # The database would treat it as no actor at all (015), refused in enforce mode.
+            raise TenantScopeError(
+                f"the actor {actor!r} is not service_role:<name> with a <name> of 1-200 "
+                "letters, digits or . _ : @ / + # = -; name the caller that way."
+            )
         if actor == UNATTRIBUTED_ACTOR:
             # The audit guard reads this actor as "none given" (012's report mode marker).
             raise TenantScopeError(

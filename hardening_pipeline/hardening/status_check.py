@@ -1093,6 +1093,195 @@ def check_api_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tuple[b
     return False, _names(problems, 5), " ".join(fixes[:6])
 
 
+# --- who can reach the audit owner, the kit's own objects, pg_catalog (015) ---------------------
+
+AUDIT_OWNER = "hardening_audit_owner"
+# The resolver functions every tenant policy calls as the querying role, and the report-mode
+# hook the guard calls as service_role: the only kit functions the API roles may execute.
+KIT_FUNCTIONS_FOR_API_ROLES = {
+    "current_tenant_id": ("authenticated", "service_role"),
+    "current_tenant_ids": ("authenticated", "service_role"),
+    "membership_tenant_ids": ("authenticated", "service_role"),
+    "as_uuid": ("authenticated", "service_role"),
+    "allow_unattributed_write": ("service_role",),
+}
+_KIT_GRANTEES = ("PUBLIC", "anon", "authenticated", "service_role")
+
+# A login role that is a member (directly or through other roles) and may SET ROLE to it or
+# inherits it. PG16 added the SET option; before it, membership alone allows SET ROLE.
+_AUDIT_OWNER_MEMBERS = """
+    SELECT r.rolname
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> %(owner)s
+      AND (pg_catalog.pg_has_role(r.oid, %(owner)s, 'USAGE')
+           OR pg_catalog.pg_has_role(r.oid, %(owner)s,
+                  CASE WHEN current_setting('server_version_num')::int >= 160000
+                       THEN 'SET' ELSE 'MEMBER' END))
+    ORDER BY 1
+"""
+# Login roles that could grant themselves the membership: ADMIN OPTION on it, or (before PG16)
+# CREATEROLE. That is the migration role on Supabase; the trust model trusts it like the owner.
+_AUDIT_OWNER_ADMINS = """
+    SELECT r.rolname
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolcanlogin AND NOT r.rolsuper
+      AND (EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                   WHERE m.roleid = %(owner)s::regrole AND m.member = r.oid AND m.admin_option)
+           OR (r.rolcreaterole AND current_setting('server_version_num')::int < 160000))
+    ORDER BY 1
+"""
+
+
+@check(
+    "audit_owner_unreachable",
+    "no login role can act as hardening_audit_owner (switch the guard off, rewrite the log)",
+)
+def check_audit_owner_members(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    exists = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (AUDIT_OWNER,)
+    ).fetchone()
+    if not exists:
+        return False, f"role {AUDIT_OWNER} is missing", "run hardening migrate."
+    params = {"owner": AUDIT_OWNER}
+    members = [r["rolname"] for r in _rows(conn, _AUDIT_OWNER_MEMBERS, params)]
+    admins = [r["rolname"] for r in _rows(conn, _AUDIT_OWNER_ADMINS, params)]
+    if members:
+        return (
+            False,
+            f"login role(s) {_names(members)} can SET ROLE {AUDIT_OWNER} or inherit it",
+            f"REVOKE {AUDIT_OWNER} FROM <role>; (for a role that holds it through another "
+            "role, revoke that role's membership instead).",
+        )
+    detail = "no login role is a member (superusers aside)"
+    if admins:
+        detail += (
+            f"; {_names(admins)} could grant the membership (ADMIN OPTION, or CREATEROLE "
+            "before PG16): "
+            "trusted like the migration role; what they do is detected by the seals"
+        )
+    return True, detail, ""
+
+
+_KIT_FUNCTION_GRANTS = """
+    SELECT p.proname, p.oid::regprocedure::text AS fn, coalesce(r.rolname, 'PUBLIC') AS grantee,
+           p.prosecdef
+    FROM pg_catalog.pg_proc p
+    CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) x
+    LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+    WHERE p.pronamespace = 'hardening'::regnamespace
+      AND coalesce(r.rolname, 'PUBLIC') = ANY(%(grantees)s)
+    ORDER BY 2, 3
+"""
+_KIT_SEQUENCE_GRANTS = """
+    SELECT c.oid::regclass::text AS seq, coalesce(r.rolname, 'PUBLIC') AS grantee,
+           x.privilege_type,
+           c.oid = pg_catalog.pg_get_serial_sequence('public.audit_events', 'id')::regclass AS audit
+    FROM pg_catalog.pg_class c
+    CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('s', c.relowner))) x
+    LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+    WHERE c.relkind = 'S'
+      AND (c.relnamespace = 'hardening'::regnamespace
+           OR c.oid = pg_catalog.pg_get_serial_sequence('public.audit_events', 'id')::regclass)
+      AND coalesce(r.rolname, 'PUBLIC') = ANY(%(grantees)s)
+    ORDER BY 1, 2, 3
+"""
+_KIT_DEFAULT_GRANTS = """
+    SELECT pg_catalog.pg_get_userbyid(d.defaclrole) AS owner, d.defaclobjtype AS kind,
+           coalesce(r.rolname, 'PUBLIC') AS grantee
+    FROM pg_catalog.pg_default_acl d
+    CROSS JOIN LATERAL aclexplode(d.defaclacl) x
+    LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
+    WHERE d.defaclnamespace = 'hardening'::regnamespace
+      AND coalesce(r.rolname, 'PUBLIC') = ANY(%(grantees)s)
+    ORDER BY 1, 2, 3
+"""
+
+
+@check(
+    "kit_objects_closed_to_api_roles",
+    "the kit's functions and sequences are closed to PUBLIC, anon, authenticated and "
+    "service_role (the tenant resolver and the report-mode hook aside), default privileges too",
+)
+def check_kit_objects(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    params = {"grantees": list(_KIT_GRANTEES)}
+    problems: list[str] = []
+    fixes: list[str] = []
+    for r in _rows(conn, _KIT_FUNCTION_GRANTS, params):
+        if r["grantee"] in KIT_FUNCTIONS_FOR_API_ROLES.get(r["proname"], ()):
+            continue
+        if r["prosecdef"] and r["grantee"] in API_ROLES:
+            continue  # the *_security_definer_function_executable lines name these
+        problems.append(f"{r['grantee']} EXECUTE on {r['fn']}")
+        fixes.append(f"REVOKE EXECUTE ON FUNCTION {r['fn']} FROM {r['grantee']};")
+    for r in _rows(conn, _KIT_SEQUENCE_GRANTS, params):
+        if r["audit"] and (
+            r["grantee"] == "anon"
+            or (r["grantee"] == "authenticated" and r["privilege_type"] != "USAGE")
+        ):
+            continue  # api_roles_reach_no_tenant_data names these
+        problems.append(f"{r['grantee']} {r['privilege_type']} on sequence {r['seq']}")
+        fixes.append(f"REVOKE ALL ON SEQUENCE {r['seq']} FROM {r['grantee']};")
+    kinds = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+    for r in _rows(conn, _KIT_DEFAULT_GRANTS, params):
+        kind = kinds.get(r["kind"], r["kind"])
+        problems.append(f"default privileges of {r['owner']} give {r['grantee']} new {kind}")
+        fixes.append(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {r['owner']} IN SCHEMA hardening "
+            f"REVOKE ALL ON {kind} FROM {r['grantee']};"
+        )
+    if not problems:
+        return True, "only the tenant resolver and the report-mode hook are open, as needed", ""
+    return False, _names(sorted(set(problems)), 6), " ".join(dict.fromkeys(fixes).keys())
+
+
+# Objects initdb put in pg_catalog have OIDs below FirstNormalObjectId (16384) and belong to the
+# bootstrap superuser (OID 10). Anything else there was added or taken over later: a function
+# that shadows a built-in for every schema, or a replaced one.
+_FIRST_NORMAL_OID = 16384
+_PG_CATALOG_INTRUDERS = """
+    SELECT kind, name, owner FROM (
+        SELECT 'function' AS kind, p.oid::regprocedure::text AS name, p.proowner AS owner_oid,
+               p.oid, 'pg_proc'::regclass AS catalog
+        FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace
+        UNION ALL
+        SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence' ELSE 'relation' END,
+               c.oid::regclass::text, c.relowner, c.oid, 'pg_class'::regclass
+        FROM pg_catalog.pg_class c WHERE c.relnamespace = 'pg_catalog'::regnamespace
+        UNION ALL
+        SELECT 'type', t.oid::regtype::text, t.typowner, t.oid, 'pg_type'::regclass
+        FROM pg_catalog.pg_type t WHERE t.typnamespace = 'pg_catalog'::regnamespace
+        UNION ALL
+        SELECT 'operator', o.oid::regoperator::text, o.oprowner, o.oid, 'pg_operator'::regclass
+        FROM pg_catalog.pg_operator o WHERE o.oprnamespace = 'pg_catalog'::regnamespace
+    ) o
+    CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_userbyid(o.owner_oid) AS owner) w
+    WHERE (o.oid >= %(first)s OR o.owner_oid <> 10)
+      -- an extension's own members (installed into pg_catalog by CREATE EXTENSION) are its
+      -- business; extensions are listed by the migration plan.
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.classid = o.catalog AND d.objid = o.oid AND d.deptype = 'e')
+    ORDER BY 1, 2
+"""
+
+
+@check(
+    "pg_catalog_untouched",
+    "pg_catalog holds only what initdb put there (no added or taken-over functions, types, "
+    "operators or relations)",
+)
+def check_pg_catalog(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    rows = _rows(conn, _PG_CATALOG_INTRUDERS, {"first": _FIRST_NORMAL_OID})
+    if not rows:
+        return True, "every object in pg_catalog is initdb's, owned by the bootstrap superuser", ""
+    found = [f"{r['kind']} {r['name']} (owner {r['owner']})" for r in rows]
+    return (
+        False,
+        _names(found, 5),
+        "find out who added it and why (a superuser did: see the audit seals and the server "
+        "log), then DROP it; nothing the kit ships lives in pg_catalog.",
+    )
+
+
 # --- running --------------------------------------------------------------------------------------
 
 

@@ -6,8 +6,8 @@ post-data), with its migration record and its lookup tables but none of the shar
 are every tenant's (the audit log, tables pointing at tenants' rows). Without ``merge`` the restore
 refuses a database that still holds the tenant, so it never mixes old and new data by accident;
 with ``merge`` it inserts only the rows that are missing and leaves existing ones alone. Rows go
-in as ``service_role`` with the actor ``restore:<backup-id>``, so the audit log records the
-restore like any other write.
+in as ``service_role`` with the actor ``service_role:restore:<backup-id>``, so the audit log
+records the restore like any other write.
 """
 
 from __future__ import annotations
@@ -176,7 +176,10 @@ def restore_tenant(
             try:
                 with conn.transaction():
                     counts = merge_tenant(
-                        conn, iter(reader), tenant_id=tenant, actor=f"restore:{manifest.backup_id}"
+                        conn,
+                        iter(reader),
+                        tenant_id=tenant,
+                        actor=f"service_role:restore:{manifest.backup_id}",
                     )
             except psycopg.Error as exc:
                 # The target's schema or rows disagree with the backup (a column it lacks, a
