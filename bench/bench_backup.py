@@ -22,6 +22,8 @@ export), on the same VM under load from other jobs: 7.1 s (0.75x pg_dump's 9.5 s
 (0.83x of 12.1 s) from a throwaway; against one seeded database (--url), alternating with the
 code from before the schema object: 7.7 s (0.72x) and 6.7 s (1.04x) vs 8.9 s (0.87x) and
 7.7 s (1.01x) before. Measured directly on 300,000 messages, the schema adds about 0.1 s.
+On the same VM with nothing else running, schema object included, two runs: 3.8 s (0.66x
+pg_dump's 5.7 s) and 3.6 s (0.63x), output 75.0 MiB (0.96x), peak RSS 60 MiB.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ their audit rows, 2,003,410 rows restored; noisy, so read ratios): ours 11.4 s, 
 pg_restore 13.8 s (0.82x), pg_restore -j 2 of pg_dump -Fd -j 2 12.2 s (0.94x); a second run
 against a seeded database (--url) 12.5 s vs 14.3 s (0.87x) and 12.3 s (1.01x). Before backups
 carried the schema (migrations, then COPY on one connection, then keys) it was 1.16x single-job
-pg_restore and about 1.6x pg_restore -j 2.
+pg_restore and about 1.6x pg_restore -j 2. On the same VM with nothing else running: ours 6.7 s,
+single-job pg_restore 9.9 s (0.67x), pg_restore -j 2 of pg_dump -Fd 6.8 s (0.98x).
 """
 
 from __future__ import annotations
