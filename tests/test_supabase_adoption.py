@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.supabase_app import MSG_B, MSG_ORPHANED
+from tests.support.supabase_app import MSG_A_BY_ALICE, MSG_B, MSG_ORPHANED, TENANT_A
 from tests.support.supabase_db import (
     APP_TEMPLATE,
     SupabaseServer,
@@ -170,6 +170,30 @@ def test_9_restore_drill_rebuilds_the_app_and_passes(adoption: Adoption) -> None
     result = adoption.run("restore-drill")
     _no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_9b_restore_merges_a_lost_message_back_as_postgres(adoption: Adoption) -> None:
+    """A message deleted by mistake comes back from the backup, through the audited merge."""
+    with psycopg.connect(adoption.url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'test:oops', true)")
+        lost = conn.execute(
+            "DELETE FROM public.messages WHERE id = %s RETURNING *", (MSG_A_BY_ALICE,)
+        ).fetchall()
+    assert len(lost) == 1
+    result = adoption.run("restore", "--tenant", TENANT_A, "--into", adoption.url, "--merge")
+    _no_traceback(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(adoption.url) as conn:
+        back = conn.execute(
+            "SELECT * FROM public.messages WHERE id = %s", (MSG_A_BY_ALICE,)
+        ).fetchall()
+        actors = conn.execute(
+            "SELECT actor FROM public.audit_events WHERE record_id = %s AND operation = 'INSERT' "
+            "ORDER BY id DESC LIMIT 1",
+            (MSG_A_BY_ALICE,),
+        ).fetchone()
+    assert back == lost
+    assert actors[0].startswith("service_role:restore:")
 
 
 def test_10_an_audited_write_as_postgres_is_sealed(adoption: Adoption) -> None:
