@@ -10,14 +10,15 @@ the embedded ``pgserver`` wheel ships.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib.util
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hardening_pipeline.db.embedded import pgserver_bin_dir
 from hardening_pipeline.errors import ConfigError
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -62,15 +63,6 @@ def _tool_version(path_text: str, _mtime_ns: int, _size: int) -> PgTool | None:
     return PgTool(path, int(match.group(1)), int(match.group(2) or 0))
 
 
-def _embedded_bin_dir() -> Path | None:
-    # Located, not imported: importing pgserver prints a platformdirs warning on headless
-    # machines, which would break the CLI's one-line errors.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.origin:
-        return None
-    return Path(spec.origin).parent / "pginstall" / "bin"
-
-
 def candidate_paths(name: str, server_major: int) -> list[Path]:
     """Where ``name`` may live, in the order they are tried (duplicates removed)."""
     found: list[Path] = []
@@ -78,9 +70,8 @@ def candidate_paths(name: str, server_major: int) -> list[Path]:
     if on_path:
         found.append(Path(on_path))
     found.append(Path(f"/usr/lib/postgresql/{server_major}/bin") / name)
-    embedded = _embedded_bin_dir()
-    if embedded is not None:
-        found.append(embedded / name)
+    with contextlib.suppress(ConfigError):  # no embedded server: PATH and the system only
+        found.append(pgserver_bin_dir() / name)
     unique: list[Path] = []
     for path in found:
         if path.is_file() and path.resolve() not in {p.resolve() for p in unique}:

@@ -6,6 +6,7 @@ ships its own binaries and copes with both, so ``hardening`` works right after `
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -47,10 +48,15 @@ def embedded_database_url(state_dir: Path) -> str:
 
 
 def pgserver_bin_dir() -> Path:
-    """Folder with the embedded server's client tools (pg_dump, pg_restore, psql...)."""
-    import pgserver
+    """Folder with the embedded server's client tools (pg_dump, pg_restore, psql...).
 
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    Located, not imported: importing pgserver prints a platformdirs warning on headless
+    machines, which would break the CLI's one-line errors.
+    """
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.origin:
+        raise ConfigError("the embedded Postgres is not installed; pip install pgserver.")
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 class TemporaryPostgres:
