@@ -257,12 +257,13 @@ def _app_schema_to_dict(entry: AppSchemaEntry) -> dict[str, Any]:
         ],
         "roles": [{"name": r.name, "bypassrls": r.bypassrls} for r in entry.roles],
         "catalog": {kind: list(items) for kind, items in entry.catalog.items()},
-        "plaintext_bytes": entry.plaintext_bytes,
-        "plaintext_sha256": entry.plaintext_sha256,
-        "compressed_bytes": entry.compressed_bytes,
-        "ciphertext_bytes": entry.ciphertext_bytes,
-        "sha256": entry.sha256,
+        **_stored_to_dict(entry),
     }
+
+
+def _stored_to_dict(entry: ObjectEntry | AppSchemaEntry) -> dict[str, Any]:
+    """The sizes and digests every stored object carries, in the manifest's field order."""
+    return {field: getattr(entry, field) for field in _STORED_FIELDS}
 
 
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
@@ -306,11 +307,7 @@ def _manifest_body(manifest: Manifest) -> dict[str, Any]:
                     }
                     for table in obj.tables
                 ],
-                "plaintext_bytes": obj.plaintext_bytes,
-                "plaintext_sha256": obj.plaintext_sha256,
-                "compressed_bytes": obj.compressed_bytes,
-                "ciphertext_bytes": obj.ciphertext_bytes,
-                "sha256": obj.sha256,
+                **_stored_to_dict(obj),
             }
             for obj in manifest.objects
         ],
@@ -499,16 +496,15 @@ _TOP_FIELDS = (
     "objects",
     "metadata",
 )
-_OBJECT_FIELDS = (
-    "name",
-    "tenant_id",
-    "tables",
+# Sizes and digests of one stored object (data or schema), last in its entry.
+_STORED_FIELDS = (
     "plaintext_bytes",
     "plaintext_sha256",
     "compressed_bytes",
     "ciphertext_bytes",
     "sha256",
 )
+_OBJECT_FIELDS = ("name", "tenant_id", "tables", *_STORED_FIELDS)
 _TABLE_FIELDS = ("name", "columns", "row_count", "bytes", "sha256")
 _APP_SCHEMA_FIELDS = (
     "name",
@@ -517,11 +513,7 @@ _APP_SCHEMA_FIELDS = (
     "sections",
     "roles",
     "catalog",
-    "plaintext_bytes",
-    "plaintext_sha256",
-    "compressed_bytes",
-    "ciphertext_bytes",
-    "sha256",
+    *_STORED_FIELDS,
 )
 _SECTION_NAMES = ("pre-data", "post-data")
 _CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
@@ -671,17 +663,24 @@ def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
         sections=tuple(sections),
         roles=tuple(roles),
         catalog=catalog,
-        plaintext_bytes=_int(top["plaintext_bytes"], f"{where}.plaintext_bytes"),
-        plaintext_sha256=_sha(top["plaintext_sha256"], f"{where}.plaintext_sha256"),
-        compressed_bytes=_int(top["compressed_bytes"], f"{where}.compressed_bytes"),
-        ciphertext_bytes=_int(top["ciphertext_bytes"], f"{where}.ciphertext_bytes"),
-        sha256=_sha(top["sha256"], f"{where}.sha256"),
+        **_stored_from_dict(top, where),
     )
     if sum(s.bytes for s in sections) != entry.plaintext_bytes:
         raise ManifestError(
             f"manifest field {where}.plaintext_bytes is not the sum of its sections' bytes."
         )
     return entry
+
+
+def _stored_from_dict(fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checked ``_STORED_FIELDS`` of an object or schema entry."""
+    # Byte counts are whole numbers, digests SHA-256 hex; each checked the same way everywhere.
+    return {
+        name: (_sha if name in ("plaintext_sha256", "sha256") else _int)(
+            fields[name], f"{where}.{name}"
+        )
+        for name in _STORED_FIELDS
+    }
 
 
 def _object_from_dict(value: Any, where: str) -> ObjectEntry:
@@ -702,11 +701,7 @@ def _object_from_dict(value: Any, where: str) -> ObjectEntry:
         name=name,
         tenant_id=tenant,
         tables=tables,
-        plaintext_bytes=_int(obj["plaintext_bytes"], f"{where}.plaintext_bytes"),
-        plaintext_sha256=_sha(obj["plaintext_sha256"], f"{where}.plaintext_sha256"),
-        compressed_bytes=_int(obj["compressed_bytes"], f"{where}.compressed_bytes"),
-        ciphertext_bytes=_int(obj["ciphertext_bytes"], f"{where}.ciphertext_bytes"),
-        sha256=_sha(obj["sha256"], f"{where}.sha256"),
+        **_stored_from_dict(obj, where),
     )
     if sum(t.bytes for t in tables) != entry.plaintext_bytes:
         raise ManifestError(
