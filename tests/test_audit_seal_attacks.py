@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -26,9 +25,9 @@ from hardening_pipeline.hardening.seals import (
     verify_audit_seals,
 )
 from hardening_pipeline.hardening.status_check import run_status_check
+from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, insert_tenant
 
-ROOT = Path(__file__).resolve().parents[1]
 LINE = "audit_seal_chain"
 
 # The row text the in-database digest used to hash (format 1).
@@ -131,24 +130,7 @@ def test_a_replaced_sha256_does_not_hide_a_forged_row(db_url, su, tmp_path, keyr
 
 
 def test_cli_verify_only_full_is_red_under_a_replaced_sha256(db_url, su, tmp_path):
-    import base64
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
-    env |= {
-        "HARDENING_DATABASE_URL": db_url,
-        "BACKUP_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
-        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
-    }
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "hardening_pipeline.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
+    cli = functools.partial(run_hardening, url=db_url, env=keyed_store_env(tmp_path), timeout=120)
 
     ids = write(su, 1)
     assert cli("seal").returncode == 0
@@ -278,24 +260,9 @@ def test_created_at_going_backwards_inside_the_tolerance_is_not_tampering(db_url
 
 
 def test_cli_seal_and_verify_only_are_red_after_the_window_attack(db_url, su, tmp_path):
-    import base64
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
-    env |= {
-        "HARDENING_DATABASE_URL": db_url,
-        "BACKUP_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
-        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
-    }
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "hardening_pipeline.cli", "seal", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
+    cli = functools.partial(
+        run_hardening, "seal", url=db_url, env=keyed_store_env(tmp_path), timeout=120
+    )
 
     write(su, 1)
     assert cli().returncode == 0

@@ -8,11 +8,11 @@ forges rows with ids inside a sealed range, and finally rewrites the seals thems
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,6 +44,7 @@ from hardening_pipeline.hardening.seals import (
 from hardening_pipeline.hardening.seals import checks as seals_module
 from hardening_pipeline.hardening.seals.format import Accumulator
 from hardening_pipeline.hardening.status_check import run_status_check
+from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, insert_tenant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -689,22 +690,9 @@ def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():
 
 def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
     write(su, 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
-    env |= {
-        "HARDENING_DATABASE_URL": db_url,
-        "BACKUP_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
-        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
-    }
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "hardening_pipeline.cli", "seal", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
+    cli = functools.partial(
+        run_hardening, "seal", url=db_url, env=keyed_store_env(tmp_path), timeout=120
+    )
 
     ok = cli()
     assert ok.returncode == 0, ok.stderr

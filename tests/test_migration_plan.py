@@ -13,8 +13,9 @@ import psycopg
 
 from hardening_pipeline.db.migration_plan import catalog_snapshot, plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
+from tests.support.cli import run_hardening
 from tests.support.supabase_app import APP_TABLES, MSG_ORPHANED
-from tests.support.supabase_db import apply_blocker_fixes, run_hardening
+from tests.support.supabase_db import apply_blocker_fixes
 
 
 def _state(url: str) -> tuple[dict, dict[str, int], bool]:

@@ -21,18 +21,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support.cli import run_hardening
 from tests.support.supabase_app import MSG_A_BY_ALICE, MSG_B, MSG_ORPHANED, TENANT_A
 from tests.support.supabase_db import (
     APP_TEMPLATE,
     SupabaseServer,
     apply_blocker_fixes,
     apply_status_fixes,
-    run_hardening,
 )
 
-# Red status lines that are the app's own findings (its policies call auth.uid() per row, two of
-# its permissive policies overlap, its dashboard view runs as its owner): the status check is
-# right to name them, and fixing them is the team's call, not a migration's.
 # What status rightly reports about the app itself (its view, its SECURITY DEFINER function, its
 # policies), each with the fix SQL in the report.
 APP_OWN_FINDINGS = {

@@ -21,7 +21,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -214,22 +213,6 @@ def supabase_app_url(supabase_server: SupabaseServer) -> Iterator[str]:
     url = supabase_server.clone(APP_TEMPLATE)
     yield url
     supabase_server.drop(url)
-
-
-def run_hardening(
-    *args: str, url: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """The ``hardening`` command in a subprocess, pointed at ``url``, as a user runs it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
-    full_env.update({"HARDENING_DATABASE_URL": url, "COLUMNS": "200", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "hardening_pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd or Path(__file__).resolve().parents[2],
-        timeout=300,
-    )
 
 
 def apply_blocker_fixes(url: str) -> None:
