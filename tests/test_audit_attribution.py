@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors
 
 from hardening_pipeline.db.tenant_scoped_client import TenantScopedClient, TenantScopeError
-from tests.support.db import acting_as, insert_tenant
+from tests.support.db import acting_as, insert_tenant, set_service_role_mode
 
 FORGE_IN_BODY = (
     "INSERT INTO messages (tenant_id, development_id, unit_id, sender, body) "
@@ -24,11 +24,6 @@ FORGE_IN_BODY = (
 @pytest.fixture
 def tenant(admin):
     return insert_tenant(admin, "alpha")
-
-
-def set_mode(admin, mode: str) -> None:
-    admin.execute("UPDATE hardening.service_role_mode SET mode = %s", (mode,))
-    admin.commit()
 
 
 def last_audit(admin, table: str = "messages") -> dict:
@@ -98,7 +93,7 @@ def test_a_malformed_service_role_actor_is_no_actor_in_enforce(admin, tenant, ac
 
 @pytest.mark.parametrize("actor", [" ", "service_role:a b", "billing"])
 def test_a_malformed_service_role_actor_is_reported_as_unattributed(admin, tenant, actor):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     with acting_as(admin, "service_role", actor=actor):
         admin.execute("UPDATE messages SET body = 'raw' WHERE id = %s", (tenant.message,))
         row = last_audit(admin)

@@ -27,7 +27,7 @@ from hardening_pipeline.db.service_role_mode import (
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.seed import seed_demo_data
-from tests.support.db import acting_as, admin_connect, insert_tenant
+from tests.support.db import acting_as, admin_connect, insert_tenant, set_service_role_mode
 from tests.test_cli import run_cli
 
 EDGE_CLAIMS = json.dumps({"role": "service_role", "iss": "supabase"})
@@ -36,11 +36,6 @@ EDGE_CLAIMS = json.dumps({"role": "service_role", "iss": "supabase"})
 @pytest.fixture
 def tenant(admin):
     return insert_tenant(admin, "alpha")
-
-
-def set_mode(admin, mode: str) -> None:
-    admin.execute("UPDATE hardening.service_role_mode SET mode = %s", (mode,))
-    admin.commit()
 
 
 def unattributed_update(admin, tenant, *, app: str = "edge-fn:notify", claims=EDGE_CLAIMS):
@@ -75,7 +70,7 @@ def test_enforce_refuses_an_unattributed_write_and_notes_nothing(admin, tenant):
 
 
 def test_report_lets_it_through_audited_as_unattributed_with_its_source(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     audit, noted = unattributed_update(admin, tenant)
     assert audit == {"actor": UNATTRIBUTED_ACTOR, "db_role": "service_role"}
     assert noted == [
@@ -89,7 +84,7 @@ def test_report_lets_it_through_audited_as_unattributed_with_its_source(admin, t
 
 
 def test_through_postgrest_the_client_header_and_path_tell_callers_apart(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     headers = json.dumps({"x-client-info": "supabase-js-node/2.45.0", "user-agent": "Deno/1.4"})
     with acting_as(admin, "service_role", jwt_claims=EDGE_CLAIMS):
         admin.execute("SELECT set_config('application_name', 'postgrest', true)")
@@ -138,7 +133,7 @@ def test_the_readme_pattern_for_postgrest_callers_passes_enforce(db_url, admin, 
 
 
 def test_report_mode_keeps_attributed_writes_attributed_and_unnoted(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     with acting_as(admin, "service_role", actor="service_role:billing"):
         admin.execute("UPDATE messages SET body = 'ok' WHERE id = %s", (tenant.message,))
         admin.execute("RESET ROLE")
@@ -148,7 +143,7 @@ def test_report_mode_keeps_attributed_writes_attributed_and_unnoted(admin, tenan
 
 
 def test_report_mode_survives_malformed_claims_and_no_jwt(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     _, noted = unattributed_update(admin, tenant, claims="{not json")
     assert noted[0]["jwt_role"] == "(malformed request.jwt.claims)"
     _, noted = unattributed_update(admin, tenant, claims=None, app="")
@@ -156,7 +151,7 @@ def test_report_mode_survives_malformed_claims_and_no_jwt(admin, tenant):
 
 
 def test_the_source_is_noted_once_per_statement_not_per_row(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     insert_tenant(admin, "gamma")
     with acting_as(admin, "service_role"):
         admin.execute("UPDATE units SET label = label || '-x'")  # both tenants' units
@@ -205,7 +200,7 @@ def test_app_roles_cannot_change_the_mode(admin, role, attack):
 
 def test_the_source_cannot_be_noted_by_calling_the_function_directly(admin):
     """service_role holds EXECUTE (the guard runs as it), so the function itself refuses."""
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     with pytest.raises(errors.InsufficientPrivilege, match="audit guard only"):
         with acting_as(admin, "service_role"):
             admin.execute("SELECT hardening.allow_unattributed_write('messages', 'UPDATE')")
@@ -221,7 +216,7 @@ def test_a_setting_cannot_switch_the_mode(admin, tenant):
 def test_canary_names_the_sources_and_counts(db_url, admin, tenant):
     quiet = {r.name: r for r in run_canaries(db_url)}["unattributed_service_role_writes"]
     assert quiet.passed and quiet.count == 0
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     for _ in range(3):
         with admin.transaction():
             admin.execute("SET LOCAL ROLE service_role")
@@ -253,7 +248,7 @@ def test_canary_look_back_is_a_threshold(db_url, admin):
 
 
 def test_status_line_is_red_in_report_and_names_the_callers(db_url, admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     with admin.transaction():
         admin.execute("SET LOCAL ROLE service_role")
         admin.execute("SELECT set_config('application_name', 'webhook:crm', true)")
@@ -266,7 +261,7 @@ def test_status_line_is_red_in_report_and_names_the_callers(db_url, admin, tenan
 
 
 def test_switching_to_enforce_refuses_while_callers_are_unattributed(db_url, admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     with admin.transaction():
         admin.execute("SET LOCAL ROLE service_role")
         admin.execute("SELECT set_config('application_name', 'edge-fn:notify', true)")
@@ -281,7 +276,7 @@ def test_switching_to_enforce_refuses_while_callers_are_unattributed(db_url, adm
 
 
 def test_old_unattributed_writes_do_not_block_enforce(db_url, admin):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     admin.execute(
         "INSERT INTO hardening.unattributed_writes (created_at, table_name, operation, "
         "application_name) VALUES (now() - interval '8 days', 'messages', 'UPDATE', 'old-job')"
@@ -397,7 +392,7 @@ def test_proof_shows_the_raw_write_refused_in_enforce(admin, tenant):
 
 
 def test_proof_is_red_in_report_mode_and_changes_nothing(admin, tenant):
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     before = admin.execute("SELECT count(*) AS n FROM audit_events").fetchone()
     proof = prove_service_role_rule(admin)
     assert not proof.passed and not proof.refused and "1 row(s) updated" in proof.error
@@ -429,7 +424,7 @@ def test_a_database_in_report_mode_still_passes_its_restore_drill(
 ):
     """The restored copy keeps the source's mode; that is how it is run, not a restore fault."""
     seed_demo_data(db_url, tenants=2, messages_per_unit=2)
-    set_mode(admin, "report")
+    set_service_role_mode(admin, "report")
     store, keyring = s3_server.store(s3_bucket), Keyring(bytes(range(32)))
     run_backup(db_url, store, keyring)
     result = run_restore_drill(store, keyring)

@@ -100,3 +100,9 @@ def insert_tenant(conn: psycopg.Connection, slug: str) -> TenantData:
             (ids.onboarding, ids.tenant),
         )
     return ids
+
+
+def set_service_role_mode(conn: psycopg.Connection, mode: str) -> None:
+    """Put the database's service-role rule in ``mode`` directly (superuser), and commit."""
+    conn.execute("UPDATE hardening.service_role_mode SET mode = %s", (mode,))
+    conn.commit()
