@@ -30,6 +30,7 @@ import pytest
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.checkout import clean_environment
 from tests.support.db import admin_connect, create_database
+from tests.support.servers import wait_for_dagster
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -195,17 +196,13 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"dagster dev exited: {(work / 'dagster-dev.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/server_info", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        else:
-            pytest.fail("dagster dev did not answer within 120 s")
+        wait_for_dagster(
+            base,
+            proc,
+            120,
+            "dagster dev",
+            lambda: (work / "dagster-dev.log").read_text()[-3000:],
+        )
         with sync_playwright() as pw:
             # A fresh profile per run: nothing cached from an earlier UI build or session.
             context = pw.chromium.launch_persistent_context(

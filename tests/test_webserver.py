@@ -8,13 +8,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.support.servers import wait_for_dagster
 from tests.test_defs_snapshot import ASSETS, JOBS, SCHEDULES, SENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,17 +79,7 @@ def webserver(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"webserver exited: {proc.stdout.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/server_info", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        else:
-            pytest.fail("webserver did not answer within 90 s")
+        wait_for_dagster(base, proc, 90, "webserver", lambda: proc.stdout.read()[-2000:])
         yield base
     finally:
         proc.terminate()
