@@ -52,7 +52,8 @@ GROUP BY n.nspname, c.relname, c.oid
 ORDER BY n.nspname, c.relname
 """
 
-_FK_QUERY = """
+# Child -> parent table of every foreign key (self-references left out: they order nothing).
+FOREIGN_KEY_EDGES = """
 SELECT c.conrelid::regclass::text AS child, c.confrelid::regclass::text AS parent
 FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
@@ -132,7 +133,7 @@ def discover_layout(
             tenant.append(TableSpec(schema, table, tuple(columns), order_by, "tenant_id"))
         else:
             shared.append(TableSpec(schema, table, tuple(columns), order_by, None))
-    edges = [tuple(r) for r in cur.execute(_FK_QUERY).fetchall()]
+    edges = [tuple(r) for r in cur.execute(FOREIGN_KEY_EDGES).fetchall()]
     return BackupLayout(tuple(_load_order(tenant, edges)), tuple(_load_order(shared, edges)))
 
 

@@ -20,6 +20,7 @@ import psycopg
 
 from hardening_pipeline.backup.catalog import StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.export import FOREIGN_KEY_EDGES
 from hardening_pipeline.backup.manifest import Manifest, ObjectEntry, unwrap_data_key
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
@@ -52,12 +53,6 @@ def _is_empty(url: str, schemas: Sequence[str]) -> bool:
         return conn.execute(_USER_TABLES, (list(schemas),)).fetchone()["n"] == 0
 
 
-_FOREIGN_KEYS = """
-SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent
-FROM pg_catalog.pg_constraint WHERE contype = 'f'
-"""
-
-
 def _reference_tables(
     conn: psycopg.Connection, manifest: Manifest, shared: ObjectEntry
 ) -> set[str]:
@@ -73,7 +68,7 @@ def _reference_tables(
         if "tenant_id" in t.columns
         or (t.name.startswith("hardening.") and t.name != MIGRATIONS_TABLE)
     }
-    edges = [(r["child"], r["parent"]) for r in conn.execute(_FOREIGN_KEYS).fetchall()]
+    edges = [(r["child"], r["parent"]) for r in conn.execute(FOREIGN_KEY_EDGES).fetchall()]
     changed = True
     while changed:
         changed = False
