@@ -274,29 +274,6 @@ def seed(
     )
 
 
-def _freshness_line(ctx: Context, max_age_hours: float):
-    """The backup-freshness status line (store and key are checked before the database)."""
-    from datetime import timedelta
-
-    from hardening_pipeline.backup.freshness import check_backup_freshness
-    from hardening_pipeline.hardening.status_check import CheckLine
-
-    keyring, store = _keyring_and_store(ctx)
-    fresh = check_backup_freshness(store, keyring, max_age=timedelta(hours=max_age_hours))
-    return CheckLine(
-        name="backup_freshness",
-        passed=fresh.passed,
-        detail=fresh.detail,
-        fix=""
-        if fresh.passed
-        else (
-            "Find out why the nightly backup did not run or failed (Dagster daemon, schedule, "
-            "workflow, key, store) and run `hardening backup` now."
-        ),
-        title=f"a verified backup exists from the last {max_age_hours:g} hours",
-    )
-
-
 @main.command()
 def keygen() -> None:
     """Print a new BACKUP_ENCRYPTION_KEY (base64 of 32 random bytes)."""
@@ -319,19 +296,24 @@ def _warn_local_key(path: Path | None) -> None:
 
 def _keyring_and_store(ctx: Context):
     """Key first, store second, database last: bad configuration stops before any data is read."""
-    from hardening_pipeline.backup.crypto import keyring_from_settings
-    from hardening_pipeline.backup.store import open_store
+    from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring
 
-    settings = ctx.settings
-    keyring = keyring_from_settings(settings)
+    keyring = open_keyring(ctx.settings)
     if keyring.local_key_created:
         _warn_local_key(keyring.local_key_path)
-    store = open_store(
-        settings.effective_store_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-    )
-    return keyring, store
+    return keyring, open_configured_store(ctx.settings)
+
+
+def _notifier(ctx: Context, no_alert: bool = False):
+    """The configured Slack webhook, or None when the user asked for no alert."""
+    from hardening_pipeline.jobs.wiring import slack_notifier
+
+    return None if no_alert else slack_notifier(ctx.settings)
+
+
+def _red(result: Any) -> CheckFailed:
+    """A red job result as the one sentence the CLI prints before exiting 1."""
+    return CheckFailed(f"{result.subject}: {result.failure}")
 
 
 @main.command()
@@ -349,13 +331,13 @@ def backup(ctx: Context, dry_run: bool, workers: int) -> None:
     """Take an encrypted backup: one object per tenant, manifest last."""
     from rich.progress import Progress
 
-    from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.jobs.backup import backup_job
 
     keyring, store = _keyring_and_store(ctx)
     url = ctx.database_url
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("backing up", total=None)
-        result = run_backup(
+        job = backup_job(
             url,
             store,
             keyring,
@@ -366,7 +348,9 @@ def backup(ctx: Context, dry_run: bool, workers: int) -> None:
             ),
             schemas=ctx.settings.backup_schemas,
             pg_dump_path=ctx.settings.pg_dump_path,
+            runbook_base_url=ctx.settings.runbook_url,
         )
+    result = job.backup
     mb = 1024 * 1024
     rate = result.plaintext_bytes / mb / result.seconds if result.seconds else 0.0
     table = Table(title=f"backup {result.backup_id}", title_justify="left", show_header=False)
@@ -381,6 +365,8 @@ def backup(ctx: Context, dry_run: bool, workers: int) -> None:
     console.print(table)
     if dry_run:
         console.print("[yellow]dry run:[/] everything ran except writing to the store.")
+    if not job.passed:
+        raise _red(job)
 
 
 @main.command()
@@ -394,43 +380,24 @@ def retention(
     ctx: Context, dry_run: bool, keep_daily: int, keep_weekly: int, keep_monthly: int
 ) -> None:
     """Keep 30 daily / 12 weekly / 12 monthly backups (restic's rules); delete the rest."""
-    from hardening_pipeline.backup.prune import apply_retention
     from hardening_pipeline.backup.retention import RetentionPolicy
+    from hardening_pipeline.jobs.retention import retention_job
 
     keyring, store = _keyring_and_store(ctx)
     policy = RetentionPolicy(daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
-    outcome = apply_retention(store, keyring, policy, dry_run=dry_run)
-    table = Table(title=f"retention on {store.describe()}", title_justify="left")
+    job = retention_job(store, keyring, policy, dry_run=dry_run)
+    table = Table(title=f"retention on {job.location}", title_justify="left")
     for column in ("backup", "taken at", "decision", "why"):
         table.add_column(column)
-    for kept in outcome.plan.keep:
+    for row in job.rows:
         table.add_row(
-            kept.backup_id,
-            kept.created_at.isoformat(timespec="seconds"),
-            "[green]keep[/]",
-            ", ".join(kept.reasons),
-        )
-    verb = "would delete" if dry_run else "deleted"
-    for ref in outcome.plan.delete:
-        table.add_row(
-            ref.backup_id,
-            ref.created_at.isoformat(timespec="seconds"),
-            f"[red]{verb}[/]",
-            "not selected by any rule",
-        )
-    for debris in outcome.debris:
-        table.add_row(
-            debris.backup_id,
-            "",
-            f"[red]{verb}[/]",
-            "incomplete: no manifest after the grace period",
+            row.backup_id,
+            row.taken_at.isoformat(timespec="seconds") if row.taken_at else "",
+            f"[green]{row.decision}[/]" if row.kept else f"[red]{row.decision}[/]",
+            row.why,
         )
     console.print(table)
-    console.print(
-        f"{len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} {verb}, "
-        f"{len(outcome.debris)} incomplete {verb}"
-        + (" (dry run: nothing was deleted)" if dry_run else "")
-    )
+    console.print(job.summary() + (" (dry run: nothing was deleted)" if dry_run else ""))
 
 
 @main.command("restore-drill")
@@ -440,29 +407,25 @@ def retention(
 @friendly_errors
 def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -> None:
     """Restore the newest backup into a throwaway Postgres and prove it works (RPO/RTO report)."""
-    from hardening_pipeline.alerts.slack import SlackNotifier
-    from hardening_pipeline.restore.drill import run_restore_drill
-    from hardening_pipeline.restore.report import drill_alert, drill_markdown, write_drill_report
+    from hardening_pipeline.jobs.drill import drill_job
+    from hardening_pipeline.restore.report import drill_markdown
 
     keyring, store = _keyring_and_store(ctx)
     with err_console.status("restore drill") as status:
-        result = run_restore_drill(
+        job = drill_job(
             store,
             keyring,
+            reports_dir=ctx.settings.reports_dir,
+            notifier=_notifier(ctx),
+            runbook_base_url=ctx.settings.runbook_url,
             backup_id=backup_id,
             target_dsn=target_dsn,
             on_stage=lambda name, state: status.update(f"restore drill: {name} {state}"),
         )
-    report = write_drill_report(result, ctx.settings.reports_dir)
-    console.print(Markdown(drill_markdown(result)))
-    console.print(f"report: {report.markdown} and {report.json.name}")
-    alert = drill_alert(result, report, ctx.settings.runbook_url)
-    SlackNotifier(ctx.settings.slack_webhook_url).send(alert)
-    if not result.passed:
-        raise CheckFailed(
-            f"the restore drill failed at stage {result.failed_stage or 'verify'}: "
-            f"{result.failure or 'an invariant or drill test is red (see the report)'}"
-        )
+    console.print(Markdown(drill_markdown(job.result)))
+    console.print(f"report: {job.report.markdown} and {job.report.json.name}")
+    if not job.passed:
+        raise _red(job)
 
 
 @main.command()
@@ -515,16 +478,19 @@ def restore(
 @friendly_errors
 def canaries(ctx: Context, names: tuple[str, ...], no_alert: bool) -> None:
     """Run the SQL canaries read-only; exit 1 if any finds something (alerts Slack once)."""
-    from hardening_pipeline.alerts.slack import SlackNotifier
-    from hardening_pipeline.canaries import alert_canaries, run_canaries
+    from hardening_pipeline.jobs.canaries import canary_job
 
-    url = ctx.database_url
-    results = run_canaries(url, names=names or None)
+    job = canary_job(
+        ctx.database_url,
+        names=names or None,
+        notifier=_notifier(ctx, no_alert),
+        runbook_base_url=ctx.settings.runbook_url,
+    )
     table = Table(title="canaries", title_justify="left")
     table.add_column("canary", no_wrap=True)
     for column in ("table", "severity", "result", "count", "tenants", "sample ids"):
         table.add_column(column, overflow="fold")
-    for r in results:
+    for r in job.results:
         verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.summary()}"
         table.add_row(
             r.name,
@@ -536,20 +502,16 @@ def canaries(ctx: Context, names: tuple[str, ...], no_alert: bool) -> None:
             ", ".join(r.samples[:3]),
         )
     console.print(table)
-    red = [r for r in results if not r.passed]
-    for r in red:
+    for r in job.red:
         console.print(
             f"[red]{r.name}[/]: investigate with sql/canaries/{r.name}.sql; "
             f"runbook {r.runbook_link}"
         )
-    if not no_alert:
-        notifier = SlackNotifier(ctx.settings.slack_webhook_url)
-        outcomes = alert_canaries(url, results, notifier, runbook_base_url=ctx.settings.runbook_url)
-        for o in outcomes:
-            if o.undelivered:
-                err_console.print(f"[yellow]alert for {o.key} NOT delivered:[/] {o.detail}")
-    if red:
-        raise CheckFailed(f"{len(red)} canary(ies) failed: {', '.join(r.name for r in red)}.")
+    for o in job.alerts:
+        if o.undelivered:
+            err_console.print(f"[yellow]alert for {o.key} NOT delivered:[/] {o.detail}")
+    if not job.passed:
+        raise _red(job)
 
 
 @main.command()
@@ -568,18 +530,22 @@ def status(
     ctx: Context, no_alert: bool, backup_freshness: bool, max_backup_age_hours: float
 ) -> None:
     """Check every hardening guarantee; write a Markdown+JSON report; exit 1 if any is red."""
-    from hardening_pipeline.alerts.slack import SlackNotifier
-    from hardening_pipeline.hardening.alerts import alert_status
-    from hardening_pipeline.hardening.report import write_report
-    from hardening_pipeline.hardening.status_check import run_status_check
+    from datetime import timedelta
 
-    freshness_line = None
+    from hardening_pipeline.jobs.status import FreshnessRequest, status_job
+
+    freshness = None
     if backup_freshness:
-        freshness_line = _freshness_line(ctx, max_backup_age_hours)
-    url = ctx.database_url
-    report = run_status_check(url)
-    if freshness_line is not None:
-        report.lines.append(freshness_line)
+        keyring, store = _keyring_and_store(ctx)
+        freshness = FreshnessRequest(store, keyring, timedelta(hours=max_backup_age_hours))
+    job = status_job(
+        ctx.database_url,
+        reports_dir=ctx.settings.reports_dir,
+        notifier=_notifier(ctx, no_alert),
+        runbook_base_url=ctx.settings.runbook_url,
+        freshness=freshness,
+    )
+    report = job.report
     table = Table(title=f"hardening status: {report.database}", title_justify="left")
     table.add_column("")
     table.add_column("check", no_wrap=True)
@@ -595,24 +561,11 @@ def status(
                 f"[dim]runbook: {runbook_link(line.runbook_anchor)}[/]",
             )
     console.print(table)
-    files = write_report(report, ctx.settings.reports_dir)
-    console.print(f"report: {files.markdown} and {files.json}")
-    if not no_alert:
-        notifier = SlackNotifier(ctx.settings.slack_webhook_url)
-        outcome = alert_status(
-            url,
-            report,
-            notifier,
-            report_path=str(files.markdown),
-            runbook_base_url=ctx.settings.runbook_url,
-        )
-        if outcome.undelivered:
-            err_console.print(f"[yellow]status alert NOT delivered:[/] {outcome.detail}")
-    if not report.passed:
-        raise CheckFailed(
-            f"{len(report.red)} of {len(report.lines)} checks are red: "
-            f"{', '.join(line.name for line in report.red)}."
-        )
+    console.print(f"report: {job.files.markdown} and {job.files.json}")
+    if job.alert is not None and job.alert.undelivered:
+        err_console.print(f"[yellow]status alert NOT delivered:[/] {job.alert.detail}")
+    if not job.passed:
+        raise _red(job)
 
 
 @main.command()
@@ -694,20 +647,23 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
 @friendly_errors
 def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> None:
     """Seal the audit rows added since the last seal, then verify the chain (exit 1 if broken)."""
-    from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+    from hardening_pipeline.jobs.seal import seal_job
 
     keyring, store = _keyring_and_store(ctx)
-    url = ctx.database_url
-    if not verify_only:
-        run = seal_audit_log(
-            url, store=store, keyring=keyring, actor="cli:seal", wait_seconds=wait_seconds
-        )
-        console.print(run.summary())
-    result = verify_audit_seals(url, store=store, keyring=keyring, full=full, record_as="cli:seal")
-    if not result.passed:
-        err_console.print(f"[yellow]fix:[/] {result.fix}")
-        raise CheckFailed(f"the audit seal chain is broken: {result.detail}")
-    console.print(f"[green]audit seal chain intact:[/] {result.detail}")
+    job = seal_job(
+        ctx.database_url,
+        store=store,
+        keyring=keyring,
+        actor="cli:seal",
+        verify_only=verify_only,
+        full=full,
+        wait_seconds=wait_seconds,
+    )
+    if job.run is not None:
+        console.print(job.run.summary())
+    if not job.passed:
+        raise _red(job)
+    console.print(f"[green]audit seal chain intact:[/] {job.verification.detail}")
 
 
 def _print_mode_set_by_migration(url: str, applied: list[str]) -> None:

@@ -25,21 +25,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
-from hardening_pipeline.backup.nightly import BackupResult, run_backup
-from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
-from hardening_pipeline.backup.store import BackupStore, FileStore, open_store
-from hardening_pipeline.canaries.runner import CanaryResult, run_canaries
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.nightly import BackupResult
+from hardening_pipeline.backup.store import BackupStore, FileStore
+from hardening_pipeline.canaries.runner import CanaryResult
 from hardening_pipeline.db.connection import connect, resolve_database_url
 from hardening_pipeline.db.migrations import MigrationRun, apply_migrations, migration_status
 from hardening_pipeline.db.service_role_mode import ServiceRoleProof, prove_service_role_rule
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.report import report_markdown
-from hardening_pipeline.hardening.report import write_report as write_status_report
-from hardening_pipeline.hardening.status_check import StatusReport, run_status_check
+from hardening_pipeline.jobs.backup import backup_job
+from hardening_pipeline.jobs.canaries import canary_job
+from hardening_pipeline.jobs.drill import drill_job
+from hardening_pipeline.jobs.retention import RetentionJobResult, retention_job
+from hardening_pipeline.jobs.status import status_job
+from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring
 from hardening_pipeline.reports import report_stamp
-from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
-from hardening_pipeline.restore.report import drill_markdown, write_drill_report
+from hardening_pipeline.restore.report import drill_markdown
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.settings import Settings
 
@@ -171,8 +173,8 @@ def _migrations_log(run: MigrationRun, url: str) -> str:
 
 
 def _status_stage(bundle: _Bundle, url: str, name: str, settings: Settings) -> StageOutcome:
-    report: StatusReport = run_status_check(url)
-    saved = write_status_report(report, settings.reports_dir)
+    job = status_job(url, reports_dir=settings.reports_dir, notifier=None)
+    report, saved = job.report, job.files
     files = [
         bundle.write(f"{name}.md", report_markdown(report)),
         bundle.write_json(f"{name}.json", report.as_dict()),
@@ -212,15 +214,15 @@ def _backup_summary(result: BackupResult, upload: str) -> dict[str, Any]:
     }
 
 
-def _retention_summary(outcome: RetentionOutcome) -> dict[str, Any]:
+def _retention_summary(job: RetentionJobResult) -> dict[str, Any]:
+    deleted = [row for row in job.rows if not row.kept]
     return {
-        "dry_run": outcome.dry_run,
-        "keep": [
-            {"backup_id": k.backup_id, "created_at": k.created_at, "reasons": k.reasons}
-            for k in outcome.plan.keep
-        ],
-        "would_delete": [r.backup_id for r in outcome.plan.delete],
-        "incomplete_would_delete": [b.backup_id for b in outcome.debris],
+        "dry_run": job.dry_run,
+        "decisions": job.rows,
+        "keep": [row.backup_id for row in job.rows if row.kept],
+        # An incomplete folder has no verified time.
+        "would_delete": [row.backup_id for row in deleted if row.taken_at is not None],
+        "incomplete_would_delete": [row.backup_id for row in deleted if row.taken_at is None],
     }
 
 
@@ -248,12 +250,8 @@ def run_evidence(
     folder.mkdir(parents=True, exist_ok=False)
     bundle = _Bundle(folder, on_stage)
     url = resolve_database_url(settings)
-    keyring: Keyring = keyring_from_settings(settings)
-    configured_store = open_store(
-        settings.effective_store_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-    )
+    keyring: Keyring = open_keyring(settings)
+    configured_store = open_configured_store(settings)
     scratch = Path(tempfile.mkdtemp(prefix="hp-evidence-"))
     store: BackupStore = FileStore(scratch / "store") if dry_run_upload else configured_store
     upload = (
@@ -286,13 +284,15 @@ def run_evidence(
             )
 
         def backup() -> StageOutcome:
-            result = run_backup(
+            job = backup_job(
                 url,
                 store,
                 keyring,
                 schemas=settings.backup_schemas,
                 pg_dump_path=settings.pg_dump_path,
+                runbook_base_url=settings.runbook_url,
             )
+            result = job.backup
             facts["backup"] = result
             data = _backup_summary(result, upload)
             log = [
@@ -303,17 +303,20 @@ def run_evidence(
                 f"upload: {upload}",
                 f"manifest: {result.manifest_key} (authenticated, written last)",
             ]
+            summary = f"backup {result.backup_id} ({upload})"
+            if not job.passed:
+                log.append(f"{job.subject}: {job.failure}")
+                summary = f"{job.subject}: {job.failure}"
             files = [
                 bundle.write("backup.log", "\n".join(log)),
                 bundle.write_json("backup.json", data),
             ]
-            return StageOutcome("backup", True, 0.0, f"backup {result.backup_id} ({upload})", files)
+            return StageOutcome("backup", job.passed, 0.0, summary, files)
 
         def retention() -> StageOutcome:
-            outcome = apply_retention(store, keyring, dry_run=True)
-            data = _retention_summary(outcome)
-            log = [f"keep {k.backup_id}: {', '.join(k.reasons)}" for k in outcome.plan.keep]
-            log += [f"would delete {r.backup_id}" for r in outcome.plan.delete]
+            job = retention_job(store, keyring, dry_run=True)
+            data = _retention_summary(job)
+            log = [f"{row.decision} {row.backup_id}: {row.why}" for row in job.rows]
             log.append("dry run: nothing was deleted")
             files = [
                 bundle.write("retention.log", "\n".join(log)),
@@ -323,14 +326,14 @@ def run_evidence(
                 "retention",
                 True,
                 0.0,
-                f"dry run: {len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} would go",
+                f"dry run: {job.summary()}",
                 files,
             )
 
         def drill() -> StageOutcome:
-            result: DrillResult = run_restore_drill(store, keyring)
+            job = drill_job(store, keyring, reports_dir=settings.reports_dir, notifier=None)
+            result = job.result
             facts["drill"] = result
-            write_drill_report(result, settings.reports_dir)
             files = [
                 bundle.write("restore-drill.log", drill_markdown(result)),
                 bundle.write_json("restore-drill.json", result.to_json()),
@@ -338,20 +341,24 @@ def run_evidence(
             summary = (
                 f"backup {result.backup_id} restored and verified, RTO {result.rto_seconds:.1f}s"
                 if result.passed
-                else f"failed at {result.failed_stage}: {result.failure or 'red invariant'}"
+                else f"{job.subject}: {job.failure}"
             )
             return StageOutcome("restore-drill", result.passed, 0.0, summary, files)
 
         def canaries() -> StageOutcome:
-            results = run_canaries(url)
+            job = canary_job(url, notifier=None, runbook_base_url=settings.runbook_url)
+            results = job.results
             facts["canaries"] = results
             files = [
                 bundle.write("canaries.log", _canary_log(results)),
                 bundle.write_json("canaries.json", [asdict(r) for r in results]),
             ]
-            bad = [r.name for r in results if not r.passed]
-            summary = "all canaries quiet" if not bad else f"firing: {', '.join(bad)}"
-            return StageOutcome("canaries", not bad, 0.0, summary, files)
+            summary = (
+                "all canaries quiet"
+                if job.passed
+                else f"firing: {', '.join(r.name for r in job.red)}"
+            )
+            return StageOutcome("canaries", job.passed, 0.0, summary, files)
 
         def service_role_rule() -> StageOutcome:
             with connect(url) as conn:

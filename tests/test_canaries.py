@@ -579,6 +579,8 @@ def test_cli_canaries_prints_a_table_and_exits_1_when_red(db_url, admin, two_ten
     redrun = run_cli("canaries", env=env)
     assert redrun.returncode == 1
     assert "orphaned_messages" in redrun.stdout and "FAIL" in redrun.stdout
-    assert "failed: 1 canary(ies) failed: orphaned_messages" in redrun.stderr
+    # The same sentence a failed Dagster canary run shows (jobs/canaries.py builds it once).
+    assert "failed: canary orphaned_messages failed: 1 found in 1 tenant(s)" in redrun.stderr
+    assert "runbook.md#canary-orphaned-messages" in redrun.stderr
     assert "NOT delivered" in redrun.stderr  # no SLACK_WEBHOOK_URL in the test env
     assert "Traceback" not in redrun.stderr

@@ -1,6 +1,6 @@
 """Nightly encrypted backups and their retention, as Dagster assets, job and schedule.
 
-The work itself is ``hardening_pipeline.backup`` (the same functions ``hardening backup`` and
+The work itself is ``hardening_pipeline.jobs`` (the same functions ``hardening backup`` and
 ``hardening retention`` call); this module only hands them resources and turns their results
 into metadata. No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
@@ -10,11 +10,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from hardening_pipeline.alerts.runbook import runbook_link
-from hardening_pipeline.backup.nightly import BackupResult, run_backup
-from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
+from hardening_pipeline.backup.nightly import BackupResult
 from hardening_pipeline.backup.retention import RetentionPolicy
-from hardening_pipeline.canaries import run_canaries
 from hardening_pipeline.defs.assets import application_tables
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import (
@@ -23,14 +20,13 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
-from hardening_pipeline.settings import load_settings
+from hardening_pipeline.jobs.backup import backup_job
+from hardening_pipeline.jobs.retention import RetentionJobResult, retention_job
 
 MIB = 1024 * 1024
 EXCLUSIVE_TAG = "hardening/exclusive"
 # Rows of the kept/deleted table in the retention metadata; the counts are always complete.
 MAX_REPORT_ROWS = 200
-# The canaries whose findings a restore trips over: rows the restored foreign keys refuse.
-INTEGRITY_CANARIES = ["orphaned_messages", "tenant_misalignment"]
 
 
 class NightlyBackupConfig(dg.Config):
@@ -114,9 +110,8 @@ def nightly_backup(
         # Key first, store second, database last: bad configuration stops before data is read.
         keyring = encryption_keys.keyring(app_db.settings())
         store = backup_store.open()
-        url = app_db.url()
-        result = run_backup(
-            url,
+        job = backup_job(
+            app_db.url(),
             store,
             keyring,
             dry_run=config.dry_run,
@@ -124,51 +119,35 @@ def nightly_backup(
             on_object=lambda name, done, total: context.log.info(f"stored {name} ({done}/{total})"),
             schemas=app_db.settings().backup_schemas,
             pg_dump_path=app_db.settings().pg_dump_path,
+            runbook_base_url=app_db.settings().runbook_url,
         )
     except HardeningError as exc:
         raise _as_failure(exc, "nightly backup") from None
+    result = job.backup
     context.log.info(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
         f"objects to {result.location}" + (" (dry run: nothing stored)" if result.dry_run else "")
     )
-    # Rows the integrity canaries flag (an orphaned message, a misaligned tenant) are rows a
-    # restore cannot load under the foreign keys, so the drill would fail on them weeks later.
-    # The backup is kept (a backup with bad rows beats none) but the run says so now.
-    blocking = [
-        r
-        for r in run_canaries(url, names=INTEGRITY_CANARIES)
-        if not r.passed and r.severity == "error"
-    ]
     metadata = backup_metadata(result)
-    metadata["integrity_canaries_failed"] = dg.MetadataValue.int(len(blocking))
+    metadata["integrity_canaries_failed"] = dg.MetadataValue.int(len(job.blocking))
+    # Recorded first: the backup is kept even when its rows will not restore cleanly.
     yield dg.MaterializeResult(metadata=metadata)
-    if blocking:
-        first = blocking[0]
+    if not job.passed:
         raise failure(
-            f"nightly backup {result.backup_id} will not restore cleanly",
-            f"canary {first.name} finds {first.summary()}; a restore cannot load such rows, so "
-            f"fix them ({runbook_link(first.runbook_anchor, load_settings().runbook_url)}) and "
-            "launch the backup again.",
+            job.subject,
+            job.failure or "",
             metadata={"backup_id": dg.MetadataValue.text(result.backup_id)},
         )
 
 
-def retention_report(outcome: RetentionOutcome) -> str:
+def retention_report(job: RetentionJobResult) -> str:
     """Markdown table of every decision and the rule behind it, newest first.
 
     Three columns only: the backup id already starts with its UTC time, and with a fourth column
     the UI's narrow metadata dialog squeezed "why" to one word per line.
     """
-    verb = "would delete" if outcome.dry_run else "deleted"
     lines = ["| backup | decision | why |", "|---|---|---|"]
-    for kept in outcome.plan.keep:
-        lines.append(f"| {kept.backup_id} | keep | {', '.join(kept.reasons)} |")
-    for ref in outcome.plan.delete:
-        lines.append(f"| {ref.backup_id} | {verb} | not selected by any rule |")
-    for debris in outcome.debris:
-        lines.append(
-            f"| {debris.backup_id} | {verb} | incomplete: no manifest after the grace period |"
-        )
+    lines += [f"| {row.backup_id} | {row.decision} | {row.why} |" for row in job.rows]
     if len(lines) > MAX_REPORT_ROWS + 2:
         hidden = len(lines) - MAX_REPORT_ROWS - 2
         lines = [*lines[: MAX_REPORT_ROWS + 2], f"\n… {hidden} more rows not shown."]
@@ -200,16 +179,16 @@ def backup_retention(
         )
         keyring = encryption_keys.keyring(app_db.settings())
         store = backup_store.open()
-        outcome = apply_retention(store, keyring, policy, dry_run=config.dry_run)
+        job = retention_job(store, keyring, policy, dry_run=config.dry_run)
     except ValueError as exc:  # a negative keep count
         raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
         raise _as_failure(exc, "retention") from None
+    outcome = job.outcome
     deleted = [r.backup_id for r in outcome.plan.delete]
     context.log.info(
-        f"retention kept {len(outcome.plan.keep)}, "
-        f"{'would delete' if outcome.dry_run else 'deleted'} {len(deleted)} backups and "
-        f"{len(outcome.debris)} incomplete folders on {store.describe()}"
+        f"retention kept {len(outcome.plan.keep)}, {job.verb} {len(deleted)} backups and "
+        f"{len(outcome.debris)} incomplete folders on {job.location}"
     )
     return dg.MaterializeResult(
         metadata={
@@ -223,8 +202,8 @@ def backup_retention(
             "policy": dg.MetadataValue.text(
                 f"daily {policy.daily} / weekly {policy.weekly} / monthly {policy.monthly}"
             ),
-            "decisions": dg.MetadataValue.md(retention_report(outcome)),
-            "location": dg.MetadataValue.text(store.describe()),
+            "decisions": dg.MetadataValue.md(retention_report(job)),
+            "location": dg.MetadataValue.text(job.location),
             "dry_run": dg.MetadataValue.bool(outcome.dry_run),
         }
     )

@@ -1,7 +1,8 @@
 """Canaries as asset checks on the application tables, so their state shows on each table.
 
-All the deciding happens in ``hardening_pipeline.canaries``; this turns results into
-``AssetCheckResult``s and hands them to the Slack alerting (deduplicated there). Integrity
+All the deciding and alerting happens in ``hardening_pipeline.jobs.canaries`` (what ``hardening
+canaries`` runs; Slack alerts are deduplicated there); this turns its results into
+``AssetCheckResult``s. Integrity
 canaries are blocking ERROR checks; volume canaries are WARN.
 
 No ``from __future__ import annotations`` here: Dagster inspects the context annotation.
@@ -10,11 +11,12 @@ No ``from __future__ import annotations`` here: Dagster inspects the context ann
 import dagster as dg
 
 from hardening_pipeline.alerts.runbook import runbook_link
-from hardening_pipeline.canaries import CANARIES, CanaryResult, alert_canaries, run_canaries
+from hardening_pipeline.canaries import CANARIES, CanaryResult
 from hardening_pipeline.canaries.alerts import investigation_query
 from hardening_pipeline.defs.assets import application_tables
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+from hardening_pipeline.jobs import canaries as canary_use_case
 
 CANARY_CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -84,37 +86,27 @@ def canary_checks(
     app_db: AppDatabaseResource,
     slack: SlackAlertsResource,
 ):
-    url = app_db.url()
     selected = [key.name for key in context.selected_asset_check_keys]
-    results = run_canaries(url, names=[name for name in CANARIES if name in selected])
-    outcomes = alert_canaries(
-        url, results, slack.notifier(), runbook_base_url=slack.runbook_base_url()
+    job = canary_use_case.canary_job(
+        app_db.url(),
+        names=[name for name in CANARIES if name in selected],
+        notifier=slack.notifier(),
+        runbook_base_url=slack.runbook_base_url(),
     )
-    for outcome in outcomes:
+    for outcome in job.alerts:
         if outcome.undelivered:
             context.log.error(f"Slack alert for {outcome.key} was NOT delivered: {outcome.detail}")
         elif outcome.action in ("sent", "resolved"):
             context.log.info(f"Slack alert for {outcome.key}: {outcome.action}")
-    for result in results:
+    for result in job.results:
         if not result.passed:
             context.log.warning(f"canary {result.name} failed: {result.summary()}")
         yield check_result(result, slack.runbook_base_url())
-    blocking = [r for r in results if not r.passed and r.severity == "error"]
-    if blocking:
+    if job.blocking:
         # Raised here, after every result is recorded, so the run fails with the canary's own
-        # sentence instead of Dagster's generic DagsterAssetCheckFailedError.
-        raise canary_failure(blocking, slack.runbook_base_url())
-
-
-def canary_failure(failed: list[CanaryResult], runbook_base_url: str | None) -> dg.Failure:
-    """The run's failure message: which canary failed, what it found, where the fix is."""
-    first = failed[0]
-    others = f" (and {', '.join(r.name for r in failed[1:])})" if failed[1:] else ""
-    return failure(
-        f"canary {first.name} failed{others}",
-        f"{first.summary()}; the runbook says what to do: "
-        f"{runbook_link(first.runbook_anchor, runbook_base_url)}",
-    )
+        # sentence instead of Dagster's generic DagsterAssetCheckFailedError. WARN canaries
+        # alone do not fail the run.
+        raise failure(job.subject, job.failure or "")
 
 
 canary_job = dg.define_asset_job(

@@ -2,14 +2,16 @@
 
 A failed blocking ERROR check fails its run, so the run-failure sensor posts it to Slack. This
 covers a nightly run that silently never happened; the hourly GitHub workflow covers the case
-where Dagster itself is down. No ``from __future__ import annotations`` here.
+where Dagster itself is down. The check and its text are ``hardening_pipeline.jobs.status``'s
+``backup_freshness``, the same line ``hardening status --backup-freshness`` prints. No ``from
+__future__ import annotations`` here.
 """
 
 from datetime import timedelta
 
 import dagster as dg
 
-from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, check_backup_freshness
+from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE
 from hardening_pipeline.defs.backup import nightly_backup
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
@@ -17,6 +19,7 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
 )
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.jobs.status import FreshnessRequest, backup_freshness
 
 
 @dg.asset_check(
@@ -43,7 +46,8 @@ def backup_is_fresh(
             severity=dg.AssetCheckSeverity.ERROR,
             description=f"cannot check backup freshness: {exc}",
         )
-    fresh = check_backup_freshness(store, keyring, max_age=DEFAULT_MAX_AGE)
+    checked = backup_freshness(FreshnessRequest(store, keyring, DEFAULT_MAX_AGE))
+    fresh, line = checked.freshness, checked.line
     metadata = {
         "newest_backup_id": dg.MetadataValue.text(fresh.newest_backup_id or "none found"),
         "store": dg.MetadataValue.text(store.describe()),
@@ -53,7 +57,7 @@ def backup_is_fresh(
     return dg.AssetCheckResult(
         passed=fresh.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=fresh.detail,
+        description=line.detail if line.passed else f"{line.detail}. {line.fix}",
         metadata=metadata,
     )
 

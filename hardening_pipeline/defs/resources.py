@@ -1,16 +1,20 @@
 """Dagster resources shared by every op: thin handles over the plain-Python core."""
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from hardening_pipeline.alerts.slack import SlackNotifier
-from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings, parse_master_key
-from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
+from hardening_pipeline.backup.crypto import Keyring, parse_master_key
+from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore
 from hardening_pipeline.db.connection import resolve_database_url
 from hardening_pipeline.db.tenant_scoped_client import Mode, TenantScopedClient
+from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring, slack_notifier
 from hardening_pipeline.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # built by jobs.wiring; named here only for the return type
+    from hardening_pipeline.alerts.slack import SlackNotifier
 
 
 class AppDatabaseResource(dg.ConfigurableResource):
@@ -75,11 +79,11 @@ class BackupStoreResource(dg.ConfigurableResource):
     part_size: int = DEFAULT_PART_SIZE
 
     def open(self) -> BackupStore:
-        settings = load_settings()
-        return open_store(
-            self.store_url or settings.effective_store_url,
-            endpoint_url=self.s3_endpoint_url or settings.s3_endpoint_url,
-            region=self.s3_region or settings.s3_region,
+        return open_configured_store(
+            load_settings(),
+            store_url=self.store_url,
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
             part_size=self.part_size,
         )
 
@@ -112,7 +116,7 @@ class EncryptionKeysResource(dg.ConfigurableResource):
                     value, f"entry {index} of the encryption_keys resource's `previous_keys` config"
                 )
             settings = replace(settings, previous_encryption_keys=keys)
-        return keyring_from_settings(settings)
+        return open_keyring(settings)
 
 
 class SlackAlertsResource(dg.ConfigurableResource):
@@ -126,9 +130,13 @@ class SlackAlertsResource(dg.ConfigurableResource):
     timeout: float = 10.0
     max_retries: int = 3
 
-    def notifier(self) -> SlackNotifier:
-        url = configured(self.webhook_url) or load_settings().slack_webhook_url
-        return SlackNotifier(url, timeout=self.timeout, max_retries=self.max_retries)
+    def notifier(self) -> "SlackNotifier":
+        return slack_notifier(
+            load_settings(),
+            webhook_url=configured(self.webhook_url),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     def runbook_base_url(self) -> str | None:
         """Where the runbook is published (HARDENING_RUNBOOK_URL), for links in alerts."""

@@ -1,8 +1,9 @@
 """The monthly restore drill as a Dagster asset, job and schedule.
 
-The drill itself is ``hardening_pipeline.restore.drill`` (what ``hardening restore-drill`` runs);
-this module hands it resources, writes the report, posts the result to Slack, and turns a red
-drill into a failed run. No ``from __future__ import annotations``: Dagster inspects them.
+The drill job is ``hardening_pipeline.jobs.drill`` (what ``hardening restore-drill`` runs: the
+drill, its report and its Slack alert); this module hands it resources, records the result as
+metadata, and turns a red drill into a failed run. No ``from __future__ import annotations``:
+Dagster inspects them.
 """
 
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from hardening_pipeline.defs.resources import (
     SlackAlertsResource,
 )
 from hardening_pipeline.errors import HardeningError
-from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
-from hardening_pipeline.restore.report import drill_alert, drill_markdown, write_drill_report
+from hardening_pipeline.jobs.drill import drill_job
+from hardening_pipeline.restore.drill import DrillResult
+from hardening_pipeline.restore.report import drill_markdown
 
 
 class RestoreDrillConfig(dg.Config):
@@ -59,31 +61,27 @@ def restore_drill_report(
         store = backup_store.open()
     except HardeningError as exc:
         raise failure("the restore drill cannot start", str(exc)) from None
-    result = run_restore_drill(
+    job = drill_job(
         store,
         keyring,
+        reports_dir=settings.reports_dir,
+        notifier=slack.notifier(),
+        runbook_base_url=slack.runbook_base_url(),
         backup_id=config.backup_id,
         target_dsn=config.target_dsn,
         on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
     )
-    report = write_drill_report(result, settings.reports_dir)
-    delivery = slack.notifier().send(drill_alert(result, report, slack.runbook_base_url()))
-    if not delivery.delivered:
-        context.log.warning(f"the drill result was NOT delivered to Slack: {delivery.detail}")
-    metadata = drill_metadata(result, report.markdown)
-    metadata["slack_delivered"] = dg.MetadataValue.bool(delivery.delivered)
+    delivered = job.delivery is not None and job.delivery.delivered
+    if not delivered:
+        detail = job.delivery.detail if job.delivery else "no notifier"
+        context.log.warning(f"the drill result was NOT delivered to Slack: {detail}")
+    metadata = drill_metadata(job.result, job.report.markdown)
+    metadata["slack_delivered"] = dg.MetadataValue.bool(delivered)
     # Recorded before failing, so the asset page shows RPO, the report and what went wrong for a
     # red drill too: the report exists either way, and it is what this asset is.
     yield dg.MaterializeResult(metadata=metadata)
-    if not result.passed:
-        raise failure(
-            f"restore drill failed at stage {result.failed_stage or 'verify'}",
-            (
-                f"{result.failure or 'an invariant or drill test is red'}; "
-                f"the report {report.markdown.resolve()} lists each check and its fix."
-            ),
-            metadata=metadata,
-        )
+    if not job.passed:
+        raise failure(job.subject, job.failure or "", metadata=metadata)
 
 
 def drill_metadata(result: DrillResult, report_path: Path) -> dict[str, dg.MetadataValue]:

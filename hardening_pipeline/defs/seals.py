@@ -1,7 +1,7 @@
 """Audit seals every minute as a Dagster asset, with its job and schedule.
 
-The work is ``hardening_pipeline.hardening.seals`` (the same functions ``hardening seal`` calls):
-this asset seals what is new, then verifies the whole chain against the store copies and the
+The work is ``hardening_pipeline.jobs.seal`` (the same function ``hardening seal`` calls): this
+asset seals what is new, then verifies the whole chain against the store copies and the
 key, which the daily status report cannot do on its own (it reads only the database). It
 records each full re-hash (``hardening.audit_seal_checks``), so later runs re-hash only seals
 whose rows changed version, plus each seal once every ``RECHECK_AFTER``; a rewritten unsealed
@@ -18,7 +18,7 @@ from hardening_pipeline.defs.resources import (
     BackupStoreResource,
     EncryptionKeysResource,
 )
-from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+from hardening_pipeline.jobs.seal import seal_job
 
 SEAL_ACTOR = "dagster:audit_seal"
 
@@ -56,15 +56,15 @@ def audit_seal(
     settings = app_db.settings()
     keyring = encryption_keys.keyring(settings)
     store = backup_store.open()
-    url = app_db.url()
-    run = seal_audit_log(url, store=store, keyring=keyring, actor=SEAL_ACTOR)
+    job = seal_job(app_db.url(), store=store, keyring=keyring, actor=SEAL_ACTOR)
+    run, verification = job.run, job.verification
+    assert run is not None  # sealing was asked for
     context.log.info(run.summary())
     if run.horizon.held_back_by:
         context.log.warning(
             "open transaction(s) held the seal back: "
             + ", ".join(map(str, run.horizon.held_back_by))
         )
-    verification = verify_audit_seals(url, store=store, keyring=keyring, record_as=SEAL_ACTOR)
     latest = run.latest
     return dg.MaterializeResult(
         metadata={
@@ -82,7 +82,7 @@ def audit_seal(
                 check_name="seal_chain_intact",
                 passed=verification.passed,
                 severity=dg.AssetCheckSeverity.ERROR,
-                description=verification.detail,
+                description=verification.detail if job.passed else job.failure,
                 metadata={
                     # An id, not a quantity: text, so it is never plotted as a metric.
                     "first_bad_id": dg.MetadataValue.text(

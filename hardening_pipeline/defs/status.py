@@ -1,8 +1,8 @@
 """The hardening status report as an asset, with its job and daily schedule.
 
-The checks and the report files come from ``hardening_pipeline.hardening``; this asset only runs
-them, records the checklist as metadata, alerts Slack when something turned red, and exposes an
-``all_green`` check so a red report is red in the UI too.
+The status job is ``hardening_pipeline.jobs.status`` (the checks, the report files and the Slack
+alert, as ``hardening status`` runs them); this asset records the checklist as metadata and
+exposes an ``all_green`` check so a red report is red in the UI too.
 
 No ``from __future__ import annotations`` here: Dagster inspects the context annotation.
 """
@@ -10,9 +10,8 @@ No ``from __future__ import annotations`` here: Dagster inspects the context ann
 import dagster as dg
 
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
-from hardening_pipeline.hardening.alerts import alert_status
-from hardening_pipeline.hardening.report import checklist_markdown, write_report
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.report import checklist_markdown
+from hardening_pipeline.jobs.status import status_job
 
 
 @dg.asset(
@@ -37,16 +36,14 @@ from hardening_pipeline.hardening.status_check import run_status_check
 def hardening_status_report(
     context: dg.AssetExecutionContext, app_db: AppDatabaseResource, slack: SlackAlertsResource
 ) -> dg.MaterializeResult:
-    url = app_db.url()
-    report = run_status_check(url)
-    files = write_report(report, app_db.settings().reports_dir)
-    outcome = alert_status(
-        url,
-        report,
-        slack.notifier(),
-        report_path=str(files.markdown),
+    job = status_job(
+        app_db.url(),
+        reports_dir=app_db.settings().reports_dir,
+        notifier=slack.notifier(),
         runbook_base_url=slack.runbook_base_url(),
     )
+    report, files, outcome = job.report, job.files, job.alert
+    assert outcome is not None  # a notifier was given, so the alert was decided
     if outcome.undelivered:
         context.log.error(f"Slack status alert was NOT delivered: {outcome.detail}")
     red = [line.name for line in report.red]

@@ -1,0 +1,7 @@
+"""One function per job: it does the work, writes the report and sends the alert.
+
+``cli.py`` and ``defs/`` call these and only present the result (tables, metadata, exit codes),
+so a job behaves the same from the command line, the Dagster UI and the evidence run. Each
+result says whether it ``passed`` and, when red, gives one ``failure`` sentence naming the
+problem and the fix. No Dagster import anywhere in this package.
+"""

@@ -1,0 +1,78 @@
+"""The backup job: take the backup, then check the rows a restore would trip over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hardening_pipeline.alerts.runbook import runbook_link
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.export import DEFAULT_SCHEMAS
+from hardening_pipeline.backup.nightly import BackupResult, run_backup
+from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.canaries import CanaryResult, run_canaries
+
+# The canaries whose findings a restore trips over: rows the restored foreign keys refuse.
+INTEGRITY_CANARIES = ["orphaned_messages", "tenant_misalignment"]
+
+
+@dataclass(frozen=True)
+class BackupJobResult:
+    backup: BackupResult
+    # Integrity canaries that fired: the backup holds rows a restore cannot load.
+    blocking: list[CanaryResult]
+    runbook_base_url: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking
+
+    @property
+    def subject(self) -> str:
+        return f"backup {self.backup.backup_id} will not restore cleanly"
+
+    @property
+    def failure(self) -> str | None:
+        if not self.blocking:
+            return None
+        first = self.blocking[0]
+        return (
+            f"canary {first.name} finds {first.summary()}; a restore cannot load such rows, so "
+            f"fix them ({runbook_link(first.runbook_anchor, self.runbook_base_url)}) and take "
+            "the backup again."
+        )
+
+
+def backup_job(
+    url: str,
+    store: BackupStore,
+    keyring: Keyring,
+    *,
+    dry_run: bool = False,
+    workers: int = 1,
+    on_object: Callable[[str, int, int], None] | None = None,
+    schemas: Sequence[str] = DEFAULT_SCHEMAS,
+    pg_dump_path: str | None = None,
+    runbook_base_url: str | None = None,
+) -> BackupJobResult:
+    """Back up ``url``; red (backup kept) when an integrity canary finds rows it cannot restore.
+
+    A backup with bad rows beats none, so it is stored either way; but the drill would fail on
+    those rows weeks later, so the run says so now.
+    """
+    result = run_backup(
+        url,
+        store,
+        keyring,
+        dry_run=dry_run,
+        workers=workers,
+        on_object=on_object,
+        schemas=schemas,
+        pg_dump_path=pg_dump_path,
+    )
+    blocking = [
+        r
+        for r in run_canaries(url, names=INTEGRITY_CANARIES)
+        if not r.passed and r.severity == "error"
+    ]
+    return BackupJobResult(result, blocking, runbook_base_url)

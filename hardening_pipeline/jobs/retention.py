@@ -1,0 +1,91 @@
+"""The retention job: apply the keep rules and list every decision with its reason once.
+
+The CLI's table, the Dagster metadata and the evidence log all render ``rows``, so the three
+cannot disagree about what was kept, what went, and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.prune import RetentionOutcome, apply_retention
+from hardening_pipeline.backup.retention import RetentionPolicy
+from hardening_pipeline.backup.store import BackupStore
+
+KEEP = "keep"
+INCOMPLETE_WHY = "incomplete: no manifest after the grace period"
+
+
+@dataclass(frozen=True)
+class RetentionRow:
+    backup_id: str
+    # None for an incomplete folder: without a manifest there is no verified time.
+    taken_at: datetime | None
+    decision: str  # "keep", "deleted" or "would delete"
+    why: str
+
+    @property
+    def kept(self) -> bool:
+        return self.decision == KEEP
+
+
+@dataclass(frozen=True)
+class RetentionJobResult:
+    outcome: RetentionOutcome
+    policy: RetentionPolicy
+    rows: list[RetentionRow]
+    location: str
+
+    @property
+    def passed(self) -> bool:
+        # Retention either finishes or raises with nothing deleted; a finished run is green.
+        return True
+
+    @property
+    def failure(self) -> str | None:
+        return None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.outcome.dry_run
+
+    @property
+    def verb(self) -> str:
+        return "would delete" if self.outcome.dry_run else "deleted"
+
+    def summary(self) -> str:
+        outcome = self.outcome
+        return (
+            f"{len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} {self.verb}, "
+            f"{len(outcome.debris)} incomplete {self.verb}"
+        )
+
+
+def decision_rows(outcome: RetentionOutcome) -> list[RetentionRow]:
+    """Every backup and incomplete folder with what happened to it, kept ones first."""
+    verb = "would delete" if outcome.dry_run else "deleted"
+    rows = [
+        RetentionRow(k.backup_id, k.created_at, KEEP, ", ".join(k.reasons))
+        for k in outcome.plan.keep
+    ]
+    rows += [
+        RetentionRow(r.backup_id, r.created_at, verb, "not selected by any rule")
+        for r in outcome.plan.delete
+    ]
+    rows += [RetentionRow(d.backup_id, None, verb, INCOMPLETE_WHY) for d in outcome.debris]
+    return rows
+
+
+def retention_job(
+    store: BackupStore,
+    keyring: Keyring,
+    policy: RetentionPolicy | None = None,
+    *,
+    dry_run: bool = False,
+) -> RetentionJobResult:
+    """Keep what ``policy`` selects (30/12/12 by default) and delete the rest, manifest first."""
+    policy = policy or RetentionPolicy()
+    outcome = apply_retention(store, keyring, policy, dry_run=dry_run)
+    return RetentionJobResult(outcome, policy, decision_rows(outcome), store.describe())

@@ -1,0 +1,57 @@
+"""The seal job: seal the audit rows added since the last seal, then verify the whole chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.hardening.seals import (
+    SealRun,
+    SealVerification,
+    seal_audit_log,
+    verify_audit_seals,
+)
+from hardening_pipeline.hardening.seals.horizon import DEFAULT_WAIT_SECONDS
+
+
+@dataclass(frozen=True)
+class SealJobResult:
+    # None with verify_only: nothing was sealed.
+    run: SealRun | None
+    verification: SealVerification
+
+    @property
+    def passed(self) -> bool:
+        return self.verification.passed
+
+    @property
+    def subject(self) -> str:
+        return "the audit seal chain is broken"
+
+    @property
+    def failure(self) -> str | None:
+        if self.verification.passed:
+            return None
+        return f"{self.verification.detail}; {self.verification.fix}"
+
+
+def seal_job(
+    url: str,
+    *,
+    store: BackupStore,
+    keyring: Keyring,
+    actor: str,
+    verify_only: bool = False,
+    full: bool = False,
+    wait_seconds: float = DEFAULT_WAIT_SECONDS,
+) -> SealJobResult:
+    """Seal what is new (unless ``verify_only``) and verify the chain against the store copies;
+    the full re-hashes are recorded as ``actor``."""
+    run = None
+    if not verify_only:
+        run = seal_audit_log(
+            url, store=store, keyring=keyring, actor=actor, wait_seconds=wait_seconds
+        )
+    verification = verify_audit_seals(url, store=store, keyring=keyring, full=full, record_as=actor)
+    return SealJobResult(run, verification)

@@ -1,0 +1,105 @@
+"""The status job: every hardening check (plus backup freshness when asked), its report files
+and its Slack alert."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from hardening_pipeline.alerts.slack import SlackNotifier
+from hardening_pipeline.alerts.state import AlertOutcome
+from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, Freshness, check_backup_freshness
+from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.hardening.alerts import alert_status
+from hardening_pipeline.hardening.report import write_report
+from hardening_pipeline.hardening.status_check import CheckLine, StatusReport, run_status_check
+from hardening_pipeline.reports import ReportFiles
+
+FRESHNESS_FIX = (
+    "Find out why the nightly backup did not run or failed (Dagster daemon, schedule, "
+    "workflow, key, store) and run `hardening backup` now."
+)
+
+
+@dataclass(frozen=True)
+class FreshnessRequest:
+    """Where to look for the newest backup, and how old it may be."""
+
+    store: BackupStore
+    keyring: Keyring
+    max_age: timedelta = DEFAULT_MAX_AGE
+
+
+@dataclass(frozen=True)
+class BackupFreshness:
+    freshness: Freshness
+    line: CheckLine
+
+
+def backup_freshness(request: FreshnessRequest) -> BackupFreshness:
+    """The backup-freshness check and its status line (the same text in the CLI and Dagster)."""
+    fresh = check_backup_freshness(request.store, request.keyring, max_age=request.max_age)
+    hours = request.max_age / timedelta(hours=1)
+    line = CheckLine(
+        name="backup_freshness",
+        passed=fresh.passed,
+        detail=fresh.detail,
+        fix="" if fresh.passed else FRESHNESS_FIX,
+        title=f"a verified backup exists from the last {hours:g} hours",
+    )
+    return BackupFreshness(fresh, line)
+
+
+@dataclass(frozen=True)
+class StatusJobResult:
+    report: StatusReport
+    files: ReportFiles
+    # None when no alert was asked for.
+    alert: AlertOutcome | None
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+    @property
+    def subject(self) -> str:
+        return "the hardening status is red"
+
+    @property
+    def failure(self) -> str | None:
+        if self.report.passed:
+            return None
+        red = self.report.red
+        return (
+            f"{len(red)} of {len(self.report.lines)} checks are red: "
+            f"{', '.join(line.name for line in red)}; {self.files.markdown} gives each fix."
+        )
+
+
+def status_job(
+    url: str,
+    *,
+    reports_dir: Path,
+    notifier: SlackNotifier | None,
+    runbook_base_url: str | None = None,
+    freshness: FreshnessRequest | None = None,
+) -> StatusJobResult:
+    """Check every guarantee, write ``status-<UTC>.md``/``.json`` and alert on a change."""
+    # Freshness first: its store and key were opened before the database was touched.
+    fresh = backup_freshness(freshness) if freshness is not None else None
+    report = run_status_check(url)
+    if fresh is not None:
+        report.lines.append(fresh.line)
+    files = write_report(report, reports_dir)
+    alert = None
+    if notifier is not None:
+        alert = alert_status(
+            url,
+            report,
+            notifier,
+            report_path=str(files.markdown),
+            runbook_base_url=runbook_base_url,
+        )
+    return StatusJobResult(report, files, alert)
