@@ -588,7 +588,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
     """Run everything an auditor asked for and write evidence/<timestamp>/ with SUMMARY.md."""
     from rich.live import Live
 
-    from hardening_pipeline.evidence import run_evidence
+    from hardening_pipeline.jobs.evidence import run_evidence
 
     rows: dict[str, tuple[str, float]] = {}
 
@@ -625,7 +625,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
     console.print(summary)
     console.print(f"evidence: {result.folder}/SUMMARY.md")
     if not result.passed:
-        raise CheckFailed(f"the evidence run is red; read {result.folder}/SUMMARY.md")
+        raise _red(result)
 
 
 @main.command()

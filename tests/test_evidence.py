@@ -14,7 +14,7 @@ import pytest
 
 from hardening_pipeline.defs.evidence import evidence_bundle
 from hardening_pipeline.defs.resources import AppDatabaseResource
-from hardening_pipeline.evidence import project_file_tree
+from hardening_pipeline.jobs.evidence import project_file_tree
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
 

@@ -1,6 +1,6 @@
 """The evidence bundle as a Dagster asset and job: one materialization, everything an auditor
-asked for. The work is ``hardening_pipeline.evidence.run_evidence`` (what ``hardening evidence``
-runs). No ``from __future__ import annotations``: Dagster inspects the annotations.
+asked for. The work is ``hardening_pipeline.jobs.evidence.run_evidence`` (what ``hardening
+evidence`` runs). No ``from __future__ import annotations``: Dagster inspects the annotations.
 """
 
 from collections.abc import Iterator
@@ -11,7 +11,7 @@ import dagster as dg
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource
 from hardening_pipeline.errors import HardeningError
-from hardening_pipeline.evidence import EvidenceResult, run_evidence, summary_markdown
+from hardening_pipeline.jobs.evidence import EvidenceResult, run_evidence, summary_markdown
 
 
 class EvidenceConfig(dg.Config):
@@ -55,13 +55,7 @@ def evidence_bundle(
         "upload": dg.MetadataValue.text(result.upload),
     }
     if not result.passed:
-        red = [f"{item} ({title})" for item, title, green, _ in result.summary_lines if not green]
-        raise failure(
-            "evidence is red",
-            f"{'; '.join(red)}; {Path(result.folder).resolve() / 'SUMMARY.md'} "
-            "says what each one needs.",
-            metadata=metadata,
-        )
+        raise failure(result.subject, result.failure or "", metadata=metadata)
     yield dg.MaterializeResult(metadata=metadata)
 
 

@@ -1,5 +1,9 @@
 """One function per job: it does the work, writes the report and sends the alert.
 
+One module per job: ``backup``, ``retention``, ``drill``, ``status``, ``canaries``, ``seal`` and
+``evidence`` (which runs the others in order); ``wiring`` builds their keyring, store and Slack
+notifier from the settings.
+
 ``cli.py`` and ``defs/`` call these and only present the result (tables, metadata, exit codes),
 so a job behaves the same from the command line, the Dagster UI and the evidence run. Each
 result says whether it ``passed`` and, when red, gives one ``failure`` sentence naming the

@@ -6,7 +6,9 @@ package, shows what it refuses), and the status check again. Every stage writes 
 reads and a ``.json`` a machine reads into ``evidence/<timestamp>/``; ``file-tree.txt`` lists the
 files the hardening consists of; ``SUMMARY.md`` gives one green/red line per task-list item (A to
 G) with a pointer to its proof. A stage that fails does not stop the others (an auditor wants the
-whole picture), but any red makes the run red.
+whole picture), but any red makes the run red. The stages call the other job functions
+(``backup_job``, ``retention_job``, ``drill_job``, ``canary_job``, ``status_job``) without a Slack
+notifier: an evidence run proves, it does not page anyone.
 
 The embedded default database is seeded with a small demo dataset when it is empty, so a first
 run has something to prove; a configured database is never seeded.
@@ -45,7 +47,7 @@ from hardening_pipeline.restore.report import drill_markdown
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.settings import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What the hardening consists of, for file-tree.txt (paths only, relative to the project).
 FILE_TREE_GLOBS = (
     "sql/migrations/*.sql",
@@ -91,6 +93,20 @@ class EvidenceResult:
     def passed(self) -> bool:
         return all(green for _, _, green, _ in self.summary_lines) and all(
             s.passed for s in self.stages
+        )
+
+    @property
+    def subject(self) -> str:
+        return "the evidence run is red"
+
+    @property
+    def failure(self) -> str | None:
+        if self.passed:
+            return None
+        red = [f"{item} ({title})" for item, title, green, _ in self.summary_lines if not green]
+        red = red or [f"stage {s.name}" for s in self.stages if not s.passed]
+        return (
+            f"{'; '.join(red)}; {Path(self.folder).resolve() / 'SUMMARY.md'} says what each needs."
         )
 
 
