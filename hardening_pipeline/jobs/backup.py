@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.export import DEFAULT_SCHEMAS
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.canaries import CanaryResult, run_canaries
@@ -48,28 +47,17 @@ def backup_job(
     store: BackupStore,
     keyring: Keyring,
     *,
-    dry_run: bool = False,
-    workers: int = 1,
-    on_object: Callable[[str, int, int], None] | None = None,
-    schemas: Sequence[str] = DEFAULT_SCHEMAS,
-    pg_dump_path: str | None = None,
     runbook_base_url: str | None = None,
+    **options: Any,
 ) -> BackupJobResult:
     """Back up ``url``; red (backup kept) when an integrity canary finds rows it cannot restore.
 
-    A backup with bad rows beats none, so it is stored either way; but the drill would fail on
-    those rows weeks later, so the run says so now.
+    ``options`` are ``run_backup``'s (``dry_run``, ``workers``, ``on_object``, ``schemas``,
+    ``pg_dump_path``), passed through so the two cannot drift apart. A backup with bad rows
+    beats none, so it is stored either way; but the drill would fail on those rows weeks later,
+    so the run says so now.
     """
-    result = run_backup(
-        url,
-        store,
-        keyring,
-        dry_run=dry_run,
-        workers=workers,
-        on_object=on_object,
-        schemas=schemas,
-        pg_dump_path=pg_dump_path,
-    )
+    result = run_backup(url, store, keyring, **options)
     blocking = [
         r
         for r in run_canaries(url, names=INTEGRITY_CANARIES)
