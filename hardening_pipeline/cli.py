@@ -36,6 +36,7 @@ from hardening_pipeline.db.tenant_resolver import (
     set_membership_resolver,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.jobs import JobResult
 from hardening_pipeline.settings import Settings, load_settings
 
 console = Console(highlight=False)
@@ -311,7 +312,7 @@ def _notifier(ctx: Context, no_alert: bool = False):
     return None if no_alert else slack_notifier(ctx.settings)
 
 
-def _red(result: Any) -> CheckFailed:
+def _red(result: JobResult) -> CheckFailed:
     """A red job result as the one sentence the CLI prints before exiting 1."""
     return CheckFailed(f"{result.subject}: {result.failure}")
 

@@ -9,3 +9,18 @@ so a job behaves the same from the command line, the Dagster UI and the evidence
 result says whether it ``passed`` and, when red, gives one ``failure`` sentence naming the
 problem and the fix. No Dagster import anywhere in this package.
 """
+
+from typing import Protocol
+
+
+class JobResult(Protocol):
+    """What every job result offers its presenters."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def failure(self) -> str | None: ...

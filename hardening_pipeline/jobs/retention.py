@@ -44,6 +44,10 @@ class RetentionJobResult:
         return True
 
     @property
+    def subject(self) -> str:
+        return f"retention on {self.location}"
+
+    @property
     def failure(self) -> str | None:
         return None
 
