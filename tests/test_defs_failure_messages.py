@@ -4,7 +4,9 @@ Dagster shows a failed step's error message as recorded in the event log; these 
 that record (the same field the UI and the failure alert read) from real failed runs.
 """
 
+import base64
 import json
+import os
 
 import dagster as dg
 
@@ -128,3 +130,31 @@ def test_under_the_sentence_dagster_still_records_its_own_frames_down_to_the_rai
     assert "hardening_pipeline/defs/backup.py" in frames[-1]
     assert failed.error.cause is None and failed.error.context is None
     assert failed.error_source.value == "FRAMEWORK_ERROR"
+
+
+def test_a_store_failure_reads_as_one_sentence_without_chained_tracebacks(
+    db_url: str, tmp_path
+) -> None:
+    # The store's folder cannot be created (a file is in the way): an OSError deep in the store,
+    # which used to arrive wrapped in several nested tracebacks.
+    blocker = tmp_path / "store"
+    blocker.write_text("not a folder")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [nightly_backup],
+            instance=instance,
+            resources={
+                "app_db": AppDatabaseResource(database_url=db_url),
+                "backup_store": BackupStoreResource(store_url=(blocker / "backups").as_uri()),
+                "encryption_keys": EncryptionKeysResource(
+                    key=base64.b64encode(os.urandom(32)).decode()
+                ),
+            },
+            raise_on_error=False,
+        )
+        [line] = step_failure_lines(instance, result.run_id)
+    assert_reads_as_a_sentence(line)
+    assert line.startswith("nightly backup failed: "), line
+    error = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    assert error.cause is None and error.context is None
+    assert error.message.strip() == line
