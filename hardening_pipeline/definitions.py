@@ -1,7 +1,5 @@
 """The Dagster code location: assets, checks, jobs, schedules, sensors and resources."""
 
-import warnings
-
 import dagster as dg
 
 from hardening_pipeline.defs.assets import (
@@ -15,6 +13,7 @@ from hardening_pipeline.defs.backup import (
     nightly_backup_job,
     nightly_backup_schedule,
 )
+from hardening_pipeline.defs.catalog import catalog_assets
 from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
 from hardening_pipeline.defs.evidence import evidence_bundle, evidence_job
 from hardening_pipeline.defs.freshness import (
@@ -44,24 +43,25 @@ from hardening_pipeline.defs.status import (
     status_check_job,
     status_check_schedule,
 )
+from hardening_pipeline.settings import load_dagster_catalog_settings
 
-# Each asset links to the file and line that defines it (the UI's "code references"). The
-# helper is marked beta; its warning would otherwise print on every `dagster` command.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    _assets = dg.with_source_code_references(
-        [
-            observe_application_tables,
-            database_schema,
-            hardening_status_report,
-            nightly_backup,
-            backup_retention,
-            restore_drill_report,
-            evidence_bundle,
-            audit_seal,
-            slack_failure_alerts,
-        ]
-    )
+# Every asset names its owners (HARDENING_DAGSTER_OWNERS) and links to the file and line that
+# defines it (the UI's "code references"; to the repository when HARDENING_GIT_URL is set). A
+# bad value stops the code location from loading with one sentence naming the variable.
+_assets = catalog_assets(
+    [
+        observe_application_tables,
+        database_schema,
+        hardening_status_report,
+        nightly_backup,
+        backup_retention,
+        restore_drill_report,
+        evidence_bundle,
+        audit_seal,
+        slack_failure_alerts,
+    ],
+    load_dagster_catalog_settings(),
+)
 
 defs = dg.Definitions(
     assets=_assets,

@@ -24,6 +24,11 @@ variable name is caught here, once.
 |  | e.g. ``public,auth``; ``hardening`` is always added | ``hardening`` |
 | HARDENING_PG_DUMP | path of the ``pg_dump`` to use for the schema part of backups | found: PATH, |
 |  |  | ``/usr/lib/postgresql/<major>/bin``, the embedded server's |
+| HARDENING_DAGSTER_OWNERS | owners of every Dagster asset, comma-separated, | ``team:platform`` |
+|  | each an email or ``team:<name>`` |  |
+| HARDENING_GIT_URL | GitHub/GitLab repository URL: asset code links open it there | unset: local |
+|  |  | file paths |
+| HARDENING_GIT_BRANCH | branch those links point at | ``main`` |
 
 How policies find the current tenant is deliberately not an environment variable: PostgREST and
 every other client must see the same rule, so it is kept in the database
@@ -248,4 +253,68 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         runbook_url=runbook.split("#", 1)[0] if runbook else None,
         backup_schemas=parse_backup_schemas(_clean(env, ENV_BACKUP_SCHEMAS)),
         pg_dump_path=_clean(env, ENV_PG_DUMP),
+    )
+
+
+# --- the Dagster catalog: who owns the assets, where their code lives ---------------------------
+
+ENV_DAGSTER_OWNERS = "HARDENING_DAGSTER_OWNERS"
+ENV_GIT_URL = "HARDENING_GIT_URL"
+ENV_GIT_BRANCH = "HARDENING_GIT_BRANCH"
+DEFAULT_DAGSTER_OWNERS = ("team:platform",)
+# Dagster's own owner rule (an email, or "team:" and a name), restated so a bad value is refused
+# here with the variable's name instead of by Dagster with an asset's name.
+_OWNER_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}")
+_OWNER_TEAM = re.compile(r"team:\S.*")
+_GIT_BRANCH = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+@dataclass(frozen=True)
+class DagsterCatalogSettings:
+    """How the assets present themselves in the Dagster UI: owners and links to their code."""
+
+    owners: tuple[str, ...] = DEFAULT_DAGSTER_OWNERS
+    git_url: str | None = None
+    git_branch: str = "main"
+
+
+def parse_dagster_owners(value: str | None) -> tuple[str, ...]:
+    """``HARDENING_DAGSTER_OWNERS``: comma-separated emails or ``team:<name>``; unset = default."""
+    if value is None or not value.strip():
+        return DEFAULT_DAGSTER_OWNERS
+    owners = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [o for o in owners if not (_OWNER_EMAIL.fullmatch(o) or _OWNER_TEAM.fullmatch(o))]
+    if bad or not owners:
+        raise ConfigError(
+            f"{ENV_DAGSTER_OWNERS} must be comma-separated owners, each an email or team:<name> "
+            f"like team:platform,oncall@example.com (got {(bad[0] if bad else value)!r}); fix the "
+            f"variable or unset it for {DEFAULT_DAGSTER_OWNERS[0]}."
+        )
+    return tuple(dict.fromkeys(owners))
+
+
+def load_dagster_catalog_settings(
+    environ: Mapping[str, str] | None = None,
+) -> DagsterCatalogSettings:
+    """Read the catalog variables alone, so a bad backup or Slack variable cannot stop the Dagster
+    code location from loading (those are checked when a run uses them)."""
+    env = os.environ if environ is None else environ
+    git_url = _clean(env, ENV_GIT_URL)
+    _check_url(ENV_GIT_URL, git_url, ("https", "http"), need_host=True)
+    # Dagster builds the link from the host's platform; it knows GitHub's and GitLab's layouts.
+    if git_url is not None and not any(h in git_url.lower() for h in ("github", "gitlab")):
+        raise ConfigError(
+            f"{ENV_GIT_URL} must be a GitHub or GitLab repository URL like "
+            f"https://github.com/acme/hardening; fix the variable or unset it for local file links."
+        )
+    branch = _clean(env, ENV_GIT_BRANCH) or "main"
+    if not _GIT_BRANCH.fullmatch(branch):
+        raise ConfigError(
+            f"{ENV_GIT_BRANCH} must be a branch name like main (got {branch!r}); fix the variable "
+            f"or unset it for main."
+        )
+    return DagsterCatalogSettings(
+        owners=parse_dagster_owners(_clean(env, ENV_DAGSTER_OWNERS)),
+        git_url=git_url.rstrip("/") if git_url else None,
+        git_branch=branch,
     )

@@ -4,7 +4,9 @@ Dagster shows a failed step's error message as recorded in the event log; these 
 that record (the same field the UI and the failure alert read) from real failed runs.
 """
 
+import base64
 import json
+import os
 
 import dagster as dg
 
@@ -91,3 +93,68 @@ def test_a_backup_that_cannot_start_says_why_in_one_sentence(db_url: str, monkey
     # No chained causes under the sentence.
     error = next(e.event_specific_data.error for e in result.all_events if e.is_step_failure)
     assert error.cause is None and error.context is None
+
+
+def test_under_the_sentence_dagster_still_records_its_own_frames_down_to_the_raising_line(
+    db_url: str, monkeypatch
+) -> None:
+    """Why the UI still prints Dagster's frames under the sentence (README, Dagster section).
+
+    dagster 1.13.27 records an intentional ``Failure`` with the whole stack from
+    ``dagster/_core/execution/plan/execute_plan.py:295-300`` (``except Failure``, handed to
+    ``step_failure_event_from_exc_info``) down to the raise: ``objects.py:149`` serialises
+    ``sys.exc_info()`` and ``dagster/_utils/error.py:172`` keeps every frame
+    (``traceback.TracebackException``); no ``error_source`` is passed, so it defaults to
+    ``FRAMEWORK_ERROR`` (``objects.py:108``). The UI hides the outer stack only for
+    ``USER_CODE_ERROR`` with a cause, and that path puts Dagster's
+    ``DagsterExecutionStepExecutionError`` line above ours. Dagster's own frame filter
+    (``dagster_shared/error.py: remove_system_frames_from_error``) is applied to code-location
+    load errors only. When this test fails, Dagster trims the stack itself: drop the README note.
+    """
+    monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [nightly_backup],
+            instance=instance,
+            resources={
+                "app_db": AppDatabaseResource(database_url=db_url),
+                "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),
+                "encryption_keys": EncryptionKeysResource(),
+            },
+            raise_on_error=False,
+        )
+    failed = next(e for e in result.all_events if e.is_step_failure).event_specific_data
+    frames = failed.error.stack
+    assert any("dagster/_core/execution" in frame for frame in frames)
+    # The stack ends where our code raised, and nothing below it (the cause) is recorded.
+    assert "hardening_pipeline/defs/backup.py" in frames[-1]
+    assert failed.error.cause is None and failed.error.context is None
+    assert failed.error_source.value == "FRAMEWORK_ERROR"
+
+
+def test_a_store_failure_reads_as_one_sentence_without_chained_tracebacks(
+    db_url: str, tmp_path
+) -> None:
+    # The store's folder cannot be created (a file is in the way): an OSError deep in the store,
+    # which used to arrive wrapped in several nested tracebacks.
+    blocker = tmp_path / "store"
+    blocker.write_text("not a folder")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [nightly_backup],
+            instance=instance,
+            resources={
+                "app_db": AppDatabaseResource(database_url=db_url),
+                "backup_store": BackupStoreResource(store_url=(blocker / "backups").as_uri()),
+                "encryption_keys": EncryptionKeysResource(
+                    key=base64.b64encode(os.urandom(32)).decode()
+                ),
+            },
+            raise_on_error=False,
+        )
+        [line] = step_failure_lines(instance, result.run_id)
+    assert_reads_as_a_sentence(line)
+    assert line.startswith("nightly backup failed: "), line
+    error = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    assert error.cause is None and error.context is None
+    assert error.message.strip() == line

@@ -52,6 +52,7 @@ BIN = Path(sys.executable).parent
 SHOTS = ROOT / "tests" / "ui_screenshots"
 LOCATION = "hardening_pipeline"
 REPOSITORY = "__repository__"
+OWNERS = "team:platform,oncall@example.com"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -175,6 +176,7 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
         HARDENING_REPORTS_DIR=str(work / "reports"),
         HARDENING_STATE_DIR=str(work / "state"),
         HARDENING_RUNBOOK_URL=runbook_base,
+        HARDENING_DAGSTER_OWNERS=OWNERS,
         DAGSTER_WEBSERVER_URL=base,
     )
     log = (work / "dagster-dev.log").open("w")
@@ -248,6 +250,17 @@ def test_lineage_shows_table_to_backup_to_drill(ui: UI) -> None:
     # Long names are shortened in the middle on graph nodes ("restore_dr…_report").
     page.get_by_text(re.compile(r"^restore_dr.*report$")).first.wait_for(timeout=30_000)
     ui.shot("lineage-table-backup-drill")
+
+
+def test_an_asset_page_names_its_owners(ui: UI) -> None:
+    page = ui.page
+    page.goto(f"{ui.base}/assets/nightly_backup")
+    ui.dismiss_welcome()
+    page.get_by_text("Owners", exact=True).first.wait_for(timeout=30_000)
+    # The ones HARDENING_DAGSTER_OWNERS names: a team (shown by its name) and an email.
+    page.get_by_text("oncall@example.com").first.wait_for(timeout=30_000)
+    page.get_by_text("platform", exact=True).first.wait_for(timeout=30_000)
+    ui.shot("asset-owners")
 
 
 def test_a_broken_canary_fails_its_run_with_the_canary_sentence_first(ui: UI) -> None:

@@ -26,7 +26,10 @@ QUERY = """
         name
         location { name }
         jobs { name }
-        assetNodes { assetKey { path } description groupName }
+        assetNodes {
+          assetKey { path } description groupName
+          owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } }
+        }
         schedules { name cronSchedule executionTimezone scheduleState { status } }
         sensors { name sensorState { status } }
       }
@@ -58,7 +61,11 @@ def webserver(tmp_path):
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    env = dict(os.environ, DAGSTER_HOME=str(home))
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        HARDENING_DAGSTER_OWNERS="team:platform,oncall@example.com",
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -99,6 +106,9 @@ def test_ui_shows_our_assets_jobs_schedules_and_sensors(webserver):
     assert set(assets) == ASSETS
     assert all(a["description"] for a in assets.values())
     assert assets["app/messages"]["groupName"] == "application_tables"
+    # The catalog's owners are the ones HARDENING_DAGSTER_OWNERS names, on every asset.
+    owners = [{"team": "platform"}, {"email": "oncall@example.com"}]
+    assert {key: a["owners"] for key, a in assets.items()} == {key: owners for key in ASSETS}
     schedules = {s["name"]: s for s in repo["schedules"]}
     assert {n: (s["cronSchedule"]) for n, s in schedules.items()} == {
         n: cron for n, (cron, _) in SCHEDULES.items()

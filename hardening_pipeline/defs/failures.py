@@ -6,6 +6,13 @@ by every chained cause. The operator needs neither: the sentence already names t
 the fix. Python leaves the module out for classes in ``builtins`` and prints the class's
 ``__qualname__`` verbatim, so a ``Failure`` subclass whose qualname is the subject ("nightly
 backup failed") makes the first line read ``nightly backup failed: <problem and fix>``.
+
+Below the sentence the UI still prints the step's stack, Dagster's own frames included: Dagster
+records every ``Failure`` with the whole stack from its step executor down to the raise and
+marks it a framework error, and its UI hides a stack only for wrapped user-code errors, whose
+first line is Dagster's, not ours. Nothing public trims it
+(``test_defs_failure_messages.py::test_under_the_sentence_dagster_still_records_its_own_frames_down_to_the_raising_line``
+names the lines).
 """
 
 from collections.abc import Mapping

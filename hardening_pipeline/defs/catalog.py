@@ -1,0 +1,51 @@
+"""How the assets present themselves in the Dagster catalog: their owners and links to their code.
+
+Applied once, where the definitions are built, so the asset modules stay free of it. Asset
+checks carry no owners of their own in Dagster (``AssetCheckSpec`` has no such field); the UI
+shows them on their asset's page, under the asset's owners.
+"""
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+import hardening_pipeline
+from hardening_pipeline.settings import DagsterCatalogSettings
+
+AssetLike = dg.AssetsDefinition | dg.AssetSpec
+
+# Code links are made from the installed package's files; this pair maps a file's local path
+# to its path in the repository, the same whether the package runs from a checkout or a wheel.
+_PACKAGE_ANCHOR = Path(hardening_pipeline.__file__)
+_PACKAGE_ANCHOR_IN_REPOSITORY = "hardening_pipeline/__init__.py"
+
+
+def catalog_assets(
+    assets: Sequence[AssetLike], settings: DagsterCatalogSettings
+) -> list[AssetLike]:
+    """``assets`` with ``settings.owners`` and code references (to git when a URL is set).
+
+    Dagster links an asset defined by a function to that function; a bare ``AssetSpec`` (an
+    external asset such as ``slack_failure_alerts``) gets owners but no code link.
+    """
+    owned = dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(owners=list(settings.owners)), assets
+    )
+    # The code-reference helpers are marked beta; their warning would otherwise print on
+    # every `dagster` command.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        linked = dg.with_source_code_references(owned)
+        if settings.git_url:
+            linked = dg.link_code_references_to_git(
+                linked,
+                git_url=settings.git_url,
+                git_branch=settings.git_branch,
+                file_path_mapping=dg.AnchorBasedFilePathMapping(
+                    local_file_anchor=_PACKAGE_ANCHOR,
+                    file_anchor_path_in_repository=_PACKAGE_ANCHOR_IN_REPOSITORY,
+                ),
+            )
+    return list(linked)
