@@ -29,8 +29,9 @@
 --
 -- The functions are SECURITY DEFINER and owned by the NOLOGIN audit owner, which alone may
 -- insert into audit_events. A failure to record DDL on an audited table fails that statement
--- (DDL that cannot be put on the record does not happen); DDL elsewhere never reaches the
--- insert. The per-row capture path is not touched.
+-- (DDL that cannot be put on the record does not happen), except when the statement reshaped
+-- audit_events' own columns so that no record fits (a warning; the seals catch that change);
+-- DDL elsewhere never reaches the insert. The per-row capture path is not touched.
 
 -- A migration role that is not a superuser acts through the audit owner for the length of this
 -- file (015 took the membership away; it is taken away again at the end).
@@ -139,6 +140,14 @@ BEGIN
     JOIN pg_catalog.pg_class c ON c.oid = touched.rel
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     ORDER BY c.oid;
+EXCEPTION WHEN undefined_column OR datatype_mismatch OR check_violation
+               OR not_null_violation THEN
+    -- The statement changed audit_events' own columns, so no row fits any more. Refusing
+    -- would stop nothing the seals miss (every sealed row then reads differently) and would
+    -- block a migration that reshapes the log; let it through, loudly.
+    RAISE WARNING 'DDL on an audited table was not recorded: %', SQLERRM
+        USING HINT = 'audit_events no longer has the columns the DDL record needs; the '
+                     'audit_seal_chain status line shows what the change did to sealed rows.';
 END
 $fn$;
 
@@ -199,6 +208,11 @@ BEGIN
               pg_catalog.quote_ident(d.schema_name) || '.'
               || pg_catalog.quote_ident(d.table_name))) IS NOT NULL
     ORDER BY 3;
+EXCEPTION WHEN undefined_column OR datatype_mismatch OR check_violation
+               OR not_null_violation THEN
+    RAISE WARNING 'DDL on an audited table was not recorded: %', SQLERRM
+        USING HINT = 'audit_events no longer has the columns the DDL record needs; the '
+                     'audit_seal_chain status line shows what the change did to sealed rows.';
 END
 $fn$;
 
