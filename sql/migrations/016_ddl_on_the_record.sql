@@ -32,6 +32,9 @@
 -- (DDL that cannot be put on the record does not happen), except when the statement reshaped
 -- audit_events' own columns so that no record fits (a warning; the seals catch that change);
 -- DDL elsewhere never reaches the insert. The per-row capture path is not touched.
+--
+-- Also here (see the block at the end): on PG16, a migration role that is not a superuser gets
+-- SET on the API roles it created, so TenantScopedClient works on its login.
 
 -- A migration role that is not a superuser acts through the audit owner for the length of this
 -- file (015 took the membership away; it is taken away again at the end).
@@ -269,6 +272,32 @@ END
 $close$;
 
 SELECT hardening.install_ddl_recording();
+
+-- PG16 changed CREATEROLE: a role created by a non-superuser is granted to its creator WITH
+-- ADMIN OPTION only, without SET or INHERIT. A migration role that created anon, authenticated
+-- and service_role in 001 could then not SET ROLE to them, which TenantScopedClient does on the
+-- same login. It may grant itself that (it holds ADMIN, so this adds no power): SET only, no
+-- INHERIT, the way Supabase's postgres holds them. Earlier versions and superusers: nothing.
+DO $api_roles$
+DECLARE
+    r text;
+BEGIN
+    IF current_setting('server_version_num')::int < 160000
+       OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        RETURN;
+    END IF;
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                   WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = r)
+                     AND m.member = (SELECT oid FROM pg_catalog.pg_roles
+                                     WHERE rolname = current_user)
+                     AND m.admin_option)
+           AND NOT pg_catalog.pg_has_role(current_user, r, 'SET') THEN
+            EXECUTE format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', r, current_user);
+        END IF;
+    END LOOP;
+END
+$api_roles$;
 
 DO $member$
 BEGIN
