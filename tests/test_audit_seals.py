@@ -491,11 +491,14 @@ def test_a_deleted_newest_seal_is_caught_by_the_store_and_resealing_restores_it(
     write(su, 1)
     newest = seal_audit_log(db_url, store=store, keyring=keyring).latest
     with su.transaction():
+        # A careful superuser keeps the trigger switch off the record too (016 would log it).
+        su.execute("ALTER EVENT TRIGGER hardening_record_ddl DISABLE")
         su.execute("ALTER TABLE hardening.audit_seals DISABLE TRIGGER audit_seals_append_only")
         su.execute("DELETE FROM hardening.audit_seals WHERE seq = 2")
         su.execute(
             "ALTER TABLE hardening.audit_seals ENABLE ALWAYS TRIGGER audit_seals_append_only"
         )
+        su.execute("ALTER EVENT TRIGGER hardening_record_ddl ENABLE ALWAYS")
     assert verify_audit_seals(db_url).passed  # the database alone cannot tell
     result = verify_audit_seals(db_url, store=store, keyring=keyring)
     assert "seal 2 is in the store but missing from the database" in result.detail

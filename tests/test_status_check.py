@@ -91,6 +91,8 @@ BREAKAGES = [
         "UPDATE hardening.managed_tables SET created_by_kit = false, adopted_at = now(), "
         "rls_was_enabled = true WHERE table_name = 'messages'",
     ),
+    ("audit_ddl_recorded", "ALTER EVENT TRIGGER hardening_record_ddl DISABLE"),
+    ("audit_ddl_recorded", "DROP EVENT TRIGGER hardening_record_ddl_drop"),
     ("audit_events_no_write_grants", "GRANT DELETE ON audit_events TO service_role"),
     ("audit_events_no_write_grants", "GRANT TRUNCATE ON audit_events TO hardening_audit_owner"),
     ("audit_events_no_write_grants", "GRANT UPDATE (actor) ON audit_events TO authenticated"),

@@ -125,6 +125,27 @@ def test_4_status_runs_as_postgres_and_names_the_apps_own_findings(adoption: Ado
     assert result.returncode == 1
 
 
+def test_4b_ddl_recording_is_not_installed_and_status_says_so(adoption: Adoption) -> None:
+    """postgres may not create event triggers here (no supautils): 016 still applied, and the
+    status line is an honest green that names what is not recorded."""
+    adoption.run("status")
+    lines = {line["name"]: line for line in adoption.latest_report("status")["lines"]}
+    line = lines["audit_ddl_recorded"]
+    assert line["passed"], line
+    assert line["detail"].startswith(
+        "not installed: the migration role postgres may not create event triggers"
+    ), line["detail"]
+    assert "DDL on audited tables is not recorded" in line["detail"]
+    with psycopg.connect(adoption.url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'hardening%'"
+        ).fetchone() == (0,)
+        # and the membership 016 borrowed to reshape audit_events is gone again
+        assert conn.execute(
+            "SELECT pg_has_role('postgres', 'hardening_audit_owner', 'MEMBER')"
+        ).fetchone() == (False,)
+
+
 def test_5_status_is_red_only_on_the_apps_own_findings(adoption: Adoption) -> None:
     adoption.run("status")
     red = set(adoption.latest_report("status")["red"])

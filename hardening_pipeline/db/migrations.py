@@ -242,6 +242,17 @@ _BAD_ROWS = {"23502", "23503", "23505", "23514", "23P01"}
 def _fix_for(sqlstate: str | None, message: str, role: str) -> str:
     """One sentence on how to get past an error the server gave no HINT for."""
     if sqlstate == "42501":
+        if message.startswith("permission denied to create role"):
+            # 001 creates service_role with BYPASSRLS, which only a superuser may give (a
+            # role that has BYPASSRLS itself, from PG16): the usual managed-Postgres admin
+            # (CREATEDB, CREATEROLE) has neither.
+            return (
+                f"{role} may not create service_role, which bypasses RLS; have a superuser run "
+                "CREATE ROLE anon NOLOGIN NOINHERIT; CREATE ROLE authenticated NOLOGIN "
+                "NOINHERIT; CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS; GRANT anon, "
+                f"authenticated, service_role TO {role}; (or ALTER ROLE {role} BYPASSRLS), then "
+                "run hardening migrate again."
+            )
         schema = re.search(r"permission denied for schema (\S+)", message)
         if schema:
             return (

@@ -31,6 +31,8 @@ import psycopg
 from psycopg import sql
 
 from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS as DDL_EVENT_TRIGGERS
+from hardening_pipeline.db.ddl_recording import RECORD_FUNCTION, read_ddl_recording
 from hardening_pipeline.db.migrations import (
     MIGRATIONS_DIR,
     compare,
@@ -484,6 +486,49 @@ def check_audit_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
     ]
     fix = "REVOKE UPDATE, DELETE, TRUNCATE ON public.audit_events FROM <role> (column grants too)."
     return False, "; ".join(held), fix
+
+
+@check(
+    "audit_ddl_recorded",
+    "DDL on audit and tenant tables is recorded in audit_events (event triggers present and "
+    "ENABLE ALWAYS), or the server did not allow it and the line says so",
+)
+def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    state = read_ddl_recording(conn)
+    if not state.migrated:
+        return False, "hardening.record_ddl() is missing", "run hardening migrate."
+    if not state.triggers and not state.meant_to_be_installed:
+        # Informational green: a migration role that may not create event triggers is the
+        # platform's limit, not a broken guarantee; the README's trust model says what it costs.
+        return (
+            True,
+            f"{state.note or 'not installed'}; DDL on audited tables is not recorded "
+            "(Supabase: supautils lets postgres create event triggers; elsewhere a superuser "
+            "runs SELECT hardening.install_ddl_recording())",
+            "",
+        )
+    problems = []
+    for name in DDL_EVENT_TRIGGERS:
+        if name not in state.triggers:
+            problems.append(f"event trigger {name} is missing")
+            continue
+        enabled, function = state.triggers[name]
+        if enabled != "A":
+            problems.append(f"event trigger {name} is {_EVENT_ENABLED.get(enabled, enabled)}")
+        expected = "hardening.record_ddl_drop()" if name.endswith("_drop") else RECORD_FUNCTION
+        if function != expected:
+            problems.append(f"event trigger {name} runs {function}, not {expected}")
+    if not problems:
+        return True, f"{', '.join(DDL_EVENT_TRIGGERS)} ENABLE ALWAYS", ""
+    fix = (
+        "as a superuser: SELECT hardening.install_ddl_recording(); then find out who disabled "
+        "or dropped it (the server log: DDL on event triggers is not itself recorded) and look "
+        "for DDL on the audited tables since."
+    )
+    return False, "; ".join(problems), fix
+
+
+_EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA", "D": "DISABLED"}
 
 
 @check(

@@ -50,6 +50,7 @@ from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
+from hardening_pipeline.db.ddl_recording import ddl_recording_paused, reinstall_ddl_recording
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
@@ -225,20 +226,22 @@ def restore_backup_into(
         connect(url, client_encoding="UTF8") as conn,
     ):
         tables = [t.name for o in manifest.objects for t in o.tables]
-        triggers = UserTriggers.read(conn, tables)
-        keys = DeferredKeys.read(conn, tables)
-        triggers.disable(conn)
-        keys.drop(conn)
-        # Tenant objects first (they hold each tenant's parent rows), the shared object last.
-        ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
-        for entry in ordered:
-            reader = TableReader(fetched[entry.name], manifest, data_key)
-            load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
-        keys.rebuild(conn)
-        reset_sequences(conn, tables)
-        restore_high_water(conn)
-        triggers.restore(conn)
-        sync_tenant_policies(conn)
+        # The rebuild's own DDL is not a change to the backed-up data: not on the record.
+        with ddl_recording_paused(conn):
+            triggers = UserTriggers.read(conn, tables)
+            keys = DeferredKeys.read(conn, tables)
+            triggers.disable(conn)
+            keys.drop(conn)
+            # Tenant objects first (they hold each tenant's parent rows), the shared one last.
+            ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
+            for entry in ordered:
+                reader = TableReader(fetched[entry.name], manifest, data_key)
+                load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
+            keys.rebuild(conn)
+            reset_sequences(conn, tables)
+            restore_high_water(conn)
+            triggers.restore(conn)
+            sync_tenant_policies(conn)
         conn.commit()
     return sum(t.row_count for o in manifest.objects for t in o.tables)
 
@@ -360,6 +363,10 @@ def restore_app_backup_into(
         restore_high_water(conn)
         conn.commit()
     post.finish(url, rebuild, workers)
+    with connect(url) as conn:
+        # A schema dump carries no event triggers; the source's DDL recording comes back here.
+        reinstall_ddl_recording(conn)
+        conn.commit()
     return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
 
 
