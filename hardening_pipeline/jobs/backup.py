@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict, Unpack
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.backup.crypto import Keyring
@@ -13,6 +14,16 @@ from hardening_pipeline.canaries import CanaryResult, run_canaries
 
 # The canaries whose findings a restore trips over: rows the restored foreign keys refuse.
 INTEGRITY_CANARIES = ["orphaned_messages", "tenant_misalignment"]
+
+
+class BackupOptions(TypedDict, total=False):
+    """``run_backup``'s keyword options, typed for ``backup_job``'s pass-through."""
+
+    dry_run: bool
+    workers: int
+    on_object: Callable[[str, int, int], None] | None
+    schemas: Sequence[str]
+    pg_dump_path: str | None
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ def backup_job(
     keyring: Keyring,
     *,
     runbook_base_url: str | None = None,
-    **options: Any,
+    **options: Unpack[BackupOptions],
 ) -> BackupJobResult:
     """Back up ``url``; red (backup kept) when an integrity canary finds rows it cannot restore.
 
