@@ -196,9 +196,23 @@ def test_empty_store_is_a_failure_not_a_pass(store, keyring, tmp_path, slack_rec
 def test_throwaway_database_is_removed_even_when_the_drill_fails(
     backed_up, store, keyring, monkeypatch
 ):
+    import tempfile
+
+    import hardening_pipeline.db.throwaway as throwaway
     import hardening_pipeline.restore.drill as drill
 
-    before = set(Path("/tmp").glob("hp-pg-*"))
+    # The folders this drill's throwaway server lives in, not every hp-pg-* in /tmp: other
+    # processes on the machine make and remove their own.
+    created: list[Path] = []
+
+    class RecordedTemporaryDirectory(tempfile.TemporaryDirectory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(Path(self.name))
+
+    monkeypatch.setattr(throwaway.tempfile, "TemporaryDirectory", RecordedTemporaryDirectory)
+    # The embedded server is the one whose folder this can see; a container cleans up itself.
+    monkeypatch.setattr(throwaway, "docker_available", lambda timeout=2.0: False)
 
     def broken(url, manifest):
         raise drill.DrillFailure("simulated verification crash")
@@ -206,7 +220,8 @@ def test_throwaway_database_is_removed_even_when_the_drill_fails(
     monkeypatch.setattr(drill, "compare_with_manifest", broken)
     result = drill.run_restore_drill(store, keyring)
     assert not result.passed and "simulated" in (result.failure or "")
-    assert set(Path("/tmp").glob("hp-pg-*")) <= before
+    assert created, "the drill did not start a throwaway server"
+    assert not [folder for folder in created if folder.exists()]
 
 
 def test_restore_drill_cli_exits_1_on_failure_and_0_on_success(
