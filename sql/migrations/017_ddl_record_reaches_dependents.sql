@@ -16,6 +16,11 @@
 -- objects dropped by cascade (except the foreign-key triggers a dropped child takes off its
 -- parent), and a dropped table that carried a capture guard under any name or schema.
 --
+-- The statement text is what the client sent: a call when the DDL ran inside a function, cut
+-- at 4000 characters, free to carry comments that say anything. So ddl_command_end's row now
+-- also says what the statement left: the table's triggers that are off ("triggers_off": disabled,
+-- or enabled for replica mode only) and its row security ("row_security": forced, enabled, off).
+--
 -- sql_drop also looked the dropped table up with to_regclass(), which raises for a schema the
 -- audit owner has no USAGE on, so dropping a table in such a schema failed; the lookup now
 -- reads the catalog, which needs no privilege.
@@ -73,7 +78,14 @@ BEGIN
                'owner', pg_catalog.pg_get_userbyid(c.relowner),
                'session_user', session_user,
                'statement', pg_catalog.left(statement, 4000),
-               'statement_truncated', pg_catalog.length(statement) > 4000),
+               'statement_truncated', pg_catalog.length(statement) > 4000,
+               'triggers_off', (SELECT coalesce(pg_catalog.jsonb_agg(t.tgname ORDER BY t.tgname),
+                                                '[]'::jsonb)
+                                FROM pg_catalog.pg_trigger t
+                                WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                                  AND t.tgenabled IN ('D', 'R')),
+               'row_security', CASE WHEN c.relforcerowsecurity THEN 'forced'
+                                    WHEN c.relrowsecurity THEN 'enabled' ELSE 'off' END),
            statement_role
     FROM (
         SELECT audited.rel,

@@ -8,8 +8,9 @@ through another object: a type, a function, a child table, a cascade, a rename b
 from __future__ import annotations
 
 import pytest
-from psycopg import sql
+from psycopg import errors, sql
 
+from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
 from tests.support.db import acting_as, insert_tenant
 
 OWNER = "ddl_reach_table_owner"
@@ -205,3 +206,141 @@ def test_foreign_keys_pointing_at_a_table_do_not_count_as_touched(admin):
             "SELECT table_name FROM audit_events WHERE operation = 'DDL' AND id > %s", (start,)
         ).fetchall()
     assert [r["table_name"] for r in rows] == ["tenants"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER EVENT TRIGGER hardening_record_ddl DISABLE",
+        "ALTER EVENT TRIGGER hardening_record_ddl_drop ENABLE REPLICA",
+        "DROP EVENT TRIGGER hardening_record_ddl",
+        "ALTER EVENT TRIGGER hardening_record_ddl OWNER TO ddl_reach_table_owner",
+        "CREATE OR REPLACE FUNCTION hardening.record_ddl() RETURNS event_trigger "
+        "LANGUAGE plpgsql AS 'BEGIN END'",
+        "ALTER FUNCTION hardening.record_ddl() RENAME TO record_nothing",
+        "ALTER FUNCTION hardening.ddl_audited_table(oid) SET search_path = public",
+        "SELECT hardening.install_ddl_recording()",
+        "CREATE FUNCTION hardening.ddl_object_table(catalog regclass, object oid) RETURNS oid "
+        "LANGUAGE sql AS 'SELECT NULL::oid'",
+        "COMMENT ON FUNCTION hardening.record_ddl() IS 'not installed: faked'",
+        "CREATE EVENT TRIGGER a_first ON ddl_command_end EXECUTE FUNCTION hardening.record_ddl()",
+    ],
+)
+@pytest.mark.parametrize("as_member", [False, True], ids=["table-owner", "member-of-owner"])
+def test_the_table_owner_cannot_switch_recording_off_or_replace_it(
+    admin, owner, statement, as_member
+):
+    role = owner
+    if as_member:
+        role = "ddl_reach_owner_member"
+        admin.execute(
+            sql.SQL(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN "
+                "CREATE ROLE {} NOLOGIN IN ROLE {}; END IF; END $$"
+            ).format(sql.Literal(role), sql.Identifier(role), sql.Identifier(owner))
+        )
+        admin.commit()
+    with pytest.raises(errors.InsufficientPrivilege):
+        with acting_as(admin, role):
+            admin.execute(statement)
+
+
+def test_ddl_done_inside_a_function_names_the_table_and_the_trigger_state(admin, owner):
+    """The statement is only the call; the record still says which table and what it left."""
+    rows = ddl_after(
+        admin,
+        [
+            "CREATE FUNCTION public.tidy() RETURNS void LANGUAGE plpgsql AS "
+            "'BEGIN ALTER TABLE public.messages DISABLE TRIGGER USER; END'",
+            "SELECT public.tidy()",
+        ],
+    )
+    assert [r["table_name"] for r in rows] == ["messages"], rows
+    after = rows[0]["after"]
+    assert after["statement"] == "SELECT public.tidy()"
+    assert after["command_tags"] == ["ALTER TABLE"]
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        pytest.param(
+            [
+                "CREATE FUNCTION public.tidy() RETURNS void LANGUAGE plpgsql AS "
+                "'BEGIN ALTER TABLE public.messages DISABLE TRIGGER USER; "
+                "ALTER TABLE public.messages NO FORCE ROW LEVEL SECURITY; END'",
+                "SELECT public.tidy()",
+            ],
+            id="inside-a-function",
+        ),
+        pytest.param(
+            [
+                "SELECT 1",
+                "/* " + "routine maintenance " * 250 + "*/ ALTER TABLE messages "
+                "DISABLE TRIGGER USER, NO FORCE ROW LEVEL SECURITY",
+            ],
+            id="pushed-past-the-cut",
+        ),
+        pytest.param(
+            [
+                "SELECT 1",
+                "/* ALTER TABLE messages ENABLE ALWAYS TRIGGER messages_audit_delete */ "
+                "ALTER TABLE messages DISABLE TRIGGER USER, NO FORCE ROW LEVEL SECURITY",
+            ],
+            id="comment-says-otherwise",
+        ),
+    ],
+)
+def test_the_record_says_what_the_statement_left_whatever_its_text(admin, owner, statements):
+    rows = ddl_after(admin, statements)
+    assert {(r["table_name"], *r["after"]["command_tags"]) for r in rows} == {
+        ("messages", "ALTER TABLE")
+    }, rows
+    after = rows[-1]["after"]  # the function's two statements leave a row each
+    assert set(after["triggers_off"]) >= {
+        "messages_audit_guard",
+        "messages_audit_delete",
+        "messages_audit_insert",
+    }
+    assert after["row_security"] == "enabled"
+
+
+def test_a_healthy_table_records_no_trigger_off_and_forced_row_security(admin, owner):
+    rows = ddl_after(admin, ["SELECT 1", "COMMENT ON TABLE messages IS 'tenant messages'"])
+    assert [(r["after"]["triggers_off"], r["after"]["row_security"]) for r in rows] == [
+        ([], "forced")
+    ]
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "UPDATE audit_events SET after = jsonb_set(after, '{statement}', "
+        "'\"COMMENT ON TABLE messages IS ''x''\"') WHERE id = %s",
+        "UPDATE audit_events SET after = jsonb_set(after, '{triggers_off}', '[]') WHERE id = %s",
+        "DELETE FROM audit_events WHERE id = %s",
+    ],
+    ids=["statement-rewritten", "trigger-state-rewritten", "deleted"],
+)
+def test_a_sealed_ddl_row_cannot_be_rewritten_or_removed_unseen(db_url, admin, owner, tampering):
+    """A superuser hiding the owner's switch-off after the seal: the seal names the row."""
+    admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+    admin.execute("ALTER TABLE messages DISABLE TRIGGER USER")
+    admin.execute("RESET ROLE")
+    [target] = (
+        admin.execute(
+            "SELECT id FROM audit_events WHERE operation = 'DDL' ORDER BY id DESC LIMIT 1"
+        )
+        .fetchone()
+        .values()
+    )
+    admin.commit()
+    assert seal_audit_log(db_url).seals and verify_audit_seals(db_url).passed
+    with admin.transaction():
+        admin.execute("ALTER EVENT TRIGGER hardening_record_ddl DISABLE")  # no trail of this
+        admin.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        admin.execute(tampering, (target,))
+        admin.execute("ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only")
+        admin.execute("ALTER EVENT TRIGGER hardening_record_ddl ENABLE ALWAYS")
+    result = verify_audit_seals(db_url)
+    assert not result.passed and result.first_bad_id == target, result.detail
