@@ -344,3 +344,30 @@ def test_a_sealed_ddl_row_cannot_be_rewritten_or_removed_unseen(db_url, admin, o
         admin.execute("ALTER EVENT TRIGGER hardening_record_ddl ENABLE ALWAYS")
     result = verify_audit_seals(db_url)
     assert not result.passed and result.first_bad_id == target, result.detail
+
+
+def test_replacing_the_tenant_resolver_is_recorded_on_every_table_whose_policy_calls_it(admin):
+    """The migration role owns hardening.current_tenant_id(); a new body changes RLS for every
+    tenant table at once without touching any of them."""
+    definition = admin.execute(
+        "SELECT pg_get_functiondef('hardening.current_tenant_id()'::regprocedure) AS d"
+    ).fetchone()["d"]
+    with acting_as(admin, None):
+        start = admin.execute("SELECT coalesce(max(id), 0) AS m FROM audit_events").fetchone()["m"]
+        admin.execute(definition)
+        tables = {
+            r["table_name"]
+            for r in admin.execute(
+                "SELECT table_name FROM audit_events WHERE operation = 'DDL' AND id > %s",
+                (start,),
+            ).fetchall()
+        }
+        policed = {
+            r["relname"]
+            for r in admin.execute(
+                "SELECT DISTINCT c.relname FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+                "JOIN pg_depend d ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid "
+                "WHERE d.refobjid = 'hardening.current_tenant_id()'::regprocedure"
+            ).fetchall()
+        }
+    assert "messages" in policed and tables == policed
