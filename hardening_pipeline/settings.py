@@ -264,9 +264,12 @@ ENV_GIT_BRANCH = "HARDENING_GIT_BRANCH"
 DEFAULT_DAGSTER_OWNERS = ("team:platform",)
 # Dagster's own owner rule (an email, or "team:" and a name), restated so a bad value is refused
 # here with the variable's name instead of by Dagster with an asset's name.
-_OWNER_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}")
+# The leading \b is Dagster's too: an address starting with ".", "%", "+" or "-" is refused.
+_OWNER_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}")
+_GIT_REPOSITORY_URL = re.compile(r"https?://[^/@?#\s]+(/[^/?#\s]+){2,}")
 _OWNER_TEAM = re.compile(r"team:\S.*")
-_GIT_BRANCH = re.compile(r"[A-Za-z0-9._/-]+")
+# A git branch name: no "..", no leading "-" (git refuses both), so the link names a real branch.
+_GIT_BRANCH = re.compile(r"(?!-)(?!.*\.\.)[A-Za-z0-9._/-]+")
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ class DagsterCatalogSettings:
     owners: tuple[str, ...] = DEFAULT_DAGSTER_OWNERS
     git_url: str | None = None
     git_branch: str = "main"
+    git_platform: Literal["github", "gitlab"] | None = None  # from git_url's host
 
 
 def parse_dagster_owners(value: str | None) -> tuple[str, ...]:
@@ -301,12 +305,21 @@ def load_dagster_catalog_settings(
     env = os.environ if environ is None else environ
     git_url = _clean(env, ENV_GIT_URL)
     _check_url(ENV_GIT_URL, git_url, ("https", "http"), need_host=True)
-    # Dagster builds the link from the host's platform; it knows GitHub's and GitLab's layouts.
-    if git_url is not None and not any(h in git_url.lower() for h in ("github", "gitlab")):
-        raise ConfigError(
-            f"{ENV_GIT_URL} must be a GitHub or GitLab repository URL like "
-            f"https://github.com/acme/hardening; fix the variable or unset it for local file links."
-        )
+    # Dagster knows GitHub's and GitLab's link layouts. The platform is read from the host name
+    # here and handed to Dagster, which would otherwise look for "gitlab" anywhere in the URL,
+    # case-sensitively (https://github.com/acme/gitlab-tools would get GitLab links). The URL
+    # is shown in the UI, so it may carry no credentials; links are made by appending to it, so
+    # it names a repository and has no query or fragment.
+    platform: Literal["github", "gitlab"] | None = None
+    if git_url is not None:
+        host = urlparse(git_url).hostname or ""
+        platform = "gitlab" if "gitlab" in host else "github" if "github" in host else None
+        if platform is None or not _GIT_REPOSITORY_URL.fullmatch(git_url.rstrip("/")):
+            raise ConfigError(
+                f"{ENV_GIT_URL} must be a GitHub or GitLab repository URL like "
+                f"https://github.com/acme/hardening, without credentials, query or fragment; "
+                f"fix the variable or unset it for local file links."
+            )
     branch = _clean(env, ENV_GIT_BRANCH) or "main"
     if not _GIT_BRANCH.fullmatch(branch):
         raise ConfigError(
@@ -317,4 +330,5 @@ def load_dagster_catalog_settings(
         owners=parse_dagster_owners(_clean(env, ENV_DAGSTER_OWNERS)),
         git_url=git_url.rstrip("/") if git_url else None,
         git_branch=branch,
+        git_platform=platform,
     )

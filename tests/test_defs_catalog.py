@@ -44,6 +44,8 @@ BAD_OWNERS = [
     "team:platform,ops",
     "ops@example",
     "ops@example.c",
+    ".ops@example.com",  # Dagster's rule wants a letter or digit first
+    "+ops@example.com",
     ",",
 ]
 
@@ -172,6 +174,14 @@ def test_without_a_git_url_code_references_are_local_files() -> None:
         ({"HARDENING_GIT_URL": "git@github.com:acme/hardening.git"}, "HARDENING_GIT_URL must"),
         ({"HARDENING_GIT_URL": "https://example.com/acme/hardening"}, "HARDENING_GIT_URL must"),
         ({"HARDENING_GIT_BRANCH": "main; rm -rf"}, "HARDENING_GIT_BRANCH must"),
+        # Shown in the UI: a token in the URL would be on every asset page.
+        ({"HARDENING_GIT_URL": "https://ci:tok@github.com/acme/h"}, "HARDENING_GIT_URL must"),
+        ({"HARDENING_GIT_URL": "https://github.com/acme/h?ref=x"}, "HARDENING_GIT_URL must"),
+        ({"HARDENING_GIT_URL": "https://github.com/acme/h#readme"}, "HARDENING_GIT_URL must"),
+        ({"HARDENING_GIT_URL": "https://github.com/acme"}, "HARDENING_GIT_URL must"),
+        ({"HARDENING_GIT_URL": "https://example.com/github/h"}, "HARDENING_GIT_URL must"),
+        ({"HARDENING_GIT_BRANCH": "../main"}, "HARDENING_GIT_BRANCH must"),
+        ({"HARDENING_GIT_BRANCH": "-main"}, "HARDENING_GIT_BRANCH must"),
     ],
 )
 def test_a_bad_git_setting_is_refused_with_one_sentence(env: dict[str, str], start: str) -> None:
@@ -179,3 +189,26 @@ def test_a_bad_git_setting_is_refused_with_one_sentence(env: dict[str, str], sta
         load_dagster_catalog_settings(env)
     message = str(raised.value)
     assert message.startswith(start) and "\n" not in message and "fix the variable" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "layout"),
+    [
+        ("https://GitHub.com/acme/hardening", "https://GitHub.com/acme/hardening/tree/main/"),
+        (
+            "https://github.com/acme/gitlab-mirror",
+            "https://github.com/acme/gitlab-mirror/tree/main/",
+        ),
+        (
+            "https://gitlab.example.org/acme/github-tools",
+            "https://gitlab.example.org/acme/github-tools/-/tree/main/",
+        ),
+    ],
+    ids=["host-in-capitals", "github-repo-named-gitlab", "gitlab-repo-named-github"],
+)
+def test_the_link_layout_follows_the_host_not_the_rest_of_the_url(url: str, layout: str) -> None:
+    """Left to Dagster, the first fails to load (a traceback) and the second gets GitLab links."""
+    settings = load_dagster_catalog_settings({"HARDENING_GIT_URL": url})
+    for spec in specs_of(catalog_assets(ASSETS_HERE, settings)):
+        [reference] = spec.metadata["dagster/code_references"].code_references
+        assert reference.url.startswith(layout), reference

@@ -9,6 +9,7 @@ import json
 import os
 
 import dagster as dg
+import pytest
 
 from hardening_pipeline.canaries.runner import CANARIES
 from hardening_pipeline.defs.assets import observe_application_tables
@@ -21,6 +22,7 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
     SlackAlertsResource,
 )
+from hardening_pipeline.defs.seals import audit_seal
 from hardening_pipeline.defs.sensors import slack_on_run_failure
 from tests.support.db import insert_tenant
 from tests.support.slack_receiver import SlackReceiver
@@ -158,3 +160,39 @@ def test_a_store_failure_reads_as_one_sentence_without_chained_tracebacks(
     error = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
     assert error.cause is None and error.context is None
     assert error.message.strip() == line
+
+
+@pytest.mark.parametrize(
+    ("key", "store", "expected"),
+    [
+        ("", "file", "BACKUP_ENCRYPTION_KEY is not set"),
+        ("abc", "file", "`key` config is not valid base64"),
+        (None, "blocked", "audit seal failed: "),
+    ],
+    ids=["no-key", "malformed-key", "store-unusable"],
+)
+def test_an_audit_seal_that_cannot_start_says_why_in_one_sentence(
+    db_url: str, admin, tmp_path, key: str | None, store: str, expected: str
+) -> None:
+    insert_tenant(admin, "to-seal")  # rows to seal, so the store is written
+    folder = tmp_path / "store"
+    if store == "blocked":
+        folder.write_text("not a folder")  # the store cannot create its folder
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [audit_seal],
+            instance=instance,
+            resources={
+                "app_db": AppDatabaseResource(database_url=db_url),
+                "backup_store": BackupStoreResource(store_url=(folder / "seals").as_uri()),
+                "encryption_keys": EncryptionKeysResource(
+                    key=base64.b64encode(os.urandom(32)).decode() if key is None else key
+                ),
+            },
+            raise_on_error=False,
+        )
+        [line] = step_failure_lines(instance, result.run_id)
+    assert_reads_as_a_sentence(line)
+    assert line.startswith("audit seal failed: ") and expected in line, line
+    error = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    assert error.cause is None and error.context is None

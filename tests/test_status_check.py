@@ -121,6 +121,9 @@ BREAKAGES = [
     ("no_anon_grants", "GRANT SELECT ON messages TO anon"),
     ("no_anon_grants", "GRANT SELECT ON tenants TO PUBLIC"),
     ("no_anon_grants", "GRANT SELECT (body) ON messages TO anon"),
+    ("api_roles_no_trigger_or_truncate", "GRANT TRIGGER ON messages TO authenticated"),
+    ("api_roles_no_trigger_or_truncate", "GRANT TRUNCATE ON units TO service_role"),
+    ("api_roles_no_trigger_or_truncate", "GRANT REFERENCES ON tenants TO authenticated"),
     ("tenant_id_indexed", "DROP INDEX onboarding_attempts_tenant_id_idx"),
     (
         "auth_rls_initplan",

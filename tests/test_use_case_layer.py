@@ -196,6 +196,7 @@ def test_drill_job_writes_the_report_and_posts_once(
     assert len(slack_receiver.requests) == 1
     assert job.subject == "the restore drill failed at stage find"
     assert job.failure and str(job.report.markdown.resolve()) in job.failure
+    assert ".;" not in job.failure, job.failure  # the cause's full stop, then the report
     # Without a notifier: the report still, the alert not.
     quiet = drill_job(store, keyring, reports_dir=tmp_path / "reports", notifier=None)
     assert quiet.delivery is None and quiet.report.markdown.is_file()

@@ -47,5 +47,6 @@ def catalog_assets(
                     local_file_anchor=_PACKAGE_ANCHOR,
                     file_anchor_path_in_repository=_PACKAGE_ANCHOR_IN_REPOSITORY,
                 ),
+                platform=settings.git_platform,
             )
     return list(linked)

@@ -750,6 +750,41 @@ def check_anon_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     return False, _names(held), fix
 
 
+_API_DDL_PRIVILEGES = """
+    SELECT role, c.relname, priv
+    FROM pg_catalog.pg_class c
+    CROSS JOIN unnest(%(roles)s::text[]) role
+    CROSS JOIN unnest(ARRAY['TRIGGER', 'TRUNCATE', 'REFERENCES']) priv
+    WHERE c.oid = ANY (%(tables)s::regclass[])
+      -- CASE, not AND: has_table_privilege raises for a role that does not exist.
+      AND CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = role)
+               THEN pg_catalog.has_table_privilege(role, c.oid, priv) END
+    ORDER BY 1, 2, 3
+"""
+
+
+@check(
+    "api_roles_no_trigger_or_truncate",
+    "authenticated and service_role hold no TRIGGER, TRUNCATE or REFERENCES on tenant tables",
+)
+def check_api_ddl_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    # TRIGGER lets the role hang a trigger on every tenant's writes; TRUNCATE skips RLS. On
+    # Supabase a table created after migrate gets both from the default privileges.
+    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    rows = _rows(
+        conn, _API_DDL_PRIVILEGES, {"tables": tables, "roles": ["authenticated", "service_role"]}
+    )
+    if not rows:
+        return True, f"none on {len(tables)} tables", ""
+    held = [f"{r['role']} {r['priv']} on {r['relname']}" for r in rows]
+    fix = (
+        "REVOKE TRIGGER, TRUNCATE, REFERENCES ON public.<table> FROM PUBLIC, authenticated, "
+        "service_role; and ALTER DEFAULT PRIVILEGES ... REVOKE TRIGGER, TRUNCATE, REFERENCES "
+        "ON TABLES FROM authenticated, service_role."
+    )
+    return False, _names(held), fix
+
+
 _TENANT_INDEXED = """
     SELECT c.relname,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i

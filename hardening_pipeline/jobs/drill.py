@@ -33,10 +33,9 @@ class DrillJobResult:
     def failure(self) -> str | None:
         if self.result.passed:
             return None
-        return (
-            f"{self.result.failure or 'an invariant or drill test is red'}; "
-            f"the report {self.report.markdown.resolve()} lists each check and its fix."
-        )
+        # The cause is a sentence of its own; its full stop would read ".;" before the report.
+        cause = (self.result.failure or "an invariant or drill test is red").rstrip(".")
+        return f"{cause}; the report {self.report.markdown.resolve()} lists each check and its fix."
 
 
 def drill_job(
