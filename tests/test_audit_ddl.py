@@ -18,7 +18,7 @@ from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS, read_ddl_recordi
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
 from hardening_pipeline.hardening.status_check import run_checks
 from tests.support import independent_seal_verifier as independent
-from tests.support.db import acting_as, admin_connect, insert_tenant
+from tests.support.db import acting_as, admin_connect, ensure_nologin_role, insert_tenant
 
 TABLE_OWNER = "ddl_test_table_owner"
 
@@ -31,12 +31,7 @@ def tenant(admin):
 @pytest.fixture
 def owner(admin):
     """A NOLOGIN role that owns messages (the role an app's migrations run as)."""
-    admin.execute(
-        sql.SQL(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN "
-            "CREATE ROLE {} NOLOGIN; END IF; END $$"
-        ).format(sql.Literal(TABLE_OWNER), sql.Identifier(TABLE_OWNER))
-    )
+    ensure_nologin_role(admin, TABLE_OWNER)
     admin.execute(sql.SQL("ALTER TABLE messages OWNER TO {}").format(sql.Identifier(TABLE_OWNER)))
     admin.commit()
     return TABLE_OWNER

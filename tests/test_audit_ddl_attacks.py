@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors, sql
 
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
-from tests.support.db import acting_as, insert_tenant
+from tests.support.db import acting_as, ensure_nologin_role, insert_tenant
 
 OWNER = "ddl_reach_table_owner"
 
@@ -19,12 +19,7 @@ OWNER = "ddl_reach_table_owner"
 @pytest.fixture
 def owner(admin):
     """A NOLOGIN role that owns messages and may create schemas and types."""
-    admin.execute(
-        sql.SQL(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN "
-            "CREATE ROLE {} NOLOGIN; END IF; END $$"
-        ).format(sql.Literal(OWNER), sql.Identifier(OWNER))
-    )
+    ensure_nologin_role(admin, OWNER)
     role = sql.Identifier(OWNER)
     admin.execute(sql.SQL("ALTER TABLE messages OWNER TO {}").format(role))
     admin.execute(
@@ -233,12 +228,7 @@ def test_the_table_owner_cannot_switch_recording_off_or_replace_it(
     role = owner
     if as_member:
         role = "ddl_reach_owner_member"
-        admin.execute(
-            sql.SQL(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN "
-                "CREATE ROLE {} NOLOGIN IN ROLE {}; END IF; END $$"
-            ).format(sql.Literal(role), sql.Identifier(role), sql.Identifier(owner))
-        )
+        ensure_nologin_role(admin, role, member_of=owner)
         admin.commit()
     with pytest.raises(errors.InsufficientPrivilege):
         with acting_as(admin, role):

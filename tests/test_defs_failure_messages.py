@@ -76,19 +76,26 @@ def test_a_broken_canary_fails_the_run_with_its_own_sentence(
         assert "DagsterAssetCheckFailedError" not in alert
 
 
+def materialize_backup_without_key(
+    instance: dg.DagsterInstance, db_url: str
+) -> dg.ExecuteInProcessResult:
+    """The nightly backup launched with no encryption key (the caller unsets it)."""
+    return dg.materialize(
+        [nightly_backup],
+        instance=instance,
+        resources={
+            "app_db": AppDatabaseResource(database_url=db_url),
+            "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),
+            "encryption_keys": EncryptionKeysResource(),
+        },
+        raise_on_error=False,
+    )
+
+
 def test_a_backup_that_cannot_start_says_why_in_one_sentence(db_url: str, monkeypatch) -> None:
     monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [nightly_backup],
-            instance=instance,
-            resources={
-                "app_db": AppDatabaseResource(database_url=db_url),
-                "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),
-                "encryption_keys": EncryptionKeysResource(),
-            },
-            raise_on_error=False,
-        )
+        result = materialize_backup_without_key(instance, db_url)
         [line] = step_failure_lines(instance, result.run_id)
     assert_reads_as_a_sentence(line)
     assert line.startswith("nightly backup failed: BACKUP_ENCRYPTION_KEY is not set; run")
@@ -115,16 +122,7 @@ def test_under_the_sentence_dagster_still_records_its_own_frames_down_to_the_rai
     """
     monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [nightly_backup],
-            instance=instance,
-            resources={
-                "app_db": AppDatabaseResource(database_url=db_url),
-                "backup_store": BackupStoreResource(store_url="file:///nonexistent-for-test"),
-                "encryption_keys": EncryptionKeysResource(),
-            },
-            raise_on_error=False,
-        )
+        result = materialize_backup_without_key(instance, db_url)
     failed = next(e for e in result.all_events if e.is_step_failure).event_specific_data
     frames = failed.error.stack
     assert any("dagster/_core/execution" in frame for frame in frames)

@@ -106,3 +106,16 @@ def set_service_role_mode(conn: psycopg.Connection, mode: str) -> None:
     """Put the database's service-role rule in ``mode`` directly (superuser), and commit."""
     conn.execute("UPDATE hardening.service_role_mode SET mode = %s", (mode,))
     conn.commit()
+
+
+def ensure_nologin_role(conn: psycopg.Connection, name: str, member_of: str | None = None) -> None:
+    """Create the NOLOGIN role ``name`` (in role ``member_of``) unless it exists already."""
+    create = sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name))
+    if member_of:
+        create = sql.SQL("{} IN ROLE {}").format(create, sql.Identifier(member_of))
+    conn.execute(
+        sql.SQL(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN {}; "
+            "END IF; END $$"
+        ).format(sql.Literal(name), create)
+    )
