@@ -108,7 +108,7 @@ two runs of ``--bulk-rounds 2 --rounds 3 --seconds 3`` with
 
 Within this VM's noise of 011 on the steadiest figure (server CPU); no query per row was added.
 
-With 016 to 018 applied (event triggers on DDL only; the per-row capture is 015's), default
+With 016 and 017 applied (event triggers on DDL only; the per-row capture is 015's), default
 options, ``--compare 009_audit_capture_inline_actor.sql``, nothing else running, 015 / 009:
 
     COPY 100k rows             1.54x / 1.51x

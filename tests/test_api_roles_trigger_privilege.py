@@ -1,4 +1,4 @@
-"""The API roles may not hang triggers on tenant tables (018), on the Supabase shape where the
+"""The API roles may not hang triggers on tenant tables (017), on the Supabase shape where the
 default privileges hand them ALL on every table ``postgres`` creates."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DDL that changes an audited table without naming it is on the record too (017).
+"""DDL that changes an audited table without naming it is on the record too (016).
 
 Each case is something the owner of ``messages`` (a non-superuser with CREATE on the database,
 as an app's migration role has) can do to change tenant rows, or what reads of them return,

@@ -12,13 +12,35 @@
 --               same rule as the capture, 015; no custom setting is read)
 --   db_role     that role
 --   after       {"event", "command_tags", "objects", "owner", "session_user", "statement",
---                "statement_truncated"}: the statement is current_query(), cut at 4000
---               characters; owner is the table's owner when the statement ended
+--                "statement_truncated", "triggers_off", "row_security"}: the statement is
+--               current_query(), cut at 4000 characters; owner is the table's owner when the
+--               statement ended; the last two (ddl_command_end only) say what the statement
+--               left: the table's triggers that are off (disabled, or enabled for replica mode
+--               only) and its row security (forced, enabled, off). The statement text is what
+--               the client sent: a call when the DDL ran inside a function, cut, free to carry
+--               comments that say anything; these two keys do not depend on it.
 --
 -- Audited tables: public.audit_events, hardening.audit_seals and hardening.audit_seal_checks,
 -- the tables in hardening.managed_tables, every table in public with a tenant_id column, and
 -- any table carrying the kit's capture triggers. DDL on anything else costs one catalog lookup
--- and writes nothing. DDL on event triggers themselves is invisible to event triggers
+-- and writes nothing.
+--
+-- A table owner also changes tenant rows, or what the app reads as tenant rows, without
+-- naming the table:
+--   - ALTER TYPE mood RENAME VALUE 'a' TO 'z' renames a value every row of a column holds;
+--     DROP TYPE mood CASCADE (and DROP DOMAIN, DROP OWNED ... CASCADE) drops that column;
+--   - CREATE TABLE elsewhere.x () INHERITS (messages), or ALTER TABLE elsewhere.x INHERIT
+--     messages, makes rows nobody captures show up in every read of messages;
+--   - CREATE OR REPLACE FUNCTION / DROP FUNCTION ... CASCADE on a function a trigger, policy
+--     or default of an audited table calls;
+--   - a table renamed, or moved to another schema, then dropped: it no longer has the name the
+--     drop record matches by.
+-- So ddl_command_end also follows, for a type or function, what depends on it (one level, and
+-- a type's array type), and for a table, the tables it inherits from; sql_drop also counts
+-- objects dropped by cascade (except the foreign-key triggers a dropped child takes off its
+-- parent), and a dropped table that carried a capture guard under any name or schema. Dropped
+-- tables are looked up in the catalog, not with to_regclass(), which raises for a schema the
+-- audit owner has no USAGE on. DDL on event triggers themselves is invisible to event triggers
 -- (Postgres does not fire them for it); the status line audit_ddl_recorded covers that.
 --
 -- Creating an event trigger needs a superuser (or, on Supabase, supautils' privileged role).
@@ -93,7 +115,29 @@ AS $fn$
                                       'audit_capture_truncate'))
 $fn$;
 
--- ddl_command_end: one row per audited table the statement touched.
+-- The relation an object of the given catalog belongs to (a table, index, trigger, policy,
+-- constraint, rule or column default), or NULL.
+CREATE FUNCTION hardening.ddl_object_table(catalog oid, object oid) RETURNS oid
+LANGUAGE sql STABLE
+SET search_path = ''
+AS $fn$
+    SELECT CASE
+        WHEN catalog = 'pg_catalog.pg_class'::regclass THEN object
+        WHEN catalog = 'pg_catalog.pg_trigger'::regclass THEN
+            (SELECT t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.oid = object)
+        WHEN catalog = 'pg_catalog.pg_policy'::regclass THEN
+            (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = object)
+        WHEN catalog = 'pg_catalog.pg_constraint'::regclass THEN
+            (SELECT k.conrelid FROM pg_catalog.pg_constraint k WHERE k.oid = object)
+        WHEN catalog = 'pg_catalog.pg_rewrite'::regclass THEN
+            (SELECT r.ev_class FROM pg_catalog.pg_rewrite r WHERE r.oid = object)
+        WHEN catalog = 'pg_catalog.pg_attrdef'::regclass THEN
+            (SELECT a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.oid = object)
+    END
+$fn$;
+
+-- ddl_command_end: one row per audited table the statement touched, directly or through a
+-- type, function or inheritance (see the header).
 CREATE FUNCTION hardening.record_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
@@ -118,46 +162,60 @@ BEGIN
                'owner', pg_catalog.pg_get_userbyid(c.relowner),
                'session_user', session_user,
                'statement', pg_catalog.left(statement, 4000),
-               'statement_truncated', pg_catalog.length(statement) > 4000),
+               'statement_truncated', pg_catalog.length(statement) > 4000,
+               'triggers_off', (SELECT coalesce(pg_catalog.jsonb_agg(t.tgname ORDER BY t.tgname),
+                                                '[]'::jsonb)
+                                FROM pg_catalog.pg_trigger t
+                                WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                                  AND t.tgenabled IN ('D', 'R')),
+               'row_security', CASE WHEN c.relforcerowsecurity THEN 'forced'
+                                    WHEN c.relrowsecurity THEN 'enabled' ELSE 'off' END),
            statement_role
     FROM (
-        SELECT hardening.ddl_audited_table(
-                   CASE WHEN cmd.classid = 'pg_catalog.pg_class'::regclass THEN cmd.objid
-                        WHEN cmd.classid = 'pg_catalog.pg_trigger'::regclass THEN
-                            (SELECT t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.oid = cmd.objid)
-                        WHEN cmd.classid = 'pg_catalog.pg_policy'::regclass THEN
-                            (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = cmd.objid)
-                        WHEN cmd.classid = 'pg_catalog.pg_constraint'::regclass THEN
-                            (SELECT k.conrelid FROM pg_catalog.pg_constraint k
-                             WHERE k.oid = cmd.objid)
-                        WHEN cmd.classid = 'pg_catalog.pg_rewrite'::regclass THEN
-                            (SELECT r.ev_class FROM pg_catalog.pg_rewrite r WHERE r.oid = cmd.objid)
-                        WHEN cmd.classid = 'pg_catalog.pg_attrdef'::regclass THEN
-                            (SELECT a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.oid = cmd.objid)
-                   END) AS rel,
+        SELECT audited.rel,
                pg_catalog.jsonb_agg(DISTINCT cmd.command_tag) AS tags,
                pg_catalog.jsonb_agg(DISTINCT cmd.object_identity) AS objects
         FROM pg_catalog.pg_event_trigger_ddl_commands() cmd
-        GROUP BY 1
+        CROSS JOIN LATERAL (
+            SELECT hardening.ddl_object_table(cmd.classid, cmd.objid) AS rel
+            UNION
+            -- A type or function: the columns, triggers, policies and defaults that use it.
+            -- Not for a table: every foreign key pointing at it would count as touched.
+            SELECT hardening.ddl_object_table(d.classid, d.objid)
+            FROM pg_catalog.pg_depend d
+            WHERE cmd.classid IN ('pg_catalog.pg_type'::regclass, 'pg_catalog.pg_proc'::regclass)
+              AND d.refclassid = cmd.classid
+              AND d.deptype = 'n'
+              AND (d.refobjid = cmd.objid
+                   OR d.refobjid = (SELECT ty.typarray FROM pg_catalog.pg_type ty
+                                    WHERE cmd.classid = 'pg_catalog.pg_type'::regclass
+                                      AND ty.oid = cmd.objid))
+            UNION
+            -- A table that now inherits from (or is a partition of) an audited table.
+            SELECT i.inhparent
+            FROM pg_catalog.pg_inherits i
+            WHERE cmd.classid = 'pg_catalog.pg_class'::regclass AND i.inhrelid = cmd.objid
+        ) candidate
+        CROSS JOIN LATERAL (SELECT hardening.ddl_audited_table(candidate.rel) AS rel) audited
+        WHERE audited.rel IS NOT NULL
+        GROUP BY audited.rel
     ) touched
     JOIN pg_catalog.pg_class c ON c.oid = touched.rel
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     ORDER BY c.oid;
 EXCEPTION WHEN undefined_column OR datatype_mismatch OR check_violation
                OR not_null_violation THEN
-    -- The statement changed audit_events' own columns, so no row fits any more. Refusing
-    -- would stop nothing the seals miss (every sealed row then reads differently) and would
-    -- block a migration that reshapes the log; let it through, loudly.
+    -- The statement changed audit_events' own columns, so no row fits any more (see 016).
     RAISE WARNING 'DDL on an audited table was not recorded: %', SQLERRM
         USING HINT = 'audit_events no longer has the columns the DDL record needs; the '
                      'audit_seal_chain status line shows what the change did to sealed rows.';
 END
 $fn$;
 
--- sql_drop: DROP TABLE, DROP TRIGGER, DROP POLICY, DROP RULE on an audited table. ALTER TABLE
--- ... DROP ... also fires here, but ddl_command_end records that statement already. A dropped
--- table is gone from the catalog by now, so it is matched by name: managed by the kit, or it
--- carried the kit's capture triggers (dropped with it).
+-- sql_drop: DROP TABLE, DROP TRIGGER, DROP POLICY, DROP RULE on an audited table, named or by
+-- cascade. ALTER TABLE ... DROP ... also fires here, but ddl_command_end records that
+-- statement already. A dropped table is gone from the catalog by now, so it is matched by
+-- name (managed by the kit) or by the capture guard it carried, under any name or schema.
 CREATE FUNCTION hardening.record_ddl_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
@@ -180,10 +238,8 @@ BEGIN
                'event', TG_EVENT,
                'command_tags', pg_catalog.jsonb_build_array(TG_TAG),
                'objects', d.objects,
-               'owner', (SELECT pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c
-                         WHERE c.oid = pg_catalog.to_regclass(
-                             pg_catalog.quote_ident(d.schema_name) || '.'
-                             || pg_catalog.quote_ident(d.table_name))),
+               'owner', (SELECT pg_catalog.pg_get_userbyid(c.relowner)
+                         FROM pg_catalog.pg_class c WHERE c.oid = still.rel),
                'session_user', session_user,
                'statement', pg_catalog.left(statement, 4000),
                'statement_truncated', pg_catalog.length(statement) > 4000),
@@ -192,24 +248,33 @@ BEGIN
         SELECT o.address_names[1] AS schema_name, o.address_names[2] AS table_name,
                pg_catalog.jsonb_agg(o.object_type || ' ' || o.object_identity
                                     ORDER BY o.object_type, o.object_identity) AS objects,
+               -- The guard keeps the name it was created with when its table is renamed.
                pg_catalog.bool_or(o.object_type = 'trigger'
-                                  AND o.address_names[3] = o.address_names[2] || '_audit_guard')
+                                  AND o.address_names[3] LIKE '%\_audit\_guard')
                    AS had_capture
         FROM pg_catalog.pg_event_trigger_dropped_objects() o
-        WHERE o.object_type IN ('table', 'trigger', 'policy', 'rule', 'table constraint')
+        WHERE o.object_type IN ('table', 'table column', 'trigger', 'policy', 'rule',
+                                'table constraint')
           AND pg_catalog.array_length(o.address_names, 1) >= 2
         GROUP BY 1, 2
-        -- The statement named this table or one of its objects: not a foreign key's trigger
-        -- on a parent table, dropped along with the child.
-        HAVING pg_catalog.bool_or(o.original)
+        -- The statement named this table or one of its objects, or dropped something of it by
+        -- cascade; not the foreign-key triggers on a parent a dropped child takes with it.
+        HAVING pg_catalog.bool_or(o.original
+                                  OR NOT (o.object_type = 'trigger'
+                                          AND o.address_names[3] LIKE 'RI\_ConstraintTrigger%'))
     ) d
-    WHERE (d.schema_name = 'public'
-           AND (d.had_capture
-                OR EXISTS (SELECT 1 FROM hardening.managed_tables m
-                           WHERE m.table_name = d.table_name)))
-       OR hardening.ddl_audited_table(pg_catalog.to_regclass(
-              pg_catalog.quote_ident(d.schema_name) || '.'
-              || pg_catalog.quote_ident(d.table_name))) IS NOT NULL
+    -- The table when it still exists (a trigger, policy, rule or column went), by catalog
+    -- lookup: to_regclass() raises for a schema the audit owner may not use.
+    CROSS JOIN LATERAL (
+        SELECT (SELECT c.oid FROM pg_catalog.pg_class c
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = d.schema_name AND c.relname = d.table_name) AS rel
+    ) still
+    WHERE d.had_capture
+       OR (d.schema_name = 'public'
+           AND EXISTS (SELECT 1 FROM hardening.managed_tables m
+                       WHERE m.table_name = d.table_name))
+       OR hardening.ddl_audited_table(still.rel) IS NOT NULL
     ORDER BY 3;
 EXCEPTION WHEN undefined_column OR datatype_mismatch OR check_violation
                OR not_null_violation THEN
@@ -254,6 +319,7 @@ $fn$;
 GRANT SELECT ON hardening.managed_tables TO hardening_audit_owner;
 GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.ddl_audited_table(oid) OWNER TO hardening_audit_owner;
+ALTER FUNCTION hardening.ddl_object_table(oid, oid) OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.record_ddl() OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.record_ddl_drop() OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
@@ -266,6 +332,7 @@ DECLARE
          WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
 BEGIN
     EXECUTE format('REVOKE ALL ON FUNCTION hardening.ddl_audited_table(oid), '
+                   'hardening.ddl_object_table(oid, oid), '
                    'hardening.record_ddl(), hardening.record_ddl_drop(), '
                    'hardening.install_ddl_recording() FROM %s', grantees);
 END

@@ -1,4 +1,4 @@
--- 018_api_roles_no_trigger_privilege: the API roles may not create triggers on tenant tables.
+-- 017_api_roles_no_trigger_privilege: the API roles may not create triggers on tenant tables.
 --
 -- Supabase's default privileges give anon, authenticated and service_role ALL on every table
 -- postgres creates in public; 004 took everything from anon and TRUNCATE from the others, but
