@@ -231,11 +231,12 @@ def _backup_summary(result: BackupResult, upload: str) -> dict[str, Any]:
 
 
 def _retention_summary(job: RetentionJobResult) -> dict[str, Any]:
-    deleted = [row for row in job.rows if not row.kept]
+    rows = job.rows
+    deleted = [row for row in rows if not row.kept]
     return {
         "dry_run": job.dry_run,
-        "decisions": job.rows,
-        "keep": [row.backup_id for row in job.rows if row.kept],
+        "decisions": rows,
+        "keep": [row.backup_id for row in rows if row.kept],
         # An incomplete folder has no verified time.
         "would_delete": [row.backup_id for row in deleted if row.taken_at is not None],
         "incomplete_would_delete": [row.backup_id for row in deleted if row.taken_at is None],

@@ -35,7 +35,6 @@ class RetentionRow:
 class RetentionJobResult:
     outcome: RetentionOutcome
     policy: RetentionPolicy
-    rows: list[RetentionRow]
     location: str
 
     @property
@@ -59,27 +58,27 @@ class RetentionJobResult:
     def verb(self) -> str:
         return "would delete" if self.outcome.dry_run else "deleted"
 
+    @property
+    def rows(self) -> list[RetentionRow]:
+        """Every backup and incomplete folder with what happened to it, kept ones first."""
+        outcome = self.outcome
+        rows = [
+            RetentionRow(k.backup_id, k.created_at, KEEP, ", ".join(k.reasons))
+            for k in outcome.plan.keep
+        ]
+        rows += [
+            RetentionRow(r.backup_id, r.created_at, self.verb, "not selected by any rule")
+            for r in outcome.plan.delete
+        ]
+        rows += [RetentionRow(d.backup_id, None, self.verb, INCOMPLETE_WHY) for d in outcome.debris]
+        return rows
+
     def summary(self) -> str:
         outcome = self.outcome
         return (
             f"{len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} {self.verb}, "
             f"{len(outcome.debris)} incomplete {self.verb}"
         )
-
-
-def decision_rows(outcome: RetentionOutcome) -> list[RetentionRow]:
-    """Every backup and incomplete folder with what happened to it, kept ones first."""
-    verb = "would delete" if outcome.dry_run else "deleted"
-    rows = [
-        RetentionRow(k.backup_id, k.created_at, KEEP, ", ".join(k.reasons))
-        for k in outcome.plan.keep
-    ]
-    rows += [
-        RetentionRow(r.backup_id, r.created_at, verb, "not selected by any rule")
-        for r in outcome.plan.delete
-    ]
-    rows += [RetentionRow(d.backup_id, None, verb, INCOMPLETE_WHY) for d in outcome.debris]
-    return rows
 
 
 def retention_job(
@@ -92,4 +91,4 @@ def retention_job(
     """Keep what ``policy`` selects (30/12/12 by default) and delete the rest, manifest first."""
     policy = policy or RetentionPolicy()
     outcome = apply_retention(store, keyring, policy, dry_run=dry_run)
-    return RetentionJobResult(outcome, policy, decision_rows(outcome), store.describe())
+    return RetentionJobResult(outcome, policy, store.describe())
