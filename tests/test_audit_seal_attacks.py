@@ -26,7 +26,7 @@ from hardening_pipeline.hardening.seals import (
 )
 from hardening_pipeline.hardening.status_check import run_status_check
 from tests.support.cli import keyed_store_env, run_hardening
-from tests.support.db import admin_connect, insert_tenant
+from tests.support.db import admin_connect, insert_tenant, write_tenants
 
 LINE = "audit_seal_chain"
 
@@ -42,14 +42,6 @@ V1_TEXT = """
 def su(db_url):
     with admin_connect(db_url, autocommit=True) as conn:
         yield conn
-
-
-def write(su: psycopg.Connection, tenants: int = 1) -> list[int]:
-    before = su.execute("SELECT coalesce(max(id), 0) AS m FROM audit_events").fetchone()["m"]
-    for _ in range(tenants):
-        insert_tenant(su, f"t-{os.urandom(5).hex()}")
-    rows = su.execute("SELECT id FROM audit_events WHERE id > %s ORDER BY id", (before,))
-    return [r["id"] for r in rows.fetchall()]
 
 
 def tamper(su: psycopg.Connection, *statements: tuple[str, tuple]) -> None:
@@ -99,7 +91,7 @@ def test_a_replaced_sha256_does_not_hide_a_forged_row(db_url, su, tmp_path, keyr
     from hardening_pipeline.backup.store import FileStore
 
     store = FileStore(tmp_path / "store")
-    ids = write(su, 2)
+    ids = write_tenants(su, 2)
     seal_audit_log(db_url, store=store, keyring=keyring)
     recorded = verify_audit_seals(db_url, store=store, keyring=keyring, record_as="test")
     assert recorded.passed, recorded.detail
@@ -132,7 +124,7 @@ def test_a_replaced_sha256_does_not_hide_a_forged_row(db_url, su, tmp_path, keyr
 def test_cli_verify_only_full_is_red_under_a_replaced_sha256(db_url, su, tmp_path):
     cli = functools.partial(run_hardening, url=db_url, env=keyed_store_env(tmp_path), timeout=120)
 
-    ids = write(su, 1)
+    ids = write_tenants(su, 1)
     assert cli("seal").returncode == 0
     old_text = su.execute(V1_TEXT, (ids[1],)).fetchone()["t"]
     tamper(su, ("UPDATE audit_events SET actor = 'mallory' WHERE id = %s", (ids[1],)))
@@ -162,9 +154,9 @@ def test_the_unsealed_window_attack_is_refused_and_red(db_url, su, tmp_path, key
     from hardening_pipeline.backup.store import FileStore
 
     store = FileStore(tmp_path / "store")
-    write(su, 2)
+    write_tenants(su, 2)
     sealed = seal_audit_log(db_url, store=store, keyring=keyring).latest
-    write(su, 1)  # not sealed yet
+    write_tenants(su, 1)  # not sealed yet
     tamper(
         su,
         ("DELETE FROM audit_events WHERE id > %s", (sealed.to_id,)),
@@ -182,7 +174,7 @@ def test_the_unsealed_window_attack_is_refused_and_red(db_url, su, tmp_path, key
 
 
 def test_a_rewound_sequence_is_red_and_names_the_ids(db_url, su):
-    write(su, 1)
+    write_tenants(su, 1)
     sealed = seal_audit_log(db_url).latest
     assert sealed.high_water == sealed.to_id
     su.execute(f"SELECT setval({SEQ}, %s)", (sealed.to_id - 2,))
@@ -199,7 +191,7 @@ def held_back_seal(db_url: str, su: psycopg.Connection):
     the rows committed meanwhile above that id are recorded as pending."""
     import time
 
-    write(su, 1)
+    write_tenants(su, 1)
     time.sleep(1.2)  # the horizon keeps a one-second margin before the open transaction began
     late = admin_connect(db_url)
     late.execute("SELECT set_config('app.actor', 'test:late', true)")
@@ -207,7 +199,7 @@ def held_back_seal(db_url: str, su: psycopg.Connection):
         "INSERT INTO tenants (id, slug, name) VALUES (gen_random_uuid(), %s, 'Late')",
         (f"late-{os.urandom(4).hex()}",),
     )
-    after = write(su, 1)
+    after = write_tenants(su, 1)
     run = seal_audit_log(db_url, wait_seconds=0.2)
     sealed = run.latest
     assert run.horizon.held_back_by and sealed.high_water >= after[-1] > sealed.to_id
@@ -251,7 +243,7 @@ def test_a_reused_id_below_the_high_water_mark_is_red(db_url, su):
 
 
 def test_created_at_going_backwards_inside_the_tolerance_is_not_tampering(db_url, su):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url)
     tamper(su, (BACKDATED.replace("1 year", "2 seconds"), ()))
     assert verify_audit_seals(db_url).passed
@@ -264,10 +256,10 @@ def test_cli_seal_and_verify_only_are_red_after_the_window_attack(db_url, su, tm
         run_hardening, "seal", url=db_url, env=keyed_store_env(tmp_path), timeout=120
     )
 
-    write(su, 1)
+    write_tenants(su, 1)
     assert cli().returncode == 0
     last = su.execute("SELECT max(to_id) AS m FROM hardening.audit_seals").fetchone()["m"]
-    write(su, 1)
+    write_tenants(su, 1)
     tamper(
         su,
         ("DELETE FROM audit_events WHERE id > %s", (last,)),
@@ -302,7 +294,7 @@ def test_the_asset_run_fails_when_the_window_was_rewritten(db_url, su, tmp_path)
         "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
         "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
     }
-    write(su, 1)
+    write_tenants(su, 1)
     assert dg.materialize([audit_seal], resources=resources).success
     su.execute(f"SELECT setval({SEQ}, 2)")
     red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
@@ -314,7 +306,7 @@ def test_a_restore_moves_the_sequence_past_the_recorded_high_water_mark(db_url, 
     backup would then be handed out again and look reused. restore_high_water prevents it."""
     from hardening_pipeline.hardening.seals.window import restore_high_water
 
-    write(su, 1)
+    write_tenants(su, 1)
     with pytest.raises(RuntimeError), su.transaction():  # burns ids above the last row
         insert_tenant(su, "t-rolled-back")
         raise RuntimeError
@@ -326,5 +318,5 @@ def test_a_restore_moves_the_sequence_past_the_recorded_high_water_mark(db_url, 
     with su.transaction():
         assert restore_high_water(su) == sealed.high_water
     assert verify_audit_seals(db_url).passed
-    write(su, 1)
+    write_tenants(su, 1)
     assert seal_audit_log(db_url).seals and verify_audit_seals(db_url).passed

@@ -18,7 +18,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.hardening.seals import seal_audit_log, store_key, verify_audit_seals
 from tests.support import independent_seal_verifier as independent
-from tests.support.db import admin_connect, insert_tenant
+from tests.support.db import admin_connect, write_tenants
 
 MASTER = os.urandom(32)
 
@@ -34,11 +34,6 @@ def su(db_url):
         yield conn
 
 
-def write(su: psycopg.Connection, tenants: int = 1) -> None:
-    for _ in range(tenants):
-        insert_tenant(su, f"t-{os.urandom(5).hex()}")
-
-
 def tamper(su: psycopg.Connection, *statements: str, last: int = 0) -> None:
     with su.transaction():
         su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
@@ -51,22 +46,22 @@ def tamper(su: psycopg.Connection, *statements: str, last: int = 0) -> None:
 def sealed(db_url, su, tmp_path, keyring):
     """A chain of several format 2 seals, one of them held back by an open transaction."""
     store = FileStore(tmp_path / "store")
-    write(su, 2)
+    write_tenants(su, 2)
     seal_audit_log(db_url, store=store, keyring=keyring, max_rows=4)
-    write(su, 1)
+    write_tenants(su, 1)
     time.sleep(1.2)  # the horizon keeps a second of margin before an open transaction began
     with admin_connect(db_url) as late:
         late.execute("SELECT set_config('app.actor', 'test:late', true)")
         late.execute(
             "INSERT INTO tenants (id, slug, name) VALUES (gen_random_uuid(), 't-late', 'Late')"
         )
-        write(su, 1)
+        write_tenants(su, 1)
         held = seal_audit_log(db_url, store=store, keyring=keyring, wait_seconds=0.2)
         assert held.latest.pending, held.summary()
         late.commit()
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
-    write(su, 1)  # above the last seal
+    write_tenants(su, 1)  # above the last seal
     return store
 
 

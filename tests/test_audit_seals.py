@@ -45,7 +45,7 @@ from hardening_pipeline.hardening.seals import checks as seals_module
 from hardening_pipeline.hardening.seals.format import Accumulator
 from hardening_pipeline.hardening.status_check import run_status_check
 from tests.support.cli import keyed_store_env, run_hardening
-from tests.support.db import admin_connect, insert_tenant
+from tests.support.db import admin_connect, insert_tenant, write_tenants
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = "audit_seal_chain"
@@ -61,15 +61,6 @@ def su(db_url):
 @pytest.fixture
 def store(tmp_path) -> FileStore:
     return FileStore(tmp_path / "store")
-
-
-def write(su: psycopg.Connection, tenants: int = 1) -> list[int]:
-    """Commit ``tenants`` tenants (5 audited rows each); returns the new audit ids."""
-    before = su.execute("SELECT coalesce(max(id), 0) AS m FROM audit_events").fetchone()["m"]
-    for _ in range(tenants):
-        insert_tenant(su, f"t-{os.urandom(5).hex()}")
-    rows = su.execute("SELECT id FROM audit_events WHERE id > %s ORDER BY id", (before,))
-    return [r["id"] for r in rows.fetchall()]
 
 
 def tamper(su: psycopg.Connection, statement: str, params: tuple = ()) -> None:
@@ -114,14 +105,14 @@ def test_a_fresh_database_is_green_with_no_seals_yet(db_url, store, keyring):
 
 
 def test_seal_write_seal_again_keeps_the_chain_green(db_url, su, store, keyring):
-    first_ids = write(su, 2)
+    first_ids = write_tenants(su, 2)
     first = seal_audit_log(db_url, store=store, keyring=keyring, actor="test")
     assert [s.seq for s in first.seals] == [1]
     seal1 = first.seals[0]
     assert (seal1.from_id, seal1.to_id, seal1.row_count) == (1, first_ids[-1], len(first_ids))
     assert [i for i, _ in decode_fingerprints(seal1.fingerprints, 1)] == first_ids
 
-    second_ids = write(su, 1)
+    second_ids = write_tenants(su, 1)
     second = seal_audit_log(db_url, store=store, keyring=keyring, actor="test")
     seal2 = second.latest
     assert seal2.seq == 2 and seal2.previous_digest == seal1.digest
@@ -141,7 +132,7 @@ def test_seal_write_seal_again_keeps_the_chain_green(db_url, su, store, keyring)
 
 
 def test_large_ranges_are_split_into_several_chained_seals(db_url, su, checked):
-    ids = write(su, 3)
+    ids = write_tenants(su, 3)
     run = seal_audit_log(db_url, max_rows=4)
     assert [s.row_count for s in run.seals] == [4, 4, 4, 3]
     assert run.seals[-1].to_id == ids[-1]
@@ -159,9 +150,9 @@ def test_large_ranges_are_split_into_several_chained_seals(db_url, su, checked):
 
 
 def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked):
-    ids = write(su, 2)
+    ids = write_tenants(su, 2)
     seal(db_url, checked)
-    write(su, 1)  # unsealed rows after the seal are not the problem
+    write_tenants(su, 1)  # unsealed rows after the seal are not the problem
     target = ids[4]
     tamper(su, "UPDATE audit_events SET actor = 'someone-else' WHERE id = %s", (target,))
     result = verify_audit_seals(db_url)
@@ -173,7 +164,7 @@ def test_a_changed_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked
 
 
 def test_a_changed_jsonb_image_is_caught(db_url, su, checked):
-    ids = write(su, 1)
+    ids = write_tenants(su, 1)
     seal(db_url, checked)
     tamper(
         su,
@@ -184,7 +175,7 @@ def test_a_changed_jsonb_image_is_caught(db_url, su, checked):
 
 
 def test_a_deleted_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked):
-    ids = write(su, 2)
+    ids = write_tenants(su, 2)
     seal(db_url, checked)
     tamper(su, "DELETE FROM audit_events WHERE id = ANY(%s)", ([ids[6], ids[8]],))
     result = verify_audit_seals(db_url)
@@ -193,18 +184,18 @@ def test_a_deleted_sealed_row_turns_the_line_red_with_its_id(db_url, su, checked
 
 
 def test_deleting_the_last_sealed_rows_is_caught(db_url, su, checked):
-    ids = write(su, 1)
+    ids = write_tenants(su, 1)
     seal(db_url, checked)
     tamper(su, "DELETE FROM audit_events WHERE id >= %s", (ids[-2],))
     assert verify_audit_seals(db_url).first_bad_id == ids[-2]
 
 
 def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su, checked):
-    write(su, 1)
+    write_tenants(su, 1)
     with pytest.raises(RuntimeError), su.transaction():  # burns ids: a gap in the sealed range
         insert_tenant(su, "rolled-back")
         raise RuntimeError
-    write(su, 1)
+    write_tenants(su, 1)
     seal(db_url, checked)
     present = {r["id"] for r in su.execute("SELECT id FROM audit_events").fetchall()}
     gap = min(set(range(1, max(present))) - present)
@@ -219,7 +210,7 @@ def test_a_row_forged_into_a_sealed_gap_is_caught(db_url, su, checked):
 
 
 def test_a_row_forged_before_the_first_seal_is_caught(db_url, su, checked):
-    write(su, 1)
+    write_tenants(su, 1)
     seal(db_url, checked)
     tamper(
         su,
@@ -233,7 +224,7 @@ def test_a_row_forged_before_the_first_seal_is_caught(db_url, su, checked):
     ("table", "column"), [("audit_seals", "row_count"), ("audit_seal_checks", "seq")]
 )
 def test_replica_mode_cannot_touch_the_seal_tables(db_url, su, table, column):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url)
     verify_audit_seals(db_url, record_as="test")
     target = sql.Identifier("hardening", table)
@@ -257,7 +248,7 @@ def checks(su: psycopg.Connection) -> list[dict]:
 
 
 def test_a_recorded_check_spares_unchanged_seals_and_new_seals_are_rehashed(db_url, su):
-    ids = write(su, 3)
+    ids = write_tenants(su, 3)
     seal_audit_log(db_url, max_rows=5)
     first = verify_audit_seals(db_url, record_as="test")
     assert first.passed and (first.rehashed_seals, first.rehashed_rows) == (3, len(ids))
@@ -269,7 +260,7 @@ def test_a_recorded_check_spares_unchanged_seals_and_new_seals_are_rehashed(db_u
     assert again.rows == len(ids) and "re-hashed 0 seal(s) (0 rows); 3 unchanged" in again.detail
     assert "unchanged since re-hashed" in seal_line(run_status_check(db_url)).detail
 
-    more = write(su, 1)
+    more = write_tenants(su, 1)
     seal_audit_log(db_url)
     newest = verify_audit_seals(db_url)
     assert newest.passed and (newest.rehashed_seals, newest.rehashed_rows) == (1, len(more))
@@ -281,7 +272,7 @@ def test_rows_moved_by_vacuum_full_are_rehashed_and_stay_green(db_url, su):
     with pytest.raises(RuntimeError), su.transaction():  # dead rows for VACUUM FULL to squeeze out
         insert_tenant(su, "rolled-back")
         raise RuntimeError
-    write(su, 2)
+    write_tenants(su, 2)
     seal_audit_log(db_url)
     assert verify_audit_seals(db_url, record_as="test").passed
     su.execute("VACUUM FULL audit_events")
@@ -291,7 +282,7 @@ def test_rows_moved_by_vacuum_full_are_rehashed_and_stay_green(db_url, su):
 
 
 def test_full_rehashes_everything_and_old_checks_are_redone_when_recording(db_url, su, monkeypatch):
-    write(su, 2)
+    write_tenants(su, 2)
     seal_audit_log(db_url, max_rows=4)
     assert verify_audit_seals(db_url, record_as="test").passed
     assert verify_audit_seals(db_url, full=True).rehashed_seals == 3
@@ -306,7 +297,7 @@ def test_a_rewritten_out_of_line_image_is_caught_although_its_row_keeps_its_vers
 ):
     """A large image lives in the TOAST relation; a superuser can swap its chunks without giving
     the row a new version. Such rows carry their row hash in the versions digest."""
-    write(su, 1)
+    write_tenants(su, 1)
     body = base64.b64encode(os.urandom(6000)).decode()  # incompressible: stored out of line
     with su.transaction():
         su.execute("SELECT set_config('app.actor', 'test:large', true)")
@@ -378,7 +369,7 @@ def test_a_rewritten_out_of_line_image_is_caught_although_its_row_keeps_its_vers
 )
 def test_a_change_to_the_table_shape_is_caught_although_no_row_moves(db_url, su, statements):
     """Column changes that rewrite no row still change what every sealed row reads as."""
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url)
     assert verify_audit_seals(db_url, record_as="test").passed
     with su.transaction():
@@ -389,7 +380,7 @@ def test_a_change_to_the_table_shape_is_caught_although_no_row_moves(db_url, su,
 
 
 def test_the_status_line_stops_trusting_old_checks(db_url, su, monkeypatch):
-    write(su, 2)
+    write_tenants(su, 2)
     seal_audit_log(db_url, max_rows=4)
     assert verify_audit_seals(db_url, record_as="test").passed
     assert verify_audit_seals(db_url).rehashed_seals == 0
@@ -398,7 +389,7 @@ def test_the_status_line_stops_trusting_old_checks(db_url, su, monkeypatch):
 
 
 def test_no_checks_are_recorded_when_they_could_never_be_trusted(db_url, su, store):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url, store=store)
     for _ in range(2):  # a store without the key: the store copies, not checks, are the reference
         result = verify_audit_seals(db_url, store=store, record_as="test")
@@ -434,7 +425,7 @@ def forge_check(su: psycopg.Connection, keyring: Keyring | None = None) -> None:
 def test_a_forged_check_does_not_hide_a_rewritten_row_from_the_key_or_the_store(
     db_url, su, store, keyring
 ):
-    ids = write(su, 2)
+    ids = write_tenants(su, 2)
     seal_audit_log(db_url, store=store, keyring=keyring)
     assert verify_audit_seals(db_url, store=store, keyring=keyring, record_as="test").passed
     assert all(c["key_id"] == keyring.current_key_id for c in checks(su))
@@ -465,9 +456,9 @@ def rewrite_history(db_url: str, su: psycopg.Connection, row_id: int) -> None:
 
 
 def test_a_recomputed_chain_is_caught_by_the_store_copy(db_url, su, store, keyring, checked):
-    ids = write(su, 2)
+    ids = write_tenants(su, 2)
     seal(db_url, checked, store=store, keyring=keyring)
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
     rewrite_history(db_url, su, ids[5])
 
@@ -486,9 +477,9 @@ def test_a_recomputed_chain_is_caught_by_the_store_copy(db_url, su, store, keyri
 def test_a_deleted_newest_seal_is_caught_by_the_store_and_resealing_restores_it(
     db_url, su, store, keyring
 ):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
-    write(su, 1)
+    write_tenants(su, 1)
     newest = seal_audit_log(db_url, store=store, keyring=keyring).latest
     with su.transaction():
         # A careful superuser keeps the trigger switch off the record too (016 would log it).
@@ -512,7 +503,7 @@ def test_a_deleted_newest_seal_is_caught_by_the_store_and_resealing_restores_it(
 def test_sealing_refuses_to_overwrite_a_store_copy_that_no_longer_matches(
     db_url, su, store, keyring
 ):
-    ids = write(su, 1)
+    ids = write_tenants(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
     with su.transaction():
         su.execute("ALTER TABLE hardening.audit_seals DISABLE TRIGGER audit_seals_append_only")
@@ -527,7 +518,7 @@ def test_sealing_refuses_to_overwrite_a_store_copy_that_no_longer_matches(
 
 
 def test_a_forged_store_copy_fails_authentication(db_url, su, store, keyring):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url, store=store, keyring=keyring)
     body = json.loads(b"".join(store.get(store_key(1))))
     body["row_count"] = 4
@@ -541,7 +532,7 @@ def test_a_forged_store_copy_fails_authentication(db_url, su, store, keyring):
 
 
 def test_a_seal_without_a_store_copy_is_red_when_the_store_is_checked(db_url, su, store):
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url)  # sealed without a store
     result = verify_audit_seals(db_url, store=store)
     assert "seal 1 has no store copy" in result.detail
@@ -551,14 +542,14 @@ def test_a_seal_without_a_store_copy_is_red_when_the_store_is_checked(db_url, su
 
 
 def test_a_late_commit_is_not_tampering_and_is_sealed_next_time(db_url, su, store, keyring):
-    early = write(su, 1)
+    early = write_tenants(su, 1)
     time.sleep(1.2)  # the horizon keeps a one-second margin before the open transaction began
     with admin_connect(db_url) as late:
         insert_tenant_uncommitted(late)
         late_ids = [
             r["id"] for r in late.execute("SELECT id FROM audit_events WHERE id > %s", (early[-1],))
         ]
-        after = write(su, 1)  # committed, with ids above the open transaction's
+        after = write_tenants(su, 1)  # committed, with ids above the open transaction's
         assert min(after) > max(late_ids)
 
         run = seal_audit_log(db_url, store=store, keyring=keyring, wait_seconds=0.3)
@@ -583,7 +574,7 @@ def insert_tenant_uncommitted(conn: psycopg.Connection) -> None:
 
 
 def test_a_short_open_transaction_is_waited_for(db_url, su):
-    write(su, 1)
+    write_tenants(su, 1)
     with admin_connect(db_url) as late:
         insert_tenant_uncommitted(late)
         late_id = late.execute("SELECT max(id) AS m FROM audit_events").fetchone()["m"]
@@ -609,7 +600,7 @@ def test_sealing_adds_nothing_to_the_write_path(db_url, su):
         return {(r["rel"], r["tgname"], r["en"]) for r in rows}
 
     before = triggers()
-    write(su, 1)
+    write_tenants(su, 1)
     seal_audit_log(db_url)
     assert triggers() == before
     # The only triggers 006 and 010 add guard their own tables.
@@ -640,7 +631,7 @@ def test_fingerprints_round_trip_for_random_id_sequences():
 
 
 def test_the_row_hash_does_not_depend_on_the_session_time_zone(db_url, su):
-    write(su, 1)
+    write_tenants(su, 1)
     with admin_connect(db_url) as conn:
         conn.execute("SET TimeZone = 'Pacific/Auckland'")
         conn.execute("SET DateStyle = 'SQL, DMY'")
@@ -654,7 +645,7 @@ def test_the_row_hash_does_not_depend_on_the_session_time_zone(db_url, su):
 
 
 def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
-    write(su, 1)
+    write_tenants(su, 1)
     resources = {
         "app_db": AppDatabaseResource(database_url=db_url),
         "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
@@ -692,7 +683,7 @@ def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():
 
 
 def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
-    write(su, 1)
+    write_tenants(su, 1)
     cli = functools.partial(
         run_hardening, "seal", url=db_url, env=keyed_store_env(tmp_path), timeout=120
     )

@@ -119,3 +119,12 @@ def ensure_nologin_role(conn: psycopg.Connection, name: str, member_of: str | No
             "END IF; END $$"
         ).format(sql.Literal(name), create)
     )
+
+
+def write_tenants(conn: psycopg.Connection, tenants: int = 1) -> list[int]:
+    """Commit ``tenants`` new tenants (5 audited rows each); returns the new audit ids."""
+    before = conn.execute("SELECT coalesce(max(id), 0) AS m FROM audit_events").fetchone()["m"]
+    for _ in range(tenants):
+        insert_tenant(conn, f"t-{uuid.uuid4().hex[:10]}")
+    rows = conn.execute("SELECT id FROM audit_events WHERE id > %s ORDER BY id", (before,))
+    return [r["id"] for r in rows.fetchall()]
