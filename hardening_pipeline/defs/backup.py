@@ -13,13 +13,13 @@ import dagster as dg
 from hardening_pipeline.backup.nightly import BackupResult
 from hardening_pipeline.backup.retention import RetentionPolicy
 from hardening_pipeline.defs.assets import application_tables
-from hardening_pipeline.defs.failures import failure
+from hardening_pipeline.defs.failures import failure, job_failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
     EncryptionKeysResource,
 )
-from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.jobs.backup import backup_job
 from hardening_pipeline.jobs.retention import RetentionJobResult, retention_job
 
@@ -44,15 +44,6 @@ class BackupRetentionConfig(dg.Config):
     keep_daily: int = 30
     keep_weekly: int = 12
     keep_monthly: int = 12
-
-
-def _as_failure(exc: HardeningError, what: str) -> dg.Failure:
-    """One clear sentence in the UI; retries only for errors a second try could fix."""
-    return failure(
-        f"{what} failed",
-        str(exc),
-        allow_retries=not isinstance(exc, ConfigError | CheckFailed),
-    )
 
 
 def backup_metadata(result: BackupResult) -> dict[str, dg.MetadataValue]:
@@ -122,7 +113,7 @@ def nightly_backup(
             runbook_base_url=app_db.settings().runbook_url,
         )
     except HardeningError as exc:
-        raise _as_failure(exc, "nightly backup") from None
+        raise job_failure(exc, "nightly backup") from None
     result = job.backup
     context.log.info(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
@@ -183,7 +174,7 @@ def backup_retention(
     except ValueError as exc:  # a negative keep count
         raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
-        raise _as_failure(exc, "retention") from None
+        raise job_failure(exc, "retention") from None
     outcome = job.outcome
     deleted = [r.backup_id for r in outcome.plan.delete]
     context.log.info(

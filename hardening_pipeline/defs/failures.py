@@ -20,6 +20,8 @@ from typing import Any
 
 import dagster as dg
 
+from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+
 FAILURE_CLASS_NAME = "HardeningFailure"
 
 
@@ -45,6 +47,16 @@ def failure(
     # carries the subject too; the exception's own text stays the bare sentence.
     raised.description = f"{subject}: {sentence}"
     return raised
+
+
+def job_failure(exc: HardeningError, what: str) -> dg.Failure:
+    """``<what> failed: <the error's sentence>``; retried only for errors a second try could fix
+    (a store or network error), never for bad configuration or a red check."""
+    return failure(
+        f"{what} failed",
+        str(exc),
+        allow_retries=not isinstance(exc, ConfigError | CheckFailed),
+    )
 
 
 def first_line(error: object) -> str:

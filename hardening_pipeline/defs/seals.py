@@ -13,13 +13,13 @@ alerts Slack. No ``from __future__ import annotations``: Dagster inspects the an
 import dagster as dg
 
 from hardening_pipeline.alerts.runbook import runbook_link
-from hardening_pipeline.defs.failures import failure
+from hardening_pipeline.defs.failures import job_failure
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
     EncryptionKeysResource,
 )
-from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.jobs.seal import seal_job
 
 SEAL_ACTOR = "dagster:audit_seal"
@@ -62,13 +62,8 @@ def audit_seal(
         job = seal_job(app_db.url(), store=store, keyring=keyring, actor=SEAL_ACTOR)
     except HardeningError as exc:
         # A missing key or an unreachable store: one sentence, as the other jobs give, not
-        # Dagster's wrapped error with the store client's traceback. Only what a second try
-        # could fix is retried.
-        raise failure(
-            "audit seal failed",
-            str(exc),
-            allow_retries=not isinstance(exc, ConfigError | CheckFailed),
-        ) from None
+        # Dagster's wrapped error with the store client's traceback.
+        raise job_failure(exc, "audit seal") from None
     run, verification = job.run, job.verification
     assert run is not None  # sealing was asked for
     context.log.info(run.summary())
