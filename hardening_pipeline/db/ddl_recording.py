@@ -68,7 +68,7 @@ def ddl_recording_paused(conn: psycopg.Connection) -> Iterator[None]:
     Only for rebuilding a database from a backup; needs the right to alter event triggers,
     which whoever could install them has.
     """
-    present = [n for n in read_ddl_recording(conn).triggers]
+    present = list(read_ddl_recording(conn).triggers)
     for name in present:
         conn.execute(sql.SQL("ALTER EVENT TRIGGER {} DISABLE").format(sql.Identifier(name)))
     yield
