@@ -279,7 +279,18 @@ class DagsterCatalogSettings:
     owners: tuple[str, ...] = DEFAULT_DAGSTER_OWNERS
     git_url: str | None = None
     git_branch: str = "main"
-    git_platform: Literal["github", "gitlab"] | None = None  # from git_url's host
+
+    @property
+    def git_platform(self) -> Literal["github", "gitlab"] | None:
+        return git_platform(self.git_url)
+
+
+def git_platform(url: str | None) -> Literal["github", "gitlab"] | None:
+    """The link layout Dagster should use for ``url``, read from its host name only: Dagster
+    itself looks for "gitlab" anywhere in the URL, case-sensitively, so
+    https://github.com/acme/gitlab-tools would get GitLab links."""
+    host = (urlparse(url).hostname or "") if url else ""
+    return "gitlab" if "gitlab" in host else "github" if "github" in host else None
 
 
 def parse_dagster_owners(value: str | None) -> tuple[str, ...]:
@@ -305,16 +316,11 @@ def load_dagster_catalog_settings(
     env = os.environ if environ is None else environ
     git_url = _clean(env, ENV_GIT_URL)
     _check_url(ENV_GIT_URL, git_url, ("https", "http"), need_host=True)
-    # Dagster knows GitHub's and GitLab's link layouts. The platform is read from the host name
-    # here and handed to Dagster, which would otherwise look for "gitlab" anywhere in the URL,
-    # case-sensitively (https://github.com/acme/gitlab-tools would get GitLab links). The URL
-    # is shown in the UI, so it may carry no credentials; links are made by appending to it, so
-    # it names a repository and has no query or fragment.
-    platform: Literal["github", "gitlab"] | None = None
+    # Dagster knows GitHub's and GitLab's link layouts only. The URL is shown in the UI, so it
+    # may carry no credentials; links are made by appending to it, so it names a repository and
+    # has no query or fragment.
     if git_url is not None:
-        host = urlparse(git_url).hostname or ""
-        platform = "gitlab" if "gitlab" in host else "github" if "github" in host else None
-        if platform is None or not _GIT_REPOSITORY_URL.fullmatch(git_url.rstrip("/")):
+        if git_platform(git_url) is None or not _GIT_REPOSITORY_URL.fullmatch(git_url.rstrip("/")):
             raise ConfigError(
                 f"{ENV_GIT_URL} must be a GitHub or GitLab repository URL like "
                 f"https://github.com/acme/hardening, without credentials, query or fragment; "
@@ -330,5 +336,4 @@ def load_dagster_catalog_settings(
         owners=parse_dagster_owners(_clean(env, ENV_DAGSTER_OWNERS)),
         git_url=git_url.rstrip("/") if git_url else None,
         git_branch=branch,
-        git_platform=platform,
     )
