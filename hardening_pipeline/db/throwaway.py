@@ -1,23 +1,27 @@
 """A Postgres that exists only for one test session or one restore drill.
 
-A testcontainers Postgres container where a Docker engine answers, else a private embedded server
-in a temporary folder. Either way it is removed on exit, also when the body raises or is
-interrupted.
+A testcontainers Postgres container where a Docker engine answers, else a private server started
+from an installed PostgreSQL (``db/pg_installs.py``) in a temporary folder. Either way it is
+removed on exit, also when the body raises or is interrupted. ``major`` asks for the server a
+backup of that major restores into: that major where one is installed, else the newest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
-from hardening_pipeline.db.embedded import TemporaryPostgres
+from hardening_pipeline.db.local_server import local_server
+from hardening_pipeline.db.pg_installs import newest_server, server_for
 
 log = logging.getLogger(__name__)
 
-POSTGRES_IMAGE = "postgres:16-alpine"
+DEFAULT_CONTAINER_MAJOR = 17
+
+
+def container_image(major: int) -> str:
+    return f"postgres:{major}-alpine"
 
 
 def docker_available(timeout: float = 2.0) -> bool:
@@ -35,31 +39,23 @@ def docker_available(timeout: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def _container_postgres() -> Iterator[str]:
+def _container_postgres(major: int) -> Iterator[str]:
     from testcontainers.postgres import PostgresContainer
 
-    with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
+    with PostgresContainer(container_image(major), driver=None) as container:
         yield container.get_connection_url()
 
 
 @contextlib.contextmanager
-def _embedded_postgres() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="hp-pg-", dir="/tmp") as folder:
-        server = TemporaryPostgres(Path(folder) / "pgdata")
-        try:
-            yield server.url
-        finally:
-            server.close()
-
-
-@contextlib.contextmanager
-def throwaway_postgres(prefer_docker: bool = True) -> Iterator[str]:
+def throwaway_postgres(prefer_docker: bool = True, major: int | None = None) -> Iterator[str]:
     """Yield the URL of a fresh, empty Postgres (superuser access), removed afterwards."""
     if prefer_docker and docker_available():
-        log.info("throwaway Postgres: testcontainers container (%s)", POSTGRES_IMAGE)
-        with _container_postgres() as url:
+        image = container_image(major or DEFAULT_CONTAINER_MAJOR)
+        log.info("throwaway Postgres: testcontainers container (%s)", image)
+        with _container_postgres(major or DEFAULT_CONTAINER_MAJOR) as url:
             yield url
-    else:
-        log.info("throwaway Postgres: embedded server in a temporary folder")
-        with _embedded_postgres() as url:
-            yield url
+        return
+    install = newest_server() if major is None else server_for(major)
+    log.info("throwaway Postgres: %s in a temporary folder", install.describe())
+    with local_server(install) as server:
+        yield server.url

@@ -54,7 +54,7 @@ from hardening_pipeline.db.ddl_recording import ddl_recording_paused, reinstall_
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
-from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.seals.window import restore_high_water
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.bulk_load import (
@@ -507,18 +507,52 @@ def run_drill_tests(url: str) -> tuple[int, int, str]:
     return checks.passed, checks.failed, checks.output
 
 
+def _major(version: str) -> int:
+    """The major of a ``server_version`` text such as ``17.11`` or ``15.20 (Debian ...)``."""
+    digits = version.strip().split(".")[0].split(" ")[0]
+    return int(digits) if digits.isdigit() else 0
+
+
+def _server_version(url: str) -> str:
+    with connect(url) as conn:
+        return str(conn.execute("SELECT current_setting('server_version') AS v").fetchone()["v"])
+
+
+def _versions_note(source: str, target: str) -> str:
+    note = f"PostgreSQL {target}; source {source}"
+    if _major(target) != _major(source):
+        note += f", no PostgreSQL {_major(source)} server here, so the newest"
+    return note
+
+
 @contextlib.contextmanager
-def _target_database(target_dsn: str | None) -> Iterator[tuple[str, str]]:
-    """Yield (url of an empty database, description); the throwaway server is always removed."""
+def _target_database(target_dsn: str | None, source: str) -> Iterator[tuple[str, str]]:
+    """Yield (url of an empty database, description); the throwaway server is always removed.
+
+    The throwaway server is of the source's major where one is installed, else the newest:
+    a dump loads into its own major or a newer one, never into an older one.
+    """
     if target_dsn:
+        target = _server_version(target_dsn)
+        if _major(target) < _major(source):
+            raise ConfigError(
+                f"--target-dsn runs PostgreSQL {target}, older than the backup's source "
+                f"PostgreSQL {source}; point it at a PostgreSQL {_major(source)} or newer, "
+                "or leave it out to restore into a throwaway Postgres."
+            )
         url = recreate_database(target_dsn, DRILL_DATABASE)
         try:
-            yield url, "the provided Postgres (database restore_drill)"
+            yield (
+                url,
+                f"the provided Postgres (database restore_drill; {_versions_note(source, target)})",
+            )
         finally:
             drop_database(target_dsn, DRILL_DATABASE)
         return
-    with throwaway_postgres() as server_url:
-        yield recreate_database(server_url, DRILL_DATABASE), "a throwaway Postgres"
+    with throwaway_postgres(major=_major(source) or None) as server_url:
+        target = _server_version(server_url)
+        description = f"a throwaway Postgres ({_versions_note(source, target)})"
+        yield recreate_database(server_url, DRILL_DATABASE), description
 
 
 def run_restore_drill(
@@ -545,7 +579,7 @@ def run_restore_drill(
             result.location = store.describe() + "/" + backup.folder.rstrip("/")
         with stages.stage("schema"):
             check_schema_known(manifest)
-        with _target_database(target_dsn) as (url, description):
+        with _target_database(target_dsn, manifest.database.server_version) as (url, description):
             result.target = description
             with stages.stage("restore"):
                 if manifest.app_schema is None:
@@ -575,6 +609,8 @@ def run_restore_drill(
                     result.tests_output = output
     except (NoBackupError, BackupIntegrityError, DrillFailure, StoreError) as exc:
         result.failure = str(exc)
+    except ConfigError:
+        raise
     except HardeningError as exc:
         result.failure = f"{type(exc).__name__}: {exc}"
     except psycopg.Error as exc:

@@ -131,9 +131,27 @@ def _run_retrying(conn: psycopg.Connection, statement: str, attempts: int = 3) -
                 raise
 
 
+_PROLOGUE_SET = re.compile(r"^SET (?P<name>[a-z_]+) = [^;\n]*;$", re.M)
+
+
+def settings_the_server_knows(conn: psycopg.Connection, prologue: str) -> str:
+    """The prologue without the ``SET`` lines of settings the target server does not have.
+
+    A ``pg_dump`` 17 or newer resets ``transaction_timeout``, which a 15 or 16 server refuses;
+    the dump is otherwise loadable there, so the drill must not fail on the kit's tool version.
+    """
+    rows = conn.execute("SELECT name FROM pg_catalog.pg_settings").fetchall()
+    known = {row["name"] for row in rows}
+
+    def keep(match: re.Match[str]) -> str:
+        return match[0] if match["name"] in known else ""
+
+    return _PROLOGUE_SET.sub(keep, prologue)
+
+
 def _session(url: str, prologue: str) -> psycopg.Connection:
     conn = connect(url, autocommit=True, client_encoding="UTF8")
-    _run(conn, prologue)
+    _run(conn, settings_the_server_knows(conn, prologue))
     # Index and key builds sort the whole table; the default 64 MB spills to disk early.
     conn.execute("SET maintenance_work_mem = '256MB'")
     return conn
