@@ -27,7 +27,7 @@ from hardening_pipeline.db.tenant_resolver import (
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.hardening.status_check import CheckLine, run_checks, run_status_check
-from tests.support.db import acting_as, admin_connect
+from tests.support.db import FK_REFUSED, acting_as, admin_connect
 
 APP_SCHEMA = """
 DO $roles$
@@ -547,7 +547,7 @@ def test_existing_foreign_keys_are_replaced_with_restrict_and_reported(app: App)
     # Deleting a unit that still has messages is refused, not cascaded.
     with admin_connect(app.url) as conn:
         conn.execute("SELECT set_config('app.actor', 'test:fixture', false)")
-        with pytest.raises(errors.ForeignKeyViolation):
+        with pytest.raises(FK_REFUSED):
             conn.execute("DELETE FROM units WHERE id = %s", (app.unit_a,))
         conn.rollback()
         # The kit's index on messages.development_id exists although the app held its name.
@@ -639,7 +639,7 @@ def test_unit_development_tenant_consistency_is_enforced_on_adopted_tables(plain
     apply_migrations(plain_app.url, applied_by="test")
     with admin_connect(plain_app.url) as conn:
         conn.execute("SELECT set_config('app.actor', 'test:fixture', false)")
-        with pytest.raises(errors.ForeignKeyViolation):
+        with pytest.raises(FK_REFUSED):
             conn.execute(
                 "INSERT INTO units (id, tenant_id, development_id, label) VALUES (%s, %s, %s, 'X')",
                 (uuid.uuid4(), plain_app.tenant_a, plain_app.development_b),

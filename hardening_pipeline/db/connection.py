@@ -9,6 +9,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from hardening_pipeline.db.embedded import embedded_database_url
+from hardening_pipeline.db.pg_installs import SUPPORTED_MAJORS
 from hardening_pipeline.errors import ConfigError
 from hardening_pipeline.settings import Settings
 
@@ -23,7 +24,7 @@ def resolve_database_url(settings: Settings) -> str:
 def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection:
     """Open a connection that returns rows as dicts, with a clear error when it cannot."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10, **kwargs
         )
     except psycopg.OperationalError as exc:
@@ -32,6 +33,29 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
             f"could not connect to the database ({reason}); check HARDENING_DATABASE_URL "
             "and that the server is running."
         ) from exc
+    try:
+        require_supported_server(conn.info.server_version)
+    except ConfigError:
+        conn.close()
+        raise
+    return conn
+
+
+def require_supported_server(server_version_num: int) -> None:
+    """Refuse a server older than the oldest supported major, before anything is read or written.
+
+    Only the supported majors are proven (``tests/test_pg_versions.py``); older ones differ in
+    what the guarantees rest on (PUBLIC's CREATE on ``public`` before 15, for one), and a
+    hardening that half applies is worse than a clear refusal.
+    """
+    oldest = min(SUPPORTED_MAJORS)
+    if server_version_num // 10000 < oldest:
+        version = f"{server_version_num // 10000}.{server_version_num % 10000}"
+        raise ConfigError(
+            f"the database runs PostgreSQL {version}, older than the oldest supported "
+            f"PostgreSQL {oldest}; upgrade the server to {oldest} or newer (on Supabase: "
+            "Project Settings, Infrastructure, Upgrade) and run the command again."
+        )
 
 
 def table_exists(conn: psycopg.Connection, qualified_name: str) -> bool:

@@ -64,7 +64,7 @@ def _run_as(account: tuple[int, int] | None, argv: list[str], **kwargs: Any) -> 
 class LocalServer:
     """A fresh cluster of ``install`` under ``folder`` (created, then removed by ``close``)."""
 
-    def __init__(self, install: PgInstall, folder: Path) -> None:
+    def __init__(self, install: PgInstall, folder: Path, superuser: str = "postgres") -> None:
         if len(str(folder)) > _MAX_SOCKET_DIR:
             raise ConfigError(
                 f"the throwaway folder {folder} is too long a path for a Unix socket; set "
@@ -80,7 +80,7 @@ class LocalServer:
             os.chown(folder, *self._account)
         _run_as(
             self._account,
-            [str(install.bin_dir / "initdb"), "-D", str(self._pgdata), "-U", "postgres",
+            [str(install.bin_dir / "initdb"), "-D", str(self._pgdata), "-U", superuser,
              "--auth=trust", "--encoding=UTF8", "--no-sync"],
         )  # fmt: skip
         _run_as(
@@ -90,7 +90,7 @@ class LocalServer:
         )  # fmt: skip
         self._started = True
         self.url = psycopg.conninfo.make_conninfo(
-            host=str(folder), port="5432", user="postgres", dbname="postgres"
+            host=str(folder), port="5432", user=superuser, dbname="postgres"
         )
 
     def close(self) -> None:
@@ -106,12 +106,12 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def local_server(install: PgInstall) -> Iterator[LocalServer]:
+def local_server(install: PgInstall, superuser: str = "postgres") -> Iterator[LocalServer]:
     """Yield a running ``LocalServer`` in a new folder under ``/tmp``; always removed."""
     folder = Path(tempfile.mkdtemp(prefix="hp-pg-", dir="/tmp"))
     server = None
     try:
-        server = LocalServer(install, folder)
+        server = LocalServer(install, folder, superuser)
         yield server
     finally:
         if server is not None:

@@ -236,7 +236,7 @@ class MigrationFailed(CheckFailed):
 
 
 _DUPLICATE = {"42710", "42P07", "42P06", "42723", "42P04"}
-_BAD_ROWS = {"23502", "23503", "23505", "23514", "23P01"}
+_BAD_ROWS = {"23001", "23502", "23503", "23505", "23514", "23P01"}
 
 
 def _fix_for(sqlstate: str | None, message: str, role: str) -> str:

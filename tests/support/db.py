@@ -8,11 +8,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.rows import dict_row
 
 from hardening_pipeline.db.connection import drop_database as drop_named_database
 from hardening_pipeline.db.connection import with_database
+
+# A foreign key refusing a write: PostgreSQL 18 reports ON DELETE/UPDATE RESTRICT as
+# restrict_violation (23001), older majors and every other refusal as foreign_key_violation.
+FK_REFUSED = (errors.ForeignKeyViolation, errors.RestrictViolation)
 
 
 def admin_connect(url: str, autocommit: bool = False) -> psycopg.Connection:
