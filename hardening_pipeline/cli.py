@@ -448,7 +448,12 @@ def retention(
 
 @main.command("restore-drill")
 @click.option("--backup-id", default=None, help="Drill this backup instead of the newest.")
-@click.option("--target-dsn", default=None, help="Restore into this Postgres (superuser URL).")
+@click.option(
+    "--target-dsn",
+    default=None,
+    help="Restore into this Postgres (superuser URL); default HARDENING_DRILL_TARGET_URL, "
+    "else a throwaway Postgres.",
+)
 @pass_context
 @friendly_errors
 def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -> None:
@@ -465,7 +470,7 @@ def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -
             notifier=_notifier(ctx),
             runbook_base_url=ctx.settings.runbook_url,
             backup_id=backup_id,
-            target_dsn=target_dsn,
+            target_dsn=ctx.settings.drill_target(target_dsn),
             on_stage=lambda name, state: status.update(f"restore drill: {name} {state}"),
         )
     console.print(Markdown(drill_markdown(job.result)))

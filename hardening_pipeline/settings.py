@@ -22,8 +22,11 @@ variable name is caught here, once.
 |  |  | name the repository path |
 | BACKUP_SCHEMAS | comma-separated schemas a backup carries (schema and rows), | ``public,`` |
 |  | e.g. ``public,auth``; ``hardening`` is always added | ``hardening`` |
-| HARDENING_PG_DUMP | path of the ``pg_dump`` to use for the schema part of backups | found: PATH, |
-|  |  | ``/usr/lib/postgresql/<major>/bin``, the embedded server's |
+| HARDENING_PG_DUMP | path of the ``pg_dump`` to use for the schema part of backups | found: the |
+|  |  | installations of ``db/pg_installs.py``, then PATH |
+| HARDENING_DRILL_TARGET_URL | superuser URL of a Postgres, separate from the app's, that | unset: |
+|  | restore drills recreate and drop a ``restore_drill`` database on; | a throwaway |
+|  | at least the backup's major (``--target-dsn`` / launch config win) | Postgres |
 | HARDENING_DAGSTER_OWNERS | owners of every Dagster asset, comma-separated, | ``team:platform`` |
 |  | each an email or ``team:<name>`` |  |
 | HARDENING_GIT_URL | GitHub/GitLab repository URL: asset code links open it there | unset: local |
@@ -61,6 +64,7 @@ ENV_WEBSERVER_URL = "DAGSTER_WEBSERVER_URL"
 ENV_RUNBOOK_URL = "HARDENING_RUNBOOK_URL"
 ENV_BACKUP_SCHEMAS = "BACKUP_SCHEMAS"
 ENV_PG_DUMP = "HARDENING_PG_DUMP"
+ENV_DRILL_TARGET_URL = "HARDENING_DRILL_TARGET_URL"
 # The app's own schema plus the kit's; ``auth`` (Supabase) is opt-in because its rows are
 # Supabase's to restore, not every team wants them in the app's backup.
 DEFAULT_BACKUP_SCHEMAS = ("public", "hardening")
@@ -84,10 +88,17 @@ class Settings:
     runbook_url: str | None = None
     backup_schemas: tuple[str, ...] = DEFAULT_BACKUP_SCHEMAS
     pg_dump_path: str | None = None
+    drill_target_url: str | None = field(default=None, repr=False)
 
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    def drill_target(self, explicit: str | None = None) -> str | None:
+        """Where a restore drill restores: the target asked for at launch (``--target-dsn``,
+        the Dagster launch config), else ``HARDENING_DRILL_TARGET_URL``, else None (a throwaway
+        Postgres of the backup's major)."""
+        return explicit or self.drill_target_url
 
     @property
     def effective_store_url(self) -> str:
@@ -224,6 +235,32 @@ def parse_backup_schemas(value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*names, "hardening"]))
 
 
+def _server_address(url: str) -> tuple[str, str]:
+    import psycopg
+
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    return str(params.get("host") or ""), str(params.get("port") or "5432")
+
+
+def check_drill_target_url(value: str | None, database_url: str | None) -> None:
+    """``HARDENING_DRILL_TARGET_URL``: a Postgres URL, and not the application's own server.
+
+    A restore runs the backup's functions, triggers and defaults, which came from a database
+    whose table owner may be hostile; on the application's server they would sit beside the
+    live data. The comparison is of host and port as written, so it catches the plain mistake
+    (the same URL reused), not a second name for the same server.
+    """
+    check_database_url(value, ENV_DRILL_TARGET_URL)
+    if value is None or database_url is None:
+        return
+    if _server_address(value) == _server_address(database_url):
+        raise ConfigError(
+            f"{ENV_DRILL_TARGET_URL} names the same server as {ENV_DATABASE_URL}; a drill "
+            "restores a backup's code, so point it at a separate Postgres (compose: the "
+            "drill_postgres service) or unset it to restore into a throwaway Postgres."
+        )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
     env = os.environ if environ is None else environ
@@ -239,6 +276,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     runbook = _clean(env, ENV_RUNBOOK_URL)
     _check_url(ENV_RUNBOOK_URL, runbook, ("http", "https"), need_host=True)
     previous = _clean(env, ENV_ENCRYPTION_KEYS_PREVIOUS)
+    drill_target_url = _clean(env, ENV_DRILL_TARGET_URL)
+    check_drill_target_url(drill_target_url, database_url)
     return Settings(
         database_url=database_url,
         encryption_key=_clean(env, ENV_ENCRYPTION_KEY),
@@ -253,6 +292,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         runbook_url=runbook.split("#", 1)[0] if runbook else None,
         backup_schemas=parse_backup_schemas(_clean(env, ENV_BACKUP_SCHEMAS)),
         pg_dump_path=_clean(env, ENV_PG_DUMP),
+        drill_target_url=drill_target_url,
     )
 
 

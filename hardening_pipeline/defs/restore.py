@@ -26,7 +26,8 @@ from hardening_pipeline.restore.report import drill_markdown
 
 
 class RestoreDrillConfig(dg.Config):
-    """Launch-time options: drill a named backup, or restore into a Postgres you provide."""
+    """Launch-time options: drill a named backup, or restore into a Postgres you provide
+    (instead of HARDENING_DRILL_TARGET_URL's, or a throwaway one when that is unset)."""
 
     backup_id: str | None = None
     target_dsn: str | None = None
@@ -38,12 +39,14 @@ class RestoreDrillConfig(dg.Config):
     kinds={"postgres", "s3"},
     description=(
         "Monthly proof that the newest backup restores: verifies the manifest and every "
-        "object's SHA-256 before decrypting, restores into a throwaway Postgres, compares every "
-        "table's row count and digest with the manifest, runs the canaries, the status check "
-        "and the drill tests there, and reports RPO/RTO. The report lands next to the status "
-        "reports and goes to Slack on success and failure. The run FAILS when anything could "
-        "not be verified (no backup, a damaged or altered object, an unknown key, a newer "
-        "schema, a red invariant or test): treat it as 'our backups may not restore' and "
+        "object's SHA-256 before decrypting, restores into a throwaway Postgres of the "
+        "backup's major (or the separate Postgres named by HARDENING_DRILL_TARGET_URL), "
+        "compares every table's row count and digest with the manifest, runs the canaries, "
+        "the status check and the drill tests there, and reports RPO/RTO. The report lands "
+        "next to the status reports and goes to Slack on success and failure. The run FAILS "
+        "when anything could not be verified (no backup, a damaged or altered object, an "
+        "unknown key, a newer schema, a red invariant or test): treat it as 'our backups may "
+        "not restore' and "
         "follow docs/runbook.md#restore-drill-failed."
     ),
 )
@@ -68,7 +71,7 @@ def restore_drill_report(
         notifier=slack.notifier(),
         runbook_base_url=slack.runbook_base_url(),
         backup_id=config.backup_id,
-        target_dsn=config.target_dsn,
+        target_dsn=settings.drill_target(config.target_dsn),
         on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
     )
     delivered = job.delivery is not None and job.delivery.delivered

@@ -29,7 +29,12 @@ class Stage:
 
 
 def instructions(path: Path) -> list[tuple[str, list[str]]]:
-    text = path.read_text().replace("\\\n", " ")
+    return instructions_of(path.read_text())
+
+
+def instructions_of(text: str) -> list[tuple[str, list[str]]]:
+    """The instructions of a Dockerfile's text (tests parse altered copies without writing them)."""
+    text = text.replace("\\\n", " ")
     found = []
     for line in text.splitlines():
         line = line.strip()
@@ -40,8 +45,12 @@ def instructions(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def stages(path: Path) -> list[Stage]:
+    return stages_of(path.read_text())
+
+
+def stages_of(text: str) -> list[Stage]:
     result: list[Stage] = []
-    for keyword, args in instructions(path):
+    for keyword, args in instructions_of(text):
         if keyword == "FROM":
             name = args[2] if len(args) >= 3 and args[1].upper() == "AS" else None
             result.append(Stage(base=args[0], name=name))
