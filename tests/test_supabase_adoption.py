@@ -4,9 +4,10 @@ The steps a team follows, each through the ``hardening`` command in a subprocess
 HARDENING_DATABASE_URL pointing at the Supabase-faithful database as ``postgres`` (not a
 superuser), a file backup store in a temporary folder and a freshly generated key:
 plan (blockers) -> the blocker fixes -> plan (clean) -> migrate -> status -> canaries -> backup
--> restore drill. The tests share one database and run in file order. Steps that need work from
-other parts of issue 13 are marked xfail(strict) with what is missing, so they turn into failures
-to un-mark as soon as that work lands.
+-> restore drill. The tests share one database and run in file order, once on each major in
+``SUPABASE_MAJORS`` (ids ``pg15``, ``pg17``). Steps that need work from other parts of issue 13
+are marked xfail(strict) with what is missing, so they turn into failures to un-mark as soon as
+that work lands.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.support.supabase_db import (
     SupabaseServer,
     apply_blocker_fixes,
     apply_status_fixes,
+    supabase_server_each_major,  # noqa: F401  (fixture: this module runs on every major)
 )
 
 # What status rightly reports about the app itself (its view, its SECURITY DEFINER function, its
@@ -140,10 +142,15 @@ def test_4b_ddl_recording_is_not_installed_and_status_says_so(adoption: Adoption
         assert conn.execute(
             "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'hardening%'"
         ).fetchone() == (0,)
-        # and the membership 016 borrowed to reshape audit_events is gone again
+        # and the membership 016 borrowed to reshape audit_events is gone again: postgres can
+        # neither use the audit owner's privileges nor become it. (From 16 on, postgres stays a
+        # member with ADMIN OPTION only, no INHERIT or SET: what creating the role in 002 gives
+        # its creator, granted by the bootstrap superuser, so postgres cannot revoke it.)
         assert conn.execute(
-            "SELECT pg_has_role('postgres', 'hardening_audit_owner', 'MEMBER')"
+            "SELECT pg_has_role('postgres', 'hardening_audit_owner', 'USAGE')"
         ).fetchone() == (False,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET ROLE hardening_audit_owner")
 
 
 def test_5_status_is_red_only_on_the_apps_own_findings(adoption: Adoption) -> None:

@@ -4,6 +4,7 @@ The capture (tests/support/behaviour.py) records, for anon, a viewer and an admi
 (PostgREST claims), service_role and postgres, which rows each can read, insert, update and
 delete in every app table, and what the app's view and SECURITY DEFINER function return. The kit
 may only narrow that, and only where it says so; the expected difference is written below as data.
+Every test runs on each major in ``SUPABASE_MAJORS`` (ids ``pg15``, ``pg17``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from tests.support.supabase_app import (
     UNIT_B,
     UNIT_MISPLACED,
 )
-from tests.support.supabase_db import apply_blocker_fixes
+from tests.support.supabase_db import (
+    apply_blocker_fixes,
+    supabase_server_each_major,  # noqa: F401  (fixture: this module runs on every major)
+)
 
 # Tables the kit treats as tenant-scoped: they have a tenant_id column, or are the tenants.
 TENANT_TABLES = {

@@ -1,5 +1,7 @@
 """The Supabase-faithful database is what Supabase's own SQL builds, and the kit migrates on it.
 
+Every test on the database runs on each major in ``SUPABASE_MAJORS`` (ids ``pg15``, ``pg17``).
+
 The second half reproduces the first adoption failure: 002 and 006 (and 010) handed objects to
 the audit owner in a way only a superuser may, so ``hardening migrate`` as Supabase's ``postgres``
 stopped at "permission denied for schema public".
@@ -11,7 +13,11 @@ import psycopg
 import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations, discover_migrations
-from tests.support.supabase_db import running_supabase
+from tests.support.supabase_db import (
+    PG15_BIN,
+    running_supabase,
+    supabase_server_each_major,  # noqa: F401  (fixture: this module runs on every major)
+)
 
 
 def _one(url: str, query: str, params: tuple = ()) -> tuple:
@@ -128,7 +134,28 @@ def test_audit_log_stays_append_only_for_supabase_postgres(supabase_db_url: str)
                     conn.execute(statement)
 
 
-def test_missing_postgres_15_skips_with_the_reason(tmp_path) -> None:
-    with pytest.raises(pytest.skip.Exception, match="Postgres 15 binaries not found at"):
-        with running_supabase(tmp_path / "no-such-bin"):
+@pytest.mark.parametrize(
+    ("major", "ci", "outcome"),
+    [
+        (15, "", pytest.skip.Exception),
+        (15, "true", pytest.skip.Exception),
+        (17, "", pytest.skip.Exception),
+        (17, "true", pytest.fail.Exception),  # CI always fetches 17: it may not go green skipping
+    ],
+)
+def test_missing_binaries_skip_with_the_reason_and_17_fails_on_ci(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, major: int, ci: str, outcome: type
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=f"Postgres {major} binaries not found at"):
+        with running_supabase(major, tmp_path / "no-such-bin"):
+            pass
+
+
+def test_binaries_of_another_major_are_not_taken_for_17(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (PG15_BIN / "postgres").exists():
+        pytest.skip(f"no Postgres 15 at {PG15_BIN} to stand in for the wrong major")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"holds PostgreSQL 15\.\d+, not Postgres 17"):
+        with running_supabase(17, PG15_BIN):
             pass

@@ -1,4 +1,4 @@
-"""A Postgres 15 built from Supabase's own init SQL, for testing adoption on a real Supabase shape.
+"""A Postgres built from Supabase's own init SQL, for testing adoption on a real Supabase shape.
 
 On it, as on a hosted Supabase project: ``supabase_admin`` is the only superuser; ``postgres`` (the
 role a user connects as) is NOSUPERUSER with CREATEROLE and BYPASSRLS and owns ``public``; default
@@ -6,10 +6,19 @@ privileges hand ALL on every new table, sequence and function in ``public`` to `
 ``authenticated`` and ``service_role``. The SQL is vendored under ``tests/supabase/`` (see its
 README for the source commit and what was left out).
 
-The server runs from the Postgres 15 binaries (``HARDENING_TEST_PG15_BIN`` overrides the folder).
-``initdb`` refuses root, so as root it runs as the ``postgres`` OS user. Two templates are built
-once per session: ``supa_base`` (Supabase only) and ``supa_app`` (plus ``tests/supabase/app.sql``,
-created as ``postgres``); each test gets its own clone.
+It is built on Postgres 15 (Debian's binaries; ``HARDENING_TEST_PG15_BIN`` overrides the folder)
+or 17 (the server ``hardening_pipeline.db.pg_installs`` finds, as ``hardening postgres fetch 17``
+installs it). ``initdb`` refuses root, so as root it runs as the ``postgres`` OS user. Each major's
+server is started at most once per session, on first use, with two templates: ``supa_base``
+(Supabase only) and ``supa_app`` (plus ``tests/supabase/app.sql``, created as ``postgres``); each
+test gets its own clone.
+
+``supabase_server`` (and ``supabase_db_url``/``supabase_app_url`` on it) is the 15 server. A
+module runs on every major in ``SUPABASE_MAJORS`` by importing ``supabase_server_each_major``,
+which overrides ``supabase_server`` there with one parameter per major (ids ``pg15``, ``pg17``).
+
+Missing binaries skip the tests with the reason, except for a major ``.ci/run`` always installs
+(``REQUIRED_ON_CI``) when ``CI`` is ``true``: there they fail, so CI cannot go green by skipping.
 """
 
 from __future__ import annotations
@@ -26,13 +35,25 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from hardening_pipeline.db.pg_installs import server_for, tool_version
+from hardening_pipeline.errors import ConfigError
+
 SUPABASE_SQL = Path(__file__).resolve().parents[1] / "supabase"
 PG15_BIN = Path(os.environ.get("HARDENING_TEST_PG15_BIN", "/usr/lib/postgresql/15/bin"))
+SUPABASE_MAJORS = (15, 17)
+DEFAULT_MAJOR = 15
+# .ci/run always runs `hardening postgres fetch 16 17`; 15 comes from apt only where CI is root.
+REQUIRED_ON_CI = frozenset({17})
+_INSTALL_HINT = {
+    15: "install postgresql-15, or set HARDENING_TEST_PG15_BIN",
+    17: "run `hardening postgres fetch 17`",
+}
 BASE_TEMPLATE = "supa_base"
 APP_TEMPLATE = "supa_app"
 
@@ -137,20 +158,52 @@ def _build_supabase(server: SupabaseServer) -> None:
     _run_files(server.url(APP_TEMPLATE), ["app.sql"])
 
 
-@contextlib.contextmanager
-def running_supabase(bin_dir: Path = PG15_BIN) -> Iterator[SupabaseServer]:
-    """Start, build and finally stop and delete a Supabase-shaped Postgres 15."""
-    initdb = bin_dir / "initdb"
-    if not initdb.exists():
-        pytest.skip(
-            f"Postgres 15 binaries not found at {bin_dir} (install postgresql-15, or set "
-            "HARDENING_TEST_PG15_BIN); the Supabase-faithful tests need them."
+def _unavailable(major: int, reason: str) -> NoReturn:
+    """Skip with the reason; fail instead on CI for a major CI always installs."""
+    if major in REQUIRED_ON_CI and os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(
+            f"{reason} (CI=true: CI installs Postgres {major}, so this fails)", pytrace=False
         )
+    pytest.skip(reason)
+
+
+def server_bin_dir(major: int) -> Path:
+    """Where the Postgres ``major`` server binaries are looked for."""
+    if major == 15:
+        return PG15_BIN
+    try:
+        return server_for(major).bin_dir  # that major, else a newer one: checked by the caller
+    except ConfigError as exc:
+        _unavailable(major, f"no Postgres {major} server found: {exc}")
+
+
+def _check_binaries(major: int, bin_dir: Path) -> None:
+    hint = _INSTALL_HINT.get(major, f"install a Postgres {major} server")
+    if not (bin_dir / "initdb").exists():
+        _unavailable(
+            major,
+            f"Postgres {major} binaries not found at {bin_dir} ({hint}); the Supabase-faithful "
+            "tests need them.",
+        )
+    found = tool_version(bin_dir / "postgres")
+    if found is None or found.major != major:
+        what = f"PostgreSQL {found.version}" if found else "no working postgres binary"
+        _unavailable(major, f"{bin_dir} holds {what}, not Postgres {major} ({hint}).")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root without a 'postgres' OS user to run initdb as")
+            _unavailable(major, "running as root without a 'postgres' OS user to run initdb as")
+
+
+@contextlib.contextmanager
+def running_supabase(
+    major: int = DEFAULT_MAJOR, bin_dir: Path | None = None
+) -> Iterator[SupabaseServer]:
+    """Start, build and finally stop and delete a Supabase-shaped Postgres ``major``."""
+    bin_dir = server_bin_dir(major) if bin_dir is None else bin_dir
+    _check_binaries(major, bin_dir)
+    initdb = bin_dir / "initdb"
     folder = Path(tempfile.mkdtemp(prefix="hp-supa-", dir="/tmp"))
     data, sockets, log = folder / "data", folder / "sock", folder / "server.log"
     sockets.mkdir()
@@ -180,9 +233,18 @@ def running_supabase(bin_dir: Path = PG15_BIN) -> Iterator[SupabaseServer]:
         )  # fmt: skip
         if start.returncode != 0:
             server_log = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"Postgres 15 did not start: {start.stderr}{server_log[-2000:]}")
+            raise RuntimeError(
+                f"Postgres {major} did not start: {start.stderr}{server_log[-2000:]}"
+            )
         started = True
-        _build_supabase(server)
+        try:
+            _build_supabase(server)
+        except RuntimeError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.UndefinedFile):
+                raise
+            # An extension whose library needs a system library this machine lacks (the
+            # fetched 17's uuid-ossp needs libossp-uuid.so.16: Debian's libossp-uuid16).
+            _unavailable(major, f"{exc}; install the system library it names.")
         yield server
     finally:
         if started:
@@ -193,10 +255,30 @@ def running_supabase(bin_dir: Path = PG15_BIN) -> Iterator[SupabaseServer]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def supabase_server() -> Iterator[SupabaseServer]:
-    with running_supabase() as server:
-        yield server
+_SERVERS = pytest.StashKey[dict[int, SupabaseServer]]()
+
+
+def supabase_server_of(config: pytest.Config, major: int) -> SupabaseServer:
+    """The session's Supabase server on ``major``: started on first use, stopped at the end."""
+    started = config.stash.setdefault(_SERVERS, {})
+    if major not in started:
+        stack = contextlib.ExitStack()
+        started[major] = stack.enter_context(running_supabase(major))
+        config.add_cleanup(stack.close)
+    return started[major]
+
+
+def _supabase_server(request: pytest.FixtureRequest) -> SupabaseServer:
+    return supabase_server_of(request.config, getattr(request, "param", DEFAULT_MAJOR))
+
+
+supabase_server = pytest.fixture(scope="module", name="supabase_server")(_supabase_server)
+supabase_server_each_major = pytest.fixture(
+    scope="module",
+    name="supabase_server",
+    params=SUPABASE_MAJORS,
+    ids=[f"pg{major}" for major in SUPABASE_MAJORS],
+)(_supabase_server)
 
 
 @pytest.fixture
