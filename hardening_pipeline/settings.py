@@ -2,7 +2,9 @@
 
 Nothing else in the project calls ``os.environ`` for configuration: pass a ``Settings`` around
 instead, so tests can build one without touching the process environment and so a typo in a
-variable name is caught here, once.
+variable name is caught here, once. The one exception is where PostgreSQL installations are
+looked for (``HARDENING_PG_BIN_DIRS``, ``HARDENING_PG_CACHE``, in ``db/pg_installs.py``): it is a
+fact of the machine, reached from places that have no ``Settings`` (a throwaway server).
 
 | variable | meaning | default |
 |---|---|---|
@@ -27,6 +29,10 @@ variable name is caught here, once.
 | HARDENING_DRILL_TARGET_URL | superuser URL of a Postgres, separate from the app's, that | unset: |
 |  | restore drills recreate and drop a ``restore_drill`` database on; | a throwaway |
 |  | at least the backup's major (``--target-dsn`` / launch config win) | Postgres |
+| HARDENING_PG_BIN_DIRS | PostgreSQL ``bin`` folders searched first for ``pg_dump`` and | none |
+|  | drill servers, ``:``-separated (read by ``db/pg_installs.py``) |  |
+| HARDENING_PG_CACHE | where ``hardening postgres fetch`` unpacks releases (read by | root: ``/var/cache/`` |
+|  | ``db/pg_installs.py``, which the CLI's ``postgres`` group also uses) | else ``~/.cache/`` |
 | HARDENING_DAGSTER_OWNERS | owners of every Dagster asset, comma-separated, | ``team:platform`` |
 |  | each an email or ``team:<name>`` |  |
 | HARDENING_GIT_URL | GitHub/GitLab repository URL: asset code links open it there | unset: local |
