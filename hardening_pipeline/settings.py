@@ -31,8 +31,8 @@ fact of the machine, reached from places that have no ``Settings`` (a throwaway 
 |  | at least the backup's major (``--target-dsn`` / launch config win) | Postgres |
 | HARDENING_PG_BIN_DIRS | PostgreSQL ``bin`` folders searched first for ``pg_dump`` and | none |
 |  | drill servers, ``:``-separated (read by ``db/pg_installs.py``) |  |
-| HARDENING_PG_CACHE | where ``hardening postgres fetch`` unpacks releases (read by | root: ``/var/cache/`` |
-|  | ``db/pg_installs.py``, which the CLI's ``postgres`` group also uses) | else ``~/.cache/`` |
+| HARDENING_PG_CACHE | where ``hardening postgres fetch`` unpacks releases | root: ``/var/cache/`` |
+|  | (read by ``db/pg_installs.py``) | else ``~/.cache/`` |
 | HARDENING_DAGSTER_OWNERS | owners of every Dagster asset, comma-separated, | ``team:platform`` |
 |  | each an email or ``team:<name>`` |  |
 | HARDENING_GIT_URL | GitHub/GitLab repository URL: asset code links open it there | unset: local |
