@@ -485,7 +485,12 @@ def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -
 @main.command()
 @click.option("--tenant", "tenant_id", required=True, help="The tenant's UUID.")
 @click.option("--into", "target_dsn", required=True, help="Database to restore into (migrated).")
-@click.option("--backup-id", default=None, help="Restore from this backup instead of the newest.")
+@click.option(
+    "--backup-id",
+    default=None,
+    help="Restore from this backup instead of the newest (needed when the newest fails "
+    "verification: an older one is never taken unasked).",
+)
 @click.option("--merge", is_flag=True, help="The tenant exists there: add only missing rows.")
 @pass_context
 @friendly_errors
@@ -514,8 +519,10 @@ def restore(
     for c in result.counts:
         table.add_row(c.table, str(c.offered), str(c.inserted), str(c.offered - c.inserted))
     console.print(table)
+    taken = result.created_at.isoformat(timespec="seconds")
     console.print(
-        f"restored {result.inserted} row(s); audited as service_role:restore:{result.backup_id}"
+        f"restored from backup {result.backup_id}, taken at {taken}: {result.inserted} row(s); "
+        f"audited as service_role:restore:{result.backup_id}"
     )
 
 

@@ -24,6 +24,7 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import TableEntry
+from hardening_pipeline.errors import CheckFailed
 
 
 def _split(qualified: str) -> sql.Identifier:
@@ -213,6 +214,50 @@ def _special_columns(conn: psycopg.Connection, target: str) -> tuple[set[str], l
     return generated, identities
 
 
+def _tenant_column(entry: TableEntry, tenant_id: str) -> str:
+    """The column that names the tenant of a row in a tenant's object, as the backup chose it.
+
+    ``public.tenants`` by ``id``, another ``public`` table by ``tenant_id`` (the audit log
+    aside); any other table never belongs in a tenant's object and is refused.
+    """
+    schema, _, table = entry.name.rpartition(".")
+    column = "id" if table == "tenants" else "tenant_id"
+    if (schema or "public") != "public" or table == "audit_events" or column not in entry.columns:
+        raise CheckFailed(
+            f"the backup's object for tenant {tenant_id} holds table {entry.name}, which has no "
+            "tenant column; nothing was restored: check the store (the object was not written "
+            "by `hardening backup`) and restore from another backup with --backup-id."
+        )
+    return column
+
+
+def _check_tenant_rows(
+    conn: psycopg.Connection, stage: sql.Identifier, entry: TableEntry, column: str, tenant_id: str
+) -> None:
+    """Refuse a staged table holding a row of another tenant, or of none.
+
+    The object's digests only prove it is what the key holder wrote; a key holder can write
+    another tenant's rows into this tenant's object, so the rows themselves are checked.
+    """
+    stray = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {}::text IS DISTINCT FROM %s").format(
+                stage, sql.Identifier(column)
+            ),
+            (tenant_id,),
+        )
+        .fetchone()[0]
+    )
+    if stray:
+        raise CheckFailed(
+            f"the backup's object for tenant {tenant_id} holds {stray} row(s) of {entry.name} "
+            "that belong to another tenant or to none; nothing was restored: the object was "
+            "altered after the backup, so check the store and restore from another backup with "
+            "--backup-id."
+        )
+
+
 def merge_tenant(
     conn: psycopg.Connection,
     tables: Iterator[tuple[TableEntry, Iterator[bytes]]],
@@ -224,7 +269,9 @@ def merge_tenant(
 
     Identity columns keep their backed-up values (``OVERRIDING SYSTEM VALUE``: the rows' ids
     are what other rows and the outside world refer to) and their sequences are moved past the
-    largest value afterwards; generated columns are left for Postgres to compute.
+    largest value afterwards; generated columns are left for Postgres to compute. Every row
+    must carry ``tenant_id`` (checked in its staging table, before it is inserted): otherwise
+    ``CheckFailed``, and the caller's transaction keeps nothing.
     """
     conn.execute("SET LOCAL ROLE service_role")
     conn.execute(
@@ -234,6 +281,7 @@ def merge_tenant(
     counts = []
     sequences: list[tuple[str, str, str]] = []
     for entry, chunks in tables:
+        column = _tenant_column(entry, tenant_id)
         stage = sql.Identifier(f"restore_stage_{len(counts)}")
         target = _split(entry.name)
         generated, identities = _special_columns(conn, target.as_string(conn))
@@ -244,6 +292,7 @@ def merge_tenant(
             )
         )
         copy_in(conn, stage, entry.columns, chunks)
+        _check_tenant_rows(conn, stage, entry, column, tenant_id)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in entry.columns if c not in generated)
         inserted = conn.execute(
             sql.SQL(

@@ -8,6 +8,10 @@ refuses a database that still holds the tenant, so it never mixes old and new da
 with ``merge`` it inserts only the rows that are missing and leaves existing ones alone. Rows go
 in as ``service_role`` with the actor ``service_role:restore:<backup-id>``, so the audit log
 records the restore like any other write.
+
+It restores exactly what was asked or nothing: the newest backup, refused when that one fails
+verification (an older one only when named with ``--backup-id``), and only rows that carry the
+tenant's id: one row of another tenant, or of none, and none of the tenant's rows are committed.
 """
 
 from __future__ import annotations
@@ -15,10 +19,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
-from hardening_pipeline.backup.catalog import StoredBackup, find_backup, list_backups
+from hardening_pipeline.backup.catalog import (
+    BackupCatalog,
+    NoBackupError,
+    StoredBackup,
+    find_backup,
+    list_backups,
+)
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.export import FOREIGN_KEY_EDGES
 from hardening_pipeline.backup.manifest import Manifest, ObjectEntry, unwrap_data_key
@@ -120,10 +131,31 @@ class TenantRestoreResult:
     backup_id: str
     tenant_id: str
     counts: list[MergeCount]
+    created_at: datetime
 
     @property
     def inserted(self) -> int:
         return sum(c.inserted for c in self.counts)
+
+
+def _chosen_backup(catalog: BackupCatalog, backup_id: str | None, tenant: str) -> StoredBackup:
+    """The named backup, or the newest one only if it verifies: never an older one unasked.
+
+    Quietly restoring the backup before a broken newest one would bring back rows deleted
+    since and undo edits, and breaking the newest takes only write access to the store.
+    """
+    try:
+        return find_backup(catalog, backup_id, newest_must_be_valid=True)
+    except NoBackupError as exc:
+        older = catalog.newest
+        if backup_id is not None or older is None:
+            raise
+        taken = older.created_at.isoformat(timespec="seconds")
+        raise NoBackupError(
+            f"{str(exc).rstrip('.')}, so tenant {tenant} was not restored from an older backup "
+            "in its place; check the store, then name an older backup with --backup-id <id> "
+            f"(the newest verified one is {older.backup_id}, taken at {taken})."
+        ) from None
 
 
 def restore_tenant(
@@ -140,7 +172,7 @@ def restore_tenant(
     except ValueError:
         raise ConfigError(f"--tenant {tenant_id!r} is not a UUID; pass the tenant's id.") from None
     check_database_url(target_url, "--into")
-    backup = find_backup(list_backups(store, keyring), backup_id)
+    backup = _chosen_backup(list_backups(store, keyring), backup_id, tenant)
     manifest = backup.manifest
     assert manifest is not None
     entries = [o for o in manifest.objects if o.tenant_id == tenant]
@@ -185,4 +217,4 @@ def restore_tenant(
                     "was written: bring the target's schema to the backup's (`hardening "
                     "migrate`) or restore into an empty migrated database."
                 ) from exc
-    return TenantRestoreResult(manifest.backup_id, tenant, counts)
+    return TenantRestoreResult(manifest.backup_id, tenant, counts, manifest.created_at)
