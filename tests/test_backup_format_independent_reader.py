@@ -178,6 +178,8 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
     manifests = list((tmp_path / "store").rglob("manifest.json"))
     assert len(manifests) == 1
     folder = manifests[0].parent
+    keys = [p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*")]
+    assert reader.pick_backup(keys) == folder.relative_to(tmp_path / "store").as_posix()
     doc = reader.verify_manifest(manifests[0].read_bytes(), [master])
     reader.check_folder(doc, str(folder.relative_to(tmp_path / "store")))
     with pytest.raises(reader.ReaderError, match="does not belong"):
@@ -189,11 +191,9 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
         )
         for table in entry["tables"]:
             rows = reader.parse_copy_rows(parts[table["name"]], table["columns"])
-            assert len(rows) == table["row_count"]
+            reader.check_rows(entry, table, rows)
             if table["name"] == "onboarding_attempts":
                 bodies += [(r["error"], r["finished_at"]) for r in rows]
-            if entry["tenant_id"] is not None and "tenant_id" in table["columns"]:
-                assert {r["tenant_id"] for r in rows} <= {entry["tenant_id"]}
     assert (TRICKY, None) in bodies
     schema = doc["app_schema"]
     sections = reader.split_sections(
@@ -202,3 +202,82 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
     assert "CREATE TABLE public.messages" in sections["pre-data"]
     assert "CREATE POLICY messages_tenant_isolation" in sections["post-data"]
     assert any(t.startswith("public.messages (") for t in schema["catalog"]["tables"])
+
+
+def test_the_newest_backup_is_picked_by_its_path_and_a_broken_one_is_never_skipped(
+    tmp_path: Path,
+) -> None:
+    """Section 8: newest by path, verified or not; an older backup only when it is named."""
+    from hardening_pipeline.backup.catalog import NoBackupError, find_backup, list_backups
+    from hardening_pipeline.backup.store import FileStore
+    from tests.test_backup_retention_apply import write_backup as write_signed
+
+    master = os.urandom(32)
+    store = FileStore(tmp_path)
+    now = datetime.now(UTC)
+    older = write_signed(store, Keyring(master), now - timedelta(days=1))
+    newest = write_signed(store, Keyring(master), now - timedelta(hours=1))
+    store.put(f"{now:%Y/%m/%d}/{now:%Y%m%dT%H%M%SZ}-unfinish/shared.hpb", [b"no manifest yet"])
+    store.put("elsewhere/9999/12/31/x/manifest.json", [b"not under the layout"])
+    keys = [o.key for o in store.list()]
+    assert reader.pick_backup(keys).endswith("/" + newest)
+
+    (path,) = tmp_path.glob(f"*/*/*/{newest}/manifest.json")
+    path.write_bytes(path.read_bytes().replace(b'"app"', b'"ap2"'))
+    assert reader.pick_backup(keys).endswith("/" + newest)  # still the newest: no fall-back
+    with pytest.raises(reader.ReaderError, match="MAC"):
+        reader.verify_manifest(path.read_bytes(), [master])
+    with pytest.raises(NoBackupError, match=newest):  # the project refuses the same store
+        find_backup(list_backups(store, Keyring(master)), None, newest_must_be_valid=True)
+
+    named = reader.pick_backup(keys, older)
+    doc = reader.verify_manifest((tmp_path / named / "manifest.json").read_bytes(), [master])
+    reader.check_folder(doc, named)
+    assert doc["backup_id"] == older
+
+
+def test_a_manifest_dated_in_the_future_is_refused(tmp_path: Path) -> None:
+    from hardening_pipeline.backup.store import FileStore
+    from tests.test_backup_retention_apply import write_backup as write_signed
+
+    master = os.urandom(32)
+    store = FileStore(tmp_path)
+    soon = write_signed(store, Keyring(master), datetime.now(UTC) + timedelta(minutes=3))
+    later = write_signed(store, Keyring(master), datetime.now(UTC) + timedelta(minutes=30))
+    for backup_id, ok in ((soon, True), (later, False)):
+        (path,) = tmp_path.glob(f"*/*/*/{backup_id}/manifest.json")
+        if ok:
+            reader.verify_manifest(path.read_bytes(), [master])
+        else:
+            with pytest.raises(reader.ReaderError, match="future"):
+                reader.verify_manifest(path.read_bytes(), [master])
+
+
+def test_rows_are_checked_against_the_tenant_id_in_its_text_form() -> None:
+    tenant = "7c0e0d4e-0d7e-4c57-9b4e-2f0e5c6a1b2d"
+    entry = {"tenant_id": tenant}
+    table = {"name": "messages", "columns": ["id", "tenant_id"], "row_count": 1}
+
+    def rows(text: bytes) -> list[dict[str, str | None]]:
+        return reader.parse_copy_rows(text, table["columns"])
+
+    reader.check_rows(entry, table, rows(f"1\t{tenant}\n".encode()))
+    for stray in ("\\N", tenant.upper(), "00000000-0000-0000-0000-000000000000"):
+        with pytest.raises(reader.ReaderError, match="others' rows"):
+            reader.check_rows(entry, table, rows(f"1\t{stray}\n".encode()))
+    tenants = {"name": "tenants", "columns": ["id", "name"], "row_count": 1}
+    reader.check_rows(
+        entry, tenants, reader.parse_copy_rows(f"{tenant}\tAcme\n".encode(), ["id", "name"])
+    )
+    with pytest.raises(reader.ReaderError, match="rows, not"):
+        reader.check_rows(entry, dict(table, row_count=2), rows(f"1\t{tenant}\n".encode()))
+    # The shared object's tenant_id columns hold anything, NULL included.
+    reader.check_rows({"tenant_id": None}, table, rows(b"1\t\\N\n"))
+
+
+def test_only_the_escapes_the_writer_produces_are_read() -> None:
+    [row] = reader.parse_copy_rows(b"a\\\\N\tb\\tc\\nd\t\\N\n", ["x", "y", "z"])
+    assert row == {"x": "a\\N", "y": "b\tc\nd", "z": None}
+    for odd in (b"\\q\n", b"\\101\n", b"\\x41\n", b"ab\\\n"):
+        with pytest.raises(reader.ReaderError, match="never produces"):
+            reader.parse_copy_rows(odd, ["x"])

@@ -7,6 +7,7 @@ would write them. Retention trusts nothing but verified manifests, so for it the
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring, generate_data_key
 from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
+    MAX_CLOCK_SKEW,
     DatabaseIdentity,
     Manifest,
     ObjectEntry,
@@ -30,6 +32,7 @@ from hardening_pipeline.backup.retention import RetentionPolicy
 from hardening_pipeline.backup.store import BackupStore, FileStore, StoreError
 from hardening_pipeline.errors import CheckFailed
 from tests.support.s3_server import B2LikeS3Server
+from tests.support.slack_receiver import SlackReceiver
 from tests.support.stores import RecordingStore
 
 # A Thursday. Two years of dailies ending here keep 47 backups:
@@ -187,6 +190,88 @@ def test_a_backup_dated_in_the_future_stops_all_deletion(keyring: Keyring, tmp_p
         apply_retention(store, keyring, now=NOW)
     assert store.mutations() == []
     assert future in stored_ids(store.inner) and len(stored_ids(store.inner)) == 41
+
+
+def test_a_backup_dated_in_the_future_names_itself_how_far_ahead_and_the_fix(
+    keyring: Keyring, tmp_path: Path
+) -> None:
+    """One backup from a machine with a fast clock: refused, named, measured, with the way out."""
+    store = RecordingStore(FileStore(tmp_path))
+    ids = dailies(store.inner, keyring, 40)
+    future_at = NOW + timedelta(days=2, hours=5)
+    future = write_backup(store.inner, keyring, future_at)
+    folder = backup_folder("", future, future_at)
+    store.calls.clear()
+    with pytest.raises(CheckFailed) as failure:
+        apply_retention(store, keyring, now=NOW)
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("retention deleted nothing"), message
+    assert f"{future}: its manifest is dated 2026-11-28T08:00:00Z, 2 days 5 h in the future" in (
+        message
+    )
+    assert "check the clock of the machine that wrote it" in message
+    assert f"move or delete this one backup's folder <prefix>/{folder} by hand" in message
+    assert "docs/runbook.md#backup-dated-in-the-future" in message
+    assert "or wait until 2026-11-28T07:55:00Z, when it verifies again" in message
+    assert store.mutations() == []
+
+    # Waiting works: once the clock reaches it (less the allowed skew), retention runs again.
+    waited = apply_retention(store, keyring, dry_run=True, now=future_at - MAX_CLOCK_SKEW)
+    assert waited.plan.kept_ids[0] == future
+
+    # So does the fix by hand: that one folder moved out of the date layout (kept for a look).
+    (tmp_path / "quarantine").mkdir()
+    (tmp_path / folder).rename(tmp_path / "quarantine" / future)
+    outcome = apply_retention(store, keyring, now=NOW)
+    assert outcome.plan.kept_ids[0] == ids[-1] and len(outcome.deleted) > 0
+    assert (tmp_path / "quarantine" / future / MANIFEST_NAME).exists()
+
+
+def test_a_few_minutes_ahead_reads_in_minutes(keyring: Keyring, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    dailies(store, keyring, 3)
+    future = write_backup(store, keyring, NOW + timedelta(minutes=17, seconds=40))
+    with pytest.raises(CheckFailed) as failure:
+        apply_retention(store, keyring, now=NOW)
+    assert f"{future}: its manifest is dated 2026-11-26T03:17:40Z, 17 min in the future" in str(
+        failure.value
+    )
+
+
+def test_the_retention_alert_in_slack_carries_the_future_backup_sentence(
+    db_url: str, tmp_path: Path, slack_receiver: SlackReceiver
+) -> None:
+    """Through the path every failed retention run takes: the run-failure sensor's Slack alert."""
+    import dagster as dg
+
+    from hardening_pipeline.defs.backup import backup_retention
+    from hardening_pipeline.defs.resources import SlackAlertsResource
+    from hardening_pipeline.defs.sensors import slack_on_run_failure
+    from tests.test_defs_backup import backup_resources
+
+    key = os.urandom(32)
+    keyring = Keyring(key)
+    store_dir = tmp_path / "store"
+    store = FileStore(store_dir)
+    now = datetime.now(UTC)
+    dailies(store, keyring, 3, end=now - timedelta(hours=1))
+    future = write_backup(store, keyring, now + timedelta(days=3))
+    slack = SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0, timeout=5)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [backup_retention],
+            instance=instance,
+            resources={**backup_resources(db_url, store_dir, key), "slack": slack},
+            raise_on_error=False,
+        )
+        assert not result.success
+        slack_on_run_failure(dg.build_sensor_context(instance=instance, resources={"slack": slack}))
+    alert = json.dumps(slack_receiver.requests)
+    assert f"{future}: its manifest is dated" in alert
+    assert "2 days 23 h in the future" in alert or "3 days in the future" in alert
+    assert "check the clock of the machine that wrote it" in alert
+    assert "docs/runbook.md#backup-dated-in-the-future" in alert
+    assert len(stored_ids(store)) == 4
 
 
 def test_incomplete_folders_are_removed_only_after_the_grace_period(

@@ -37,6 +37,7 @@ from hardening_pipeline.settings import (
     ENV_STORE_URL,
     load_settings,
 )
+from tests.support.cli import run_hardening
 from tests.support.db import admin_connect
 from tests.test_backup_manifest import resign
 from tests.test_backup_retention_apply import write_backup
@@ -320,3 +321,49 @@ def test_bad_manifest_is_refused_in_one_sentence_and_nothing_changes(
     assert all(s in {p.split("/")[3] for p in files if p.count("/") >= 3} for s in stale)
     assert database_fingerprint(db_url) == before
     assert not (tmp_path / "state").exists()
+
+
+# --- a wrong key --------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_is_a_configuration_error_and_a_foreign_manifest_is_red(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Every manifest under a key that is not configured: exit 2 naming the fix, nothing touched.
+
+    Some manifests verifying and one not is tampering or corruption instead: red (exit 1).
+    """
+    store_dir = tmp_path / "store"
+    store = FileStore(store_dir)
+    old = datetime.now(UTC) - timedelta(days=3)
+    written = [write_backup(store, Keyring(KEY), old - timedelta(days=d)) for d in range(40, 45)]
+    files = tree(store_dir)
+    other = os.urandom(32)
+    base = {"BACKUP_STORE_URL": store_dir.as_uri(), "HARDENING_STATE_DIR": str(tmp_path / "st")}
+    wrong = {**base, "BACKUP_ENCRYPTION_KEY": base64.b64encode(other).decode()}
+
+    for args in (["retention"], ["restore", "--tenant", str(uuid.uuid4()), "--into", db_url]):
+        result = run_hardening(*args, url=db_url, env=wrong)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        line = one_sentence(result.stderr)
+        assert line.startswith("error: the backups in the store were all written with "), line
+        assert Keyring(KEY).current_key_id in line and Keyring(other).current_key_id in line
+        assert "5 failed verification" in line
+        assert "set BACKUP_ENCRYPTION_KEY to the key the backups were written with" in line
+        assert "BACKUP_ENCRYPTION_KEYS_PREVIOUS" in line
+    assert tree(store_dir) == files
+
+    # The fix the sentence names works: the old key as a previous key reads the store again.
+    rotated = {**wrong, "BACKUP_ENCRYPTION_KEYS_PREVIOUS": KEY_B64}
+    result = run_hardening("retention", "--dry-run", url=db_url, env=rotated)
+    assert result.returncode == 0, result.stderr
+    assert all(backup_id in result.stdout for backup_id in written)
+
+    # One manifest under a key nobody configured, beside ones that verify: red, not a key mistake.
+    stranger = write_backup(store, Keyring(other), old)
+    right = {**base, "BACKUP_ENCRYPTION_KEY": KEY_B64}
+    result = run_hardening("retention", url=db_url, env=right)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    line = one_sentence(result.stderr)
+    assert line.startswith("failed: retention deleted nothing") and stranger in line, line
+    assert {p.name for p in store_dir.glob("*/*/*/*")} == {*written, stranger}

@@ -4,18 +4,27 @@ A backup exists only when its folder holds a ``manifest.json`` whose MAC verifie
 the configured keys and whose id and date match the folder. Folders without a manifest are
 incomplete (a run that died, or one still running); folders whose manifest fails verification
 are *invalid*, which callers treat as "do not touch, tell a human".
+
+Two kinds of failure get a sentence of their own, because each has one fix. A manifest dated
+more than ``MAX_CLOCK_SKEW`` ahead (a backup from a machine with a fast clock) says how far ahead
+it is and what to do. A store where manifests exist but every one of them names a master key that
+is not configured is a wrong key, a configuration error (``WrongKeyError``), not corruption; a
+store where some verify and one does not stays a red failure.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.alerts.runbook import runbook_link
+from hardening_pipeline.backup.crypto import Keyring, UnknownKeyError
 from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
+    MAX_CLOCK_SKEW,
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
@@ -23,11 +32,17 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.backup.store import BackupStore, StoredObject
 from hardening_pipeline.errors import ConfigError, HardeningError
+from hardening_pipeline.settings import ENV_ENCRYPTION_KEY, ENV_ENCRYPTION_KEYS_PREVIOUS
 
 # The id part follows validate_name (no leading dot, no ".."): a folder named "." or ".." can
 # exist in a bucket, but reading or deleting under it is refused as an unsafe key, so treating
 # it as a backup would make one stray object fail every listing, drill and retention run.
 _FOLDER = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/((?![^/]*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127})/")
+
+FUTURE_RUNBOOK_ANCHOR = "backup-dated-in-the-future"
+# Handed to load_manifest as "now" so that its own clock check cannot fire here: the catalog
+# checks the date itself, against the real clock, to say how far ahead a backup is.
+_PAST_EVERY_MANIFEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=366)
 
 
 @dataclass
@@ -39,6 +54,8 @@ class StoredBackup:
     objects: list[StoredObject] = field(default_factory=list)
     manifest: Manifest | None = None
     problem: str | None = None
+    # Set when the manifest names a master key id that is none of the configured keys.
+    unknown_key_id: str | None = None
 
     @property
     def state(self) -> str:
@@ -99,15 +116,60 @@ def _group(objects: Iterable[StoredObject]) -> tuple[dict[str, StoredBackup], li
     return folders, foreign
 
 
-def _verify(
-    store: BackupStore, backup: StoredBackup, keyring: Keyring, now: datetime | None
-) -> None:
+def _time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _how_long(span: timedelta) -> str:
+    """``2 days 5 h``, ``3 h 10 min``, ``17 min``: the two largest units, rounded down."""
+    total = int(span.total_seconds())
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    units = [
+        (days, "day" if days == 1 else "days"),
+        (hours, "h"),
+        (rest // 60, "min"),
+    ]
+    while len(units) > 1 and units[0][0] == 0:
+        units.pop(0)
+    shown = [f"{n} {unit}" for n, unit in units[:2] if n]
+    return " ".join(shown) or "less than a minute"
+
+
+def future_problem(backup: StoredBackup, created_at: datetime, now: datetime) -> str:
+    """One sentence: how far ahead the backup is dated, and the two ways out."""
+    return (
+        f"its manifest is dated {_time(created_at)}, {_how_long(created_at - now)} in the future "
+        f"by this machine's clock; check the clock of the machine that wrote it, then move or "
+        f"delete this one backup's folder <prefix>/{backup.folder} by hand "
+        f"({runbook_link(FUTURE_RUNBOOK_ANCHOR)}), or wait until "
+        f"{_time(created_at - MAX_CLOCK_SKEW)}, when it verifies again"
+    )
+
+
+def _claimed_key_id(raw: bytes) -> str:
+    """The key id a manifest names (load_manifest checked its form before looking it up)."""
     try:
-        manifest = load_manifest(
-            read_manifest_bytes(store, backup.folder + MANIFEST_NAME), keyring, now=now
-        )
+        key_id = json.loads(raw).get("key_id")
+    except (ValueError, AttributeError, RecursionError):
+        return "?"
+    return key_id if isinstance(key_id, str) else "?"
+
+
+def _verify(store: BackupStore, backup: StoredBackup, keyring: Keyring, now: datetime) -> None:
+    raw = b""
+    try:
+        raw = read_manifest_bytes(store, backup.folder + MANIFEST_NAME)
+        manifest = load_manifest(raw, keyring, now=_PAST_EVERY_MANIFEST)
+    except UnknownKeyError as exc:
+        backup.problem = str(exc)
+        backup.unknown_key_id = _claimed_key_id(raw)
+        return
     except (ManifestError, ConfigError) as exc:
         backup.problem = str(exc)
+        return
+    if manifest.created_at > now + MAX_CLOCK_SKEW:
+        backup.problem = future_problem(backup, manifest.created_at, now)
         return
     expected_folder = manifest.folder("")
     if manifest.backup_id != backup.backup_id or expected_folder != backup.folder:
@@ -137,12 +199,16 @@ def list_backups(
     """List and verify every backup folder; raises if the store cannot be listed completely.
 
     Verification here is the manifest's MAC plus the presence and size of each object; the
-    objects' SHA-256 is checked by whoever downloads them (the restore drill).
+    objects' SHA-256 is checked by whoever downloads them (the restore drill). Raises
+    ``WrongKeyError`` when manifests exist and every one names a key that is not configured.
     """
+    now = now or datetime.now(UTC)
     folders, foreign = _group(store.list(""))
-    for backup in folders.values():
-        if backup.has_manifest_object:
-            _verify(store, backup, keyring, now)
+    with_manifest = [b for b in folders.values() if b.has_manifest_object]
+    for backup in with_manifest:
+        _verify(store, backup, keyring, now)
+    if with_manifest and all(b.unknown_key_id is not None for b in with_manifest):
+        raise WrongKeyError(_wrong_key_sentence(with_manifest, keyring))
     valid = sorted((b for b in folders.values() if b.state == "valid"), key=lambda b: b.created_at)
     incomplete = sorted(
         (b for b in folders.values() if b.state == "incomplete"), key=lambda b: b.folder
@@ -187,3 +253,23 @@ def find_backup(
 
 class NoBackupError(HardeningError):
     """There is no verified backup to work with."""
+
+
+class WrongKeyError(ConfigError, NoBackupError):
+    """No manifest in the store verifies because every one names a key that is not configured.
+
+    A ``ConfigError`` (exit 2): the fix is the key setting, and discarding or "repairing" the
+    backups would be the wrong reaction. Also a ``NoBackupError``, so a caller that reports "no
+    usable backup" as a red result (the restore drill) still reports it, with this sentence.
+    """
+
+
+def _wrong_key_sentence(backups: list[StoredBackup], keyring: Keyring) -> str:
+    written_with = sorted({b.unknown_key_id or "?" for b in backups})
+    return (
+        f"the backups in the store were all written with master key id "
+        f"{' or '.join(written_with)}, which is none of the configured keys "
+        f"({', '.join(keyring.key_ids)}), so {len(backups)} failed verification and none can be "
+        f"read; set {ENV_ENCRYPTION_KEY} to the key the backups were written with (or add it to "
+        f"{ENV_ENCRYPTION_KEYS_PREVIOUS})."
+    )

@@ -11,7 +11,9 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import struct
+from datetime import UTC, datetime, timedelta
 
 import zstandard
 from cryptography.hazmat.primitives import hashes
@@ -31,7 +33,48 @@ def key_id(master: bytes) -> str:
     return hkdf(master, "hardening-pipeline backup v1 key-id", 8).hex()
 
 
+_FOLDER = re.compile(r"^(\d{4}/\d{2}/\d{2}/(?![^/]*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127})/")
+
+
+def newest_folder(keys: list[str]) -> str | None:
+    """Section 8: the folder holding a manifest.json whose path sorts last, verified or not."""
+    folders = set()
+    for key in keys:
+        match = _FOLDER.match(key)
+        if match and key == match.group(0) + "manifest.json":
+            folders.add(match.group(1))
+    return max(folders, default=None)
+
+
+def pick_backup(keys: list[str], backup_id: str | None = None) -> str:
+    """The newest backup's folder, or the one named explicitly; never a silent older one."""
+    if backup_id is None:
+        newest = newest_folder(keys)
+        if newest is None:
+            raise ReaderError("no backup in the store")
+        return newest
+    named = [
+        m.group(1)
+        for k in keys
+        if (m := _FOLDER.match(k))
+        and k == m.group(0) + "manifest.json"
+        and m.group(1).endswith("/" + backup_id)
+    ]
+    if len(named) != 1:
+        raise ReaderError(f"no single backup {backup_id}")
+    return named[0]
+
+
+def check_not_future(doc: dict, now: datetime | None = None) -> None:
+    """Section 8 step 9: created_at at most 5 minutes after the reader's clock."""
+    created = datetime.strptime(doc["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    if created > (now or datetime.now(UTC)) + timedelta(minutes=5):
+        raise ReaderError(f"manifest of {doc['backup_id']} is dated in the future")
+
+
 def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
+    if len(raw) > 64 << 20:
+        raise ReaderError("manifest larger than 64 MiB")
     doc = json.loads(raw)
     mac = doc.pop("hmac_sha256")
     by_id = {key_id(m): m for m in masters}
@@ -46,6 +89,7 @@ def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
     canonical = json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     if canonical.encode() != raw:
         raise ReaderError("manifest not canonical")
+    check_not_future(doc)
     wrapped = base64.b64decode(doc["wrapped_data_key"])
     aad = b"hardening-pipeline backup v1 data-key\x00" + doc["backup_id"].encode()
     wrap_key = hkdf(master, "hardening-pipeline backup v1 wrap-key")
@@ -132,7 +176,9 @@ def _unescape(field: str) -> str | None:
     out, i = [], 0
     while i < len(field):
         ch = field[i]
-        if ch == "\\" and i + 1 < len(field) and field[i + 1] in _ESCAPES:
+        if ch == "\\":
+            if i + 1 == len(field) or field[i + 1] not in _ESCAPES:
+                raise ReaderError(f"backslash sequence the writer never produces in {field!r}")
             out.append(_ESCAPES[field[i + 1]])
             i += 2
         else:
@@ -153,3 +199,17 @@ def parse_copy_rows(part: bytes, columns: list[str]) -> list[dict[str, str | Non
             raise ReaderError(f"row has {len(fields)} fields, expected {len(columns)}")
         rows.append(dict(zip(columns, map(_unescape, fields), strict=True)))
     return rows
+
+
+def check_rows(entry: dict, table: dict, rows: list[dict[str, str | None]]) -> None:
+    """Section 8 step 16: the row count, and in a tenant's object every row is that tenant's."""
+    if len(rows) != table["row_count"]:
+        raise ReaderError(f"table {table['name']} has {len(rows)} rows, not {table['row_count']}")
+    tenant = entry["tenant_id"]
+    if tenant is None:
+        return
+    column = "id" if table["name"] == "tenants" else "tenant_id"
+    if column not in table["columns"]:
+        raise ReaderError(f"table {table['name']} in tenant {tenant}'s object has no {column}")
+    if any(row[column] != tenant for row in rows):
+        raise ReaderError(f"table {table['name']} in tenant {tenant}'s object has others' rows")
