@@ -119,6 +119,23 @@ options, ``--compare 009_audit_capture_inline_actor.sql``, nothing else running,
     server CPU per update tx   168 us vs 80 us unaudited (2.10x) / 160 us (2.00x)
 
 The same as after 009 (COPY 1.54x, pgbench insert 0.66x): the DDL recording costs writers nothing.
+
+PostgreSQL 18.6 (the embedded default; the figures above are PG 16.2), defaults (``--compare``
+002), one run on the same VM with a test suite running beside it, 015 / 002 capture:
+
+    COPY 100k rows             1.86x / 2.46x
+    INSERT..SELECT 100k rows   1.73x / 2.55x
+    pgbench insert, tps        0.96x / 0.86x
+    pgbench update, tps        0.49x / 0.56x
+    in-server insert           119 us vs 43 us unaudited (2.81x) / 103 us (2.41x)
+    in-server update           133 us vs 32 us unaudited (4.12x) / 131 us (4.07x)
+    server CPU per insert tx   337 us vs 180 us unaudited (1.87x) / 322 us (1.79x)
+    server CPU per update tx   260 us vs 108 us unaudited (2.40x) / 278 us (2.57x)
+
+Bulk misses its goal (COPY by 0.26x, INSERT..SELECT by 0.13x), and so does pgbench update; the
+pgbench insert arm's 0.96x is within this VM's 2x swings. The steadiest figure, server CPU per
+transaction, is 1.87x / 2.40x against PG 16.2's 1.69x / 2.10x: a little higher, from one run
+on a busy machine.
 """
 
 from __future__ import annotations
@@ -133,13 +150,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import seed_one_unit
+from common import add_pg_major_argument, bench_postgres, client_bin_dir, seed_one_unit
 from psycopg import sql
 
 from hardening_pipeline.db.connection import connect
-from hardening_pipeline.db.embedded import pgserver_bin_dir
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
-from hardening_pipeline.db.throwaway import throwaway_postgres
 
 BULK_ROWS = 100_000
 UPDATE_ROWS = 100_000
@@ -311,7 +326,7 @@ def server_cpu_per_transaction(url: str, kind: str, ids: dict[str, str]) -> floa
 
 def pgbench_tps(url: str, script: Path, ids: dict[str, str], seconds: int) -> float:
     argv = [
-        str(pgserver_bin_dir() / "pgbench"),
+        str(client_bin_dir(url) / "pgbench"),
         "-n",
         "-M",
         "prepared",
@@ -394,6 +409,7 @@ def main() -> None:
         default="002_audit_events.sql",
         help="also measure the capture functions as this migration defined them",
     )
+    add_pg_major_argument(parser)
     args = parser.parse_args()
 
     current = newest_capture_file()
@@ -402,7 +418,7 @@ def main() -> None:
     if args.compare and args.compare != current:
         arms[f"capture {args.compare[:3]}"] = capture_definitions(args.compare)
     names = list(arms)
-    with throwaway_postgres(prefer_docker=False) as url, tempfile.TemporaryDirectory() as tmp:
+    with bench_postgres(args.pg_major) as url, tempfile.TemporaryDirectory() as tmp:
         apply_migrations(url)
         ids = prepare(url)
         triggers = audit_triggers(url)

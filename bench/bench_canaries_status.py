@@ -9,6 +9,11 @@ each timing is reported as a ratio against it, with the plan's scan nodes as evi
     python bench/bench_canaries_status.py --url postgresql://...   # an already seeded database
 
 Seeding 100 tenants x 10 units x 1000 messages takes a minute or two. Exit 1 when a limit fails.
+
+PostgreSQL 18.6 (the embedded default), defaults, shared 2-core VM with a test suite running
+beside it: the baseline count 23.5 ms; canaries 4.2-12.0 ms (0.18x-0.51x of it, orphaned_messages
+the slowest), the whole status check (31 lines) 43.5 ms (1.85x); every big-table scan an index
+scan, the planted orphan found in 14 ms.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from common import add_pg_major_argument, bench_postgres, describe_server
 from psycopg import sql
 
 from hardening_pipeline.canaries import CANARIES, CanaryThresholds, run_canaries
 from hardening_pipeline.canaries.runner import load_canary_sql
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.seed import seed_demo_data
 
@@ -79,10 +84,11 @@ def count_rows(url: str) -> dict[str, int]:
 @contextlib.contextmanager
 def database(args: argparse.Namespace) -> Iterator[str]:
     if args.url:
+        print(describe_server(args.url), flush=True)
         apply_migrations(args.url)
         yield args.url
         return
-    with throwaway_postgres() as url:
+    with bench_postgres(args.pg_major) as url:
         apply_migrations(url)
         started = time.perf_counter()
         seed_demo_data(url, tenants=args.tenants, messages_per_unit=args.messages_per_unit)
@@ -113,6 +119,7 @@ def main() -> int:
     parser.add_argument("--messages-per-unit", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_pg_major_argument(parser)
     args = parser.parse_args()
 
     failures: list[str] = []

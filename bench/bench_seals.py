@@ -14,6 +14,11 @@ printed as the floor of reading the table at all.
     python bench/bench_seals.py --url postgresql://...   # a migrated database you own
 
 Prints one JSON object. Nothing is asserted: the numbers are the result.
+
+PostgreSQL 18.6 (the embedded default), 1,000,000 rows, shared 2-core VM with a test suite
+running beside it: sealing 9.1 s (110,000 rows/s, 10 seals), full verification 11.9 s (about
+10 s per million on PG 16.2), after recorded checks 2.4 s (0.20x of full; 0.12x on PG 16.2),
+a minute's seal of 10,000 new rows 0.15 s, count(*) 0.04 s, peak RSS 107 MB.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import resource
 import time
 from collections.abc import Iterator
 
+from common import add_pg_major_argument, bench_postgres, describe_server
+
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
 
 GENERATE = """
@@ -48,11 +54,12 @@ NEW_ROWS = 10_000
 
 
 @contextlib.contextmanager
-def database(url: str | None) -> Iterator[str]:
+def database(url: str | None, major: int | None) -> Iterator[str]:
     if url:
+        print(describe_server(url), flush=True)
         yield url
         return
-    with throwaway_postgres() as server_url:
+    with bench_postgres(major) as server_url:
         apply_migrations(server_url, applied_by="bench")
         yield server_url
 
@@ -67,8 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a migrated database (default: a throwaway Postgres)")
     parser.add_argument("--rows", type=int, default=1_000_000)
+    add_pg_major_argument(parser)
     args = parser.parse_args()
-    with database(args.url) as url:
+    with database(args.url, args.pg_major) as url:
         with connect(url, autocommit=True) as conn:
             generate_s, _ = timed(lambda: conn.execute(GENERATE, (args.rows,)))
             conn.execute("VACUUM ANALYZE public.audit_events")
