@@ -17,6 +17,7 @@ import pytest
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
+from hardening_pipeline.restore.drill import DRILL_SUPERUSER
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.s3_server import s3_bucket, s3_closed_endpoint, s3_faults, s3_server  # noqa: F401
 from tests.support.slack_receiver import slack_receiver  # noqa: F401  (fixture)
@@ -35,6 +36,25 @@ def pg_server_url() -> Iterator[str]:
         return
     with throwaway_postgres() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def restore_server_url() -> Iterator[str]:
+    """A second server whose superuser is the drill's, never a role a backup owns things as.
+
+    A restore runs the backup's code as its owners; ``postgres``, which owns the test
+    databases' objects, must be an ordinary role where they are restored.
+    """
+    with throwaway_postgres(prefer_docker=False, superuser=DRILL_SUPERUSER) as url:
+        yield url
+
+
+@pytest.fixture
+def restore_target_url(restore_server_url: str) -> Iterator[str]:
+    """A fresh, empty database on ``restore_server_url`` (reached as its superuser)."""
+    url = create_database(restore_server_url)
+    yield url
+    drop_database(restore_server_url, url)
 
 
 @pytest.fixture(scope="session")

@@ -159,6 +159,7 @@ def test_the_worked_example_in_the_document_runs() -> None:
 def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path) -> None:
     """A real backup, read with the document's rules only: folder, manifest, rows, schema."""
     from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.backup.pg_tools import find_pg_tool
     from hardening_pipeline.backup.store import FileStore
     from hardening_pipeline.seed import seed_demo_data
     from tests.support.db import admin_connect
@@ -199,8 +200,11 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
     sections = reader.split_sections(
         reader.read_object((folder / schema["name"]).read_bytes(), doc, schema), schema
     )
-    assert "CREATE TABLE public.messages" in sections["pre-data"]
-    assert "CREATE POLICY messages_tenant_isolation" in sections["post-data"]
+    major = int(schema["pg_dump_version"].split(".")[0])
+    pg_restore = str(find_pg_tool("pg_restore", major * 10000).path)
+    toc = reader.list_archive(sections["archive"], pg_restore, tmp_path)
+    assert any(line.endswith(" TABLE public messages postgres") for line in toc), toc
+    assert any(" POLICY public messages messages_tenant_isolation " in line for line in toc)
     assert any(t.startswith("public.messages (") for t in schema["catalog"]["tables"])
 
 

@@ -29,6 +29,7 @@ from hardening_pipeline.db.connection import require_supported_server
 from hardening_pipeline.db.local_server import LocalServer, local_server
 from hardening_pipeline.db.pg_installs import SUPPORTED_MAJORS, find_installs
 from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.restore.drill import DRILL_SUPERUSER
 from tests.support.cli import keyed_store_env, run_hardening
 
 SUPERUSER = "supabase_admin"
@@ -182,7 +183,7 @@ def test_a_backup_taken_on_15_restores_into_17_and_18(servers_by_major, tmp_path
     source, url, env = _seeded_backup(servers_by_major[15], tmp_path)
     try:
         for major in (17, 18):
-            with local_server(servers_by_major[major]) as target:
+            with local_server(servers_by_major[major], superuser=DRILL_SUPERUSER) as target:
                 drill = run_hardening(
                     "restore-drill", "--target-dsn", target.url, url=url, env=env, timeout=600
                 )
@@ -196,7 +197,7 @@ def test_a_drill_target_older_than_the_source_is_refused_naming_both(servers_by_
         missing(f"needs PostgreSQL 15 and 17; found {sorted(servers_by_major)}")
     source, url, env = _seeded_backup(servers_by_major[17], tmp_path)
     try:
-        with local_server(servers_by_major[15]) as older:
+        with local_server(servers_by_major[15], superuser=DRILL_SUPERUSER) as older:
             drill = run_hardening("restore-drill", "--target-dsn", older.url, url=url, env=env)
         assert drill.returncode == 2, drill.stdout + drill.stderr
         assert "Traceback" not in drill.stderr

@@ -68,7 +68,7 @@ def object_key(backed_up, index: int = 0) -> str:
 
 def test_round_trip_passes_and_reports(backed_up, store, keyring, tmp_path, slack_receiver):
     result, report = drill_and_alert(store, keyring, tmp_path, slack_receiver)
-    assert result.passed, (result.failure, result.invariants, result.tests_output)
+    assert result.passed, (result.failure, [i for i in result.invariants if not i.passed], result.tests_output)
     assert result.backup_id == backed_up.backup_id
     assert result.rows_restored == backed_up.rows
     assert (result.tests_passed, result.tests_failed) == (len(DRILL_CHECKS), 0)

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from hardening_pipeline.backup.app_schema import SCHEMA_OBJECT_NAME
@@ -145,7 +146,7 @@ def test_backup_carries_the_app_schema_encrypted_and_listed(app_db, store, keyri
     schema = result.manifest.app_schema
     assert schema is not None and schema.name == SCHEMA_OBJECT_NAME
     assert schema.schemas == SCHEMAS
-    assert [s.name for s in schema.sections] == ["pre-data", "post-data"]
+    assert [s.name for s in schema.sections] == ["archive"]
     assert "billing.plans (id integer, name text, touched integer)" in schema.catalog["tables"]
     invoices = next(t for t in schema.catalog["tables"] if t.startswith("public.invoices ("))
     assert "id bigint identity" in invoices and "total_cents integer generated" in invoices
@@ -178,7 +179,8 @@ def test_drill_rebuilds_the_app_and_compares_it(app_db, store, keyring):
     assert result.rows_restored == backup.rows
 
 
-def test_restored_app_works_like_the_original(app_db, store, keyring, empty_db_url):
+def test_restored_app_works_like_the_original(app_db, store, keyring, restore_target_url):
+    empty_db_url = restore_target_url
     run_backup(app_db, store, keyring, schemas=SCHEMAS)
     backup = find_backup(list_backups(store, keyring), None)
     restored = restore_app_backup_into(empty_db_url, store, backup, keyring)
@@ -218,7 +220,8 @@ def test_restored_app_works_like_the_original(app_db, store, keyring, empty_db_u
         assert [r["tenant_id"] for r in seen] == [tenant]
 
 
-def test_catalog_comparison_notices_a_missing_view(app_db, store, keyring, empty_db_url):
+def test_catalog_comparison_notices_a_missing_view(app_db, store, keyring, restore_target_url):
+    empty_db_url = restore_target_url
     run_backup(app_db, store, keyring, schemas=SCHEMAS)
     backup = find_backup(list_backups(store, keyring), None)
     restore_app_backup_into(empty_db_url, store, backup, keyring)
@@ -396,11 +399,14 @@ def test_schema_object_is_checked_like_the_data(app_db, store, keyring):
 
 
 def test_restore_one_tenant_into_an_empty_database_rebuilds_the_app(
-    app_db, store, keyring, empty_db_url
+    app_db, store, keyring, restore_target_url
 ):
+    empty_db_url = restore_target_url
     backup = run_backup(app_db, store, keyring, schemas=SCHEMAS)
     tenant = backup.manifest.objects[0].tenant_id
-    result = restore_tenant(store, keyring, tenant_id=tenant, target_url=empty_db_url)
+    # As on Supabase: the app's owner connects, not a superuser (refused: see the next test).
+    as_owner = app_owner_login(empty_db_url)
+    result = restore_tenant(store, keyring, tenant_id=tenant, target_url=as_owner)
     assert {c.table: c.inserted for c in result.counts}["invoices"] == 3
     with admin_connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) AS n FROM billing.plans").fetchone()["n"] == 2
@@ -415,26 +421,65 @@ def test_restore_one_tenant_into_an_empty_database_rebuilds_the_app(
         assert conn.execute("SELECT count(*) AS n FROM invoice_totals").fetchone()["n"] == 1
 
 
-def test_dump_entries_are_split_on_pg_dump_headers_and_meta_commands_dropped():
-    from hardening_pipeline.restore.schema import split_dump
+def app_owner_login(url: str) -> str:
+    """``postgres`` as Supabase has it (CREATEROLE, BYPASSRLS, no superuser), owning ``url``."""
+    with admin_connect(url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone():
+            conn.execute("CREATE ROLE postgres LOGIN CREATEROLE CREATEDB BYPASSRLS")
+        conn.execute("ALTER ROLE postgres LOGIN PASSWORD NULL")
+        # Roles other tests left on this server were made by its superuser; on the app's own
+        # server postgres made them (migrate) and may act as them.
+        for row in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+            (["anon", "authenticated", "service_role", "hardening_audit_owner", APP_ROLE],),
+        ).fetchall():
+            conn.execute(f'GRANT "{row["rolname"]}" TO postgres WITH ADMIN OPTION')
+        name = conn.execute("SELECT current_database() AS d").fetchone()["d"]
+        conn.execute(f'ALTER DATABASE "{name}" OWNER TO postgres')
+    return psycopg.conninfo.make_conninfo(url, user="postgres")
 
-    text = (
-        "\\restrict AbC123\n"
-        "SET statement_timeout = 0;\n\n"
-        "--\n-- Name: public; Type: SCHEMA; Schema: -; Owner: pg_database_owner\n--\n\n"
-        "CREATE SCHEMA public;\n\n"
-        "--\n-- Name: plans plans_pkey; Type: CONSTRAINT; Schema: billing; Owner: app\n--\n\n"
-        "ALTER TABLE ONLY billing.plans\n    ADD CONSTRAINT plans_pkey PRIMARY KEY (id);\n\n"
-        "--\n-- PostgreSQL database dump complete\n--\n\n"
-        "\\unrestrict AbC123\n"
+
+def test_a_superuser_target_is_refused_before_the_backups_schema_runs(
+    app_db, store, keyring, restore_target_url
+):
+    backup = run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    tenant = backup.manifest.objects[0].tenant_id
+    with pytest.raises(ConfigError, match="--into connects as a superuser"):
+        restore_tenant(store, keyring, tenant_id=tenant, target_url=restore_target_url)
+    with admin_connect(restore_target_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) AS n FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname IN ('public', 'billing', 'hardening')"
+            ).fetchone()["n"]
+            == 0
+        )
+
+
+def test_the_table_of_contents_is_read_by_position_and_known_roles_not_by_names():
+    from hardening_pipeline.restore.archive import ArchiveError, parse_toc
+
+    listing = (
+        ";\n; Archive created at 2026-12-06\n;\n"
+        "5; 2615 2200 SCHEMA - public pg_database_owner\n"
+        "221; 1259 16491 TABLE public t app owner\n"
+        "2670; 0 0 COMMENT public TABLE t app owner\n"
+        "2511; 2606 16500 CONSTRAINT billing plans plans_pkey app\n"
+        "7; 0 0 ENCODING - ENCODING \n"
     )
-    prologue, entries = split_dump(text)
-    assert prologue.strip() == "SET statement_timeout = 0;"
-    assert [(e.type, e.schema, e.name) for e in entries] == [
-        ("SCHEMA", "-", "public"),
-        ("CONSTRAINT", "billing", "plans plans_pkey"),
+    entries = parse_toc(listing, ["app", "app owner"])
+    assert [(e.dump_id, e.type, e.schema, e.name, e.owner) for e in entries] == [
+        (5, "SCHEMA", "-", "public", "pg_database_owner"),
+        (221, "TABLE", "public", "t", "app owner"),
+        (2670, "COMMENT", "public", "TABLE t", "app owner"),
+        (2511, "CONSTRAINT", "billing", "plans plans_pkey", "app"),
     ]
-    assert "\\unrestrict" not in entries[-1].sql and "PRIMARY KEY (id);" in entries[-1].sql
+    for refused in ("EVENT TRIGGER - audit_all postgres", "SUBSCRIPTION - sub postgres"):
+        with pytest.raises(ArchiveError, match="which a restore never runs"):
+            parse_toc(f"9; 0 16400 {refused}\n", ["postgres"])
+    with pytest.raises(ArchiveError, match="unknown type"):
+        parse_toc("9; 0 16400 SOMETHING NEW - x postgres\n", ["postgres"])
 
 
 def test_restore_into_a_malformed_target_is_a_usage_error(store, keyring):
@@ -447,23 +492,51 @@ def test_restore_into_a_malformed_target_is_a_usage_error(store, keyring):
         )
 
 
-def test_duplicate_rows_leave_the_key_out_and_name_the_duplicate(empty_db_url):
-    from hardening_pipeline.restore.schema import SchemaRebuild, apply_post_data
+def test_duplicate_rows_leave_the_key_out_and_name_the_duplicate(pg_server_url, empty_db_url):
+    from hardening_pipeline.backup.manifest import AppSchemaEntry
+    from hardening_pipeline.restore.archive import SchemaArchive
+    from hardening_pipeline.restore.schema import OwnerLogins, SchemaRebuild, SchemaRestore
+    from tests.support.db import create_database, drop_database
 
+    source = create_database(pg_server_url)
+    try:
+        with admin_connect(source) as conn:
+            conn.execute("CREATE TABLE public.codes (id int PRIMARY KEY, label text UNIQUE)")
+            conn.commit()
+        dump = subprocess.run(
+            [str(find_pg_tool("pg_dump", 180000).path), "-Fc", "--schema-only", "-d", source],
+            capture_output=True,
+            check=True,
+        ).stdout
+    finally:
+        drop_database(pg_server_url, source)
     with admin_connect(empty_db_url) as conn:
         conn.execute("CREATE TABLE public.codes (id int, label text)")
         conn.execute("INSERT INTO codes VALUES (1, 'a'), (1, 'b'), (2, 'c')")
         conn.commit()
-    post_data = (
-        "SET statement_timeout = 0;\n"
-        "--\n-- Name: codes codes_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres\n--\n\n"
-        "ALTER TABLE ONLY public.codes\n    ADD CONSTRAINT codes_pkey PRIMARY KEY (id);\n\n"
-        "--\n-- Name: codes codes_label_key; Type: CONSTRAINT; Schema: public; Owner: x\n--\n\n"
-        "ALTER TABLE ONLY public.codes\n    ADD CONSTRAINT codes_label_key UNIQUE (label);\n\n"
-    )
-    result = SchemaRebuild()
-    apply_post_data(empty_db_url, post_data, result)
-    assert not result.failed
+        owner = conn.execute("SELECT current_user AS u").fetchone()["u"]
+        conn.execute("CREATE ROLE restore_codes_dbo NOLOGIN")
+        conn.execute("CREATE ROLE codes_owner NOLOGIN")
+        conn.execute("ALTER TABLE codes OWNER TO codes_owner")
+        # What the restore lends every owner while it builds (SchemaRestore.prepare).
+        conn.execute("GRANT CREATE ON SCHEMA public TO codes_owner")
+        conn.commit()
+    roles = [owner, "codes_owner"]
+    pg_restore = find_pg_tool("pg_restore", 180000)
+    with SchemaArchive(dump, pg_restore, roles) as archive:
+        keys = [e for e in archive.entries if e.type == "CONSTRAINT"]
+        # The dump's owner is the source's superuser; the target's table has an ordinary one.
+        keys = [replace(e, owner="codes_owner") for e in keys]
+        app_schema = AppSchemaEntry(
+            "schema.hpb", ("public",), pg_restore.version, (), (), {}, 0, "", 0, 0, ""
+        )
+        schema = SchemaRestore(OwnerLogins(empty_db_url, "restore_codes_dbo"), archive, app_schema)
+        result = SchemaRebuild()
+        try:
+            schema.build_all(keys, result, workers=2)
+        finally:
+            schema.close()
+    assert not result.failed, result.failed
     assert [(v.constraint, v.table) for v in result.violations] == [("codes_pkey", "public.codes")]
     assert "Key (id)=(1) is duplicated" in result.violations[0].describe()
     with admin_connect(empty_db_url) as conn:

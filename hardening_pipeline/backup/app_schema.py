@@ -29,7 +29,11 @@ from hardening_pipeline.backup.pg_tools import PgTool
 from hardening_pipeline.errors import ConfigError, HardeningError
 
 SCHEMA_OBJECT_NAME = "schema.hpb"
-SECTIONS = ("pre-data", "post-data")
+# The schema object's one section: a ``pg_dump --format=custom`` archive, read at restore time
+# through pg_restore's table of contents (``restore/archive.py``), never as text. Backups
+# written before held two plain-SQL sections, "pre-data" and "post-data".
+ARCHIVE_SECTION = "archive"
+LEGACY_SECTIONS = ("pre-data", "post-data")
 CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
 
 # Extension members are recreated by CREATE EXTENSION, never by the dump: each query leaves
@@ -199,31 +203,30 @@ def _libpq_target(url: str) -> tuple[str, dict[str, str]]:
 def dump_schema(
     url: str, snapshot_id: str, schemas: Sequence[str], pg_dump: PgTool
 ) -> dict[str, bytes]:
-    """``pg_dump --schema-only`` of ``schemas`` at the exported snapshot, one text per section.
+    """``pg_dump --schema-only --format=custom`` of ``schemas`` at the exported snapshot.
 
     Schema names are passed double-quoted so ``pg_dump`` takes them literally, not as patterns.
+    The archive is not compressed by pg_dump: the object is compressed with zstd anyway.
     """
     target, env = _libpq_target(url)
     selectors = [arg for name in schemas for arg in ("--schema", f'"{name}"')]
-    dumped = {}
-    for section in SECTIONS:
-        argv = [
-            str(pg_dump.path),
-            "--schema-only",
-            f"--section={section}",
-            f"--snapshot={snapshot_id}",
-            "--no-password",
-            *selectors,
-            "--dbname",
-            target,
-        ]
-        proc = subprocess.run(argv, capture_output=True, env=env, timeout=3600, check=False)
-        if proc.returncode != 0:
-            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            reason = next((line for line in lines if "error" in line), lines[0] if lines else "")
-            raise SchemaDumpError(
-                f"pg_dump could not dump the schema ({reason.strip() or 'no output'}); no "
-                "manifest was written: fix the cause and run the backup again."
-            )
-        dumped[section] = proc.stdout
-    return dumped
+    argv = [
+        str(pg_dump.path),
+        "--schema-only",
+        "--format=custom",
+        "--compress=0",
+        f"--snapshot={snapshot_id}",
+        "--no-password",
+        *selectors,
+        "--dbname",
+        target,
+    ]
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=3600, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = next((line for line in lines if "error" in line), lines[0] if lines else "")
+        raise SchemaDumpError(
+            f"pg_dump could not dump the schema ({reason.strip() or 'no output'}); no "
+            "manifest was written: fix the cause and run the backup again."
+        )
+    return {ARCHIVE_SECTION: proc.stdout}

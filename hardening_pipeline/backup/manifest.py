@@ -515,7 +515,9 @@ _APP_SCHEMA_FIELDS = (
     "catalog",
     *_STORED_FIELDS,
 )
-_SECTION_NAMES = ("pre-data", "post-data")
+# The schema object holds one pg_dump custom-format archive; backups written before held the
+# plain-SQL pre-data and post-data sections (still read and verified, no longer restored).
+_SECTION_LAYOUTS = (("archive",), ("pre-data", "post-data"))
 _CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
 
 
@@ -637,9 +639,9 @@ def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
                 sha256=_sha(sec["sha256"], f"{where}.sections[{i}].sha256"),
             )
         )
-    if tuple(s.name for s in sections) != _SECTION_NAMES:
+    if tuple(s.name for s in sections) not in _SECTION_LAYOUTS:
         raise ManifestError(
-            f"manifest field {where}.sections must be pre-data then post-data, once each."
+            f"manifest field {where}.sections must be one archive, or pre-data then post-data."
         )
     roles = []
     for i, item in enumerate(_list(top["roles"], f"{where}.roles")):

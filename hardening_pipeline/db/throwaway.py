@@ -39,23 +39,29 @@ def docker_available(timeout: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def _container_postgres(major: int) -> Iterator[str]:
+def _container_postgres(major: int, superuser: str) -> Iterator[str]:
     from testcontainers.postgres import PostgresContainer
 
-    with PostgresContainer(container_image(major), driver=None) as container:
+    with PostgresContainer(container_image(major), username=superuser, driver=None) as container:
         yield container.get_connection_url()
 
 
 @contextlib.contextmanager
-def throwaway_postgres(prefer_docker: bool = True, major: int | None = None) -> Iterator[str]:
-    """Yield the URL of a fresh, empty Postgres (superuser access), removed afterwards."""
+def throwaway_postgres(
+    prefer_docker: bool = True, major: int | None = None, superuser: str = "postgres"
+) -> Iterator[str]:
+    """Yield the URL of a fresh, empty Postgres (``superuser``), removed afterwards.
+
+    A restore names its superuser after itself, so no role of the backup (``postgres`` on
+    Supabase) is the server's superuser there.
+    """
     if prefer_docker and docker_available():
         image = container_image(major or DEFAULT_CONTAINER_MAJOR)
         log.info("throwaway Postgres: testcontainers container (%s)", image)
-        with _container_postgres(major or DEFAULT_CONTAINER_MAJOR) as url:
+        with _container_postgres(major or DEFAULT_CONTAINER_MAJOR, superuser) as url:
             yield url
         return
     install = newest_server() if major is None else server_for(major)
     log.info("throwaway Postgres: %s in a temporary folder", install.describe())
-    with local_server(install) as server:
+    with local_server(install, superuser=superuser) as server:
         yield server.url

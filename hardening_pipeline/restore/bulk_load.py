@@ -171,15 +171,20 @@ def _counting(chunks: Iterable[bytes], name: str, totals: dict[str, int]) -> Ite
 
 def reset_sequences(conn: psycopg.Connection, tables: Iterable[str]) -> None:
     """Move each owned sequence past the largest restored value, so new rows never collide."""
+    # Names, not regclass text, which depends on the session's search_path (a restore may
+    # run with only pg_catalog on it, so the backup's functions cannot stand in for built-ins).
     query = (
-        "SELECT * FROM (SELECT c.oid::regclass::text AS t, a.attname, "
-        "pg_get_serial_sequence(c.oid::regclass::text, a.attname) AS s "
-        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
-        "WHERE c.oid::regclass::text = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped) x "
-        "WHERE s IS NOT NULL"
+        "SELECT * FROM (SELECT n.nspname || '.' || c.relname AS t, a.attname, "
+        "pg_catalog.pg_get_serial_sequence(pg_catalog.quote_ident(n.nspname) || '.' || "
+        "pg_catalog.quote_ident(c.relname), a.attname) AS s "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+        "WHERE n.nspname || '.' || c.relname = ANY(%s) AND a.attnum > 0 "
+        "AND NOT a.attisdropped) x WHERE s IS NOT NULL"
     )
+    qualified = {t if "." in t else f"public.{t}" for t in tables}
     cur = conn.cursor(row_factory=tuple_row)
-    rows = cur.execute(query, (sorted(set(tables)),)).fetchall()
+    rows = cur.execute(query, (sorted(qualified),)).fetchall()
     for table, column, sequence in rows:
         conn.execute(
             sql.SQL("SELECT setval({}, coalesce((SELECT max({}) FROM {}), 0) + 1, false)").format(

@@ -28,7 +28,7 @@ import contextlib
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,13 +50,14 @@ from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
-from hardening_pipeline.db.ddl_recording import ddl_recording_paused, reinstall_ddl_recording
+from hardening_pipeline.db.ddl_recording import ddl_recording_paused
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
 from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.seals.window import restore_high_water
 from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.restore.archive import ArchiveError, TocEntry, open_archive
 from hardening_pipeline.restore.bulk_load import (
     DeferredKeys,
     UserTriggers,
@@ -64,6 +65,7 @@ from hardening_pipeline.restore.bulk_load import (
     reset_sequences,
 )
 from hardening_pipeline.restore.drill_checks import run_drill_checks, tables_scoped_by_kit_policy
+from hardening_pipeline.restore.owners import OwnerRefused
 from hardening_pipeline.restore.reader import (
     FetchedObject,
     TableReader,
@@ -71,15 +73,17 @@ from hardening_pipeline.restore.reader import (
     read_schema_sections,
 )
 from hardening_pipeline.restore.schema import (
-    DumpEntry,
-    PostData,
+    OwnerConnections,
+    OwnerLogins,
     SchemaRebuild,
-    entry_table,
-    prepare_target,
+    SchemaRestore,
     run_workers,
 )
 
 DRILL_DATABASE = "restore_drill"
+# The throwaway server's superuser: a name no backup's role has (Supabase's tables are owned by
+# ``postgres``, which must come back as an ordinary role, not as the server's superuser).
+DRILL_SUPERUSER = "hardening_restore_admin"
 # Restored as-is (not re-created by the migration runner) so the record matches the backup.
 MIGRATIONS_TABLE = "hardening.schema_migrations"
 # Tables the migrations fill in themselves; the backup's rows replace theirs.
@@ -258,29 +262,46 @@ class AppRestore:
     rebuild: SchemaRebuild
 
 
+def _table_owners(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str, str]:
+    """Each restored table's owner, keyed as the manifest names tables."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) AS owner "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)",
+        (list(schemas),),
+    ).fetchall()
+    return {
+        (r["relname"] if r["nspname"] == "public" else f"{r['nspname']}.{r['relname']}"): r["owner"]
+        for r in rows
+    }
+
+
 def _load_and_index(
-    url: str,
     fetched: dict[str, FetchedObject],
     manifest: Manifest,
     data_key: bytes,
-    post: PostData,
+    schema: SchemaRestore,
     rebuild: SchemaRebuild,
     workers: int,
 ) -> None:
-    """COPY every object in on ``workers`` connections, building each table's keys and
-    indexes as soon as its last object is in, the way ``pg_restore -j`` schedules.
+    """COPY every object in on ``workers`` threads, building each table's keys and indexes as
+    soon as its last object is in, the way ``pg_restore -j`` schedules.
 
     The tables have no keys or triggers while rows go in, so objects do not depend on each
-    other. Each object loads in its own transaction: one whose decryption fails at its end
-    rolls back and fails the restore (of a throwaway database).
+    other. Every table is loaded in a session of its owner: its defaults and CHECK functions
+    run with the owner's rights, as on the source. A table whose rows fail (decryption, a
+    CHECK) fails the restore of this throwaway database.
     """
+    assert manifest.app_schema is not None
+    with schema.sessions.admin() as conn:
+        owners = _table_owners(conn, manifest.app_schema.schemas)
     remaining = Counter(t.name for o in manifest.objects for t in o.tables)
-    waiting: dict[str, list[DumpEntry]] = defaultdict(list)
-    after_load: list[DumpEntry] = []
-    for entry in post.keys:
-        table = entry_table(entry)
+    waiting: dict[str, list[TocEntry]] = defaultdict(list)
+    after_load: list[TocEntry] = []
+    for entry in schema.keys:
+        table = schema.table_of(entry)
         (waiting[table] if table in remaining else after_load).append(entry)
-    ready: deque[DumpEntry] = deque()
+    ready: deque[TocEntry] = deque()
     pending = sorted(manifest.objects, key=lambda o: -o.plaintext_bytes)
     cond = threading.Condition()
     state = {"loading": 0}
@@ -299,35 +320,63 @@ def _load_and_index(
                 cond.wait()
             return None
 
+    def load(conns: OwnerConnections, item: Any) -> None:
+        for table, chunks in TableReader(fetched[item.name], manifest, data_key):
+            owner = owners.get(table.name)
+            if owner is None:
+                raise DrillFailure(
+                    f"backup object {item.name} holds rows of {table.name}, which the "
+                    "backup's schema does not create."
+                )
+            conn = conns.get(owner)
+            with conn.transaction():
+                load_into_empty(conn, iter([(table, chunks)]), queued=True)
+
     def loop() -> None:
+        conns = schema.connections()
         try:
-            with post.session(url) as conn:
-                # A throwaway target: a crash loses it whole anyway, so commits need not
-                # wait for the disk.
-                conn.execute("SET synchronous_commit = off")
-                while (task := next_task()) is not None:
-                    kind, item = task
-                    if kind == "key":
-                        post.build(conn, item, rebuild)
-                        continue
-                    reader = TableReader(fetched[item.name], manifest, data_key)
-                    with conn.transaction():
-                        load_into_empty(conn, iter(reader), queued=True)
-                    with cond:
-                        state["loading"] -= 1
-                        for table in item.tables:
-                            remaining[table.name] -= 1
-                            if remaining[table.name] == 0:
-                                ready.extend(waiting.pop(table.name, []))
-                        cond.notify_all()
+            while (task := next_task()) is not None:
+                kind, item = task
+                if kind == "key":
+                    schema.build(conns, item, rebuild)
+                    continue
+                load(conns, item)
+                with cond:
+                    state["loading"] -= 1
+                    for table in item.tables:
+                        remaining[table.name] -= 1
+                        if remaining[table.name] == 0:
+                            ready.extend(waiting.pop(table.name, []))
+                    cond.notify_all()
         except BaseException as exc:  # re-raised in the caller's thread
             with cond:
                 failures.append(exc)
                 cond.notify_all()
+        finally:
+            conns.close()
 
     run_workers(loop, workers, failures)
     leftovers = [e for entries in waiting.values() for e in entries] + after_load
-    post.build_all(url, leftovers, rebuild, workers)
+    schema.build_all(leftovers, rebuild, workers)
+
+
+# Owns the drill's database, so what ``pg_database_owner`` owned on the source (the ``public``
+# schema's grants) runs as an ordinary role, never as the target's superuser.
+DRILL_DATABASE_OWNER = "hardening_restore_owner"
+
+
+def own_database(url: str, owner: str = DRILL_DATABASE_OWNER) -> None:
+    """Hand the (empty) database at ``url`` to ``owner``, an ordinary NOLOGIN role."""
+    with connect(url, autocommit=True) as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (owner,)
+        ).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(conn.info.dbname), sql.Identifier(owner)
+            )
+        )
 
 
 def restore_app_backup_into(
@@ -340,37 +389,46 @@ def restore_app_backup_into(
 ) -> AppRestore:
     """Rebuild a schema-carrying backup in the empty database at ``url``, pg_restore's way.
 
-    Roles the schema needs, pre-data, rows (``workers`` objects at once), sequences, then
-    post-data. A constraint the rows break is reported in the result, not raised.
+    ``url`` reaches the target as a superuser. Roles the schema needs, pre-data, rows
+    (``workers`` objects at once), sequences, then post-data; the backup's SQL and the app's
+    code run in sessions of their owners only. A constraint the rows break is reported in the
+    result, not raised.
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
     data_key = unwrap_data_key(manifest, keyring)
+    own_database(url)
     with fetched_backup(store, manifest, backup.folder) as fetched:
         sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
-        rebuild = prepare_target(url, manifest.app_schema, sections["pre-data"])
-        if rebuild.failed:
-            raise DrillFailure(
-                f"the backup's schema could not be rebuilt ({len(rebuild.failed)} object(s) "
-                f"failed, first: {rebuild.failed[0]}); restore into a server with the "
-                "extensions and version the app needs (--target-dsn)."
-            )
-        post = PostData(sections["post-data"])
-        _load_and_index(url, fetched, manifest, data_key, post, rebuild, workers)
-    with connect(url) as conn:
-        reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
-        # Ids burned before the backup must not be handed out again (they would look reused).
-        restore_high_water(conn)
-        conn.commit()
-    post.finish(url, rebuild, workers)
-    with connect(url) as conn:
-        # A schema dump carries no event triggers; the source's DDL recording comes back here.
-        reinstall_ddl_recording(conn)
-        conn.commit()
+        roles = [r.name for r in manifest.app_schema.roles]
+        with open_archive(sections, manifest.app_schema.pg_dump_version, roles) as archive:
+            logins = OwnerLogins(url, DRILL_DATABASE_OWNER)
+            schema = SchemaRestore(logins, archive, manifest.app_schema)
+            try:
+                rebuild = schema.prepare()
+                if rebuild.failed:
+                    raise DrillFailure(
+                        f"the backup's schema could not be rebuilt ({len(rebuild.failed)} "
+                        f"object(s) failed, first: {rebuild.failed[0]}); restore into a server "
+                        "with the extensions and version the app needs (--target-dsn)."
+                    )
+                _load_and_index(fetched, manifest, data_key, schema, rebuild, workers)
+                with connect(url) as conn:
+                    conn.execute("SET search_path = pg_catalog, pg_temp")
+                    reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
+                    # Ids burned before the backup must not be handed out again.
+                    restore_high_water(conn)
+                    conn.commit()
+                schema.finish(rebuild, workers)
+            finally:
+                schema.close()
     return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
 
 
 def rebuild_invariants(rebuild: SchemaRebuild) -> list[Invariant]:
+    import sys
+
+    print("DEBUGFAILED", rebuild.failed, file=sys.stderr)
     """The schema came back whole, and every constraint holds on the restored rows."""
     violations = [v.describe() for v in rebuild.violations]
     return [
@@ -550,7 +608,7 @@ def _target_database(target_dsn: str | None, source: str) -> Iterator[tuple[str,
         finally:
             drop_database(target_dsn, DRILL_DATABASE)
         return
-    with throwaway_postgres(major=_major(source) or None) as server_url:
+    with throwaway_postgres(major=_major(source) or None, superuser=DRILL_SUPERUSER) as server_url:
         target = _server_version(server_url)
         description = f"a throwaway Postgres ({_versions_note(source, target)})"
         yield recreate_database(server_url, DRILL_DATABASE), description
@@ -608,7 +666,14 @@ def run_restore_drill(
                     passed, failed, output = run_drill_tests(url)
                     result.tests_passed, result.tests_failed = passed, failed
                     result.tests_output = output
-    except (NoBackupError, BackupIntegrityError, DrillFailure, StoreError) as exc:
+    except (
+        NoBackupError,
+        BackupIntegrityError,
+        DrillFailure,
+        StoreError,
+        ArchiveError,
+        OwnerRefused,
+    ) as exc:
         result.failure = str(exc)
     except ConfigError:
         raise
@@ -623,8 +688,10 @@ def run_restore_drill(
 
 # Status lines about how the source database is run, not about whether its backup restores: the
 # restored copy carries the source's service-role mode, and a team still in report mode must be
-# able to prove its backups (the live database's own status shows that line red).
-NOT_ABOUT_THE_RESTORE = frozenset({"service_role_rule_enforced"})
+# able to prove its backups (the live database's own status shows that line red). DDL recording
+# is event triggers, which a schema dump does not carry and the drill does not put back: they
+# would run the backup's own function on every later DDL as the drill's superuser.
+NOT_ABOUT_THE_RESTORE = frozenset({"service_role_rule_enforced", "audit_ddl_recorded"})
 
 
 def status_invariants(url: str) -> list[Invariant]:

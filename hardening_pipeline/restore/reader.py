@@ -93,7 +93,7 @@ MAX_SCHEMA_BYTES = 256 << 20
 
 def read_schema_sections(
     fetched: FetchedObject, manifest: Manifest, data_key: bytes
-) -> dict[str, str]:
+) -> dict[str, bytes]:
     """Decrypt the schema object and cut it into its ``pg_dump`` sections, each digest checked."""
     entry = fetched.entry
     if not isinstance(entry, AppSchemaEntry) or entry.plaintext_bytes > MAX_SCHEMA_BYTES:
@@ -123,7 +123,7 @@ def read_schema_sections(
             raise BackupIntegrityError(
                 f"schema section {section.name} does not match its recorded SHA-256."
             )
-        sections[section.name] = part.decode("utf-8")
+        sections[section.name] = part
     return sections
 
 

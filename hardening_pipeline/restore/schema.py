@@ -1,4 +1,4 @@
-"""Rebuild a backed-up app from its schema object: roles, pre-data, rows, then post-data.
+"""Rebuild a backed-up app from its schema archive: roles, pre-data, rows, then post-data.
 
 This is the order ``pg_restore`` uses, for the same reasons: rows are copied into tables that
 have no index, key or trigger yet (fast, and no audit trigger fires on a restore), and keys are
@@ -6,18 +6,20 @@ built once over the loaded rows. Unlike ``pg_restore`` it never gives up on a ba
 rows break a constraint: the constraint is added ``NOT VALID`` (foreign keys) or left out
 (unique keys), and the drill reports it red, naming the constraint and the rows.
 
-``pg_dump`` writes each object as an entry under a header comment
-(``-- Name: ...; Type: ...; Schema: ...; Owner: ...``); the sections are split on those headers
-and each entry runs on its own, so one that fails is named, not lost in a script. Roles are
-cluster-wide and not in the dump: those the target lacks are created ``NOLOGIN`` (``BYPASSRLS``
-where the source role had it), so ownership, grants and policies come back as they were.
+The backup is treated as hostile (``restore/archive.py``): entries come from ``pg_restore``'s own
+table of contents, and each runs in a session logged in as its owner (``restore/owners.py``).
+Only what the restore itself writes runs as the target's superuser, built from names with
+``psycopg.sql``: the roles the schema refers to (``NOLOGIN``, ``BYPASSRLS`` where the source role
+had it) and its schemas. Roles are cluster-wide and not in the dump, so ownership, grants and
+policies come back as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -26,36 +28,17 @@ from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import AppSchemaEntry, SchemaRole
 from hardening_pipeline.db.connection import connect
-
-_HEADER = re.compile(
-    r"^--\n-- (?:Data for )?Name: (?P<name>.*?); Type: (?P<type>[A-Z][A-Z ]*?); "
-    r"Schema: (?P<schema>[^;\n]*?)(?:; Owner: (?P<owner>[^\n]*))?\n--\n",
-    re.M,
-)
-# pg_dump 17.6 / 16.10 / 15.14 and later fence a plain dump with these psql meta-commands; they
-# are not SQL and only guard psql against a malicious server, which a restore here does not use.
-_META = re.compile(r"^\\(?:restrict|unrestrict)\b.*$", re.M)
-_CREATE_SCHEMA = re.compile(r"^CREATE SCHEMA (?!IF NOT EXISTS)", re.M)
+from hardening_pipeline.restore.archive import ArchiveError, SchemaArchive, TocEntry
+from hardening_pipeline.restore.owners import OwnerSessions
 
 # Built in parallel after the rows: keys and indexes. Foreign keys need the keys first.
 _KEY_TYPES = {"CONSTRAINT", "INDEX"}
 _FK_TYPES = {"FK CONSTRAINT"}
+_GRANT_TYPES = {"ACL", "DEFAULT ACL"}
 _MAX_LISTED_ROWS = 20
-
-
-@dataclass(frozen=True)
-class DumpEntry:
-    """One object of a ``pg_dump`` section: its header fields and its SQL."""
-
-    name: str
-    type: str
-    schema: str
-    sql: str
-
-    @property
-    def label(self) -> str:
-        where = f"{self.schema}." if self.schema and self.schema != "-" else ""
-        return f"{self.type.lower()} {where}{self.name}"
+# The predefined role owning ``public`` from PostgreSQL 15; its entries run as the database owner.
+DATABASE_OWNER = "pg_database_owner"
+_PROLOGUE_SET = re.compile(r"^SET (?P<name>[a-z_]+) = [^;\n]*;$", re.M)
 
 
 @dataclass
@@ -81,24 +64,15 @@ class SchemaRebuild:
     violations: list[ConstraintViolation] = field(default_factory=list)
 
 
-def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
-    """The prologue (session settings) and the entries of one ``pg_dump`` plain section."""
-    text = _META.sub("", text)
-    matches = list(_HEADER.finditer(text))
-    prologue = text[: matches[0].start()] if matches else text
-    entries = []
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[match.end() : end].strip()
-        if body:
-            entries.append(
-                DumpEntry(match["name"], match["type"], match["schema"] or "-", body + "\n")
-            )
-    return prologue, entries
-
-
 def create_missing_roles(conn: psycopg.Connection, roles: Iterable[SchemaRole]) -> list[str]:
-    """Create, NOLOGIN, each role the schema refers to that the target lacks; returns them."""
+    """Create, NOLOGIN, each role the schema refers to that the target lacks; returns them.
+
+    A role without superuser (``restore --into`` as the app's owner) keeps the right to hand
+    its objects to the roles it creates: from PostgreSQL 16 that takes SET (and INHERIT, to
+    comment on them) on them.
+    """
+    if conn.info.server_version >= 160000 and not _is_superuser(conn):
+        conn.execute("SET createrole_self_grant = 'set, inherit'")
     created = []
     for role in roles:
         row = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role.name,))
@@ -113,29 +87,15 @@ def create_missing_roles(conn: psycopg.Connection, roles: Iterable[SchemaRole]) 
     return created
 
 
-def _run(conn: psycopg.Connection, statement: str) -> None:
-    # No parameters: psycopg sends the text as one simple query, so an entry of several
-    # statements (CREATE TABLE; ALTER TABLE ... OWNER TO) runs as one implicit transaction.
-    conn.execute(statement.encode("utf-8"))
+def _is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    return bool(row and row["rolsuper"])
 
 
-def _run_retrying(conn: psycopg.Connection, statement: str, attempts: int = 3) -> None:
-    """Run, retrying a deadlock: two foreign keys built at once can lock the same two tables
-    in opposite orders, and Postgres then cancels one of them."""
-    for attempt in range(attempts):
-        try:
-            _run(conn, statement)
-            return
-        except psycopg.errors.DeadlockDetected:
-            if attempt == attempts - 1:
-                raise
-
-
-_PROLOGUE_SET = re.compile(r"^SET (?P<name>[a-z_]+) = [^;\n]*;$", re.M)
-
-
-def settings_the_server_knows(conn: psycopg.Connection, prologue: str) -> str:
-    """The prologue without the ``SET`` lines of settings the target server does not have.
+def settings_the_server_knows(conn: psycopg.Connection, text: str) -> str:
+    """``text`` without the ``SET`` lines of settings the target server does not have.
 
     A ``pg_dump`` 17 or newer resets ``transaction_timeout``, which a 15 or 16 server refuses;
     the dump is otherwise loadable there, so the drill must not fail on the kit's tool version.
@@ -146,42 +106,43 @@ def settings_the_server_knows(conn: psycopg.Connection, prologue: str) -> str:
     def keep(match: re.Match[str]) -> str:
         return match[0] if match["name"] in known else ""
 
-    return _PROLOGUE_SET.sub(keep, prologue)
+    return _PROLOGUE_SET.sub(keep, text)
 
 
-def _session(url: str, prologue: str) -> psycopg.Connection:
-    conn = connect(url, autocommit=True, client_encoding="UTF8")
-    _run(conn, settings_the_server_knows(conn, prologue))
-    # Index and key builds sort the whole table; the default 64 MB spills to disk early.
-    conn.execute("SET maintenance_work_mem = '256MB'")
-    return conn
+def _run(conn: psycopg.Connection, statement: str) -> None:
+    # No parameters: psycopg sends the text as one simple query, so an entry of several
+    # statements (CREATE TABLE; ALTER TABLE ... OWNER TO) runs as one implicit transaction.
+    conn.execute(statement.encode("utf-8"))
+
+
+def _attempt(conn: psycopg.Connection, statement: str) -> None:
+    """Run ``statement`` in a transaction (a savepoint inside the caller's): a failure undoes
+    only it, and the session goes on."""
+    with conn.transaction():
+        _run(conn, statement)
+
+
+def _run_retrying(conn: psycopg.Connection, statement: str, attempts: int = 3) -> None:
+    """Run ``statement``, again if a parallel build deadlocked with it (as pg_restore does)."""
+    for attempt in range(attempts):
+        try:
+            _attempt(conn, statement)
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == attempts - 1:
+                raise
 
 
 def _error_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def apply_pre_data(url: str, text: str, result: SchemaRebuild) -> None:
-    """Every pre-data entry, in pg_dump's order; ``CREATE SCHEMA`` tolerates ``public``."""
-    prologue, entries = split_dump(text)
-    with _session(url, prologue) as conn:
-        for entry in entries:
-            statement = entry.sql
-            if entry.type == "SCHEMA":
-                # Every database already has ``public`` (and a target may have more).
-                statement = _CREATE_SCHEMA.sub("CREATE SCHEMA IF NOT EXISTS ", statement)
-            try:
-                _run(conn, statement)
-            except psycopg.Error as exc:
-                result.failed.append(f"{entry.label}: {_error_line(exc)}")
-
-
-def _table_of(entry: DumpEntry) -> str:
+def _table_of(entry: TocEntry) -> str:
     """``schema.table`` of a constraint entry, whose header name is ``<table> <constraint>``."""
     return f"{entry.schema}.{entry.name.split(' ', 1)[0]}"
 
 
-def _constraint_of(entry: DumpEntry) -> str:
+def _constraint_of(entry: TocEntry) -> str:
     return entry.name.split(" ", 1)[1] if " " in entry.name else entry.name
 
 
@@ -252,17 +213,362 @@ def _foreign_key_rows(conn: psycopg.Connection, table: str, constraint: str) -> 
     return [str(r[0]) for r in conn.cursor(row_factory=tuple_row).execute(query).fetchall()]
 
 
-def _apply_constraint(conn: psycopg.Connection, entry: DumpEntry, result: SchemaRebuild) -> None:
+class OwnerConnections:
+    """One thread's sessions on the target, one per owner role, opened when first needed."""
+
+    def __init__(self, owners: OwnerSessions, database_owner: str) -> None:
+        self._owners = owners
+        self._database_owner = database_owner
+        self._open: dict[str, psycopg.Connection] = {}
+
+    def get(self, role: str) -> psycopg.Connection:
+        role = self._database_owner if role == DATABASE_OWNER else role
+        if role not in self._open:
+            conn = connect(self._owners.url(role), autocommit=True, client_encoding="UTF8")
+            # Index and key builds sort the whole table; the default 64 MB spills to disk early.
+            conn.execute("SET maintenance_work_mem = '256MB'")
+            self._open[role] = conn
+        return self._open[role]
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
+
+class OwnerLogins:
+    """Each owner in a session logged in as itself, on a target reached as a superuser.
+
+    The drill's way (a throwaway server, or one kept for drills): ``admin_url`` creates roles
+    and schemas and hands out the owners' logins, and runs nothing the backup wrote.
+    ``database_owner`` owns the target database and runs what ``pg_database_owner`` owned on
+    the source (the ``public`` schema's grants).
+    """
+
+    lends_schemas = True
+    lends_references = True
+    workers_allowed = True
+
+    def __init__(self, admin_url: str, database_owner: str) -> None:
+        self.admin_url = admin_url
+        self.database_owner = database_owner
+        self._owners = OwnerSessions(admin_url)
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[psycopg.Connection]:
+        with connect(self.admin_url, autocommit=True) as conn:
+            yield conn
+
+    def check(self, role: str) -> None:
+        self._owners.check(role)
+
+    def connections(self) -> OwnerConnections:
+        return OwnerConnections(self._owners, self.database_owner)
+
+    def close(self) -> None:
+        self._owners.close()
+
+
+class _Fixed:
+    """The one session, whatever the entry's owner: the user's own role does all of it."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    def get(self, role: str) -> psycopg.Connection:
+        return self._conn
+
+    def close(self) -> None:
+        pass
+
+
+class OneSession:
+    """Every entry in one session of the role the user connected as, inside its transaction.
+
+    The way into a database the user named (``restore --tenant --into``): the kit creates no
+    logins on the user's server, so the backup's code runs with exactly the rights the user
+    gave, all of it in one transaction that leaves nothing behind when it fails. A superuser
+    session is refused by the caller.
+    """
+
+    lends_schemas = True
+    lends_references = False
+    workers_allowed = False
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[psycopg.Connection]:
+        yield self._conn
+
+    def check(self, role: str) -> None:
+        pass
+
+    def connections(self) -> _Fixed:
+        return _Fixed(self._conn)
+
+    def close(self) -> None:
+        pass
+
+
+class SchemaRestore:
+    """The schema archive of one backup, restored onto a target through ``sessions``."""
+
+    def __init__(
+        self,
+        sessions: OwnerLogins | OneSession,
+        archive: SchemaArchive,
+        app_schema: AppSchemaEntry,
+    ) -> None:
+        self.sessions = sessions
+        self.archive = archive
+        self.app_schema = app_schema
+        # Grants last, as pg_restore's own ACL pass does: an owner may have revoked from itself
+        # (or from PUBLIC) what creating its triggers and keys needs.
+        self.grants = [e for e in archive.entries if e.type in _GRANT_TYPES]
+        self.pre = [e for e in archive.entries if not e.post_data and e.type not in _GRANT_TYPES]
+        post = [e for e in archive.entries if e.post_data and e.type not in _GRANT_TYPES]
+        self.keys = [e for e in post if e.type in _KEY_TYPES]
+        self.foreign = [e for e in post if e.type in _FK_TYPES]
+        self.rest = [e for e in post if e.type not in _KEY_TYPES | _FK_TYPES]
+        self._lock = threading.Lock()
+        self._sql: dict[int, str] = {}
+        self._lent: list[tuple[str, str]] = []
+        self._lent_references: list[tuple[str, str]] = []
+
+    def close(self) -> None:
+        self.sessions.close()
+
+    def connections(self) -> OwnerConnections | _Fixed:
+        return self.sessions.connections()
+
+    def sql(self, entries: Sequence[TocEntry]) -> str:
+        """The entries' SQL from the archive, cached per single entry (keys are asked twice)."""
+        if len(entries) == 1 and entries[0].dump_id in self._sql:
+            return self._sql[entries[0].dump_id]
+        text = self.archive.sql(entries)
+        if len(entries) == 1:
+            self._sql[entries[0].dump_id] = text
+        return text
+
+    # -- before the rows ------------------------------------------------------------------
+
+    def prepare(self) -> SchemaRebuild:
+        """Roles and schemas (as the superuser, from names), then pre-data (as the owners)."""
+        result = SchemaRebuild()
+        owners = {e.owner for e in self.archive.entries} - {DATABASE_OWNER}
+        roles = [*self.app_schema.roles, *(SchemaRole(o, False) for o in sorted(owners))]
+        with self.sessions.admin() as conn:
+            result.roles_created = create_missing_roles(conn, roles)
+        for owner in sorted(owners):
+            self.sessions.check(owner)
+        self._create_schemas(result)
+        conns = self.connections()
+        try:
+            for run in _owner_runs(e for e in self.pre if e.type != "SCHEMA"):
+                self._apply_run(conns, run, result)
+        finally:
+            conns.close()
+        self._lend_references()
+        return result
+
+    def _lend_references(self) -> None:
+        """Let every owner reference every table, for the foreign keys a superuser made.
+
+        Taken back with the schemas' privileges, before the backup's own grants are applied.
+        """
+        if not self.sessions.lends_references:
+            return
+        owners = sorted({e.owner for e in self.archive.entries} - {DATABASE_OWNER})
+        with self.sessions.admin() as conn:
+            present = conn.execute(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
+                (list(self.app_schema.schemas),),
+            ).fetchall()
+            for row in present:
+                for owner in owners:
+                    conn.execute(
+                        sql.SQL("GRANT REFERENCES ON ALL TABLES IN SCHEMA {} TO {}").format(
+                            sql.Identifier(row["nspname"]), sql.Identifier(owner)
+                        )
+                    )
+                    self._lent_references.append((row["nspname"], owner))
+
+    def _create_schemas(self, result: SchemaRebuild) -> None:
+        """The schemas, owned as in the backup, and each other owner let in for the restore.
+
+        On the source an object may sit in a schema its owner may not create in (a superuser
+        made it, then gave it away). ``USAGE`` and ``CREATE`` are lent to every owner for the
+        restore and taken back by ``finish`` before the backup's own grants are applied.
+        """
+        owners = {e.owner for e in self.archive.entries} - {DATABASE_OWNER}
+        if not self.sessions.lends_schemas:
+            owners = set()
+        with self.sessions.admin() as conn:
+            for entry in self.pre:
+                if entry.type != "SCHEMA":
+                    continue
+                if entry.name not in self.app_schema.schemas:
+                    result.failed.append(f"{entry.label}: not one of the backed-up schemas")
+                    continue
+                name = sql.Identifier(entry.name)
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+                if entry.owner != DATABASE_OWNER:
+                    owner = sql.Identifier(entry.owner)
+                    conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(name, owner))
+                for other in sorted(owners - {entry.owner}):
+                    grant = sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                        name, sql.Identifier(other)
+                    )
+                    try:
+                        with conn.transaction():
+                            conn.execute(grant)
+                    except psycopg.errors.InsufficientPrivilege:
+                        continue  # the user's own role may not lend it; the entry then fails
+                    self._lent.append((entry.name, other))
+
+    def _take_back_schemas(self) -> None:
+        """Revoke what ``_create_schemas`` lent; the grants pass then sets the backup's own."""
+        if not self._lent and not self._lent_references:
+            return
+        with self.sessions.admin() as conn:
+            for schema, role in self._lent_references:
+                conn.execute(
+                    sql.SQL("REVOKE REFERENCES ON ALL TABLES IN SCHEMA {} FROM {}").format(
+                        sql.Identifier(schema), sql.Identifier(role)
+                    )
+                )
+            for schema, role in self._lent:
+                conn.execute(
+                    sql.SQL("REVOKE USAGE, CREATE ON SCHEMA {} FROM {}").format(
+                        sql.Identifier(schema), sql.Identifier(role)
+                    )
+                )
+        self._lent.clear()
+        self._lent_references.clear()
+
+    def _apply_run(
+        self, conns: OwnerConnections | _Fixed, run: list[TocEntry], result: SchemaRebuild
+    ) -> None:
+        """A run of entries of one owner as one script; entry by entry if it fails."""
+        conn = conns.get(run[0].owner)
+        try:
+            _attempt(conn, settings_the_server_knows(conn, self.sql(run)))
+            return
+        except psycopg.Error as exc:
+            if len(run) == 1:
+                result.failed.append(f"{run[0].label}: {_error_line(exc)}")
+                return
+        for entry in run:
+            try:
+                _attempt(conn, settings_the_server_knows(conn, self.sql([entry])))
+            except psycopg.Error as exc:
+                result.failed.append(f"{entry.label}: {_error_line(exc)}")
+
+    # -- after the rows -------------------------------------------------------------------
+
+    def table_of(self, entry: TocEntry) -> str | None:
+        """The table a key or index builds on, named as the manifest names tables.
+
+        ``None`` when it cannot be told (an index whose definition does not parse): such an
+        entry is simply built after every row is in.
+        """
+        if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
+            schema, name = entry.schema, entry.name.split(" ", 1)[0]
+        else:
+            match = _ON_TABLE.search(self.sql([entry]))
+            if not match:
+                return None
+            schema, _, name = match.group(1).partition(".")
+            schema, name = schema.strip('"'), name.strip('"')
+        return name if schema == "public" else f"{schema}.{name}"
+
+    def build(
+        self, conns: OwnerConnections | _Fixed, entry: TocEntry, result: SchemaRebuild
+    ) -> None:
+        """One key, foreign key or index; failures and violations land in ``result``."""
+        local = SchemaRebuild()
+        conn = conns.get(entry.owner)
+        statement = settings_the_server_knows(conn, self.sql([entry]))
+        if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
+            _apply_constraint(conn, entry, statement, local)
+        else:
+            try:
+                _attempt(conn, statement)
+            except psycopg.Error as exc:
+                local.failed.append(f"{entry.label}: {_error_line(exc)}")
+        with self._lock:
+            result.failed.extend(local.failed)
+            result.violations.extend(local.violations)
+
+    def build_all(self, entries: Sequence[TocEntry], result: SchemaRebuild, workers: int) -> None:
+        """Build ``entries`` on ``workers`` threads, each with its own owner sessions."""
+        pending = list(entries)
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def loop() -> None:
+            conns = self.connections()
+            try:
+                while True:
+                    with lock:
+                        if not pending or failures:
+                            return
+                        entry = pending.pop(0)
+                    self.build(conns, entry, result)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                with lock:
+                    failures.append(exc)
+            finally:
+                conns.close()
+
+        run_workers(loop, workers if self.sessions.workers_allowed else 1, failures)
+
+    def finish(self, result: SchemaRebuild, workers: int) -> None:
+        """Foreign keys (on ``workers`` connections), then triggers, RLS, policies, grants."""
+        self.build_all(self.foreign, result, workers)
+        self.finish_rest(result)
+
+    def finish_rest(self, result: SchemaRebuild) -> None:
+        """Triggers, RLS and policies, then the schemas' lent privileges back, then grants."""
+        conns = self.connections()
+        try:
+            for run in _owner_runs(self.rest):
+                self._apply_run(conns, run, result)
+            self._take_back_schemas()
+            for run in _owner_runs(self.grants):
+                self._apply_run(conns, run, result)
+        finally:
+            conns.close()
+
+
+def _owner_runs(entries: Iterable[TocEntry]) -> list[list[TocEntry]]:
+    """Consecutive entries of one owner, in the archive's order."""
+    runs: list[list[TocEntry]] = []
+    for entry in entries:
+        if runs and runs[-1][0].owner == entry.owner:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs
+
+
+def _apply_constraint(
+    conn: psycopg.Connection, entry: TocEntry, statement: str, result: SchemaRebuild
+) -> None:
     """Add one key; if the rows break it, keep it NOT VALID (foreign keys) and name the rows."""
     try:
-        _run_retrying(conn, entry.sql)
+        _run_retrying(conn, statement)
         return
     except psycopg.errors.ForeignKeyViolation as exc:
         error: psycopg.Error = exc
         if entry.type in _FK_TYPES:
             table, constraint = _table_of(entry), _constraint_of(entry)
             try:
-                _run(conn, entry.sql.rstrip().rstrip(";") + " NOT VALID;")
+                # pg_restore ends the text with comments: NOT VALID goes before the last ";".
+                end = statement.rfind(";")
+                _attempt(conn, statement[:end] + " NOT VALID" + statement[end:])
                 rows = _foreign_key_rows(conn, table, constraint)
             except psycopg.Error as retry:
                 result.failed.append(f"{entry.label}: {_error_line(retry)}")
@@ -289,108 +595,7 @@ def _apply_constraint(conn: psycopg.Connection, entry: DumpEntry, result: Schema
     )
 
 
-def _parallel(
-    url: str, prologue: str, entries: Sequence[DumpEntry], workers: int, work: Callable
-) -> None:
-    """Run ``work(conn, entry)`` over ``entries`` on ``workers`` connections."""
-    pending = list(entries)
-    lock = threading.Lock()
-    failures: list[BaseException] = []
-
-    def loop() -> None:
-        try:
-            with _session(url, prologue) as conn:
-                while True:
-                    with lock:
-                        if not pending or failures:
-                            return
-                        entry = pending.pop(0)
-                    work(conn, entry)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            with lock:
-                failures.append(exc)
-
-    run_workers(loop, workers, failures)
-
-
 _ON_TABLE = re.compile(r"\bON (?:ONLY )?((?:\"[^\"]+\"|[^\s(.]+)\.(?:\"[^\"]+\"|[^\s(]+))")
-
-
-def entry_table(entry: DumpEntry) -> str | None:
-    """The table a key or index entry builds on, named as the manifest names tables.
-
-    ``None`` when it cannot be told (an index whose definition does not parse): such an entry
-    is simply built after every row is in.
-    """
-    if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
-        schema, name = entry.schema, entry.name.split(" ", 1)[0]
-    else:
-        match = _ON_TABLE.search(entry.sql)
-        if not match:
-            return None
-        schema, _, name = match.group(1).partition(".")
-        schema, name = schema.strip('"'), name.strip('"')
-    return name if schema == "public" else f"{schema}.{name}"
-
-
-class PostData:
-    """The post-data section, split into what can be built per table and what comes last."""
-
-    def __init__(self, text: str) -> None:
-        self.prologue, entries = split_dump(text)
-        self.keys = [e for e in entries if e.type in _KEY_TYPES]
-        self.foreign = [e for e in entries if e.type in _FK_TYPES]
-        self.rest = [e for e in entries if e.type not in _KEY_TYPES | _FK_TYPES]
-        self._lock = threading.Lock()
-
-    def session(self, url: str) -> psycopg.Connection:
-        return _session(url, self.prologue)
-
-    def build(self, conn: psycopg.Connection, entry: DumpEntry, result: SchemaRebuild) -> None:
-        """One key, foreign key or index; failures and violations land in ``result``."""
-        local = SchemaRebuild()
-        if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
-            _apply_constraint(conn, entry, local)
-        else:
-            try:
-                _run(conn, entry.sql)
-            except psycopg.Error as exc:
-                local.failed.append(f"{entry.label}: {_error_line(exc)}")
-        with self._lock:
-            result.failed.extend(local.failed)
-            result.violations.extend(local.violations)
-
-    def build_all(
-        self, url: str, entries: Sequence[DumpEntry], result: SchemaRebuild, workers: int
-    ) -> None:
-        _parallel(url, self.prologue, entries, workers, lambda c, e: self.build(c, e, result))
-
-    def finish(self, url: str, result: SchemaRebuild, workers: int) -> None:
-        """Foreign keys (on ``workers`` connections), then triggers, RLS and policies."""
-        self.build_all(url, self.foreign, result, workers)
-        with self.session(url) as conn:
-            for entry in self.rest:
-                try:
-                    _run(conn, entry.sql)
-                except psycopg.Error as exc:
-                    result.failed.append(f"{entry.label}: {_error_line(exc)}")
-
-
-def apply_post_data(url: str, text: str, result: SchemaRebuild, *, workers: int = 2) -> None:
-    """Keys and indexes, then foreign keys (each on ``workers`` connections, as
-    ``pg_restore -j`` does), then triggers, RLS and policies in the dump's order."""
-    post = PostData(text)
-    post.build_all(url, post.keys, result, workers)
-    post.finish(url, result, workers)
-
-
-def prepare_target(url: str, app_schema: AppSchemaEntry, pre_data: str) -> SchemaRebuild:
-    """Roles the schema needs, then the pre-data section: the tables are ready for rows."""
-    result = SchemaRebuild()
-    with connect(url, autocommit=True) as conn:
-        result.roles_created = create_missing_roles(conn, app_schema.roles)
-    apply_pre_data(url, pre_data, result)
-    return result
 
 
 def run_workers(loop: Callable[[], None], workers: int, failures: list[BaseException]) -> None:
@@ -405,3 +610,6 @@ def run_workers(loop: Callable[[], None], workers: int, failures: list[BaseExcep
         thread.join()
     if failures:
         raise failures[0]
+
+
+__all__ = ["ArchiveError", "SchemaRebuild", "SchemaRestore", "create_missing_roles"]

@@ -37,6 +37,7 @@ from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import CheckFailed, ConfigError
+from hardening_pipeline.restore.archive import open_archive
 from hardening_pipeline.restore.bulk_load import (
     MergeCount,
     _split,
@@ -45,7 +46,7 @@ from hardening_pipeline.restore.bulk_load import (
     reset_sequences,
 )
 from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
-from hardening_pipeline.restore.schema import apply_post_data, prepare_target
+from hardening_pipeline.restore.schema import OneSession, SchemaRestore
 from hardening_pipeline.settings import check_database_url
 
 MIGRATIONS_TABLE = "hardening.schema_migrations"
@@ -90,30 +91,45 @@ def _reference_tables(
     return {t.name for t in shared.tables} - excluded
 
 
-def rebuild_schema(url: str, store: BackupStore, backup: StoredBackup, data_key: bytes) -> None:
+def rebuild_schema(
+    conn: psycopg.Connection, store: BackupStore, backup: StoredBackup, data_key: bytes
+) -> None:
     """Give an empty target the backup's schema, its migration record and its lookup tables.
 
-    The tenant's rows then go in through the audited merge like on any other target. Shared
-    rows that are every tenant's (the audit log, tables pointing at tenants' rows) stay out:
-    this restores one tenant.
+    Runs in ``conn``'s transaction, as the role the user connected as (never a superuser: the
+    backup's code runs there with that role's rights only). Pre-data, then the lookup rows,
+    then keys, triggers and policies, so no app trigger fires while rows go in. The tenant's
+    rows then go in through the audited merge like on any other target. Shared rows that are
+    every tenant's (the audit log, tables pointing at tenants' rows) stay out: this restores
+    one tenant.
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
+    superuser = conn.execute(
+        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()["rolsuper"]
+    if superuser:
+        raise ConfigError(
+            "--into connects as a superuser, and rebuilding the backup's schema there would run "
+            "its owners' code with a superuser's rights; connect as the role that owns the app "
+            "(on Supabase: postgres), or migrate the target and restore the rows only."
+        )
     shared = next((o for o in manifest.objects if o.tenant_id is None), None)
     names = {manifest.app_schema.name} | ({shared.name} if shared else set())
     with fetched_backup(store, manifest, backup.folder, only=names) as fetched:
         sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
-        rebuild = prepare_target(url, manifest.app_schema, sections["pre-data"])
-        if not rebuild.failed:
-            apply_post_data(url, sections["post-data"], rebuild)
-        if rebuild.failed:
-            raise CheckFailed(
-                f"the backup's schema could not be rebuilt in the target ({rebuild.failed[0]}); "
-                "install the extensions and roles the app needs there, or restore into a "
-                "database that already has the app's schema."
-            )
-        if shared is not None:
-            with connect(url, client_encoding="UTF8") as conn:
+        roles = [r.name for r in manifest.app_schema.roles]
+        with open_archive(sections, manifest.app_schema.pg_dump_version, roles) as archive:
+            schema = SchemaRestore(OneSession(conn), archive, manifest.app_schema)
+            rebuild = schema.prepare()
+            if not rebuild.failed:
+                # Keys before the lookup rows: which tables are lookups is read from the
+                # foreign keys. Triggers come after, so none fires while rows go in.
+                schema.build_all([*schema.keys, *schema.foreign], rebuild, workers=1)
+            # pg_restore's session settings (row_security off, an empty search_path) must not
+            # reach the rest, which names tables as the manifest does and runs under policies.
+            conn.execute("RESET ALL")
+            if not rebuild.failed and shared is not None:
                 wanted = _reference_tables(conn, manifest, shared)
                 reader = TableReader(fetched[shared.name], manifest, data_key)
                 for table, chunks in reader:
@@ -123,7 +139,15 @@ def rebuild_schema(url: str, store: BackupStore, backup: StoredBackup, data_key:
                         for _ in chunks:  # read through: the digests are still checked
                             pass
                 reset_sequences(conn, sorted(wanted))
-                conn.commit()
+            if not rebuild.failed:
+                schema.finish_rest(rebuild)
+            conn.execute("RESET ALL")
+        if rebuild.failed:
+            raise CheckFailed(
+                f"the backup's schema could not be rebuilt in the target ({rebuild.failed[0]}); "
+                "nothing was written: install the extensions and roles the app needs there, or "
+                "restore into a database that already has the app's schema."
+            )
 
 
 @dataclass
@@ -181,9 +205,11 @@ def restore_tenant(
             f"backup {manifest.backup_id} holds no tenant {tenant}; pick another with --backup-id."
         )
     data_key = unwrap_data_key(manifest, keyring)
-    if manifest.app_schema is not None and _is_empty(target_url, manifest.app_schema.schemas):
-        rebuild_schema(target_url, store, backup, data_key)
+    rebuild = manifest.app_schema is not None and _is_empty(target_url, manifest.app_schema.schemas)
     with connect(target_url, client_encoding="UTF8") as conn:
+        if rebuild:
+            # One transaction with the tenant's rows below: a failure leaves nothing behind.
+            rebuild_schema(conn, store, backup, data_key)
         applied = {m.filename for m in read_applied(conn)}
         missing = [m for m in manifest.schema.applied_migrations if m not in applied]
         if missing:
@@ -192,7 +218,8 @@ def restore_tenant(
                 "`hardening migrate` against it first."
             )
         exists = conn.execute("SELECT 1 FROM public.tenants WHERE id = %s", (tenant,)).fetchone()
-        conn.rollback()
+        if not rebuild:
+            conn.rollback()
         if exists and not merge:
             raise ConfigError(
                 f"the target database already holds tenant {tenant}; pass --merge to add only "

@@ -13,7 +13,9 @@ import hmac
 import json
 import re
 import struct
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import zstandard
 from cryptography.hazmat.primitives import hashes
@@ -151,13 +153,23 @@ def split_tables(plaintext: bytes, entry: dict) -> dict[str, bytes]:
     return out
 
 
-def split_sections(plaintext: bytes, schema_entry: dict) -> dict[str, str]:
-    """The schema object's parts (pre-data, post-data), each checked, as SQL text."""
+def split_sections(plaintext: bytes, schema_entry: dict) -> dict[str, bytes]:
+    """The schema object's parts, each checked: one custom-format ``archive`` (or, in older
+    backups, the plain-SQL ``pre-data`` and ``post-data``)."""
     names = [s["name"] for s in schema_entry["sections"]]
-    if names != ["pre-data", "post-data"]:
+    if names not in (["archive"], ["pre-data", "post-data"]):
         raise ReaderError(f"unexpected schema sections {names}")
-    parts = split_tables(plaintext, {"tables": schema_entry["sections"]})
-    return {name: part.decode("utf-8") for name, part in parts.items()}
+    return split_tables(plaintext, {"tables": schema_entry["sections"]})
+
+
+def list_archive(archive: bytes, pg_restore: str, folder: Path) -> list[str]:
+    """``pg_restore --list`` of a custom-format archive: its table of contents, never its SQL."""
+    path = folder / "schema.dump"
+    path.write_bytes(archive)
+    listing = subprocess.run(
+        [pg_restore, "--list", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in listing.splitlines() if line and not line.startswith(";")]
 
 
 def check_folder(doc: dict, folder: str) -> None:
