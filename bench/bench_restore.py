@@ -61,6 +61,7 @@ from hardening_pipeline.db.connection import (  # noqa: E402
 )
 from hardening_pipeline.db.migrations import apply_migrations  # noqa: E402
 from hardening_pipeline.restore.drill import (  # noqa: E402
+    DRILL_SUPERUSER,
     restore_app_backup_into,
     restore_backup_into,
 )
@@ -88,7 +89,13 @@ def main() -> None:
     parser.add_argument("--messages-per-unit", type=int, default=1000)
     add_pg_major_argument(parser)
     args = parser.parse_args()
-    with source(args) as url, tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
+    # The restore target is a server of its own, as the drill's is: its superuser is not a
+    # role the source's objects are owned by (a restore runs them as their owners).
+    with (
+        source(args) as url,
+        bench_postgres(args.pg_major, superuser=DRILL_SUPERUSER) as target,
+        tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp,
+    ):
         bin_dir = client_bin_dir(url)
         with connect(url) as conn:
             messages = conn.execute("SELECT count(*) AS n FROM messages").fetchone()["n"]
@@ -104,7 +111,7 @@ def main() -> None:
             check=True,
         )
 
-        ours_url = recreate_database(url, "bench_restore_ours")
+        ours_url = recreate_database(target, "bench_restore_ours")
         started = time.perf_counter()
         if backup.manifest.app_schema is not None:
             rows = restore_app_backup_into(ours_url, store, backup, keyring).rows
@@ -117,7 +124,7 @@ def main() -> None:
             ("single", [], dump),
             ("parallel", ["-j", "2"], dump_dir),
         ):
-            base_url = recreate_database(url, f"bench_restore_pg_{label}")
+            base_url = recreate_database(target, f"bench_restore_pg_{label}")
             started = time.perf_counter()
             subprocess.run(
                 [str(bin_dir / "pg_restore"), "--no-owner", *extra, "-d", base_url, str(archive)],
@@ -126,7 +133,7 @@ def main() -> None:
             )
             timings[label] = time.perf_counter() - started
         for name in ("bench_restore_ours", "bench_restore_pg_single", "bench_restore_pg_parallel"):
-            drop_database(url, name)
+            drop_database(target, name)
     single, parallel = timings["single"], timings["parallel"]
     print(f"messages in source:               {messages:,}")
     print(f"rows restored (ours):             {rows:,}")

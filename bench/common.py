@@ -49,10 +49,10 @@ def describe_server(url: str) -> str:
 
 
 @contextlib.contextmanager
-def bench_postgres(major: int | None) -> Iterator[str]:
+def bench_postgres(major: int | None, superuser: str = "postgres") -> Iterator[str]:
     """A throwaway server of ``major`` (None: the newest installed) on this machine; prints
     its version, and refuses when that major is not installed (a newer one would be used)."""
-    with throwaway_postgres(prefer_docker=False, major=major) as url:
+    with throwaway_postgres(prefer_docker=False, major=major, superuser=superuser) as url:
         got, version = server_version(url)
         if major is not None and got != major:
             raise SystemExit(
