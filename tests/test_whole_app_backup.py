@@ -544,3 +544,50 @@ def test_duplicate_rows_leave_the_key_out_and_name_the_duplicate(pg_server_url, 
             "SELECT conname FROM pg_constraint WHERE conrelid = 'codes'::regclass ORDER BY 1"
         ).fetchall()
         assert keys == [{"conname": "codes_label_key"}]  # the good key is in, the broken one out
+
+
+def test_extensions_the_app_uses_come_back_before_its_schema(
+    app_db, store, keyring, restore_target_url
+):
+    # On Supabase the extensions live in a schema of their own that the backup does not carry.
+    with admin_connect(app_db) as conn:
+        conn.execute("CREATE SCHEMA extensions")
+        conn.execute("CREATE EXTENSION citext WITH SCHEMA extensions")
+        conn.execute(
+            "ALTER TABLE public.invoices ADD COLUMN email extensions.citext "
+            "DEFAULT 'Billing@Example.com'"
+        )
+        conn.commit()
+    run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    backup = find_backup(list_backups(store, keyring), None)
+    assert ("citext", "extensions") in {
+        (e.name, e.schema) for e in backup.manifest.app_schema.extensions
+    }
+    restored = restore_app_backup_into(restore_target_url, store, backup, keyring)
+    assert not restored.rebuild.failed, restored.rebuild.failed
+    emails = "SELECT count(*) FROM invoices WHERE email::text = 'Billing@Example.com'"
+    assert _scalar(restore_target_url, emails) == _scalar(app_db, emails) > 0
+    column = "SELECT atttypid::regtype::text FROM pg_attribute WHERE attname = 'email'"
+    assert _scalar(restore_target_url, column) == "extensions.citext"
+    result = run_restore_drill(store, keyring)
+    assert result.passed, (result.failure, result.invariants)
+
+
+def test_a_sequence_no_column_owns_comes_back_where_it_stood(
+    app_db, store, keyring, restore_target_url
+):
+    with admin_connect(app_db) as conn:
+        conn.execute("CREATE SEQUENCE public.invoice_numbers START 1000")
+        conn.execute("SELECT setval('public.invoice_numbers', 1042)")
+        conn.commit()
+    run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    backup = find_backup(list_backups(store, keyring), None)
+    assert ("public.invoice_numbers", 1042) in {
+        (q.name, q.last_value) for q in backup.manifest.app_schema.sequences
+    }
+    restore_app_backup_into(restore_target_url, store, backup, keyring)
+    assert _scalar(restore_target_url, "SELECT nextval('public.invoice_numbers')") == 1043
+    # Owned sequences still move past the restored rows, not back to what was recorded.
+    assert _scalar(
+        restore_target_url, "SELECT nextval(pg_get_serial_sequence('invoices', 'id'))"
+    ) == 1 + _scalar(app_db, "SELECT max(id) FROM invoices")

@@ -180,6 +180,38 @@ def read_roles(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[RoleEn
     return tuple(RoleEntry(str(name), bool(bypass)) for name, bypass in rows.fetchall())
 
 
+def read_extensions(conn: psycopg.Connection) -> tuple[tuple[str, str, str], ...]:
+    """(name, schema, version) of every extension but plpgsql, which every database has.
+
+    A dump of selected schemas carries no ``CREATE EXTENSION``, yet the app's defaults and
+    column types use them (``extensions.uuid_generate_v4()`` on Supabase).
+    """
+    rows = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT e.extname, n.nspname, e.extversion FROM pg_catalog.pg_extension e "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname <> 'plpgsql' ORDER BY 1"
+    )
+    return tuple((str(a), str(b), str(c)) for a, b, c in rows.fetchall())
+
+
+def read_sequences(
+    conn: psycopg.Connection, schemas: Sequence[str]
+) -> tuple[tuple[str, int, bool], ...]:
+    """(schema.name, last_value, is_called) of every sequence of ``schemas`` that was used.
+
+    A sequence is not transactional: this is where it stood when the backup read it, at or past
+    the snapshot (``pg_sequences`` counts cached values too), so a restore never hands one out
+    again. One the backup's role may not read (``pg_sequences`` says NULL) is left out; the
+    restore still moves every sequence a column owns past the restored rows.
+    """
+    rows = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT schemaname, sequencename, last_value FROM pg_catalog.pg_sequences "
+        "WHERE schemaname = ANY(%s) AND last_value IS NOT NULL ORDER BY 1, 2",
+        (list(schemas),),
+    )
+    return tuple((f"{schema}.{name}", int(last), True) for schema, name, last in rows.fetchall())
+
+
 def server_version_num(conn: psycopg.Connection) -> int:
     row = conn.cursor(row_factory=tuple_row).execute(
         "SELECT current_setting('server_version_num')::int"

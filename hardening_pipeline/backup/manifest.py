@@ -128,6 +128,28 @@ class SchemaRole:
 
 
 @dataclass(frozen=True)
+class SchemaExtension:
+    """An extension the database had at backup time, created first on a restore target."""
+
+    name: str
+    schema: str
+    version: str
+
+
+@dataclass(frozen=True)
+class SequenceValue:
+    """A sequence of the backed-up schemas and where it stood (``last_value``, ``is_called``).
+
+    A schema dump carries no sequence positions, and one that no column owns (an invoice
+    counter) cannot be worked out from the rows.
+    """
+
+    name: str
+    last_value: int
+    is_called: bool
+
+
+@dataclass(frozen=True)
 class AppSchemaEntry:
     """The encrypted ``pg_dump --schema-only`` object and what a restore checks it against.
 
@@ -148,6 +170,9 @@ class AppSchemaEntry:
     compressed_bytes: int
     ciphertext_bytes: int
     sha256: str
+    # Absent in manifests written before they were recorded.
+    extensions: tuple[SchemaExtension, ...] = ()
+    sequences: tuple[SequenceValue, ...] = ()
 
     def section(self, name: str) -> SectionEntry | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -257,6 +282,13 @@ def _app_schema_to_dict(entry: AppSchemaEntry) -> dict[str, Any]:
         ],
         "roles": [{"name": r.name, "bypassrls": r.bypassrls} for r in entry.roles],
         "catalog": {kind: list(items) for kind, items in entry.catalog.items()},
+        "extensions": [
+            {"name": e.name, "schema": e.schema, "version": e.version} for e in entry.extensions
+        ],
+        "sequences": [
+            {"name": q.name, "last_value": q.last_value, "is_called": q.is_called}
+            for q in entry.sequences
+        ],
         **_stored_to_dict(entry),
     }
 
@@ -426,13 +458,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _fields(value: Any, where: str, required: Sequence[str]) -> dict[str, Any]:
+def _fields(
+    value: Any, where: str, required: Sequence[str], optional: Sequence[str] = ()
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ManifestError(f"manifest field {where} must be an object.")
     missing = [name for name in required if name not in value]
     if missing:
         raise ManifestError(f"manifest field {where} is missing {', '.join(missing)}.")
-    unknown = sorted(set(value) - set(required))
+    unknown = sorted(set(value) - set(required) - set(optional))
     if unknown:
         raise ManifestError(f"manifest field {where} has unknown field {unknown[0]!r}.")
     return value
@@ -619,7 +653,7 @@ def _manifest_from_dict(document: Any) -> Manifest:
 
 def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
     where = "app_schema"
-    top = _fields(value, where, _APP_SCHEMA_FIELDS)
+    top = _fields(value, where, _APP_SCHEMA_FIELDS, ("extensions", "sequences"))
     name = _name("object name", top["name"], f"{where}.name")
     if name == MANIFEST_NAME:
         raise ManifestError(f"manifest field {where}.name may not be {MANIFEST_NAME}.")
@@ -666,12 +700,45 @@ def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
         roles=tuple(roles),
         catalog=catalog,
         **_stored_from_dict(top, where),
+        extensions=_extensions_from(top.get("extensions", []), f"{where}.extensions"),
+        sequences=_sequences_from(top.get("sequences", []), f"{where}.sequences"),
     )
     if sum(s.bytes for s in sections) != entry.plaintext_bytes:
         raise ManifestError(
             f"manifest field {where}.plaintext_bytes is not the sum of its sections' bytes."
         )
     return entry
+
+
+def _extensions_from(value: Any, where: str) -> tuple[SchemaExtension, ...]:
+    found = []
+    for i, item in enumerate(_list(value, where)):
+        ext = _fields(item, f"{where}[{i}]", ("name", "schema", "version"))
+        found.append(
+            SchemaExtension(
+                _str(ext["name"], f"{where}[{i}].name", max_len=63),
+                _str(ext["schema"], f"{where}[{i}].schema", max_len=63),
+                _str(ext["version"], f"{where}[{i}].version", max_len=64),
+            )
+        )
+    return tuple(found)
+
+
+def _sequences_from(value: Any, where: str) -> tuple[SequenceValue, ...]:
+    found = []
+    for i, item in enumerate(_list(value, where)):
+        seq = _fields(item, f"{where}[{i}]", ("name", "last_value", "is_called"))
+        last = seq["last_value"]
+        if type(last) is not int or type(seq["is_called"]) is not bool:
+            raise ManifestError(
+                f"manifest field {where}[{i}] needs an integer last_value and a boolean is_called."
+            )
+        found.append(
+            SequenceValue(
+                _str(seq["name"], f"{where}[{i}].name", max_len=200), last, seq["is_called"]
+            )
+        )
+    return tuple(found)
 
 
 def _stored_from_dict(fields: dict[str, Any], where: str) -> dict[str, Any]:

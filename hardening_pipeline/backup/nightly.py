@@ -32,10 +32,13 @@ from hardening_pipeline.backup.app_schema import (
     check_schemas_exist,
     dump_schema,
     read_catalog,
+    read_extensions,
     read_roles,
+    read_sequences,
     server_version_num,
 )
 from hardening_pipeline.backup.crypto import Keyring, generate_data_key
+from hardening_pipeline.backup.dependencies import check_dependencies_carried
 from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     BackupLayout,
@@ -52,8 +55,10 @@ from hardening_pipeline.backup.manifest import (
     AppSchemaEntry,
     Manifest,
     ObjectEntry,
+    SchemaExtension,
     SchemaRole,
     SectionEntry,
+    SequenceValue,
     backup_folder,
     new_backup_id,
     sign_manifest,
@@ -418,10 +423,14 @@ def _run_locked(
         # restore cannot trust (or refuse half-way through the backup).
         pg_dump = find_pg_tool("pg_dump", server_version_num(conn), options.pg_dump_path)
         check_schemas_exist(conn, options.schemas)
+        # Before anything is stored: a schema that uses a schema left out would not restore.
+        check_dependencies_carried(conn, options.schemas)
         layout = discover_layout(conn, options.schemas)
         info = read_snapshot_info(conn, layout)
         catalog = read_catalog(conn, options.schemas)
         roles = read_roles(conn, options.schemas)
+        extensions = tuple(SchemaExtension(*e) for e in read_extensions(conn))
+        sequences = tuple(SequenceValue(*q) for q in read_sequences(conn, options.schemas))
         created_at = info.taken_at.astimezone(UTC)
         backup_id = new_backup_id(created_at)
         folder = backup_folder("", backup_id, created_at)
@@ -468,6 +477,8 @@ def _run_locked(
         sections=schema_export.sections,
         roles=tuple(SchemaRole(r.name, r.bypassrls) for r in roles),
         catalog=catalog,
+        extensions=extensions,
+        sequences=sequences,
         plaintext_bytes=stats.plaintext_bytes,
         plaintext_sha256=stats.plaintext_sha256,
         compressed_bytes=stats.compressed_bytes,

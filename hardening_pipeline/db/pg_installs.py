@@ -24,7 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,16 @@ class PgInstall:
 
     def describe(self) -> str:
         return f"PostgreSQL {self.version} ({self.source}, {self.bin_dir})"
+
+    def has_extension(self, name: str) -> bool:
+        """Whether ``CREATE EXTENSION name`` can work here (its control file is installed)."""
+        root = self.bin_dir.parent
+        folders = (
+            root / "share" / "extension",
+            root / "share" / "postgresql" / "extension",
+            Path(f"/usr/share/postgresql/{self.major}/extension"),  # Debian's layout
+        )
+        return any((folder / f"{name}.control").is_file() for folder in folders)
 
     def missing_libraries(self) -> dict[str, list[str]]:
         """System libraries the server or its extensions link to that this machine lacks.
@@ -194,18 +204,27 @@ def find_installs() -> list[PgInstall]:
     return installs
 
 
-def server_for(source_major: int, installs: list[PgInstall] | None = None) -> PgInstall:
+def server_for(
+    source_major: int,
+    installs: list[PgInstall] | None = None,
+    extensions: Sequence[str] = (),
+) -> PgInstall:
     """The server to restore a backup of ``source_major`` into: that major, else the newest.
 
-    A server older than the source cannot load its dump, so that is refused with the fix.
+    Among those, one with every extension the backup uses comes first (the wheel's has no
+    ``uuid-ossp``; a fetched release does). A server older than the source cannot load its
+    dump, so that is refused with the fix.
     """
     servers = [i for i in (find_installs() if installs is None else installs) if i.is_server]
-    same = [i for i in servers if i.major == source_major]
-    if same:
-        return max(same, key=lambda i: i.minor)
-    newer = [i for i in servers if i.major > source_major]
-    if newer:
-        return max(newer, key=lambda i: (i.major, i.minor))
+    candidates = [i for i in servers if i.major >= source_major]
+    if candidates:
+
+        def rank(install: PgInstall) -> tuple[bool, bool, int, int]:
+            whole = all(install.has_extension(e) for e in extensions)
+            same = install.major == source_major
+            return whole, same, -install.major if same else install.major, install.minor
+
+        return max(candidates, key=rank)
     seen = ", ".join(i.version for i in servers) or "none"
     raise ConfigError(
         f"the backup came from PostgreSQL {source_major} but the newest Postgres server here "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from hardening_pipeline.db.local_server import local_server
 from hardening_pipeline.db.pg_installs import newest_server, server_for
@@ -48,7 +48,10 @@ def _container_postgres(major: int, superuser: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def throwaway_postgres(
-    prefer_docker: bool = True, major: int | None = None, superuser: str = "postgres"
+    prefer_docker: bool = True,
+    major: int | None = None,
+    superuser: str = "postgres",
+    extensions: Sequence[str] = (),
 ) -> Iterator[str]:
     """Yield the URL of a fresh, empty Postgres (``superuser``), removed afterwards.
 
@@ -61,7 +64,7 @@ def throwaway_postgres(
         with _container_postgres(major or DEFAULT_CONTAINER_MAJOR, superuser) as url:
             yield url
         return
-    install = newest_server() if major is None else server_for(major)
+    install = newest_server() if major is None else server_for(major, extensions=extensions)
     log.info("throwaway Postgres: %s in a temporary folder", install.describe())
     with local_server(install, superuser=superuser) as server:
         yield server.url

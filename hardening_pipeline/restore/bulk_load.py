@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import tuple_row
 
-from hardening_pipeline.backup.manifest import TableEntry
+from hardening_pipeline.backup.manifest import SequenceValue, TableEntry
 from hardening_pipeline.errors import CheckFailed
 
 
@@ -191,6 +191,40 @@ def reset_sequences(conn: psycopg.Connection, tables: Iterable[str]) -> None:
                 sql.Literal(sequence), sql.Identifier(column), _split(table)
             )
         )
+
+
+def restore_sequence_values(conn: psycopg.Connection, values: Iterable[SequenceValue]) -> None:
+    """Move each sequence to where the backup recorded it, never back.
+
+    ``reset_sequences`` only knows sequences a column owns; a counter no column owns (invoice
+    numbers) would otherwise start again at its start value.
+    """
+    for value in values:
+        schema, _, name = value.name.partition(".")
+        target = sql.Identifier(schema, name)
+        row = conn.execute(
+            "SELECT pg_catalog.to_regclass(%s) IS NOT NULL AS present",
+            (target.as_string(conn),),
+        ).fetchone()
+        if not _present(row):
+            continue
+        last, called = (
+            conn.cursor(row_factory=tuple_row)
+            .execute(sql.SQL("SELECT last_value, is_called FROM {}").format(target))
+            .fetchone()
+        )
+        handed_out = last if called else last - 1
+        if value.last_value > handed_out:
+            conn.execute(
+                "SELECT pg_catalog.setval(%s::regclass, %s, true)",
+                (target.as_string(conn), value.last_value),
+            )
+
+
+def _present(row: object) -> bool:
+    if row is None:
+        return False
+    return bool(row["present"] if isinstance(row, dict) else row[0])
 
 
 @dataclass

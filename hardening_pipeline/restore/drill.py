@@ -63,6 +63,7 @@ from hardening_pipeline.restore.bulk_load import (
     UserTriggers,
     load_into_empty,
     reset_sequences,
+    restore_sequence_values,
 )
 from hardening_pipeline.restore.drill_checks import run_drill_checks, tables_scoped_by_kit_policy
 from hardening_pipeline.restore.owners import OwnerRefused
@@ -416,6 +417,7 @@ def restore_app_backup_into(
                 with connect(url) as conn:
                     conn.execute("SET search_path = pg_catalog, pg_temp")
                     reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
+                    restore_sequence_values(conn, manifest.app_schema.sequences)
                     # Ids burned before the backup must not be handed out again.
                     restore_high_water(conn)
                     conn.commit()
@@ -592,7 +594,9 @@ def _versions_note(source: str, target: str) -> str:
 
 
 @contextlib.contextmanager
-def _target_database(target_dsn: str | None, source: str) -> Iterator[tuple[str, str]]:
+def _target_database(
+    target_dsn: str | None, source: str, extensions: Sequence[str] = ()
+) -> Iterator[tuple[str, str]]:
     """Yield (url of an empty database, description); the throwaway server is always removed.
 
     The throwaway server is of the source's major where one is installed, else the newest:
@@ -616,7 +620,9 @@ def _target_database(target_dsn: str | None, source: str) -> Iterator[tuple[str,
         finally:
             drop_database(target_dsn, DRILL_DATABASE)
         return
-    with throwaway_postgres(major=_major(source) or None, superuser=DRILL_SUPERUSER) as server_url:
+    with throwaway_postgres(
+        major=_major(source) or None, superuser=DRILL_SUPERUSER, extensions=extensions
+    ) as server_url:
         target = _server_version(server_url)
         description = f"a throwaway Postgres ({_versions_note(source, target)})"
         yield recreate_database(server_url, DRILL_DATABASE), description
@@ -646,7 +652,11 @@ def run_restore_drill(
             result.location = store.describe() + "/" + backup.folder.rstrip("/")
         with stages.stage("schema"):
             check_schema_known(manifest)
-        with _target_database(target_dsn, manifest.database.server_version) as (url, description):
+        extensions = [e.name for e in manifest.app_schema.extensions] if manifest.app_schema else []
+        with _target_database(target_dsn, manifest.database.server_version, extensions) as (
+            url,
+            description,
+        ):
             result.target = description
             with stages.stage("restore"):
                 if manifest.app_schema is None:

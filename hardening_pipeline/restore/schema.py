@@ -364,6 +364,7 @@ class SchemaRestore:
         for owner in sorted(owners):
             self.sessions.check(owner)
         self._create_schemas(result)
+        self._create_extensions(result)
         conns = self.connections()
         try:
             for run in _owner_runs(e for e in self.pre if e.type != "SCHEMA"):
@@ -427,6 +428,38 @@ class SchemaRestore:
                     except psycopg.errors.InsufficientPrivilege:
                         continue  # the user's own role may not lend it; the entry then fails
                     self._lent.append((entry.name, other))
+
+    def _create_extensions(self, result: SchemaRebuild) -> None:
+        """The extensions the source had, from their names, before any entry needs them.
+
+        Their scripts are the target server's own files; the schemas they go into are created
+        empty here (usable by everyone, as Supabase's ``extensions`` is) when not backed up.
+        """
+        with self.sessions.admin() as conn:
+            for ext in self.app_schema.extensions:
+                schema = sql.Identifier(ext.schema)
+                try:
+                    with conn.transaction():
+                        if (
+                            ext.schema not in self.app_schema.schemas
+                            and not conn.execute(
+                                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
+                                (ext.schema,),
+                            ).fetchone()
+                        ):
+                            conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+                            conn.execute(
+                                sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(schema)
+                            )
+                        conn.execute(
+                            sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                                sql.Identifier(ext.name), schema
+                            )
+                        )
+                except psycopg.Error as exc:
+                    result.failed.append(
+                        f"extension {ext.name} (in {ext.schema} on the source): {_error_line(exc)}"
+                    )
 
     def _take_back_schemas(self) -> None:
         """Revoke what ``_create_schemas`` lent; the grants pass then sets the backup's own."""

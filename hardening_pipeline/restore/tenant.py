@@ -44,6 +44,7 @@ from hardening_pipeline.restore.bulk_load import (
     copy_in,
     merge_tenant,
     reset_sequences,
+    restore_sequence_values,
 )
 from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
 from hardening_pipeline.restore.schema import OneSession, SchemaRestore
@@ -140,6 +141,7 @@ def rebuild_schema(
                             pass
                 reset_sequences(conn, sorted(wanted))
             if not rebuild.failed:
+                restore_sequence_values(conn, manifest.app_schema.sequences)
                 schema.finish_rest(rebuild)
             conn.execute("RESET ALL")
         if rebuild.failed:
