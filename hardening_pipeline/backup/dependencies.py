@@ -90,6 +90,7 @@ CASE WHEN d.refclassid = 'pg_catalog.pg_class'::regclass
 END
 """
 
+# Built from the constant fragments above only; the schemas are bound parameters.
 _QUERY = f"""
 WITH dep AS (
     SELECT d.classid, d.objid, d.objsubid, d.refclassid,
@@ -145,7 +146,7 @@ WHERE dn.nspname = ANY(%(schemas)s)
   AND NOT {_IS_EXTENSION_MEMBER.format(c="p.classid", o="p.objid")}
   AND NOT (p.owner_rel IS NOT NULL
            AND {_IS_EXTENSION_MEMBER.format(c="'pg_catalog.pg_class'::regclass", o="p.owner_rel")})
-"""
+"""  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def check_dependencies_carried(conn: psycopg.Connection, schemas: Sequence[str])
     if not found:
         return
     missing = sorted({s for dep in found for s in dep.schemas})
-    named = "; ".join(str(dep) for dep in found[:NAMED_IN_REFUSAL])
+    named = "; ".join(str(dep) for dep in _examples(found))
     more = len(found) - NAMED_IN_REFUSAL
     if more > 0:
         named += f"; and {more} more"
@@ -204,6 +205,17 @@ def check_dependencies_carried(conn: psycopg.Connection, schemas: Sequence[str])
         f"BACKUP_SCHEMAS (BACKUP_SCHEMAS={','.join(wanted)}) and run the backup again, nothing "
         "was stored."
     )
+
+
+def _examples(found: list[ForeignDependency]) -> list[ForeignDependency]:
+    """Up to ``NAMED_IN_REFUSAL`` dependencies, of as many kinds (policy, key, default...) as
+    there are, in their sorted order."""
+    first_of_kind: dict[str, ForeignDependency] = {}
+    for dep in found:
+        first_of_kind.setdefault(dep.dependent.split(" ", 1)[0], dep)
+    picked = list(first_of_kind.values())[:NAMED_IN_REFUSAL]
+    picked += [dep for dep in found if dep not in picked][: NAMED_IN_REFUSAL - len(picked)]
+    return sorted(picked, key=found.index)
 
 
 def _and(items: Sequence[str]) -> str:
