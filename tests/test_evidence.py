@@ -132,7 +132,9 @@ def test_readme_main_command_on_the_embedded_database_with_s3(tmp_path, s3_serve
     assert list((tmp_path / "reports").glob("restore-drill-*.json"))
 
 
-def test_a_configured_database_is_never_seeded_and_red_is_exit_1(empty_db_url, tmp_path):
+def test_a_configured_database_is_never_seeded_and_its_drill_uses_probe_tenants(
+    empty_db_url, tmp_path
+):
     env = clean_env(
         HARDENING_DATABASE_URL=empty_db_url,
         HARDENING_REPORTS_DIR=str(tmp_path / "reports"),
@@ -157,13 +159,16 @@ def test_a_configured_database_is_never_seeded_and_red_is_exit_1(empty_db_url, t
     )
     with admin_connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) AS n FROM tenants").fetchone()["n"] == 0
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     (folder,) = list((tmp_path / "ev").iterdir())
     rows = summary_rows(folder)
-    assert rows["D"] == "🔴 red"  # nothing to restore-test without tenants: said, not faked
+    # No tenant to restore-test: the drill proves isolation on probe tenants in its own copy.
+    assert rows["D"] == "🟢 green"
+    drill = (folder / "restore-drill.log").read_text()
+    assert "probe tenants" in drill
     summary = (folder / "SUMMARY.md").read_text()
-    assert "dry run" in summary and "RED" in summary
+    assert "dry run" in summary
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))
 
 

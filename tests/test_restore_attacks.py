@@ -300,3 +300,22 @@ def test_a_superuser_into_target_is_refused_before_the_schema_runs(
     tenant = next(o.tenant_id for o in manifest.objects if o.tenant_id)
     with pytest.raises(ConfigError, match="--into connects as a superuser"):
         restore_tenant(store, keyring, tenant_id=tenant, target_url=restore_target_url)
+
+
+def test_a_trigger_on_a_tenant_table_cannot_use_the_drills_checks(db_url, store, keyring, marker):
+    """The drill checks write probe rows through the app's triggers, after the restore."""
+    seed_demo_data(db_url, tenants=2, messages_per_unit=1, random_seed=14)
+    with admin_connect(db_url) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.on_message() RETURNS trigger LANGUAGE plpgsql AS $f$ "
+            f"BEGIN {on_restore('RESET ROLE; ' + program(marker))} RETURN NEW; END $f$"
+        )
+        conn.execute(
+            "CREATE TRIGGER on_message BEFORE INSERT ON public.messages "
+            "FOR EACH ROW EXECUTE FUNCTION public.on_message()"
+        )
+        conn.commit()
+    run_backup(db_url, store, keyring)
+    result = run_restore_drill(store, keyring)
+    assert not marker.exists()
+    assert not result.passed

@@ -66,7 +66,7 @@ from hardening_pipeline.restore.bulk_load import (
     restore_sequence_values,
 )
 from hardening_pipeline.restore.drill_checks import run_drill_checks, tables_scoped_by_kit_policy
-from hardening_pipeline.restore.owners import OwnerRefused
+from hardening_pipeline.restore.owners import OwnerRefused, OwnerSessions
 from hardening_pipeline.restore.reader import (
     FetchedObject,
     TableReader,
@@ -80,6 +80,7 @@ from hardening_pipeline.restore.schema import (
     SchemaRestore,
     run_workers,
 )
+from hardening_pipeline.restore.verifier import allow_audit_probes, verifier_login
 
 DRILL_DATABASE = "restore_drill"
 # The throwaway server's superuser: a name no backup's role has (Supabase's tables are owned by
@@ -428,9 +429,6 @@ def restore_app_backup_into(
 
 
 def rebuild_invariants(rebuild: SchemaRebuild) -> list[Invariant]:
-    import sys
-
-    print("DEBUGFAILED", rebuild.failed, file=sys.stderr)
     """The schema came back whole, and every constraint holds on the restored rows."""
     violations = [v.describe() for v in rebuild.violations]
     return [
@@ -575,6 +573,38 @@ def run_drill_tests(url: str) -> tuple[int, int, str]:
     return checks.passed, checks.failed, checks.output
 
 
+def upgrade_as_owner(url: str) -> list[str]:
+    """Apply this checkout's newer migrations logged in as the owner of the migration record.
+
+    The restored copy's kit functions are the backup's: a migration that calls one runs it with
+    that owner's rights, not the drill server's superuser's.
+    """
+    with connect(url) as conn:
+        row = conn.execute(
+            "SELECT pg_catalog.pg_get_userbyid(c.relowner) AS owner, c.relkind "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'hardening' AND c.relname = 'schema_migrations'"
+        ).fetchone()
+    if row is None or row["relkind"] != "r":
+        raise DrillFailure(
+            "the restored database has no migration record table (hardening.schema_migrations); "
+            "the backup is not of a database this kit migrated."
+        )
+    owner = sql.Identifier(row["owner"])
+    with connect(url, autocommit=True) as conn:
+        database = sql.Identifier(conn.info.dbname)
+        # The runner creates its schema "if not exists", which asks for CREATE on the database.
+        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, owner))
+    owners = OwnerSessions(url)
+    try:
+        upgraded = apply_migrations(owners.url(row["owner"]), applied_by="restore drill upgrade")
+        return upgraded.applied
+    finally:
+        owners.close()
+        with connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, owner))
+
+
 def _major(version: str) -> int:
     """The major of a ``server_version`` text such as ``17.11`` or ``15.20 (Debian ...)``."""
     digits = version.strip().split(".")[0].split(" ")[0]
@@ -666,24 +696,33 @@ def run_restore_drill(
                     restored = restore_app_backup_into(url, store, backup, keyring)
                     result.rows_restored = restored.rows
                     result.invariants.extend(rebuild_invariants(restored.rebuild))
-            with stages.stage("verify"):
-                result.invariants.extend(compare_with_manifest(url, manifest))
-                if manifest.app_schema is not None:
-                    result.invariants.append(compare_catalog(url, manifest.app_schema))
-            with stages.stage("upgrade"):
-                # Newer migrations of this checkout, applied after the digests were compared:
-                # proves the backup is usable with the code that would restore it today.
-                upgraded = apply_migrations(url, applied_by="restore drill upgrade")
-                result.upgraded_with = upgraded.applied
-            with stages.stage("checks"):
-                result.invariants.append(check_canaries(url))
-                result.invariants.append(check_rls_isolation(url, manifest))
-                result.invariants.extend(status_invariants(url))
-            if run_tests:
-                with stages.stage("tests"):
-                    passed, failed, output = run_drill_tests(url)
-                    result.tests_passed, result.tests_failed = passed, failed
-                    result.tests_output = output
+            # Everything after the restore reads or writes through the backup's code (views,
+            # triggers, policies, functions): none of it in a superuser's session.
+            with verifier_login(url) as checker:
+                with stages.stage("verify"):
+                    result.invariants.extend(compare_with_manifest(checker, manifest))
+                    if manifest.app_schema is not None:
+                        result.invariants.append(compare_catalog(checker, manifest.app_schema))
+                with stages.stage("upgrade"):
+                    # Newer migrations of this checkout, applied after the digests were
+                    # compared: proves the backup is usable with the code that would restore
+                    # it today. As the role that owns the migration record, logged in as it.
+                    result.upgraded_with = (
+                        upgrade_as_owner(url)
+                        if manifest.app_schema is not None
+                        # Built by this checkout's own migrations, no backup's code in it.
+                        else apply_migrations(url, applied_by="restore drill upgrade").applied
+                    )
+                with stages.stage("checks"):
+                    result.invariants.append(check_canaries(checker))
+                    result.invariants.append(check_rls_isolation(checker, manifest))
+                    result.invariants.extend(status_invariants(checker))
+                if run_tests:
+                    with stages.stage("tests"):
+                        allow_audit_probes(url)
+                        passed, failed, output = run_drill_tests(checker)
+                        result.tests_passed, result.tests_failed = passed, failed
+                        result.tests_output = output
     except ConfigError:
         # A wrong key or a target older than the source: the user's to fix, exit 2.
         raise
