@@ -462,6 +462,7 @@ def retention(
 def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -> None:
     """Restore the newest backup into a throwaway Postgres and prove it works (RPO/RTO report)."""
     from hardening_pipeline.jobs.drill import drill_job
+    from hardening_pipeline.restore.binding import configured_source
     from hardening_pipeline.restore.report import drill_markdown
 
     keyring, store = _keyring_and_store(ctx)
@@ -475,6 +476,7 @@ def restore_drill(ctx: Context, backup_id: str | None, target_dsn: str | None) -
             backup_id=backup_id,
             target_dsn=ctx.settings.drill_target(target_dsn),
             on_stage=lambda name, state: status.update(f"restore drill: {name} {state}"),
+            source=configured_source(ctx.settings.database_url),
         )
     console.print(Markdown(drill_markdown(job.result)))
     console.print(f"report: {job.report.markdown} and {job.report.json.name}")
@@ -498,6 +500,7 @@ def restore(
     ctx: Context, tenant_id: str, target_dsn: str, backup_id: str | None, merge: bool
 ) -> None:
     """Restore one tenant from a backup into a database you name."""
+    from hardening_pipeline.restore.binding import configured_source
     from hardening_pipeline.restore.tenant import restore_tenant
     from hardening_pipeline.settings import check_database_url
 
@@ -510,6 +513,7 @@ def restore(
         target_url=target_dsn,
         backup_id=backup_id,
         merge=merge,
+        source=configured_source(ctx.settings.database_url),
     )
     table = Table(
         title=f"tenant {result.tenant_id} from backup {result.backup_id}", title_justify="left"

@@ -34,7 +34,8 @@ from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.db.throwaway import throwaway_postgres
-from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.errors import CheckFailed, ConfigError
+from hardening_pipeline.restore.binding import read_source_identity
 from hardening_pipeline.restore.drill import DRILL_SUPERUSER, run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
 from hardening_pipeline.seed import seed_demo_data
@@ -239,7 +240,7 @@ def test_a_forged_schema_object_is_refused_by_a_tenant_restore_and_leaves_nothin
     assert left["n"] == 0
 
 
-def test_a_key_holders_own_database_in_the_store_runs_as_its_owners_only(
+def test_a_key_holders_own_database_in_the_store_is_refused_and_runs_as_its_owners_only(
     db_url, empty_db_url, store, keyring, marker
 ):
     """No access to the victim's database: a backup of the attacker's own, in the victim's store."""
@@ -253,10 +254,29 @@ def test_a_key_holders_own_database_in_the_store_runs_as_its_owners_only(
         "CREATE TABLE public.notes (id int PRIMARY KEY, body text CHECK (public.note_ok(body)));"
         "INSERT INTO public.notes VALUES (1, 'n');",
     )
-    run_backup(empty_db_url, store, keyring)
-    result = run_restore_drill(store, keyring)
+    seed_demo_data(db_url, tenants=1, messages_per_unit=1, random_seed=15)
+    run_backup(db_url, store, keyring)  # the victim's own backup, older
+    attackers = run_backup(empty_db_url, store, keyring).manifest
+    # Bound to the configured database: the attacker's backup is not drilled, and says why.
+    refused = run_restore_drill(store, keyring, source=read_source_identity(db_url))
+    assert not refused.passed and refused.failed_stage == "find"
+    assert f"the newest backup {attackers.backup_id} is of database" in (refused.failure or "")
+    assert f"--backup-id {attackers.backup_id}" in (refused.failure or "")
+    with pytest.raises(CheckFailed, match="not of the configured database"):
+        restore_tenant(
+            store,
+            keyring,
+            tenant_id=next(o.tenant_id for o in attackers.objects if o.tenant_id),
+            target_url=db_url,
+            merge=True,
+            source=read_source_identity(db_url),
+        )
+    # Named explicitly, it is drilled, and its code still runs as its owners only.
+    named = run_restore_drill(
+        store, keyring, backup_id=attackers.backup_id, source=read_source_identity(db_url)
+    )
     assert not marker.exists()
-    assert not result.passed
+    assert not named.passed and named.failed_stage == "restore"
 
 
 def test_the_drills_server_runs_as_an_unprivileged_os_user_outside_group_root(

@@ -21,6 +21,7 @@ from hardening_pipeline.defs.resources import (
 )
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.jobs.drill import drill_job
+from hardening_pipeline.restore.binding import configured_source
 from hardening_pipeline.restore.drill import DrillResult
 from hardening_pipeline.restore.report import drill_markdown
 
@@ -72,6 +73,7 @@ def restore_drill_report(
         runbook_base_url=slack.runbook_base_url(),
         backup_id=config.backup_id,
         target_dsn=settings.drill_target(config.target_dsn),
+        source=configured_source(settings.database_url),
         on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
     )
     delivered = job.delivery is not None and job.delivery.delivered

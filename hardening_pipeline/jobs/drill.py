@@ -10,6 +10,7 @@ from hardening_pipeline.alerts.slack import DeliveryResult, SlackNotifier
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.reports import ReportFiles
+from hardening_pipeline.restore.binding import SourceIdentity
 from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
 from hardening_pipeline.restore.report import drill_alert, write_drill_report
 
@@ -48,11 +49,17 @@ def drill_job(
     backup_id: str | None = None,
     target_dsn: str | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    source: SourceIdentity | None = None,
 ) -> DrillJobResult:
     """Restore a backup into a throwaway Postgres and verify it; the report is written and the
     alert sent for a red drill as much as for a green one."""
     result = run_restore_drill(
-        store, keyring, backup_id=backup_id, target_dsn=target_dsn, on_stage=on_stage
+        store,
+        keyring,
+        backup_id=backup_id,
+        target_dsn=target_dsn,
+        on_stage=on_stage,
+        source=source,
     )
     report = write_drill_report(result, reports_dir)
     delivery = None

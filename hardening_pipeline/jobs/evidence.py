@@ -43,6 +43,7 @@ from hardening_pipeline.jobs.retention import RetentionJobResult, retention_job
 from hardening_pipeline.jobs.status import status_job
 from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring
 from hardening_pipeline.reports import report_stamp
+from hardening_pipeline.restore.binding import configured_source
 from hardening_pipeline.restore.report import drill_markdown
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.settings import Settings
@@ -354,6 +355,7 @@ def run_evidence(
                 reports_dir=settings.reports_dir,
                 notifier=None,
                 target_dsn=settings.drill_target(),
+                source=configured_source(url),
             )
             result = job.result
             facts["drill"] = result

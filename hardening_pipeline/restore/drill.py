@@ -58,6 +58,11 @@ from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.seals.window import restore_high_water
 from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.archive import ArchiveError, TocEntry, open_archive
+from hardening_pipeline.restore.binding import (
+    SourceIdentity,
+    foreign_backup_sentence,
+    is_of,
+)
 from hardening_pipeline.restore.bulk_load import (
     DeferredKeys,
     UserTriggers,
@@ -667,8 +672,13 @@ def run_restore_drill(
     run_tests: bool = True,
     on_stage: Callable[[str, str], None] | None = None,
     now: datetime | None = None,
+    source: SourceIdentity | None = None,
 ) -> DrillResult:
-    """Run the whole drill; never raises for a drill failure, returns a failed result instead."""
+    """Run the whole drill; never raises for a drill failure, returns a failed result instead.
+
+    ``source`` is the configured database: the newest backup must be of it (``restore/binding.py``)
+    unless ``backup_id`` names one explicitly.
+    """
     result = DrillResult(started_at=now or datetime.now(UTC))
     stages = _Stages(result, on_stage)
     try:
@@ -680,6 +690,10 @@ def run_restore_drill(
             result.backup_id = manifest.backup_id
             result.backup_created_at = manifest.created_at
             result.location = store.describe() + "/" + backup.folder.rstrip("/")
+            if backup_id is None and source is not None and not is_of(manifest.database, source):
+                raise DrillFailure(
+                    foreign_backup_sentence(manifest.backup_id, manifest.database, source)
+                )
         with stages.stage("schema"):
             check_schema_known(manifest)
         extensions = [e.name for e in manifest.app_schema.extensions] if manifest.app_schema else []

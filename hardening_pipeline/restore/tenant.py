@@ -38,6 +38,7 @@ from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.restore.archive import open_archive
+from hardening_pipeline.restore.binding import SourceIdentity, foreign_backup_sentence, is_of
 from hardening_pipeline.restore.bulk_load import (
     MergeCount,
     _split,
@@ -192,6 +193,7 @@ def restore_tenant(
     target_url: str,
     backup_id: str | None = None,
     merge: bool = False,
+    source: SourceIdentity | None = None,
 ) -> TenantRestoreResult:
     try:
         tenant = str(uuid.UUID(tenant_id))
@@ -201,6 +203,8 @@ def restore_tenant(
     backup = _chosen_backup(list_backups(store, keyring), backup_id, tenant)
     manifest = backup.manifest
     assert manifest is not None
+    if backup_id is None and source is not None and not is_of(manifest.database, source):
+        raise CheckFailed(foreign_backup_sentence(manifest.backup_id, manifest.database, source))
     entries = [o for o in manifest.objects if o.tenant_id == tenant]
     if not entries:
         raise ConfigError(
