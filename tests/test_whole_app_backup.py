@@ -591,3 +591,27 @@ def test_a_sequence_no_column_owns_comes_back_where_it_stood(
     assert _scalar(
         restore_target_url, "SELECT nextval(pg_get_serial_sequence('invoices', 'id'))"
     ) == 1 + _scalar(app_db, "SELECT max(id) FROM invoices")
+
+
+def test_a_tenant_restore_into_an_empty_database_loads_lookups_before_the_apps_triggers(
+    app_db, store, keyring, restore_target_url
+):
+    """Like Supabase's on_auth_user_created: a lookup row's trigger inserts another lookup row."""
+    with admin_connect(app_db) as conn:
+        conn.execute("CREATE TABLE billing.plan_cards (plan_id int PRIMARY KEY)")
+        conn.execute(
+            "CREATE FUNCTION billing.on_plan_created() RETURNS trigger LANGUAGE plpgsql AS $f$ "
+            "BEGIN INSERT INTO billing.plan_cards VALUES (NEW.id); RETURN NEW; END $f$"
+        )
+        conn.execute(
+            "CREATE TRIGGER on_plan_created AFTER INSERT ON billing.plans "
+            "FOR EACH ROW EXECUTE FUNCTION billing.on_plan_created()"
+        )
+        conn.execute("INSERT INTO billing.plans (id, name) VALUES (3, 'Team')")
+        conn.commit()
+    backup = run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    tenant = backup.manifest.objects[0].tenant_id
+    restore_tenant(store, keyring, tenant_id=tenant, target_url=app_owner_login(restore_target_url))
+    with admin_connect(restore_target_url) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM billing.plan_cards").fetchone()["n"] == 1
+        assert conn.execute("SELECT count(*) AS n FROM billing.plans").fetchone()["n"] == 3
