@@ -615,3 +615,28 @@ def test_a_tenant_restore_into_an_empty_database_loads_lookups_before_the_apps_t
     with admin_connect(restore_target_url) as conn:
         assert conn.execute("SELECT count(*) AS n FROM billing.plan_cards").fetchone()["n"] == 1
         assert conn.execute("SELECT count(*) AS n FROM billing.plans").fetchone()["n"] == 3
+
+
+def test_the_apps_own_red_status_lines_are_inherited_not_the_drills_failure(app_db, store, keyring):
+    with admin_connect(app_db) as conn:
+        # The app's own finding: a table in public without RLS (status line red at the source).
+        conn.execute("CREATE TABLE public.leaky (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO public.leaky VALUES (1)")
+        conn.commit()
+    backup = run_backup(app_db, store, keyring, schemas=SCHEMAS)
+    recorded = backup.manifest.app_schema.source_red_lines
+    assert recorded and "rls_disabled_in_public" in recorded
+    result = run_restore_drill(store, keyring)
+    status = next(i for i in result.invariants if i.name.startswith("status check"))
+    assert status.passed and "rls_disabled_in_public" in status.detail
+    assert "inherited" in status.detail
+    # Had the source been green there, the same line on the restored copy is the drill's red.
+    folder = backup.manifest.folder("")
+    clean = replace(
+        backup.manifest,
+        app_schema=replace(backup.manifest.app_schema, source_red_lines=()),
+    )
+    store.put(folder + MANIFEST_NAME, [sign_manifest(clean, keyring)])
+    result = run_restore_drill(store, keyring)
+    status = next(i for i in result.invariants if i.name.startswith("status check"))
+    assert not status.passed and "rls_disabled_in_public" in status.detail

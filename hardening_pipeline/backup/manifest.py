@@ -173,6 +173,9 @@ class AppSchemaEntry:
     # Absent in manifests written before they were recorded.
     extensions: tuple[SchemaExtension, ...] = ()
     sequences: tuple[SequenceValue, ...] = ()
+    # The status lines red on the source when it was backed up (None: not recorded), so a drill
+    # tells what the restore broke from what the app already had.
+    source_red_lines: tuple[str, ...] | None = None
 
     def section(self, name: str) -> SectionEntry | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -289,6 +292,11 @@ def _app_schema_to_dict(entry: AppSchemaEntry) -> dict[str, Any]:
             {"name": q.name, "last_value": q.last_value, "is_called": q.is_called}
             for q in entry.sequences
         ],
+        **(
+            {"source_red_lines": list(entry.source_red_lines)}
+            if entry.source_red_lines is not None
+            else {}
+        ),
         **_stored_to_dict(entry),
     }
 
@@ -653,7 +661,7 @@ def _manifest_from_dict(document: Any) -> Manifest:
 
 def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
     where = "app_schema"
-    top = _fields(value, where, _APP_SCHEMA_FIELDS, ("extensions", "sequences"))
+    top = _fields(value, where, _APP_SCHEMA_FIELDS, ("extensions", "sequences", "source_red_lines"))
     name = _name("object name", top["name"], f"{where}.name")
     if name == MANIFEST_NAME:
         raise ManifestError(f"manifest field {where}.name may not be {MANIFEST_NAME}.")
@@ -702,6 +710,16 @@ def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
         **_stored_from_dict(top, where),
         extensions=_extensions_from(top.get("extensions", []), f"{where}.extensions"),
         sequences=_sequences_from(top.get("sequences", []), f"{where}.sequences"),
+        source_red_lines=(
+            tuple(
+                _str(item, f"{where}.source_red_lines[{i}]", max_len=200)
+                for i, item in enumerate(
+                    _list(top["source_red_lines"], f"{where}.source_red_lines")
+                )
+            )
+            if "source_red_lines" in top
+            else None
+        ),
     )
     if sum(s.bytes for s in sections) != entry.plaintext_bytes:
         raise ManifestError(

@@ -70,6 +70,7 @@ from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.hardening.status_check import run_status_check
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +408,19 @@ class _SchemaExport:
         self.stats = encoder.stats
 
 
+def _source_red_lines(url: str) -> tuple[str, ...] | None:
+    """The status lines red on the source now; None when the check cannot run (not recorded).
+
+    A drill of this backup then calls red only what the restore broke, and shows the rest as
+    inherited from the source.
+    """
+    try:
+        report = run_status_check(url)
+    except (HardeningError, psycopg.Error):
+        return None
+    return tuple(sorted(line.name for line in report.lines if not line.passed))
+
+
 def _run_locked(
     url: str,
     store: BackupStore,
@@ -417,6 +431,7 @@ def _run_locked(
 ) -> BackupResult:
     dry_run, workers = options.dry_run, options.workers
     data_key = generate_data_key()
+    source_red = _source_red_lines(url)
     with connect(url) as conn:
         open_snapshot(conn)
         # Refused here, before a row is read: an older pg_dump would write a schema the
@@ -477,6 +492,7 @@ def _run_locked(
         sections=schema_export.sections,
         roles=tuple(SchemaRole(r.name, r.bypassrls) for r in roles),
         catalog=catalog,
+        source_red_lines=source_red,
         extensions=extensions,
         sequences=sequences,
         plaintext_bytes=stats.plaintext_bytes,
