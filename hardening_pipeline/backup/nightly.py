@@ -431,7 +431,6 @@ def _run_locked(
 ) -> BackupResult:
     dry_run, workers = options.dry_run, options.workers
     data_key = generate_data_key()
-    source_red = _source_red_lines(url)
     with connect(url) as conn:
         open_snapshot(conn)
         # Refused here, before a row is read: an older pg_dump would write a schema the
@@ -483,6 +482,8 @@ def _run_locked(
         schema_export.raise_failure()
         conn.rollback()
     schema_export.store_object()
+    # After the export, never in its way: the check reads tables an export may be waiting for.
+    source_red = _source_red_lines(url)
     stats = schema_export.stats
     assert stats is not None
     app_schema = AppSchemaEntry(
