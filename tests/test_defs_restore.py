@@ -75,6 +75,17 @@ def test_red_drill_fails_the_run_and_still_reports(tmp_path, resources, slack_re
     assert metadata["seconds_until_failure"].value >= 0
 
 
+def test_a_wrong_key_fails_the_run_in_one_sentence(db_url, tmp_path, resources):
+    seed_demo_data(db_url, tenants=1, messages_per_unit=1)
+    run_backup(db_url, FileStore(tmp_path / "store"), Keyring(os.urandom(32)))
+    result = dg.materialize([restore_drill_report], resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    assert message.startswith("the restore drill cannot start:"), message
+    assert "BACKUP_ENCRYPTION_KEYS_PREVIOUS" in message
+
+
 def test_monthly_schedule_targets_the_drill_job():
     assert restore_drill_schedule.cron_schedule == "0 4 1 * *"
     assert restore_drill_schedule.execution_timezone == "UTC"

@@ -19,7 +19,7 @@ from hardening_pipeline.defs.resources import (
     EncryptionKeysResource,
     SlackAlertsResource,
 )
-from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.jobs.drill import drill_job
 from hardening_pipeline.restore.binding import configured_source
 from hardening_pipeline.restore.drill import DrillResult
@@ -65,17 +65,21 @@ def restore_drill_report(
         store = backup_store.open()
     except HardeningError as exc:
         raise failure("the restore drill cannot start", str(exc)) from None
-    job = drill_job(
-        store,
-        keyring,
-        reports_dir=settings.reports_dir,
-        notifier=slack.notifier(),
-        runbook_base_url=slack.runbook_base_url(),
-        backup_id=config.backup_id,
-        target_dsn=settings.drill_target(config.target_dsn),
-        source=configured_source(settings.database_url),
-        on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
-    )
+    try:
+        job = drill_job(
+            store,
+            keyring,
+            reports_dir=settings.reports_dir,
+            notifier=slack.notifier(),
+            runbook_base_url=slack.runbook_base_url(),
+            backup_id=config.backup_id,
+            target_dsn=settings.drill_target(config.target_dsn),
+            source=configured_source(settings.database_url),
+            on_stage=lambda name, state: context.log.info(f"drill stage {name}: {state}"),
+        )
+    except ConfigError as exc:
+        # A wrong key or a drill target older than the backup: one sentence, no retry.
+        raise failure("the restore drill cannot start", str(exc)) from None
     delivered = job.delivery is not None and job.delivery.delivered
     if not delivered:
         detail = job.delivery.detail if job.delivery else "no notifier"
