@@ -845,21 +845,40 @@ def per_row_calls(expr: str | None) -> list[str]:
     return sorted({m.group(1) for m in _POLICY_CALLS.finditer(_strip_subselects(expr))})
 
 
+def per_row_call_texts(expr: str | None) -> list[str]:
+    """The per-row calls as written, arguments included: what a fix must wrap unchanged."""
+    if not expr:
+        return []
+    rest = _strip_subselects(expr)
+    texts = set()
+    for m in _POLICY_CALLS.finditer(rest):
+        depth, end = 0, m.end() - 1  # at the call's opening parenthesis
+        while end < len(rest):
+            depth += {"(": 1, ")": -1}.get(rest[end], 0)
+            end += 1
+            if depth == 0:
+                break
+        texts.add(rest[m.start() : end])
+    return sorted(texts)
+
+
 @check(
     "auth_rls_initplan",
     "splinter auth_rls_initplan: policies call current_setting/auth functions via (select ...)",
 )
 def check_initplan(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    bad = []
+    bad, texts = [], set()
     for p in _policies(conn):
         calls = per_row_calls(p["qual"]) + per_row_calls(p["with_check"])
         if calls:
             bad.append(f"{p['polname']} on {p['relname']} calls {', '.join(sorted(set(calls)))}")
+            texts.update(per_row_call_texts(p["qual"]) + per_row_call_texts(p["with_check"]))
     if not bad:
         return True, "tenant lookups run once per statement", ""
+    wraps = "; ".join(f"{t} as (SELECT {t})" for t in sorted(texts))
     fix = (
-        "wrap the call as (SELECT hardening.current_tenant_id()) so it runs once per statement "
-        "(an initplan), not once per row; recreate the policy in a new migration."
+        f"wrap each call in its policy, unchanged, in a subquery: {wraps}; it then runs once per "
+        "statement (an initplan), not once per row; recreate the policy in a new migration."
     )
     return False, _names(bad), fix
 
