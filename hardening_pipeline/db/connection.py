@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -58,9 +59,24 @@ def require_supported_server(server_version_num: int) -> None:
         )
 
 
+def missing_privilege(conn: psycopg.Connection, exc: psycopg.Error) -> ConfigError:
+    """One sentence for a login that may not read what the kit keeps: which role, what it lacks."""
+    reason = (exc.diag.message_primary or str(exc)).strip()
+    schema = re.fullmatch(r"permission denied for schema (\S+)", reason)
+    lacks = f"USAGE on schema {schema[1]}" if schema else f"a privilege the kit needs ({reason})"
+    return ConfigError(
+        f"the role {conn.info.user} lacks {lacks}; set HARDENING_DATABASE_URL to the role that "
+        "ran `hardening migrate` (the database owner; on Supabase, postgres) and run the "
+        "command again."
+    )
+
+
 def table_exists(conn: psycopg.Connection, qualified_name: str) -> bool:
     """Whether ``schema.table`` exists: lets readers tell "not migrated yet" from "empty"."""
-    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AS e", (qualified_name,))
+    try:
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AS e", (qualified_name,))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise missing_privilege(conn, exc) from exc
     return bool(row.fetchone()["e"])
 
 
