@@ -2,10 +2,16 @@
 
 Every unit of work is one explicit transaction in which the tenant and the actor are set with
 ``set_config(..., true)`` (transaction-local: a pooled connection carries nothing to its next
-borrower, and PgBouncer/Supavisor transaction mode keeps working). Writes are checked *before any
-SQL is sent*: the tenant id must be a real UUID, the table and every column must exist in the
-schema the client read at start-up, and a row must not name another tenant. Anything the client
-cannot prove is scoped is refused, not passed through.
+borrower, and PgBouncer/Supavisor transaction mode keeps working). The same statement also
+overrides, for this transaction only, every setting the policies and the audit capture read
+(``request.jwt.claims`` cleared, ``row_security`` on), so session-level values a previous
+borrower left on a pooled connection change nothing. Writes are checked *before any SQL is sent*:
+the tenant id must be a real UUID, the table and every column must exist in the schema the client
+read at start-up, and a row must not name another tenant. Every mapping it is given is copied once
+into a plain dict, and only that copy is checked and sent: a mapping that answers differently on a
+second read is never read twice. Every table is named with its schema (``public.messages``), so a
+temporary table of the same name cannot take the writes. Anything the client cannot prove is
+scoped is refused, not passed through.
 
 Two modes:
 
@@ -76,14 +82,21 @@ _PLAIN_VALUE_TYPES = frozenset(
 )
 
 # Role and context in one round trip. set_config('role', ..., true) is SET LOCAL ROLE: the same
-# setting, the same membership check, gone at the end of the transaction.
+# setting, the same membership check, gone at the end of the transaction. Every other setting
+# the policies and the audit capture read is set here too, transaction-locally, whatever the
+# session holds: JWT claims win over app.tenant_id and app.actor (011, 015), so claims left on a
+# pooled connection by `set_config(..., false)` would pick the tenant and the recorded actor;
+# the request.jwt.claim.* settings are what older PostgREST and Supabase's auth.uid() read.
+# row_security off would make every RLS-subject statement (and the audit capture) fail.
 _ENTER_QUERY = (
     "SELECT set_config('role', %s, true), set_config('app.tenant_id', %s, true), "
-    "set_config('app.actor', %s, true)"
+    "set_config('app.actor', %s, true), set_config('request.jwt.claims', '', true), "
+    "set_config('request.jwt.claim.sub', '', true), "
+    "set_config('request.jwt.claim.role', '', true), set_config('row_security', 'on', true)"
 )
 
 _CATALOG_QUERY = """
-SELECT c.relname AS table_name, a.attname AS column_name
+SELECT n.nspname AS schema_name, c.relname AS table_name, a.attname AS column_name
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -94,6 +107,17 @@ ORDER BY c.relname, a.attnum
 
 class TenantScopeError(HardeningError):
     """A write or read the client cannot prove stays inside one tenant; nothing was sent."""
+
+
+def _plain_copy(value: object, what: str) -> dict[Any, Any]:
+    """``value`` read exactly once into a plain dict: what is checked is what is sent.
+
+    A Mapping can answer ``keys()``, ``items()`` and ``[key]`` differently on each call; reading
+    it again after the checks would send something that was never checked.
+    """
+    if not isinstance(value, Mapping):
+        raise TenantScopeError(f"{what} must be a mapping of column to value.")
+    return dict(value)
 
 
 def _is_plain_name(name: object) -> bool:
@@ -123,20 +147,26 @@ class TableInfo:
     name: str
     columns: tuple[str, ...]
     tenant_column: str
+    schema: str = "public"
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        """The schema-qualified name: a temporary table of the same name never takes its place."""
+        return sql.Identifier(self.schema, self.name)
 
 
 def load_catalog(conn: psycopg.Connection) -> dict[str, TableInfo]:
     """The tenant-scoped tables of ``public`` (those with a tenant_id column, and ``tenants``)."""
-    columns: dict[str, list[str]] = {}
+    columns: dict[tuple[str, str], list[str]] = {}
     with conn.cursor(row_factory=tuple_row) as cur:
-        for table_name, column_name in cur.execute(_CATALOG_QUERY).fetchall():
-            columns.setdefault(table_name, []).append(column_name)
+        for schema_name, table_name, column_name in cur.execute(_CATALOG_QUERY).fetchall():
+            columns.setdefault((schema_name, table_name), []).append(column_name)
     catalog = {}
-    for table, cols in columns.items():
+    for (schema, table), cols in columns.items():
         tenant_column = _TENANT_COLUMN_OVERRIDES.get(table, "tenant_id")
         if table in _NEVER_WRITABLE or tenant_column not in cols:
             continue
-        catalog[table] = TableInfo(table, tuple(cols), tenant_column)
+        catalog[table] = TableInfo(table, tuple(cols), tenant_column, schema)
     return catalog
 
 
@@ -309,10 +339,10 @@ class TenantTransaction:
             )
 
     def _scoped_row(self, info: TableInfo, row: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(row, Mapping) or not row:
+        scoped = _plain_copy(row, f"a row for {info.name}")
+        if not scoped:
             raise TenantScopeError(f"a row for {info.name} must be a non-empty mapping.")
-        self._columns(info, row.keys())
-        scoped = dict(row)
+        self._columns(info, scoped)
         for column, value in scoped.items():
             check_plain_value(value, f"the value for {info.name}.{column}")
         if info.tenant_column in scoped:
@@ -320,22 +350,21 @@ class TenantTransaction:
         scoped[info.tenant_column] = self.tenant_id
         return scoped
 
-    def _where(self, info: TableInfo, where: Mapping[str, Any] | None) -> sql.Composable:
-        if where is not None and not isinstance(where, Mapping):
-            raise TenantScopeError(f"where for {info.name} must be a mapping of column to value.")
-        where = dict(where or {})
-        self._columns(info, where.keys())
+    def _where_copy(self, info: TableInfo, where: object) -> dict[str, Any]:
+        """The caller's where, read once; every later step uses only this copy."""
+        return {} if where is None else _plain_copy(where, f"where for {info.name}")
+
+    def _where(self, info: TableInfo, where: dict[str, Any]) -> tuple[sql.Composable, list]:
+        """The condition and its parameters, both from one plain copy (see _where_copy)."""
+        where = dict(where)
+        self._columns(info, where)
         for column, value in where.items():
             check_plain_value(value, f"the where value for {info.name}.{column}")
         if info.tenant_column in where:
             self._same_tenant(info, where.pop(info.tenant_column))
         clauses = [sql.SQL("{} = %s").format(sql.Identifier(info.tenant_column))]
         clauses += [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in where]
-        return sql.SQL(" AND ").join(clauses)
-
-    @staticmethod
-    def _where_params(info: TableInfo, tenant: uuid.UUID, where: Mapping[str, Any] | None) -> list:
-        return [tenant] + [v for k, v in (where or {}).items() if k != info.tenant_column]
+        return sql.SQL(" AND ").join(clauses), [self.tenant_id, *where.values()]
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -345,9 +374,9 @@ class TenantTransaction:
         scoped = self._scoped_row(info, row)
         columns = tuple(scoped)
         query = self._rendered(
-            ("insert", info.name, columns),
+            ("insert", info.schema, info.name, columns),
             lambda: sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
-                sql.Identifier(info.name),
+                info.identifier,
                 sql.SQL(", ").join(map(sql.Identifier, columns)),
                 sql.SQL(", ").join(sql.Placeholder() * len(columns)),
             ),
@@ -372,14 +401,14 @@ class TenantTransaction:
                 )
         if self._mode == "service_role":
             copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier(info.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+                info.identifier, sql.SQL(", ").join(map(sql.Identifier, columns))
             )
             with self._open_connection().cursor() as cur, cur.copy(copy) as writer:
                 for r in scoped:
                     writer.write_row([r[c] for c in columns])
         else:
             query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                sql.Identifier(info.name),
+                info.identifier,
                 sql.SQL(", ").join(map(sql.Identifier, columns)),
                 sql.SQL(", ").join(sql.Placeholder() * len(columns)),
             )
@@ -392,10 +421,13 @@ class TenantTransaction:
     ) -> list[dict[str, Any]]:
         """Update this tenant's rows matching ``where``; returns the updated rows."""
         info = self._table(table)
-        if not isinstance(values, Mapping) or not values:
+        if not isinstance(values, Mapping):
             raise TenantScopeError(f"update of {info.name} needs at least one value to set.")
-        self._columns(info, values.keys())
-        values = dict(values)
+        values = _plain_copy(values, f"the values for {info.name}")
+        where = self._where_copy(info, where)
+        if not values:
+            raise TenantScopeError(f"update of {info.name} needs at least one value to set.")
+        self._columns(info, values)
         for column, value in values.items():
             check_plain_value(value, f"the value for {info.name}.{column}")
         if info.tenant_column in values:
@@ -407,28 +439,26 @@ class TenantTransaction:
                 f"updating {info.name} needs a where clause; to touch every row of the tenant "
                 "say so explicitly with where={'tenant_id': <tenant>}."
             )
-        condition = self._where(info, where)
+        condition, where_params = self._where(info, where)
         query = sql.SQL("UPDATE {} SET {} WHERE {} RETURNING *").format(
-            sql.Identifier(info.name),
+            info.identifier,
             sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values),
             condition,
         )
-        params = list(values.values()) + self._where_params(info, self.tenant_id, where)
-        return self._run(query, params).fetchall()
+        return self._run(query, [*values.values(), *where_params]).fetchall()
 
     def delete(self, table: str, *, where: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Delete this tenant's rows matching ``where``; returns the deleted rows."""
         info = self._table(table)
+        where = self._where_copy(info, where)
         if not where:
             raise TenantScopeError(
                 f"deleting rows of {info.name} needs a where clause; to remove every row of the "
                 "tenant say so explicitly with where={'tenant_id': <tenant>}."
             )
-        condition = self._where(info, where)
-        query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(
-            sql.Identifier(info.name), condition
-        )
-        return self._run(query, self._where_params(info, self.tenant_id, where)).fetchall()
+        condition, params = self._where(info, where)
+        query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(info.identifier, condition)
+        return self._run(query, params).fetchall()
 
     def select(
         self,
@@ -441,20 +471,20 @@ class TenantTransaction:
     ) -> list[dict[str, Any]]:
         """Read this tenant's rows (also filtered by RLS in authenticated mode)."""
         info = self._table(table)
+        condition, params = self._where(info, self._where_copy(info, where))
         selected = self._columns(info, columns) if columns else None
         ordering = self._columns(info, order_by) if order_by else []
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise TenantScopeError(f"limit must be a non-negative integer (got {limit!r}).")
         query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(", ").join(map(sql.Identifier, selected)) if selected else sql.SQL("*"),
-            sql.Identifier(info.name),
-            self._where(info, where),
+            info.identifier,
+            condition,
         )
         if ordering:
             query += sql.SQL(" ORDER BY {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, ordering))
             )
-        params = self._where_params(info, self.tenant_id, where)
         if limit is not None:
             query += sql.SQL(" LIMIT %s")
             params.append(limit)
