@@ -501,7 +501,16 @@ def _soften_for_report_mode(conn: psycopg.Connection, plan: MigrationPlan) -> No
     rows predate the kit), so the plan says what the rehearsed database will really do.
     """
     state = read_mode(conn)
-    if state is None or state.mode != "report":
+    if state is not None:
+        if state.mode != "report":
+            return
+        why = ""
+    elif MODE_MIGRATION in plan.pending and _holds_unaudited_tenant_data(conn):
+        # A blocker stopped the rehearsal before 012: say what 012 will decide, as it decides it.
+        why = (
+            " (012 starts it in report mode: it already holds tenant data the audit log never saw)"
+        )
+    else:
         return
     prefix = "service_role writes on "
     for index, change in enumerate(plan.changes):
@@ -511,11 +520,57 @@ def _soften_for_report_mode(conn: psycopg.Connection, plan: MigrationPlan) -> No
             plan.changes[index] = Change(
                 REPORTED_GROUP,
                 change.subject,
-                "allowed while the database is in report mode, audited as "
+                f"allowed while the database is in report mode{why}, audited as "
                 "service_role:unattributed and named by the unattributed_service_role_writes "
                 "canary; refused once you run hardening service-role-mode enforce",
                 change.filename,
             )
+
+
+MODE_MIGRATION = "012_service_role_mode.sql"
+
+_TENANT_DATA_TABLES = """
+    SELECT n.nspname, c.relname
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname = 'public' AND c.relname <> 'audit_events'
+      AND (c.relname = 'tenants'
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
+                        AND NOT a.attisdropped))
+"""
+
+
+def _holds_rows(conn: psycopg.Connection, schema: str, table: str) -> bool | None:
+    """Whether the table has a row with row security off; None when the role may not read it."""
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AS e").format(sql.Identifier(schema, table))
+    try:
+        with conn.transaction():
+            prior = conn.execute(
+                "SELECT current_setting('row_security') AS v, "
+                "set_config('row_security', 'off', true)"
+            ).fetchone()["v"]
+            held = bool(conn.execute(query).fetchone()["e"])
+            conn.execute("SELECT set_config('row_security', %s, true)", (prior,))
+            return held
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+
+
+def _holds_unaudited_tenant_data(conn: psycopg.Connection) -> bool:
+    """012's starting-mode rule: tenant rows the audit log never saw mean report mode.
+
+    Mirrors the ``DO $mode$`` block of 012 on the rehearsed database, inside the plan's
+    transaction: an unreadable audit log counts as empty, an unreadable tenant table as holding
+    data (an adopting app's, most likely).
+    """
+    audit = conn.execute("SELECT to_regclass('public.audit_events') IS NOT NULL AS e").fetchone()
+    if audit["e"] and _holds_rows(conn, "public", "audit_events"):
+        return False
+    return any(
+        _holds_rows(conn, row["nspname"], row["relname"]) is not False
+        for row in conn.execute(_TENANT_DATA_TABLES).fetchall()
+    )
 
 
 class MigrationBlocked(CheckFailed):
