@@ -16,6 +16,7 @@ tenant's id: one row of another tenant, or of none, and none of the tenant's row
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,11 +234,18 @@ def restore_tenant(
             )
         with fetched_backup(store, manifest, backup.folder, only={entries[0].name}) as fetched:
             reader = TableReader(fetched[entries[0].name], manifest, data_key)
+            merging: list[str] = []  # the table the merge is on when it fails
+
+            def tables():
+                for entry, chunks in reader:
+                    merging[:] = [entry.name if "." in entry.name else f"public.{entry.name}"]
+                    yield entry, chunks
+
             try:
                 with conn.transaction():
                     counts = merge_tenant(
                         conn,
-                        iter(reader),
+                        tables(),
                         tenant_id=tenant,
                         actor=f"service_role:restore:{manifest.backup_id}",
                     )
@@ -247,7 +255,42 @@ def restore_tenant(
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CheckFailed(
                     f"tenant {tenant} could not be restored into the target ({reason}); nothing "
-                    "was written: bring the target's schema to the backup's (`hardening "
-                    "migrate`) or restore into an empty migrated database."
+                    f"was written: {_merge_fix(exc, merging[0] if merging else '')}"
                 ) from exc
     return TenantRestoreResult(manifest.backup_id, tenant, counts, manifest.created_at)
+
+
+_EMPTY_TARGET = "or restore into an empty database, where the backup's own schema is rebuilt first."
+
+
+def _merge_fix(exc: psycopg.Error, table: str) -> str:
+    """What to do about a merge the target's schema or rows refused, naming table and column.
+
+    Missing migrations are refused before the merge, so what is left is the app's own drift
+    since the backup, or rows the target no longer has: ``hardening migrate`` fixes neither.
+    """
+    diag = exc.diag
+    table = f"{diag.schema_name}.{diag.table_name}" if diag.table_name else table or "a table"
+    column = diag.column_name or ""
+    if not column and (found := re.search(r'column "([^"]+)"', diag.message_primary or "")):
+        column = found[1]
+    if isinstance(exc, psycopg.errors.UndefinedColumn):
+        return (
+            f"{table} has no column {column} there, which the backup's rows carry; add it back "
+            f"to {table} as the app's schema defined it when the backup was taken, " + _EMPTY_TARGET
+        )
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"the target has no table {table}; create it as the app's schema defines it, " + (
+            _EMPTY_TARGET
+        )
+    if isinstance(exc, psycopg.errors.NotNullViolation):
+        return (
+            f"{table}.{column} is NOT NULL there but the backup's rows have no value for it (a "
+            f"column added since the backup); give {table}.{column} a DEFAULT, " + _EMPTY_TARGET
+        )
+    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        return (
+            f"a row of {table} refers to a row the target no longer has "
+            f"({diag.constraint_name}); restore or recreate that row first, " + _EMPTY_TARGET
+        )
+    return f"bring {table} to the shape it had in the backup, " + _EMPTY_TARGET
