@@ -11,6 +11,9 @@ connection joined to the main connection's exported snapshot (``pg_export_snapsh
 object still shows the same instant. zstd and AES-GCM release the GIL and COPY waits on the
 socket, so threads overlap real work. The manifest lists objects in the same order whatever
 the number of workers, and a failure in any worker fails the run before the manifest.
+
+Every read waits at most ``lock_timeout`` for a table lock: a session holding ``LOCK TABLE`` (any
+role with UPDATE can) turns the run red, naming that session, instead of stalling it for ever.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_lock_holders
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
@@ -80,10 +84,16 @@ LOCK_CONNECTION_NAME = "hardening backup lock"
 BACKUP_LOCK_KEY = 0x6870_6261_636B_7570
 # Each worker holds a connection for the whole run; more than this is a typo, not a plan.
 MAX_WORKERS = 32
+# Seconds any read of a backup waits for a table lock before the run fails red.
+DEFAULT_LOCK_TIMEOUT = 60.0
 
 
 class BackupInterrupted(HardeningError):
     """The database failed part-way (connection cut, server restart): worth running again."""
+
+
+class BackupBlocked(CheckFailed):
+    """A session held a table lock longer than the backup's bound; nothing was published."""
 
 
 @dataclass
@@ -150,6 +160,7 @@ def run_backup(
     on_object: Callable[[str, int, int], None] | None = None,
     schemas: Sequence[str] = DEFAULT_SCHEMAS,
     pg_dump_path: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> BackupResult:
     """Take one backup of the database at ``url`` into ``store`` (or nowhere, with ``dry_run``).
 
@@ -157,8 +168,12 @@ def run_backup(
     snapshot. ``on_object(name, done, total)`` is called after each object, for progress
     displays (from the worker threads, one call at a time). ``schemas`` (``BACKUP_SCHEMAS``)
     are backed up whole: their DDL by ``pg_dump`` (``pg_dump_path``, or found) and every
-    table's rows.
+    table's rows. A read that waits ``lock_timeout`` seconds for a table lock fails the run.
     """
+    if not lock_timeout > 0:
+        raise ConfigError(
+            f"the backup's lock timeout must be above 0 seconds (got {lock_timeout!r})."
+        )
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(
             f"backup workers must be a whole number from 1 to {MAX_WORKERS} (got {workers!r})."
@@ -172,10 +187,12 @@ def run_backup(
                 url,
                 store,
                 keyring,
-                _Options(dry_run, workers, tuple(schemas), pg_dump_path),
+                _Options(dry_run, workers, tuple(schemas), pg_dump_path, lock_timeout),
                 on_object,
                 started,
             )
+        except psycopg.errors.LockNotAvailable as exc:
+            raise _blocked(url, tuple(schemas), lock_timeout) from exc
         except psycopg.Error as exc:
             # A raw driver error would reach the CLI as a traceback and Dagster as noise; say
             # what it means for the backup instead.
@@ -191,6 +208,22 @@ def run_backup(
                     if advisory:
                         lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
                     lock_conn.rollback()
+
+
+def _blocked(url: str, schemas: tuple[str, ...], lock_timeout: float) -> BackupBlocked:
+    """The red sentence for a read that gave up on a table lock, naming who held it."""
+    who, fix = describe_lock_blockers(exclusive_lock_holders(url, schemas))
+    return BackupBlocked(
+        f"the backup waited {lock_timeout:g} s for a table lock and gave up ({who}); no manifest "
+        f"was written, so this run left no backup: {fix}, then run the backup again."
+    )
+
+
+def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:
+    """Make ``conn``'s open transaction wait at most ``seconds`` for any lock."""
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(seconds * 1000))}ms",)
+    )
 
 
 def _lock_backup_job(lock_conn: psycopg.Connection) -> bool:
@@ -216,6 +249,7 @@ class _Options:
     workers: int
     schemas: tuple[str, ...]
     pg_dump_path: str | None
+    lock_timeout: float
 
 
 @dataclass(frozen=True)
@@ -245,7 +279,9 @@ class _ObjectExporter:
         folder: str,
         dry_run: bool,
         on_object: Callable[[str, int, int], None] | None,
+        lock_timeout: float,
     ) -> None:
+        self._lock_timeout = lock_timeout
         self._layout = layout
         self._store = store
         self._data_key = data_key
@@ -325,6 +361,7 @@ class _ObjectExporter:
         with conn:
             try:
                 join_snapshot(conn, snapshot_id)
+                _bound_lock_waits(conn, self._lock_timeout)
             except BaseException as exc:
                 with self._lock:
                     self._failure = self._failure or exc
@@ -433,6 +470,7 @@ def _run_locked(
     data_key = generate_data_key()
     with connect(url) as conn:
         open_snapshot(conn)
+        _bound_lock_waits(conn, options.lock_timeout)
         # Refused here, before a row is read: an older pg_dump would write a schema the
         # restore cannot trust (or refuse half-way through the backup).
         pg_dump = find_pg_tool("pg_dump", server_version_num(conn), options.pg_dump_path)
@@ -454,7 +492,15 @@ def _run_locked(
         ] + [(NON_TENANT_OBJECT_NAME, None)]
         jobs = [_Job(i, name, tenant) for i, (name, tenant) in enumerate(plan)]
         exporter = _ObjectExporter(
-            layout, jobs, store, data_key, backup_id, folder, dry_run, on_object
+            layout,
+            jobs,
+            store,
+            data_key,
+            backup_id,
+            folder,
+            dry_run,
+            on_object,
+            options.lock_timeout,
         )
         # The main connection works too; pg_dump and the other workers read its snapshot,
         # which stays valid because this transaction stays open until all of them finished.
