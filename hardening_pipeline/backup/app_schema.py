@@ -233,7 +233,11 @@ def _libpq_target(url: str) -> tuple[str, dict[str, str]]:
 
 
 def dump_schema(
-    url: str, snapshot_id: str, schemas: Sequence[str], pg_dump: PgTool
+    url: str,
+    snapshot_id: str,
+    schemas: Sequence[str],
+    pg_dump: PgTool,
+    lock_wait_timeout: float | None = None,
 ) -> dict[str, bytes]:
     """``pg_dump --schema-only --format=custom`` of ``schemas`` at the exported snapshot.
 
@@ -249,6 +253,12 @@ def dump_schema(
         "--compress=0",
         f"--snapshot={snapshot_id}",
         "--no-password",
+        # pg_dump resets lock_timeout on its own connection; this is its own bound on the wait.
+        *(
+            [f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}"]
+            if lock_wait_timeout
+            else []
+        ),
         *selectors,
         "--dbname",
         target,

@@ -395,8 +395,10 @@ class _SchemaExport:
         backup_id: str,
         folder: str,
         dry_run: bool,
+        lock_timeout: float | None = None,
     ) -> None:
         self._args = (url, snapshot_id, schemas, pg_dump)
+        self._lock_timeout = lock_timeout
         self._store = store
         self._data_key = data_key
         self._backup_id = backup_id
@@ -421,7 +423,7 @@ class _SchemaExport:
 
     def _run(self) -> None:
         try:
-            self._dumped = dump_schema(*self._args)
+            self._dumped = dump_schema(*self._args, lock_wait_timeout=self._lock_timeout)
         except BaseException as exc:  # re-raised by raise_failure() in the backup's thread
             self.failure = exc
 
@@ -506,7 +508,16 @@ def _run_locked(
         # which stays valid because this transaction stays open until all of them finished.
         snapshot_id = export_snapshot(conn)
         schema_export = _SchemaExport(
-            url, snapshot_id, options.schemas, pg_dump, store, data_key, backup_id, folder, dry_run
+            url,
+            snapshot_id,
+            options.schemas,
+            pg_dump,
+            store,
+            data_key,
+            backup_id,
+            folder,
+            dry_run,
+            lock_timeout=options.lock_timeout,
         )
         schema_export.start()
         threads = [
