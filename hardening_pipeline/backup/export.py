@@ -60,6 +60,11 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 """
 
 
+def manifest_table_name(schema: str, name: str) -> str:
+    """How the manifest names a table: bare in ``public``, ``schema.table`` elsewhere."""
+    return name if schema == "public" else f"{schema}.{name}"
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """One table to export: its columns in order and how its rows are scoped and sorted."""
@@ -72,7 +77,7 @@ class TableSpec:
 
     @property
     def qualified(self) -> str:
-        return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+        return manifest_table_name(self.schema, self.name)
 
     def identifier(self) -> sql.Composable:
         return sql.Identifier(self.schema, self.name)

@@ -110,6 +110,12 @@ class PgInstall:
         return missing
 
 
+def major_of(version: str) -> int:
+    """The major of a version text (``17.11``, ``15.20 (Debian ...)``, ``18.6``); 0 if none."""
+    digits = version.strip().split(".")[0].split(" ")[0]
+    return int(digits) if digits.isdigit() else 0
+
+
 def tool_version(path: Path) -> PgTool | None:
     """The version ``path --version`` reports, or None when it does not run or is not Postgres."""
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hardening_pipeline.backup.app_schema import ARCHIVE_SECTION
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
+from hardening_pipeline.db.pg_installs import major_of
 from hardening_pipeline.errors import HardeningError
 
 # Every type ``pg_dump --schema-only`` of an app's schemas writes that a restore needs. Longest
@@ -209,10 +210,8 @@ def open_archive(
             "which cannot be restored without trusting its text; take a new backup with "
             "`hardening backup` and restore that one."
         )
-    major = int(app_schema_pg_dump.split(".")[0]) if app_schema_pg_dump[:1].isdigit() else 0
-    return SchemaArchive(
-        sections[ARCHIVE_SECTION], find_pg_tool("pg_restore", major * 10000), roles
-    )
+    pg_restore = find_pg_tool("pg_restore", major_of(app_schema_pg_dump) * 10000)
+    return SchemaArchive(sections[ARCHIVE_SECTION], pg_restore, roles)
 
 
 class SchemaArchive:

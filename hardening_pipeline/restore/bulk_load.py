@@ -199,32 +199,24 @@ def restore_sequence_values(conn: psycopg.Connection, values: Iterable[SequenceV
     ``reset_sequences`` only knows sequences a column owns; a counter no column owns (invoice
     numbers) would otherwise start again at its start value.
     """
+    cur = conn.cursor(row_factory=tuple_row)
     for value in values:
         schema, _, name = value.name.partition(".")
         target = sql.Identifier(schema, name)
-        row = conn.execute(
-            "SELECT pg_catalog.to_regclass(%s) IS NOT NULL AS present",
-            (target.as_string(conn),),
+        (present,) = cur.execute(
+            "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (target.as_string(conn),)
         ).fetchone()
-        if not _present(row):
+        if not present:
             continue
-        last, called = (
-            conn.cursor(row_factory=tuple_row)
-            .execute(sql.SQL("SELECT last_value, is_called FROM {}").format(target))
-            .fetchone()
-        )
+        last, called = cur.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(target)
+        ).fetchone()
         handed_out = last if called else last - 1
         if value.last_value > handed_out:
             conn.execute(
                 "SELECT pg_catalog.setval(%s::regclass, %s, true)",
                 (target.as_string(conn), value.last_value),
             )
-
-
-def _present(row: object) -> bool:
-    if row is None:
-        return False
-    return bool(row["present"] if isinstance(row, dict) else row[0])
 
 
 @dataclass

@@ -44,14 +44,21 @@ from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     TableStream,
     discover_layout,
+    manifest_table_name,
     pin_text_output,
 )
-from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, unwrap_data_key
+from hardening_pipeline.backup.manifest import (
+    AppSchemaEntry,
+    Manifest,
+    SchemaRole,
+    unwrap_data_key,
+)
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.pg_installs import major_of
 from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import ConfigError, HardeningError
@@ -83,6 +90,7 @@ from hardening_pipeline.restore.schema import (
     OwnerLogins,
     SchemaRebuild,
     SchemaRestore,
+    create_missing_roles,
     run_workers,
 )
 from hardening_pipeline.restore.verifier import allow_audit_probes, verifier_login
@@ -277,10 +285,7 @@ def _table_owners(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str,
         "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)",
         (list(schemas),),
     ).fetchall()
-    return {
-        (r["relname"] if r["nspname"] == "public" else f"{r['nspname']}.{r['relname']}"): r["owner"]
-        for r in rows
-    }
+    return {manifest_table_name(r["nspname"], r["relname"]): r["owner"] for r in rows}
 
 
 def _load_and_index(
@@ -375,10 +380,7 @@ DRILL_DATABASE_OWNER = "hardening_restore_owner"
 def own_database(url: str, owner: str = DRILL_DATABASE_OWNER) -> None:
     """Hand the (empty) database at ``url`` to ``owner``, an ordinary NOLOGIN role."""
     with connect(url, autocommit=True) as conn:
-        if not conn.execute(
-            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (owner,)
-        ).fetchone():
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
+        create_missing_roles(conn, [SchemaRole(owner, bypassrls=False)])
         conn.execute(
             sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                 sql.Identifier(conn.info.dbname), sql.Identifier(owner)
@@ -610,12 +612,6 @@ def upgrade_as_owner(url: str) -> list[str]:
             conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, owner))
 
 
-def _major(version: str) -> int:
-    """The major of a ``server_version`` text such as ``17.11`` or ``15.20 (Debian ...)``."""
-    digits = version.strip().split(".")[0].split(" ")[0]
-    return int(digits) if digits.isdigit() else 0
-
-
 def _server_version(url: str) -> str:
     with connect(url) as conn:
         return str(conn.execute("SELECT current_setting('server_version') AS v").fetchone()["v"])
@@ -623,8 +619,8 @@ def _server_version(url: str) -> str:
 
 def _versions_note(source: str, target: str) -> str:
     note = f"PostgreSQL {target}; source {source}"
-    if _major(target) != _major(source):
-        note += f", no PostgreSQL {_major(source)} server here, so the newest"
+    if major_of(target) != major_of(source):
+        note += f", no PostgreSQL {major_of(source)} server here, so the newest"
     return note
 
 
@@ -639,11 +635,11 @@ def _target_database(
     """
     if target_dsn:
         target = _server_version(target_dsn)
-        if _major(target) < _major(source):
+        if major_of(target) < major_of(source):
             raise ConfigError(
                 f"the drill target (--target-dsn or HARDENING_DRILL_TARGET_URL) runs PostgreSQL "
                 f"{target}, older than the backup's source PostgreSQL {source}; point it at a "
-                f"PostgreSQL {_major(source)} or newer, or leave it unset to restore into a "
+                f"PostgreSQL {major_of(source)} or newer, or leave it unset to restore into a "
                 "throwaway Postgres."
             )
         url = recreate_database(target_dsn, DRILL_DATABASE)
@@ -656,7 +652,7 @@ def _target_database(
             drop_database(target_dsn, DRILL_DATABASE)
         return
     with throwaway_postgres(
-        major=_major(source) or None, superuser=DRILL_SUPERUSER, extensions=extensions
+        major=major_of(source) or None, superuser=DRILL_SUPERUSER, extensions=extensions
     ) as server_url:
         target = _server_version(server_url)
         description = f"a throwaway Postgres ({_versions_note(source, target)})"

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from hardening_pipeline.backup.export import manifest_table_name
 from hardening_pipeline.backup.manifest import AppSchemaEntry, SchemaRole
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.restore.archive import ArchiveError, SchemaArchive, TocEntry
@@ -71,7 +72,7 @@ def create_missing_roles(conn: psycopg.Connection, roles: Iterable[SchemaRole]) 
     its objects to the roles it creates: from PostgreSQL 16 that takes SET (and INHERIT, to
     comment on them) on them.
     """
-    if conn.info.server_version >= 160000 and not _is_superuser(conn):
+    if conn.info.server_version >= 160000 and not is_superuser(conn):
         conn.execute("SET createrole_self_grant = 'set, inherit'")
     created = []
     for role in roles:
@@ -87,21 +88,20 @@ def create_missing_roles(conn: psycopg.Connection, roles: Iterable[SchemaRole]) 
     return created
 
 
-def _is_superuser(conn: psycopg.Connection) -> bool:
+def is_superuser(conn: psycopg.Connection) -> bool:
+    """Whether the session's current role is a superuser."""
     row = conn.execute(
         "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
     ).fetchone()
     return bool(row and row["rolsuper"])
 
 
-def settings_the_server_knows(conn: psycopg.Connection, text: str) -> str:
-    """``text`` without the ``SET`` lines of settings the target server does not have.
+def settings_the_server_knows(known: set[str], text: str) -> str:
+    """``text`` without the ``SET`` lines of settings not in ``known`` (the target's).
 
     A ``pg_dump`` 17 or newer resets ``transaction_timeout``, which a 15 or 16 server refuses;
     the dump is otherwise loadable there, so the drill must not fail on the kit's tool version.
     """
-    rows = conn.execute("SELECT name FROM pg_catalog.pg_settings").fetchall()
-    known = {row["name"] for row in rows}
 
     def keep(match: re.Match[str]) -> str:
         return match[0] if match["name"] in known else ""
@@ -337,6 +337,7 @@ class SchemaRestore:
         self.rest = [e for e in post if e.type not in _KEY_TYPES | _FK_TYPES]
         self._lock = threading.Lock()
         self._sql: dict[int, str] = {}
+        self._known_settings: set[str] | None = None
         self._lent: list[tuple[str, str]] = []
         self._lent_references: list[tuple[str, str]] = []
 
@@ -347,10 +348,15 @@ class SchemaRestore:
         return self.sessions.connections()
 
     def sql(self, entries: Sequence[TocEntry]) -> str:
-        """The entries' SQL from the archive, cached per single entry (keys are asked twice)."""
+        """The entries' SQL from the archive, runnable on the target (settings it lacks left
+        out), cached per single entry (keys are asked twice)."""
         if len(entries) == 1 and entries[0].dump_id in self._sql:
             return self._sql[entries[0].dump_id]
-        text = self.archive.sql(entries)
+        if self._known_settings is None:
+            with self.sessions.admin() as conn:
+                rows = conn.execute("SELECT name FROM pg_catalog.pg_settings").fetchall()
+            self._known_settings = {row["name"] for row in rows}
+        text = settings_the_server_knows(self._known_settings, self.archive.sql(entries))
         if len(entries) == 1:
             self._sql[entries[0].dump_id] = text
         return text
@@ -490,7 +496,7 @@ class SchemaRestore:
         """A run of entries of one owner as one script; entry by entry if it fails."""
         conn = conns.get(run[0].owner)
         try:
-            _attempt(conn, settings_the_server_knows(conn, self.sql(run)))
+            _attempt(conn, self.sql(run))
             return
         except psycopg.Error as exc:
             if len(run) == 1:
@@ -498,7 +504,7 @@ class SchemaRestore:
                 return
         for entry in run:
             try:
-                _attempt(conn, settings_the_server_knows(conn, self.sql([entry])))
+                _attempt(conn, self.sql([entry]))
             except psycopg.Error as exc:
                 result.failed.append(f"{entry.label}: {_error_line(exc)}")
 
@@ -518,7 +524,7 @@ class SchemaRestore:
                 return None
             schema, _, name = match.group(1).partition(".")
             schema, name = schema.strip('"'), name.strip('"')
-        return name if schema == "public" else f"{schema}.{name}"
+        return manifest_table_name(schema, name)
 
     def build(
         self, conns: OwnerConnections | _Fixed, entry: TocEntry, result: SchemaRebuild
@@ -526,7 +532,7 @@ class SchemaRestore:
         """One key, foreign key or index; failures and violations land in ``result``."""
         local = SchemaRebuild()
         conn = conns.get(entry.owner)
-        statement = settings_the_server_knows(conn, self.sql([entry]))
+        statement = self.sql([entry])
         if entry.type in ("CONSTRAINT", "FK CONSTRAINT"):
             _apply_constraint(conn, entry, statement, local)
         else:

@@ -49,7 +49,7 @@ from hardening_pipeline.restore.bulk_load import (
     restore_sequence_values,
 )
 from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
-from hardening_pipeline.restore.schema import OneSession, SchemaRestore
+from hardening_pipeline.restore.schema import OneSession, SchemaRestore, is_superuser
 from hardening_pipeline.settings import check_database_url
 
 MIGRATIONS_TABLE = "hardening.schema_migrations"
@@ -108,10 +108,7 @@ def rebuild_schema(
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
-    superuser = conn.execute(
-        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-    ).fetchone()["rolsuper"]
-    if superuser:
+    if is_superuser(conn):
         raise ConfigError(
             "--into connects as a superuser, and rebuilding the backup's schema there would run "
             "its owners' code with a superuser's rights; connect as the role that owns the app "
