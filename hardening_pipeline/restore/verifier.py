@@ -13,13 +13,12 @@ create roles.
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Iterator
 
-import psycopg
 from psycopg import sql
 
 from hardening_pipeline.db.connection import connect
+from hardening_pipeline.restore.owners import OwnerSessions
 
 VERIFIER = "hardening_drill_verifier"
 _ROLES = ("pg_read_all_data", "anon", "authenticated", "service_role")
@@ -29,8 +28,11 @@ _AUDIT_WRITES = "GRANT INSERT, UPDATE, DELETE, TRUNCATE ON public.audit_events T
 
 @contextlib.contextmanager
 def verifier_login(admin_url: str) -> Iterator[str]:
-    """Yield a conninfo for the verifier on the database at ``admin_url`` (a superuser's)."""
-    password = secrets.token_urlsafe(24)
+    """Yield a conninfo for the verifier on the database at ``admin_url`` (a superuser's).
+
+    The login itself (a one-off password, taken back afterwards, and the refusal of a role
+    with rights beyond the database) is the owners' (``restore/owners.py``).
+    """
     role = sql.Identifier(VERIFIER)
     with connect(admin_url, autocommit=True) as conn:
         exists = conn.execute(
@@ -38,9 +40,9 @@ def verifier_login(admin_url: str) -> Iterator[str]:
         ).fetchone()
         verb = "ALTER" if exists else "CREATE"
         conn.execute(
-            sql.SQL(
-                "{} ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB BYPASSRLS PASSWORD {}"
-            ).format(sql.SQL(verb), role, sql.Literal(password))
+            sql.SQL("{} ROLE {} NOLOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB BYPASSRLS").format(
+                sql.SQL(verb), role
+            )
         )
         present = conn.execute(
             "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (list(_ROLES),)
@@ -48,11 +50,11 @@ def verifier_login(admin_url: str) -> Iterator[str]:
         for row in present:
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(row["rolname"]), role))
         conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(role))
+    logins = OwnerSessions(admin_url)
     try:
-        yield psycopg.conninfo.make_conninfo(admin_url, user=VERIFIER, password=password)
+        yield logins.url(VERIFIER)
     finally:
-        with connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
+        logins.close()
 
 
 def allow_audit_probes(admin_url: str) -> None:
