@@ -29,7 +29,7 @@ from psycopg.rows import tuple_row
 from hardening_pipeline.backup.export import manifest_table_name
 from hardening_pipeline.backup.manifest import AppSchemaEntry, SchemaRole
 from hardening_pipeline.db.connection import connect
-from hardening_pipeline.restore.archive import ArchiveError, SchemaArchive, TocEntry
+from hardening_pipeline.restore.archive import SchemaArchive, TocEntry
 from hardening_pipeline.restore.owners import OwnerSessions
 
 # Built in parallel after the rows: keys and indexes. Foreign keys need the keys first.
@@ -653,5 +653,3 @@ def run_workers(loop: Callable[[], None], workers: int, failures: list[BaseExcep
     if failures:
         raise failures[0]
 
-
-__all__ = ["ArchiveError", "SchemaRebuild", "SchemaRestore", "create_missing_roles"]
