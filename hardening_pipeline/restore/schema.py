@@ -652,4 +652,3 @@ def run_workers(loop: Callable[[], None], workers: int, failures: list[BaseExcep
         thread.join()
     if failures:
         raise failures[0]
-
