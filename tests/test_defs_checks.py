@@ -209,3 +209,18 @@ def test_the_canary_run_observes_each_table(db_url, admin, resources):
     assert set(observed) == {f"app/{name}" for name in APPLICATION_TABLES}
     tenants = observed["app/tenants"].event_specific_data.asset_observation.metadata
     assert tenants["live_rows_estimate"].value >= 1
+
+
+def test_observe_on_one_application_table_page_observes_that_table_only(db_url, resources):
+    """The UI's "Observe" on an `app/*` page launches the observation with one key selected."""
+    defs = dg.Definitions(assets=[observe_application_tables], resources=resources)
+    job = defs.resolve_implicit_global_asset_job_def()
+    key = dg.AssetKey(["app", "messages"])
+    result = job.get_subset(asset_selection={key}).execute_in_process(raise_on_error=False)
+    assert result.success, result.all_events
+    observed = [
+        event.event_specific_data.asset_observation.asset_key
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    ]
+    assert observed == [key]
