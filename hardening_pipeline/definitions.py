@@ -17,6 +17,7 @@ from hardening_pipeline.defs.catalog import catalog_assets
 from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
 from hardening_pipeline.defs.evidence import evidence_bundle, evidence_job
 from hardening_pipeline.defs.freshness import (
+    backup_freshness_after_backup,
     backup_freshness_job,
     backup_freshness_schedule,
     backup_is_fresh,
@@ -84,7 +85,7 @@ defs = dg.Definitions(
         backup_freshness_schedule,
         audit_seal_schedule,
     ],
-    sensors=[slack_on_run_failure],
+    sensors=[slack_on_run_failure, backup_freshness_after_backup],
     resources={
         "app_db": AppDatabaseResource(),
         "slack": SlackAlertsResource(),

@@ -138,12 +138,48 @@ def test_schedule_runs_one_backup_a_night_at_0200_utc() -> None:
     assert request.run_key == "nightly-backup-2026-03-02"
     job = defs.resolve_job_def("nightly_backup_job")
     assert job.tags["hardening/exclusive"] == "backup"
-    # The freshness check rides along: right after the backup it confirms the store shows it.
-    assert {n.name for n in job.nodes} == {
-        "nightly_backup",
-        "backup_retention",
-        "nightly_backup_backup_is_fresh",
-    }
+    # The freshness check does not ride along: planned in this run, it would read "Execution
+    # failed" whenever the backup step fails. A sensor re-checks it after each successful run.
+    assert {n.name for n in job.nodes} == {"nightly_backup", "backup_retention"}
+    sensor = defs.resolve_sensor_def("backup_freshness_after_backup")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "backup_freshness_job"
+
+
+def test_a_failed_backup_run_leaves_backup_is_fresh_as_the_last_check_left_it(
+    db_url: str, tmp_path: Path, master_key: bytes
+) -> None:
+    """A verified backup from minutes ago stays green through a failed backup run."""
+    resources = backup_resources(db_url, tmp_path / "store", master_key)
+    instance = dg.DagsterInstance.ephemeral()
+    good = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        instance=instance, resources=resources
+    )
+    assert good.success
+    fresh_run = defs.resolve_job_def("backup_freshness_job").execute_in_process(
+        instance=instance, resources=resources
+    )
+    (evaluation,) = fresh_run.get_asset_check_evaluations()
+    assert evaluation.passed
+
+    broken = {**resources, "backup_store": BackupStoreResource(store_url=closed_port_url())}
+    failed = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        instance=instance, resources=broken, raise_on_error=False
+    )
+    assert not failed.success
+    planned = [
+        event
+        for event in failed.all_events
+        if event.event_type
+        in (
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        )
+    ]
+    assert planned == []
+    key = dg.AssetCheckKey(dg.AssetKey("nightly_backup"), "backup_is_fresh")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    assert latest.run_id == fresh_run.run_id
 
 
 def test_definitions_load_and_wire_the_backup_pieces() -> None:

@@ -57,7 +57,7 @@ SCHEDULES = {
     "restore_drill_schedule": ("0 4 1 * *", "restore_drill_job"),
     "status_check_schedule": ("0 6 * * *", "status_check_job"),
 }
-SENSORS = {"slack_on_run_failure"}
+SENSORS = {"slack_on_run_failure", "backup_freshness_after_backup"}
 
 
 @pytest.fixture(scope="module")
