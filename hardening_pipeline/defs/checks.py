@@ -68,7 +68,8 @@ def check_result(result: CanaryResult, runbook_base_url: str | None = None) -> d
             "query": dg.MetadataValue.md(f"```sql\n{investigation_query(result)}\n```"),
             "runbook": runbook_metadata(result.runbook_anchor, runbook_base_url),
             "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
-            "error": dg.MetadataValue.text(result.error or ""),
+            # Only when the canary could not run: an empty row reads as a missing value.
+            **({"error": dg.MetadataValue.text(result.error)} if result.error else {}),
         },
     )
 
