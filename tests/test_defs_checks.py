@@ -13,6 +13,7 @@ from hardening_pipeline.defs.checks import (
     canary_schedule,
 )
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+from hardening_pipeline.defs.sensors import slack_on_run_failure
 from hardening_pipeline.defs.status import (
     hardening_status_report,
     status_check_job,
@@ -102,7 +103,9 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
         admin.execute("SET LOCAL session_replication_role = replica")
         admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
         admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
-    red = run_canary_job(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    red = run_canary_job(resources, instance)
+    assert not red.success
     evaluations = {e.check_name: e for e in red.get_asset_check_evaluations()}
     orphan = evaluations["orphaned_messages"]
     assert not orphan.passed
@@ -112,7 +115,11 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
     assert orphan.metadata["sample_ids"].value == [str(t.message)]
     assert orphan.metadata["runbook"].value == "docs/runbook.md#canary-orphaned-messages"
     assert len(slack_receiver.requests) == 1
-    run_canary_job(resources)  # unchanged finding: no second alert
+    run_canary_job(resources, instance)  # unchanged finding: no second alert
+    assert len(slack_receiver.requests) == 1
+    # The failed runs were alerted by the canary itself: the failure sensor adds no message.
+    context = dg.build_sensor_context(instance=instance, resources={"slack": resources["slack"]})
+    slack_on_run_failure(context)
     assert len(slack_receiver.requests) == 1
 
 

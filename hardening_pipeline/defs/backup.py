@@ -113,7 +113,7 @@ def nightly_backup(
             runbook_base_url=app_db.settings().runbook_url,
         )
     except HardeningError as exc:
-        raise job_failure(exc, "nightly backup") from None
+        raise job_failure(exc, "nightly backup", runbook_anchor="backup-failed") from None
     result = job.backup
     context.log.info(
         f"backup {result.backup_id}: {result.rows} rows in {len(result.manifest.objects)} "
@@ -128,6 +128,7 @@ def nightly_backup(
             job.subject,
             job.failure or "",
             metadata={"backup_id": dg.MetadataValue.text(result.backup_id)},
+            runbook_anchor="backup-failed",
         )
 
 
@@ -174,7 +175,7 @@ def backup_retention(
     except ValueError as exc:  # a negative keep count
         raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
-        raise job_failure(exc, "retention") from None
+        raise job_failure(exc, "retention", runbook_anchor="backup-retention-refused") from None
     outcome = job.outcome
     deleted = [r.backup_id for r in outcome.plan.delete]
     context.log.info(
