@@ -165,12 +165,31 @@ def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, sl
 
     admin.execute("GRANT DELETE ON audit_events TO service_role")
     admin.commit()
-    red = dg.materialize([hardening_status_report], resources=resources)
+    instance = dg.DagsterInstance.ephemeral()
+    red = dg.materialize(
+        [hardening_status_report], resources=resources, instance=instance, raise_on_error=False
+    )
+    # A red report fails the run, with the first red line and what to do in the error.
+    assert not red.success
+    (step_failure,) = red.get_step_failure_events()
+    error = step_failure.step_failure_data.user_failure_data.description
+    assert error.startswith("the hardening status is red: 1 of ")
+    assert "First: audit_events_no_write_grants:" in error
     metadata = red.asset_materializations_for_node("hardening_status_report")[0].metadata
     assert metadata["red"].value == ["audit_events_no_write_grants"]
     assert "❌" in metadata["checklist"].value
     (check,) = red.get_asset_check_evaluations()
     assert not check.passed
+    # The check itself says what to do: the line, the fix and the runbook section.
+    assert check.description.startswith("audit_events_no_write_grants: ")
+    assert "Fix: REVOKE" in check.description
+    assert "runbook.md#status-audit-events-no-write-grants" in check.description
+    assert "REVOKE" in check.metadata["fix"].value
+    assert len(slack_receiver.requests) == 1
+    # The status alert was the one message: the failure sensor does not repeat it.
+    slack_on_run_failure(
+        dg.build_sensor_context(instance=instance, resources={"slack": resources["slack"]})
+    )
     assert len(slack_receiver.requests) == 1
     assert len(list((tmp_path / "reports").glob("status-*.json"))) == 2
 

@@ -303,7 +303,8 @@ def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui
         conn.commit()
     try:
         run_id = ui.launch_from_launchpad("status_check_job")
-        assert wait_for_run(ui.base, run_id) == "SUCCESS"
+        # A red report fails the run: the Runs list shows it red, not green.
+        assert wait_for_run(ui.base, run_id) == "FAILURE"
         page = ui.page
         page.goto(f"{ui.base}/assets/hardening_status_report")
         ui.dismiss_welcome()

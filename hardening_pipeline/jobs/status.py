@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.alerts.state import AlertOutcome
 from hardening_pipeline.backup.crypto import Keyring
@@ -75,6 +76,19 @@ class StatusJobResult:
         return (
             f"{len(red)} of {len(self.report.lines)} checks are red: "
             f"{', '.join(line.name for line in red)}; {self.files.markdown} gives each fix."
+        )
+
+    def first_red(self, runbook_base_url: str | None = None) -> str | None:
+        """What to do first, in one paragraph: the first red line, why, its fix's first line and
+        its runbook section (the report and the runbook have the rest)."""
+        if self.report.passed:
+            return None
+        line = self.report.red[0]
+        fix = next((part.strip() for part in line.fix.splitlines() if part.strip()), "")
+        return (
+            f"{line.name}: {line.detail}."
+            + (f" Fix: {fix}" if fix else "")
+            + f" Runbook: {runbook_link(line.runbook_anchor, runbook_base_url)}"
         )
 
 
