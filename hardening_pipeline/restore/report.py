@@ -95,7 +95,8 @@ def drill_alert(
         status="failure",
         summary=(
             f"Stage `{result.failed_stage or 'verify'}` failed: "
-            f"{(result.failure or 'an invariant or drill test is red').rstrip('.')}. The newest "
+            f"{(result.failure or result.first_red or 'a drill check is red').rstrip('.')}. "
+            "The newest "
             "backup may "
             "not be restorable: run `hardening restore-drill` by hand and follow the runbook."
         ),
