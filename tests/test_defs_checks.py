@@ -177,7 +177,7 @@ def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, sl
     assert "First: audit_events_no_write_grants:" in error
     metadata = red.asset_materializations_for_node("hardening_status_report")[0].metadata
     assert metadata["red"].value == ["audit_events_no_write_grants"]
-    assert "❌" in metadata["checklist"].value
+    assert "🔴 red" in metadata["checklist"].value
     (check,) = red.get_asset_check_evaluations()
     assert not check.passed
     # The check itself says what to do: the line, the fix and the runbook section.

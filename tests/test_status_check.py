@@ -333,7 +333,7 @@ def test_report_files_are_timestamped_markdown_and_json(db_url, admin, tmp_path)
     assert red["runbook_anchor"] == "status-audit-events-no-write-grants"
     md = first.markdown.read_text()
     assert md.startswith("# Hardening status: 1 RED")
-    assert md.count("✅") == len(ALL_LINES) - 1 and md.count("❌") == 1
+    assert md.count("🟢 green") == len(ALL_LINES) - 1 and md.count("🔴 red") == 1
 
 
 def test_runbook_has_a_section_for_every_line():
