@@ -12,6 +12,7 @@ import dagster as dg
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.hardening.report import checklist_markdown
 from hardening_pipeline.jobs.status import status_job
+from hardening_pipeline.jobs.wiring import seal_anchor_path
 
 
 @dg.asset(
@@ -41,6 +42,7 @@ def hardening_status_report(
         reports_dir=app_db.settings().reports_dir,
         notifier=slack.notifier(),
         runbook_base_url=slack.runbook_base_url(),
+        seal_anchor=seal_anchor_path(app_db.settings()),
     )
     report, files, outcome = job.report, job.files, job.alert
     if outcome is not None and outcome.undelivered:

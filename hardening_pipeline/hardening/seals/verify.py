@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
@@ -18,6 +19,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.hardening.seals import checks as _checks
+from hardening_pipeline.hardening.seals.anchor import Anchor, anchor_problem, read_anchor
 from hardening_pipeline.hardening.seals.checks import record_checks, row_versions, trusted_checks
 from hardening_pipeline.hardening.seals.format import (
     FINGERPRINT_BYTES,
@@ -265,6 +267,7 @@ def verify_seal_chain(
     *,
     full: bool = False,
     record_as: str | None = None,
+    anchor: Anchor | None = None,
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -275,12 +278,25 @@ def verify_seal_chain(
     ``record_as`` (a writable connection) records a check for each seal re-hashed when the
     whole chain is intact, and re-hashes seals whose last check is older than
     ``RECHECK_AFTER``; without it, checks older than ``TRUST_CHECKS_FOR`` are not trusted.
+
+    The newest seals are the chain's weak end: deleting them (and their store copies) leaves a
+    shorter chain that is intact. ``anchor`` (kept outside the database, see ``anchor``) is
+    what the chain must reach. With a keyring but neither a store nor an anchor the tail cannot
+    be verified, and the result says so (red) rather than vouch for it.
     """
     problems = _Problems()
     db = read_seals(conn)
     chain = db
     if store is not None:
         chain = _compare_with_store(db, _store_copies(store, problems), keyring, problems)
+    if anchor is not None and (behind := anchor_problem(chain, anchor, keyring)):
+        problems.add(*behind)
+    elif keyring is not None and store is None and anchor is None and chain:
+        problems.add(
+            chain[-1].to_id + 1,
+            f"cannot verify the tail: the chain ends at seal {chain[-1].seq}, and with neither "
+            "the backup store nor a seal anchor nothing shows whether newer seals were deleted",
+        )
     if not chain:
         if problems.items:
             return _red(problems, 0, 0, store is not None)
@@ -330,6 +346,8 @@ def verify_seal_chain(
         record_checks(conn, [chain[i] for i in stale], versions, keyring, record_as)
     covered = sum(s.row_count for s in chain)
     checks = ["store copies match" if store is not None else "database copy only"]
+    if anchor is not None:
+        checks.append(f"reaches the anchored seal {anchor.seq}")
     if keyring is not None:
         checks.append("MACs valid")
     if len(stale) == len(chain):
@@ -388,8 +406,10 @@ def verify_audit_seals(
     *,
     full: bool = False,
     record_as: str | None = None,
+    anchor_path: Path | None = None,
 ) -> SealVerification:
-    """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``).
+    """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``), and
+    against the anchor at ``anchor_path`` when that file exists.
 
     Read-only unless ``record_as`` asks for checks to be recorded. Repeatable read, so the row
     versions and the re-hashed rows come from one snapshot.
@@ -398,4 +418,11 @@ def verify_audit_seals(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = record_as is None
         with conn.transaction():
-            return verify_seal_chain(conn, store, keyring, full=full, record_as=record_as)
+            return verify_seal_chain(
+                conn,
+                store,
+                keyring,
+                full=full,
+                record_as=record_as,
+                anchor=read_anchor(anchor_path),
+            )
