@@ -610,7 +610,7 @@ def status(
         notifier=_notifier(ctx, no_alert),
         runbook_base_url=ctx.settings.runbook_url,
         freshness=freshness,
-        seal_anchor=seal_anchor_path(ctx.settings),
+        seal_anchor=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     report = job.report
     table = Table(title=f"hardening status: {report.database}", title_justify="left")
@@ -726,7 +726,7 @@ def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> No
         verify_only=verify_only,
         full=full,
         wait_seconds=wait_seconds,
-        anchor_path=seal_anchor_path(ctx.settings),
+        anchor_path=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     if job.run is not None:
         console.print(job.run.summary())

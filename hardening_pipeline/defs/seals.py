@@ -65,7 +65,7 @@ def audit_seal(
             store=store,
             keyring=keyring,
             actor=SEAL_ACTOR,
-            anchor_path=seal_anchor_path(settings),
+            anchor_path=seal_anchor_path(settings, app_db.url()),
         )
     except HardeningError as exc:
         # A missing key or an unreachable store: one sentence, as the other jobs give, not
@@ -78,6 +78,7 @@ def audit_seal(
         context.log.warning(
             "open transaction(s) held the seal back: "
             + ", ".join(map(str, run.horizon.held_back_by))
+            + (f" ({'; '.join(run.horizon.holders)})" if run.horizon.holders else "")
         )
     latest = run.latest
     return dg.MaterializeResult(

@@ -42,7 +42,7 @@ def hardening_status_report(
         reports_dir=app_db.settings().reports_dir,
         notifier=slack.notifier(),
         runbook_base_url=slack.runbook_base_url(),
-        seal_anchor=seal_anchor_path(app_db.settings()),
+        seal_anchor=seal_anchor_path(app_db.settings(), app_db.url()),
     )
     report, files, outcome = job.report, job.files, job.alert
     if outcome is not None and outcome.undelivered:

@@ -13,7 +13,7 @@ from hardening_pipeline.hardening.seals import (
     seal_audit_log,
     verify_audit_seals,
 )
-from hardening_pipeline.hardening.seals.horizon import DEFAULT_WAIT_SECONDS
+from hardening_pipeline.hardening.seals.horizon import DEFAULT_WAIT_SECONDS, max_seal_lag
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ def seal_job(
 ) -> SealJobResult:
     """Seal what is new (unless ``verify_only``) and verify the chain against the store copies
     and the anchor at ``anchor_path``; the full re-hashes are recorded as ``actor``."""
+    max_lag = max_seal_lag()  # a bad setting stops the job before anything is sealed
     run = None
     if not verify_only:
         run = seal_audit_log(
@@ -61,6 +62,12 @@ def seal_job(
             anchor_path=anchor_path,
         )
     verification = verify_audit_seals(
-        url, store=store, keyring=keyring, full=full, record_as=actor, anchor_path=anchor_path
+        url,
+        store=store,
+        keyring=keyring,
+        full=full,
+        record_as=actor,
+        anchor_path=anchor_path,
+        max_lag=max_lag,
     )
     return SealJobResult(run, verification)

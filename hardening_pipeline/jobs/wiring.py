@@ -11,7 +11,7 @@ from pathlib import Path
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
 from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
-from hardening_pipeline.hardening.seals.anchor import ANCHOR_FILE
+from hardening_pipeline.hardening.seals.anchor import anchor_file_name
 from hardening_pipeline.settings import Settings
 
 
@@ -37,9 +37,9 @@ def open_configured_store(
     )
 
 
-def seal_anchor_path(settings: Settings) -> Path:
-    """Where this host keeps the newest seal it made (hardening/seals/anchor.py)."""
-    return settings.state_dir / ANCHOR_FILE
+def seal_anchor_path(settings: Settings, database_url: str) -> Path:
+    """Where this host keeps the newest seal it made of that database (seals/anchor.py)."""
+    return settings.state_dir / anchor_file_name(database_url)
 
 
 def slack_notifier(

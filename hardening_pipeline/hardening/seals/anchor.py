@@ -12,12 +12,15 @@ The file format is in docs/audit-seal-format.md, "The anchor".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+import psycopg
 
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.hardening.seals.format import (
@@ -29,7 +32,18 @@ from hardening_pipeline.hardening.seals.format import (
 )
 
 ANCHOR_FORMAT = "hardening-audit-seal-anchor/1"
-ANCHOR_FILE = "audit-seal-anchor.json"
+ANCHOR_DIR = "audit-seal-anchors"
+
+
+def anchor_file_name(database_url: str) -> str:
+    """``audit-seal-anchors/<first 16 hex of SHA-256("host:port/dbname")>.json``: one anchor per
+    database as the configuration names it (not as the database describes itself)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(database_url)
+    except psycopg.ProgrammingError:
+        info = {"dbname": database_url}
+    target = f"{info.get('host') or ''}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    return f"{ANCHOR_DIR}/{hashlib.sha256(target.encode('utf-8')).hexdigest()[:16]}.json"
 
 
 @dataclass(frozen=True)
@@ -130,4 +144,11 @@ def anchor_problem(
     return None
 
 
-__all__ = ["ANCHOR_FILE", "Anchor", "anchor_problem", "read_anchor", "write_anchor"]
+__all__ = [
+    "ANCHOR_DIR",
+    "Anchor",
+    "anchor_file_name",
+    "anchor_problem",
+    "read_anchor",
+    "write_anchor",
+]

@@ -94,6 +94,8 @@ class SealRun:
                 "held back at id "
                 f"{self.horizon.to_id} (of {self.horizon.allocated} handed out) by open "
                 f"transaction(s) {', '.join(map(str, self.horizon.held_back_by[:5]))}"
+                + (f": {'; '.join(self.horizon.holders[:5])}" if self.horizon.holders else "")
+                + "; rows above it are not sealed until it ends"
             )
         return "; ".join(parts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -30,6 +31,12 @@ from hardening_pipeline.hardening.seals.format import (
     SealError,
     decode_fingerprints,
     iso,
+)
+from hardening_pipeline.hardening.seals.horizon import (
+    ENV_MAX_SEAL_LAG,
+    describe_holders,
+    max_seal_lag,
+    open_transaction_ids,
 )
 from hardening_pipeline.hardening.seals.rows import (
     MIN_BIGINT,
@@ -205,6 +212,43 @@ def _check_tail(
 
 MAX_ID = 2**63 - 1
 
+# The oldest row above the last seal, and how much newer the newest row is. Both times come
+# from the rows, so a restored copy of an old backup is not "late"; rows that keep coming while
+# the oldest waits are what a held-back seal looks like.
+_OLDEST_UNSEALED = """
+    SELECT o.id, o.created_at, n.created_at AS newest, n.created_at - o.created_at AS waited
+    FROM (SELECT id, created_at FROM public.audit_events WHERE id > %s ORDER BY id LIMIT 1) o
+    CROSS JOIN (SELECT created_at FROM public.audit_events ORDER BY id DESC LIMIT 1) n
+"""
+
+
+def _check_lag(
+    conn: psycopg.Connection, last: Seal | None, bound: timedelta, problems: _Problems
+) -> None:
+    """Red when rows were still written more than ``bound`` after the oldest row above the last
+    seal: whoever holds a transaction open holds sealing back, and rows deleted meanwhile would
+    be sealed as if they had never been there."""
+    row = conn.execute(_OLDEST_UNSEALED, (last.to_id if last else MIN_BIGINT,)).fetchone()
+    if row is None or row["waited"] <= bound:
+        return
+    holders = describe_holders(conn, open_transaction_ids(conn), started_before=row["created_at"])
+    why = (
+        f"held back by {'; '.join(holders[:5])}"
+        if holders
+        else "no open transaction holds it back: is the seal job running?"
+    )
+    problems.add(
+        None,
+        f"sealing is stalled: id {row['id']} (written {iso(row['created_at'])[:19]}Z) is "
+        f"unsealed while rows kept coming for {_minutes(row['waited'])} (the newest written "
+        f"{iso(row['newest'])[:19]}Z), more than the {_minutes(bound)} {ENV_MAX_SEAL_LAG} "
+        f"allows; {why}",
+    )
+
+
+def _minutes(value: timedelta) -> str:
+    return f"{value.total_seconds() / 60:.1f} min"
+
 
 def _store_copies(store: BackupStore, problems: _Problems) -> dict[int, Seal]:
     copies: dict[int, Seal] = {}
@@ -268,6 +312,7 @@ def verify_seal_chain(
     full: bool = False,
     record_as: str | None = None,
     anchor: Anchor | None = None,
+    max_lag: timedelta | None = None,
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -283,6 +328,9 @@ def verify_seal_chain(
     shorter chain that is intact. ``anchor`` (kept outside the database, see ``anchor``) is
     what the chain must reach. With a keyring but neither a store nor an anchor the tail cannot
     be verified, and the result says so (red) rather than vouch for it.
+
+    Rows above the last seal that have waited longer than ``max_lag`` (default: from
+    ``HARDENING_SEAL_MAX_LAG_MINUTES``) are red too, naming who holds sealing back.
     """
     problems = _Problems()
     db = read_seals(conn)
@@ -298,6 +346,7 @@ def verify_seal_chain(
             "the backup store nor a seal anchor nothing shows whether newer seals were deleted",
         )
     if not chain:
+        _check_lag(conn, None, max_seal_lag() if max_lag is None else max_lag, problems)
         if problems.items:
             return _red(problems, 0, 0, store is not None)
         return SealVerification(True, "no seals yet", store_checked=store is not None)
@@ -337,6 +386,7 @@ def verify_seal_chain(
         if bad is not None:
             break
     tail = _check_tail(conn, chain, problems, watch)
+    _check_lag(conn, chain[-1], max_seal_lag() if max_lag is None else max_lag, problems)
     for bad_id, text in watch.problems:
         problems.add(bad_id, text, row=True)
     if problems.items:
@@ -407,6 +457,7 @@ def verify_audit_seals(
     full: bool = False,
     record_as: str | None = None,
     anchor_path: Path | None = None,
+    max_lag: timedelta | None = None,
 ) -> SealVerification:
     """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``), and
     against the anchor at ``anchor_path`` when that file exists.
@@ -425,4 +476,5 @@ def verify_audit_seals(
                 full=full,
                 record_as=record_as,
                 anchor=read_anchor(anchor_path),
+                max_lag=max_lag,
             )
