@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import os
 from datetime import timedelta
 
 import psycopg
@@ -28,6 +30,7 @@ from hardening_pipeline.hardening.seals import (
 from hardening_pipeline.hardening.seals.anchor import anchor_file_name, read_anchor
 from hardening_pipeline.hardening.seals.horizon import ENV_MAX_SEAL_LAG
 from hardening_pipeline.hardening.status_check import run_status_check
+from tests.support import independent_seal_verifier as independent
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, write_tenants
 
@@ -211,3 +214,23 @@ def test_a_bad_bound_is_one_sentence_and_exit_2(db_url, su, tmp_path):
     assert done.returncode == 2 and ENV_MAX_SEAL_LAG in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
     assert read_seals(su) == []  # refused before anything was sealed
+
+
+def test_an_independent_verifier_reads_the_anchor_from_the_docs(db_url, su, tmp_path):
+    """tests/support/independent_seal_verifier.py imports nothing from the kit."""
+    master = os.urandom(32)
+    env = {
+        "BACKUP_ENCRYPTION_KEY": base64.b64encode(master).decode(),
+        "BACKUP_STORE_URL": (tmp_path / "store").as_uri(),
+        "HARDENING_STATE_DIR": str(tmp_path / "state"),
+    }
+    write_tenants(su, 1)
+    assert run_hardening("seal", url=db_url, env=env, timeout=120).returncode == 0
+    later = write_tenants(su, 1)
+    assert run_hardening("seal", url=db_url, env=env, timeout=120).returncode == 0
+    path = independent.anchor_path(tmp_path / "state", db_url)
+    assert independent.verify_anchor(db_url, path, master) == []
+    delete_newest_seal_and_rewrite(su, later[1])
+    assert independent.verify_anchor(db_url, path, master) == [
+        "seal 2 is anchored but not in the chain"
+    ]

@@ -572,7 +572,8 @@ _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA"
     "audit_seal_chain",
     "audit_events matches its hash-chain seals (no sealed row changed, deleted or forged) and "
     "the unsealed window its high-water marks recorded (no rewound sequence, reused id or "
-    "back-dated row)",
+    "back-dated row); the chain reaches the sealing host's anchor (no newest seal deleted) and "
+    "sealing is not held back past HARDENING_SEAL_MAX_LAG_MINUTES",
 )
 def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     # The database alone cannot reveal a rewrite of rows and seals together; with the store and
