@@ -598,6 +598,7 @@ def status(
     from datetime import timedelta
 
     from hardening_pipeline.jobs.status import FreshnessRequest, status_job
+    from hardening_pipeline.jobs.wiring import seal_anchor_path
 
     freshness = None
     if backup_freshness:
@@ -609,6 +610,7 @@ def status(
         notifier=_notifier(ctx, no_alert),
         runbook_base_url=ctx.settings.runbook_url,
         freshness=freshness,
+        seal_anchor=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     report = job.report
     table = Table(title=f"hardening status: {report.database}", title_justify="left")
@@ -713,6 +715,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
 def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> None:
     """Seal the audit rows added since the last seal, then verify the chain (exit 1 if broken)."""
     from hardening_pipeline.jobs.seal import seal_job
+    from hardening_pipeline.jobs.wiring import seal_anchor_path
 
     keyring, store = _keyring_and_store(ctx)
     job = seal_job(
@@ -723,6 +726,7 @@ def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> No
         verify_only=verify_only,
         full=full,
         wait_seconds=wait_seconds,
+        anchor_path=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     if job.run is not None:
         console.print(job.run.summary())

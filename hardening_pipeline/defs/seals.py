@@ -21,6 +21,7 @@ from hardening_pipeline.defs.resources import (
 )
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.jobs.seal import seal_job
+from hardening_pipeline.jobs.wiring import seal_anchor_path
 
 SEAL_ACTOR = "dagster:audit_seal"
 
@@ -59,7 +60,13 @@ def audit_seal(
         settings = app_db.settings()
         keyring = encryption_keys.keyring(settings)
         store = backup_store.open()
-        job = seal_job(app_db.url(), store=store, keyring=keyring, actor=SEAL_ACTOR)
+        job = seal_job(
+            app_db.url(),
+            store=store,
+            keyring=keyring,
+            actor=SEAL_ACTOR,
+            anchor_path=seal_anchor_path(settings, app_db.url()),
+        )
     except HardeningError as exc:
         # A missing key or an unreachable store: one sentence, as the other jobs give, not
         # Dagster's wrapped error with the store client's traceback.
@@ -71,6 +78,7 @@ def audit_seal(
         context.log.warning(
             "open transaction(s) held the seal back: "
             + ", ".join(map(str, run.horizon.held_back_by))
+            + (f" ({'; '.join(run.horizon.holders)})" if run.horizon.holders else "")
         )
     latest = run.latest
     return dg.MaterializeResult(

@@ -15,6 +15,7 @@ from hardening_pipeline.defs.failures import failure, mark_alerted, runbook_meta
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.hardening.report import checklist_markdown
 from hardening_pipeline.jobs.status import status_job
+from hardening_pipeline.jobs.wiring import seal_anchor_path
 
 
 @dg.asset(
@@ -45,6 +46,7 @@ def hardening_status_report(
         reports_dir=app_db.settings().reports_dir,
         notifier=slack.notifier(),
         runbook_base_url=runbook_base_url,
+        seal_anchor=seal_anchor_path(app_db.settings(), app_db.url()),
     )
     report, files, outcome = job.report, job.files, job.alert
     if outcome is not None and outcome.undelivered:

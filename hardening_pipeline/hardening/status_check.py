@@ -32,7 +32,7 @@ from psycopg import sql
 
 from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS as DDL_EVENT_TRIGGERS
-from hardening_pipeline.db.ddl_recording import RECORD_FUNCTION, read_ddl_recording
+from hardening_pipeline.db.ddl_recording import read_ddl_recording
 from hardening_pipeline.db.migrations import (
     MIGRATIONS_DIR,
     compare,
@@ -40,8 +40,10 @@ from hardening_pipeline.db.migrations import (
     read_applied,
 )
 from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
+from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.seals import verify_seal_chain
+from hardening_pipeline.hardening.seals.anchor import read_anchor
 
 if TYPE_CHECKING:
     from hardening_pipeline.backup.crypto import Keyring
@@ -129,6 +131,8 @@ class CheckContext:
     migrations_dir: Path = MIGRATIONS_DIR
     store: BackupStore | None = None
     keyring: Keyring | None = None
+    # The sealing host's anchor file (HARDENING_STATE_DIR/audit-seal-anchor.json), if any.
+    seal_anchor: Path | None = None
 
 
 CheckFn = Callable[[psycopg.Connection, CheckContext], CheckLine]
@@ -386,7 +390,8 @@ def check_append_only(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 
 @check(
     "audit_capture_triggers",
-    "audit guard and capture triggers on every tenant-scoped table, ENABLE ALWAYS",
+    "audit guard and capture triggers on every tenant-scoped table, ENABLE ALWAYS, their "
+    "functions as the kit's migrations define them (compared by digest)",
 )
 def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     tables = [t for t in _locked_tables(conn) if t != "audit_events"]
@@ -404,6 +409,8 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             problems.append(f"{table}: missing {', '.join(missing)}")
         if off:
             problems.append(f"{table}: {', '.join(off)}")
+    # A capture function replaced by one that does nothing keeps every trigger in place.
+    problems += changed_functions(conn, list(CAPTURE_FUNCTIONS))
     for r in _rows(conn, _UUID_CAST_ON_OTHER_TYPES, (SCHEMA,)):
         problems.append(
             f"{r['relname']}: every write fails, {r['tgname']} casts {r['attname']} "
@@ -412,6 +419,8 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
     fix = (
+        "for a capture function that differs: re-create it as the last migration file that "
+        "defines it has it (CREATE OR REPLACE) and find who changed it; "
         "for a missing set, or one that casts a non-uuid tenant column: drop it and SELECT "
         "hardening.install_audit_capture('public.<table>'::regclass, 'tenant_id') in a new "
         "migration; for a disabled one: ALTER TABLE public.<table> ENABLE ALWAYS TRIGGER "
@@ -490,16 +499,19 @@ def check_audit_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
 
 @check(
     "audit_ddl_recorded",
-    "DDL on audit and tenant tables is recorded in audit_events (event triggers present and "
-    "ENABLE ALWAYS), or the server did not allow it and the line says so",
+    "DDL on audit and tenant tables is recorded in audit_events (event triggers and recording "
+    "functions as the kit's migrations define them, compared by digest, ENABLE ALWAYS), or the "
+    "server never allowed it and the line says so",
 )
 def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     state = read_ddl_recording(conn)
     if not state.migrated:
         return False, "hardening.record_ddl() is missing", "run hardening migrate."
-    if not state.triggers and not state.meant_to_be_installed:
+    if not state.triggers and not state.meant_to_be_installed and not state.installs:
         # Informational green: a migration role that may not create event triggers is the
         # platform's limit, not a broken guarantee; the README's trust model says what it costs.
+        # The note is the database's word; ddl_recording_installs (020) says it was never
+        # installed, which the role that could drop the triggers cannot unsay.
         return (
             True,
             f"{state.note or 'not installed'}; DDL on audited tables is not recorded "
@@ -508,24 +520,49 @@ def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
             "",
         )
     problems = []
+    if state.installs and not state.triggers:
+        problems.append(
+            f"installed {state.installs[-1]} but both event triggers are gone (the note says "
+            f"{state.note!r})"
+        )
+    # The reference is the kit's own migration files, never the database being checked.
+    shipped = shipped_event_triggers()
     for name in DDL_EVENT_TRIGGERS:
         if name not in state.triggers:
-            problems.append(f"event trigger {name} is missing")
+            if state.triggers or not state.installs:
+                problems.append(f"event trigger {name} is missing")
             continue
         enabled, function = state.triggers[name]
+        event, tags = state.events[name]
+        want = shipped[name]
         if enabled != "A":
             problems.append(f"event trigger {name} is {_EVENT_ENABLED.get(enabled, enabled)}")
-        expected = "hardening.record_ddl_drop()" if name.endswith("_drop") else RECORD_FUNCTION
+        if event != want.event:
+            problems.append(f"event trigger {name} fires on {event}, not {want.event}")
+        if tags and not want.filtered:
+            problems.append(f"event trigger {name} fires only for {', '.join(tags)}")
+        expected = f"hardening.{want.function}()"
         if function != expected:
             problems.append(f"event trigger {name} runs {function}, not {expected}")
+    problems += changed_functions(conn, list(DDL_RECORDING_FUNCTIONS))
     if not problems:
-        return True, f"{', '.join(DDL_EVENT_TRIGGERS)} ENABLE ALWAYS", ""
+        return (
+            True,
+            f"{', '.join(DDL_EVENT_TRIGGERS)} ENABLE ALWAYS for every command; "
+            f"{len(DDL_RECORDING_FUNCTIONS)} recording functions match the kit's migrations",
+            "",
+        )
     fix = (
-        "as a superuser: SELECT hardening.install_ddl_recording(); then find out who disabled "
-        "or dropped it (the server log: DDL on event triggers is not itself recorded) and look "
-        "for DDL on the audited tables since."
+        "as a superuser: SELECT hardening.install_ddl_recording(); for a function that differs, "
+        "re-create it as the last migration file that defines it has it (its CREATE FUNCTION "
+        "statement, as CREATE OR REPLACE); then find out who changed it (the server log: DDL on "
+        "event triggers is not itself recorded) and look for DDL on the audited tables since."
     )
     return False, "; ".join(problems), fix
+
+
+# What record_ddl() and record_ddl_drop() run: replacing any of them switches recording off.
+DDL_RECORDING_FUNCTIONS = ("record_ddl", "record_ddl_drop", "ddl_audited_table", "ddl_object_table")
 
 
 _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA", "D": "DISABLED"}
@@ -535,12 +572,15 @@ _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA"
     "audit_seal_chain",
     "audit_events matches its hash-chain seals (no sealed row changed, deleted or forged) and "
     "the unsealed window its high-water marks recorded (no rewound sequence, reused id or "
-    "back-dated row)",
+    "back-dated row); the chain reaches the sealing host's anchor (no newest seal deleted) and "
+    "sealing is not held back past HARDENING_SEAL_MAX_LAG_MINUTES",
 )
 def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     # The database alone cannot reveal a rewrite of rows and seals together; with the store and
     # key (ctx.store, ctx.keyring) it can. See docs/audit-seal-format.md.
-    result = verify_seal_chain(conn, store=ctx.store, keyring=ctx.keyring)
+    result = verify_seal_chain(
+        conn, store=ctx.store, keyring=ctx.keyring, anchor=read_anchor(ctx.seal_anchor)
+    )
     return result.passed, result.detail, result.fix
 
 
@@ -1428,14 +1468,18 @@ def run_status_check(
     *,
     store: BackupStore | None = None,
     keyring: Keyring | None = None,
+    seal_anchor: Path | None = None,
 ) -> StatusReport:
     """Run every check in one read-only transaction against ``url``.
 
-    ``store``/``keyring`` let the audit seal line check the store copies and MACs too.
+    ``store``/``keyring`` let the audit seal line check the store copies and MACs too;
+    ``seal_anchor`` (a path, used when the file exists) is the newest seal it must reach.
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    ctx = CheckContext(migrations_dir=migrations_dir, store=store, keyring=keyring)
+    ctx = CheckContext(
+        migrations_dir=migrations_dir, store=store, keyring=keyring, seal_anchor=seal_anchor
+    )
     with connect(url) as conn:
         conn.read_only = True
         with conn.transaction():

@@ -99,11 +99,13 @@ def status_job(
     notifier: SlackNotifier | None,
     runbook_base_url: str | None = None,
     freshness: FreshnessRequest | None = None,
+    seal_anchor: Path | None = None,
 ) -> StatusJobResult:
-    """Check every guarantee, write ``status-<UTC>.md``/``.json`` and alert on a change."""
+    """Check every guarantee, write ``status-<UTC>.md``/``.json`` and alert on a change;
+    ``seal_anchor`` is the sealing host's anchor file (used when it exists)."""
     # Freshness first: its store and key were opened before the database was touched.
     fresh = backup_freshness(freshness) if freshness is not None else None
-    report = run_status_check(url)
+    report = run_status_check(url, seal_anchor=seal_anchor)
     if fresh is not None:
         report.lines.append(fresh.line)
     files = write_report(report, reports_dir)
