@@ -35,6 +35,7 @@ from hardening_pipeline.db.pg_installs import (
     fetch_release,
     find_installs,
 )
+from hardening_pipeline.db.service_role_mode import SOURCE_IS_CLAIMED
 from hardening_pipeline.db.tenant_resolver import (
     adoption_changes,
     read_resolver,
@@ -749,6 +750,7 @@ def _print_mode_set_by_migration(url: str, applied: list[str]) -> None:
             "  unattributed service_role writes go through and are reported; fix the callers, "
             "then run `hardening service-role-mode enforce`."
         )
+        console.print(f"  ({SOURCE_IS_CLAIMED})")
 
 
 @main.command("service-role-mode")
@@ -804,6 +806,7 @@ def _print_sources(sources: list) -> None:
     console.print("unattributed service_role writes in the last 7 days:")
     for source in sources:
         console.print(f"  {source.describe()}")
+    console.print(f"({SOURCE_IS_CLAIMED})")
 
 
 if __name__ == "__main__":  # pragma: no cover

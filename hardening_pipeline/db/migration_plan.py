@@ -546,8 +546,9 @@ def _soften_for_report_mode(conn: psycopg.Connection, plan: MigrationPlan) -> No
                 REPORTED_GROUP,
                 change.subject,
                 f"allowed while the database is in report mode{why}, audited as "
-                "service_role:unattributed and named by the unattributed_service_role_writes "
-                "canary; refused once you run hardening service-role-mode enforce",
+                "service_role:unattributed and listed by the unattributed_service_role_writes "
+                "canary under the source the writer sends (not verified); refused once you run "
+                "hardening service-role-mode enforce",
                 change.filename,
             )
 

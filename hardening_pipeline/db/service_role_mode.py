@@ -29,6 +29,11 @@ MODES: tuple[Mode, ...] = ("report", "enforce")
 UNATTRIBUTED_ACTOR = "service_role:unattributed"
 # The form of a service_role actor the audit guard accepts (015); anything else is no actor.
 SERVICE_ROLE_ACTOR_PATTERN = re.compile(r"service_role:[A-Za-z0-9._:@/+#=-]{1,200}")
+# Said wherever a noted source is shown: every part of it is set by the writing session itself.
+SOURCE_IS_CLAIMED = (
+    "the source (application_name, client header, JWT role) is what the writer chose to send, "
+    "not verified: a lead to the caller, not its identity"
+)
 # How far back a switch to enforce looks for callers it would start refusing.
 DEFAULT_LOOKBACK_DAYS = 7
 MODE_TABLE = "hardening.service_role_mode"
@@ -59,8 +64,8 @@ class UnattributedSource:
         jwt = f"JWT role {self.jwt_role}" if self.jwt_role else "no JWT"
         client = f", client {self.client_info}" if self.client_info else ""
         return (
-            f"{app} ({jwt}{client}): {self.writes} {self.operation} statement(s) on "
-            f"{self.table_name}, last {self.last_seen:%Y-%m-%d %H:%M} UTC"
+            f"claimed by the writer as {app} ({jwt}{client}): {self.writes} {self.operation} "
+            f"statement(s) on {self.table_name}, last {self.last_seen:%Y-%m-%d %H:%M} UTC"
         )
 
 
