@@ -42,6 +42,7 @@ from hardening_pipeline.db.migrations import (
 )
 from hardening_pipeline.db.open_policies import open_policies
 from hardening_pipeline.db.service_role_mode import read_mode
+from hardening_pipeline.db.tenant_resolver import ResolverChoice
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
@@ -638,11 +639,34 @@ def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
             conn.rollback()
 
 
-def render_plan(plan: MigrationPlan) -> list[str]:
-    """The plan as plain text lines, blockers first."""
+RESOLVER_MIGRATION = "011_tenant_resolver_and_adoption.sql"
+
+
+def resolver_lines(migrations: Iterable[str], choice: ResolverChoice | None) -> list[str]:
+    """What the run does about the tenant resolver, when it is the one that creates it.
+
+    011 starts with the claim resolver, which gives a JWT with only a ``sub`` no tenant: on an
+    app whose policies read a membership table, every signed-in user would see no rows until
+    the resolver is set, so the plan and ``migrate`` say so, or say what will be set instead.
+    """
+    if choice is not None:
+        return [f"tenant resolver: set to {choice.describe()} right after the migrations"]
+    if RESOLVER_MIGRATION not in migrations:
+        return []
+    return [
+        "tenant resolver: the default (claim tenant_id, then app_metadata.tenant_id); until you "
+        "set another, a signed-in user whose JWT carries neither claim (only a sub) sees no rows "
+        "in the tenant tables. If your policies read a membership table, migrate with "
+        "--tenant-resolver 'membership public.memberships user_id tenant_id' (your table and "
+        "columns), or run hardening tenant-resolver right after."
+    ]
+
+
+def render_plan(plan: MigrationPlan, choice: ResolverChoice | None = None) -> list[str]:
+    """The plan as plain text lines, blockers first; ``choice`` is a resolver set after it."""
     lines: list[str] = []
     if not plan.pending:
-        return ["nothing to plan: every migration is applied"]
+        return ["nothing to plan: every migration is applied", *resolver_lines([], choice)]
     lines.append(f"pending: {', '.join(plan.pending)}")
     for b in plan.blockers:
         lines += render_blocker(b.failure, b.fix_sql)
@@ -654,6 +678,7 @@ def render_plan(plan: MigrationPlan) -> list[str]:
         lines.append(f"  {group} ({len(changes)}):")
         for c in changes:
             lines.append(f"    {c.subject}: {c.detail}  [{c.filename}]")
+    lines += resolver_lines(plan.pending, choice)
     if plan.ok:
         lines.append("no blockers: hardening migrate would apply cleanly")
     return lines
