@@ -14,6 +14,7 @@ import psycopg
 
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migration_plan import plan_migrations
+from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.hardening.status_check import run_checks
 from tests.support.cli import run_hardening
 from tests.support.supabase_db import apply_blocker_fixes
@@ -80,3 +81,29 @@ def test_a_public_policy_on_tenant_data_still_blocks_and_only_it_is_named(
     with psycopg.connect(supabase_app_url) as conn:
         conn.execute(plan.blockers[0].fix_sql[0])
     assert plan_migrations(supabase_app_url).ok
+
+
+def test_as_a_superuser_on_a_plain_database_the_policy_survives_too(empty_db_url) -> None:
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute(
+            "CREATE TABLE public.profiles (id uuid PRIMARY KEY, display_name text NOT NULL);"
+            "ALTER TABLE public.profiles ENABLE ROW LEVEL SECURITY"
+        )
+        conn.execute(PUBLIC_PROFILES)
+    apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute(_POLICY_ROW).fetchone() == (["public"], "SELECT", "true", "PERMISSIVE")
+
+
+def test_a_busy_public_table_is_a_blocker_with_its_fix_not_a_crash(supabase_app_url) -> None:
+    apply_blocker_fixes(supabase_app_url)
+    with psycopg.connect(supabase_app_url) as conn:
+        conn.execute(PUBLIC_PROFILES)
+    with psycopg.connect(supabase_app_url) as reader:
+        reader.execute("SELECT count(*) FROM public.profiles").fetchone()  # holds ACCESS SHARE
+        plan = plan_migrations(supabase_app_url, lock_timeout="200ms")
+        [blocker] = plan.blockers
+        assert blocker.failure.sqlstate == "55P03", blocker.failure
+        assert blocker.failure.filename == "004_rls_lockdown.sql", blocker.failure
+    with psycopg.connect(supabase_app_url) as conn:
+        assert conn.execute(_POLICY_ROW).fetchone()[0] == ["public"]

@@ -4,15 +4,14 @@
 policy meant for signed-in members does not keep tenant data open. A policy like that on a table
 without tenant data (Supabase's own template: "Public profiles are viewable by everyone." on
 ``profiles``) is what the app means, and 004 changes nothing on such a table. 004 is released and
-keeps its check, so the runner sets those policies aside for the length of 004's transaction and
-puts them back as they were (``set_aside_for_lockdown``); nobody else ever sees the difference.
-The plan, the fix SQL and the status line use the same rule.
+keeps its check, so the runner sets those policies aside for the length of 004's transaction
+and puts them back as they were (``set_aside_for_lockdown``, ``put_back``): no other session
+ever sees the difference. The plan, the fix SQL and the status line use the same rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -61,13 +60,13 @@ def open_policies(conn: psycopg.Connection) -> list[OpenPolicy]:
     ]
 
 
-@contextmanager
-def set_aside_for_lockdown(conn: psycopg.Connection, role: str) -> Iterator[None]:
+def set_aside_for_lockdown(conn: psycopg.Connection, role: str) -> list[OpenPolicy]:
     """Inside the caller's transaction, hide from 004 the open policies outside tenant data.
 
-    Each is narrowed to ``role`` and restored afterwards, in the same transaction, so the
-    database never commits or shows the narrowed form. A policy ``role`` may not alter stays as
-    it is, and 004 names it as before.
+    Each is narrowed to ``role`` until ``put_back`` runs in the same transaction, so the database
+    never commits or shows the narrowed form (a failed 004 rolls the narrowing back with it). A
+    policy ``role`` may not alter stays as it is, and 004 names it as before; any other error
+    (a lock timeout) is the caller's to report.
     """
     cur = conn.cursor(row_factory=tuple_row)
     quoted_role = cur.execute("SELECT quote_ident(%s)", (role,)).fetchone()[0]
@@ -81,7 +80,10 @@ def set_aside_for_lockdown(conn: psycopg.Connection, role: str) -> Iterator[None
         except psycopg.errors.InsufficientPrivilege:
             continue
         narrowed.append(policy)
-    yield
-    # Not reached when 004 raised: the caller's transaction rolls the narrowing back with it.
+    return narrowed
+
+
+def put_back(conn: psycopg.Connection, narrowed: Sequence[OpenPolicy]) -> None:
+    """Give each policy ``set_aside_for_lockdown`` narrowed its roles back."""
     for policy in narrowed:
         conn.execute(policy.alter_to(policy.roles))
