@@ -139,7 +139,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
     metavar="'claim PATH... | membership TABLE USER_COL TENANT_COL'",
     default=None,
     help="Set the tenant resolver in the same run, right after the migrations, with the words "
-    "`hardening tenant-resolver` takes (checked before anything is applied).",
+    "`hardening tenant-resolver` takes (their form is checked before anything is applied, the "
+    "table and columns as the resolver is set).",
 )
 @pass_context
 @friendly_errors
