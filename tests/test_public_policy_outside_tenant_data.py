@@ -15,7 +15,7 @@ import psycopg
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.hardening.status_check import run_checks
+from hardening_pipeline.hardening.status_check import run_checks, run_status_check
 from tests.support.cli import run_hardening
 from tests.support.supabase_db import apply_blocker_fixes
 
@@ -62,6 +62,11 @@ def test_a_public_profiles_policy_does_not_block_004_and_anon_keeps_its_reads(
     with connect(supabase_app_url) as conn:
         [line] = run_checks(conn, names=["no_anon_or_public_policies"])
     assert line.passed, line.detail
+    # No status line at all turns red for it: the red lines are the same without the policy.
+    red_with = {x.name: x.detail for x in run_status_check(supabase_app_url).red}
+    with psycopg.connect(supabase_app_url) as conn:
+        conn.execute('DROP POLICY "Public profiles are viewable by everyone." ON public.profiles')
+    assert {x.name: x.detail for x in run_status_check(supabase_app_url).red} == red_with
 
 
 def test_a_public_policy_on_tenant_data_still_blocks_and_only_it_is_named(

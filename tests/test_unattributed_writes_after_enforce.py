@@ -49,16 +49,21 @@ def test_after_enforce_earlier_writes_no_longer_fire_and_evidence_stays_green(
 ) -> None:
     set_service_role_mode(admin, "report")
     _unattributed_write(admin, tenant, "cron:digest")
-    fired = _canary(db_url)
-    assert not fired.passed
-    [finding] = fired.findings
-    assert "report mode" in finding.detail and "enforce will refuse them" in finding.detail
-    assert CLAIMED in finding.detail
+    assert not _canary(db_url).passed
+    assert not canary_job(db_url, names=[CANARY], notifier=None).passed
 
     assert change_mode(db_url, "enforce", force=True).changed
     quiet = _canary(db_url)
     assert quiet.passed and quiet.count == 0, quiet.findings
     assert canary_job(db_url, names=[CANARY], notifier=None).passed
+
+
+def test_in_report_mode_a_finding_says_report_mode_let_it_through(db_url, admin, tenant) -> None:
+    set_service_role_mode(admin, "report")
+    _unattributed_write(admin, tenant, "cron:digest")
+    [finding] = _canary(db_url).findings
+    assert "let through because the database is in report mode" in finding.detail
+    assert "enforce will refuse them" in finding.detail
 
 
 def test_a_note_after_the_switch_counts_and_says_enforce(db_url, admin, tenant) -> None:
