@@ -814,6 +814,9 @@ def service_role_mode(ctx: Context, mode: str | None, force: bool) -> None:
             f"service-role rule: [{colour}]{state.mode}[/] mode, set "
             f"{state.set_at:%Y-%m-%d %H:%M} UTC by {state.set_by} ({state.reason})"
         )
+        if state.mode == "enforce" and not sources:
+            console.print("no unattributed service_role writes since enforce was set")
+            return
         _print_sources(sources)
         return
     change = change_mode(url, mode, force=force)

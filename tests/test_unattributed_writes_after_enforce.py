@@ -56,6 +56,10 @@ def test_after_enforce_earlier_writes_no_longer_fire_and_evidence_stays_green(
     quiet = _canary(db_url)
     assert quiet.passed and quiet.count == 0, quiet.findings
     assert canary_job(db_url, names=[CANARY], notifier=None).passed
+    shown = run_cli("service-role-mode", env={"HARDENING_DATABASE_URL": db_url})
+    assert shown.returncode == 0, shown.stderr
+    assert "no unattributed service_role writes since enforce was set" in shown.stdout
+    assert "cron:digest" not in shown.stdout
 
 
 def test_in_report_mode_a_finding_says_report_mode_let_it_through(db_url, admin, tenant) -> None:

@@ -91,9 +91,10 @@ def read_mode(conn: psycopg.Connection) -> ModeState | None:
 
 
 def unattributed_sources(
-    conn: psycopg.Connection, days: int = DEFAULT_LOOKBACK_DAYS
+    conn: psycopg.Connection, days: int = DEFAULT_LOOKBACK_DAYS, since: datetime | None = None
 ) -> list[UnattributedSource]:
-    """Unattributed service-role writes of the last ``days`` days, grouped by where from."""
+    """Unattributed service-role writes of the last ``days`` days (and not before ``since``),
+    grouped by where from."""
     if not table_exists(conn, "hardening.unattributed_writes"):
         return []
     rows = conn.execute(
@@ -102,10 +103,11 @@ def unattributed_sources(
                count(*) AS writes, max(created_at) AS last_seen
         FROM hardening.unattributed_writes
         WHERE created_at >= now() - make_interval(days => %s)
+          AND (%s::timestamptz IS NULL OR created_at >= %s::timestamptz)
         GROUP BY application_name, jwt_role, client_info, table_name, operation
         ORDER BY writes DESC, application_name, table_name, operation
         """,
-        (days,),
+        (days, since, since),
     ).fetchall()
     return [UnattributedSource(**r) for r in rows]
 
@@ -128,9 +130,12 @@ def _require_mode(conn: psycopg.Connection) -> ModeState:
 
 
 def current_mode(url: str) -> tuple[ModeState, list[UnattributedSource]]:
-    """The mode and the last week's unattributed callers, for ``hardening service-role-mode``."""
+    """The mode and the last week's unattributed callers, for ``hardening service-role-mode``;
+    in enforce mode only those after the switch (the earlier ones are what it stopped)."""
     with connect(url) as conn:
-        return _require_mode(conn), unattributed_sources(conn)
+        state = _require_mode(conn)
+        since = state.set_at if state.mode == "enforce" else None
+        return state, unattributed_sources(conn, since=since)
 
 
 def change_mode(
