@@ -743,15 +743,18 @@ def _policies(conn: psycopg.Connection) -> list[dict]:
     return _rows(conn, _POLICIES, (list(SYSTEM_SCHEMAS),))
 
 
-@check("no_anon_or_public_policies", "no policy applies to anon or PUBLIC")
+@check("no_anon_or_public_policies", "no policy on tenant data applies to anon or PUBLIC")
 def check_anon_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    # A public read policy on a table without tenant data (profiles, say) is the app's intent.
+    tenant_data = {(r["nspname"], r["relname"]) for r in _rls_rows(conn) if r["tenant_scoped"]}
+    tenant_data.add(("public", "tenants"))
     bad = [
         f"{p['polname']} on {p['nspname']}.{p['relname']} (to {', '.join(p['roles'])})"
         for p in _policies(conn)
-        if {"anon", "PUBLIC"} & set(p["roles"])
+        if {"anon", "PUBLIC"} & set(p["roles"]) and (p["nspname"], p["relname"]) in tenant_data
     ]
     if not bad:
-        return True, "policies name authenticated or internal roles only", ""
+        return True, "policies on tenant data name authenticated or internal roles only", ""
     fix = "DROP POLICY <name> ON <table>; recreate it TO authenticated if it is needed."
     return False, _names(bad), fix
 
