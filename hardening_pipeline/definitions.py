@@ -33,7 +33,7 @@ from hardening_pipeline.defs.restore import (
     restore_drill_report,
     restore_drill_schedule,
 )
-from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
+from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_sensor
 from hardening_pipeline.defs.sensors import (
     failed_runs_alerted,
     pending_check_evaluation,
@@ -86,9 +86,8 @@ defs = dg.Definitions(
         nightly_backup_schedule,
         restore_drill_schedule,
         backup_freshness_schedule,
-        audit_seal_schedule,
     ],
-    sensors=[slack_on_run_failure, backup_freshness_after_backup],
+    sensors=[slack_on_run_failure, backup_freshness_after_backup, audit_seal_sensor],
     resources={
         "app_db": AppDatabaseResource(),
         "slack": SlackAlertsResource(),

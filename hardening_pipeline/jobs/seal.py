@@ -7,12 +7,14 @@ from pathlib import Path
 
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.db.connection import connect
 from hardening_pipeline.hardening.seals import (
     SealRun,
     SealVerification,
     seal_audit_log,
     verify_audit_seals,
 )
+from hardening_pipeline.hardening.seals.format import has_format_2
 from hardening_pipeline.hardening.seals.horizon import DEFAULT_WAIT_SECONDS, max_seal_lag
 
 
@@ -71,3 +73,18 @@ def seal_job(
         max_lag=max_lag,
     )
     return SealJobResult(run, verification)
+
+
+def sealing_not_ready(url: str) -> str | None:
+    """Why this database cannot be sealed yet (the kit's schema is not installed), or None.
+
+    A fresh deployment starts its sealing before anyone migrated: that is a state to wait in,
+    not a failure to alert on every minute.
+    """
+    with connect(url) as conn:
+        missing = "SELECT to_regclass('hardening.audit_seals') IS NULL AS missing"
+        if conn.execute(missing).fetchone()["missing"]:
+            return "the database has no audit seal tables yet"
+        if not has_format_2(conn):
+            return "the database lacks migration 014_audit_seal_v2, which new seals need"
+    return None
