@@ -35,12 +35,13 @@ from hardening_pipeline.defs.resources import (
     SlackAlertsResource,
 )
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.seals.horizon import seal_interval_seconds
 from hardening_pipeline.jobs.seal import SealJobResult, seal_job, sealing_not_ready
 from hardening_pipeline.jobs.wiring import seal_anchor_path
 
 SEAL_ACTOR = "dagster:audit_seal"
 SENSOR_NAME = "audit_seal_sensor"
-SEAL_INTERVAL_SECONDS = 60
+SEAL_INTERVAL_SECONDS = seal_interval_seconds()
 RUNBOOK_ANCHOR = "status-audit-seal-chain"
 ASSET_KEY = dg.AssetKey("audit_seal")
 CHECK_NAME = "seal_chain_intact"

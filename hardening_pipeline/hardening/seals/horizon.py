@@ -184,3 +184,21 @@ def safe_horizon(
         (floor, allocated, cutoff),
     ).fetchone()
     return Horizon(max(floor, row["m"] or floor), allocated, tuple(open_xids), holders)
+
+
+ENV_SEAL_INTERVAL = "HARDENING_SEAL_INTERVAL_SECONDS"
+DEFAULT_SEAL_INTERVAL_SECONDS = 60
+
+
+def seal_interval_seconds(environ: Mapping[str, str] = os.environ) -> int:
+    """How often the Dagster sensor seals (``HARDENING_SEAL_INTERVAL_SECONDS``): the unsealed
+    window a superuser's rewrite can hide in."""
+    value = environ.get(ENV_SEAL_INTERVAL, "").strip()
+    if not value:
+        return DEFAULT_SEAL_INTERVAL_SECONDS
+    if not value.isdigit() or not 5 <= int(value) <= 3600:
+        raise ConfigError(
+            f"{ENV_SEAL_INTERVAL} must be a whole number of seconds from 5 to 3600, not "
+            f"{value!r}; fix it or unset it for the default of 60."
+        )
+    return int(value)
