@@ -31,6 +31,7 @@ from hardening_pipeline.seed import seed_demo_data
 from tests.support.checkout import clean_environment
 from tests.support.db import admin_connect, create_database
 from tests.support.servers import wait_for_dagster
+from tests.support.slack_receiver import SlackReceiver, running_slack_receiver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -75,6 +76,7 @@ JOBS = [
     "status_check_job",
     "evidence_job",
 ]
+SEAL_INTERVAL = 5
 RUN_STATUS = """
 query ($id: ID!) {
   runOrError(runId: $id) {
@@ -115,11 +117,14 @@ def wait_for_run(base: str, run_id: str, timeout: float = 240) -> str:
 
 
 class UI:
-    def __init__(self, base: str, page: Page, runbook_base: str, db_url: str) -> None:
+    def __init__(
+        self, base: str, page: Page, runbook_base: str, db_url: str, slack: SlackReceiver
+    ) -> None:
         self.base = base
         self.page = page
         self.runbook_base = runbook_base
         self.db_url = db_url
+        self.slack = slack
 
     def shot(self, name: str) -> None:
         SHOTS.mkdir(exist_ok=True)
@@ -150,7 +155,16 @@ class UI:
 
 
 @pytest.fixture(scope="module")
-def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
+def ui_slack() -> Iterator[SlackReceiver]:
+    with running_slack_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def ui(
+    pg_server_url: str, template_db: str, tmp_path_factory, ui_slack: SlackReceiver
+) -> Iterator[UI]:
+    slack = ui_slack
     work = tmp_path_factory.mktemp("ui")
     db_url = create_database(pg_server_url, template=template_db)
     seed_demo_data(db_url, tenants=2, messages_per_unit=2)
@@ -178,6 +192,9 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
         HARDENING_RUNBOOK_URL=runbook_base,
         HARDENING_DAGSTER_OWNERS=OWNERS,
         DAGSTER_WEBSERVER_URL=base,
+        SLACK_WEBHOOK_URL=slack.url,
+        # The seal sensor's tick, shortened so an incident plays out in seconds, not minutes.
+        HARDENING_SEAL_INTERVAL_SECONDS=str(SEAL_INTERVAL),
     )
     log = (work / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
@@ -215,7 +232,7 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
                 viewport={"width": 1400, "height": 900},
             )
             page = context.pages[0] if context.pages else context.new_page()
-            yield UI(base, page, runbook_base, db_url)
+            yield UI(base, page, runbook_base, db_url, slack)
             context.close()
     finally:
         os.killpg(proc.pid, 15)
@@ -338,3 +355,64 @@ def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui
     text = page.inner_text("body")
     assert f'<a id="{anchor}"></a>' in text or f'id="{anchor}"' in text
     assert "### `rls_tenant_tables`" in text.split(f'id="{anchor}"', 1)[1][:200]
+
+
+def seal_messages(slack: SlackReceiver) -> list[str]:
+    texts = [json.dumps(body) for body in list(slack.requests)]
+    return [text for text in texts if "audit seal" in text.lower()]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI) -> None:
+    """The seal sensor, under the real daemon: one Slack message with the sentence and the first
+    bad id, nothing new while the incident lasts, "resolved" once the row is put back; the check
+    page shows the same sentence."""
+    with admin_connect(ui.db_url, autocommit=True) as su:
+
+        def sealed_through() -> int:
+            row = su.execute("SELECT coalesce(max(to_id), 0) AS n FROM hardening.audit_seals")
+            return row.fetchone()["n"]
+
+        wait_until(lambda: sealed_through() >= 2, 120, "the sensor's first seal")
+        victim = su.execute("SELECT min(id) AS id FROM audit_events").fetchone()["id"]
+        original = su.execute("SELECT actor FROM audit_events WHERE id = %s", (victim,))
+        actor = original.fetchone()["actor"]
+
+        def rewrite(value: str) -> None:
+            with su.transaction():
+                su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+                su.execute("UPDATE audit_events SET actor = %s WHERE id = %s", (value, victim))
+                su.execute(
+                    "ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only"
+                )
+
+        rewrite("forged")
+        try:
+            wait_until(lambda: seal_messages(ui.slack), 120, "the tampered-seal alert")
+            (alert,) = seal_messages(ui.slack)
+            assert "Audit seal chain broken" in alert and f"first bad id {victim}" in alert
+            assert "DagsterAssetCheckFailedError" not in alert
+            page = ui.page
+            page.goto(f"{ui.base}/assets/audit_seal?view=checks")
+            ui.dismiss_welcome()
+            page.get_by_text(f"first bad id {victim}").first.wait_for(timeout=60_000)
+            ui.shot("seal-chain-broken-check")
+            assert "DagsterAssetCheckFailedError" not in page.inner_text("body")
+            # Many more ticks: the incident stays one message.
+            time.sleep(SEAL_INTERVAL * 8)
+            assert len(seal_messages(ui.slack)) == 1
+        finally:
+            rewrite(actor)
+        wait_until(
+            lambda: any("Resolved: audit seal chain" in m for m in seal_messages(ui.slack)),
+            120,
+            "the resolved message",
+        )
+        assert len(seal_messages(ui.slack)) == 2
