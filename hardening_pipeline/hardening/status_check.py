@@ -1005,7 +1005,7 @@ def _require_api_roles(conn: psycopg.Connection) -> None:
 
 
 _DEFINER_FUNCTIONS = """
-    SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+    SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
     FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE p.prosecdef AND p.prokind IN ('f', 'p')
@@ -1017,8 +1017,134 @@ _DEFINER_FUNCTIONS = """
       AND pg_catalog.has_function_privilege(%(role)s, p.oid, 'EXECUTE')
       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.objid = p.oid AND d.deptype = 'e')
-    ORDER BY 1, 2, 3
+    ORDER BY 2, 3, 4
 """
+# What calls a function as the querying role, from the dependencies Postgres itself records
+# (names in bodies are not looked at), and which of the roles a fix could touch need EXECUTE
+# for it to keep working: a policy's roles (RLS is not evaluated for BYPASSRLS roles), who may
+# read a view, who may insert (a column default) or write (a CHECK, a trigger's WHEN), who may
+# execute a function with a SQL-standard body.
+_FUNCTION_USERS = """
+    SELECT d.refobjid AS fn,
+           CASE d.classid
+               WHEN 'pg_catalog.pg_policy'::regclass THEN
+                   (SELECT pg_catalog.format('policy %%I on %%s (to %%s)', p.polname,
+                                             p.polrelid::regclass,
+                                             array_to_string(ARRAY(
+                                                 SELECT CASE WHEN r = 0 THEN 'PUBLIC'
+                                                             ELSE pg_catalog.pg_get_userbyid(r)
+                                                        END FROM unnest(p.polroles) r), ', '))
+                    FROM pg_catalog.pg_policy p WHERE p.oid = d.objid)
+               WHEN 'pg_catalog.pg_rewrite'::regclass THEN
+                   (SELECT 'view ' || r.ev_class::regclass::text
+                    FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
+               ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+           END AS used_by,
+           ARRAY(
+               SELECT role FROM unnest(%(roles)s::text[]) role
+               JOIN pg_catalog.pg_roles pr ON pr.rolname = role
+               WHERE CASE d.classid
+                   WHEN 'pg_catalog.pg_policy'::regclass THEN
+                       NOT pr.rolbypassrls AND EXISTS (
+                           SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid
+                             AND (0 = ANY (p.polroles) OR pr.oid = ANY (p.polroles)))
+                   WHEN 'pg_catalog.pg_rewrite'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid
+                         AND pg_catalog.has_table_privilege(pr.oid, r.ev_class,
+                                                            'SELECT, INSERT, UPDATE, DELETE'))
+                   WHEN 'pg_catalog.pg_attrdef'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid
+                         AND pg_catalog.has_any_column_privilege(pr.oid, a.adrelid, 'INSERT'))
+                   WHEN 'pg_catalog.pg_constraint'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid
+                         AND c.conrelid <> 0
+                         AND pg_catalog.has_any_column_privilege(pr.oid, c.conrelid,
+                                                                 'INSERT, UPDATE'))
+                   WHEN 'pg_catalog.pg_trigger'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.oid = d.objid
+                         AND pg_catalog.has_table_privilege(pr.oid, t.tgrelid,
+                                                            'INSERT, UPDATE, DELETE'))
+                   WHEN 'pg_catalog.pg_proc'::regclass THEN
+                       pg_catalog.has_function_privilege(pr.oid, d.objid, 'EXECUTE')
+                   ELSE false
+               END
+               ORDER BY 1) AS needed_by
+    FROM pg_catalog.pg_depend d
+    WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = ANY (%(fns)s::oid[])
+      AND d.deptype = 'n'
+    ORDER BY 1, 2
+"""
+# Roles a REVOKE ... FROM PUBLIC could take EXECUTE from besides the one the line is about.
+_FIX_KEEPS = ("service_role",)
+# A schema the API roles cannot use: PostgREST only calls functions in schemas they may use, while
+# policies, views and defaults call functions by OID, so moving one there keeps them working.
+_PRIVATE_SCHEMA_NAMES = ("private", "app_private", "private_functions")
+_PRIVATE_SCHEMA = """
+    SELECT s.name,
+           n.oid IS NOT NULL AS present,
+           n.oid IS NOT NULL AND EXISTS (
+               SELECT 1 FROM unnest(%(roles)s::text[]) role
+               WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = role)
+                 AND pg_catalog.has_schema_privilege(role, n.oid, 'USAGE')) AS api_usable
+    FROM unnest(%(names)s::text[]) WITH ORDINALITY AS s(name, pos)
+    LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
+    ORDER BY s.pos
+"""
+
+
+def _private_schema(conn: psycopg.Connection) -> tuple[str, bool]:
+    """The first candidate schema the API roles cannot use, and whether it exists already."""
+    rows = _rows(
+        conn, _PRIVATE_SCHEMA, {"names": list(_PRIVATE_SCHEMA_NAMES), "roles": list(API_ROLES)}
+    )
+    usable = [r for r in rows if not r["api_usable"]]
+    chosen = usable[0] if usable else rows[-1]
+    return chosen["name"], chosen["present"]
+
+
+def _definer_function_fix(
+    conn: psycopg.Connection, role: str, fn: dict, users: list[dict], private: tuple[str, bool]
+) -> tuple[str, str]:
+    """The fix for one function and what the detail must add: never one that breaks its users."""
+    name = f"{sql.Identifier(fn['nspname'], fn['proname']).as_string(conn)}({fn['args']})"
+    needed_by = sorted({r for u in users for r in u["needed_by"]})
+    if role not in needed_by:
+        # Revoking from PUBLIC also takes EXECUTE from roles holding it only through PUBLIC:
+        # the ones its users need, and the server side's, get it back explicitly.
+        keep = [
+            r
+            for r in dict.fromkeys([*needed_by, *_FIX_KEEPS])
+            if r != role
+            and _rows(
+                conn,
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s "
+                "AND pg_catalog.has_function_privilege(oid, %s::oid, 'EXECUTE')",
+                (r, fn["oid"]),
+            )
+        ]
+        fix = f"REVOKE EXECUTE ON FUNCTION {name} FROM PUBLIC, {role};"
+        if keep:
+            fix += f" GRANT EXECUTE ON FUNCTION {name} TO {', '.join(keep)};"
+        note = (
+            f"{fn['nspname']}.{fn['proname']} is used by {_names([u['used_by'] for u in users], 3)}"
+            f", run as {', '.join(needed_by)}, which keep EXECUTE"
+            if needed_by
+            else ""
+        )
+        return fix, note
+    schema, present = private
+    target = sql.Identifier(schema).as_string(conn)
+    # IF NOT EXISTS: the other API role's line may print a move for the same report.
+    create = "" if present else f"CREATE SCHEMA IF NOT EXISTS {target}; "
+    fix = f"{create}ALTER FUNCTION {name} SET SCHEMA {target};"
+    note = (
+        f"{fn['nspname']}.{fn['proname']} is used by "
+        f"{_names([u['used_by'] for u in users if role in u['needed_by']], 3)}, which need "
+        f"{role} to keep EXECUTE: revoking it would break them, so the fix moves the function "
+        f"to schema {schema}, which {role} cannot use (they call it by OID and keep working; "
+        "calls by name elsewhere must name the new schema)"
+    )
+    return fix, note
 
 
 def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, str, str]:
@@ -1027,17 +1153,26 @@ def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, s
     if not rows:
         return True, f"no SECURITY DEFINER function is callable by {role}", ""
     names = [f"{r['nspname']}.{r['proname']}({r['args']})" for r in rows]
-    # Exact SQL only; the runbook says when to GRANT it back to service_role or go INVOKER.
-    fix = " ".join(
-        f"REVOKE EXECUTE ON FUNCTION {sql.Identifier(r['nspname'], r['proname']).as_string(conn)}"
-        f"({r['args']}) FROM PUBLIC, {role};"
-        for r in rows[:5]
+    users = _rows(
+        conn,
+        _FUNCTION_USERS,
+        {"fns": [r["oid"] for r in rows[:5]], "roles": [*API_ROLES, *_FIX_KEEPS]},
     )
+    private = _private_schema(conn)
+    fixes, notes = [], []
+    for r in rows[:5]:
+        fix, note = _definer_function_fix(
+            conn, role, r, [u for u in users if u["fn"] == r["oid"]], private
+        )
+        fixes.append(fix)
+        notes.append(note)
+    # Exact SQL only; the runbook says when to go INVOKER instead.
     detail = (
         f"{role} can call {_names(names, 5)} with its owner's rights (RLS bypassed), e.g. "
         "through /rest/v1/rpc"
     )
-    return False, detail, fix
+    detail += "".join(f"; {note}" for note in notes if note)
+    return False, detail, " ".join(fixes)
 
 
 @check(
