@@ -19,7 +19,7 @@ def red(db_url: str) -> dict[str, str]:
 
 
 def apply_fix(admin, fix: str) -> None:
-    statements = re.findall(r"(?:REVOKE|ALTER|GRANT)\b[^;]*;", fix)
+    statements = re.findall(r"(?:REVOKE|ALTER|GRANT|CREATE)\b[^;]*;", fix)
     assert statements, fix
     for statement in statements:
         admin.execute(statement)
@@ -87,6 +87,37 @@ def test_a_definer_function_anon_can_call_turns_both_lines_red(db_url, admin, tw
                 admin.execute("SELECT public.message_count(%s)", (alpha.tenant,))
     with acting_as(admin, "service_role"):
         admin.execute("SELECT public.message_count(%s)", (alpha.tenant,))
+
+
+def test_a_definer_function_a_column_default_calls_is_moved_not_revoked(db_url, admin, two_tenants):
+    alpha, _ = two_tenants
+    admin.execute(
+        "CREATE FUNCTION public.default_sender() RETURNS text LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS $$SELECT 'resident'::text$$; "
+        "ALTER TABLE messages ALTER COLUMN sender SET DEFAULT public.default_sender()"
+    )
+    admin.commit()
+    lines = red(db_url)
+    signed_in = lines["authenticated_security_definer_function_executable"]
+    # authenticated inserts messages, so the default needs it: a REVOKE would break every insert.
+    assert "REVOKE" not in signed_in.fix
+    assert "default value for column sender of table messages" in signed_in.detail
+    anon = lines["anon_security_definer_function_executable"]
+    assert anon.fix.endswith(
+        'GRANT EXECUTE ON FUNCTION "public"."default_sender"() TO authenticated, service_role;'
+    )
+    for line in lines.values():
+        apply_fix(admin, line.fix)
+    assert red(db_url) == {}
+    with acting_as(admin, "authenticated", tenant=alpha.tenant):
+        admin.execute(
+            "INSERT INTO messages (tenant_id, development_id, unit_id, body) "
+            "VALUES (%s, %s, %s, 'hello')",
+            (alpha.tenant, alpha.development, alpha.unit),
+        )
+    with pytest.raises(errors.InsufficientPrivilege):
+        with acting_as(admin, "anon"):
+            admin.execute("SELECT private.default_sender()")
 
 
 def test_a_trigger_function_or_one_in_an_unusable_schema_is_not_reported(db_url, admin):

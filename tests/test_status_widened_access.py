@@ -137,7 +137,7 @@ def test_a_rule_copying_inserts_into_an_open_table_turns_red(adopted: str) -> No
     owner(adopted, HUNDRED_B_INVOICES)
     assert as_alice(adopted, "SELECT tenant_id FROM open.invoice_copies") == 100
     line = red(adopted)["no_rules_on_tenant_tables"]
-    assert "copy_invoices ON INSERT TO invoices DO ALSO" in line.detail
-    assert line.fix == "DROP RULE copy_invoices ON invoices;"
+    assert "copy_invoices ON INSERT TO public.invoices DO ALSO" in line.detail
+    assert line.fix == "DROP RULE copy_invoices ON public.invoices;"
     owner(adopted, line.fix)
     assert "no_rules_on_tenant_tables" not in red(adopted)

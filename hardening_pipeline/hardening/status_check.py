@@ -1059,7 +1059,10 @@ def check_policies_constrain(conn: psycopg.Connection, ctx: CheckContext) -> tup
 
 
 _TENANT_RULES = """
-    SELECT r.rulename, r.ev_class::regclass::text AS on_rel, r.is_instead,
+    SELECT r.rulename, r.is_instead,
+           (SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname)
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = r.ev_class) AS on_rel,
            CASE r.ev_type WHEN '1' THEN 'SELECT' WHEN '2' THEN 'UPDATE' WHEN '3' THEN 'INSERT'
                           ELSE 'DELETE' END AS event,
            pg_catalog.format('%%I', r.rulename) AS quoted,
@@ -1076,7 +1079,7 @@ _TENANT_RULES = """
                       WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
                         AND d.refclassid = 'pg_catalog.pg_class'::regclass
                         AND d.refobjid = ANY (%(tables)s::regclass[])))
-    ORDER BY 2, 1
+    ORDER BY 3, 1
 """
 
 
@@ -1160,9 +1163,9 @@ def _probe_callers(conn: psycopg.Connection) -> list[_ProbeCaller]:
     else:
         for path in r["claim_paths"] or ["tenant_id", "app_metadata.tenant_id"]:
             *parents, leaf = path.split(".")
-            target = claims
+            target: object = claims
             for part in parents:
-                target = target.setdefault(part, {})
+                target = target.setdefault(part, {}) if isinstance(target, dict) else None
             if isinstance(target, dict):
                 target[leaf] = tenant
     return [
