@@ -120,6 +120,34 @@ def test_a_definer_function_a_column_default_calls_is_moved_not_revoked(db_url, 
             admin.execute("SELECT private.default_sender()")
 
 
+def test_a_definer_function_a_trigger_calls_by_name_gets_no_breaking_sql(
+    db_url, admin, two_tenants
+):
+    alpha, _ = two_tenants
+    admin.execute(
+        "CREATE FUNCTION public.stamp_sender() RETURNS text LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS $$SELECT 'resident'::text$$; "
+        "CREATE FUNCTION public.set_sender() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path = '' AS $$BEGIN NEW.sender := public.stamp_sender(); RETURN NEW; END$$; "
+        "CREATE TRIGGER set_sender BEFORE INSERT ON messages "
+        "FOR EACH ROW EXECUTE FUNCTION public.set_sender()"
+    )
+    admin.commit()
+    lines = red(db_url)
+    signed_in = lines["authenticated_security_definer_function_executable"]
+    # authenticated's inserts run the trigger, which calls it by name: neither REVOKE nor a move.
+    assert "the body of set_sender() (by name)" in signed_in.detail
+    assert not re.findall(r"(?:REVOKE|ALTER|GRANT|CREATE)\b[^;]*;", signed_in.fix)
+    apply_fix(admin, lines["anon_security_definer_function_executable"].fix)
+    with acting_as(admin, "authenticated", tenant=alpha.tenant):
+        inserted = admin.execute(
+            "INSERT INTO messages (tenant_id, development_id, unit_id, sender, body) "
+            "VALUES (%s, %s, %s, 'x', 'hello') RETURNING sender",
+            (alpha.tenant, alpha.development, alpha.unit),
+        ).fetchone()
+    assert inserted == {"sender": "resident"}
+
+
 def test_a_trigger_function_or_one_in_an_unusable_schema_is_not_reported(db_url, admin):
     admin.execute(
         "CREATE SCHEMA private; CREATE FUNCTION private.peek() RETURNS bigint LANGUAGE sql "

@@ -1352,11 +1352,13 @@ _DEFINER_FUNCTIONS = """
                       WHERE d.objid = p.oid AND d.deptype = 'e')
     ORDER BY 2, 3, 4
 """
-# What calls a function as the querying role, from the dependencies Postgres itself records
-# (names in bodies are not looked at), and which of the roles a fix could touch need EXECUTE
-# for it to keep working: a policy's roles (RLS is not evaluated for BYPASSRLS roles), who may
-# read a view, who may insert (a column default) or write (a CHECK, a trigger's WHEN), who may
-# execute a function with a SQL-standard body.
+# What calls a function as the querying role, and which of the roles a fix could touch need
+# EXECUTE for it to keep working. From the dependencies Postgres itself records: a policy's roles
+# (RLS is not evaluated for BYPASSRLS roles), who may read a view, who may insert (a column
+# default) or write (a CHECK, a trigger's WHEN), who may execute a function with a SQL-standard
+# body. And, since SQL and PL/pgSQL bodies are stored as text, bodies that name it (by_name): a
+# trigger function runs as whoever writes its tables, any other as whoever may execute it. A name
+# found there only makes the fix more careful; it never turns a line green.
 _FUNCTION_USERS = """
     SELECT d.refobjid AS fn,
            CASE d.classid
@@ -1401,10 +1403,33 @@ _FUNCTION_USERS = """
                        pg_catalog.has_function_privilege(pr.oid, d.objid, 'EXECUTE')
                    ELSE false
                END
-               ORDER BY 1) AS needed_by
+               ORDER BY 1) AS needed_by,
+           false AS by_name
     FROM pg_catalog.pg_depend d
     WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = ANY (%(fns)s::oid[])
       AND d.deptype = 'n'
+    UNION ALL
+    SELECT f.oid,
+           'the body of ' || b.oid::regprocedure::text || ' (by name)',
+           ARRAY(
+               SELECT role FROM unnest(%(roles)s::text[]) role
+               JOIN pg_catalog.pg_roles pr ON pr.rolname = role
+               WHERE CASE WHEN b.prorettype = 'pg_catalog.trigger'::regtype
+                          THEN EXISTS (
+                              SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgfoid = b.oid
+                                AND pg_catalog.has_table_privilege(pr.oid, t.tgrelid,
+                                                                   'INSERT, UPDATE, DELETE'))
+                          ELSE pg_catalog.has_function_privilege(pr.oid, b.oid, 'EXECUTE') END
+               ORDER BY 1),
+           true
+    FROM pg_catalog.pg_proc f
+    JOIN pg_catalog.pg_proc b ON b.oid <> f.oid
+     AND b.prosrc ~ ('\\m' || regexp_replace(f.proname, '([^[:alnum:]_])', '\\\\\\1', 'g')
+                     || '\\M')
+    JOIN pg_catalog.pg_namespace bn ON bn.oid = b.pronamespace
+    JOIN pg_catalog.pg_language l ON l.oid = b.prolang AND l.lanname IN ('sql', 'plpgsql')
+    WHERE f.oid = ANY (%(fns)s::oid[])
+      AND NOT (bn.nspname = ANY (%(system)s)) AND bn.nspname NOT LIKE 'pg\\_%%'
     ORDER BY 1, 2
 """
 # Roles a REVOKE ... FROM PUBLIC could take EXECUTE from besides the one the line is about.
@@ -1465,6 +1490,17 @@ def _definer_function_fix(
             else ""
         )
         return fix, note
+    by_name = [u["used_by"] for u in users if u["by_name"]]
+    if by_name:
+        # Moving it would break those calls, revoking it would break the role's: no SQL is safe.
+        return (
+            f"{fn['nspname']}.{fn['proname']} is called by name from {_names(by_name, 3)} and "
+            f"{role} needs it: make it SECURITY INVOKER if it needs no owner rights, or move it "
+            "to a schema the API cannot use and make those bodies name the new schema.",
+            f"{fn['nspname']}.{fn['proname']} is used by "
+            f"{_names([u['used_by'] for u in users if role in u['needed_by']], 3)}, which need "
+            f"{role} to keep EXECUTE: no REVOKE is printed",
+        )
     schema, present = private
     target = sql.Identifier(schema).as_string(conn)
     # IF NOT EXISTS: the other API role's line may print a move for the same report.
@@ -1489,7 +1525,11 @@ def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, s
     users = _rows(
         conn,
         _FUNCTION_USERS,
-        {"fns": [r["oid"] for r in rows[:5]], "roles": [*API_ROLES, *_FIX_KEEPS]},
+        {
+            "fns": [r["oid"] for r in rows[:5]],
+            "roles": [*API_ROLES, *_FIX_KEEPS],
+            "system": list(SYSTEM_SCHEMAS),
+        },
     )
     private = _private_schema(conn)
     fixes, notes = [], []
