@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations
+from hardening_pipeline.db.tenant_resolver import set_membership_resolver
 from hardening_pipeline.hardening.status_check import run_status_check
 from tests.support.supabase_app import ALICE, TENANT_A, TENANT_B
 from tests.support.supabase_db import (
@@ -141,3 +142,20 @@ def test_a_rule_copying_inserts_into_an_open_table_turns_red(adopted: str) -> No
     assert line.fix == "DROP RULE copy_invoices ON public.invoices;"
     owner(adopted, line.fix)
     assert "no_rules_on_tenant_tables" not in red(adopted)
+
+
+def test_under_a_membership_resolver_the_probe_reads_as_a_real_member(adopted: str) -> None:
+    set_membership_resolver(adopted, "public.memberships", "user_id", "tenant_id")
+    assert not LINES & set(red(adopted))  # the first member reads their own tenant only
+    owner(
+        adopted,
+        "ALTER POLICY messages_tenant_isolation ON public.messages USING (true); "
+        'ALTER POLICY "admins read invoices" ON public.invoices USING (true)',
+    )
+    lines = red(adopted)
+    probe = lines["tenant_isolation_probe"].detail
+    assert f"authenticated of tenant {TENANT_A} reads 101 row(s) of other tenants in invoices" in (
+        probe
+    )
+    fix = lines["tenant_policies_constrain_rows"].fix
+    assert fix.startswith("SELECT hardening.use_tenant_policies(true);")
