@@ -145,6 +145,31 @@ BREAKAGES = [
         "USING (tenant_id = (SELECT hardening.current_tenant_id()))",
     ),
     (
+        "tenant_policies_constrain_rows",
+        "ALTER POLICY messages_tenant_isolation ON messages USING (true) WITH CHECK (true)",
+    ),
+    (
+        # Still ANDed with the tenant, but ORed away: the tree, not the text, is judged.
+        "tenant_policies_constrain_rows",
+        "ALTER POLICY units_tenant_isolation ON units "
+        "USING (tenant_id = (SELECT hardening.current_tenant_id()) OR units.id IS NOT NULL)",
+    ),
+    (
+        "no_rules_on_tenant_tables",
+        "CREATE SCHEMA open; CREATE TABLE open.copies (body text); "
+        "CREATE RULE copy_messages AS ON INSERT TO messages DO ALSO "
+        "INSERT INTO open.copies VALUES (NEW.body)",
+    ),
+    (
+        # Pinned to one tenant, but not the caller's: only reading as the caller shows it.
+        "tenant_isolation_probe",
+        "INSERT INTO tenants (id, slug, name) VALUES "
+        "('aaaaaaaa-0000-4000-8000-000000000000', 'first', 'First'), "
+        "('bbbbbbbb-0000-4000-8000-000000000000', 'second', 'Second'); "
+        "ALTER POLICY tenants_own_row ON tenants "
+        "USING (id = 'bbbbbbbb-0000-4000-8000-000000000000'::uuid)",
+    ),
+    (
         "function_search_path_fixed",
         "CREATE FUNCTION public.whoami() RETURNS text LANGUAGE sql SECURITY DEFINER "
         "AS 'SELECT current_user::text'; REVOKE EXECUTE ON FUNCTION public.whoami() FROM PUBLIC",
