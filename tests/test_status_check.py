@@ -265,7 +265,6 @@ def test_a_hardened_database_is_all_green(db_url):
     assert [line.name for line in report.lines] == ALL_LINES
     assert report.passed, [(x.name, x.detail) for x in report.red]
     assert all(line.fix == "" for line in report.lines)
-    assert report.seconds < 5
 
 
 # Lines whose breakage outlives the test database (roles are cluster-wide), broken and cleaned
