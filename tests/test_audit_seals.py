@@ -768,3 +768,21 @@ def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
     tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = 3")
     red = cli("--verify-only")
     assert red.returncode == 1 and "first bad id 3" in red.stderr
+
+
+def test_the_seal_check_links_the_published_runbook(db_url, su, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDENING_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HARDENING_RUNBOOK_URL", "https://runbook.example.com/runbook.html")
+    write_tenants(su, 1)
+    resources = {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+        "slack": SlackAlertsResource(webhook_url="", max_retries=0),
+    }
+    with dg.instance_for_test() as instance:
+        result, _ = seal_sensor_tick(instance, None, resources)
+    check = next(e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation))
+    link = check.metadata["runbook"]
+    assert isinstance(link, dg.UrlMetadataValue)
+    assert link.value == "https://runbook.example.com/runbook.html#status-audit-seal-chain"
