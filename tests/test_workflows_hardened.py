@@ -21,7 +21,7 @@ USES = re.compile(r"^\s*-?\s*uses:\s*(?P<ref>\S+)(?P<comment>.*)$")
 def _zizmor() -> str:
     found = shutil.which("zizmor") or str(Path(sys.executable).with_name("zizmor"))
     if not Path(found).exists():
-        pytest.fail("zizmor is not installed; pip install -e '.[dev]' installs it")
+        pytest.fail("zizmor is not installed; install requirements-dev.lock (README)")
     return found
 
 
