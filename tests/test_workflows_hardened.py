@@ -218,6 +218,14 @@ def test_the_backup_step_takes_schemas_and_pg_dump_from_repository_variables() -
     assert backup["env"]["HARDENING_PG_DUMP"] == "${{ vars.HARDENING_PG_DUMP }}"
 
 
+def test_every_repository_variable_is_explained_in_the_header() -> None:
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        text = path.read_text()
+        header = text.split("\nname:", 1)[0]
+        for variable in set(re.findall(r"vars\.(\w+)", text)):
+            assert re.search(rf"\b{variable}\b", header), f"{path.name}: {variable}"
+
+
 # --- one scheduler --------------------------------------------------------------------------------
 #
 # HARDENING_SCHEDULER (a repository variable) says who runs the schedules. Unset (the default)
