@@ -358,6 +358,22 @@ def seed(
     )
 
 
+@main.command("dg-project")
+@click.argument(
+    "folder", type=click.Path(file_okay=False, path_type=Path), default=".", required=False
+)
+@friendly_errors
+def dg_project(folder: Path) -> None:
+    """Write dg.toml and hardening_location.py into FOLDER (default: here), so Dagster's
+    `dg check defs`, `dg list defs` and `dg dev` load the installed package there."""
+    from hardening_pipeline.dg_project import project_files, write_dg_project
+
+    written = write_dg_project(folder)
+    for path in project_files(folder):
+        console.print(f"{path}: {'written' if path in written else 'already there'}")
+    console.print("[dim]now run `dg check defs`, `dg list defs` or `dg dev` in that folder[/]")
+
+
 @main.command()
 def keygen() -> None:
     """Print a new BACKUP_ENCRYPTION_KEY (base64 of 32 random bytes)."""
