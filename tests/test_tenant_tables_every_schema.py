@@ -135,6 +135,12 @@ def test_1_migrate_locks_billing_down_for_anon_and_the_other_tenant(app: App) ->
             "has_table_privilege('service_role', 'billing.payouts', 'TRUNCATE')"
         ).fetchone()
         assert held == (False, False)
+        indexed = conn.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = 'billing.payouts'::regclass AND a.attname = 'tenant_id'"
+        ).fetchone()
+        assert indexed == (1,)
 
 
 def test_2_writes_to_billing_are_audited(app: App) -> None:
@@ -226,6 +232,31 @@ def test_7_restore_tenant_merge_brings_a_lost_payout_back(app: App) -> None:
     with psycopg.connect(app.url) as conn:
         back = conn.execute("SELECT * FROM billing.payouts WHERE id = %s", (PAYOUT_A,)).fetchall()
     assert back == lost
+
+
+def test_a_billing_policy_for_anon_stops_migrate_and_changes_nothing(
+    supabase_server: SupabaseServer, tmp_path: Path
+) -> None:
+    url = supabase_server.clone(APP_TEMPLATE)
+    try:
+        apply_blocker_fixes(url)
+        with psycopg.connect(url) as conn:
+            conn.execute(BILLING_APP)
+            # No TO clause: it applies to PUBLIC, anon included.
+            conn.execute("CREATE POLICY open_payouts ON billing.payouts FOR SELECT USING (true)")
+        result = run_hardening("migrate", url=url, env={"HARDENING_STATE_DIR": str(tmp_path)})
+        _no_traceback(result)
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "open_payouts on billing.payouts" in result.stderr, result.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT relrowsecurity FROM pg_class WHERE oid = 'billing.payouts'::regclass"
+            ).fetchone() == (False,)
+            assert conn.execute(
+                "SELECT has_table_privilege('anon', 'billing.payouts', 'SELECT')"
+            ).fetchone() == (True,)
+    finally:
+        supabase_server.drop(url)
 
 
 def test_the_sql_and_python_lists_of_schemas_that_hold_no_tenant_tables_agree(admin) -> None:
