@@ -6,7 +6,7 @@ schema of its own, with RLS off (its policy written but never enforced) and ALL 
 a table created later turns status red with fix SQL that pastes as it is, the backup splits its
 rows per tenant and ``restore --tenant --merge`` brings them back. DDL on it is on the record
 where the event triggers are installed (the embedded server, migrated as a superuser). The
-Supabase tests share one database and run in file order.
+Supabase tests share one database, run in file order, once on each major in ``SUPABASE_MAJORS``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.support.supabase_db import (
     APP_TEMPLATE,
     SupabaseServer,
     apply_blocker_fixes,
+    supabase_server_each_major,  # noqa: F401  (fixture: this module runs on every major)
 )
 
 PAYOUT_A = "aaaaaaaa-0000-4000-8000-0000000000a1"
@@ -244,7 +245,12 @@ def test_a_billing_policy_for_anon_stops_migrate_and_changes_nothing(
             conn.execute(BILLING_APP)
             # No TO clause: it applies to PUBLIC, anon included.
             conn.execute("CREATE POLICY open_payouts ON billing.payouts FOR SELECT USING (true)")
-        result = run_hardening("migrate", url=url, env={"HARDENING_STATE_DIR": str(tmp_path)})
+        env = {"HARDENING_STATE_DIR": str(tmp_path)}
+        plan = run_hardening("migrate", "--plan", url=url, env=env)
+        _no_traceback(plan)
+        assert plan.returncode == 1, plan.stdout + plan.stderr
+        assert "ALTER POLICY open_payouts ON billing.payouts TO authenticated;" in plan.stdout
+        result = run_hardening("migrate", url=url, env=env)
         _no_traceback(result)
         assert result.returncode != 0, result.stdout + result.stderr
         assert "open_payouts on billing.payouts" in result.stderr, result.stderr
@@ -291,3 +297,18 @@ def test_ddl_on_a_tenant_table_outside_public_is_on_the_record(admin) -> None:
     ).fetchall()
     assert [r["table_name"] for r in rows] == ["billing.payouts", "billing.payouts"], rows
     assert "varchar(50)" in rows[1]["statement"]
+
+
+def test_a_superuser_locks_down_a_later_tenant_table_outside_public(admin) -> None:
+    admin.execute("CREATE SCHEMA billing")
+    admin.execute("CREATE TABLE billing.payouts (id uuid PRIMARY KEY, tenant_id uuid NOT NULL)")
+    admin.execute("GRANT USAGE ON SCHEMA billing TO anon")
+    admin.execute("GRANT ALL ON billing.payouts TO anon")
+    admin.execute("SELECT hardening.lock_down_tenant_table('billing.payouts'::regclass)")
+    admin.commit()
+    lines = {line.name: line for line in run_checks(admin)}
+    for name in ("rls_tenant_tables", "no_anon_grants", "audit_capture_triggers"):
+        assert lines[name].passed, lines[name]
+    admin.execute("SET ROLE anon")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        admin.execute("SELECT * FROM billing.payouts")

@@ -41,6 +41,7 @@ from hardening_pipeline.db.migrations import (
     refuse_drift,
 )
 from hardening_pipeline.db.service_role_mode import read_mode
+from hardening_pipeline.db.tenant_tables import find_tenant_tables
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
@@ -413,15 +414,17 @@ def _fix_sql(conn: psycopg.Connection, failure: MigrationFailure) -> list[str]:
     if "apply to anon or PUBLIC" in failure.message:
         rows = conn.execute(
             """
-            SELECT format('ALTER POLICY %I ON %I.%I TO authenticated;', p.polname,
+            SELECT format('ALTER POLICY %%I ON %%I.%%I TO authenticated;', p.polname,
                           n.nspname, c.relname)
             FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public'
+            WHERE (n.nspname = 'public' OR c.oid = ANY (%s::oid[]))
               AND (0::oid = ANY (p.polroles)
                    OR (SELECT oid FROM pg_roles WHERE rolname = 'anon') = ANY (p.polroles))
             ORDER BY 1
-            """
+            """,
+            # 004 refuses them anywhere in public, 019 on a tenant table in any other schema.
+            ([t.oid for t in find_tenant_tables(conn)],),
         ).fetchall()
         return [_get(r, "format", 0) for r in rows]
     if failure.sqlstate == "42501" and failure.message.startswith("permission denied for schema"):
