@@ -3,10 +3,10 @@
 Found, not listed, so a table added tomorrow (or one the app keeps in its own ``billing`` schema
 rather than ``public``) is held to the same rules. Left out are the schemas that are not the
 app's: Postgres' own, the ones Supabase manages (the API roles reach them only through
-Supabase's own code), and the kit's. Status, the migration that locks such tables down
-(``019_tenant_tables_every_schema.sql``, whose ``hardening.tenant_schema()`` mirrors
-``NOT_APP_SCHEMAS``), the DDL record, the backup's split per tenant and ``restore --tenant`` all
-read this one answer.
+Supabase's own code) and the kit's; so are tables an extension owns. Status, the migration that
+locks such tables down (``019_tenant_tables_every_schema.sql``, whose ``hardening.tenant_schema()``
+mirrors ``NOT_APP_SCHEMAS``), the DDL record, the backup's split per tenant and
+``restore --tenant`` all read this one answer.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ _TENANT_TABLES = """
                  AND a.attname = 'id'))
     WHERE c.relkind IN ('r', 'p')
       AND NOT (n.nspname = ANY (%(excluded)s)) AND n.nspname NOT LIKE 'pg\\_%%'
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
     ORDER BY n.nspname = 'public' DESC, n.nspname, c.relname
 """
 

@@ -6,12 +6,12 @@ disable a trigger, add a policy for ``anon``). Each check is a plain function ta
 connection and returning a ``CheckLine`` with the reason and the fix when it is red.
 
 Tables are *found*, not listed: every table with a ``tenant_id`` column, in ``public`` or any other
-schema of the app (``db/tenant_tables.py``), is tenant-scoped, so a table added tomorrow is held
-to the same rules. Besides the project's own
-guarantees it covers the RLS-related lints of Supabase's database linter (splinter): RLS disabled
-in public, policies on a table whose RLS is off, RLS on with no policy, mutable function
-search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies,
-security-definer views and SECURITY DEFINER functions anon or authenticated can call (0028/0029).
+schema of the app (``db/tenant_tables.py``), is tenant-scoped, so a table added tomorrow is held to
+the same rules. Besides the project's own guarantees it covers the RLS-related lints of Supabase's
+database linter (splinter): RLS disabled in public, policies on a table whose RLS is off, RLS on
+with no policy, mutable function search_path, per-row auth calls in policies (auth_rls_initplan),
+multiple permissive policies, security-definer views and SECURITY DEFINER functions anon or
+authenticated can call (0028/0029).
 Beyond splinter it follows tenant data to where those roles reach it without RLS: views over
 tenant tables in any schema without ``security_invoker``, and their privileges on such views,
 materialized views and tenant tables' sequences. Where a lint and a project line would report
@@ -319,8 +319,8 @@ _TRIGGERS = """
 # Capture triggers with one argument cast the tenant column to uuid (011 marks the others with a
 # second argument): on a column of another type every write to the table fails.
 _UUID_CAST_ON_OTHER_TYPES = """
-    SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS quoted, n.nspname, c.relname,
-           t.tgname, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+    SELECT n.nspname, c.relname, t.tgname, a.attname,
+           format_type(a.atttypid, a.atttypmod) AS type
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -350,7 +350,7 @@ def check_append_only(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     guards = [
         r
         for r in _rows(conn, _TRIGGERS, ([_relation_oid(conn, "public.audit_events")],))
-        if r["proname"] == "audit_events_append_only" and r["proname"] == "audit_events_append_only"
+        if r["proname"] == "audit_events_append_only"
     ]
     fix = (
         "ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_append_only "

@@ -5,9 +5,10 @@
 -- (billing.payouts with a tenant_id) and exposes that schema to the API kept them open: RLS
 -- off, anon's grants in place, writes not audited, DDL not recorded. A tenant table is now
 -- every table with a tenant_id column in any schema of the app: not Postgres' own (pg_*,
--- information_schema), not those Supabase manages, not the kit's. hardening.tenant_schema()
--- says which schemas count; hardening_pipeline/db/tenant_tables.py (NOT_APP_SCHEMAS) holds
--- the same list for status, the backup and the restore, and a test keeps the two equal.
+-- information_schema), not those Supabase manages, not the kit's; not an extension's table.
+-- hardening.tenant_schema() says which schemas count; hardening_pipeline/db/tenant_tables.py
+-- (NOT_APP_SCHEMAS) holds the same list for status, the backup and the restore, and a test
+-- keeps the two equal.
 --
 -- hardening.lock_down_tenant_table(table) does for one table what 002, 004 and 017 do for
 -- public's: refuses (and changes nothing) when a policy applies to anon or PUBLIC; enables and
@@ -55,6 +56,9 @@ AS $fn$
     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
         AND NOT a.attisdropped
     WHERE c.relkind IN ('r', 'p') AND hardening.tenant_schema(n.nspname)
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
     ORDER BY n.nspname, c.relname
 $fn$;
 
