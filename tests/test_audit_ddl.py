@@ -135,7 +135,7 @@ def test_ddl_elsewhere_leaves_nothing_and_is_not_blocked(admin):
     start = last_id(admin)
     with acting_as(admin, None):
         admin.execute("CREATE SCHEMA scratch")
-        admin.execute("CREATE TABLE scratch.notes (id int, tenant_id uuid)")  # not in public
+        admin.execute("CREATE TABLE scratch.notes (id int, owner_id uuid)")  # no tenant_id
         admin.execute("CREATE TABLE public.feature_flags (name text PRIMARY KEY)")
         admin.execute("ALTER TABLE public.feature_flags ADD COLUMN on_by_default boolean")
         admin.execute("CREATE INDEX ON public.feature_flags (on_by_default)")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import tuple_row
 
+from hardening_pipeline.db.tenant_tables import find_tenant_tables
 from hardening_pipeline.errors import ConfigError
 
 # Always in a backup, whatever BACKUP_SCHEMAS says (settings.parse_backup_schemas adds it).
@@ -204,6 +205,24 @@ def check_dependencies_carried(conn: psycopg.Connection, schemas: Sequence[str])
         f"{_and(missing)}, which BACKUP_SCHEMAS leaves out ({named}); add {_and(missing)} to "
         f"BACKUP_SCHEMAS (BACKUP_SCHEMAS={','.join(wanted)}) and run the backup again, nothing "
         "was stored."
+    )
+
+
+def check_tenant_tables_carried(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
+    """Raise ``ConfigError`` when a tenant table lives in a schema the backup leaves out.
+
+    Its rows would be in no backup at all, and a restore of the tenant would miss them.
+    """
+    left_out = [t for t in find_tenant_tables(conn) if t.schema not in schemas]
+    if not left_out:
+        return
+    missing = list(dict.fromkeys(t.schema for t in left_out))
+    wanted = [s for s in schemas if s not in ALWAYS_CARRIED] + missing
+    raise ConfigError(
+        f"the backup would leave out tenant data: {_and([t.display for t in left_out[:5]])} "
+        f"{'is' if len(left_out) == 1 else 'are'} in {_and(missing)}, which BACKUP_SCHEMAS "
+        f"leaves out; add {_and(missing)} to BACKUP_SCHEMAS "
+        f"(BACKUP_SCHEMAS={','.join(wanted)}) and run the backup again, nothing was stored."
     )
 
 

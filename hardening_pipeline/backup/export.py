@@ -20,22 +20,16 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import DatabaseIdentity, SchemaVersion, TableEntry
+from hardening_pipeline.db.tenant_tables import display_name, find_tenant_tables
 from hardening_pipeline.errors import CheckFailed
 
 # What BACKUP_SCHEMAS defaults to; generated columns are left out of every column list because
 # Postgres computes them again on load and refuses values for them.
 DEFAULT_SCHEMAS = ("public", "hardening")
 
-_TENANT_ID_TYPE_QUERY = """
-SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = pg_catalog.to_regclass('public.tenants') AND a.attname = 'id'
-"""
-
 _TABLES_QUERY = """
 SELECT n.nspname AS schema_name, c.relname AS table_name,
        array_agg(a.attname ORDER BY a.attnum) AS columns,
-       max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = 'tenant_id')
-           AS tenant_id_type,
        coalesce((SELECT array_agg(pa.attname ORDER BY k.ord)
                  FROM pg_catalog.pg_index i
                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -60,9 +54,8 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 """
 
 
-def manifest_table_name(schema: str, name: str) -> str:
-    """How the manifest names a table: bare in ``public``, ``schema.table`` elsewhere."""
-    return name if schema == "public" else f"{schema}.{name}"
+# How the manifest names a table: bare in ``public``, ``schema.table`` elsewhere.
+manifest_table_name = display_name
 
 
 @dataclass(frozen=True)
@@ -115,29 +108,29 @@ def discover_layout(
 ) -> BackupLayout:
     """Find every table to back up; a table added later is picked up without code changes.
 
-    A table in ``public`` whose ``tenant_id`` has the type of ``tenants.id`` goes into each
-    tenant's object (``tenants`` itself by ``id``); every other table of ``schemas`` (the audit
-    log, the app's lookup tables, a ``tenant_id`` of another type) into the shared object.
+    A tenant table (``db/tenant_tables.py``: a ``tenant_id`` column, in any schema of the app)
+    whose ``tenant_id`` has the type of ``tenants.id`` goes into each tenant's object
+    (``tenants`` itself by ``id``); every other table of ``schemas`` (the audit log, the app's
+    lookup tables, a ``tenant_id`` of another type) into the shared object.
     """
+    found = find_tenant_tables(conn, with_tenants=True)
+    tenant_type = next(
+        (t.tenant_type for t in found if (t.schema, t.name) == ("public", "tenants")), None
+    )
+    split_by_tenant = {
+        (t.schema, t.name): t.tenant_column
+        for t in found
+        if t.tenant_type == tenant_type and (t.schema, t.name) != ("public", "audit_events")
+    }
     cur = conn.cursor(row_factory=tuple_row)
-    row = cur.execute(_TENANT_ID_TYPE_QUERY).fetchone()
-    tenant_type = row[0] if row else None
     tenant, shared = [], []
-    for schema, table, columns, tenant_id_type, primary_key in cur.execute(
+    for schema, table, columns, primary_key in cur.execute(
         _TABLES_QUERY, (list(schemas),)
     ).fetchall():
         order_by = tuple(primary_key) or tuple(columns)
-        if schema == "public" and table == "tenants":
-            tenant.append(TableSpec(schema, table, tuple(columns), order_by, "id"))
-        elif (
-            schema == "public"
-            and tenant_id_type is not None
-            and tenant_id_type == tenant_type
-            and table != "audit_events"
-        ):
-            tenant.append(TableSpec(schema, table, tuple(columns), order_by, "tenant_id"))
-        else:
-            shared.append(TableSpec(schema, table, tuple(columns), order_by, None))
+        tenant_column = split_by_tenant.get((schema, table))
+        spec = TableSpec(schema, table, tuple(columns), order_by, tenant_column)
+        (tenant if tenant_column else shared).append(spec)
     edges = [tuple(r) for r in cur.execute(FOREIGN_KEY_EDGES).fetchall()]
     return BackupLayout(tuple(_load_order(tenant, edges)), tuple(_load_order(shared, edges)))
 

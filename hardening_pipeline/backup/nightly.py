@@ -41,7 +41,10 @@ from hardening_pipeline.backup.app_schema import (
     server_version_num,
 )
 from hardening_pipeline.backup.crypto import Keyring, generate_data_key
-from hardening_pipeline.backup.dependencies import check_dependencies_carried
+from hardening_pipeline.backup.dependencies import (
+    check_dependencies_carried,
+    check_tenant_tables_carried,
+)
 from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     BackupLayout,
@@ -479,6 +482,7 @@ def _run_locked(
         check_schemas_exist(conn, options.schemas)
         # Before anything is stored: a schema that uses a schema left out would not restore.
         check_dependencies_carried(conn, options.schemas)
+        check_tenant_tables_carried(conn, options.schemas)
         layout = discover_layout(conn, options.schemas)
         info = read_snapshot_info(conn, layout)
         catalog = read_catalog(conn, options.schemas)

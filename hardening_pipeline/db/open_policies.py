@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import tuple_row
 
+from hardening_pipeline.db.tenant_tables import find_tenant_tables
+
 LOCKDOWN_MIGRATION = "004_rls_lockdown.sql"
 
-# Tenant data, as 004 finds it: a table in public with a tenant_id column, or public.tenants.
+# Tenant data, as 004 finds it: a table in public with a tenant_id column, or public.tenants;
+# and, as 019 finds it, a tenant table in any other schema of the app (db/tenant_tables.py).
 _OPEN_POLICIES = """
-    SELECT format('%I ON %I.%I', p.polname, n.nspname, c.relname) AS target,
+    SELECT format('%%I ON %%I.%%I', p.polname, n.nspname, c.relname) AS target,
            ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC'
                              ELSE quote_ident(pg_catalog.pg_get_userbyid(r)) END
                  FROM unnest(p.polroles) r ORDER BY 1) AS roles,
@@ -32,7 +35,7 @@ _OPEN_POLICIES = """
     FROM pg_catalog.pg_policy p
     JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = 'public'
+    WHERE (n.nspname = 'public' OR c.oid = ANY (%(tenant_tables)s::oid[]))
       AND (0::oid = ANY (p.polroles)
            OR (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'anon') = ANY (p.polroles))
     ORDER BY 1
@@ -52,11 +55,15 @@ class OpenPolicy:
 
 
 def open_policies(conn: psycopg.Connection) -> list[OpenPolicy]:
-    """Every policy in ``public`` that applies to anon or PUBLIC, tenant data or not."""
+    """Every policy that applies to anon or PUBLIC in ``public`` (tenant data or not) or on a
+    tenant table of another schema."""
+    tenant_tables = [t.oid for t in find_tenant_tables(conn)]
     cur = conn.cursor(row_factory=tuple_row)
     return [
         OpenPolicy(target, tuple(roles), bool(tenant_data))
-        for target, roles, tenant_data in cur.execute(_OPEN_POLICIES).fetchall()
+        for target, roles, tenant_data in cur.execute(
+            _OPEN_POLICIES, {"tenant_tables": tenant_tables}
+        ).fetchall()
     ]
 
 

@@ -5,12 +5,13 @@ superuser, console click or hand-written migration can quietly undo one (drop a 
 disable a trigger, add a policy for ``anon``). Each check is a plain function taking a read-only
 connection and returning a ``CheckLine`` with the reason and the fix when it is red.
 
-Tables are *found*, not listed: every table in ``public`` with a ``tenant_id`` column is
-tenant-scoped, so a table added tomorrow is held to the same rules. Besides the project's own
-guarantees it covers the RLS-related lints of Supabase's database linter (splinter): RLS disabled
-in public, policies on a table whose RLS is off, RLS on with no policy, mutable function
-search_path, per-row auth calls in policies (auth_rls_initplan), multiple permissive policies,
-security-definer views and SECURITY DEFINER functions anon or authenticated can call (0028/0029).
+Tables are *found*, not listed: every table with a ``tenant_id`` column, in ``public`` or any other
+schema of the app (``db/tenant_tables.py``), is tenant-scoped, so a table added tomorrow is held to
+the same rules. Besides the project's own guarantees it covers the RLS-related lints of Supabase's
+database linter (splinter): RLS disabled in public, policies on a table whose RLS is off, RLS on
+with no policy, mutable function search_path, per-row auth calls in policies (auth_rls_initplan),
+multiple permissive policies, security-definer views and SECURITY DEFINER functions anon or
+authenticated can call (0028/0029).
 Beyond splinter it follows tenant data to where those roles reach it without RLS: views over
 tenant tables in any schema without ``security_invoker``, and their privileges on such views,
 materialized views and tenant tables' sequences. Where a lint and a project line would report
@@ -43,6 +44,12 @@ from hardening_pipeline.db.migrations import (
 )
 from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
 from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers
+from hardening_pipeline.db.tenant_tables import (
+    SYSTEM_SCHEMAS,
+    TenantTable,
+    display_name,
+    find_tenant_tables,
+)
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.policy_exprs import (
     parse_node_tree,
@@ -57,26 +64,6 @@ if TYPE_CHECKING:
     from hardening_pipeline.backup.store import BackupStore
 
 SCHEMA = "public"
-SYSTEM_SCHEMAS = (
-    "pg_catalog",
-    "information_schema",
-    "pg_toast",
-    # Supabase-managed schemas: splinter leaves them to Supabase, so do we.
-    "auth",
-    "storage",
-    "realtime",
-    "extensions",
-    "graphql",
-    "graphql_public",
-    "pgbouncer",
-    "vault",
-    "supabase_functions",
-    "supabase_migrations",
-    "net",
-    "pgsodium",
-    "pgsodium_masks",
-    "cron",
-)
 
 
 @dataclass(frozen=True)
@@ -171,26 +158,23 @@ def _names(items: Sequence[str], limit: int = 8) -> str:
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-_TENANT_TABLES = """
-    SELECT c.oid, c.relname
-    FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
-        AND NOT a.attisdropped
-    WHERE c.relkind IN ('r', 'p') AND n.nspname = %s
-    ORDER BY c.relname
-"""
-
-
-def tenant_tables(conn: psycopg.Connection) -> list[str]:
-    """Every table in ``public`` with a ``tenant_id`` column: found, so new ones count too."""
-    return [r["relname"] for r in _rows(conn, _TENANT_TABLES, (SCHEMA,))]
-
-
-def _locked_tables(conn: psycopg.Connection) -> list[str]:
+def _locked_tables(conn: psycopg.Connection) -> list[TenantTable]:
     # tenants has no tenant_id (it is the tenant) but is locked down the same way.
-    names = tenant_tables(conn)
-    return sorted({*names, "tenants"} if table_exists(conn, "public.tenants") else set(names))
+    return find_tenant_tables(conn, with_tenants=True)
+
+
+def _oids(tables: Sequence[TenantTable]) -> list[int]:
+    return [t.oid for t in tables]
+
+
+def _literal(conn: psycopg.Connection, value: str) -> str:
+    return sql.Literal(value).as_string(conn)
+
+
+def _relation_oid(conn: psycopg.Connection, qualified: str) -> int:
+    """The table's oid, or 0 (matches nothing) when it does not exist."""
+    row = conn.execute("SELECT coalesce(to_regclass(%s)::oid, 0) AS oid", (qualified,)).fetchone()
+    return int(row["oid"])
 
 
 # --- migrations and constraints -------------------------------------------------------------------
@@ -336,18 +320,18 @@ def check_composite_keys(conn: psycopg.Connection, ctx: CheckContext) -> tuple[b
 # --- audit log ------------------------------------------------------------------------------------
 
 _TRIGGERS = """
-    SELECT c.relname, t.tgname, p.proname, t.tgenabled, t.tgtype
+    SELECT c.oid, c.relname, t.tgname, p.proname, t.tgenabled, t.tgtype
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+    WHERE NOT t.tgisinternal AND c.oid = ANY (%s::oid[]) AND pn.nspname = 'hardening'
 """
 # Capture triggers with one argument cast the tenant column to uuid (011 marks the others with a
 # second argument): on a column of another type every write to the table fails.
 _UUID_CAST_ON_OTHER_TYPES = """
-    SELECT c.relname, t.tgname, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+    SELECT n.nspname, c.relname, t.tgname, a.attname,
+           format_type(a.atttypid, a.atttypmod) AS type
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -355,10 +339,10 @@ _UUID_CAST_ON_OTHER_TYPES = """
     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
     JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tgrelid
         AND a.attname = split_part(encode(t.tgargs, 'escape'), '\\000', 1)
-    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+    WHERE NOT t.tgisinternal AND c.oid = ANY (%s::oid[]) AND pn.nspname = 'hardening'
       AND p.proname IN ('audit_capture_insert', 'audit_capture_update', 'audit_capture_delete')
       AND t.tgnargs = 1 AND a.atttypid <> 'uuid'::regtype
-    ORDER BY c.relname, t.tgname
+    ORDER BY n.nspname, c.relname, t.tgname
 """
 _ENABLED = {"O": "enabled (skipped in replica mode)", "D": "disabled", "R": "replica only"}
 # pg_trigger.tgtype bits: BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
@@ -376,8 +360,8 @@ CAPTURE_FUNCTIONS = (
 def check_append_only(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     guards = [
         r
-        for r in _rows(conn, _TRIGGERS, (SCHEMA,))
-        if r["relname"] == "audit_events" and r["proname"] == "audit_events_append_only"
+        for r in _rows(conn, _TRIGGERS, ([_relation_oid(conn, "public.audit_events")],))
+        if r["proname"] == "audit_events_append_only"
     ]
     fix = (
         "ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_append_only "
@@ -401,11 +385,12 @@ def check_append_only(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     "functions as the kit's migrations define them (compared by digest)",
 )
 def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    tables = [t for t in _locked_tables(conn) if t != "audit_events"]
-    triggers = _rows(conn, _TRIGGERS, (SCHEMA,))
+    tables = [t for t in _locked_tables(conn) if (t.schema, t.name) != ("public", "audit_events")]
+    triggers = _rows(conn, _TRIGGERS, (_oids(tables),))
     problems = []
-    for table in tables:
-        have = {r["proname"]: r for r in triggers if r["relname"] == table}
+    for t in tables:
+        table = t.display
+        have = {r["proname"]: r for r in triggers if r["oid"] == t.oid}
         missing = [f for f in CAPTURE_FUNCTIONS if f not in have]
         off = [
             f"{have[f]['tgname']} {_ENABLED[have[f]['tgenabled']]}"
@@ -418,19 +403,31 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             problems.append(f"{table}: {', '.join(off)}")
     # A capture function replaced by one that does nothing keeps every trigger in place.
     problems += changed_functions(conn, list(CAPTURE_FUNCTIONS))
-    for r in _rows(conn, _UUID_CAST_ON_OTHER_TYPES, (SCHEMA,)):
+    for r in _rows(conn, _UUID_CAST_ON_OTHER_TYPES, (_oids(tables),)):
         problems.append(
-            f"{r['relname']}: every write fails, {r['tgname']} casts {r['attname']} "
-            f"({r['type']}) to uuid"
+            f"{display_name(r['nspname'], r['relname'])}: every write fails, {r['tgname']} casts "
+            f"{r['attname']} ({r['type']}) to uuid"
         )
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
+    # A table with none of the triggers is named, so its fix pastes as it is: 019's function
+    # locks it down the way migrate did the others (RLS, grants, index, capture).
+    uncovered = [
+        t
+        for t in tables
+        if t.tenant_column == "tenant_id" and not any(r["oid"] == t.oid for r in triggers)
+    ]
+    lock_down = " ".join(
+        f"SELECT hardening.lock_down_tenant_table({_literal(conn, t.quoted)}::regclass);"
+        for t in uncovered
+    )
     fix = (
-        "for a capture function that differs: re-create it as the last migration file that "
+        (f"for a table without them, as the migration role: {lock_down} " if uncovered else "")
+        + "for a capture function that differs: re-create it as the last migration file that "
         "defines it has it (CREATE OR REPLACE) and find who changed it; "
-        "for a missing set, or one that casts a non-uuid tenant column: drop it and SELECT "
-        "hardening.install_audit_capture('public.<table>'::regclass, 'tenant_id') in a new "
-        "migration; for a disabled one: ALTER TABLE public.<table> ENABLE ALWAYS TRIGGER "
+        "for a set that casts a non-uuid tenant column: drop it and SELECT "
+        "hardening.install_audit_capture('<schema>.<table>'::regclass, 'tenant_id') in a new "
+        "migration; for a disabled one: ALTER TABLE <schema>.<table> ENABLE ALWAYS TRIGGER "
         "<trigger>."
     )
     return False, "; ".join(problems), fix
@@ -618,7 +615,7 @@ def check_service_role_mode(conn: psycopg.Connection, ctx: CheckContext) -> tupl
 # --- row-level security ---------------------------------------------------------------------------
 
 _RLS = """
-    SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+    SELECT c.oid, c.relname, c.relrowsecurity, c.relforcerowsecurity,
            EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy,
            EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
                    AND a.attname = 'tenant_id' AND NOT a.attisdropped) AS tenant_scoped,
@@ -648,22 +645,22 @@ def _rls_rows(conn: psycopg.Connection) -> list[dict]:
     "rls_tenant_tables", "RLS enabled and forced on every tenant-scoped table (found, not listed)"
 )
 def check_rls_tenant(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    locked = set(_locked_tables(conn))
-    rows = [r for r in _rls_rows(conn) if r["nspname"] == SCHEMA and r["relname"] in locked]
+    locked = {t.oid: t for t in _locked_tables(conn)}
+    rows = [r | {"table": locked[r["oid"]]} for r in _rls_rows(conn) if r["oid"] in locked]
     problems = []
     for r in rows:
         if not r["relrowsecurity"]:
             problems.append(
-                f"{r['relname']}: RLS disabled"
+                f"{r['table'].display}: RLS disabled"
                 + (" (its policies are not enforced)" if r["has_policy"] else "")
             )
         elif not r["relforcerowsecurity"]:
-            problems.append(f"{r['relname']}: RLS not forced (the owner bypasses it)")
+            problems.append(f"{r['table'].display}: RLS not forced (the owner bypasses it)")
     if not problems:
-        return True, f"{len(rows)} tables: {_names([r['relname'] for r in rows])}", ""
+        return True, f"{len(rows)} tables: {_names([r['table'].display for r in rows])}", ""
     # Name each table, so the fix can be pasted as it is.
     statements = [
-        f"ALTER TABLE public.{r['relname']} {what} ROW LEVEL SECURITY;"
+        f"ALTER TABLE {r['table'].quoted} {what} ROW LEVEL SECURITY;"
         for r in rows
         for what, missing in (
             ("ENABLE", not r["relrowsecurity"]),
@@ -677,11 +674,11 @@ def check_rls_tenant(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
 
 @check("rls_disabled_in_public", "splinter rls_disabled_in_public: other public tables have RLS")
 def check_rls_public(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    locked = set(_locked_tables(conn))
+    locked = set(_oids(_locked_tables(conn)))
     bad = [
         r["relname"]
         for r in _rls_rows(conn)
-        if r["nspname"] == SCHEMA and r["relname"] not in locked and not r["relrowsecurity"]
+        if r["nspname"] == SCHEMA and r["oid"] not in locked and not r["relrowsecurity"]
     ]
     if not bad:
         return True, "no table in public without RLS", ""
@@ -698,11 +695,16 @@ def check_rls_public(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
     "splinter policy_exists_rls_disabled: no policies on a table with RLS off (other schemas)",
 )
 def check_policy_rls_off(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    # Tables in public are covered by the two lines above, which name this case in their detail.
+    # Tenant tables and the rest of public are covered by the two lines above, which name this
+    # case in their detail.
+    locked = set(_oids(_locked_tables(conn)))
     bad = [
         f"{r['nspname']}.{r['relname']}"
         for r in _rls_rows(conn)
-        if r["nspname"] != SCHEMA and r["has_policy"] and not r["relrowsecurity"]
+        if r["nspname"] != SCHEMA
+        and r["oid"] not in locked
+        and r["has_policy"]
+        and not r["relrowsecurity"]
     ]
     if not bad:
         return True, "every table with policies has RLS on", ""
@@ -767,19 +769,19 @@ def check_anon_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bo
 
 
 _ANON_GRANTS = """
-    SELECT c.relname, coalesce(r.rolname, 'PUBLIC') AS grantee, x.privilege_type,
+    SELECT c.oid, coalesce(r.rolname, 'PUBLIC') AS grantee, x.privilege_type,
            NULL::text AS column_name
     FROM pg_catalog.pg_class c
     CROSS JOIN LATERAL aclexplode(c.relacl) x
     LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
-    WHERE c.oid = ANY (%(tables)s::regclass[]) AND (x.grantee = 0 OR r.rolname = 'anon')
+    WHERE c.oid = ANY (%(tables)s::oid[]) AND (x.grantee = 0 OR r.rolname = 'anon')
     UNION ALL
-    SELECT c.relname, coalesce(r.rolname, 'PUBLIC'), x.privilege_type, a.attname::text
+    SELECT c.oid, coalesce(r.rolname, 'PUBLIC'), x.privilege_type, a.attname::text
     FROM pg_catalog.pg_attribute a
     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
     CROSS JOIN LATERAL aclexplode(a.attacl) x
     LEFT JOIN pg_catalog.pg_roles r ON r.oid = x.grantee
-    WHERE c.oid = ANY (%(tables)s::regclass[]) AND a.attacl IS NOT NULL
+    WHERE c.oid = ANY (%(tables)s::oid[]) AND a.attacl IS NOT NULL
       AND (x.grantee = 0 OR r.rolname = 'anon')
     ORDER BY 1, 2, 3
 """
@@ -787,25 +789,35 @@ _ANON_GRANTS = """
 
 @check("no_anon_grants", "anon and PUBLIC hold no privileges on tenant tables")
 def check_anon_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
-    rows = _rows(conn, _ANON_GRANTS, {"tables": tables})
+    tables = {t.oid: t for t in _locked_tables(conn)}
+    rows = _rows(conn, _ANON_GRANTS, {"tables": list(tables)})
     if not rows:
         return True, f"none on {len(tables)} tables", ""
     held = [
-        f"{r['grantee']} {r['privilege_type']} on {r['relname']}"
+        f"{r['grantee']} {r['privilege_type']} on {tables[r['oid']].display}"
         + (f"({r['column_name']})" if r["column_name"] else "")
         for r in rows
     ]
-    fix = "REVOKE ALL ON public.<table> FROM anon, PUBLIC (and column grants: REVOKE ... (col))."
-    return False, _names(held), fix
+    # Named table by table so the fix pastes as it is; a column grant goes with the table's.
+    revokes = []
+    for oid in dict.fromkeys(r["oid"] for r in rows):
+        grantees = sorted({r["grantee"] for r in rows if r["oid"] == oid})
+        columns = sorted({r["column_name"] for r in rows if r["oid"] == oid and r["column_name"]})
+        revokes.append(f"REVOKE ALL ON {tables[oid].quoted} FROM {', '.join(grantees)};")
+        if columns:
+            quoted = ", ".join(sql.Identifier(c).as_string(conn) for c in columns)
+            revokes.append(
+                f"REVOKE ALL ({quoted}) ON {tables[oid].quoted} FROM {', '.join(grantees)};"
+            )
+    return False, _names(held), " ".join(revokes)
 
 
 _API_DDL_PRIVILEGES = """
-    SELECT role, c.relname, priv
+    SELECT role, c.oid, priv
     FROM pg_catalog.pg_class c
     CROSS JOIN unnest(%(roles)s::text[]) role
     CROSS JOIN unnest(ARRAY['TRIGGER', 'TRUNCATE', 'REFERENCES']) priv
-    WHERE c.oid = ANY (%(tables)s::regclass[])
+    WHERE c.oid = ANY (%(tables)s::oid[])
       -- CASE, not AND: has_table_privilege raises for a role that does not exist.
       AND CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = role)
                THEN pg_catalog.has_table_privilege(role, c.oid, priv) END
@@ -820,15 +832,18 @@ _API_DDL_PRIVILEGES = """
 def check_api_ddl_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     # TRIGGER lets the role hang a trigger on every tenant's writes; TRUNCATE skips RLS. On
     # Supabase a table created after migrate gets both from the default privileges.
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    tables = {t.oid: t for t in _locked_tables(conn)}
     rows = _rows(
-        conn, _API_DDL_PRIVILEGES, {"tables": tables, "roles": ["authenticated", "service_role"]}
+        conn,
+        _API_DDL_PRIVILEGES,
+        {"tables": list(tables), "roles": ["authenticated", "service_role"]},
     )
     if not rows:
         return True, f"none on {len(tables)} tables", ""
-    held = [f"{r['role']} {r['priv']} on {r['relname']}" for r in rows]
+    held = [f"{r['role']} {r['priv']} on {tables[r['oid']].display}" for r in rows]
+    named = ", ".join(tables[oid].quoted for oid in dict.fromkeys(r["oid"] for r in rows))
     fix = (
-        "REVOKE TRIGGER, TRUNCATE, REFERENCES ON public.<table> FROM PUBLIC, authenticated, "
+        f"REVOKE TRIGGER, TRUNCATE, REFERENCES ON {named} FROM PUBLIC, authenticated, "
         "service_role; and ALTER DEFAULT PRIVILEGES ... REVOKE TRIGGER, TRUNCATE, REFERENCES "
         "ON TABLES FROM authenticated, service_role."
     )
@@ -836,29 +851,26 @@ def check_api_ddl_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tup
 
 
 _TENANT_INDEXED = """
-    SELECT c.relname,
+    SELECT c.oid,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                    JOIN pg_catalog.pg_attribute ia
                      ON ia.attrelid = i.indrelid AND ia.attnum = i.indkey[0]
                    WHERE i.indrelid = c.oid AND ia.attname = 'tenant_id'
                      AND i.indisvalid AND i.indpred IS NULL) AS indexed
     FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
-        AND NOT a.attisdropped
-    WHERE c.relkind IN ('r', 'p') AND n.nspname = %s
-    ORDER BY c.relname
+    WHERE c.oid = ANY (%s::oid[])
 """
 
 
 @check("tenant_id_indexed", "tenant_id is the leading column of a valid index on every table")
 def check_tenant_index(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    rows = _rows(conn, _TENANT_INDEXED, (SCHEMA,))
-    bad = [r["relname"] for r in rows if not r["indexed"]]
+    tables = {t.oid: t for t in find_tenant_tables(conn)}
+    rows = _rows(conn, _TENANT_INDEXED, (list(tables),))
+    bad = [tables[r["oid"]].display for r in rows if not r["indexed"]]
     if not bad:
         return True, f"{len(rows)} tables", ""
     fix = (
-        "CREATE INDEX CONCURRENTLY <table>_tenant_id_idx ON public.<table> (tenant_id) "
+        "CREATE INDEX CONCURRENTLY <table>_tenant_id_idx ON <schema>.<table> (tenant_id) "
         "(policies filter on tenant_id; without it every query scans the table)."
     )
     return False, f"no usable tenant_id index on {_names(bad)}", fix
@@ -967,7 +979,7 @@ def check_permissive(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
 # pg_rewrite and pg_depend, then probed: never from policy names or deparsed text.
 
 _TENANT_POLICIES = """
-    SELECT c.relname, p.polname, p.polcmd, p.polpermissive,
+    SELECT c.oid, p.polname, p.polcmd, p.polpermissive,
            ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r)::text END
                  FROM unnest(p.polroles) r) AS roles,
            p.polqual::text AS qual, p.polwithcheck::text AS with_check,
@@ -975,12 +987,13 @@ _TENANT_POLICIES = """
            pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS with_check_sql,
            (SELECT a.attnum FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = c.oid AND NOT a.attisdropped
-              AND a.attname = CASE WHEN c.relname = 'tenants' THEN 'id' ELSE 'tenant_id' END)
+              AND a.attname = CASE WHEN c.oid = pg_catalog.to_regclass('public.tenants')
+                                   THEN 'id' ELSE 'tenant_id' END)
                AS tenant_attnum
     FROM pg_catalog.pg_policy p
     JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-    WHERE c.oid = ANY (%(tables)s::regclass[])
-    ORDER BY c.relname, p.polname
+    WHERE c.oid = ANY (%(tables)s::oid[])
+    ORDER BY c.oid, p.polname
 """
 # Equality as initdb defined it: an operator someone added (even one named =) proves nothing.
 _BUILTIN_EQUALITY = """
@@ -993,8 +1006,10 @@ _POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
 
 def _policy_trees(conn: psycopg.Connection) -> list[dict]:
     """The policies on tenant tables, each expression parsed and judged."""
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
-    rows = _rows(conn, _TENANT_POLICIES, {"tables": tables})
+    tables = {t.oid: t for t in _locked_tables(conn)}
+    rows = _rows(conn, _TENANT_POLICIES, {"tables": list(tables)})
+    for r in rows:
+        r["relname"] = tables[r["oid"]].display  # bare in public, as managed_tables has it
     opnos: set[int] = set()
     for r in rows:
         for key in ("qual", "with_check"):
@@ -1113,15 +1128,15 @@ _TENANT_RULES = """
                  FROM pg_catalog.pg_depend d
                  WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
                    AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                   AND d.refobjid = ANY (%(tables)s::regclass[])
+                   AND d.refobjid = ANY (%(tables)s::oid[])
                    AND d.refobjid <> r.ev_class) AS touches
     FROM pg_catalog.pg_rewrite r
     WHERE r.rulename <> '_RETURN'
-      AND (r.ev_class = ANY (%(tables)s::regclass[])
+      AND (r.ev_class = ANY (%(tables)s::oid[])
            OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
                         AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                        AND d.refobjid = ANY (%(tables)s::regclass[])))
+                        AND d.refobjid = ANY (%(tables)s::oid[])))
     ORDER BY 3, 1
 """
 
@@ -1132,7 +1147,7 @@ _TENANT_RULES = """
     "table owner's rights, around the caller's policies)",
 )
 def check_tenant_rules(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    tables = _oids(_locked_tables(conn))
     rules = _rows(conn, _TENANT_RULES, {"tables": tables})
     if not rules:
         return True, f"none on or into {len(tables)} tenant tables", ""
@@ -1218,18 +1233,17 @@ def _probe_callers(conn: psycopg.Connection) -> list[_ProbeCaller]:
 
 
 def _visible_foreign_rows(
-    conn: psycopg.Connection, caller: _ProbeCaller, table: str
+    conn: psycopg.Connection, caller: _ProbeCaller, table: TenantTable
 ) -> int | str | None:
     """Rows of other tenants ``caller`` reads in ``table``; None if it may not even try, or why
     the query failed."""
-    column = "id" if table == "tenants" else "tenant_id"
     query = sql.SQL(
         "SELECT pg_catalog.count(*) AS n FROM (SELECT 1 FROM {table} AS x "
         "WHERE NOT coalesce((x.{column})::pg_catalog.text OPERATOR(pg_catalog.=) "
         "ANY (%(own)s::pg_catalog.text[]), false) LIMIT {limit}) AS seen"
     ).format(
-        table=sql.Identifier(SCHEMA, table),
-        column=sql.Identifier(column),
+        table=table.identifier(),
+        column=sql.Identifier(table.tenant_column),
         limit=sql.Literal(_PROBE_LIMIT),
     )
     try:
@@ -1273,10 +1287,12 @@ def check_isolation_probe(conn: psycopg.Connection, ctx: CheckContext) -> tuple[
         for caller in callers:
             seen = _visible_foreign_rows(conn, caller, table)
             if isinstance(seen, str):
-                failures.append(f"{caller.role} on {table}: {seen}")
+                failures.append(f"{caller.role} on {table.display}: {seen}")
             elif seen:
                 many = f"{_PROBE_LIMIT}+" if seen >= _PROBE_LIMIT else str(seen)
-                leaks.append(f"{caller.label} reads {many} row(s) of other tenants in {table}")
+                leaks.append(
+                    f"{caller.label} reads {many} row(s) of other tenants in {table.display}"
+                )
     if not leaks and not failures:
         return True, f"{len(tables)} tenant tables: no other tenant's row visible", ""
     fix = (
@@ -1618,7 +1634,7 @@ _VIEWS_OVER_TENANT_TABLES = """
          AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
     ),
     over_tenant (view_oid, base_oid) AS (
-        SELECT view_oid, dep_oid FROM view_deps WHERE dep_oid = ANY (%(tables)s::regclass[])
+        SELECT view_oid, dep_oid FROM view_deps WHERE dep_oid = ANY (%(tables)s::oid[])
         UNION
         SELECT vd.view_oid, o.base_oid
         FROM view_deps vd JOIN over_tenant o ON vd.dep_oid = o.view_oid
@@ -1648,7 +1664,7 @@ _VIEWS_OVER_TENANT_TABLES = """
 def _views_over_tenant_tables(conn: psycopg.Connection) -> list[dict]:
     """Views and materialized views that read a tenant table, directly or through other views."""
     _require_api_roles(conn)
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    tables = _oids(_locked_tables(conn))
     return _rows(
         conn,
         _VIEWS_OVER_TENANT_TABLES,
@@ -1695,7 +1711,7 @@ _TENANT_SEQUENCES = """
       ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
      AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
     JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
-    WHERE s.relkind = 'S' AND t.oid = ANY (%(tables)s::regclass[])
+    WHERE s.relkind = 'S' AND t.oid = ANY (%(tables)s::oid[])
     ORDER BY 1
 """
 
@@ -1722,7 +1738,7 @@ def check_api_privileges(conn: psycopg.Connection, ctx: CheckContext) -> tuple[b
             roles = sorted({p.split()[0] for p in held})
             # GRANT/REVOKE name views and materialized views as TABLE.
             fixes.append(f"REVOKE ALL ON TABLE {v['qualified']} FROM PUBLIC, {', '.join(roles)};")
-    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    tables = _oids(_locked_tables(conn))
     for seq in _rows(conn, _TENANT_SEQUENCES, {"roles": list(API_ROLES), "tables": tables}):
         if seq["api_privileges"]:
             problems.append(

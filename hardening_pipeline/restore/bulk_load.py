@@ -24,6 +24,7 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.manifest import SequenceValue, TableEntry
+from hardening_pipeline.db.tenant_tables import is_app_schema
 from hardening_pipeline.errors import CheckFailed
 
 
@@ -248,12 +249,18 @@ def _special_columns(conn: psycopg.Connection, target: str) -> tuple[set[str], l
 def _tenant_column(entry: TableEntry, tenant_id: str) -> str:
     """The column that names the tenant of a row in a tenant's object, as the backup chose it.
 
-    ``public.tenants`` by ``id``, another ``public`` table by ``tenant_id`` (the audit log
-    aside); any other table never belongs in a tenant's object and is refused.
+    ``public.tenants`` by ``id``, another tenant table (``db/tenant_tables.py``: any schema of
+    the app) by ``tenant_id`` (the audit log aside); any other table never belongs in a
+    tenant's object and is refused.
     """
     schema, _, table = entry.name.rpartition(".")
-    column = "id" if table == "tenants" else "tenant_id"
-    if (schema or "public") != "public" or table == "audit_events" or column not in entry.columns:
+    schema = schema or "public"
+    column = "id" if (schema, table) == ("public", "tenants") else "tenant_id"
+    if (
+        not is_app_schema(schema)
+        or (schema, table) == ("public", "audit_events")
+        or column not in entry.columns
+    ):
         raise CheckFailed(
             f"the backup's object for tenant {tenant_id} holds table {entry.name}, which has no "
             "tenant column; nothing was restored: check the store (the object was not written "
