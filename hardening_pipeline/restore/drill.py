@@ -109,6 +109,7 @@ MIGRATION_FILLED_TABLES = (
     "hardening.managed_tables",
     "hardening.adoption_log",
     "hardening.tenant_resolver",
+    "hardening.ddl_recording_installs",
 )
 
 
