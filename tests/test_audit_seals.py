@@ -676,6 +676,15 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     assert check.metadata["first_bad_id"].value == "none"
 
 
+def sensor_resources(db_url: str, tmp_path: Path, webhook_url: str = "") -> dict:
+    return {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+        "slack": SlackAlertsResource(webhook_url=webhook_url, max_retries=0, timeout=5),
+    }
+
+
 def seal_sensor_tick(instance, cursor, resources) -> tuple[dg.SensorResult, str | None]:
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     result = audit_seal_sensor(context)
@@ -688,12 +697,7 @@ def test_the_sensor_seals_in_its_tick_alerts_a_broken_chain_once_then_resolved(
     """No runs; one Slack message with the sentence and first bad id, quiet after, resolved."""
     monkeypatch.setenv("HARDENING_STATE_DIR", str(tmp_path / "state"))
     write_tenants(su, 1)
-    resources = {
-        "app_db": AppDatabaseResource(database_url=db_url),
-        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
-        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
-        "slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0, timeout=5),
-    }
+    resources = sensor_resources(db_url, tmp_path, slack_receiver.url)
     with dg.instance_for_test() as instance:
         result, cursor = seal_sensor_tick(instance, None, resources)
         assert result.run_requests == [] or result.run_requests is None
@@ -723,12 +727,7 @@ def test_the_sensor_seals_in_its_tick_alerts_a_broken_chain_once_then_resolved(
 
 
 def test_before_the_schema_exists_the_sensor_waits_and_names_the_job(empty_db_url, tmp_path):
-    resources = {
-        "app_db": AppDatabaseResource(database_url=empty_db_url),
-        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
-        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
-        "slack": SlackAlertsResource(webhook_url="", max_retries=0),
-    }
+    resources = sensor_resources(empty_db_url, tmp_path)
     with dg.instance_for_test() as instance:
         result, _ = seal_sensor_tick(instance, None, resources)
     assert "launch database_schema_job" in result.skip_reason.skip_message
@@ -774,12 +773,7 @@ def test_the_seal_check_links_the_published_runbook(db_url, su, tmp_path, monkey
     monkeypatch.setenv("HARDENING_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HARDENING_RUNBOOK_URL", "https://runbook.example.com/runbook.html")
     write_tenants(su, 1)
-    resources = {
-        "app_db": AppDatabaseResource(database_url=db_url),
-        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
-        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
-        "slack": SlackAlertsResource(webhook_url="", max_retries=0),
-    }
+    resources = sensor_resources(db_url, tmp_path)
     with dg.instance_for_test() as instance:
         result, _ = seal_sensor_tick(instance, None, resources)
     check = next(e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation))
