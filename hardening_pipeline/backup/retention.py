@@ -100,6 +100,8 @@ class KeptBackup:
     backup_id: str
     created_at: datetime
     reasons: list[str] = field(default_factory=list)
+    # The policies (daily, weekly, monthly) that spent a slot on it, for lock horizons.
+    slots: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
     for index, ref in enumerate(ordered):
         when = ref.created_at_utc
         reasons: list[str] = []
+        slots_spent: list[str] = []
         kept_as_oldest = False
         for slot in slots:
             if slot.remaining == 0:
@@ -196,12 +199,13 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
                 continue
             slot.last = period
             slot.remaining -= 1
+            slots_spent.append(slot.name)
         if kept_as_oldest:
             reasons.append("oldest")
         if index == 0:
             reasons.append("newest")
         if reasons:
-            keep.append(KeptBackup(ref.backup_id, ref.created_at, reasons))
+            keep.append(KeptBackup(ref.backup_id, ref.created_at, reasons, slots_spent))
         else:
             delete.append(ref)
 

@@ -170,7 +170,7 @@ def backup_retention(
             daily=config.keep_daily, weekly=config.keep_weekly, monthly=config.keep_monthly
         )
         keyring = encryption_keys.keyring(app_db.settings())
-        store = backup_store.open()
+        store = backup_store.open(pruning=True)
         job = retention_job(store, keyring, policy, dry_run=config.dry_run)
     except ValueError as exc:  # a negative keep count
         raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
