@@ -7,10 +7,13 @@ A keeper is final only once a newer backup exists: the newest backup holds the w
 slots of a week and month that are not over yet, and extending a COMPLIANCE lock cannot be undone,
 so every nightly backup would otherwise be locked for a year. Its daily lock covers it until then.
 
-Horizons are counted from when the backup was taken, generously enough that retention never wants
-to delete a backup whose lock it set (a weekly keeper leaves the 12 newest weeks at least 11 weeks
-after it was taken). Locks are a floor under the schedule, never a reason to fail: retention
-keeps what is still locked and deletes it on a later run.
+A horizon is the earliest moment retention could let the backup go: the keeper of ISO week W
+leaves the 12 newest weeks when week W+12 begins at the soonest, the keeper of month M when month
+M+12 begins, a daily keeper of day D when day D+30 begins. Locking to exactly then protects every
+backup for as long as the schedule promises it, without holding anything the schedule has let go
+(a missed night keeps a backup longer, and then retention, not the lock, keeps it). Locks are a
+floor under the schedule, never a reason to fail: retention keeps what is still locked and
+deletes it on a later run.
 """
 
 from __future__ import annotations
@@ -54,14 +57,16 @@ def required_lock(kept: KeptBackup, policy: RetentionPolicy, *, final: bool) -> 
     """How long ``kept`` must stay locked: the furthest horizon of the slots it holds.
 
     ``final`` is False for the newest backup, whose weekly and monthly slots may still pass
-    to a later backup of the same week or month; it keeps its daily horizon only.
+    to a later backup of the same week or month; it keeps its daily horizon only (which the
+    write lock, counted from a moment later that day, already covers).
     """
-    taken = kept.created_at.astimezone(UTC)
-    until = taken + timedelta(days=max(policy.daily, 1))
+    day = kept.created_at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    until = day + timedelta(days=max(policy.daily, 1))
     if final and "weekly" in kept.slots:
-        until = max(until, taken + timedelta(weeks=policy.weekly))
+        monday = day - timedelta(days=day.weekday())
+        until = max(until, monday + timedelta(weeks=policy.weekly))
     if final and "monthly" in kept.slots:
-        until = max(until, _add_months(taken, policy.monthly))
+        until = max(until, _add_months(day.replace(day=1), policy.monthly))
     return until
 
 

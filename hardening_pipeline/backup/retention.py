@@ -100,7 +100,8 @@ class KeptBackup:
     backup_id: str
     created_at: datetime
     reasons: list[str] = field(default_factory=list)
-    # The policies (daily, weekly, monthly) that spent a slot on it, for lock horizons.
+    # The policies (daily, weekly, monthly) whose period it is the newest backup of, for lock
+    # horizons; a slot spent by the oldest-backup rule is not one (the next backup takes it).
     slots: list[str] = field(default_factory=list)
 
 
@@ -191,6 +192,7 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
             period = slot.period_of(when)
             if period != slot.last:
                 reasons.append(f"{slot.name} {period}")
+                slots_spent.append(slot.name)
             elif index == oldest_index:
                 # restic's `val != b.Last || nr == len(list)-1`: the policy has slots left, so it
                 # spends one on the oldest backup to stretch the history as far back as possible.
@@ -199,7 +201,6 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
                 continue
             slot.last = period
             slot.remaining -= 1
-            slots_spent.append(slot.name)
         if kept_as_oldest:
             reasons.append("oldest")
         if index == 0:

@@ -115,6 +115,16 @@ def _send_content_md5(params: dict[str, Any], **_: Any) -> None:
     params.get("context", {}).pop("checksum", None)
 
 
+def send_content_md5_on_lock_writes(client: Any) -> None:
+    """Make ``client`` prove locked writes and retention changes with Content-MD5 (B2-safe)."""
+    for operation in _MD5_OPERATIONS:
+        client.meta.events.register(
+            f"before-call.s3.{operation}",
+            _send_content_md5,
+            unique_id=f"hardening-content-md5-{operation}",
+        )
+
+
 def _log_retry(request: Any, event_name: str = "", **_: Any) -> None:
     """botocore retries quietly; a warning per retry shows a flaky store before it fails."""
     header = request.headers.get("amz-sdk-request") or b""
@@ -173,12 +183,7 @@ class S3Store(BackupStore):
         # Retain-until dates are computed from this clock; tests move it with the server's.
         self.clock = clock or (lambda: datetime.now(UTC))
         if object_lock is not None:
-            for operation in _MD5_OPERATIONS:
-                client.meta.events.register(
-                    f"before-call.s3.{operation}",
-                    _send_content_md5,
-                    unique_id=f"hardening-content-md5-{operation}",
-                )
+            send_content_md5_on_lock_writes(client)
 
     # -- naming and errors --
 
