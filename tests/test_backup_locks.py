@@ -401,3 +401,47 @@ def test_retention_uses_the_pruning_key_and_backup_the_writer_key(
     pruner.put("probe", [b"x"])
     auth = s3_server.requests[-1].headers["authorization"]
     assert "Credential=pruner-key-id/" in auth
+
+
+def test_hardening_backup_and_status_on_locked_and_unlocked_buckets(
+    db_url: str,
+    s3_server: B2LikeS3Server,
+    s3_locked_bucket: str,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """The commands as a user runs them, on a real database: a locked bucket gets locked
+    backups and a green ``backup_locks`` line; a bucket without Object Lock is exit 2."""
+    from hardening_pipeline.seed import seed_demo_data
+    from tests.support.cli import keyed_store_env
+
+    seed_demo_data(db_url, tenants=2, messages_per_unit=1)
+    env = keyed_store_env(tmp_path) | {
+        "BACKUP_STORE_URL": f"s3://{s3_locked_bucket}/backups",
+        "BACKUP_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "BACKUP_OBJECT_LOCK": "compliance",
+        "HARDENING_REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    backup = run_hardening("backup", url=db_url, env=env)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    stored = versions_of(s3_server, s3_locked_bucket)
+    assert stored and any(v["Key"].endswith(MANIFEST_NAME) for v in stored)
+    for version in stored:
+        head = s3_server.client().head_object(Bucket=s3_locked_bucket, Key=version["Key"])
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=29)
+    assert s3_server.rejected == []
+
+    status = run_hardening("status", "--no-alert", "--backup-freshness", url=db_url, env=env)
+    output = " ".join((status.stdout + status.stderr).split())
+    assert "backup_locks" in output and "immutable until" in output, output
+
+    unlocked = env | {"BACKUP_STORE_URL": f"s3://{s3_bucket}/backups"}
+    refused_run = run_hardening("backup", url=db_url, env=unlocked)
+    assert refused_run.returncode == 2, refused_run.stdout + refused_run.stderr
+    said = " ".join((refused_run.stdout + refused_run.stderr).split())
+    assert "does not have Object Lock enabled" in said and "Traceback" not in said
+    assert versions_of(s3_server, s3_bucket) == []  # refused before anything was written
+    red = run_hardening("status", "--no-alert", "--backup-freshness", url=db_url, env=unlocked)
+    assert red.returncode == 1
+    assert "does not have Object Lock enabled" in " ".join(red.stdout.split())
