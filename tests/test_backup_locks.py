@@ -445,3 +445,26 @@ def test_hardening_backup_and_status_on_locked_and_unlocked_buckets(
     red = run_hardening("status", "--no-alert", "--backup-freshness", url=db_url, env=unlocked)
     assert red.returncode == 1
     assert "does not have Object Lock enabled" in " ".join(red.stdout.split())
+
+
+def test_horizons_are_when_the_schedule_could_first_let_a_keeper_go() -> None:
+    from hardening_pipeline.backup.locks import required_lock
+    from hardening_pipeline.backup.retention import KeptBackup
+
+    policy = RetentionPolicy()  # 30 / 12 / 12
+    sunday = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)  # ISO week 47 starts Monday 11-16
+    weekly = KeptBackup("w", sunday, ["weekly 2026-W47"], ["weekly"])
+    assert required_lock(weekly, policy, final=True) == datetime(2027, 2, 8, tzinfo=UTC)
+    month_end = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    monthly = KeptBackup("m", month_end, ["daily", "weekly", "monthly"], ["daily", "monthly"])
+    assert required_lock(monthly, policy, final=True) == datetime(2027, 11, 1, tzinfo=UTC)
+    # The newest backup's week and month are not over: only its daily horizon counts.
+    assert required_lock(monthly, policy, final=False) == datetime(2026, 12, 30, tzinfo=UTC)
+
+
+def test_the_oldest_backup_rule_gives_no_longer_lock() -> None:
+    day = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    refs = [BackupRef("a", day), BackupRef("b", day + timedelta(hours=1))]
+    plan = plan_retention(refs, POLICY)
+    oldest = next(k for k in plan.keep if k.backup_id == "a")
+    assert "oldest" in oldest.reasons and oldest.slots == []

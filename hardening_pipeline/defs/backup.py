@@ -177,16 +177,17 @@ def backup_retention(
     except HardeningError as exc:
         raise job_failure(exc, "retention", runbook_anchor="backup-retention-refused") from None
     outcome = job.outcome
-    deleted = [r.backup_id for r in outcome.plan.delete]
-    context.log.info(
-        f"retention kept {len(outcome.plan.keep)}, {job.verb} {len(deleted)} backups and "
-        f"{len(outcome.debris)} incomplete folders on {job.location}"
-    )
+    # A backup the plan lets go but whose Object Lock has not run out is kept, not deleted.
+    deleted = [r.backup_id for r in outcome.plan.delete if r.backup_id not in outcome.locked]
+    debris = [d.backup_id for d in outcome.debris if d.backup_id not in outcome.locked]
+    context.log.info(f"retention on {job.location}: {job.summary()}")
     return dg.MaterializeResult(
         metadata={
             "kept": dg.MetadataValue.int(len(outcome.plan.keep)),
             "deleted": dg.MetadataValue.int(len(deleted)),
-            "incomplete_removed": dg.MetadataValue.int(len(outcome.debris)),
+            "incomplete_removed": dg.MetadataValue.int(len(debris)),
+            "kept_until_lock_runs_out": dg.MetadataValue.int(len(outcome.locked)),
+            "locks_extended": dg.MetadataValue.int(len(outcome.locks_extended)),
             "stale_uploads_aborted": dg.MetadataValue.int(outcome.stale_uploads_aborted),
             "newest_backup": dg.MetadataValue.text(
                 outcome.plan.keep[0].backup_id if outcome.plan.keep else ""
