@@ -394,14 +394,14 @@ def _warn_local_key(path: Path | None) -> None:
     )
 
 
-def _keyring_and_store(ctx: Context):
+def _keyring_and_store(ctx: Context, *, pruning: bool = False):
     """Key first, store second, database last: bad configuration stops before any data is read."""
     from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring
 
     keyring = open_keyring(ctx.settings)
     if keyring.local_key_created:
         _warn_local_key(keyring.local_key_path)
-    return keyring, open_configured_store(ctx.settings)
+    return keyring, open_configured_store(ctx.settings, pruning=pruning)
 
 
 def _notifier(ctx: Context, no_alert: bool = False):
@@ -483,7 +483,7 @@ def retention(
     from hardening_pipeline.backup.retention import RetentionPolicy
     from hardening_pipeline.jobs.retention import retention_job
 
-    keyring, store = _keyring_and_store(ctx)
+    keyring, store = _keyring_and_store(ctx, pruning=True)
     policy = RetentionPolicy(daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
     job = retention_job(store, keyring, policy, dry_run=dry_run)
     table = Table(title=f"retention on {job.location}", title_justify="left")

@@ -16,6 +16,10 @@ fact of the machine, reached from places that have no ``Settings`` (a throwaway 
 | BACKUP_S3_ENDPOINT_URL | S3 endpoint, e.g. ``https://s3.us-west-004.backblazeb2.com`` | AWS |
 | BACKUP_S3_REGION | region matching the endpoint, e.g. ``us-west-004`` | ``us-east-1`` |
 | AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY | B2 keyID / applicationKey | boto3's usual chain |
+| BACKUP_OBJECT_LOCK | ``compliance``, ``governance`` or ``off``: lock each backup | ``off`` |
+|  | object until its retention horizon (bucket needs Object Lock) |  |
+| BACKUP_PRUNE_KEY_ID / BACKUP_PRUNE_APPLICATION_KEY | the pruning key retention deletes | unset: |
+|  | with (both or neither); the AWS_* key then need not delete | the AWS_* key |
 | SLACK_WEBHOOK_URL | Slack incoming-webhook URL | unset: alerts are logged as NOT DELIVERED |
 | HARDENING_REPORTS_DIR | where status and drill reports land | ``scripts/hardening/reports`` |
 | HARDENING_STATE_DIR | embedded database, local key, default backups | ``.hardening`` |
@@ -63,6 +67,10 @@ ENV_ENCRYPTION_KEYS_PREVIOUS = "BACKUP_ENCRYPTION_KEYS_PREVIOUS"
 ENV_STORE_URL = "BACKUP_STORE_URL"
 ENV_S3_ENDPOINT_URL = "BACKUP_S3_ENDPOINT_URL"
 ENV_S3_REGION = "BACKUP_S3_REGION"
+ENV_OBJECT_LOCK = "BACKUP_OBJECT_LOCK"
+ENV_PRUNE_KEY_ID = "BACKUP_PRUNE_KEY_ID"
+ENV_PRUNE_APPLICATION_KEY = "BACKUP_PRUNE_APPLICATION_KEY"
+OBJECT_LOCK_CHOICES = ("compliance", "governance", "off")
 ENV_SLACK_WEBHOOK_URL = "SLACK_WEBHOOK_URL"
 ENV_REPORTS_DIR = "HARDENING_REPORTS_DIR"
 ENV_STATE_DIR = "HARDENING_STATE_DIR"
@@ -95,6 +103,8 @@ class Settings:
     backup_schemas: tuple[str, ...] = DEFAULT_BACKUP_SCHEMAS
     pg_dump_path: str | None = None
     drill_target_url: str | None = field(default=None, repr=False)
+    object_lock: str = "off"
+    prune_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -267,6 +277,31 @@ def check_drill_target_url(value: str | None, database_url: str | None) -> None:
         )
 
 
+def parse_object_lock(value: str | None) -> str:
+    """``BACKUP_OBJECT_LOCK``: compliance, governance or off (the default)."""
+    mode = (value or "off").lower()
+    if mode not in OBJECT_LOCK_CHOICES:
+        raise ConfigError(
+            f"{ENV_OBJECT_LOCK} must be compliance, governance or off (got {value!r}); "
+            f"fix the variable or unset it."
+        )
+    return mode
+
+
+def parse_prune_credentials(key_id: str | None, secret: str | None) -> tuple[str, str] | None:
+    """The pruning key: both ``BACKUP_PRUNE_KEY_ID`` and ``BACKUP_PRUNE_APPLICATION_KEY``, or
+    neither."""
+    if key_id and secret:
+        return key_id, secret
+    if key_id or secret:
+        missing = ENV_PRUNE_APPLICATION_KEY if key_id else ENV_PRUNE_KEY_ID
+        raise ConfigError(
+            f"{missing} is not set but its pair is; set both {ENV_PRUNE_KEY_ID} and "
+            f"{ENV_PRUNE_APPLICATION_KEY} (the B2 pruning key) or neither."
+        )
+    return None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment; raises ``ConfigError`` naming the bad variable."""
     env = os.environ if environ is None else environ
@@ -299,6 +334,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backup_schemas=parse_backup_schemas(_clean(env, ENV_BACKUP_SCHEMAS)),
         pg_dump_path=_clean(env, ENV_PG_DUMP),
         drill_target_url=drill_target_url,
+        object_lock=parse_object_lock(_clean(env, ENV_OBJECT_LOCK)),
+        prune_credentials=parse_prune_credentials(
+            _clean(env, ENV_PRUNE_KEY_ID), _clean(env, ENV_PRUNE_APPLICATION_KEY)
+        ),
     )
 
 

@@ -19,7 +19,14 @@ from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.restore.drill import DRILL_SUPERUSER
 from tests.support.db import admin_connect, create_database, drop_database
-from tests.support.s3_server import s3_bucket, s3_closed_endpoint, s3_faults, s3_server  # noqa: F401
+from tests.support.s3_server import (  # noqa: F401  (fixtures)
+    s3_bucket,
+    s3_clock,
+    s3_closed_endpoint,
+    s3_faults,
+    s3_locked_bucket,
+    s3_server,
+)
 from tests.support.slack_receiver import slack_receiver  # noqa: F401  (fixture)
 from tests.support.supabase_db import (  # noqa: F401  (fixtures)
     supabase_app_url,

@@ -6,6 +6,10 @@ deleted, manifest first (the manifest was written last, so the backup stops exis
 a crash half-way leaves only manifest-less debris), then the rest of the folder. Folders without
 a manifest are removed once they are older than a grace period, so a backup still running is
 never touched.
+
+On a locked store (``backup.locks``) it first extends the keepers' locks to their horizons, then
+deletes only what is past its lock; a backup still locked is kept, with its date, and goes on
+a later run. A lock is a reason to keep, never an error.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from hardening_pipeline.backup.catalog import BackupCatalog, StoredBackup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.locks import extend_locks, lock_needs
 from hardening_pipeline.backup.manifest import MANIFEST_NAME
 from hardening_pipeline.backup.retention import (
     BackupRef,
@@ -22,7 +27,7 @@ from hardening_pipeline.backup.retention import (
     RetentionPolicy,
     plan_retention,
 )
-from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.store import BackupStore, ObjectLockedError
 from hardening_pipeline.errors import CheckFailed
 
 INCOMPLETE_GRACE = timedelta(days=1)
@@ -38,6 +43,11 @@ class RetentionOutcome:
     deleted: list[str] = field(default_factory=list)
     debris_removed: list[str] = field(default_factory=list)
     stale_uploads_aborted: int = 0
+    # Backups (and incomplete folders) the plan would delete but whose lock has not run out:
+    # id -> retain-until date (None when the store only said "locked").
+    locked: dict[str, datetime | None] = field(default_factory=dict)
+    # Kept backups whose lock was extended to their horizon (or would be, in a dry run).
+    locks_extended: list[str] = field(default_factory=list)
 
 
 def apply_retention(
@@ -72,15 +82,36 @@ def apply_retention(
         if b.last_modified is not None and now - b.last_modified > incomplete_grace
     ]
     outcome = RetentionOutcome(plan=plan, debris=debris, dry_run=dry_run)
+    locking = store.object_lock is not None
+    if locking:
+        folders = {b.backup_id: b.folder for b in catalog.valid}
+        needs = lock_needs(plan, folders, policy, now)
+        outcome.locks_extended = extend_locks(store, needs, dry_run=dry_run)
+        for ref in plan.delete:
+            until = store.locked_until(by_id[ref.backup_id].folder + MANIFEST_NAME)
+            if until is not None and until > now:
+                outcome.locked[ref.backup_id] = until
     if dry_run:
         return outcome
     for ref in plan.delete:
+        if ref.backup_id in outcome.locked:
+            continue
         backup = by_id[ref.backup_id]
-        store.delete(backup.folder + MANIFEST_NAME)
-        store.delete_prefix(backup.folder)
+        try:
+            store.delete(backup.folder + MANIFEST_NAME)
+            store.delete_prefix(backup.folder)
+        except ObjectLockedError:
+            # Locked longer than its manifest said (a lock set by hand, or GOVERNANCE mode
+            # changed): keep what is left; without its manifest it is debris for a later run.
+            outcome.locked[ref.backup_id] = None
+            continue
         outcome.deleted.append(ref.backup_id)
     for backup in debris:
-        store.delete_prefix(backup.folder)
+        try:
+            store.delete_prefix(backup.folder)
+        except ObjectLockedError:
+            outcome.locked[backup.backup_id] = None
+            continue
         outcome.debris_removed.append(backup.backup_id)
     outcome.stale_uploads_aborted = store.abort_stale_uploads(incomplete_grace, now=now)
     return outcome

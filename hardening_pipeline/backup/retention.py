@@ -100,6 +100,9 @@ class KeptBackup:
     backup_id: str
     created_at: datetime
     reasons: list[str] = field(default_factory=list)
+    # The policies (daily, weekly, monthly) whose period it is the newest backup of, for lock
+    # horizons; a slot spent by the oldest-backup rule is not one (the next backup takes it).
+    slots: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
     for index, ref in enumerate(ordered):
         when = ref.created_at_utc
         reasons: list[str] = []
+        slots_spent: list[str] = []
         kept_as_oldest = False
         for slot in slots:
             if slot.remaining == 0:
@@ -188,6 +192,7 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
             period = slot.period_of(when)
             if period != slot.last:
                 reasons.append(f"{slot.name} {period}")
+                slots_spent.append(slot.name)
             elif index == oldest_index:
                 # restic's `val != b.Last || nr == len(list)-1`: the policy has slots left, so it
                 # spends one on the oldest backup to stretch the history as far back as possible.
@@ -201,7 +206,7 @@ def plan_retention(backups: Iterable[BackupRef], policy: RetentionPolicy) -> Ret
         if index == 0:
             reasons.append("newest")
         if reasons:
-            keep.append(KeptBackup(ref.backup_id, ref.created_at, reasons))
+            keep.append(KeptBackup(ref.backup_id, ref.created_at, reasons, slots_spent))
         else:
             delete.append(ref)
 

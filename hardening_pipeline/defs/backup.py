@@ -170,23 +170,24 @@ def backup_retention(
             daily=config.keep_daily, weekly=config.keep_weekly, monthly=config.keep_monthly
         )
         keyring = encryption_keys.keyring(app_db.settings())
-        store = backup_store.open()
+        store = backup_store.open(pruning=True)
         job = retention_job(store, keyring, policy, dry_run=config.dry_run)
     except ValueError as exc:  # a negative keep count
         raise failure("retention is misconfigured", f"{exc}; fix the keep_* run config.") from None
     except HardeningError as exc:
         raise job_failure(exc, "retention", runbook_anchor="backup-retention-refused") from None
     outcome = job.outcome
-    deleted = [r.backup_id for r in outcome.plan.delete]
-    context.log.info(
-        f"retention kept {len(outcome.plan.keep)}, {job.verb} {len(deleted)} backups and "
-        f"{len(outcome.debris)} incomplete folders on {job.location}"
-    )
+    # A backup the plan lets go but whose Object Lock has not run out is kept, not deleted.
+    deleted = [r.backup_id for r in outcome.plan.delete if r.backup_id not in outcome.locked]
+    debris = [d.backup_id for d in outcome.debris if d.backup_id not in outcome.locked]
+    context.log.info(f"retention on {job.location}: {job.summary()}")
     return dg.MaterializeResult(
         metadata={
             "kept": dg.MetadataValue.int(len(outcome.plan.keep)),
             "deleted": dg.MetadataValue.int(len(deleted)),
-            "incomplete_removed": dg.MetadataValue.int(len(outcome.debris)),
+            "incomplete_removed": dg.MetadataValue.int(len(debris)),
+            "kept_until_lock_runs_out": dg.MetadataValue.int(len(outcome.locked)),
+            "locks_extended": dg.MetadataValue.int(len(outcome.locks_extended)),
             "stale_uploads_aborted": dg.MetadataValue.int(outcome.stale_uploads_aborted),
             "newest_backup": dg.MetadataValue.text(
                 outcome.plan.keep[0].backup_id if outcome.plan.keep else ""

@@ -47,7 +47,8 @@ def backup_is_fresh(
             description=f"cannot check backup freshness: {exc}",
         )
     checked = backup_freshness(FreshnessRequest(store, keyring, DEFAULT_MAX_AGE))
-    fresh, line = checked.freshness, checked.line
+    fresh = checked.freshness
+    red = [line for line in checked.lines if not line.passed]
     metadata = {
         "newest_backup_id": dg.MetadataValue.text(fresh.newest_backup_id or "none found"),
         "store": dg.MetadataValue.text(store.describe()),
@@ -55,9 +56,13 @@ def backup_is_fresh(
     if fresh.age is not None:  # no backup at all has no age; a -1 would be plotted as one
         metadata["age_hours"] = dg.MetadataValue.float(round(fresh.age / timedelta(hours=1), 2))
     return dg.AssetCheckResult(
-        passed=fresh.passed,
+        passed=not red,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=line.detail if line.passed else f"{line.detail}. {line.fix}",
+        description=(
+            "; ".join(line.detail for line in checked.lines)
+            if not red
+            else " ".join(f"{line.detail}. {line.fix}" for line in red)
+        ),
         metadata=metadata,
     )
 

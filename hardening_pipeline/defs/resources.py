@@ -78,13 +78,15 @@ class BackupStoreResource(dg.ConfigurableResource):
     s3_region: str | None = None
     part_size: int = DEFAULT_PART_SIZE
 
-    def open(self) -> BackupStore:
+    def open(self, *, pruning: bool = False) -> BackupStore:
+        """The store; ``pruning`` (retention) opens it with the pruning key if one is set."""
         return open_configured_store(
             load_settings(),
             store_url=self.store_url,
             endpoint_url=self.s3_endpoint_url,
             region=self.s3_region,
             part_size=self.part_size,
+            pruning=pruning,
         )
 
 

@@ -8,6 +8,7 @@ from typing import TypedDict, Unpack
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.locks import lock_schedule, require_lockable
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.canaries import CanaryResult, run_canaries
@@ -32,6 +33,8 @@ class BackupJobResult:
     # Integrity canaries that fired: the backup holds rows a restore cannot load.
     blocking: list[CanaryResult]
     runbook_base_url: str | None = None
+    # Kept backups whose lock this run extended to their weekly or monthly horizon.
+    locks_extended: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -67,11 +70,18 @@ def backup_job(
     ``pg_dump_path``), passed through so the two cannot drift apart. A backup with bad rows
     beats none, so it is stored either way; but the drill would fail on those rows weeks later,
     so the run says so now.
+
+    On a locked store the bucket must have Object Lock enabled (checked before anything is
+    read), and afterwards the keepers this backup made final get their longer locks.
     """
+    writes = not options.get("dry_run", False)
+    if writes:
+        require_lockable(store)
     result = run_backup(url, store, keyring, **options)
+    extended = lock_schedule(store, keyring) if writes and store.object_lock else []
     blocking = [
         r
         for r in run_canaries(url, names=INTEGRITY_CANARIES)
         if not r.passed and r.severity == "error"
     ]
-    return BackupJobResult(result, blocking, runbook_base_url)
+    return BackupJobResult(result, blocking, runbook_base_url, tuple(extended))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.locks import check_backup_locks
 from hardening_pipeline.backup.nightly import BackupResult
 from hardening_pipeline.backup.store import BackupStore, FileStore
 from hardening_pipeline.canaries.runner import CanaryResult
@@ -336,15 +337,22 @@ def run_evidence(
             data = _retention_summary(job)
             log = [f"{row.decision} {row.backup_id}: {row.why}" for row in job.rows]
             log.append("dry run: nothing was deleted")
+            summary = f"dry run: {job.summary()}"
+            # On a locked store: how long the backups are immutable, or why they are not.
+            locks = check_backup_locks(store, keyring)
+            if locks is not None:
+                data["locks"] = {"passed": locks.passed, "detail": locks.detail}
+                log.append(f"{'ok' if locks.passed else 'FAIL'} backup locks: {locks.detail}")
+                summary += f"; {locks.detail}"
             files = [
                 bundle.write("retention.log", "\n".join(log)),
                 bundle.write_json("retention.json", data),
             ]
             return StageOutcome(
                 "retention",
-                True,
+                locks is None or locks.passed,
                 0.0,
-                f"dry run: {job.summary()}",
+                summary,
                 files,
             )
 

@@ -18,6 +18,11 @@ KEEP = "keep"
 INCOMPLETE_WHY = "incomplete: no manifest after the grace period"
 
 
+def locked_why(until: datetime | None) -> str:
+    when = f" until {until:%Y-%m-%d %H:%M} UTC" if until is not None else ""
+    return f"locked{when}: no rule keeps it, deleted once the lock runs out"
+
+
 @dataclass(frozen=True)
 class RetentionRow:
     backup_id: str
@@ -62,23 +67,43 @@ class RetentionJobResult:
     def rows(self) -> list[RetentionRow]:
         """Every backup and incomplete folder with what happened to it, kept ones first."""
         outcome = self.outcome
+        locked = outcome.locked
+        extended = set(outcome.locks_extended)
         rows = [
-            RetentionRow(k.backup_id, k.created_at, KEEP, ", ".join(k.reasons))
+            RetentionRow(
+                k.backup_id,
+                k.created_at,
+                KEEP,
+                ", ".join(k.reasons) + ("; lock extended" if k.backup_id in extended else ""),
+            )
             for k in outcome.plan.keep
         ]
         rows += [
-            RetentionRow(r.backup_id, r.created_at, self.verb, "not selected by any rule")
+            RetentionRow(r.backup_id, r.created_at, KEEP, locked_why(locked[r.backup_id]))
+            if r.backup_id in locked
+            else RetentionRow(r.backup_id, r.created_at, self.verb, "not selected by any rule")
             for r in outcome.plan.delete
         ]
-        rows += [RetentionRow(d.backup_id, None, self.verb, INCOMPLETE_WHY) for d in outcome.debris]
+        rows += [
+            RetentionRow(d.backup_id, None, KEEP, locked_why(locked[d.backup_id]))
+            if d.backup_id in locked
+            else RetentionRow(d.backup_id, None, self.verb, INCOMPLETE_WHY)
+            for d in outcome.debris
+        ]
         return rows
 
     def summary(self) -> str:
         outcome = self.outcome
-        return (
-            f"{len(outcome.plan.keep)} kept, {len(outcome.plan.delete)} {self.verb}, "
-            f"{len(outcome.debris)} incomplete {self.verb}"
+        locked = set(outcome.locked)
+        gone = [r for r in outcome.plan.delete if r.backup_id not in locked]
+        debris = [d for d in outcome.debris if d.backup_id not in locked]
+        text = (
+            f"{len(outcome.plan.keep)} kept, {len(gone)} {self.verb}, "
+            f"{len(debris)} incomplete {self.verb}"
         )
+        if locked:
+            text += f", {len(locked)} kept until their lock runs out"
+        return text
 
 
 def retention_job(

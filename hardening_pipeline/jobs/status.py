@@ -12,6 +12,7 @@ from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.alerts.state import AlertOutcome
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, Freshness, check_backup_freshness
+from hardening_pipeline.backup.locks import LockCheck, check_backup_locks
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.hardening.alerts import alert_status
 from hardening_pipeline.hardening.report import write_report
@@ -33,10 +34,23 @@ class FreshnessRequest:
     max_age: timedelta = DEFAULT_MAX_AGE
 
 
+LOCKS_FIX = (
+    "Enable Object Lock on the bucket (or point BACKUP_STORE_URL at one that has it), then run "
+    "`hardening retention` with a key holding writeFileRetentions to extend the short locks."
+)
+
+
 @dataclass(frozen=True)
 class BackupFreshness:
     freshness: Freshness
     line: CheckLine
+    # Present when the store locks: every kept backup locked to its retention horizon.
+    locks: LockCheck | None = None
+    locks_line: CheckLine | None = None
+
+    @property
+    def lines(self) -> list[CheckLine]:
+        return [self.line] + ([self.locks_line] if self.locks_line else [])
 
 
 def backup_freshness(request: FreshnessRequest) -> BackupFreshness:
@@ -50,7 +64,17 @@ def backup_freshness(request: FreshnessRequest) -> BackupFreshness:
         fix="" if fresh.passed else FRESHNESS_FIX,
         title=f"a verified backup exists from the last {hours:g} hours",
     )
-    return BackupFreshness(fresh, line)
+    locks = check_backup_locks(request.store, request.keyring)
+    locks_line = None
+    if locks is not None:
+        locks_line = CheckLine(
+            name="backup_locks",
+            passed=locks.passed,
+            detail=locks.detail,
+            fix="" if locks.passed else LOCKS_FIX,
+            title="every kept backup is locked until its retention horizon",
+        )
+    return BackupFreshness(fresh, line, locks, locks_line)
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,7 @@ def status_job(
     fresh = backup_freshness(freshness) if freshness is not None else None
     report = run_status_check(url, seal_anchor=seal_anchor)
     if fresh is not None:
-        report.lines.append(fresh.line)
+        report.lines.extend(fresh.lines)
     files = write_report(report, reports_dir)
     alert = None
     if notifier is not None:

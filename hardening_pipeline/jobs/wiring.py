@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
+from hardening_pipeline.backup.locks import write_lock
 from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
 from hardening_pipeline.hardening.seals.anchor import anchor_file_name
 from hardening_pipeline.settings import Settings
@@ -27,13 +28,20 @@ def open_configured_store(
     endpoint_url: str | None = None,
     region: str | None = None,
     part_size: int = DEFAULT_PART_SIZE,
+    pruning: bool = False,
 ) -> BackupStore:
-    """The backup store; each value given overrides its setting (Dagster resource config)."""
+    """The backup store; each value given overrides its setting (Dagster resource config).
+
+    ``pruning`` (retention) uses the pruning key when one is configured: the nightly job's key
+    need not be able to delete anything.
+    """
     return open_store(
         store_url or settings.effective_store_url,
         endpoint_url=endpoint_url or settings.s3_endpoint_url,
         region=region or settings.s3_region,
         part_size=part_size,
+        object_lock=write_lock(settings.object_lock),
+        credentials=settings.prune_credentials if pruning else None,
     )
 
 

@@ -12,7 +12,20 @@ would hide real B2 failures, so this wraps moto's WSGI app in a middleware that:
 * reports the real start time of multipart uploads (moto says 2010 for all of them), since
   stale-upload cleanup decides by it.
 
-Buckets from the ``s3_bucket`` fixture are versioned, like every B2 bucket.
+Buckets from the ``s3_bucket`` fixture are versioned, like every B2 bucket; ``s3_locked_bucket``
+has Object Lock enabled. moto enforces a lock when a version is deleted (also with the
+bypass-governance header on a COMPLIANCE lock), but two rules of S3 and B2 it does not, so the
+middleware adds them:
+
+* a locked write (``x-amz-object-lock-*`` on PutObject, a part of a locked multipart upload) and
+  every PutObjectRetention must carry a Content-MD5 that matches the body (S3 answers
+  ``InvalidRequest`` without it; B2 refuses the flexible-checksum alternative);
+* a multipart upload started with lock headers gets that lock when it completes (moto drops
+  the headers of CreateMultipartUpload, so a big object would be born unlocked);
+* PutObjectRetention may not shorten a COMPLIANCE lock, nor a GOVERNANCE lock without
+  ``x-amz-bypass-governance-retention`` (moto overwrites any retention with any other).
+
+``s3_clock`` moves the server's clock (moto's ``utcnow``), so locks can run out without a wait.
 
 Fixtures (import them into a conftest or test module):
 
@@ -27,6 +40,9 @@ Fixtures (import them into a conftest or test module):
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
 import re
 import socket
@@ -74,6 +90,10 @@ def classify(method: str, path: str, query: str) -> str:
     """Name the S3 operation of a path-style request (enough for the operations we use)."""
     params = parse_qs(query, keep_blank_values=True)
     has_key = len(path.lstrip("/").split("/", 1)) == 2 and path.lstrip("/").split("/", 1)[1] != ""
+    if "retention" in params and has_key:
+        return "PutObjectRetention" if method == "PUT" else "GetObjectRetention"
+    if "object-lock" in params and not has_key:
+        return "PutObjectLockConfiguration" if method == "PUT" else "GetObjectLockConfiguration"
     if method == "PUT":
         if "partNumber" in params and "uploadId" in params:
             return "UploadPart"
@@ -190,6 +210,9 @@ class B2Middleware:
         self.requests: list[RecordedRequest] = []
         self.rejected: list[RecordedRequest] = []
         self.upload_started: dict[str, datetime] = {}
+        # Multipart uploads started with lock headers, and that lock (mode, retain-until):
+        # their parts need Content-MD5 and the finished object gets the lock.
+        self.locked_uploads: dict[str, tuple[str, str]] = {}
         # Most requests of one operation being answered at the same moment, to see parallelism.
         self.max_in_flight: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}
@@ -272,6 +295,16 @@ class B2Middleware:
             )
             return [body]
 
+        refusal = self._object_lock_rules(request, environ)
+        if refusal is not None:
+            status, code, message = refusal
+            self._drain(environ)
+            body = _error_xml(code, message)
+            start_response(
+                status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+
         fault = self.faults.take(request.operation)
         if fault is not None:
             if fault.delay:
@@ -286,7 +319,78 @@ class B2Middleware:
                 return [body]
         if request.operation in ("CreateMultipartUpload", "ListMultipartUploads"):
             return self._track_upload_times(request.operation, environ, start_response)
+        upload_id = parse_qs(request.query).get("uploadId", [""])[0]
+        if request.operation == "CompleteMultipartUpload" and upload_id in self.locked_uploads:
+            answer = list(self.app(environ, start_response))
+            self._lock_completed_upload(request.path, self.locked_uploads[upload_id])
+            return answer
         return self.app(environ, start_response)
+
+    @staticmethod
+    def _lock_completed_upload(path: str, lock: tuple[str, str]) -> None:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        bucket, key = path.lstrip("/").split("/", 1)
+        try:
+            stored = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, _unquote(key))
+        except Exception:
+            return  # the upload failed; moto has answered for it
+        if stored is not None:
+            stored.lock_mode, stored.lock_until = lock
+
+    def _object_lock_rules(
+        self, request: RecordedRequest, environ: dict[str, Any]
+    ) -> tuple[str, str, str] | None:
+        """S3's and B2's Object Lock rules that moto leaves out: (status, code, message)."""
+        headers = request.headers
+        locked_write = request.operation == "PutObject" and any(
+            h.startswith("x-amz-object-lock-") for h in headers
+        )
+        locked_part = request.operation == "UploadPart" and (
+            parse_qs(request.query).get("uploadId", [""])[0] in self.locked_uploads
+        )
+        if not (locked_write or locked_part or request.operation == "PutObjectRetention"):
+            return None
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        md5 = headers.get("content-md5")
+        if md5 is None:
+            return (
+                "400 Bad Request",
+                "InvalidRequest",
+                "Content-MD5 HTTP header is required for Put Object requests with Object "
+                "Lock parameters",
+            )
+        if md5 != base64.b64encode(hashlib.md5(body).digest()).decode("ascii"):
+            return ("400 Bad Request", "BadDigest", "The Content-MD5 you specified did not match")
+        if request.operation == "PutObjectRetention":
+            return self._shortening(request, body)
+        return None
+
+    @staticmethod
+    def _shortening(request: RecordedRequest, body: bytes) -> tuple[str, str, str] | None:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        bucket, key = request.path.lstrip("/").split("/", 1)
+        version_id = parse_qs(request.query).get("versionId", [None])[0]
+        try:
+            stored = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(
+                bucket, _unquote(key), version_id=version_id
+            )
+        except Exception:
+            return None  # moto answers a missing key itself
+        if stored is None or not stored.lock_until:
+            return None
+        asked = re.search(rb"<RetainUntilDate>([^<]+)</RetainUntilDate>", body)
+        new_until = _parse_lock_date(asked.group(1).decode()) if asked else None
+        shorter = new_until is None or new_until < _parse_lock_date(stored.lock_until)
+        bypass = request.headers.get("x-amz-bypass-governance-retention", "").lower() == "true"
+        if shorter and (stored.lock_mode == "COMPLIANCE" or not bypass):
+            return ("403 Forbidden", "AccessDenied", "Access Denied: the retention may only grow")
+        return None
 
     def _track_upload_times(self, operation: str, environ: dict[str, Any], start_response: Any):
         """moto reports every upload as initiated in 2010; B2 reports the real start time.
@@ -305,8 +409,13 @@ class B2Middleware:
             if operation == "CreateMultipartUpload":
                 match = re.search(rb"<UploadId>([^<]+)</UploadId>", body)
                 if match:
+                    upload_id = match.group(1).decode()
+                    mode = environ.get("HTTP_X_AMZ_OBJECT_LOCK_MODE")
+                    until = environ.get("HTTP_X_AMZ_OBJECT_LOCK_RETAIN_UNTIL_DATE")
                     with self._lock:
-                        self.upload_started[match.group(1).decode()] = datetime.now(UTC)
+                        self.upload_started[upload_id] = datetime.now(UTC)
+                        if mode and until:
+                            self.locked_uploads[upload_id] = (mode, until)
             else:
                 body = re.sub(rb"<Upload>.*?</Upload>", self._fix_initiated, body, flags=re.S)
         headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
@@ -411,17 +520,34 @@ class B2LikeS3Server:
             **options,
         )
 
-    def create_bucket(self, name: str | None = None, *, versioned: bool = True) -> str:
+    def create_bucket(
+        self, name: str | None = None, *, versioned: bool = True, object_lock: bool = False
+    ) -> str:
         name = name or f"test-{uuid.uuid4().hex[:20]}"
         client = self.client()
         # PutBucketVersioning is a "checksum required" operation, so botocore adds a CRC32 even
         # under when_required. Real B2 buckets are born versioned and nobody calls it there;
         # here it is test setup only, so the header is dropped rather than the guard loosened.
         client.meta.events.register("before-sign.s3.PutBucketVersioning", _drop_checksum_headers)
+        if object_lock:
+            # Object Lock turns versioning on by itself, as on B2.
+            client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+            return name
         client.create_bucket(Bucket=name)
         if versioned:
             client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         return name
+
+
+def _unquote(key: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(key)
+
+
+def _parse_lock_date(text: str) -> datetime:
+    """A retain-until date as S3 writes it (with or without fractions), as aware UTC."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _drop_checksum_headers(request: Any, **_: Any) -> None:
@@ -465,6 +591,43 @@ def s3_bucket(s3_server: B2LikeS3Server) -> Iterator[str]:
         yield name
     finally:
         s3_server.middleware.clear()
+
+
+@pytest.fixture
+def s3_locked_bucket(s3_server: B2LikeS3Server) -> Iterator[str]:
+    """A fresh bucket with Object Lock enabled (and so versioned), as B2 creates one."""
+    name = s3_server.create_bucket(object_lock=True)
+    s3_server.middleware.clear()
+    try:
+        yield name
+    finally:
+        s3_server.middleware.clear()
+
+
+class ServerClock:
+    """The S3 server's idea of now; starts at the real time and only moves when told."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: Any) -> None:
+        self.now += delta
+
+    def naive_utc(self) -> datetime:
+        return self.now.astimezone(UTC).replace(tzinfo=None)
+
+
+@pytest.fixture
+def s3_clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
+    """Moves moto's clock (which decides whether a lock has run out) with the test's."""
+    import moto.s3.models
+
+    clock = ServerClock()
+    monkeypatch.setattr(moto.s3.models, "utcnow", clock.naive_utc)
+    return clock
 
 
 @pytest.fixture

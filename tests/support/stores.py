@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
-from hardening_pipeline.backup.store import BackupStore, StoredObject, StoreError
+from hardening_pipeline.backup.store import BackupStore, ObjectLock, StoredObject, StoreError
 
 
 class RecordingStore(BackupStore):
@@ -65,6 +65,20 @@ class RecordingStore(BackupStore):
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    @property
+    def object_lock(self) -> ObjectLock | None:
+        return self.inner.object_lock
+
+    def lock_enabled(self) -> bool:
+        return self.inner.lock_enabled()
+
+    def locked_until(self, key: str) -> datetime | None:
+        return self.inner.locked_until(key)
+
+    def extend_lock(self, prefix: str, until: datetime, *, last_key: str | None = None) -> int:
+        self.calls.append(("extend_lock", prefix))
+        return self.inner.extend_lock(prefix, until, last_key=last_key)
 
     def mutations(self) -> list[tuple[str, str]]:
         """Only the calls that change the store."""

@@ -21,6 +21,8 @@ from hardening_pipeline.backup.store.interface import (
     BackupStore,
     IncompleteUpload,
     InvalidKeyError,
+    ObjectLock,
+    ObjectLockedError,
     ObjectNotFoundError,
     StoreAccessError,
     StoredObject,
@@ -33,7 +35,12 @@ from hardening_pipeline.backup.store.s3_store import (
     make_s3_client,
 )
 from hardening_pipeline.errors import ConfigError
-from hardening_pipeline.settings import ENV_S3_ENDPOINT_URL, parse_store_url
+from hardening_pipeline.settings import (
+    ENV_OBJECT_LOCK,
+    ENV_S3_ENDPOINT_URL,
+    ENV_STORE_URL,
+    parse_store_url,
+)
 
 __all__ = [
     "DEFAULT_PART_SIZE",
@@ -44,6 +51,8 @@ __all__ = [
     "FileStore",
     "IncompleteUpload",
     "InvalidKeyError",
+    "ObjectLock",
+    "ObjectLockedError",
     "ObjectNotFoundError",
     "S3Store",
     "StoreAccessError",
@@ -65,6 +74,8 @@ def open_store(
     upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
+    object_lock: ObjectLock | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> BackupStore:
     """Open the store ``url`` names: ``file:///path`` or ``s3://bucket/prefix``.
 
@@ -72,10 +83,18 @@ def open_store(
     so a bad URL is a ``ConfigError`` naming the variable and the fix. ``max_attempts`` is the
     total number of tries of each S3 request (botocore's retries; there is no other layer).
     Nothing is contacted here; the first operation reports an unreachable store.
+    ``object_lock`` locks every object written (a bucket only); ``credentials`` (key id,
+    secret) replace boto3's credential chain.
     """
     location = parse_store_url(url)
     if location.scheme == "file":
         assert location.path is not None
+        if object_lock is not None:
+            raise ConfigError(
+                f"{ENV_OBJECT_LOCK} is {object_lock.mode} but {ENV_STORE_URL} is a folder, which "
+                f"cannot lock; use an s3:// bucket with Object Lock enabled or set "
+                f"{ENV_OBJECT_LOCK}=off."
+            )
         return FileStore(location.path)
     try:
         client = make_s3_client(
@@ -84,6 +103,7 @@ def open_store(
             max_attempts=max_attempts,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            credentials=credentials,
         )
     except ValueError as exc:  # botocore: "Invalid endpoint: ..."
         raise ConfigError(
@@ -96,4 +116,5 @@ def open_store(
         client,
         part_size=part_size,
         upload_concurrency=upload_concurrency,
+        object_lock=object_lock,
     )

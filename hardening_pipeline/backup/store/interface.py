@@ -45,6 +45,13 @@ class StoreAccessError(StoreError, ConfigError):
     """
 
 
+class ObjectLockedError(StoreError):
+    """The store refused to delete a version because its Object Lock has not expired yet.
+
+    Retention treats this as a reason to keep the backup, never as a failure.
+    """
+
+
 class ObjectNotFoundError(StoreError):
     """The key does not exist in the store."""
 
@@ -64,6 +71,31 @@ class StoredObject:
     key: str
     size: int
     last_modified: datetime
+
+
+LOCK_MODES = ("compliance", "governance")
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """How a store locks what it writes: S3 Object Lock ``mode`` for ``horizon`` from now.
+
+    COMPLIANCE locks can be extended but never shortened or removed, by any key; GOVERNANCE
+    locks can be lifted by a key holding B2's ``bypassGovernance`` capability.
+    """
+
+    mode: str
+    horizon: timedelta
+
+    def __post_init__(self) -> None:
+        if self.mode not in LOCK_MODES:
+            raise ValueError(f"lock mode must be one of {LOCK_MODES}, got {self.mode!r}")
+        if self.horizon <= timedelta(0):
+            raise ValueError("a lock horizon must be positive")
+
+    @property
+    def s3_mode(self) -> str:
+        return self.mode.upper()
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,29 @@ class BackupStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the store is, for humans (logs, reports); never contains a secret."""
+
+    # -- Object Lock: only buckets lock; a folder keeps these defaults --
+
+    @property
+    def object_lock(self) -> ObjectLock | None:
+        """How this store locks new objects, or None when it does not lock."""
+        return None
+
+    def lock_enabled(self) -> bool:
+        """Whether the store itself can hold locks (a bucket created with Object Lock)."""
+        return False
+
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date of the current version of ``key``, None when unlocked."""
+        return None
+
+    def extend_lock(self, prefix: str, until: datetime, *, last_key: str | None = None) -> int:
+        """Lock every version under ``prefix`` until at least ``until`` (never shorter).
+
+        ``last_key`` is extended after everything else, so a lock on it that already reaches
+        ``until`` proves the whole prefix does. Returns how many versions were extended.
+        """
+        return 0
 
 
 def require_nonempty_prefix(prefix: str) -> str:

@@ -5,6 +5,11 @@ headers boto3 >= 1.36 sends by default. For the same reason ``DeleteObjects`` is
 sends those headers whatever the configuration says. Integrity is the backup format's job
 (SHA-256 in the manifest plus authenticated encryption), not the transport's.
 
+Object Lock (``object_lock``): every object is written with a retain-until date, and locks are
+only ever extended. S3 requires Content-MD5 (or a flexible checksum, which B2 refuses) on a
+locked write and on PutObjectRetention, so those requests carry Content-MD5 and no
+``x-amz-checksum-*`` header; see ``_send_content_md5``.
+
 Retries belong to botocore alone (``Config(retries=...)``, standard mode): every request,
 including each multipart part, gets ``max_attempts`` tries in total with botocore's jittered
 backoff. Nothing here loops on top of that, so the number of tries is the number configured.
@@ -12,6 +17,8 @@ backoff. Nothing here loops on top of that, so the number of tries is the number
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +31,8 @@ from hardening_pipeline.backup.store.interface import (
     READ_CHUNK_SIZE,
     BackupStore,
     IncompleteUpload,
+    ObjectLock,
+    ObjectLockedError,
     ObjectNotFoundError,
     StoredObject,
     StoreError,
@@ -42,6 +51,10 @@ log = logging.getLogger(__name__)
 # bucket, where each part waits on the network, parallel parts matter more.
 DEFAULT_UPLOAD_CONCURRENCY = 4
 
+# Requests that must prove their body with Content-MD5 when they carry a lock.
+_MD5_OPERATIONS = ("PutObject", "UploadPart", "PutObjectRetention")
+_NO_LOCK_CODES = ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError")
+
 
 def make_s3_client(
     endpoint_url: str | None,
@@ -50,6 +63,7 @@ def make_s3_client(
     max_attempts: int = 5,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
+    credentials: tuple[str, str] | None = None,
 ) -> Any:
     """Build a boto3 S3 client that Backblaze B2 accepts.
 
@@ -59,6 +73,7 @@ def make_s3_client(
     Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
     hold the B2 keyID and applicationKey). A fresh session keeps clients independent of boto3's
     module-level default session, which is not thread-safe to create clients from.
+    ``credentials`` (key id, secret) replace that chain, for the pruning key of retention.
     """
     import boto3
     from botocore.config import Config
@@ -72,11 +87,42 @@ def make_s3_client(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, region_name=region, config=config
-    )
+    key_id, secret = credentials or (None, None)
+    session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
+    client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
     client.meta.events.register("before-send.s3", _log_retry, unique_id="hardening-log-retry")
     return client
+
+
+def _send_content_md5(params: dict[str, Any], **_: Any) -> None:
+    """Content-MD5 instead of botocore's CRC32 on writes that carry or change a lock.
+
+    S3 refuses a locked PutObject/UploadPart or a PutObjectRetention without Content-MD5 or a
+    flexible checksum; B2 refuses the flexible-checksum headers boto3 >= 1.36 sends. So the
+    checksum botocore planned for the request is dropped and Content-MD5 computed here, before
+    ``apply_request_checksum`` runs. The body is read and rewound, so a part is not copied.
+    """
+    body = params.get("body")
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(body, bytes | bytearray):
+        digest.update(body)
+    elif body is not None:
+        start = body.tell()
+        for chunk in iter(lambda: body.read(1 << 20), b""):
+            digest.update(chunk)
+        body.seek(start)
+    params["headers"]["Content-MD5"] = base64.b64encode(digest.digest()).decode("ascii")
+    params.get("context", {}).pop("checksum", None)
+
+
+def send_content_md5_on_lock_writes(client: Any) -> None:
+    """Make ``client`` prove locked writes and retention changes with Content-MD5 (B2-safe)."""
+    for operation in _MD5_OPERATIONS:
+        client.meta.events.register(
+            f"before-call.s3.{operation}",
+            _send_content_md5,
+            unique_id=f"hardening-content-md5-{operation}",
+        )
 
 
 def _log_retry(request: Any, event_name: str = "", **_: Any) -> None:
@@ -111,6 +157,8 @@ class S3Store(BackupStore):
         part_size: int = DEFAULT_PART_SIZE,
         upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
         max_parts: int = MAX_PARTS,
+        object_lock: ObjectLock | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         # The URL behind these was validated in settings (parse_store_url); these are guards
         # against programming errors, not messages for users.
@@ -131,6 +179,11 @@ class S3Store(BackupStore):
         # S3's cap on parts per upload; with an unknown stream length the cap is checked as the
         # bytes arrive, so a too-small part size fails clearly instead of at part 10,001.
         self.max_parts = max_parts
+        self._object_lock = object_lock
+        # Retain-until dates are computed from this clock; tests move it with the server's.
+        self.clock = clock or (lambda: datetime.now(UTC))
+        if object_lock is not None:
+            send_content_md5_on_lock_writes(client)
 
     # -- naming and errors --
 
@@ -170,9 +223,13 @@ class S3Store(BackupStore):
             # Bounds the parts held in memory while they wait for a free connection.
             max_in_memory_upload_chunks=self.upload_concurrency,
         )
+        extra_args: dict[str, Any] = {}
+        if self._object_lock is not None:
+            extra_args["ObjectLockMode"] = self._object_lock.s3_mode
+            extra_args["ObjectLockRetainUntilDate"] = self.clock() + self._object_lock.horizon
         client = _NamedStepsClient(self, key)
         with TransferManager(client, config) as manager:
-            manager.upload(source, self.bucket, full).result()
+            manager.upload(source, self.bucket, full, extra_args=extra_args).result()
         return source.consumed
 
     # -- reading --
@@ -297,14 +354,21 @@ class S3Store(BackupStore):
     def _delete_versions(self, versions: list[tuple[str, str]], action: str) -> None:
         # One request per version: DeleteObjects would be faster but botocore attaches checksum
         # headers to it even under "when_required", and B2 rejects those.
+        from botocore.exceptions import BotoCoreError, ClientError
+
         for full_key, version_id in versions:
-            self._call(
-                action,
-                self.client.delete_object,
-                Bucket=self.bucket,
-                Key=full_key,
-                VersionId=version_id,
-            )
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=full_key, VersionId=version_id)
+            except ClientError as exc:
+                until = self._version_locked_until(full_key, version_id)
+                if until is not None and until > self.clock():
+                    raise ObjectLockedError(
+                        f"could not {action} in {self.describe()}: "
+                        f"{self._relative(full_key)} is locked until {until.isoformat()}"
+                    ) from exc
+                raise self._error(exc, action) from exc
+            except BotoCoreError as exc:
+                raise self._error(exc, action) from exc
 
     def delete(self, key: str) -> None:
         full = self._full(key)
@@ -318,6 +382,87 @@ class S3Store(BackupStore):
         versions = self._versions(self.prefix + prefix, action)
         self._delete_versions(versions, action)
         return len({key for key, _ in versions})
+
+    # -- Object Lock --
+
+    @property
+    def object_lock(self) -> ObjectLock | None:
+        return self._object_lock
+
+    def lock_enabled(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            if error_code(exc) in _NO_LOCK_CODES:
+                return False
+            raise self._error(exc, "read the bucket's Object Lock setting") from exc
+        config = answer.get("ObjectLockConfiguration") or {}
+        return config.get("ObjectLockEnabled") == "Enabled"
+
+    def _version_locked_until(self, full_key: str, version_id: str | None) -> datetime | None:
+        """The version's retain-until date, from HeadObject's ``x-amz-object-lock-*`` headers.
+
+        HeadObject rather than GetObjectRetention: one request either way, and it answers for
+        an unlocked version too instead of an error. B2 sends the lock headers only to a key
+        with ``readFileRetentions``; without it a locked object looks unlocked.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        try:
+            answer = self.client.head_object(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "405", "MethodNotAllowed"):
+                # Gone, or a delete marker: neither holds data nor a lock.
+                return None
+            raise self._error(exc, f"read the lock of {self._relative(full_key)}") from exc
+        until = answer.get("ObjectLockRetainUntilDate")
+        return until.astimezone(UTC) if until is not None else None
+
+    def locked_until(self, key: str) -> datetime | None:
+        return self._version_locked_until(self._full(key), None)
+
+    def extend_lock(self, prefix: str, until: datetime, *, last_key: str | None = None) -> int:
+        if self._object_lock is None:
+            return 0
+        require_nonempty_prefix(prefix)
+        action = f"extend the lock of {prefix}"
+        last_full = self.prefix + last_key if last_key is not None else None
+        versions = [
+            (key, version_id, is_marker)
+            for page in self._marker_pages(
+                action,
+                self.client.list_object_versions,
+                "VersionIdMarker",
+                Bucket=self.bucket,
+                Prefix=self.prefix + prefix,
+            )
+            for is_marker, group in ((False, "Versions"), (True, "DeleteMarkers"))
+            for key, version_id in (
+                (item["Key"], item.get("VersionId") or "null") for item in page.get(group, [])
+            )
+        ]
+        extended = 0
+        for full_key, version_id, is_marker in sorted(versions, key=lambda v: v[0] == last_full):
+            if is_marker:
+                continue  # a delete marker holds no data and no lock
+            current = self._version_locked_until(full_key, version_id)
+            if current is not None and current >= until:
+                continue  # already long enough; a shorter date would be refused anyway
+            self._call(
+                action,
+                self.client.put_object_retention,
+                Bucket=self.bucket,
+                Key=full_key,
+                VersionId=version_id,
+                Retention={"Mode": self._object_lock.s3_mode, "RetainUntilDate": until},
+            )
+            extended += 1
+        return extended
 
     # -- debris --
 
