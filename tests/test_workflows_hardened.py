@@ -81,9 +81,18 @@ COMMAND_READS = {
         "HARDENING_RUNBOOK_URL",
         "BACKUP_SCHEMAS",
         "HARDENING_PG_DUMP",
+        "BACKUP_OBJECT_LOCK",
     },
-    # Verifies every manifest (older keys too) before deleting; never connects to the database.
-    "retention": STORE | {"BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION_KEYS_PREVIOUS"},
+    # Verifies every manifest (older keys too) before deleting; never connects to the database;
+    # on a locked bucket extends keepers' locks and deletes with the pruning key.
+    "retention": STORE
+    | {
+        "BACKUP_ENCRYPTION_KEY",
+        "BACKUP_ENCRYPTION_KEYS_PREVIOUS",
+        "BACKUP_OBJECT_LOCK",
+        "BACKUP_PRUNE_KEY_ID",
+        "BACKUP_PRUNE_APPLICATION_KEY",
+    },
     # Decrypts any backup; the database URL only makes a missing key an error; alerts Slack.
     "restore-drill": STORE
     | {
@@ -93,9 +102,11 @@ COMMAND_READS = {
         "SLACK_WEBHOOK_URL",
         "HARDENING_RUNBOOK_URL",
     },
-    # --backup-freshness verifies the newest manifest; red lines go to Slack.
+    # --backup-freshness verifies the newest manifest and, when locking, each backup's lock;
+    # red lines go to Slack.
     "status": STORE
     | {
+        "BACKUP_OBJECT_LOCK",
         "HARDENING_DATABASE_URL",
         "BACKUP_ENCRYPTION_KEY",
         "BACKUP_ENCRYPTION_KEYS_PREVIOUS",
