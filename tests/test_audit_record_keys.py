@@ -92,8 +92,16 @@ def test_changing_a_key_column_still_leaves_both_images(admin, memberships):
         rows = audit_rows(admin, "memberships", "UPDATE")
     assert sorted((r["record_id"], r["before_role"], r["after_role"]) for r in rows) == sorted(
         [
-            (composite_key(user_id=str(old_user), tenant_id=str(memberships.tenant)), "viewer", None),
-            (composite_key(user_id=str(new_user), tenant_id=str(memberships.tenant)), None, "viewer"),
+            (
+                composite_key(user_id=str(old_user), tenant_id=str(memberships.tenant)),
+                "viewer",
+                None,
+            ),
+            (
+                composite_key(user_id=str(new_user), tenant_id=str(memberships.tenant)),
+                None,
+                "viewer",
+            ),
         ]
     )
 

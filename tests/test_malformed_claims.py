@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
 from hardening_pipeline.db.tenant_resolver import set_membership_resolver
 from tests.support.db import acting_as, insert_tenant
@@ -26,10 +26,9 @@ def test_authenticated_with_malformed_claims_sees_no_tenant_rows(admin, tenant, 
     # app.tenant_id names a real tenant: present claims still decide, so it must not leak in.
     with acting_as(admin, "authenticated", tenant=tenant.tenant, jwt_claims=claims):
         for table in ("messages", "units", "developments", "onboarding_attempts"):
-            assert admin.execute(f"SELECT count(*) AS n FROM {table}").fetchone() == {"n": 0}
-        assert admin.execute("SELECT hardening.current_tenant_id() AS t").fetchone() == {
-            "t": None
-        }
+            count = sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(table))
+            assert admin.execute(count).fetchone() == {"n": 0}
+        assert admin.execute("SELECT hardening.current_tenant_id() AS t").fetchone() == {"t": None}
         assert admin.execute("SELECT hardening.current_tenant_ids() AS t").fetchone() == {"t": []}
 
 
@@ -87,9 +86,7 @@ def test_well_formed_claims_still_resolve_and_attribute(admin, tenant):
         assert admin.execute("SELECT count(*) AS n FROM messages").fetchone() == {"n": 1}
         admin.execute("UPDATE messages SET body = 'ok'")
         admin.execute("RESET ROLE")
-        row = admin.execute(
-            "SELECT actor FROM audit_events WHERE operation = 'UPDATE'"
-        ).fetchone()
+        row = admin.execute("SELECT actor FROM audit_events WHERE operation = 'UPDATE'").fetchone()
     assert row == {"actor": "jwt:u-1"}
 
 

@@ -40,6 +40,7 @@ from hardening_pipeline.db.migrations import (
     read_applied,
 )
 from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
+from hardening_pipeline.db.tenant_resolver import user_writable_paths
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.seals import verify_seal_chain
 
@@ -454,6 +455,35 @@ def check_adopted_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple
         "tenant-resolver again to keep the resolver's form."
     )
     return False, "; ".join(bad), fix
+
+
+_RESOLVER_FIX = (
+    "put the tenant in app_metadata (only the service key writes it) and run "
+    "`hardening tenant-resolver claim app_metadata.tenant_id`."
+)
+
+
+@check(
+    "tenant_resolver_not_user_writable",
+    "the tenant resolver reads no claim a user sets for themselves (user_metadata)",
+)
+def check_resolver_claims(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    if not table_exists(conn, "hardening.tenant_resolver"):
+        return False, "hardening.tenant_resolver is missing", "run hardening migrate."
+    row = conn.execute("SELECT kind, claim_paths FROM hardening.tenant_resolver").fetchone()
+    if row is None:
+        return False, "hardening.tenant_resolver is empty", _RESOLVER_FIX
+    if row["kind"] != "claim":
+        return True, "membership resolver: tenants come from the membership table", ""
+    writable = user_writable_paths(row["claim_paths"])
+    if not writable:
+        return True, "claim " + ", then ".join(row["claim_paths"]), ""
+    return (
+        False,
+        f"the tenant comes from {', '.join(writable)}, which every user can edit for "
+        "themselves: anyone can pick any tenant",
+        _RESOLVER_FIX,
+    )
 
 
 _AUDIT_WRITE_GRANTS = """
@@ -1202,6 +1232,7 @@ KIT_FUNCTIONS_FOR_API_ROLES = {
     "current_tenant_ids": ("authenticated", "service_role"),
     "membership_tenant_ids": ("authenticated", "service_role"),
     "as_uuid": ("authenticated", "service_role"),
+    "request_claims": ("authenticated", "service_role"),
     "allow_unattributed_write": ("service_role",),
 }
 _KIT_GRANTEES = ("PUBLIC", "anon", "authenticated", "service_role")
