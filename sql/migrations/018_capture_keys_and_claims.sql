@@ -18,8 +18,8 @@
 --              several: the key as a JSON object, e.g. {"user_id": "…", "tenant_id": "…"}, in
 --              jsonb's own text form (keys ordered by length, then bytes), so equal keys are
 --              equal text; no primary key: the column id, as before.
--- The key is read from the trigger's arguments, not from the catalog per statement: the capture
--- on tables keyed by id runs exactly the work it ran before.
+-- The key is read from the trigger's arguments, not from the catalog per statement, and a table
+-- keyed by id (one or two arguments) runs 015's statement unchanged: its capture costs the same.
 --
 -- Service-role rule. The guard ran with invoker rights and tested current_user, which a
 -- SECURITY DEFINER function changes to its owner: service_role calling such a function wrote
@@ -206,18 +206,28 @@ DECLARE
                       'db:' || statement_role)
     END;
     uuid_tenant boolean := TG_NARGS < 2 OR TG_ARGV[1] = 'uuid';
-    key_column text := CASE WHEN TG_NARGS <= 2 THEN 'id' WHEN TG_NARGS = 3 THEN TG_ARGV[2] END;
-    key_columns text[] := CASE WHEN TG_NARGS > 3 THEN TG_ARGV[2:] END;
+    key_columns text[];
 BEGIN
+    IF TG_NARGS <= 2 THEN
+        INSERT INTO public.audit_events
+            (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
+        SELECT statement_actor,
+               CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                    THEN (r ->> TG_ARGV[0])::uuid END,
+               TG_TABLE_NAME, 'INSERT', r ->> 'id', NULL, r, statement_role
+        FROM (SELECT to_jsonb(n) AS r FROM new_rows n) AS captured;
+        RETURN NULL;
+    END IF;
+    key_columns := TG_ARGV[2:];
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
            CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
                 THEN (r ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'INSERT',
-           CASE WHEN key_columns IS NULL THEN r ->> key_column
-                ELSE (SELECT pg_catalog.jsonb_object_agg(k, r -> k)
-                      FROM pg_catalog.unnest(key_columns) AS k)::text END,
+           CASE WHEN cardinality(key_columns) = 1 THEN r ->> key_columns[1]
+                     ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
+                           FROM pg_catalog.unnest(key_columns) AS c)::text END,
            NULL, r, statement_role
     FROM (SELECT to_jsonb(n) AS r FROM new_rows n) AS captured;
     RETURN NULL;
@@ -244,25 +254,36 @@ DECLARE
                       'db:' || statement_role)
     END;
     uuid_tenant boolean := TG_NARGS < 2 OR TG_ARGV[1] = 'uuid';
-    key_column text := CASE WHEN TG_NARGS <= 2 THEN 'id' WHEN TG_NARGS = 3 THEN TG_ARGV[2] END;
-    key_columns text[] := CASE WHEN TG_NARGS > 3 THEN TG_ARGV[2:] END;
+    key_columns text[];
 BEGIN
     -- Old and new images are paired by record key; FULL JOIN so an update that changes the key
     -- still leaves both images behind.
+    IF TG_NARGS <= 2 THEN
+        INSERT INTO public.audit_events
+            (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
+        SELECT statement_actor,
+               CASE WHEN uuid_tenant OR (coalesce(a.r, b.r) ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                    THEN (coalesce(a.r, b.r) ->> TG_ARGV[0])::uuid END,
+               TG_TABLE_NAME, 'UPDATE', coalesce(a.r, b.r) ->> 'id', b.r, a.r, statement_role
+        FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS b
+        FULL JOIN (SELECT to_jsonb(n) AS r FROM new_rows n) AS a ON (a.r ->> 'id') = (b.r ->> 'id');
+        RETURN NULL;
+    END IF;
+    key_columns := TG_ARGV[2:];
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
            CASE WHEN uuid_tenant OR (coalesce(a.r, b.r) ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
                 THEN (coalesce(a.r, b.r) ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'UPDATE', coalesce(a.k, b.k), b.r, a.r, statement_role
-    FROM (SELECT r, CASE WHEN key_columns IS NULL THEN r ->> key_column
-                         ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
-                               FROM pg_catalog.unnest(key_columns) AS c)::text END AS k
+    FROM (SELECT r, CASE WHEN cardinality(key_columns) = 1 THEN r ->> key_columns[1]
+                     ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
+                           FROM pg_catalog.unnest(key_columns) AS c)::text END AS k
           FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS o) AS b
     FULL JOIN
-         (SELECT r, CASE WHEN key_columns IS NULL THEN r ->> key_column
-                         ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
-                               FROM pg_catalog.unnest(key_columns) AS c)::text END AS k
+         (SELECT r, CASE WHEN cardinality(key_columns) = 1 THEN r ->> key_columns[1]
+                     ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
+                           FROM pg_catalog.unnest(key_columns) AS c)::text END AS k
           FROM (SELECT to_jsonb(n) AS r FROM new_rows n) AS n) AS a
     ON a.k = b.k;
     RETURN NULL;
@@ -289,18 +310,28 @@ DECLARE
                       'db:' || statement_role)
     END;
     uuid_tenant boolean := TG_NARGS < 2 OR TG_ARGV[1] = 'uuid';
-    key_column text := CASE WHEN TG_NARGS <= 2 THEN 'id' WHEN TG_NARGS = 3 THEN TG_ARGV[2] END;
-    key_columns text[] := CASE WHEN TG_NARGS > 3 THEN TG_ARGV[2:] END;
+    key_columns text[];
 BEGIN
+    IF TG_NARGS <= 2 THEN
+        INSERT INTO public.audit_events
+            (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
+        SELECT statement_actor,
+               CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+                    THEN (r ->> TG_ARGV[0])::uuid END,
+               TG_TABLE_NAME, 'DELETE', r ->> 'id', r, NULL, statement_role
+        FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS captured;
+        RETURN NULL;
+    END IF;
+    key_columns := TG_ARGV[2:];
     INSERT INTO public.audit_events
         (actor, tenant_id, table_name, operation, record_id, before, after, db_role)
     SELECT statement_actor,
            CASE WHEN uuid_tenant OR (r ->> TG_ARGV[0]) ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
                 THEN (r ->> TG_ARGV[0])::uuid END,
            TG_TABLE_NAME, 'DELETE',
-           CASE WHEN key_columns IS NULL THEN r ->> key_column
-                ELSE (SELECT pg_catalog.jsonb_object_agg(k, r -> k)
-                      FROM pg_catalog.unnest(key_columns) AS k)::text END,
+           CASE WHEN cardinality(key_columns) = 1 THEN r ->> key_columns[1]
+                     ELSE (SELECT pg_catalog.jsonb_object_agg(c, r -> c)
+                           FROM pg_catalog.unnest(key_columns) AS c)::text END,
            r, NULL, statement_role
     FROM (SELECT to_jsonb(o) AS r FROM old_rows o) AS captured;
     RETURN NULL;
