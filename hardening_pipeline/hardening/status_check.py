@@ -350,6 +350,42 @@ _UUID_CAST_ON_OTHER_TYPES = """
       AND t.tgnargs = 1 AND a.atttypid <> 'uuid'::regtype
     ORDER BY c.relname, t.tgname
 """
+# Since 018 a capture trigger names the record by the table's primary key, carried in its
+# arguments from the third on (none: the column id). A key changed after the triggers were
+# installed leaves them pairing and naming rows by the old one.
+_CAPTURE_KEYS = """
+    SELECT c.relname, t.tgname, encode(t.tgargs, 'escape') AS args,
+           (SELECT array_agg(a.attname::text ORDER BY k.position)
+            FROM pg_catalog.pg_index i
+            CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = t.tgrelid AND i.indisprimary) AS primary_key
+    FROM pg_catalog.pg_trigger t
+    JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+    JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+      AND p.proname IN ('audit_capture_insert', 'audit_capture_update', 'audit_capture_delete')
+      AND pg_catalog.to_regprocedure('hardening.audit_capture_arguments(regclass, text)')
+          IS NOT NULL
+    ORDER BY c.relname, t.tgname
+"""
+
+
+def _stale_capture_keys(conn: psycopg.Connection) -> list[str]:
+    problems = []
+    for r in _rows(conn, _CAPTURE_KEYS, (SCHEMA,)):
+        keyed_on = r["args"].split("\\000")[2:-1] or ["id"]
+        expected = r["primary_key"] or ["id"]
+        if keyed_on != expected:
+            problems.append(
+                f"{r['relname']}: {r['tgname']} names rows by ({', '.join(keyed_on)}), the "
+                f"primary key is ({', '.join(expected)})"
+            )
+    return problems
+
+
 _ENABLED = {"O": "enabled (skipped in replica mode)", "D": "disabled", "R": "replica only"}
 # pg_trigger.tgtype bits: BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
 _GUARD_BITS = 2 | 8 | 16 | 32
@@ -410,10 +446,12 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             f"{r['relname']}: every write fails, {r['tgname']} casts {r['attname']} "
             f"({r['type']}) to uuid"
         )
+    problems.extend(_stale_capture_keys(conn))
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
     fix = (
-        "for a missing set, or one that casts a non-uuid tenant column: drop it and SELECT "
+        "for a missing set, one that casts a non-uuid tenant column or one keyed on another "
+        "primary key: drop it and SELECT "
         "hardening.install_audit_capture('public.<table>'::regclass, 'tenant_id') in a new "
         "migration; for a disabled one: ALTER TABLE public.<table> ENABLE ALWAYS TRIGGER "
         "<trigger>."
