@@ -12,6 +12,7 @@ import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations, discover_migrations
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+from hardening_pipeline.hardening.status_check import run_status_check
 from tests.support.db import acting_as, insert_tenant
 from tests.support.supabase_app import ALICE, TENANT_A
 from tests.support.supabase_db import apply_blocker_fixes
@@ -169,3 +170,33 @@ def test_migrating_an_app_keys_its_composite_table_and_old_seals_verify(supabase
 
 
 UPDATE_ALICE = "UPDATE public.memberships SET role = %s WHERE user_id = %s AND tenant_id = %s"
+
+
+def test_a_key_changed_later_is_named_by_status_and_its_fix_rekeys(db_url, admin):
+    tenant = insert_tenant(admin, "alpha")
+    admin.execute(
+        "ALTER TABLE onboarding_attempts DROP CONSTRAINT onboarding_attempts_pkey; "
+        "ALTER TABLE onboarding_attempts ADD PRIMARY KEY (tenant_id, id)"
+    )
+    admin.commit()
+    line = next(x for x in run_status_check(db_url).red if x.name == "audit_capture_triggers")
+    assert "onboarding_attempts_audit_update names rows by (id)" in line.detail
+    admin.execute(
+        "DROP TRIGGER onboarding_attempts_audit_guard ON onboarding_attempts; "
+        "DROP TRIGGER onboarding_attempts_audit_insert ON onboarding_attempts; "
+        "DROP TRIGGER onboarding_attempts_audit_update ON onboarding_attempts; "
+        "DROP TRIGGER onboarding_attempts_audit_delete ON onboarding_attempts; "
+        "DROP TRIGGER onboarding_attempts_audit_truncate ON onboarding_attempts; "
+        "SELECT hardening.install_audit_capture('public.onboarding_attempts'::regclass, "
+        "'tenant_id')"
+    )
+    admin.commit()
+    assert run_status_check(db_url).passed
+    with acting_as(admin, None, actor="test:keys"):
+        admin.execute("UPDATE onboarding_attempts SET email = 'ops2@example.com'")
+        row = admin.execute(
+            "SELECT record_id FROM audit_events WHERE operation = 'UPDATE'"
+        ).fetchone()
+    assert row == {
+        "record_id": composite_key(id=str(tenant.onboarding), tenant_id=str(tenant.tenant))
+    }
