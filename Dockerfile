@@ -34,11 +34,14 @@ RUN useradd --create-home --uid 1000 dagster \
 
 WORKDIR /opt/dagster/app
 
-# The wheel alone, with its runtime dependencies: the migrations, canaries and drill checks are
+# The runtime dependencies exactly as locked (requirements.lock: every version pinned, every file
+# checked against its hash), then the wheel alone: the migrations, canaries and drill checks are
 # inside the package.
+COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels/ /tmp/wheels/
-RUN pip install /tmp/wheels/hardening_pipeline-*.whl \
-    && rm -rf /tmp/wheels
+RUN pip install --require-hashes -r /tmp/requirements.lock \
+    && pip install --no-deps /tmp/wheels/hardening_pipeline-*.whl \
+    && rm -rf /tmp/wheels /tmp/requirements.lock
 
 # PostgreSQL of the compose database's major (docker-compose.yml: app_postgres and drill_postgres
 # run postgres:17-alpine; a test keeps POSTGRES_MAJOR equal to that image's major). The

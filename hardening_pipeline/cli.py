@@ -7,6 +7,7 @@ User mistakes print one sentence naming the problem and the fix, never a traceba
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -27,6 +28,7 @@ from hardening_pipeline.db.migration_plan import (
     plan_migrations,
     render_blocker,
     render_plan,
+    resolver_lines,
 )
 from hardening_pipeline.db.migrations import MigrationFailed, apply_migrations, migration_status
 from hardening_pipeline.db.pg_installs import (
@@ -35,8 +37,12 @@ from hardening_pipeline.db.pg_installs import (
     fetch_release,
     find_installs,
 )
+from hardening_pipeline.db.service_role_mode import SOURCE_IS_CLAIMED
 from hardening_pipeline.db.tenant_resolver import (
+    ResolverChoice,
     adoption_changes,
+    apply_resolver_choice,
+    parse_resolver_choice,
     read_resolver,
     set_claim_resolver,
     set_membership_resolver,
@@ -127,13 +133,25 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="Rehearse the pending migrations in a rolled-back transaction and print every change "
     "and blocker; change nothing. Exit 1 when something blocks.",
 )
+@click.option(
+    "--tenant-resolver",
+    "resolver_words",
+    metavar="'claim PATH... | membership TABLE USER_COL TENANT_COL'",
+    default=None,
+    help="Set the tenant resolver in the same run, right after the migrations, with the words "
+    "`hardening tenant-resolver` takes (their form is checked before anything is applied, the "
+    "table and columns as the resolver is set).",
+)
 @pass_context
 @friendly_errors
-def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
+def migrate(ctx: Context, show_status: bool, show_plan: bool, resolver_words: str | None) -> None:
     """Apply sql/migrations in order (each once, under a lock; drift is refused)."""
+    choice = _resolver_choice(resolver_words)
+    if choice is not None and show_status:
+        raise ConfigError("--tenant-resolver sets the resolver while migrating; drop --status.")
     url = ctx.database_url
     if show_plan:
-        _print_plan(url)
+        _print_plan(url, choice)
         return
     if not show_status:
         try:
@@ -153,6 +171,11 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
             console.print("nothing to apply: the database is up to date")
         _print_mode_set_by_migration(url, run.applied)
         _print_adoption_changes(url, run.applied)
+        if choice is not None:
+            console.print(f"tenant resolver: {apply_resolver_choice(url, choice).describe()}")
+        else:
+            for line in resolver_lines(run.applied, None):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
     states = migration_status(url)
     table = Table(title="migrations", title_justify="left")
     for column in ("file", "state", "applied at", "applied by"):
@@ -175,9 +198,21 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool) -> None:
         sys.exit(EXIT_RED)
 
 
-def _print_plan(url: str) -> None:
+def _resolver_choice(words: str | None) -> ResolverChoice | None:
+    if words is None:
+        return None
+    try:
+        split = shlex.split(words)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--tenant-resolver {words!r} cannot be read ({exc}); quote it once."
+        ) from None
+    return parse_resolver_choice(split)
+
+
+def _print_plan(url: str, choice: ResolverChoice | None = None) -> None:
     plan = plan_migrations(url)
-    for line in render_plan(plan):
+    for line in render_plan(plan, choice):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not plan.ok:
         raise CheckFailed(
@@ -321,6 +356,22 @@ def seed(
         f"{result.onboarding_attempts} onboarding attempts in {result.seconds:.1f}s "
         f"({rate:,.0f} rows/s)"
     )
+
+
+@main.command("dg-project")
+@click.argument(
+    "folder", type=click.Path(file_okay=False, path_type=Path), default=".", required=False
+)
+@friendly_errors
+def dg_project(folder: Path) -> None:
+    """Write dg.toml and hardening_location.py into FOLDER (default: here), so Dagster's
+    `dg check defs`, `dg list defs` and `dg dev` load the installed package there."""
+    from hardening_pipeline.dg_project import project_files, write_dg_project
+
+    written = write_dg_project(folder)
+    for path in project_files(folder):
+        console.print(f"{path}: {'written' if path in written else 'already there'}")
+    console.print("[dim]now run `dg check defs`, `dg list defs` or `dg dev` in that folder[/]")
 
 
 @main.command()
@@ -598,6 +649,7 @@ def status(
     from datetime import timedelta
 
     from hardening_pipeline.jobs.status import FreshnessRequest, status_job
+    from hardening_pipeline.jobs.wiring import seal_anchor_path
 
     freshness = None
     if backup_freshness:
@@ -609,6 +661,7 @@ def status(
         notifier=_notifier(ctx, no_alert),
         runbook_base_url=ctx.settings.runbook_url,
         freshness=freshness,
+        seal_anchor=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     report = job.report
     table = Table(title=f"hardening status: {report.database}", title_justify="left")
@@ -713,6 +766,7 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
 def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> None:
     """Seal the audit rows added since the last seal, then verify the chain (exit 1 if broken)."""
     from hardening_pipeline.jobs.seal import seal_job
+    from hardening_pipeline.jobs.wiring import seal_anchor_path
 
     keyring, store = _keyring_and_store(ctx)
     job = seal_job(
@@ -723,6 +777,7 @@ def seal(ctx: Context, verify_only: bool, full: bool, wait_seconds: float) -> No
         verify_only=verify_only,
         full=full,
         wait_seconds=wait_seconds,
+        anchor_path=seal_anchor_path(ctx.settings, ctx.database_url),
     )
     if job.run is not None:
         console.print(job.run.summary())
@@ -749,6 +804,7 @@ def _print_mode_set_by_migration(url: str, applied: list[str]) -> None:
             "  unattributed service_role writes go through and are reported; fix the callers, "
             "then run `hardening service-role-mode enforce`."
         )
+        console.print(f"  ({SOURCE_IS_CLAIMED})")
 
 
 @main.command("service-role-mode")
@@ -778,6 +834,9 @@ def service_role_mode(ctx: Context, mode: str | None, force: bool) -> None:
             f"service-role rule: [{colour}]{state.mode}[/] mode, set "
             f"{state.set_at:%Y-%m-%d %H:%M} UTC by {state.set_by} ({state.reason})"
         )
+        if state.mode == "enforce" and not sources:
+            console.print("no unattributed service_role writes since enforce was set")
+            return
         _print_sources(sources)
         return
     change = change_mode(url, mode, force=force)
@@ -804,6 +863,7 @@ def _print_sources(sources: list) -> None:
     console.print("unattributed service_role writes in the last 7 days:")
     for source in sources:
         console.print(f"  {source.describe()}")
+    console.print(f"({SOURCE_IS_CLAIMED})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from hardening_pipeline.defs.catalog import catalog_assets
 from hardening_pipeline.defs.checks import canary_checks, canary_job, canary_schedule
 from hardening_pipeline.defs.evidence import evidence_bundle, evidence_job
 from hardening_pipeline.defs.freshness import (
+    backup_freshness_after_backup,
     backup_freshness_job,
     backup_freshness_schedule,
     backup_is_fresh,
@@ -32,9 +33,10 @@ from hardening_pipeline.defs.restore import (
     restore_drill_report,
     restore_drill_schedule,
 )
-from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
+from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_sensor
 from hardening_pipeline.defs.sensors import (
     failed_runs_alerted,
+    pending_check_evaluation,
     slack_failure_alerts,
     slack_on_run_failure,
 )
@@ -61,6 +63,8 @@ _assets = catalog_assets(
         slack_failure_alerts,
     ],
     load_dagster_catalog_settings(),
+    # The failure sensor records this external asset's check through this function.
+    code_of={slack_failure_alerts.key: pending_check_evaluation},
 )
 
 defs = dg.Definitions(
@@ -82,9 +86,8 @@ defs = dg.Definitions(
         nightly_backup_schedule,
         restore_drill_schedule,
         backup_freshness_schedule,
-        audit_seal_schedule,
     ],
-    sensors=[slack_on_run_failure],
+    sensors=[slack_on_run_failure, backup_freshness_after_backup, audit_seal_sensor],
     resources={
         "app_db": AppDatabaseResource(),
         "slack": SlackAlertsResource(),

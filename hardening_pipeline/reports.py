@@ -15,6 +15,11 @@ from typing import Any
 from hardening_pipeline.errors import ConfigError
 
 
+def green_or_red(passed: bool) -> str:
+    """Green or red in words as well as colour: without an emoji font the mark is an empty box."""
+    return "🟢 green" if passed else "🔴 red"
+
+
 @dataclass(frozen=True)
 class ReportFiles:
     markdown: Path

@@ -231,9 +231,11 @@ def test_a_superuser_switching_recording_off_turns_the_line_red(db_url, admin, b
 
 
 def test_not_installed_is_an_honest_green(db_url, admin):
-    """What a migration role that may not create event triggers leaves behind."""
+    """What a migration role that may not create event triggers leaves behind: no triggers and
+    no install on record (020; removing the record takes a superuser)."""
     for name in EVENT_TRIGGERS:
         admin.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(name)))
+    admin.execute("DELETE FROM hardening.ddl_recording_installs")
     note = "not installed: the migration role app_owner may not create event triggers"
     admin.execute(
         sql.SQL("COMMENT ON FUNCTION hardening.record_ddl() IS {}").format(sql.Literal(note))
@@ -251,6 +253,7 @@ def test_install_as_a_non_superuser_records_why_not(db_url, admin):
     admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
     for name in EVENT_TRIGGERS:
         admin.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(name)))
+    admin.execute("DELETE FROM hardening.ddl_recording_installs")  # a server that never allowed it
     admin.execute(sql.SQL("GRANT hardening_audit_owner TO {}").format(sql.Identifier(role)))
     admin.execute(sql.SQL("GRANT USAGE ON SCHEMA hardening TO {}").format(sql.Identifier(role)))
     admin.execute(

@@ -29,8 +29,9 @@ from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
     EncryptionKeysResource,
+    SlackAlertsResource,
 )
-from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_schedule
+from hardening_pipeline.defs.seals import audit_seal, audit_seal_job, audit_seal_sensor
 from hardening_pipeline.hardening.seals import (
     SealCheck,
     SealError,
@@ -655,31 +656,96 @@ def test_the_asset_seals_and_checks_the_chain(db_url, su, tmp_path):
     assert result.success
     metadata = result.asset_materializations_for_node("audit_seal")[0].metadata
     assert metadata["new_seals"].value == 1 and metadata["latest_seq"].value == 1
+    # Nothing new: no blank digest shown.
+    again = dg.materialize([audit_seal], resources=resources)
+    metadata = again.asset_materializations_for_node("audit_seal")[0].metadata
+    assert metadata["new_seals"].value == 0 and "latest_digest" not in metadata
     check = result.get_asset_check_evaluations()[0]
     assert check.passed and check.check_name == "seal_chain_intact"
 
     tamper(su, "DELETE FROM audit_events WHERE id = 2")
     red = dg.materialize([audit_seal], resources=resources, raise_on_error=False)
     assert not red.success
+    # The run fails with the sentence and the first bad id, not DagsterAssetCheckFailedError.
+    (step_failure,) = red.get_step_failure_events()
+    said = step_failure.step_failure_data.user_failure_data.description
+    assert said.startswith("the audit seal chain is broken: ") and "first bad id 2" in said
     evaluation = red.get_asset_check_evaluations()[0]
     # An id, shown as text: never plotted as a metric (nor as 0 when there is none).
     assert not evaluation.passed and evaluation.metadata["first_bad_id"].value == "2"
     assert check.metadata["first_bad_id"].value == "none"
 
 
-def test_the_schedule_seals_every_minute_and_skips_while_a_run_is_in_flight():
-    assert audit_seal_schedule.cron_schedule == "* * * * *"
-    assert audit_seal_schedule.job_name == audit_seal_job.name
-    assert audit_seal_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+def seal_sensor_tick(instance, cursor, resources) -> tuple[dg.SensorResult, str | None]:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = audit_seal_sensor(context)
+    return result, result.cursor
+
+
+def test_the_sensor_seals_in_its_tick_alerts_a_broken_chain_once_then_resolved(
+    db_url, su, tmp_path, slack_receiver, monkeypatch
+):
+    """No runs; one Slack message with the sentence and first bad id, quiet after, resolved."""
+    monkeypatch.setenv("HARDENING_STATE_DIR", str(tmp_path / "state"))
+    write_tenants(su, 1)
+    resources = {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+        "slack": SlackAlertsResource(webhook_url=slack_receiver.url, max_retries=0, timeout=5),
+    }
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance)
-        requests = list(audit_seal_schedule.evaluate_tick(context).run_requests)
-        assert len(requests) == 1
-        instance.add_run(
-            dg.DagsterRun(job_name=audit_seal_job.name, status=dg.DagsterRunStatus.STARTED)
-        )
-        tick = audit_seal_schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
-        assert not tick.run_requests and "still in flight" in tick.skip_message
+        result, cursor = seal_sensor_tick(instance, None, resources)
+        assert result.run_requests == [] or result.run_requests is None
+        kinds = {type(event).__name__ for event in result.asset_events}
+        assert kinds == {"AssetMaterialization", "AssetCheckEvaluation"}
+        check = next(e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation))
+        assert check.passed and check.check_name == "seal_chain_intact"
+        assert slack_receiver.requests == []
+
+        original = su.execute("SELECT actor FROM audit_events WHERE id = 2").fetchone()["actor"]
+        tamper(su, "UPDATE audit_events SET actor = 'forged' WHERE id = 2")
+        for _ in range(4):  # the sensor ticks every minute; one incident, one message
+            result, cursor = seal_sensor_tick(instance, cursor, resources)
+            assert not result.run_requests
+        assert len(slack_receiver.requests) == 1
+        message = json.dumps(slack_receiver.requests[0])
+        assert "Audit seal chain broken" in message and "first bad id 2" in message
+        assert "runbook.md#status-audit-seal-chain" in message
+        assert "DagsterAssetCheckFailedError" not in message
+
+        tamper(su, "UPDATE audit_events SET actor = %s WHERE id = 2", (original,))
+        result, cursor = seal_sensor_tick(instance, cursor, resources)
+        assert len(slack_receiver.requests) == 2
+        assert "Resolved: audit seal chain" in json.dumps(slack_receiver.requests[1])
+        seal_sensor_tick(instance, cursor, resources)
+        assert len(slack_receiver.requests) == 2
+
+
+def test_before_the_schema_exists_the_sensor_waits_and_names_the_job(empty_db_url, tmp_path):
+    resources = {
+        "app_db": AppDatabaseResource(database_url=empty_db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+        "slack": SlackAlertsResource(webhook_url="", max_retries=0),
+    }
+    with dg.instance_for_test() as instance:
+        result, _ = seal_sensor_tick(instance, None, resources)
+    assert "launch database_schema_job" in result.skip_reason.skip_message
+    assert not result.asset_events
+
+
+def test_a_day_of_sealing_adds_no_runs():
+    """Sealing happens in the sensor's ticks: no seal schedule, and the sensor requests no run
+    (its tick returns a SensorResult without run requests, as the test above shows)."""
+    from hardening_pipeline.definitions import defs
+
+    repo = defs.get_repository_def()
+    assert not [s for s in repo.schedule_defs if s.job_name == audit_seal_job.name]
+    sensor = defs.resolve_sensor_def("audit_seal_sensor")
+    assert sensor.minimum_interval_seconds == 60
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert not sensor.targets  # it requests no run of any job
 
 
 def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
@@ -702,3 +768,21 @@ def test_cli_seal_then_verify_only_after_tampering(db_url, su, tmp_path):
     tamper(su, "UPDATE audit_events SET actor = 'x' WHERE id = 3")
     red = cli("--verify-only")
     assert red.returncode == 1 and "first bad id 3" in red.stderr
+
+
+def test_the_seal_check_links_the_published_runbook(db_url, su, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDENING_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HARDENING_RUNBOOK_URL", "https://runbook.example.com/runbook.html")
+    write_tenants(su, 1)
+    resources = {
+        "app_db": AppDatabaseResource(database_url=db_url),
+        "backup_store": BackupStoreResource(store_url=(tmp_path / "store").as_uri()),
+        "encryption_keys": EncryptionKeysResource(key=base64.b64encode(os.urandom(32)).decode()),
+        "slack": SlackAlertsResource(webhook_url="", max_retries=0),
+    }
+    with dg.instance_for_test() as instance:
+        result, _ = seal_sensor_tick(instance, None, resources)
+    check = next(e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation))
+    link = check.metadata["runbook"]
+    assert isinstance(link, dg.UrlMetadataValue)
+    assert link.value == "https://runbook.example.com/runbook.html#status-audit-seal-chain"

@@ -62,6 +62,20 @@ def test_definitions_validate(checkout: Path) -> None:
     assert no_temporary_dagster_home(checkout)
 
 
+def test_dg_check_defs(checkout: Path) -> None:
+    result = run(checkout, str(BIN / "dg"), "check", "defs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout
+    assert no_temporary_dagster_home(checkout)
+
+
+def test_dg_list_defs(checkout: Path) -> None:
+    result = run(checkout, str(BIN / "dg"), "list", "defs", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = json.loads(result.stdout)
+    assert sorted(job["name"] for job in listed["jobs"]) == JOBS
+
+
 def test_job_list(checkout: Path) -> None:
     result = run(
         checkout, str(BIN / "dagster"), "job", "list", "-m", "hardening_pipeline.definitions"

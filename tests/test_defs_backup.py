@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -138,12 +139,48 @@ def test_schedule_runs_one_backup_a_night_at_0200_utc() -> None:
     assert request.run_key == "nightly-backup-2026-03-02"
     job = defs.resolve_job_def("nightly_backup_job")
     assert job.tags["hardening/exclusive"] == "backup"
-    # The freshness check rides along: right after the backup it confirms the store shows it.
-    assert {n.name for n in job.nodes} == {
-        "nightly_backup",
-        "backup_retention",
-        "nightly_backup_backup_is_fresh",
-    }
+    # The freshness check does not ride along: planned in this run, it would read "Execution
+    # failed" whenever the backup step fails. A sensor re-checks it after each successful run.
+    assert {n.name for n in job.nodes} == {"nightly_backup", "backup_retention"}
+    sensor = defs.resolve_sensor_def("backup_freshness_after_backup")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "backup_freshness_job"
+
+
+def test_a_failed_backup_run_leaves_backup_is_fresh_as_the_last_check_left_it(
+    db_url: str, tmp_path: Path, master_key: bytes
+) -> None:
+    """A verified backup from minutes ago stays green through a failed backup run."""
+    resources = backup_resources(db_url, tmp_path / "store", master_key)
+    instance = dg.DagsterInstance.ephemeral()
+    good = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        instance=instance, resources=resources
+    )
+    assert good.success
+    fresh_run = defs.resolve_job_def("backup_freshness_job").execute_in_process(
+        instance=instance, resources=resources
+    )
+    (evaluation,) = fresh_run.get_asset_check_evaluations()
+    assert evaluation.passed
+
+    broken = {**resources, "backup_store": BackupStoreResource(store_url=closed_port_url())}
+    failed = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        instance=instance, resources=broken, raise_on_error=False
+    )
+    assert not failed.success
+    planned = [
+        event
+        for event in failed.all_events
+        if event.event_type
+        in (
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        )
+    ]
+    assert planned == []
+    key = dg.AssetCheckKey(dg.AssetKey("nightly_backup"), "backup_is_fresh")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    assert latest.run_id == fresh_run.run_id
 
 
 def test_definitions_load_and_wire_the_backup_pieces() -> None:
@@ -155,9 +192,11 @@ def test_definitions_load_and_wire_the_backup_pieces() -> None:
 # --- the failure sensor -------------------------------------------------------------------------
 
 
-@dg.op
-def explode() -> None:
-    raise dg.Failure(description="the disk is on fire")
+@dg.op(config_schema={"message": dg.Field(str, default_value="")})
+def explode(context) -> None:
+    # An empty message: the op succeeds.
+    if context.op_config["message"]:
+        raise dg.Failure(description=context.op_config["message"])
 
 
 @dg.job
@@ -165,8 +204,24 @@ def doomed_job() -> None:
     explode()
 
 
-def fail_a_run(instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> str:
-    result = doomed_job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+def run_doomed_job(
+    instance: dg.DagsterInstance, message: str, tags=None
+) -> dg.ExecuteInProcessResult:
+    return doomed_job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        tags=tags,
+        run_config={"ops": {"explode": {"config": {"message": message}}}},
+    )
+
+
+def fail_a_run(
+    instance: dg.DagsterInstance, tags: dict[str, str] | None = None, message: str = ""
+) -> str:
+    """A failed run; without ``message``, with a failure of its own (a new incident each)."""
+    result = run_doomed_job(
+        instance, message or f"the disk is on fire ({uuid.uuid4().hex[:6]})", tags
+    )
     assert not result.success
     return result.run_id
 
@@ -201,7 +256,7 @@ def test_failed_run_is_alerted_once_with_job_step_error_and_link(
     assert "the disk is on fire" in payload
     assert f"https://dagster.example.com/runs/{run_id}" in payload
 
-    # Later ticks do not repeat it; a new failure gets its own single alert.
+    # Later ticks do not repeat it; a different failure gets its own single alert.
     cursor = tick(instance, cursor, slack_receiver.url)
     assert len(slack_receiver.requests) == 1
     second = fail_a_run(instance)
@@ -209,6 +264,74 @@ def test_failed_run_is_alerted_once_with_job_step_error_and_link(
     cursor = tick(instance, cursor, slack_receiver.url)
     assert len(slack_receiver.requests) == 2
     assert second in json.dumps(slack_receiver.requests[1])
+
+
+def test_the_same_failure_run_after_run_alerts_once_then_resolves(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    """One incident, one message: the seal that fails every minute must not page every minute."""
+    first = fail_a_run(instance, message="first bad id 5: sealed row changed")
+    cursor = tick(instance, None, slack_receiver.url)
+    for _ in range(3):
+        fail_a_run(instance, message="first bad id 5: sealed row changed")
+        cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 1
+    assert first in json.dumps(slack_receiver.requests[0])
+    assert json.loads(cursor)["incidents"]
+
+    assert run_doomed_job(instance, "").success
+    cursor = tick(instance, cursor, slack_receiver.url)
+    cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 2
+    resolved = json.dumps(slack_receiver.requests[1])
+    assert "Resolved: doomed_job" in resolved and "4 failed runs" in resolved
+    assert json.loads(cursor)["incidents"] == {}
+
+    # It fails again later: a new incident, alerted again.
+    fail_a_run(instance, message="first bad id 5: sealed row changed")
+    tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 3
+
+
+def test_an_incident_that_lasts_is_reminded_not_repeated(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_a_run(instance, message="store unreachable")
+    cursor = tick(instance, None, slack_receiver.url)
+    monkeypatch.setattr("hardening_pipeline.alerts.incidents.REMIND_EVERY", timedelta(0))
+    fail_a_run(instance, message="store unreachable")
+    cursor = tick(instance, cursor, slack_receiver.url)
+    assert len(slack_receiver.requests) == 2
+    reminder = json.dumps(slack_receiver.requests[1])
+    assert "Still failing: doomed_job" in reminder and "2 failed runs" in reminder
+
+
+def test_a_run_its_own_job_already_alerted_gets_no_second_message(
+    instance: dg.DagsterInstance, slack_receiver: SlackReceiver
+) -> None:
+    run_id = fail_a_run(instance, tags={"hardening/alerted": "true"})
+    cursor = tick(instance, None, slack_receiver.url)
+    assert slack_receiver.requests == []
+    assert run_id in json.loads(cursor)["handled"]
+
+
+def test_an_unreachable_slack_reads_as_a_sentence_and_the_pending_age_keeps_moving(
+    instance: dg.DagsterInstance,
+) -> None:
+    fail_a_run(instance)
+    resources = {"slack": SlackAlertsResource(webhook_url=closed_port_url(), max_retries=0)}
+    context = dg.build_sensor_context(instance=instance, resources=resources)
+    [first] = slack_on_run_failure(context).asset_events
+    (error,) = first.metadata["pending_runs"].value.values()
+    assert error.startswith("Slack could not be reached (connection refused)")
+    assert "URLError" not in error and "Errno" not in error
+    # The set of pending alerts did not change, yet the next tick reports its age again.
+    context = dg.build_sensor_context(instance=instance, cursor=context.cursor, resources=resources)
+    [again] = slack_on_run_failure(context).asset_events
+    assert (
+        again.metadata["oldest_pending_seconds"].value
+        >= first.metadata["oldest_pending_seconds"].value
+    )
 
 
 def test_slack_answering_500_keeps_the_alert_for_the_next_tick(
@@ -353,3 +476,23 @@ def test_a_backup_with_rows_the_drill_cannot_load_is_kept_but_fails_with_the_can
     assert [b.backup_id for b in list_backups(FileStore(store_dir), Keyring(master_key)).valid] == [
         backup["backup_id"]
     ]
+
+
+def test_a_backup_store_failure_carries_the_runbook_link_in_the_ui_and_in_slack(
+    db_url: str,
+    tmp_path: Path,
+    master_key: bytes,
+    instance: dg.DagsterInstance,
+    slack_receiver: SlackReceiver,
+) -> None:
+    resources = backup_resources(db_url, tmp_path / "store", master_key)
+    resources["backup_store"] = BackupStoreResource(store_url=closed_port_url())
+    failed = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        instance=instance, resources=resources, raise_on_error=False
+    )
+    (step_failure,) = failed.get_step_failure_events()
+    metadata = step_failure.step_failure_data.user_failure_data.metadata
+    assert metadata["runbook"].value == "docs/runbook.md#backup-failed"
+    tick(instance, None, slack_receiver.url)
+    (alert,) = slack_receiver.requests
+    assert "docs/runbook.md#backup-failed" in json.dumps(alert)

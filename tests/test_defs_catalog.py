@@ -212,3 +212,17 @@ def test_the_link_layout_follows_the_host_not_the_rest_of_the_url(url: str, layo
     for spec in specs_of(catalog_assets(ASSETS_HERE, settings)):
         [reference] = spec.metadata["dagster/code_references"].code_references
         assert reference.url.startswith(layout), reference
+
+
+def test_every_asset_of_the_code_location_links_to_its_code() -> None:
+    """Including the external `slack_failure_alerts`, linked to the sensor code that records it."""
+    from hardening_pipeline.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    for key in graph.get_all_asset_keys():
+        if key.path[0] == "app":
+            continue  # the application's own tables: their code is the app's, not the kit's
+        references = graph.get(key).metadata.get("dagster/code_references")
+        assert references is not None, key
+        [reference] = references.code_references
+        assert Path(reference.file_path).is_file() and reference.line_number, reference

@@ -13,6 +13,7 @@ from hardening_pipeline.defs.checks import (
     canary_schedule,
 )
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+from hardening_pipeline.defs.sensors import slack_on_run_failure
 from hardening_pipeline.defs.status import (
     hardening_status_report,
     status_check_job,
@@ -94,13 +95,17 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
         "unattributed_service_role_writes",
     }
     assert all(e.passed for e in evaluations.values())
+    # No empty "error" row on a canary that ran.
+    assert not any("error" in e.metadata for e in evaluations.values())
     assert slack_receiver.requests == []
 
     with admin.transaction():
         admin.execute("SET LOCAL session_replication_role = replica")
         admin.execute("SELECT set_config('app.actor', 'test:replica', true)")
         admin.execute("DELETE FROM units WHERE id = %s", (t.unit,))
-    red = run_canary_job(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    red = run_canary_job(resources, instance)
+    assert not red.success
     evaluations = {e.check_name: e for e in red.get_asset_check_evaluations()}
     orphan = evaluations["orphaned_messages"]
     assert not orphan.passed
@@ -110,7 +115,11 @@ def test_canary_job_reports_each_canary_on_its_table(db_url, admin, resources, s
     assert orphan.metadata["sample_ids"].value == [str(t.message)]
     assert orphan.metadata["runbook"].value == "docs/runbook.md#canary-orphaned-messages"
     assert len(slack_receiver.requests) == 1
-    run_canary_job(resources)  # unchanged finding: no second alert
+    run_canary_job(resources, instance)  # unchanged finding: no second alert
+    assert len(slack_receiver.requests) == 1
+    # The failed runs were alerted by the canary itself: the failure sensor adds no message.
+    context = dg.build_sensor_context(instance=instance, resources={"slack": resources["slack"]})
+    slack_on_run_failure(context)
     assert len(slack_receiver.requests) == 1
 
 
@@ -156,12 +165,31 @@ def test_status_report_asset(db_url, admin, resources, tmp_path, monkeypatch, sl
 
     admin.execute("GRANT DELETE ON audit_events TO service_role")
     admin.commit()
-    red = dg.materialize([hardening_status_report], resources=resources)
+    instance = dg.DagsterInstance.ephemeral()
+    red = dg.materialize(
+        [hardening_status_report], resources=resources, instance=instance, raise_on_error=False
+    )
+    # A red report fails the run, with the first red line and what to do in the error.
+    assert not red.success
+    (step_failure,) = red.get_step_failure_events()
+    error = step_failure.step_failure_data.user_failure_data.description
+    assert error.startswith("the hardening status is red: 1 of ")
+    assert "First: audit_events_no_write_grants:" in error
     metadata = red.asset_materializations_for_node("hardening_status_report")[0].metadata
     assert metadata["red"].value == ["audit_events_no_write_grants"]
-    assert "❌" in metadata["checklist"].value
+    assert "🔴 red" in metadata["checklist"].value
     (check,) = red.get_asset_check_evaluations()
     assert not check.passed
+    # The check itself says what to do: the line, the fix and the runbook section.
+    assert check.description.startswith("audit_events_no_write_grants: ")
+    assert "Fix: REVOKE" in check.description
+    assert "runbook.md#status-audit-events-no-write-grants" in check.description
+    assert "REVOKE" in check.metadata["fix"].value
+    assert len(slack_receiver.requests) == 1
+    # The status alert was the one message: the failure sensor does not repeat it.
+    slack_on_run_failure(
+        dg.build_sensor_context(instance=instance, resources={"slack": resources["slack"]})
+    )
     assert len(slack_receiver.requests) == 1
     assert len(list((tmp_path / "reports").glob("status-*.json"))) == 2
 
@@ -209,3 +237,18 @@ def test_the_canary_run_observes_each_table(db_url, admin, resources):
     assert set(observed) == {f"app/{name}" for name in APPLICATION_TABLES}
     tenants = observed["app/tenants"].event_specific_data.asset_observation.metadata
     assert tenants["live_rows_estimate"].value >= 1
+
+
+def test_observe_on_one_application_table_page_observes_that_table_only(db_url, resources):
+    """The UI's "Observe" on an `app/*` page launches the observation with one key selected."""
+    defs = dg.Definitions(assets=[observe_application_tables], resources=resources)
+    job = defs.resolve_implicit_global_asset_job_def()
+    key = dg.AssetKey(["app", "messages"])
+    result = job.get_subset(asset_selection={key}).execute_in_process(raise_on_error=False)
+    assert result.success, result.all_events
+    observed = [
+        event.event_specific_data.asset_observation.asset_key
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+    ]
+    assert observed == [key]

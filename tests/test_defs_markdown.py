@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from hardening_pipeline.definitions import defs
-from hardening_pipeline.defs.checks import runbook_metadata
+from hardening_pipeline.defs.failures import runbook_metadata
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.defs.status import hardening_status_report
 from hardening_pipeline.hardening.report import checklist_markdown

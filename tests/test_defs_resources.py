@@ -34,3 +34,21 @@ def test_dagster_resource_hands_out_clients_traceable_to_the_run(db_url, admin):
         "AND after->>'email' = 'from-dagster@example.com'"
     ).fetchall()
     assert rows == [{"actor": actor, "tenant_id": a.tenant}]
+
+
+def test_the_launchpad_config_docs_have_no_rst_markup() -> None:
+    """The Launchpad renders resource and config descriptions as Markdown: ``x`` shows as-is."""
+    from hardening_pipeline.definitions import defs
+
+    repo = defs.get_repository_def()
+    texts = []
+    for key, resource in repo.get_top_level_resources().items():
+        texts.append((key, resource.description or ""))
+        for name, field in (resource.config_schema.config_type.fields or {}).items():
+            texts.append((f"{key}.{name}", field.description or ""))
+    for job in repo.get_all_jobs():
+        for node in job.graph.node_defs:
+            schema = getattr(node, "config_schema", None)
+            fields = getattr(getattr(schema, "config_type", None), "fields", None) or {}
+            texts += [(f"{node.name}.{n}", f.description or "") for n, f in fields.items()]
+    assert [where for where, text in texts if "``" in text] == []

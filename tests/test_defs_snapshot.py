@@ -50,14 +50,13 @@ JOBS = {
     "status_check_job",
 }
 SCHEDULES = {
-    "audit_seal_schedule": ("* * * * *", "audit_seal_job"),
     "backup_freshness_schedule": ("30 * * * *", "backup_freshness_job"),
     "canary_schedule": ("*/15 * * * *", "canary_job"),
     "nightly_backup_schedule": ("0 2 * * *", "nightly_backup_job"),
     "restore_drill_schedule": ("0 4 1 * *", "restore_drill_job"),
     "status_check_schedule": ("0 6 * * *", "status_check_job"),
 }
-SENSORS = {"slack_on_run_failure"}
+SENSORS = {"slack_on_run_failure", "backup_freshness_after_backup", "audit_seal_sensor"}
 
 
 @pytest.fixture(scope="module")

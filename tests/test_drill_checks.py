@@ -102,3 +102,40 @@ def test_a_check_that_cannot_connect_fails_instead_of_raising() -> None:
     run = run_drill_checks("postgresql://nobody@127.0.0.1:1/none")
     assert run.passed == 0 and run.failed == len(DRILL_CHECKS)
     assert all("could not check" in o.detail for o in run.outcomes)
+
+
+@pytest.mark.parametrize(
+    ("invariants", "output", "named"),
+    [
+        (
+            [("canaries_clean", True, "0 findings"), ("rls_isolation", False, "tenant B saw 3")],
+            "PASSED probe_rows: ok",
+            "invariant rls_isolation is red: tenant B saw 3",
+        ),
+        (
+            [("canaries_clean", True, "0 findings")],
+            "PASSED probe_rows: ok\nFAILED audit_append_only: an UPDATE on audit_events worked",
+            "drill test audit_append_only: an UPDATE on audit_events worked",
+        ),
+    ],
+)
+def test_a_red_drill_names_what_failed(tmp_path, invariants, output, named):
+    """The run failure and its Slack alert name the failing check, not "something is red"."""
+    from datetime import UTC, datetime
+
+    from hardening_pipeline.jobs.drill import DrillJobResult
+    from hardening_pipeline.reports import ReportFiles
+    from hardening_pipeline.restore.drill import DrillResult, Invariant
+    from hardening_pipeline.restore.report import drill_alert
+
+    result = DrillResult(
+        started_at=datetime.now(UTC),
+        invariants=[Invariant(*row) for row in invariants],
+        tests_passed=1,
+        tests_failed=output.count("FAILED"),
+        tests_output=output,
+    )
+    job = DrillJobResult(result, ReportFiles(tmp_path / "r.md", tmp_path / "r.json"), None)
+    assert not job.passed
+    assert job.failure.startswith(named + "; the report ")
+    assert named in drill_alert(result, None).summary

@@ -13,7 +13,8 @@ import dagster as dg
 import pytest
 
 from hardening_pipeline.defs.evidence import evidence_bundle
-from hardening_pipeline.defs.resources import AppDatabaseResource
+from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
+from hardening_pipeline.defs.status import hardening_status_report
 from hardening_pipeline.jobs.evidence import project_file_tree
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
@@ -193,33 +194,41 @@ def test_broken_guarantee_turns_items_red(db_url, admin, tmp_path, monkeypatch):
     assert "foreign_keys_restrict" in status["red"]
 
 
-def test_dagster_evidence_asset_green_on_a_seeded_database(db_url, tmp_path, monkeypatch):
+def test_dagster_evidence_asset_green_on_a_seeded_database_and_other_assets_keep_their_state(
+    db_url, tmp_path, monkeypatch
+):
     seed_demo_data(db_url, tenants=2, messages_per_unit=2)
     monkeypatch.setenv("HARDENING_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     monkeypatch.setenv("BACKUP_STORE_URL", (tmp_path / "store").as_uri())
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"app_db": AppDatabaseResource(database_url=db_url), "slack": SlackAlertsResource()}
+    status_run = dg.materialize([hardening_status_report], resources=resources, instance=instance)
+    assert status_run.success
     result = dg.materialize(
         [evidence_bundle],
-        resources={"app_db": AppDatabaseResource(database_url=db_url)},
+        resources=resources,
+        instance=instance,
         run_config={"ops": {"evidence_bundle": {"config": {"out_root": str(tmp_path / "ev")}}}},
     )
     assert result.success
-    by_asset = {
-        m.asset_key.to_user_string(): m
-        for m in result.asset_materializations_for_node("evidence_bundle")
-    }
-    metadata = by_asset["evidence_bundle"].metadata
-    assert metadata["all_green"].value is True
-    assert "ALL GREEN" in metadata["summary"].value
-    # The assets the run exercised record it on their own pages.
-    assert set(by_asset) == {
-        "evidence_bundle",
-        "database_schema",
-        "nightly_backup",
-        "restore_drill_report",
-        "hardening_status_report",
-    }
-    assert by_asset["restore_drill_report"].metadata["passed"].value is True
+    (materialization,) = result.asset_materializations_for_node("evidence_bundle")
+    assert materialization.metadata["all_green"].value is True
+    assert "ALL GREEN" in materialization.metadata["summary"].value
+    # The evidence run exercised the status report, a backup and a drill, but those assets'
+    # pages keep what their own jobs recorded: the checklist and its evaluated all_green check.
+    status_event = instance.get_latest_materialization_event(dg.AssetKey("hardening_status_report"))
+    assert status_event is not None and status_event.run_id == status_run.run_id
+    assert "checklist" in status_event.asset_materialization.metadata
+    for asset in ("database_schema", "nightly_backup", "restore_drill_report"):
+        assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("hardening_status_report"), "all_green")]
+    )
+    assert check[dg.AssetCheckKey(dg.AssetKey("hardening_status_report"), "all_green")].run_id == (
+        status_run.run_id
+    )
 
 
 def test_item_b_is_proven_by_the_database_and_red_in_report_mode(

@@ -232,6 +232,8 @@ def test_canary_names_the_sources_and_counts(db_url, admin, tenant):
 
 
 def test_canary_look_back_is_a_threshold(db_url, admin):
+    # In report mode: in enforce mode, notes from before the switch no longer count at all.
+    set_service_role_mode(admin, "report")
     admin.execute(
         "INSERT INTO hardening.unattributed_writes (created_at, table_name, operation, "
         "application_name) VALUES (now() - interval '30 hours', 'messages', 'DELETE', 'nightly')"

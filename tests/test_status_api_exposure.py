@@ -19,7 +19,7 @@ def red(db_url: str) -> dict[str, str]:
 
 
 def apply_fix(admin, fix: str) -> None:
-    statements = re.findall(r"(?:REVOKE|ALTER|GRANT)\b[^;]*;", fix)
+    statements = re.findall(r"(?:REVOKE|ALTER|GRANT|CREATE)\b[^;]*;", fix)
     assert statements, fix
     for statement in statements:
         admin.execute(statement)
@@ -73,8 +73,10 @@ def test_a_definer_function_anon_can_call_turns_both_lines_red(db_url, admin, tw
     }
     anon_line = lines["anon_security_definer_function_executable"]
     assert "public.message_count(t uuid)" in anon_line.detail
+    # service_role held EXECUTE only through PUBLIC: the fix gives it back explicitly.
     assert anon_line.fix == (
-        'REVOKE EXECUTE ON FUNCTION "public"."message_count"(t uuid) FROM PUBLIC, anon;'
+        'REVOKE EXECUTE ON FUNCTION "public"."message_count"(t uuid) FROM PUBLIC, anon; '
+        'GRANT EXECUTE ON FUNCTION "public"."message_count"(t uuid) TO service_role;'
     )
     for line in lines.values():
         apply_fix(admin, line.fix)
@@ -83,6 +85,67 @@ def test_a_definer_function_anon_can_call_turns_both_lines_red(db_url, admin, tw
         with pytest.raises(errors.InsufficientPrivilege):
             with acting_as(admin, role):
                 admin.execute("SELECT public.message_count(%s)", (alpha.tenant,))
+    with acting_as(admin, "service_role"):
+        admin.execute("SELECT public.message_count(%s)", (alpha.tenant,))
+
+
+def test_a_definer_function_a_column_default_calls_is_moved_not_revoked(db_url, admin, two_tenants):
+    alpha, _ = two_tenants
+    admin.execute(
+        "CREATE FUNCTION public.default_sender() RETURNS text LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS $$SELECT 'resident'::text$$; "
+        "ALTER TABLE messages ALTER COLUMN sender SET DEFAULT public.default_sender()"
+    )
+    admin.commit()
+    lines = red(db_url)
+    signed_in = lines["authenticated_security_definer_function_executable"]
+    # authenticated inserts messages, so the default needs it: a REVOKE would break every insert.
+    assert "REVOKE" not in signed_in.fix
+    assert "default value for column sender of table messages" in signed_in.detail
+    anon = lines["anon_security_definer_function_executable"]
+    assert anon.fix.endswith(
+        'GRANT EXECUTE ON FUNCTION "public"."default_sender"() TO authenticated, service_role;'
+    )
+    for line in lines.values():
+        apply_fix(admin, line.fix)
+    assert red(db_url) == {}
+    with acting_as(admin, "authenticated", tenant=alpha.tenant):
+        admin.execute(
+            "INSERT INTO messages (tenant_id, development_id, unit_id, body) "
+            "VALUES (%s, %s, %s, 'hello')",
+            (alpha.tenant, alpha.development, alpha.unit),
+        )
+    with pytest.raises(errors.InsufficientPrivilege):
+        with acting_as(admin, "anon"):
+            admin.execute("SELECT private.default_sender()")
+
+
+def test_a_definer_function_a_trigger_calls_by_name_gets_no_breaking_sql(
+    db_url, admin, two_tenants
+):
+    alpha, _ = two_tenants
+    admin.execute(
+        "CREATE FUNCTION public.stamp_sender() RETURNS text LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = '' AS $$SELECT 'resident'::text$$; "
+        "CREATE FUNCTION public.set_sender() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path = '' AS $$BEGIN NEW.sender := public.stamp_sender(); RETURN NEW; END$$; "
+        "CREATE TRIGGER set_sender BEFORE INSERT ON messages "
+        "FOR EACH ROW EXECUTE FUNCTION public.set_sender()"
+    )
+    admin.commit()
+    lines = red(db_url)
+    signed_in = lines["authenticated_security_definer_function_executable"]
+    # authenticated's inserts run the trigger, which calls it by name: neither REVOKE nor a move.
+    assert "the body of set_sender() (by name)" in signed_in.detail
+    assert not re.findall(r"(?:REVOKE|ALTER|GRANT|CREATE)\b[^;]*;", signed_in.fix)
+    apply_fix(admin, lines["anon_security_definer_function_executable"].fix)
+    with acting_as(admin, "authenticated", tenant=alpha.tenant):
+        inserted = admin.execute(
+            "INSERT INTO messages (tenant_id, development_id, unit_id, sender, body) "
+            "VALUES (%s, %s, %s, 'x', 'hello') RETURNING sender",
+            (alpha.tenant, alpha.development, alpha.unit),
+        ).fetchone()
+    assert inserted == {"sender": "resident"}
 
 
 def test_a_trigger_function_or_one_in_an_unusable_schema_is_not_reported(db_url, admin):

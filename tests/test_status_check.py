@@ -155,13 +155,39 @@ BREAKAGES = [
         "USING (tenant_id = (SELECT hardening.current_tenant_id()))",
     ),
     (
+        "tenant_policies_constrain_rows",
+        "ALTER POLICY messages_tenant_isolation ON messages USING (true) WITH CHECK (true)",
+    ),
+    (
+        # Still ANDed with the tenant, but ORed away: the tree, not the text, is judged.
+        "tenant_policies_constrain_rows",
+        "ALTER POLICY units_tenant_isolation ON units "
+        "USING (tenant_id = (SELECT hardening.current_tenant_id()) OR units.id IS NOT NULL)",
+    ),
+    (
+        "no_rules_on_tenant_tables",
+        "CREATE SCHEMA open; CREATE TABLE open.copies (body text); "
+        "CREATE RULE copy_messages AS ON INSERT TO messages DO ALSO "
+        "INSERT INTO open.copies VALUES (NEW.body)",
+    ),
+    (
+        # Pinned to one tenant, but not the caller's: only reading as the caller shows it.
+        "tenant_isolation_probe",
+        "INSERT INTO tenants (id, slug, name) VALUES "
+        "('aaaaaaaa-0000-4000-8000-000000000000', 'first', 'First'), "
+        "('bbbbbbbb-0000-4000-8000-000000000000', 'second', 'Second'); "
+        "ALTER POLICY tenants_own_row ON tenants "
+        "USING (id = 'bbbbbbbb-0000-4000-8000-000000000000'::uuid)",
+    ),
+    (
         "function_search_path_fixed",
         "CREATE FUNCTION public.whoami() RETURNS text LANGUAGE sql SECURITY DEFINER "
         "AS 'SELECT current_user::text'; REVOKE EXECUTE ON FUNCTION public.whoami() FROM PUBLIC",
     ),
     (
         "function_search_path_fixed",
-        "ALTER FUNCTION hardening.audit_capture_insert() RESET search_path",
+        # Not a capture function: their SET options also count for audit_capture_triggers.
+        "ALTER FUNCTION hardening.allow_unattributed_write(text, text) RESET search_path",
     ),
     (
         "function_search_path_mutable",
@@ -249,7 +275,6 @@ def test_a_hardened_database_is_all_green(db_url):
     assert [line.name for line in report.lines] == ALL_LINES
     assert report.passed, [(x.name, x.detail) for x in report.red]
     assert all(line.fix == "" for line in report.lines)
-    assert report.seconds < 5
 
 
 # Lines whose breakage outlives the test database (roles are cluster-wide), broken and cleaned
@@ -343,7 +368,7 @@ def test_report_files_are_timestamped_markdown_and_json(db_url, admin, tmp_path)
     assert red["runbook_anchor"] == "status-audit-events-no-write-grants"
     md = first.markdown.read_text()
     assert md.startswith("# Hardening status: 1 RED")
-    assert md.count("✅") == len(ALL_LINES) - 1 and md.count("❌") == 1
+    assert md.count("🟢 green") == len(ALL_LINES) - 1 and md.count("🔴 red") == 1
 
 
 def test_runbook_has_a_section_for_every_line():

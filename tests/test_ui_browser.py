@@ -31,6 +31,7 @@ from hardening_pipeline.seed import seed_demo_data
 from tests.support.checkout import clean_environment
 from tests.support.db import admin_connect, create_database
 from tests.support.servers import wait_for_dagster
+from tests.support.slack_receiver import SlackReceiver, running_slack_receiver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 try:
@@ -75,6 +76,7 @@ JOBS = [
     "status_check_job",
     "evidence_job",
 ]
+SEAL_INTERVAL = 5
 RUN_STATUS = """
 query ($id: ID!) {
   runOrError(runId: $id) {
@@ -115,11 +117,14 @@ def wait_for_run(base: str, run_id: str, timeout: float = 240) -> str:
 
 
 class UI:
-    def __init__(self, base: str, page: Page, runbook_base: str, db_url: str) -> None:
+    def __init__(
+        self, base: str, page: Page, runbook_base: str, db_url: str, slack: SlackReceiver
+    ) -> None:
         self.base = base
         self.page = page
         self.runbook_base = runbook_base
         self.db_url = db_url
+        self.slack = slack
 
     def shot(self, name: str) -> None:
         SHOTS.mkdir(exist_ok=True)
@@ -150,7 +155,16 @@ class UI:
 
 
 @pytest.fixture(scope="module")
-def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
+def ui_slack() -> Iterator[SlackReceiver]:
+    with running_slack_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def ui(
+    pg_server_url: str, template_db: str, tmp_path_factory, ui_slack: SlackReceiver
+) -> Iterator[UI]:
+    slack = ui_slack
     work = tmp_path_factory.mktemp("ui")
     db_url = create_database(pg_server_url, template=template_db)
     seed_demo_data(db_url, tenants=2, messages_per_unit=2)
@@ -178,6 +192,9 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
         HARDENING_RUNBOOK_URL=runbook_base,
         HARDENING_DAGSTER_OWNERS=OWNERS,
         DAGSTER_WEBSERVER_URL=base,
+        SLACK_WEBHOOK_URL=slack.url,
+        # The seal sensor's tick, shortened so an incident plays out in seconds, not minutes.
+        HARDENING_SEAL_INTERVAL_SECONDS=str(SEAL_INTERVAL),
     )
     log = (work / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
@@ -215,7 +232,7 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
                 viewport={"width": 1400, "height": 900},
             )
             page = context.pages[0] if context.pages else context.new_page()
-            yield UI(base, page, runbook_base, db_url)
+            yield UI(base, page, runbook_base, db_url, slack)
             context.close()
     finally:
         os.killpg(proc.pid, 15)
@@ -228,15 +245,28 @@ def ui(pg_server_url: str, template_db: str, tmp_path_factory) -> Iterator[UI]:
         log.close()
 
 
-def test_every_job_succeeds_when_launched_from_its_launchpad_as_shown(ui: UI) -> None:
-    outcomes = {}
+def test_every_launchpad_opens_ready_to_launch_and_a_launch_runs_what_it_shows(ui: UI) -> None:
+    """Each job's Launchpad shows its config with no error and an enabled "Launch run"; one job
+    (the backup, whose secret fields are masked) is launched from it and succeeds.
+
+    That every job's shown config runs is test_defs_launchpad.py's, against the same GraphQL
+    the Launchpad reads, in seconds rather than a run of every job through the browser.
+    """
+    page = ui.page
     for job in JOBS:
-        run_id = ui.launch_from_launchpad(job)
-        outcomes[job] = wait_for_run(ui.base, run_id)
-        ui.page.goto(f"{ui.base}/runs/{run_id}")
-        ui.page.wait_for_timeout(1000)
-        ui.shot(f"run-{job}")
-    assert outcomes == {job: "SUCCESS" for job in JOBS}
+        page.goto(f"{ui.base}/locations/{REPOSITORY}@{LOCATION}/jobs/{job}/playground")
+        ui.dismiss_welcome()
+        button = page.get_by_role("button", name=re.compile("Launch run", re.I))
+        button.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # the editor is filled asynchronously
+        assert button.is_enabled(), job
+        body = page.inner_text("body")
+        assert "Invalid" not in body and "Missing required" not in body, job
+    run_id = ui.launch_from_launchpad("nightly_backup_job")
+    assert wait_for_run(ui.base, run_id) == "SUCCESS"
+    page.goto(f"{ui.base}/runs/{run_id}")
+    page.wait_for_timeout(1000)
+    ui.shot("run-nightly_backup_job")
 
 
 def test_lineage_shows_table_to_backup_to_drill(ui: UI) -> None:
@@ -303,7 +333,8 @@ def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui
         conn.commit()
     try:
         run_id = ui.launch_from_launchpad("status_check_job")
-        assert wait_for_run(ui.base, run_id) == "SUCCESS"
+        # A red report fails the run: the Runs list shows it red, not green.
+        assert wait_for_run(ui.base, run_id) == "FAILURE"
         page = ui.page
         page.goto(f"{ui.base}/assets/hardening_status_report")
         ui.dismiss_welcome()
@@ -324,3 +355,64 @@ def test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section(ui
     text = page.inner_text("body")
     assert f'<a id="{anchor}"></a>' in text or f'id="{anchor}"' in text
     assert "### `rls_tenant_tables`" in text.split(f'id="{anchor}"', 1)[1][:200]
+
+
+def seal_messages(slack: SlackReceiver) -> list[str]:
+    texts = [json.dumps(body) for body in list(slack.requests)]
+    return [text for text in texts if "audit seal" in text.lower()]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI) -> None:
+    """The seal sensor, under the real daemon: one Slack message with the sentence and the first
+    bad id, nothing new while the incident lasts, "resolved" once the row is put back; the check
+    page shows the same sentence."""
+    with admin_connect(ui.db_url, autocommit=True) as su:
+
+        def sealed_through() -> int:
+            row = su.execute("SELECT coalesce(max(to_id), 0) AS n FROM hardening.audit_seals")
+            return row.fetchone()["n"]
+
+        wait_until(lambda: sealed_through() >= 2, 120, "the sensor's first seal")
+        victim = su.execute("SELECT min(id) AS id FROM audit_events").fetchone()["id"]
+        original = su.execute("SELECT actor FROM audit_events WHERE id = %s", (victim,))
+        actor = original.fetchone()["actor"]
+
+        def rewrite(value: str) -> None:
+            with su.transaction():
+                su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+                su.execute("UPDATE audit_events SET actor = %s WHERE id = %s", (value, victim))
+                su.execute(
+                    "ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only"
+                )
+
+        rewrite("forged")
+        try:
+            wait_until(lambda: seal_messages(ui.slack), 120, "the tampered-seal alert")
+            (alert,) = seal_messages(ui.slack)
+            assert "Audit seal chain broken" in alert and f"first bad id {victim}" in alert
+            assert "DagsterAssetCheckFailedError" not in alert
+            page = ui.page
+            page.goto(f"{ui.base}/assets/audit_seal?view=checks")
+            ui.dismiss_welcome()
+            page.get_by_text(f"first bad id {victim}").first.wait_for(timeout=60_000)
+            ui.shot("seal-chain-broken-check")
+            assert "DagsterAssetCheckFailedError" not in page.inner_text("body")
+            # Many more ticks: the incident stays one message.
+            time.sleep(SEAL_INTERVAL * 8)
+            assert len(seal_messages(ui.slack)) == 1
+        finally:
+            rewrite(actor)
+        wait_until(
+            lambda: any("Resolved: audit seal chain" in m for m in seal_messages(ui.slack)),
+            120,
+            "the resolved message",
+        )
+        assert len(seal_messages(ui.slack)) == 2

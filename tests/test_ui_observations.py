@@ -1,4 +1,4 @@
-"""The fifteen observations from trying the Dagster UI as an on-call engineer, and their tests.
+"""The observations from trying the Dagster UI as an on-call engineer (two passes), and their tests.
 
 ``OBSERVATIONS`` below is the table: observation number -> (what was observed, the tests that
 fail on the code as it was observed and pass now). ``test_every_observation_names_real_tests``
@@ -29,7 +29,7 @@ OBSERVATIONS: dict[int, tuple[str, list[str]]] = {
             "test_defs_launchpad.py::test_every_job_succeeds_when_launched_as_the_launchpad_shows_it",
             "test_defs_launchpad.py::test_the_mask_falls_back_to_the_environment",
             "test_defs_launchpad.py::test_a_bad_key_in_config_blames_the_config_field_not_the_environment",
-            "test_ui_browser.py::test_every_job_succeeds_when_launched_from_its_launchpad_as_shown",
+            "test_ui_browser.py::test_every_launchpad_opens_ready_to_launch_and_a_launch_runs_what_it_shows",
         ],
     ),
     2: (
@@ -73,14 +73,17 @@ OBSERVATIONS: dict[int, tuple[str, list[str]]] = {
         ],
     ),
     7: (
-        "evidence_job left the assets it exercised 'Never materialized'",
-        ["test_evidence.py::test_dagster_evidence_asset_green_on_a_seeded_database"],
+        "evidence_job and the assets it exercised: it records its own asset only, so their pages "
+        "keep the state their own jobs wrote",
+        [
+            "test_evidence.py::test_dagster_evidence_asset_green_on_a_seeded_database_and_other_assets_keep_their_state"
+        ],
     ),
     8: (
         "no job materialized database_schema",
         [
             "test_defs_snapshot.py::test_database_schema_has_a_job",
-            "test_ui_browser.py::test_every_job_succeeds_when_launched_from_its_launchpad_as_shown",
+            "test_ui_browser.py::test_every_launchpad_opens_ready_to_launch_and_a_launch_runs_what_it_shows",
         ],
     ),
     9: (
@@ -147,12 +150,98 @@ OBSERVATIONS: dict[int, tuple[str, list[str]]] = {
         ],
     ),
 }
+# The second on-call pass: observation -> the tests that failed on the code as observed.
+ON_CALL_OBSERVATIONS: dict[int, tuple[str, list[str]]] = {
+    1: (
+        "a tampered seal read as DagsterAssetCheckFailedError and alerted every minute",
+        [
+            "test_ui_browser.py::test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves",
+            "test_audit_seals.py::test_the_sensor_seals_in_its_tick_alerts_a_broken_chain_once_then_resolved",
+            "test_audit_seals.py::test_the_asset_seals_and_checks_the_chain",
+            "test_defs_backup.py::test_the_same_failure_run_after_run_alerts_once_then_resolves",
+            "test_defs_backup.py::test_an_incident_that_lasts_is_reminded_not_repeated",
+        ],
+    ),
+    2: (
+        "sealing every minute added 1,440 runs a day and failed before the schema existed",
+        [
+            "test_audit_seals.py::test_a_day_of_sealing_adds_no_runs",
+            "test_audit_seals.py::test_before_the_schema_exists_the_sensor_waits_and_names_the_job",
+        ],
+    ),
+    3: (
+        "Observe on an app/* table page raised DagsterInvalidSubsetError",
+        [
+            "test_defs_checks.py::test_observe_on_one_application_table_page_observes_that_table_only"
+        ],
+    ),
+    4: (
+        "evidence_job overwrote the state of the assets it exercised",
+        [
+            "test_evidence.py::test_dagster_evidence_asset_green_on_a_seeded_database_and_other_assets_keep_their_state"
+        ],
+    ),
+    5: (
+        "one failed backup turned backup_is_fresh red with 'Execution failed'",
+        [
+            "test_defs_backup.py::test_a_failed_backup_run_leaves_backup_is_fresh_as_the_last_check_left_it"
+        ],
+    ),
+    6: (
+        "a backup-store failure carried no runbook link",
+        [
+            "test_defs_backup.py::test_a_backup_store_failure_carries_the_runbook_link_in_the_ui_and_in_slack"
+        ],
+    ),
+    7: (
+        "a red status check said only its name, and its run was green",
+        [
+            "test_defs_checks.py::test_status_report_asset",
+            "test_ui_browser.py::test_red_checklist_names_the_table_and_its_runbook_link_opens_the_section",
+        ],
+    ),
+    8: (
+        "a drill failure did not name the failing test",
+        ["test_drill_checks.py::test_a_red_drill_names_what_failed"],
+    ),
+    9: (
+        "each incident sent two Slack messages",
+        [
+            "test_defs_backup.py::test_a_run_its_own_job_already_alerted_gets_no_second_message",
+            "test_defs_checks.py::test_canary_job_reports_each_canary_on_its_table",
+            "test_defs_failure_messages.py::test_a_broken_canary_fails_the_run_with_its_own_sentence",
+        ],
+    ),
+    10: (
+        "the pending-alert age went stale and showed URLError",
+        [
+            "test_defs_backup.py::test_an_unreachable_slack_reads_as_a_sentence_and_the_pending_age_keeps_moving"
+        ],
+    ),
+    11: (
+        "seal_chain_intact ignored HARDENING_RUNBOOK_URL",
+        ["test_audit_seals.py::test_the_seal_check_links_the_published_runbook"],
+    ),
+    12: (
+        "small things: empty error row, blank digest, RST markup, no code link, emoji only",
+        [
+            "test_defs_checks.py::test_canary_job_reports_each_canary_on_its_table",
+            "test_audit_seals.py::test_the_asset_seals_and_checks_the_chain",
+            "test_defs_resources.py::test_the_launchpad_config_docs_have_no_rst_markup",
+            "test_defs_catalog.py::test_every_asset_of_the_code_location_links_to_its_code",
+            "test_status_check.py::test_report_files_are_timestamped_markdown_and_json",
+        ],
+    ),
+}
 JARGON = re.compile(r"task[- ]list|\bitems? [A-G]\b|\bA ?[-–] ?G\b|safe horizon", re.IGNORECASE)
 
 
-def test_every_observation_names_real_tests() -> None:
-    assert sorted(OBSERVATIONS) == list(range(1, 16))
-    for number, (_, tests) in OBSERVATIONS.items():
+@pytest.mark.parametrize(
+    ("table", "count"), [(OBSERVATIONS, 15), (ON_CALL_OBSERVATIONS, 12)], ids=["first", "on-call"]
+)
+def test_every_observation_names_real_tests(table, count) -> None:
+    assert sorted(table) == list(range(1, count + 1))
+    for number, (_, tests) in table.items():
         assert tests, number
         for test in tests:
             file, name = test.split("::")

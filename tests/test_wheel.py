@@ -164,3 +164,29 @@ def test_commands_run_from_an_unrelated_folder_on_the_embedded_default(installed
     tree = (evidence / "file-tree.txt").read_text().split()
     assert "hardening_pipeline/sql/migrations/002_audit_events.sql" in tree
     assert "hardening_pipeline/restore/drill_checks.py" in tree
+
+
+DG = "from dagster_dg_cli.cli import main; main()"
+
+
+def test_dg_loads_the_installed_package_from_an_empty_folder(installed) -> None:
+    """dg needs a project folder; `hardening dg-project` makes an empty folder one."""
+    bin_dir, work = installed
+    folder = work / "dg"
+    folder.mkdir()
+    written = run(bin_dir, folder, "hardening", "dg-project")
+    assert written.returncode == 0, written.stdout + written.stderr
+    checked = run(bin_dir, folder, "python", "-c", DG, "check", "defs")
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert "All definitions loaded successfully" in checked.stdout
+    listed = run(bin_dir, folder, "python", "-c", DG, "list", "defs", "--json")
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    assert "nightly_backup_job" in {job["name"] for job in json.loads(listed.stdout)["jobs"]}
+    # Twice is harmless; a file of the same name with other content is refused, not replaced.
+    assert run(bin_dir, folder, "hardening", "dg-project").returncode == 0
+    (folder / "dg.toml").write_text("# mine\n")
+    refused = run(bin_dir, folder, "hardening", "dg-project")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "dg.toml already exists" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (folder / "dg.toml").read_text() == "# mine\n"

@@ -104,14 +104,18 @@ CANARIES: dict[str, CanarySpec] = {
             title="Unattributed service-role writes",
             table="audit_events",
             severity="warn",
+            # Mode-neutral: each finding's detail says what the mode in force did with them.
             what_it_means=(
-                "callers write to tenant tables as service_role without the wrapper's actor; "
-                "report mode lets them through, enforce mode will refuse them"
+                "callers wrote to tenant tables as service_role without the wrapper's actor and "
+                "the service-role mode in force let them through; the source each finding "
+                "names is what the writer chose to send, not a verified identity"
             ),
             runbook_anchor="canary-unattributed-service-role-writes",
             resolved_meaning=(
-                "no unattributed service_role write in the look-back; once none is seen for a "
-                "week, switch to enforce (`hardening service-role-mode enforce`)"
+                "no unattributed service_role write counts any more (in report mode: none in "
+                "the look-back, and once none is seen for a week, switch to enforce with "
+                "`hardening service-role-mode enforce`; in enforce mode only writes after the "
+                "switch count)"
             ),
             counted="unattributed statements",
         ),

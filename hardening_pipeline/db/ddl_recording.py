@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -31,11 +31,13 @@ _STATE = """
            pg_catalog.obj_description(pg_catalog.to_regprocedure(%s), 'pg_proc')
 """
 _TRIGGERS = """
-    SELECT e.evtname, e.evtenabled, p.oid::regprocedure::text
+    SELECT e.evtname, e.evtenabled, p.oid::regprocedure::text, e.evtevent, e.evttags
     FROM pg_catalog.pg_event_trigger e
     JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
     WHERE e.evtname = ANY(%s)
 """
+
+_INSTALLS_TABLE = "SELECT pg_catalog.to_regclass('hardening.ddl_recording_installs')"  # 020
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class DdlRecording:
     migrated: bool  # hardening.record_ddl() exists
     note: str  # its comment: "installed" or "not installed: <why>"
     triggers: dict[str, tuple[str, str]]  # name -> (evtenabled, function)
+    # name -> (event, the WHEN TAG IN list or None when it fires for every command)
+    events: dict[str, tuple[str, list[str] | None]] = field(default_factory=dict)
+    # when install_ddl_recording() installed the triggers (020), oldest first
+    installs: list[str] = field(default_factory=list)
 
     @property
     def meant_to_be_installed(self) -> bool:
@@ -54,11 +60,19 @@ class DdlRecording:
 def read_ddl_recording(conn: psycopg.Connection) -> DdlRecording:
     cur = conn.cursor(row_factory=tuple_row)
     migrated, note = cur.execute(_STATE, (RECORD_FUNCTION, RECORD_FUNCTION)).fetchone()
-    triggers = {
-        name: (enabled, function)
-        for name, enabled, function in cur.execute(_TRIGGERS, (list(EVENT_TRIGGERS),)).fetchall()
-    }
-    return DdlRecording(bool(migrated), note or "", triggers)
+    rows = cur.execute(_TRIGGERS, (list(EVENT_TRIGGERS),)).fetchall()
+    triggers = {name: (enabled, function) for name, enabled, function, _, _ in rows}
+    events = {name: (event, tags) for name, _, _, event, tags in rows}
+    installs = []
+    if cur.execute(_INSTALLS_TABLE).fetchone()[0]:
+        installs = [
+            f"{at:%Y-%m-%d %H:%M} UTC by {by}"
+            for at, by in cur.execute(
+                "SELECT installed_at AT TIME ZONE 'UTC', installed_by "
+                "FROM hardening.ddl_recording_installs ORDER BY id"
+            ).fetchall()
+        ]
+    return DdlRecording(bool(migrated), note or "", triggers, events, installs)
 
 
 @contextmanager

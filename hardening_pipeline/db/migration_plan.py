@@ -40,7 +40,9 @@ from hardening_pipeline.db.migrations import (
     read_applied,
     refuse_drift,
 )
+from hardening_pipeline.db.open_policies import open_policies
 from hardening_pipeline.db.service_role_mode import read_mode
+from hardening_pipeline.db.tenant_resolver import ResolverChoice
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
@@ -408,22 +410,51 @@ def _privileges(
 # --- blockers ---------------------------------------------------------------------------------
 
 
+# The rows 003's pre-flight counts, one query per kind in the order and with the words of its
+# report, so the fix SQL lists exactly the ids (and counts) the blocker names.
+_MESSAGE_SAFETY_ROWS = [
+    "-- the rows 003 reports, one per line (read-only; fix or remove them):",
+    "SELECT 'message(s) without a unit or development' AS problem, 'messages' AS in_table,",
+    "       m.id::text, m.tenant_id::text, m.development_id::text, m.unit_id::text",
+    "FROM public.messages m WHERE m.unit_id IS NULL OR m.development_id IS NULL",
+    "UNION ALL",
+    "SELECT 'orphaned message(s) whose unit, development or tenant is missing', 'messages',",
+    "       m.id::text, m.tenant_id::text, m.development_id::text, m.unit_id::text",
+    "FROM public.messages m",
+    "WHERE NOT EXISTS (SELECT 1 FROM public.tenants t WHERE t.id = m.tenant_id)",
+    "   OR (m.development_id IS NOT NULL AND NOT EXISTS",
+    "          (SELECT 1 FROM public.developments d WHERE d.id = m.development_id))",
+    "   OR (m.unit_id IS NOT NULL AND NOT EXISTS",
+    "          (SELECT 1 FROM public.units u WHERE u.id = m.unit_id))",
+    "UNION ALL",
+    "SELECT 'misaligned message(s) whose unit belongs to another development or tenant',",
+    "       'messages', m.id::text, m.tenant_id::text, m.development_id::text, m.unit_id::text",
+    "FROM public.messages m JOIN public.units u ON u.id = m.unit_id",
+    "WHERE u.tenant_id <> m.tenant_id OR u.development_id <> m.development_id",
+    "UNION ALL",
+    "SELECT 'misplaced unit(s) whose development belongs to another tenant', 'units',",
+    "       u.id::text, u.tenant_id::text, u.development_id::text, NULL",
+    "FROM public.units u JOIN public.developments d ON d.id = u.development_id",
+    "WHERE d.tenant_id <> u.tenant_id",
+    "UNION ALL",
+    "SELECT 'message(s) in a unit whose development belongs to another tenant', 'messages',",
+    "       m.id::text, m.tenant_id::text, m.development_id::text, m.unit_id::text",
+    "FROM public.messages m JOIN public.units u ON u.id = m.unit_id",
+    "JOIN public.developments d ON d.id = u.development_id",
+    "WHERE d.tenant_id <> u.tenant_id",
+    "ORDER BY 1, 3;",
+]
+
+
 def _fix_sql(conn: psycopg.Connection, failure: MigrationFailure) -> list[str]:
     """SQL that fixes the blocker, where the catalog tells us exactly what it is."""
     if "apply to anon or PUBLIC" in failure.message:
-        rows = conn.execute(
-            """
-            SELECT format('ALTER POLICY %I ON %I.%I TO authenticated;', p.polname,
-                          n.nspname, c.relname)
-            FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public'
-              AND (0::oid = ANY (p.polroles)
-                   OR (SELECT oid FROM pg_roles WHERE rolname = 'anon') = ANY (p.polroles))
-            ORDER BY 1
-            """
-        ).fetchall()
-        return [_get(r, "format", 0) for r in rows]
+        # Only the policies 004 stops on: one outside tenant data is set aside, not refused.
+        return [
+            f"{policy.alter_to(['authenticated'])};"
+            for policy in open_policies(conn)
+            if policy.tenant_data
+        ]
     if failure.sqlstate == "42501" and failure.message.startswith("permission denied for schema"):
         schema = failure.message.rsplit(" ", 1)[1]
         return [
@@ -431,12 +462,7 @@ def _fix_sql(conn: psycopg.Connection, failure: MigrationFailure) -> list[str]:
             f"GRANT CREATE ON SCHEMA {schema} TO <role>;",
         ]
     if failure.filename.startswith("003_") and failure.sqlstate == "23514":
-        return [
-            "-- the messages 003 refuses (orphaned, without a unit, or in another tenant's unit):",
-            "SELECT m.* FROM public.messages m LEFT JOIN public.units u ON u.id = m.unit_id",
-            "WHERE m.unit_id IS NULL OR m.development_id IS NULL OR u.id IS NULL",
-            "   OR u.tenant_id <> m.tenant_id OR u.development_id <> m.development_id;",
-        ]
+        return list(_MESSAGE_SAFETY_ROWS)
     return []
 
 
@@ -521,8 +547,9 @@ def _soften_for_report_mode(conn: psycopg.Connection, plan: MigrationPlan) -> No
                 REPORTED_GROUP,
                 change.subject,
                 f"allowed while the database is in report mode{why}, audited as "
-                "service_role:unattributed and named by the unattributed_service_role_writes "
-                "canary; refused once you run hardening service-role-mode enforce",
+                "service_role:unattributed and listed by the unattributed_service_role_writes "
+                "canary under the source the writer sends (not verified); refused once you run "
+                "hardening service-role-mode enforce",
                 change.filename,
             )
 
@@ -612,11 +639,34 @@ def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
             conn.rollback()
 
 
-def render_plan(plan: MigrationPlan) -> list[str]:
-    """The plan as plain text lines, blockers first."""
+RESOLVER_MIGRATION = "011_tenant_resolver_and_adoption.sql"
+
+
+def resolver_lines(migrations: Iterable[str], choice: ResolverChoice | None) -> list[str]:
+    """What the run does about the tenant resolver, when it is the one that creates it.
+
+    011 starts with the claim resolver, which gives a JWT with only a ``sub`` no tenant: on an
+    app whose policies read a membership table, every signed-in user would see no rows until
+    the resolver is set, so the plan and ``migrate`` say so, or say what will be set instead.
+    """
+    if choice is not None:
+        return [f"tenant resolver: set to {choice.describe()} right after the migrations"]
+    if RESOLVER_MIGRATION not in migrations:
+        return []
+    return [
+        "tenant resolver: the default (claim tenant_id, then app_metadata.tenant_id); until you "
+        "set another, a signed-in user whose JWT carries neither claim (only a sub) sees no rows "
+        "in the tenant tables. If your policies read a membership table, migrate with "
+        "--tenant-resolver 'membership public.memberships user_id tenant_id' (your table and "
+        "columns), or run hardening tenant-resolver right after."
+    ]
+
+
+def render_plan(plan: MigrationPlan, choice: ResolverChoice | None = None) -> list[str]:
+    """The plan as plain text lines, blockers first; ``choice`` is a resolver set after it."""
     lines: list[str] = []
     if not plan.pending:
-        return ["nothing to plan: every migration is applied"]
+        return ["nothing to plan: every migration is applied", *resolver_lines([], choice)]
     lines.append(f"pending: {', '.join(plan.pending)}")
     for b in plan.blockers:
         lines += render_blocker(b.failure, b.fix_sql)
@@ -628,6 +678,7 @@ def render_plan(plan: MigrationPlan) -> list[str]:
         lines.append(f"  {group} ({len(changes)}):")
         for c in changes:
             lines.append(f"    {c.subject}: {c.detail}  [{c.filename}]")
+    lines += resolver_lines(plan.pending, choice)
     if plan.ok:
         lines.append("no blockers: hardening migrate would apply cleanly")
     return lines

@@ -23,6 +23,11 @@ from pathlib import Path
 import psycopg
 
 from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.db.open_policies import (
+    LOCKDOWN_MIGRATION,
+    put_back,
+    set_aside_for_lockdown,
+)
 from hardening_pipeline.db.sql_statements import Statement, split_statements
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.sql_files import MIGRATIONS_DIR
@@ -323,6 +328,22 @@ def describe_failure(
 
 def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
     """Run one file's statements in the caller's transaction; a failure names its statement."""
+    if f.filename != LOCKDOWN_MIGRATION:
+        _execute_statements(conn, f, role)
+        return
+    # 004 refuses every open policy; one outside tenant data is the app's to keep.
+    try:
+        narrowed = set_aside_for_lockdown(conn, role)
+    except psycopg.Error as exc:
+        raise MigrationFailed(describe_failure(f.filename, exc, None, role)) from exc
+    _execute_statements(conn, f, role)
+    try:
+        put_back(conn, narrowed)
+    except psycopg.Error as exc:
+        raise MigrationFailed(describe_failure(f.filename, exc, None, role)) from exc
+
+
+def _execute_statements(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
     for statement in split_statements(f.sql):
         try:
             conn.execute(statement.text)

@@ -29,6 +29,11 @@ MODES: tuple[Mode, ...] = ("report", "enforce")
 UNATTRIBUTED_ACTOR = "service_role:unattributed"
 # The form of a service_role actor the audit guard accepts (015); anything else is no actor.
 SERVICE_ROLE_ACTOR_PATTERN = re.compile(r"service_role:[A-Za-z0-9._:@/+#=-]{1,200}")
+# Said wherever a noted source is shown: every part of it is set by the writing session itself.
+SOURCE_IS_CLAIMED = (
+    "the source (application_name, client header, JWT role) is what the writer chose to send, "
+    "not verified: a lead to the caller, not its identity"
+)
 # How far back a switch to enforce looks for callers it would start refusing.
 DEFAULT_LOOKBACK_DAYS = 7
 MODE_TABLE = "hardening.service_role_mode"
@@ -59,8 +64,8 @@ class UnattributedSource:
         jwt = f"JWT role {self.jwt_role}" if self.jwt_role else "no JWT"
         client = f", client {self.client_info}" if self.client_info else ""
         return (
-            f"{app} ({jwt}{client}): {self.writes} {self.operation} statement(s) on "
-            f"{self.table_name}, last {self.last_seen:%Y-%m-%d %H:%M} UTC"
+            f"claimed by the writer as {app} ({jwt}{client}): {self.writes} {self.operation} "
+            f"statement(s) on {self.table_name}, last {self.last_seen:%Y-%m-%d %H:%M} UTC"
         )
 
 
@@ -86,9 +91,10 @@ def read_mode(conn: psycopg.Connection) -> ModeState | None:
 
 
 def unattributed_sources(
-    conn: psycopg.Connection, days: int = DEFAULT_LOOKBACK_DAYS
+    conn: psycopg.Connection, days: int = DEFAULT_LOOKBACK_DAYS, since: datetime | None = None
 ) -> list[UnattributedSource]:
-    """Unattributed service-role writes of the last ``days`` days, grouped by where from."""
+    """Unattributed service-role writes of the last ``days`` days (and not before ``since``),
+    grouped by where from."""
     if not table_exists(conn, "hardening.unattributed_writes"):
         return []
     rows = conn.execute(
@@ -97,10 +103,11 @@ def unattributed_sources(
                count(*) AS writes, max(created_at) AS last_seen
         FROM hardening.unattributed_writes
         WHERE created_at >= now() - make_interval(days => %s)
+          AND (%s::timestamptz IS NULL OR created_at >= %s::timestamptz)
         GROUP BY application_name, jwt_role, client_info, table_name, operation
         ORDER BY writes DESC, application_name, table_name, operation
         """,
-        (days,),
+        (days, since, since),
     ).fetchall()
     return [UnattributedSource(**r) for r in rows]
 
@@ -123,9 +130,12 @@ def _require_mode(conn: psycopg.Connection) -> ModeState:
 
 
 def current_mode(url: str) -> tuple[ModeState, list[UnattributedSource]]:
-    """The mode and the last week's unattributed callers, for ``hardening service-role-mode``."""
+    """The mode and the last week's unattributed callers, for ``hardening service-role-mode``;
+    in enforce mode only those after the switch (the earlier ones are what it stopped)."""
     with connect(url) as conn:
-        return _require_mode(conn), unattributed_sources(conn)
+        state = _require_mode(conn)
+        since = state.set_at if state.mode == "enforce" else None
+        return state, unattributed_sources(conn, since=since)
 
 
 def change_mode(

@@ -18,7 +18,7 @@ that are not a JSON object, resolve to no tenant (the kit's policies see nothing
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -96,8 +96,8 @@ def read_resolver(url: str) -> TenantResolver:
     return TenantResolver(**row)
 
 
-def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:
-    """Resolve the tenant from the first of ``paths`` present in the JWT claims."""
+def check_claim_paths(paths: Sequence[str]) -> None:
+    """Refuse claim paths the resolver must not use; every way of setting one goes through here."""
     if not paths:
         raise ConfigError("give at least one claim path, e.g. app_metadata.tenant_id.")
     for path in paths:
@@ -111,6 +111,11 @@ def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:
             f"claim path {writable[0]!r} is one every user can edit in their own metadata, so "
             f"they could pick any tenant; {SAFE_CLAIM_HINT}."
         )
+
+
+def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:
+    """Resolve the tenant from the first of ``paths`` present in the JWT claims."""
+    check_claim_paths(paths)
     with connect(url) as conn:
         _require_resolver_table(conn)
         conn.execute(
@@ -223,3 +228,44 @@ def adoption_changes(url: str, migrations: Collection[str] | None = None) -> lis
             {"all": migrations is None, "names": list(migrations or [])},
         ).fetchall()
     return [AdoptionChange(**r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ResolverChoice:
+    """A resolver as ``hardening tenant-resolver`` takes it, checked before the database is."""
+
+    kind: str
+    arguments: tuple[str, ...]
+
+    def describe(self) -> str:
+        return " ".join((self.kind, *self.arguments))
+
+
+_RESOLVER_USAGE = (
+    'write it as `hardening tenant-resolver` takes it: "claim PATH..." (e.g. "claim '
+    'app_metadata.tenant_id") or "membership TABLE USER_COLUMN TENANT_COLUMN" (e.g. '
+    '"membership public.memberships user_id tenant_id")'
+)
+
+
+def parse_resolver_choice(words: Sequence[str]) -> ResolverChoice:
+    """The words of ``hardening tenant-resolver claim|membership ...``, checked as that command
+    checks them (claim paths through ``check_claim_paths``) but without touching the database.
+    """
+    kind, *arguments = words or ("",)
+    if kind == "claim":
+        check_claim_paths(arguments)
+    elif kind == "membership":
+        if len(arguments) != 3:
+            raise ConfigError(f"membership takes a table and two columns; {_RESOLVER_USAGE}.")
+    else:
+        raise ConfigError(f"unknown tenant resolver {' '.join(words)!r}; {_RESOLVER_USAGE}.")
+    return ResolverChoice(kind, tuple(arguments))
+
+
+def apply_resolver_choice(url: str, choice: ResolverChoice) -> TenantResolver:
+    """Set the resolver exactly as ``hardening tenant-resolver`` would."""
+    if choice.kind == "claim":
+        return set_claim_resolver(url, list(choice.arguments))
+    table, user_column, tenant_column = choice.arguments
+    return set_membership_resolver(url, table, user_column, tenant_column)

@@ -10,11 +10,10 @@ No ``from __future__ import annotations`` here: Dagster inspects the context ann
 
 import dagster as dg
 
-from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.canaries import CANARIES, CanaryResult
 from hardening_pipeline.canaries.alerts import investigation_query
 from hardening_pipeline.defs.assets import application_tables
-from hardening_pipeline.defs.failures import failure
+from hardening_pipeline.defs.failures import failure, mark_alerted, runbook_metadata
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.jobs import canaries as canary_use_case
 
@@ -27,14 +26,6 @@ CANARY_CHECK_SPECS = [
     )
     for spec in CANARIES.values()
 ]
-
-
-def runbook_metadata(anchor: str, runbook_base_url: str | None) -> dg.MetadataValue:
-    """A clickable link where the runbook is published (HARDENING_RUNBOOK_URL); otherwise the
-    section's path as text, since a relative link in the UI opens a Dagster page, not the file."""
-    if runbook_base_url:
-        return dg.MetadataValue.url(runbook_link(anchor, runbook_base_url))
-    return dg.MetadataValue.text(runbook_link(anchor))
 
 
 def check_result(result: CanaryResult, runbook_base_url: str | None = None) -> dg.AssetCheckResult:
@@ -68,7 +59,8 @@ def check_result(result: CanaryResult, runbook_base_url: str | None = None) -> d
             "query": dg.MetadataValue.md(f"```sql\n{investigation_query(result)}\n```"),
             "runbook": runbook_metadata(result.runbook_anchor, runbook_base_url),
             "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
-            "error": dg.MetadataValue.text(result.error or ""),
+            # Only when the canary could not run: an empty row reads as a missing value.
+            **({"error": dg.MetadataValue.text(result.error)} if result.error else {}),
         },
     )
 
@@ -103,6 +95,9 @@ def canary_checks(
             context.log.warning(f"canary {result.name} failed: {result.summary()}")
         yield check_result(result, slack.runbook_base_url())
     if job.blocking:
+        if job.alerts and not any(outcome.undelivered for outcome in job.alerts):
+            # The canary alerts once per change on its own; the failed run adds nothing new.
+            mark_alerted(context.instance, context.run.run_id)
         # Raised here, after every result is recorded, so the run fails with the canary's own
         # sentence instead of Dagster's generic DagsterAssetCheckFailedError. WARN canaries
         # alone do not fail the run.

@@ -1,9 +1,13 @@
 """The evidence bundle as a Dagster asset and job: one materialization, everything an auditor
 asked for. The work is ``hardening_pipeline.jobs.evidence.run_evidence`` (what ``hardening
 evidence`` runs). No ``from __future__ import annotations``: Dagster inspects the annotations.
+
+The run exercises migrations, a backup, a drill and the status report, but it records a
+materialization of its own asset only: those assets' pages keep the state their own jobs wrote
+(backup id, rows, the checklist and its ``all_green`` check), and the bundle's summary says what
+each stage did.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +15,7 @@ import dagster as dg
 from hardening_pipeline.defs.failures import failure
 from hardening_pipeline.defs.resources import AppDatabaseResource
 from hardening_pipeline.errors import HardeningError
-from hardening_pipeline.jobs.evidence import EvidenceResult, run_evidence, summary_markdown
+from hardening_pipeline.jobs.evidence import run_evidence, summary_markdown
 
 
 class EvidenceConfig(dg.Config):
@@ -35,7 +39,7 @@ class EvidenceConfig(dg.Config):
 )
 def evidence_bundle(
     context: dg.AssetExecutionContext, config: EvidenceConfig, app_db: AppDatabaseResource
-) -> Iterator[dg.AssetMaterialization | dg.MaterializeResult]:
+) -> dg.MaterializeResult:
     try:
         result = run_evidence(
             app_db.settings(),
@@ -47,7 +51,6 @@ def evidence_bundle(
         )
     except HardeningError as exc:
         raise failure("the evidence run could not start", str(exc)) from None
-    yield from exercised_assets(result, uploaded=not config.dry_run_upload)
     metadata = {
         "summary": dg.MetadataValue.md(summary_markdown(result)),
         "folder": dg.MetadataValue.path(str(Path(result.folder).resolve())),
@@ -56,36 +59,7 @@ def evidence_bundle(
     }
     if not result.passed:
         raise failure(result.subject, result.failure or "", metadata=metadata)
-    yield dg.MaterializeResult(metadata=metadata)
-
-
-# Evidence stage -> the asset it produces for real, so each asset's page records the evidence
-# run that exercised it (a backup it stored, the drill report and status report it wrote).
-STAGE_ASSETS = {
-    "migrations": "database_schema",
-    "backup": "nightly_backup",
-    "restore-drill": "restore_drill_report",
-    "status-report": "hardening_status_report",
-}
-
-
-def exercised_assets(result: EvidenceResult, uploaded: bool) -> Iterator[dg.AssetMaterialization]:
-    """Materializations of the assets the evidence run produced along the way."""
-    for stage in result.stages:
-        asset = STAGE_ASSETS.get(stage.name)
-        if asset is None or (asset == "nightly_backup" and not (uploaded and stage.passed)):
-            # A backup exists only when it was stored; a drill or status report exists either way.
-            continue
-        yield dg.AssetMaterialization(
-            asset_key=asset,
-            description=f"By the evidence run: {stage.summary}",
-            metadata={
-                "passed": dg.MetadataValue.bool(stage.passed),
-                "summary": dg.MetadataValue.text(stage.summary),
-                "seconds": dg.MetadataValue.float(round(stage.seconds, 2)),
-                "evidence_folder": dg.MetadataValue.path(str(Path(result.folder).resolve())),
-            },
-        )
+    return dg.MaterializeResult(metadata=metadata)
 
 
 evidence_job = dg.define_asset_job(

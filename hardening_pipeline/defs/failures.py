@@ -20,9 +20,34 @@ from typing import Any
 
 import dagster as dg
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.settings import load_settings
 
 FAILURE_CLASS_NAME = "HardeningFailure"
+# A run whose job delivered its own Slack alert for this failure carries this tag, so the
+# failure sensor does not send a second message about the same thing.
+ALERTED_BY_JOB_TAG = "hardening/alerted"
+
+
+def mark_alerted(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Tag the run as alerted by its own job (see ``ALERTED_BY_JOB_TAG``)."""
+    instance.add_run_tags(run_id, {ALERTED_BY_JOB_TAG: "true"})
+
+
+def runbook_metadata(anchor: str, runbook_base_url: str | None) -> dg.MetadataValue:
+    """A clickable link where the runbook is published (HARDENING_RUNBOOK_URL); otherwise the
+    section's path as text, since a relative link in the UI opens a Dagster page, not the file."""
+    if runbook_base_url:
+        return dg.MetadataValue.url(runbook_link(anchor, runbook_base_url))
+    return dg.MetadataValue.text(runbook_link(anchor))
+
+
+def _published_runbook() -> str | None:
+    try:
+        return load_settings().runbook_url
+    except HardeningError:  # the failure being reported may be that very configuration
+        return None
 
 
 def failure(
@@ -31,12 +56,17 @@ def failure(
     *,
     metadata: Mapping[str, Any] | None = None,
     allow_retries: bool = False,
+    runbook_anchor: str | None = None,
 ) -> dg.Failure:
     """A ``dg.Failure`` whose message in the UI is ``<subject>: <sentence>``.
 
     Raise it ``from None``: the cause was already turned into the sentence, and its chained
-    traceback (botocore, psycopg, Dagster frames) would bury it.
+    traceback (botocore, psycopg, Dagster frames) would bury it. ``runbook_anchor`` adds the
+    runbook section as a ``runbook`` entry under the error.
     """
+    if runbook_anchor is not None:
+        link = runbook_metadata(runbook_anchor, _published_runbook())
+        metadata = {**(metadata or {}), "runbook": link}
     cls = type(
         FAILURE_CLASS_NAME,
         (dg.Failure,),
@@ -49,13 +79,14 @@ def failure(
     return raised
 
 
-def job_failure(exc: HardeningError, what: str) -> dg.Failure:
+def job_failure(exc: HardeningError, what: str, runbook_anchor: str | None = None) -> dg.Failure:
     """``<what> failed: <the error's sentence>``; retried only for errors a second try could fix
     (a store or network error), never for bad configuration or a red check."""
     return failure(
         f"{what} failed",
         str(exc),
         allow_retries=not isinstance(exc, ConfigError | CheckFailed),
+        runbook_anchor=runbook_anchor,
     )
 
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import dagster as dg
 
 from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE
-from hardening_pipeline.defs.backup import nightly_backup
+from hardening_pipeline.defs.backup import nightly_backup, nightly_backup_job
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -76,3 +76,20 @@ backup_freshness_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every hour at :30 UTC.",
 )
+
+
+@dg.run_status_sensor(
+    name="backup_freshness_after_backup",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[nightly_backup_job],
+    request_job=backup_freshness_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After each successful nightly backup run: re-check backup_is_fresh, so a red "
+        "freshness check turns green as soon as a new verified backup is stored. A failed "
+        "backup run leaves the check as it was; the run failure alerts on its own."
+    ),
+)
+def backup_freshness_after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+    # One request per finished backup run: a re-evaluated tick launches nothing new.
+    return dg.RunRequest(run_key=f"freshness-after-{context.dagster_run.run_id}")

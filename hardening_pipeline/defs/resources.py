@@ -21,7 +21,7 @@ class AppDatabaseResource(dg.ConfigurableResource):
     """The multi-tenant application database being hardened.
 
     Left empty, it follows HARDENING_DATABASE_URL, read when a run starts (never at import), and
-    falls back to the embedded database in ``.hardening/`` like the CLI does.
+    falls back to the embedded database in `.hardening/` like the CLI does.
     """
 
     database_url: str | None = None
@@ -41,7 +41,7 @@ class AppDatabaseResource(dg.ConfigurableResource):
         mode: Mode = "service_role",
     ) -> TenantScopedClient:
         """A TenantScopedClient whose actor names this job and run, so the run id shown in the
-        UI can be found in ``audit_events.actor`` (``dagster:<job>:<run id>``)."""
+        UI can be found in `audit_events.actor` (`dagster:<job>:<run id>`)."""
         run = context.run
         return TenantScopedClient(
             self.url(), actor=f"dagster:{run.job_name}:{run.run_id}", mode=mode
@@ -65,7 +65,7 @@ def configured(value: str | None) -> str | None:
 
 
 class BackupStoreResource(dg.ConfigurableResource):
-    """Where backups go: ``s3://bucket/prefix`` (Backblaze B2) or ``file:///path``.
+    """Where backups go: `s3://bucket/prefix` (Backblaze B2) or `file:///path`.
 
     Each field left empty follows its environment variable (BACKUP_STORE_URL,
     BACKUP_S3_ENDPOINT_URL, BACKUP_S3_REGION), read when a run opens the store, so a deploy

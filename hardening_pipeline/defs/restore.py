@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from hardening_pipeline.defs.backup import nightly_backup
-from hardening_pipeline.defs.failures import failure
+from hardening_pipeline.defs.failures import failure, mark_alerted
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
     BackupStoreResource,
@@ -90,6 +90,8 @@ def restore_drill_report(
     # red drill too: the report exists either way, and it is what this asset is.
     yield dg.MaterializeResult(metadata=metadata)
     if not job.passed:
+        if delivered:
+            mark_alerted(context.instance, context.run_id)
         raise failure(job.subject, job.failure or "", metadata=metadata)
 
 

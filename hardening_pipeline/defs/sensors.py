@@ -16,8 +16,16 @@ instead, in the sensor's JSON cursor, which Dagster stores only when a tick comp
   alerts of other runs, and pending ones are tried again on every tick until delivered or a
   week old.
 
-A run counts as dealt with only once Slack answered ``ok``, or when it is tagged
-``dagster/will_retry=true`` (its retry will alert if it fails too). Whenever the set of
+* ``incidents``: failures that repeat run after run are one incident
+  (``hardening_pipeline.alerts.incidents``): the first failed run alerts, later ones with the
+  same job, steps and sentence stay quiet except for a "still failing" reminder every
+  ``REMIND_EVERY``, and the job's next successful run sends "resolved".
+
+A run counts as dealt with only once Slack answered ``ok``, when it is tagged
+``dagster/will_retry=true`` (its retry will alert if it fails too), when its job already
+delivered its own alert for it (tagged ``hardening/alerted=true``: the drill and the canaries
+alert on their own, so a second "run failed" message would repeat them), or when it belongs to
+an incident that was alerted recently. Whenever the set of
 pending alerts changes the tick reports the ``failed_runs_alerted`` check on the
 ``slack_failure_alerts`` asset, so an undelivered alert shows as a warning in the UI rather
 than only in tick logs.
@@ -25,20 +33,23 @@ than only in tick logs.
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster import DagsterEventType
 
-from hardening_pipeline.alerts.slack import Alert
-from hardening_pipeline.defs.checks import runbook_metadata
+from hardening_pipeline.alerts.incidents import Decision, Incident, Incidents, incident_key
+from hardening_pipeline.alerts.runbook import runbook_link
+from hardening_pipeline.alerts.slack import NO_WEBHOOK_REASON, Alert
+from hardening_pipeline.defs.failures import ALERTED_BY_JOB_TAG, runbook_metadata
 from hardening_pipeline.defs.resources import SlackAlertsResource
 from hardening_pipeline.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-CURSOR_VERSION = 2
+CURSOR_VERSION = 3
 # On the very first tick, failures this recent are still alerted (a fresh deploy after an
 # outage should not swallow the failure that caused it).
 FIRST_TICK_LOOKBACK = timedelta(hours=24)
@@ -59,6 +70,15 @@ ALERTS_CHECK_NAME = "failed_runs_alerted"
 PARTITION_NAME_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"
 MAX_ERROR_CHARS = 1500
+# The runbook section for each job's failure, linked from its Slack alert.
+JOB_RUNBOOK_ANCHORS = {
+    "nightly_backup_job": "backup-failed",
+    "backup_freshness_job": "backup-stale",
+    "restore_drill_job": "restore-drill-failed",
+    "audit_seal_job": "status-audit-seal-chain",
+    "database_schema_job": "migration-blocked",
+    "canary_job": "canaries",
+}
 
 
 @dataclass
@@ -68,17 +88,19 @@ class AlertCursor:
     watermark: float
     handled: dict[str, float] = field(default_factory=dict)
     pending: dict[str, dict] = field(default_factory=dict)
+    incidents: Incidents = field(default_factory=Incidents)
 
     @classmethod
     def load(cls, raw: str | None, now: datetime) -> "AlertCursor":
         if raw:
             try:
                 data = json.loads(raw)
-                if data.get("v") in (1, CURSOR_VERSION):
+                if data.get("v") in (1, 2, CURSOR_VERSION):
                     return cls(
                         float(data["watermark"]),
                         dict(data["handled"]),
                         dict(data.get("pending") or {}),
+                        Incidents(data.get("incidents") or {}),
                     )
             except (ValueError, KeyError, TypeError):
                 log.warning("unreadable failure-alert cursor %r; starting over", raw[:200])
@@ -91,6 +113,7 @@ class AlertCursor:
                 "watermark": self.watermark,
                 "handled": self.handled,
                 "pending": self.pending,
+                "incidents": self.incidents.dump(),
             },
             sort_keys=True,
         )
@@ -133,10 +156,28 @@ def failure_details(instance: dg.DagsterInstance, run_id: str) -> tuple[list[str
     return steps, errors, run_message
 
 
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def job_runbook(job_name: str) -> list[tuple[str, str]]:
+    """The runbook link for a job's failure alert, where the runbook has a section for it."""
+    anchor = JOB_RUNBOOK_ANCHORS.get(job_name)
+    if anchor is None:
+        return []
+    return [("Runbook", runbook_link(anchor, load_settings().runbook_url))]
+
+
 def build_failure_alert(
-    instance: dg.DagsterInstance, run: dg.DagsterRun, webserver_url: str
-) -> Alert:
-    """What failed, where, why, and the link to the run in the Dagster UI."""
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    webserver_url: str,
+    ongoing: Incident | None = None,
+) -> tuple[Alert, str]:
+    """What failed, where, why, the runbook and the run's link; and the incident it belongs to.
+
+    ``ongoing`` makes it the "still failing" reminder of that incident.
+    """
     steps, errors, run_message = failure_details(instance, run.run_id)
     error = errors[0].split(": ", 1)[-1] if errors else run_message
     fields = [("Job", run.job_name), ("Run", run.run_id)]
@@ -145,17 +186,57 @@ def build_failure_alert(
     if partition:
         fields.append(("Partition", partition))
     details = [line[:MAX_ERROR_CHARS] for line in errors] or [run_message[:MAX_ERROR_CHARS]]
-    return Alert(
-        title=f"Dagster run failed: {run.job_name}",
+    summary = (
+        f"Run {run.run_id[:8]} of {run.job_name} failed"
+        + (f" in {', '.join(steps)}" if steps else "")
+        + f": {error[:MAX_ERROR_CHARS] or 'no error message was recorded'}"
+    )
+    title = f"Dagster run failed: {run.job_name}"
+    if ongoing is not None:
+        title = f"Still failing: {run.job_name}"
+        summary = (
+            f"Failing since {_when(ongoing.since)} ({ongoing.failed_runs} failed runs); "
+            f"the latest: {summary}"
+        )
+    alert = Alert(
+        title=title,
         status="failure",
-        summary=(
-            f"Run {run.run_id[:8]} of {run.job_name} failed"
-            + (f" in {', '.join(steps)}" if steps else "")
-            + f": {error[:MAX_ERROR_CHARS] or 'no error message was recorded'}"
-        ),
+        summary=summary,
         fields=fields,
         details=details,
+        links=[
+            *job_runbook(run.job_name),
+            ("Open the run in Dagster", f"{webserver_url}/runs/{run.run_id}"),
+        ],
+    )
+    return alert, incident_key(run.job_name, steps, error)
+
+
+def resolved_alert(incident: Incident, run: dg.DagsterRun, webserver_url: str) -> Alert:
+    """The incident is over: its job succeeded again."""
+    return Alert(
+        title=f"Resolved: {incident.job}",
+        status="resolved",
+        summary=(
+            f"{incident.job} succeeded again (run {run.run_id[:8]}) after failing since "
+            f"{_when(incident.since)} ({incident.failed_runs} failed runs): {incident.summary}"
+        )[:MAX_ERROR_CHARS],
+        fields=[("Job", incident.job), ("Run", run.run_id)],
         links=[("Open the run in Dagster", f"{webserver_url}/runs/{run.run_id}")],
+    )
+
+
+def undelivered_sentence(detail: str) -> str:
+    """Why Slack has not got an alert, as a sentence for the UI rather than a Python repr."""
+    if detail == NO_WEBHOOK_REASON:
+        return f"{detail}: set it to the channel's incoming webhook URL."
+    if detail.startswith("Slack answered") or detail.startswith("no answer within"):
+        return f"{detail}; the sensor tries again every tick."[:300]
+    errno = re.search(r"\[Errno -?\d+\] ([^>\]]+)", detail)
+    reason = errno.group(1).strip().lower() if errno else detail.split(": ", 1)[-1][:120]
+    return (
+        f"Slack could not be reached ({reason}); check SLACK_WEBHOOK_URL and the network to "
+        "hooks.slack.com, the sensor tries again every tick."
     )
 
 
@@ -255,37 +336,58 @@ def slack_on_run_failure(
     )
     sent: list[str] = []
     skipped: list[str] = []
+    quiet: list[str] = []
     undelivered: list[str] = []
+    resolved: list[str] = []
     in_a_row = 0
     stopped = ""
+    incidents = cursor.incidents
 
-    def attempt(run: dg.DagsterRun, failed_at: float) -> None:
+    def slack_refused_before() -> bool:
+        return in_a_row >= MAX_UNDELIVERED_IN_A_ROW or len(sent) + len(undelivered) >= (
+            MAX_ALERTS_PER_TICK
+        )
+
+    def deliver(alert: Alert) -> tuple[bool, str]:
         nonlocal in_a_row
+        result = notifier.send(alert)
+        in_a_row = 0 if result.delivered else in_a_row + 1
+        return result.delivered, str(result.detail)
+
+    def attempt(run: dg.DagsterRun, failed_at: float, remind: bool = False) -> None:
         entry = cursor.pending.setdefault(
             run.run_id,
             {"since": now.timestamp(), "failed_at": failed_at, "attempts": 0, "error": ""},
         )
-        if in_a_row >= MAX_UNDELIVERED_IN_A_ROW or len(sent) + len(undelivered) >= (
-            MAX_ALERTS_PER_TICK
-        ):
+        if remind:
+            entry["remind"] = True
+        if slack_refused_before():
             entry["error"] = entry["error"] or "not tried yet: Slack refused the alerts before it"
             return
-        result = notifier.send(build_failure_alert(instance, run, webserver_url))
-        if result.delivered:
-            in_a_row = 0
+        key = entry.get("incident")
+        alert, key = build_failure_alert(
+            instance,
+            run,
+            webserver_url,
+            ongoing=incidents.get(key) if key and entry.get("remind") else None,
+        )
+        entry["incident"] = key
+        delivered, detail = deliver(alert)
+        if delivered:
             sent.append(run.run_id)
             cursor.pending.pop(run.run_id, None)
             cursor.handled[run.run_id] = now.timestamp()
+            incidents.alerted(key, now.timestamp())
         else:
-            in_a_row += 1
             undelivered.append(run.run_id)
             entry["attempts"] = int(entry.get("attempts", 0)) + 1
-            entry["error"] = str(result.detail)[:300]
+            entry["error"] = undelivered_sentence(detail)
 
     for record in records:
         run = record.dagster_run
         if run.run_id not in cursor.handled and run.run_id not in cursor.pending:
             will_retry = run.tags.get(WILL_RETRY_TAG)
+            failed_at = record.update_timestamp.timestamp()
             if will_retry == "true":
                 skipped.append(run.run_id)
                 cursor.handled[run.run_id] = now.timestamp()
@@ -296,8 +398,24 @@ def slack_on_run_failure(
             ):
                 stopped = f"run {run.run_id} is waiting for its retry decision"
                 break
+            elif run.tags.get(ALERTED_BY_JOB_TAG) == "true":
+                quiet.append(run.run_id)
+                cursor.handled[run.run_id] = now.timestamp()
             else:
-                attempt(run, record.update_timestamp.timestamp())
+                alert, key = build_failure_alert(instance, run, webserver_url)
+                decision = incidents.on_failed_run(key, run.job_name, alert.summary, failed_at)
+                if decision is Decision.QUIET:
+                    quiet.append(run.run_id)
+                    cursor.handled[run.run_id] = now.timestamp()
+                else:
+                    cursor.pending[run.run_id] = {
+                        "since": now.timestamp(),
+                        "failed_at": failed_at,
+                        "attempts": 0,
+                        "error": "",
+                        "incident": key,
+                    }
+                    attempt(run, failed_at, remind=decision is Decision.REMIND)
         cursor.watermark = max(cursor.watermark, record.update_timestamp.timestamp())
     # Alerts left over from earlier ticks, oldest first, after the new ones: a run whose alert
     # Slack keeps refusing must not hold back alerts for runs that failed since.
@@ -310,6 +428,25 @@ def slack_on_run_failure(
             cursor.pending.pop(run_id)
             continue
         attempt(run, 0.0)
+    # An incident is over when its job succeeds after its last failure.
+    for incident in incidents:
+        (success, *_) = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=incident.job,
+                statuses=[dg.DagsterRunStatus.SUCCESS],
+                updated_after=datetime.fromtimestamp(incident.last_failed_at, UTC),
+            ),
+            order_by="update_timestamp",
+            ascending=False,
+            limit=1,
+        ) or [None]
+        if success is None or slack_refused_before():
+            continue
+        delivered, _ = deliver(resolved_alert(incident, success.dagster_run, webserver_url))
+        if delivered:
+            resolved.append(incident.job)
+            incidents.close(incident.key)
+    incidents.forget_stale(now.timestamp())
     forget_before = (now - REMEMBER_HANDLED).timestamp()
     cursor.handled = {k: v for k, v in cursor.handled.items() if v >= forget_before}
     for run_id, entry in list(cursor.pending.items()):
@@ -318,6 +455,13 @@ def slack_on_run_failure(
             cursor.pending.pop(run_id)
     context.update_cursor(cursor.dump())
     parts = [f"alerted {len(sent)} failed run(s)"]
+    if quiet:
+        parts.append(
+            f"{len(quiet)} more failed run(s) of incidents already alerted (or alerted by their "
+            "own job)"
+        )
+    if resolved:
+        parts.append(f"resolved: {', '.join(resolved)}")
     if skipped:
         parts.append(f"skipped {len(skipped)} that will be retried")
     if cursor.pending:
@@ -329,6 +473,7 @@ def slack_on_run_failure(
     if stopped:
         parts.append(f"stopped: {stopped}; will look again next tick")
     events = []
-    if first_tick or set(cursor.pending) != pending_before:
+    # While alerts are pending, every tick reports, so the oldest pending age stays current.
+    if first_tick or cursor.pending or set(cursor.pending) != pending_before:
         events.append(pending_check_evaluation(cursor, now))
     return dg.SensorResult(skip_reason="; ".join(parts), asset_events=events)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hardening_pipeline.alerts.runbook import RUNBOOK_PATH, runbook_link
 from hardening_pipeline.hardening.status_check import StatusReport
-from hardening_pipeline.reports import ReportFiles
+from hardening_pipeline.reports import ReportFiles, green_or_red
 from hardening_pipeline.reports import write_report as write_timestamped_report
 
 
@@ -41,7 +41,7 @@ def checklist_markdown(report: StatusReport, runbook_base_url: str | None = None
         "|---|---|---|---|",
     ]
     for line in report.lines:
-        mark = "✅" if line.passed else "❌"
+        mark = green_or_red(line.passed)
         name = f"`{line.name}` {line.title}"
         fix = (
             f"{_cell(line.fix)} ({_runbook_ref(line.runbook_anchor, runbook_base_url)})"

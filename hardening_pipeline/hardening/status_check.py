@@ -19,8 +19,10 @@ the same fact, the lint's scope is narrowed so one breakage turns one line red.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +34,7 @@ from psycopg import sql
 
 from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS as DDL_EVENT_TRIGGERS
-from hardening_pipeline.db.ddl_recording import RECORD_FUNCTION, read_ddl_recording
+from hardening_pipeline.db.ddl_recording import read_ddl_recording
 from hardening_pipeline.db.migrations import (
     MIGRATIONS_DIR,
     compare,
@@ -40,9 +42,16 @@ from hardening_pipeline.db.migrations import (
     read_applied,
 )
 from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
+from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers
 from hardening_pipeline.db.tenant_resolver import user_writable_paths
 from hardening_pipeline.errors import HardeningError
+from hardening_pipeline.hardening.policy_exprs import (
+    parse_node_tree,
+    row_columns,
+    tenant_comparisons,
+)
 from hardening_pipeline.hardening.seals import verify_seal_chain
+from hardening_pipeline.hardening.seals.anchor import read_anchor
 
 if TYPE_CHECKING:
     from hardening_pipeline.backup.crypto import Keyring
@@ -130,6 +139,8 @@ class CheckContext:
     migrations_dir: Path = MIGRATIONS_DIR
     store: BackupStore | None = None
     keyring: Keyring | None = None
+    # The sealing host's anchor file (HARDENING_STATE_DIR/audit-seal-anchor.json), if any.
+    seal_anchor: Path | None = None
 
 
 CheckFn = Callable[[psycopg.Connection, CheckContext], CheckLine]
@@ -423,7 +434,8 @@ def check_append_only(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 
 @check(
     "audit_capture_triggers",
-    "audit guard and capture triggers on every tenant-scoped table, ENABLE ALWAYS",
+    "audit guard and capture triggers on every tenant-scoped table, ENABLE ALWAYS, their "
+    "functions as the kit's migrations define them (compared by digest)",
 )
 def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     tables = [t for t in _locked_tables(conn) if t != "audit_events"]
@@ -441,6 +453,8 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             problems.append(f"{table}: missing {', '.join(missing)}")
         if off:
             problems.append(f"{table}: {', '.join(off)}")
+    # A capture function replaced by one that does nothing keeps every trigger in place.
+    problems += changed_functions(conn, list(CAPTURE_FUNCTIONS))
     for r in _rows(conn, _UUID_CAST_ON_OTHER_TYPES, (SCHEMA,)):
         problems.append(
             f"{r['relname']}: every write fails, {r['tgname']} casts {r['attname']} "
@@ -450,6 +464,8 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
     fix = (
+        "for a capture function that differs: re-create it as the last migration file that "
+        "defines it has it (CREATE OR REPLACE) and find who changed it; "
         "for a missing set, one that casts a non-uuid tenant column or one keyed on another "
         "primary key: drop it and SELECT "
         "hardening.install_audit_capture('public.<table>'::regclass, 'tenant_id') in a new "
@@ -558,16 +574,19 @@ def check_audit_grants(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
 
 @check(
     "audit_ddl_recorded",
-    "DDL on audit and tenant tables is recorded in audit_events (event triggers present and "
-    "ENABLE ALWAYS), or the server did not allow it and the line says so",
+    "DDL on audit and tenant tables is recorded in audit_events (event triggers and recording "
+    "functions as the kit's migrations define them, compared by digest, ENABLE ALWAYS), or the "
+    "server never allowed it and the line says so",
 )
 def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     state = read_ddl_recording(conn)
     if not state.migrated:
         return False, "hardening.record_ddl() is missing", "run hardening migrate."
-    if not state.triggers and not state.meant_to_be_installed:
+    if not state.triggers and not state.meant_to_be_installed and not state.installs:
         # Informational green: a migration role that may not create event triggers is the
         # platform's limit, not a broken guarantee; the README's trust model says what it costs.
+        # The note is the database's word; ddl_recording_installs (020) says it was never
+        # installed, which the role that could drop the triggers cannot unsay.
         return (
             True,
             f"{state.note or 'not installed'}; DDL on audited tables is not recorded "
@@ -576,24 +595,49 @@ def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
             "",
         )
     problems = []
+    if state.installs and not state.triggers:
+        problems.append(
+            f"installed {state.installs[-1]} but both event triggers are gone (the note says "
+            f"{state.note!r})"
+        )
+    # The reference is the kit's own migration files, never the database being checked.
+    shipped = shipped_event_triggers()
     for name in DDL_EVENT_TRIGGERS:
         if name not in state.triggers:
-            problems.append(f"event trigger {name} is missing")
+            if state.triggers or not state.installs:
+                problems.append(f"event trigger {name} is missing")
             continue
         enabled, function = state.triggers[name]
+        event, tags = state.events[name]
+        want = shipped[name]
         if enabled != "A":
             problems.append(f"event trigger {name} is {_EVENT_ENABLED.get(enabled, enabled)}")
-        expected = "hardening.record_ddl_drop()" if name.endswith("_drop") else RECORD_FUNCTION
+        if event != want.event:
+            problems.append(f"event trigger {name} fires on {event}, not {want.event}")
+        if tags and not want.filtered:
+            problems.append(f"event trigger {name} fires only for {', '.join(tags)}")
+        expected = f"hardening.{want.function}()"
         if function != expected:
             problems.append(f"event trigger {name} runs {function}, not {expected}")
+    problems += changed_functions(conn, list(DDL_RECORDING_FUNCTIONS))
     if not problems:
-        return True, f"{', '.join(DDL_EVENT_TRIGGERS)} ENABLE ALWAYS", ""
+        return (
+            True,
+            f"{', '.join(DDL_EVENT_TRIGGERS)} ENABLE ALWAYS for every command; "
+            f"{len(DDL_RECORDING_FUNCTIONS)} recording functions match the kit's migrations",
+            "",
+        )
     fix = (
-        "as a superuser: SELECT hardening.install_ddl_recording(); then find out who disabled "
-        "or dropped it (the server log: DDL on event triggers is not itself recorded) and look "
-        "for DDL on the audited tables since."
+        "as a superuser: SELECT hardening.install_ddl_recording(); for a function that differs, "
+        "re-create it as the last migration file that defines it has it (its CREATE FUNCTION "
+        "statement, as CREATE OR REPLACE); then find out who changed it (the server log: DDL on "
+        "event triggers is not itself recorded) and look for DDL on the audited tables since."
     )
     return False, "; ".join(problems), fix
+
+
+# What record_ddl() and record_ddl_drop() run: replacing any of them switches recording off.
+DDL_RECORDING_FUNCTIONS = ("record_ddl", "record_ddl_drop", "ddl_audited_table", "ddl_object_table")
 
 
 _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA", "D": "DISABLED"}
@@ -603,12 +647,15 @@ _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA"
     "audit_seal_chain",
     "audit_events matches its hash-chain seals (no sealed row changed, deleted or forged) and "
     "the unsealed window its high-water marks recorded (no rewound sequence, reused id or "
-    "back-dated row)",
+    "back-dated row); the chain reaches the sealing host's anchor (no newest seal deleted) and "
+    "sealing is not held back past HARDENING_SEAL_MAX_LAG_MINUTES",
 )
 def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     # The database alone cannot reveal a rewrite of rows and seals together; with the store and
     # key (ctx.store, ctx.keyring) it can. See docs/audit-seal-format.md.
-    result = verify_seal_chain(conn, store=ctx.store, keyring=ctx.keyring)
+    result = verify_seal_chain(
+        conn, store=ctx.store, keyring=ctx.keyring, anchor=read_anchor(ctx.seal_anchor)
+    )
     return result.passed, result.detail, result.fix
 
 
@@ -771,15 +818,18 @@ def _policies(conn: psycopg.Connection) -> list[dict]:
     return _rows(conn, _POLICIES, (list(SYSTEM_SCHEMAS),))
 
 
-@check("no_anon_or_public_policies", "no policy applies to anon or PUBLIC")
+@check("no_anon_or_public_policies", "no policy on tenant data applies to anon or PUBLIC")
 def check_anon_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    # A public read policy on a table without tenant data (profiles, say) is the app's intent.
+    tenant_data = {(r["nspname"], r["relname"]) for r in _rls_rows(conn) if r["tenant_scoped"]}
+    tenant_data.add(("public", "tenants"))
     bad = [
         f"{p['polname']} on {p['nspname']}.{p['relname']} (to {', '.join(p['roles'])})"
         for p in _policies(conn)
-        if {"anon", "PUBLIC"} & set(p["roles"])
+        if {"anon", "PUBLIC"} & set(p["roles"]) and (p["nspname"], p["relname"]) in tenant_data
     ]
     if not bad:
-        return True, "policies name authenticated or internal roles only", ""
+        return True, "policies on tenant data name authenticated or internal roles only", ""
     fix = "DROP POLICY <name> ON <table>; recreate it TO authenticated if it is needed."
     return False, _names(bad), fix
 
@@ -980,6 +1030,332 @@ def check_permissive(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool,
     return False, _names(bad, 5), fix
 
 
+# --- what the policies and rules on tenant tables allow -------------------------------------------
+# Judged from the expression trees Postgres evaluates (pg_policy.polqual/polwithcheck) and from
+# pg_rewrite and pg_depend, then probed: never from policy names or deparsed text.
+
+_TENANT_POLICIES = """
+    SELECT c.relname, p.polname, p.polcmd, p.polpermissive,
+           ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r)::text END
+                 FROM unnest(p.polroles) r) AS roles,
+           p.polqual::text AS qual, p.polwithcheck::text AS with_check,
+           pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS qual_sql,
+           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS with_check_sql,
+           (SELECT a.attnum FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = c.oid AND NOT a.attisdropped
+              AND a.attname = CASE WHEN c.relname = 'tenants' THEN 'id' ELSE 'tenant_id' END)
+               AS tenant_attnum
+    FROM pg_catalog.pg_policy p
+    JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+    WHERE c.oid = ANY (%(tables)s::regclass[])
+    ORDER BY c.relname, p.polname
+"""
+# Equality as initdb defined it: an operator someone added (even one named =) proves nothing.
+_BUILTIN_EQUALITY = """
+    SELECT o.oid FROM pg_catalog.pg_operator o
+    WHERE o.oid = ANY (%(opnos)s::oid[]) AND o.oprname = '='
+      AND o.oprnamespace = 'pg_catalog'::regnamespace AND o.oid < %(first)s
+"""
+_POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+
+
+def _policy_trees(conn: psycopg.Connection) -> list[dict]:
+    """The policies on tenant tables, each expression parsed and judged."""
+    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    rows = _rows(conn, _TENANT_POLICIES, {"tables": tables})
+    opnos: set[int] = set()
+    for r in rows:
+        for key in ("qual", "with_check"):
+            tree = parse_node_tree(r[key]) if r[key] else None
+            r[f"{key}_tree"] = tree
+            r[f"{key}_reads_row"] = tree is None or bool(row_columns(tree))
+            found = tenant_comparisons(tree, r["tenant_attnum"] or 0) if tree else []
+            r[f"{key}_comparisons"] = found
+            opnos |= {c.operator for c in found}
+    equal = {
+        e["oid"]
+        for e in _rows(
+            conn, _BUILTIN_EQUALITY, {"opnos": sorted(opnos), "first": _FIRST_NORMAL_OID}
+        )
+    }
+    for r in rows:
+        for key in ("qual", "with_check"):
+            # NULL (no such clause) is judged by the other clause, as Postgres applies it.
+            r[f"{key}_pins_tenant"] = r[f"{key}_tree"] is None or any(
+                c.operator in equal for c in r[f"{key}_comparisons"]
+            )
+    return rows
+
+
+def _clauses_for(policy: dict, command: str) -> list[str]:
+    """Which expressions of a policy Postgres applies to one command (USING for existing rows,
+    WITH CHECK, or USING when there is none, for new ones)."""
+    new_rows = "with_check" if policy["with_check"] is not None else "qual"
+    return {"r": ["qual"], "d": ["qual"], "a": [new_rows], "w": ["qual", new_rows]}[command]
+
+
+def _applies(policy: dict, role: str, command: str) -> bool:
+    return bool({role, "PUBLIC"} & set(policy["roles"])) and policy["polcmd"] in (command, "*")
+
+
+@check(
+    "tenant_policies_constrain_rows",
+    "policies on tenant tables constrain the row: the kit's tenant policy pins the tenant column "
+    "to a per-request value, and no permissive policy for anon/authenticated admits every row "
+    "unless a restrictive tenant policy narrows it",
+)
+def check_policies_constrain(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    policies = _policy_trees(conn)
+    problems: dict[str, list[str]] = {}
+    fixes: list[str] = []
+    if table_exists(conn, "hardening.managed_tables"):
+        kit = {
+            (r["table_name"], r["tenant_policy"])
+            for r in _rows(conn, "SELECT table_name, tenant_policy FROM hardening.managed_tables")
+        }
+        for p in policies:
+            if (p["relname"], p["polname"]) not in kit:
+                continue
+            loose = [
+                f"{'USING' if key == 'qual' else 'WITH CHECK'} ({p[key + '_sql']})"
+                for key in ("qual", "with_check")
+                if not p[f"{key}_pins_tenant"]
+            ]
+            if "authenticated" not in p["roles"] and "PUBLIC" not in p["roles"]:
+                loose.append(f"applies to {', '.join(p['roles'])}, not authenticated")
+            if loose:
+                problems.setdefault(f"the kit's {p['polname']} on {p['relname']}", []).extend(loose)
+        if any(k.startswith("the kit's") for k in problems):
+            many = _rows(conn, "SELECT kind = 'membership' AS many FROM hardening.tenant_resolver")
+            fixes.append(
+                "SELECT hardening.use_tenant_policies("
+                f"{'true' if many and many[0]['many'] else 'false'});"
+            )
+    for table in sorted({p["relname"] for p in policies}):
+        on_table = [p for p in policies if p["relname"] == table]
+        for role in API_ROLES:
+            for command, action in _POLICY_COMMANDS.items():
+                applying = [p for p in on_table if _applies(p, role, command)]
+                narrowed = any(
+                    not p["polpermissive"]
+                    and all(p[f"{k}_pins_tenant"] for k in _clauses_for(p, command))
+                    for p in applying
+                )
+                if narrowed:
+                    continue
+                for p in applying:
+                    open_clauses = [
+                        k
+                        for k in _clauses_for(p, command)
+                        if p["polpermissive"]
+                        and not p[f"{k}_reads_row"]
+                        and (p[f"{k}_sql"] or "").strip().lower() != "false"
+                    ]
+                    for k in open_clauses:
+                        clause = "USING" if k == "qual" else "WITH CHECK"
+                        problems.setdefault(
+                            f'policy "{p["polname"]}" on {table} ({clause} ({p[k + "_sql"]}))', []
+                        ).append(f"{action} by {role}")
+    if not problems:
+        return True, f"{len(policies)} policies on tenant tables constrain the row", ""
+    detail = _names(
+        [f"{what}: {', '.join(dict.fromkeys(how))}" for what, how in problems.items()], 5
+    )
+    fixes.append(
+        "make each named app policy compare the row with the caller, e.g. USING (tenant_id = "
+        "(SELECT hardening.current_tenant_id())), or add the kit's AS RESTRICTIVE tenant policy "
+        "to the table; a policy that admits every row of a tenant table admits other tenants'."
+    )
+    return False, detail + " admit every row whatever the tenant", " ".join(fixes)
+
+
+_TENANT_RULES = """
+    SELECT r.rulename, r.is_instead,
+           (SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname)
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = r.ev_class) AS on_rel,
+           CASE r.ev_type WHEN '1' THEN 'SELECT' WHEN '2' THEN 'UPDATE' WHEN '3' THEN 'INSERT'
+                          ELSE 'DELETE' END AS event,
+           pg_catalog.format('%%I', r.rulename) AS quoted,
+           ARRAY(SELECT DISTINCT d.refobjid::regclass::text
+                 FROM pg_catalog.pg_depend d
+                 WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                   AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                   AND d.refobjid = ANY (%(tables)s::regclass[])
+                   AND d.refobjid <> r.ev_class) AS touches
+    FROM pg_catalog.pg_rewrite r
+    WHERE r.rulename <> '_RETURN'
+      AND (r.ev_class = ANY (%(tables)s::regclass[])
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                        AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                        AND d.refobjid = ANY (%(tables)s::regclass[])))
+    ORDER BY 3, 1
+"""
+
+
+@check(
+    "no_rules_on_tenant_tables",
+    "no rewrite rule on a tenant table or reading/writing one (a rule's actions run with the "
+    "table owner's rights, around the caller's policies)",
+)
+def check_tenant_rules(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    tables = [f"public.{t}" for t in _locked_tables(conn)]
+    rules = _rows(conn, _TENANT_RULES, {"tables": tables})
+    if not rules:
+        return True, f"none on or into {len(tables)} tenant tables", ""
+    found = [
+        f"{r['rulename']} ON {r['event']} TO {r['on_rel']} DO "
+        f"{'INSTEAD' if r['is_instead'] else 'ALSO'}"
+        + (f" (reads or writes {', '.join(r['touches'])})" if r["touches"] else "")
+        for r in rules
+    ]
+    # A DO ALSO rule only adds a statement: dropping it leaves the app's own write as it was.
+    # A DO INSTEAD rule replaces the write, so dropping it changes what the app does.
+    drops = [f"DROP RULE {r['quoted']} ON {r['on_rel']};" for r in rules if not r["is_instead"]]
+    instead = [r["rulename"] for r in rules if r["is_instead"]]
+    fix = " ".join(drops)
+    if instead:
+        fix += (
+            f" For {', '.join(instead)} (DO INSTEAD): move what it does into a trigger on the "
+            "table, which runs as the caller under its policies, then drop the rule."
+        )
+    return False, _names(found, 5), fix.strip()
+
+
+_PROBE_LIMIT = 1000
+# PostgREST's search_path on Supabase (db-extra-search-path): the app's functions may rely on it.
+_PROBE_SEARCH_PATH = "public, extensions"
+
+
+@dataclass(frozen=True)
+class _ProbeCaller:
+    role: str
+    claims: dict
+    own_tenants: list[str]
+    label: str
+
+
+def _probe_callers(conn: psycopg.Connection) -> list[_ProbeCaller]:
+    """A signed-in caller of one tenant, as the configured resolver knows tenants, and anon.
+
+    Under a claim resolver the caller carries the first tenant's id in every claim path and a
+    user id nobody has, so the app's per-user policies grant it nothing of their own; under a
+    membership resolver it is the first member, and its tenants are that member's.
+    """
+    tenant = str(uuid.uuid4())
+    if table_exists(conn, "public.tenants"):
+        first = _rows(conn, "SELECT id::text AS id FROM public.tenants ORDER BY id LIMIT 1")
+        tenant = first[0]["id"] if first else tenant
+    resolver = (
+        _rows(conn, "SELECT * FROM hardening.tenant_resolver")
+        if table_exists(conn, "hardening.tenant_resolver")
+        else []
+    )
+    claims: dict = {"sub": str(uuid.uuid4()), "role": "authenticated", "aud": "authenticated"}
+    own = [tenant]
+    r = resolver[0] if resolver else {"kind": "claim", "claim_paths": None}
+    if r["kind"] == "membership":
+        member = _rows(
+            conn,
+            sql.SQL(
+                "SELECT {u}::text AS sub, array_agg(DISTINCT {t}::text) AS tenants FROM {m} "
+                "GROUP BY 1 ORDER BY 1 LIMIT 1"
+            )
+            .format(
+                u=sql.Identifier(r["user_column"]),
+                t=sql.Identifier(r["tenant_column"]),
+                m=sql.Identifier(r["membership_schema"], r["membership_table"]),
+            )
+            .as_string(conn),
+        )
+        if member:
+            claims["sub"], own = member[0]["sub"], member[0]["tenants"]
+    else:
+        for path in r["claim_paths"] or ["tenant_id", "app_metadata.tenant_id"]:
+            *parents, leaf = path.split(".")
+            target: object = claims
+            for part in parents:
+                target = target.setdefault(part, {}) if isinstance(target, dict) else None
+            if isinstance(target, dict):
+                target[leaf] = tenant
+    return [
+        _ProbeCaller("authenticated", claims, own, f"authenticated of tenant {', '.join(own)}"),
+        _ProbeCaller("anon", {"role": "anon"}, [], "anon"),
+    ]
+
+
+def _visible_foreign_rows(
+    conn: psycopg.Connection, caller: _ProbeCaller, table: str
+) -> int | str | None:
+    """Rows of other tenants ``caller`` reads in ``table``; None if it may not even try, or why
+    the query failed."""
+    column = "id" if table == "tenants" else "tenant_id"
+    query = sql.SQL(
+        "SELECT pg_catalog.count(*) AS n FROM (SELECT 1 FROM {table} AS x "
+        "WHERE NOT coalesce((x.{column})::pg_catalog.text OPERATOR(pg_catalog.=) "
+        "ANY (%(own)s::pg_catalog.text[]), false) LIMIT {limit}) AS seen"
+    ).format(
+        table=sql.Identifier(SCHEMA, table),
+        column=sql.Identifier(column),
+        limit=sql.Literal(_PROBE_LIMIT),
+    )
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                "SELECT set_config('request.jwt.claims', %s, true), "
+                "set_config('search_path', %s, true)",
+                (json.dumps(caller.claims), _PROBE_SEARCH_PATH),
+            )
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(caller.role)))
+            return conn.execute(query, {"own": caller.own_tenants}).fetchone()["n"]
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    except psycopg.Error as exc:
+        return f"{exc.sqlstate}: {str(exc).strip().splitlines()[0][:120]}"
+
+
+@check(
+    "tenant_isolation_probe",
+    "probed: a signed-in caller with one tenant's claims, and anon, read no other tenant's rows "
+    "in any tenant table (as the role itself, in a rolled-back savepoint)",
+)
+def check_isolation_probe(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    _require_api_roles(conn)
+    for role in API_ROLES:
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        except psycopg.errors.InsufficientPrivilege:
+            # The catalog lines still judge the policies; this login cannot act as the caller.
+            return (
+                True,
+                f"not probed: this login may not SET ROLE {role} (GRANT {role} TO the status "
+                "login to probe)",
+                "",
+            )
+    tables = _locked_tables(conn)
+    callers = _probe_callers(conn)
+    leaks, failures = [], []
+    for table in tables:
+        for caller in callers:
+            seen = _visible_foreign_rows(conn, caller, table)
+            if isinstance(seen, str):
+                failures.append(f"{caller.role} on {table}: {seen}")
+            elif seen:
+                many = f"{_PROBE_LIMIT}+" if seen >= _PROBE_LIMIT else str(seen)
+                leaks.append(f"{caller.label} reads {many} row(s) of other tenants in {table}")
+    if not leaks and not failures:
+        return True, f"{len(tables)} tenant tables: no other tenant's row visible", ""
+    fix = (
+        "find the policy or function that admits them: SELECT polname, polpermissive, "
+        "pg_get_expr(polqual, polrelid) FROM pg_policy WHERE polrelid = 'public.<table>'"
+        "::regclass; and check hardening.current_tenant_id() and the resolver "
+        "(`hardening tenant-resolver`); a failing query means a policy raised for a caller."
+    )
+    return False, _names(leaks + failures, 5), fix
+
+
 @check(
     "function_search_path_fixed",
     "SECURITY DEFINER functions have a fixed search_path",
@@ -1073,7 +1449,7 @@ def _require_api_roles(conn: psycopg.Connection) -> None:
 
 
 _DEFINER_FUNCTIONS = """
-    SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+    SELECT p.oid, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
     FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE p.prosecdef AND p.prokind IN ('f', 'p')
@@ -1085,8 +1461,170 @@ _DEFINER_FUNCTIONS = """
       AND pg_catalog.has_function_privilege(%(role)s, p.oid, 'EXECUTE')
       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.objid = p.oid AND d.deptype = 'e')
-    ORDER BY 1, 2, 3
+    ORDER BY 2, 3, 4
 """
+# What calls a function as the querying role, and which of the roles a fix could touch need
+# EXECUTE for it to keep working. From the dependencies Postgres itself records: a policy's roles
+# (RLS is not evaluated for BYPASSRLS roles), who may read a view, who may insert (a column
+# default) or write (a CHECK, a trigger's WHEN), who may execute a function with a SQL-standard
+# body. And, since SQL and PL/pgSQL bodies are stored as text, bodies that name it (by_name): a
+# trigger function runs as whoever writes its tables, any other as whoever may execute it. A name
+# found there only makes the fix more careful; it never turns a line green.
+_FUNCTION_USERS = """
+    SELECT d.refobjid AS fn,
+           CASE d.classid
+               WHEN 'pg_catalog.pg_policy'::regclass THEN
+                   (SELECT pg_catalog.format('policy %%I on %%s (to %%s)', p.polname,
+                                             p.polrelid::regclass,
+                                             array_to_string(ARRAY(
+                                                 SELECT CASE WHEN r = 0 THEN 'PUBLIC'
+                                                             ELSE pg_catalog.pg_get_userbyid(r)
+                                                        END FROM unnest(p.polroles) r), ', '))
+                    FROM pg_catalog.pg_policy p WHERE p.oid = d.objid)
+               WHEN 'pg_catalog.pg_rewrite'::regclass THEN
+                   (SELECT 'view ' || r.ev_class::regclass::text
+                    FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid)
+               ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+           END AS used_by,
+           ARRAY(
+               SELECT role FROM unnest(%(roles)s::text[]) role
+               JOIN pg_catalog.pg_roles pr ON pr.rolname = role
+               WHERE CASE d.classid
+                   WHEN 'pg_catalog.pg_policy'::regclass THEN
+                       NOT pr.rolbypassrls AND EXISTS (
+                           SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid
+                             AND (0 = ANY (p.polroles) OR pr.oid = ANY (p.polroles)))
+                   WHEN 'pg_catalog.pg_rewrite'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid
+                         AND pg_catalog.has_table_privilege(pr.oid, r.ev_class,
+                                                            'SELECT, INSERT, UPDATE, DELETE'))
+                   WHEN 'pg_catalog.pg_attrdef'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid
+                         AND pg_catalog.has_any_column_privilege(pr.oid, a.adrelid, 'INSERT'))
+                   WHEN 'pg_catalog.pg_constraint'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = d.objid
+                         AND c.conrelid <> 0
+                         AND pg_catalog.has_any_column_privilege(pr.oid, c.conrelid,
+                                                                 'INSERT, UPDATE'))
+                   WHEN 'pg_catalog.pg_trigger'::regclass THEN EXISTS (
+                       SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.oid = d.objid
+                         AND pg_catalog.has_table_privilege(pr.oid, t.tgrelid,
+                                                            'INSERT, UPDATE, DELETE'))
+                   WHEN 'pg_catalog.pg_proc'::regclass THEN
+                       pg_catalog.has_function_privilege(pr.oid, d.objid, 'EXECUTE')
+                   ELSE false
+               END
+               ORDER BY 1) AS needed_by,
+           false AS by_name
+    FROM pg_catalog.pg_depend d
+    WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = ANY (%(fns)s::oid[])
+      AND d.deptype = 'n'
+    UNION ALL
+    SELECT f.oid,
+           'the body of ' || b.oid::regprocedure::text || ' (by name)',
+           ARRAY(
+               SELECT role FROM unnest(%(roles)s::text[]) role
+               JOIN pg_catalog.pg_roles pr ON pr.rolname = role
+               WHERE CASE WHEN b.prorettype = 'pg_catalog.trigger'::regtype
+                          THEN EXISTS (
+                              SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgfoid = b.oid
+                                AND pg_catalog.has_table_privilege(pr.oid, t.tgrelid,
+                                                                   'INSERT, UPDATE, DELETE'))
+                          ELSE pg_catalog.has_function_privilege(pr.oid, b.oid, 'EXECUTE') END
+               ORDER BY 1),
+           true
+    FROM pg_catalog.pg_proc f
+    JOIN pg_catalog.pg_proc b ON b.oid <> f.oid
+     AND b.prosrc ~ ('\\m' || regexp_replace(f.proname, '([^[:alnum:]_])', '\\\\\\1', 'g')
+                     || '\\M')
+    JOIN pg_catalog.pg_namespace bn ON bn.oid = b.pronamespace
+    JOIN pg_catalog.pg_language l ON l.oid = b.prolang AND l.lanname IN ('sql', 'plpgsql')
+    WHERE f.oid = ANY (%(fns)s::oid[])
+      AND NOT (bn.nspname = ANY (%(system)s)) AND bn.nspname NOT LIKE 'pg\\_%%'
+    ORDER BY 1, 2
+"""
+# Roles a REVOKE ... FROM PUBLIC could take EXECUTE from besides the one the line is about.
+_FIX_KEEPS = ("service_role",)
+# A schema the API roles cannot use: PostgREST only calls functions in schemas they may use, while
+# policies, views and defaults call functions by OID, so moving one there keeps them working.
+_PRIVATE_SCHEMA_NAMES = ("private", "app_private", "private_functions")
+_PRIVATE_SCHEMA = """
+    SELECT s.name,
+           n.oid IS NOT NULL AS present,
+           n.oid IS NOT NULL AND EXISTS (
+               SELECT 1 FROM unnest(%(roles)s::text[]) role
+               WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = role)
+                 AND pg_catalog.has_schema_privilege(role, n.oid, 'USAGE')) AS api_usable
+    FROM unnest(%(names)s::text[]) WITH ORDINALITY AS s(name, pos)
+    LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
+    ORDER BY s.pos
+"""
+
+
+def _private_schema(conn: psycopg.Connection) -> tuple[str, bool]:
+    """The first candidate schema the API roles cannot use, and whether it exists already."""
+    rows = _rows(
+        conn, _PRIVATE_SCHEMA, {"names": list(_PRIVATE_SCHEMA_NAMES), "roles": list(API_ROLES)}
+    )
+    usable = [r for r in rows if not r["api_usable"]]
+    chosen = usable[0] if usable else rows[-1]
+    return chosen["name"], chosen["present"]
+
+
+def _definer_function_fix(
+    conn: psycopg.Connection, role: str, fn: dict, users: list[dict], private: tuple[str, bool]
+) -> tuple[str, str]:
+    """The fix for one function and what the detail must add: never one that breaks its users."""
+    name = f"{sql.Identifier(fn['nspname'], fn['proname']).as_string(conn)}({fn['args']})"
+    needed_by = sorted({r for u in users for r in u["needed_by"]})
+    if role not in needed_by:
+        # Revoking from PUBLIC also takes EXECUTE from roles holding it only through PUBLIC:
+        # the ones its users need, and the server side's, get it back explicitly.
+        keep = [
+            r
+            for r in dict.fromkeys([*needed_by, *_FIX_KEEPS])
+            if r != role
+            and _rows(
+                conn,
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s "
+                "AND pg_catalog.has_function_privilege(oid, %s::oid, 'EXECUTE')",
+                (r, fn["oid"]),
+            )
+        ]
+        fix = f"REVOKE EXECUTE ON FUNCTION {name} FROM PUBLIC, {role};"
+        if keep:
+            fix += f" GRANT EXECUTE ON FUNCTION {name} TO {', '.join(keep)};"
+        note = (
+            f"{fn['nspname']}.{fn['proname']} is used by {_names([u['used_by'] for u in users], 3)}"
+            f", run as {', '.join(needed_by)}, which keep EXECUTE"
+            if needed_by
+            else ""
+        )
+        return fix, note
+    by_name = [u["used_by"] for u in users if u["by_name"]]
+    if by_name:
+        # Moving it would break those calls, revoking it would break the role's: no SQL is safe.
+        return (
+            f"{fn['nspname']}.{fn['proname']} is called by name from {_names(by_name, 3)} and "
+            f"{role} needs it: make it SECURITY INVOKER if it needs no owner rights, or move it "
+            "to a schema the API cannot use and make those bodies name the new schema.",
+            f"{fn['nspname']}.{fn['proname']} is used by "
+            f"{_names([u['used_by'] for u in users if role in u['needed_by']], 3)}, which need "
+            f"{role} to keep EXECUTE: no REVOKE is printed",
+        )
+    schema, present = private
+    target = sql.Identifier(schema).as_string(conn)
+    # IF NOT EXISTS: the other API role's line may print a move for the same report.
+    create = "" if present else f"CREATE SCHEMA IF NOT EXISTS {target}; "
+    fix = f"{create}ALTER FUNCTION {name} SET SCHEMA {target};"
+    note = (
+        f"{fn['nspname']}.{fn['proname']} is used by "
+        f"{_names([u['used_by'] for u in users if role in u['needed_by']], 3)}, which need "
+        f"{role} to keep EXECUTE: revoking it would break them, so the fix moves the function "
+        f"to schema {schema}, which {role} cannot use (they call it by OID and keep working; "
+        "calls by name elsewhere must name the new schema)"
+    )
+    return fix, note
 
 
 def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, str, str]:
@@ -1095,17 +1633,30 @@ def _definer_functions_for(conn: psycopg.Connection, role: str) -> tuple[bool, s
     if not rows:
         return True, f"no SECURITY DEFINER function is callable by {role}", ""
     names = [f"{r['nspname']}.{r['proname']}({r['args']})" for r in rows]
-    # Exact SQL only; the runbook says when to GRANT it back to service_role or go INVOKER.
-    fix = " ".join(
-        f"REVOKE EXECUTE ON FUNCTION {sql.Identifier(r['nspname'], r['proname']).as_string(conn)}"
-        f"({r['args']}) FROM PUBLIC, {role};"
-        for r in rows[:5]
+    users = _rows(
+        conn,
+        _FUNCTION_USERS,
+        {
+            "fns": [r["oid"] for r in rows[:5]],
+            "roles": [*API_ROLES, *_FIX_KEEPS],
+            "system": list(SYSTEM_SCHEMAS),
+        },
     )
+    private = _private_schema(conn)
+    fixes, notes = [], []
+    for r in rows[:5]:
+        fix, note = _definer_function_fix(
+            conn, role, r, [u for u in users if u["fn"] == r["oid"]], private
+        )
+        fixes.append(fix)
+        notes.append(note)
+    # Exact SQL only; the runbook says when to go INVOKER instead.
     detail = (
         f"{role} can call {_names(names, 5)} with its owner's rights (RLS bypassed), e.g. "
         "through /rest/v1/rpc"
     )
-    return False, detail, fix
+    detail += "".join(f"; {note}" for note in notes if note)
+    return False, detail, " ".join(fixes)
 
 
 @check(
@@ -1497,14 +2048,18 @@ def run_status_check(
     *,
     store: BackupStore | None = None,
     keyring: Keyring | None = None,
+    seal_anchor: Path | None = None,
 ) -> StatusReport:
     """Run every check in one read-only transaction against ``url``.
 
-    ``store``/``keyring`` let the audit seal line check the store copies and MACs too.
+    ``store``/``keyring`` let the audit seal line check the store copies and MACs too;
+    ``seal_anchor`` (a path, used when the file exists) is the newest seal it must reach.
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    ctx = CheckContext(migrations_dir=migrations_dir, store=store, keyring=keyring)
+    ctx = CheckContext(
+        migrations_dir=migrations_dir, store=store, keyring=keyring, seal_anchor=seal_anchor
+    )
     with connect(url) as conn:
         conn.read_only = True
         with conn.transaction():

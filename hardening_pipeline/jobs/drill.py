@@ -35,7 +35,7 @@ class DrillJobResult:
         if self.result.passed:
             return None
         # The cause is a sentence of its own; its full stop would read ".;" before the report.
-        cause = (self.result.failure or "an invariant or drill test is red").rstrip(".")
+        cause = (self.result.failure or self.result.first_red or "a drill check is red").rstrip(".")
         return f"{cause}; the report {self.report.markdown.resolve()} lists each check and its fix."
 
 

@@ -42,7 +42,7 @@ from hardening_pipeline.jobs.drill import drill_job
 from hardening_pipeline.jobs.retention import RetentionJobResult, retention_job
 from hardening_pipeline.jobs.status import status_job
 from hardening_pipeline.jobs.wiring import open_configured_store, open_keyring
-from hardening_pipeline.reports import report_stamp
+from hardening_pipeline.reports import green_or_red, report_stamp
 from hardening_pipeline.restore.binding import configured_source
 from hardening_pipeline.restore.report import drill_markdown
 from hardening_pipeline.seed import seed_demo_data
@@ -508,9 +508,9 @@ def summary_markdown(result: EvidenceResult) -> str:
         "|---|---|---|---|",
     ]
     for item, title, green, proof in result.summary_lines:
-        lines.append(f"| {item} | {title} | {'🟢 green' if green else '🔴 red'} | {proof} |")
+        lines.append(f"| {item} | {title} | {green_or_red(green)} | {proof} |")
     lines += ["", "## Stages", "", "| stage | result | seconds | summary |", "|---|---|---|---|"]
     for s in result.stages:
-        mark = "🟢" if s.passed else "🔴"
+        mark = green_or_red(s.passed)
         lines.append(f"| {s.name} | {mark} | {s.seconds:.2f} | {s.summary} |")
     return "\n".join(lines)

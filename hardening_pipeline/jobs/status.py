@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.alerts.state import AlertOutcome
 from hardening_pipeline.backup.crypto import Keyring
@@ -77,6 +78,19 @@ class StatusJobResult:
             f"{', '.join(line.name for line in red)}; {self.files.markdown} gives each fix."
         )
 
+    def first_red(self, runbook_base_url: str | None = None) -> str | None:
+        """What to do first, in one paragraph: the first red line, why, its fix's first line and
+        its runbook section (the report and the runbook have the rest)."""
+        if self.report.passed:
+            return None
+        line = self.report.red[0]
+        fix = next((part.strip() for part in line.fix.splitlines() if part.strip()), "")
+        return (
+            f"{line.name}: {line.detail}."
+            + (f" Fix: {fix}" if fix else "")
+            + f" Runbook: {runbook_link(line.runbook_anchor, runbook_base_url)}"
+        )
+
 
 def status_job(
     url: str,
@@ -85,11 +99,13 @@ def status_job(
     notifier: SlackNotifier | None,
     runbook_base_url: str | None = None,
     freshness: FreshnessRequest | None = None,
+    seal_anchor: Path | None = None,
 ) -> StatusJobResult:
-    """Check every guarantee, write ``status-<UTC>.md``/``.json`` and alert on a change."""
+    """Check every guarantee, write ``status-<UTC>.md``/``.json`` and alert on a change;
+    ``seal_anchor`` is the sealing host's anchor file (used when it exists)."""
     # Freshness first: its store and key were opened before the database was touched.
     fresh = backup_freshness(freshness) if freshness is not None else None
-    report = run_status_check(url)
+    report = run_status_check(url, seal_anchor=seal_anchor)
     if fresh is not None:
         report.lines.append(fresh.line)
     files = write_report(report, reports_dir)

@@ -6,9 +6,12 @@ rule (which key for the embedded database, which store URL wins) cannot differ b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.backup.crypto import Keyring, keyring_from_settings
 from hardening_pipeline.backup.store import DEFAULT_PART_SIZE, BackupStore, open_store
+from hardening_pipeline.hardening.seals.anchor import anchor_file_name
 from hardening_pipeline.settings import Settings
 
 
@@ -32,6 +35,11 @@ def open_configured_store(
         region=region or settings.s3_region,
         part_size=part_size,
     )
+
+
+def seal_anchor_path(settings: Settings, database_url: str) -> Path:
+    """Where this host keeps the newest seal it made of that database (seals/anchor.py)."""
+    return settings.state_dir / anchor_file_name(database_url)
 
 
 def slack_notifier(

@@ -155,6 +155,19 @@ class DrillResult:
         )
 
     @property
+    def first_red(self) -> str | None:
+        """The first invariant or drill test that failed, named, with why."""
+        for invariant in self.invariants:
+            if not invariant.passed:
+                return f"invariant {invariant.name} is red: {invariant.detail}"
+        for line in self.tests_output.splitlines():
+            if line.startswith("FAILED "):
+                return "drill test " + line.removeprefix("FAILED ")
+        if self.failure is None and self.tests_passed == 0:
+            return "no drill test ran"
+        return None
+
+    @property
     def rto_seconds(self) -> float:
         return sum(self.stages.values())
 

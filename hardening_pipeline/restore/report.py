@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import Alert
-from hardening_pipeline.reports import ReportFiles, write_report
+from hardening_pipeline.reports import ReportFiles, green_or_red, write_report
 from hardening_pipeline.restore.drill import DrillResult
 
 RUNBOOK_SECTION = "restore-drill-failed"
@@ -44,11 +44,12 @@ def drill_markdown(result: DrillResult) -> str:
     lines += [f"| {name} | {secs:.2f} |" for name, secs in result.stages.items()]
     lines += ["", "## Invariants", "", "| | check | detail |", "|---|---|---|"]
     for inv in result.invariants:
-        mark = "🟢" if inv.passed else "🔴"
+        mark = green_or_red(inv.passed)
         lines.append(f"| {mark} | {inv.name} | {inv.detail} |")
     if not result.invariants:
         lines.append(
-            "| 🔴 | no invariant could be checked | the drill stopped before verification |"
+            f"| {green_or_red(False)} | no invariant could be checked | the drill stopped before "
+            "verification |"
         )
     if result.tests_output:
         lines += ["", "## Drill tests", "", "```", result.tests_output, "```"]
@@ -95,7 +96,8 @@ def drill_alert(
         status="failure",
         summary=(
             f"Stage `{result.failed_stage or 'verify'}` failed: "
-            f"{(result.failure or 'an invariant or drill test is red').rstrip('.')}. The newest "
+            f"{(result.failure or result.first_red or 'a drill check is red').rstrip('.')}. "
+            "The newest "
             "backup may "
             "not be restorable: run `hardening restore-drill` by hand and follow the runbook."
         ),

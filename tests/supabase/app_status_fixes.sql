@@ -3,8 +3,8 @@
 -- `hardening service-role-mode enforce`, status is all green.
 
 -- anon/authenticated_security_definer_function_executable: the printed fix, as printed.
-REVOKE EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) FROM PUBLIC, anon;
-REVOKE EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) FROM PUBLIC, authenticated;
+REVOKE EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) FROM PUBLIC, anon; GRANT EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) TO service_role;
+REVOKE EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) FROM PUBLIC, authenticated; GRANT EXECUTE ON FUNCTION "public"."tenant_stats"(p_tenant uuid) TO service_role;
 
 -- tenant_views_security_invoker and api_roles_reach_no_tenant_data: the printed fixes.
 ALTER VIEW public.message_counts SET (security_invoker = true);

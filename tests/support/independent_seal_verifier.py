@@ -286,3 +286,35 @@ def verify(url: str, store_dir: Path, master_key: bytes) -> list[tuple[int | Non
             if h.digest() != s["digest"] or len(got) != s["row_count"]:
                 problems.append((s["from_id"], f"seal {s['seq']} does not match its rows"))
     return problems
+
+
+def anchor_path(state_dir: Path, url: str) -> Path:
+    """Where the docs say the sealing host keeps the anchor of the database at ``url``."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    target = f"{info.get('host') or ''}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    name = hashlib.sha256(target.encode()).hexdigest()[:16]
+    return state_dir / "audit-seal-anchors" / f"{name}.json"
+
+
+def verify_anchor(url: str, path: Path, master_key: bytes) -> list[str]:
+    """The anchor's MAC, and whether the database's chain reaches it (docs, "The anchor")."""
+    body = json.loads(path.read_bytes())
+    problems = []
+    key_id = hkdf(master_key, b"hardening-pipeline backup v1 key-id", 8).hex()
+    mac_key = hkdf(master_key, b"hardening-pipeline backup v1 manifest-mac-key")
+    seal_key = hkdf(mac_key, b"hardening-pipeline audit seal v1 mac-key")
+    signed = {k: v for k, v in body.items() if k != "mac"}
+    message = json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    if body["format"] != "hardening-audit-seal-anchor/1" or body["key_id"] != key_id:
+        problems.append("not an anchor under this key")
+    elif hmac.new(seal_key, message, "sha256").hexdigest() != body["mac"]:
+        problems.append("the anchor's MAC does not verify")
+    with psycopg.connect(url) as conn:
+        seal = conn.execute(
+            "SELECT to_id, digest FROM hardening.audit_seals WHERE seq = %s", (body["seq"],)
+        ).fetchone()
+    if seal is None:
+        problems.append(f"seal {body['seq']} is anchored but not in the chain")
+    elif (seal[0], bytes(seal[1]).hex()) != (body["to_id"], body["digest"]):
+        problems.append(f"seal {body['seq']} differs from the anchor")
+    return problems

@@ -8,6 +8,7 @@ with the next scripted behaviour, then ``ok`` once the script runs out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -98,9 +99,9 @@ def _handler_for(receiver: SlackReceiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def slack_receiver() -> Iterator[SlackReceiver]:
-    """A fresh webhook receiver on 127.0.0.1 (free port) for one test."""
+@contextlib.contextmanager
+def running_slack_receiver() -> Iterator[SlackReceiver]:
+    """A webhook receiver on 127.0.0.1 (free port) for as long as the block runs."""
     receiver = SlackReceiver(url="")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(receiver))
     server.daemon_threads = True
@@ -115,3 +116,10 @@ def slack_receiver() -> Iterator[SlackReceiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def slack_receiver() -> Iterator[SlackReceiver]:
+    """A fresh webhook receiver for one test."""
+    with running_slack_receiver() as receiver:
+        yield receiver

@@ -305,3 +305,8 @@ def apply_blocker_fixes(url: str) -> None:
 def apply_status_fixes(url: str) -> None:
     """Run ``tests/supabase/app_status_fixes.sql`` as ``postgres``: the app's own findings."""
     _run_files(url, ["app_status_fixes.sql"])
+
+
+def apply_tenant_helper(url: str) -> None:
+    """Run ``tests/supabase/app_tenant_helper.sql`` as ``postgres``: policies that call a helper."""
+    _run_files(url, ["app_tenant_helper.sql"])

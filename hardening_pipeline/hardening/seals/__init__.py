@@ -12,7 +12,8 @@ column values as fetched. The format is specified in ``docs/audit-seal-format.md
 * ``window``: the high-water mark and the checks on the unsealed window;
 * ``sealing``: ``seal_audit_log``;
 * ``checks``: row-version checks that let a verification skip unchanged seals;
-* ``verify``: ``verify_seal_chain`` / ``verify_audit_seals`` (the ``audit_seal_chain`` line).
+* ``verify``: ``verify_seal_chain`` / ``verify_audit_seals`` (the ``audit_seal_chain`` line);
+* ``anchor``: the newest seal, kept on the sealing host where the database cannot reach.
 
 Sealing adds nothing to the write path: no trigger, column or lock on ``audit_events`` or on
 any tenant table. It only reads rows that are already committed.

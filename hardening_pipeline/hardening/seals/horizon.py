@@ -19,10 +19,11 @@ refused.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -41,6 +42,8 @@ class Horizon:
     to_id: int
     allocated: int
     held_back_by: tuple[int, ...] = ()
+    # Who holds them: "pid 123 (role app, application psql, open since ...)", one per session.
+    holders: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -72,6 +75,70 @@ _OPEN_SINCE = """
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
     GROUP BY x
 """
+
+
+# Who holds each transaction id: any role sees another session's pid, role and application
+# (pg_stat_activity hides its query and start times), and every prepared transaction's gid.
+_HOLDERS = """
+    SELECT l.pid, a.usename, a.application_name, a.xact_start, p.gid, p.owner, p.prepared,
+           min(l.transactionid::text::bigint) AS xid
+    FROM pg_catalog.pg_locks l
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+    LEFT JOIN pg_catalog.pg_prepared_xacts p ON l.pid IS NULL AND p.transaction = l.transactionid
+    WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+      AND l.transactionid::text::bigint = ANY (%s)
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ORDER BY min(coalesce(a.xact_start, p.prepared)) NULLS FIRST, l.pid
+"""
+
+
+def describe_holders(
+    conn: psycopg.Connection, xids: Sequence[int], *, started_before: datetime | None = None
+) -> tuple[str, ...]:
+    """One phrase per session (or prepared transaction) holding one of ``xids``; with
+    ``started_before``, only those whose start is hidden or earlier than it."""
+    found = []
+    for r in conn.execute(_HOLDERS, (list(xids),)).fetchall():
+        since = r["xact_start"] or r["prepared"]
+        if started_before is not None and since is not None and since > started_before:
+            continue
+        when = f"open since {since:%Y-%m-%d %H:%M:%S} UTC" if since else "start hidden"
+        if r["pid"] is None:
+            found.append(f"prepared transaction {r['gid']!r} (role {r['owner']}, {when})")
+        else:
+            app = r["application_name"] or "no application_name"
+            found.append(f"pid {r['pid']} (role {r['usename']}, {app}, {when})")
+    return tuple(found)
+
+
+def open_transaction_ids(conn: psycopg.Connection) -> list[int]:
+    """Transaction ids other sessions (and prepared transactions) hold now."""
+    return conn.execute(_HELD_XIDS, {"among": None}).fetchone()["held"]
+
+
+# How long the oldest unsealed row may wait for a seal before the chain is red: an open
+# transaction holds the seal back for as long as it stays open, and rows deleted meanwhile would
+# be sealed as if they never existed. Seals run every minute; the default leaves room for a
+# slow run, a restart and a long migration.
+ENV_MAX_SEAL_LAG = "HARDENING_SEAL_MAX_LAG_MINUTES"
+DEFAULT_MAX_SEAL_LAG = timedelta(minutes=15)
+
+
+def max_seal_lag(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """The bound from ``HARDENING_SEAL_MAX_LAG_MINUTES`` (minutes, may be fractional)."""
+    value = environ.get(ENV_MAX_SEAL_LAG, "").strip()
+    if not value:
+        return DEFAULT_MAX_SEAL_LAG
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if not 0 <= minutes < 10**6:
+        raise ConfigError(
+            f"{ENV_MAX_SEAL_LAG} must be a number of minutes (0 or more), not {value!r}; fix "
+            "it or unset it for the default of 15."
+        )
+    return timedelta(minutes=minutes)
 
 
 def safe_horizon(
@@ -106,13 +173,32 @@ def safe_horizon(
         sleep(poll_seconds)
     if not open_xids:
         return Horizon(allocated, allocated)
+    holders = describe_holders(conn, open_xids)
     starts = conn.execute(_OPEN_SINCE, (open_xids,)).fetchall()
     if any(r["xact_start"] is None for r in starts):
-        return Horizon(floor, allocated, tuple(open_xids))
+        return Horizon(floor, allocated, tuple(open_xids), holders)
     cutoff = min(r["xact_start"] for r in starts) - START_MARGIN
     row = conn.execute(
         "SELECT max(id) AS m FROM public.audit_events "
         "WHERE id > %s AND id <= %s AND created_at < %s",
         (floor, allocated, cutoff),
     ).fetchone()
-    return Horizon(max(floor, row["m"] or floor), allocated, tuple(open_xids))
+    return Horizon(max(floor, row["m"] or floor), allocated, tuple(open_xids), holders)
+
+
+ENV_SEAL_INTERVAL = "HARDENING_SEAL_INTERVAL_SECONDS"
+DEFAULT_SEAL_INTERVAL_SECONDS = 60
+
+
+def seal_interval_seconds(environ: Mapping[str, str] = os.environ) -> int:
+    """How often the Dagster sensor seals (``HARDENING_SEAL_INTERVAL_SECONDS``): the unsealed
+    window a superuser's rewrite can hide in."""
+    value = environ.get(ENV_SEAL_INTERVAL, "").strip()
+    if not value:
+        return DEFAULT_SEAL_INTERVAL_SECONDS
+    if not value.isdigit() or not 5 <= int(value) <= 3600:
+        raise ConfigError(
+            f"{ENV_SEAL_INTERVAL} must be a whole number of seconds from 5 to 3600, not "
+            f"{value!r}; fix it or unset it for the default of 60."
+        )
+    return int(value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -24,6 +25,7 @@ from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.hardening.seals.anchor import anchor_problem, read_anchor, write_anchor
 from hardening_pipeline.hardening.seals.format import (
     CURRENT_VERSION,
     GENESIS_DIGEST,
@@ -92,6 +94,8 @@ class SealRun:
                 "held back at id "
                 f"{self.horizon.to_id} (of {self.horizon.allocated} handed out) by open "
                 f"transaction(s) {', '.join(map(str, self.horizon.held_back_by[:5]))}"
+                + (f": {'; '.join(self.horizon.holders[:5])}" if self.horizon.holders else "")
+                + "; rows above it are not sealed until it ends"
             )
         return "; ".join(parts)
 
@@ -212,10 +216,16 @@ def seal_audit_log(
     *,
     max_rows: int = MAX_ROWS_PER_SEAL,
     wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    anchor_path: Path | None = None,
 ) -> SealRun:
-    """Seal the audit rows added since the last seal, up to the safe horizon (see module doc)."""
+    """Seal the audit rows added since the last seal, up to the safe horizon (see module doc).
+
+    With ``anchor_path``, a chain that does not reach the seal anchored there is refused, and
+    the newest seal is anchored there once the run has committed (``anchor``).
+    """
     if max_rows < 1:
         raise ValueError("max_rows must be at least 1")
+    anchor = read_anchor(anchor_path)
     with connect(url, autocommit=True) as conn, conn.transaction():
         if job_locks_available(conn):
             take_job_lock(conn, "seal", lock_timeout_ms=SEAL_LOCK_TIMEOUT_MS)
@@ -231,6 +241,11 @@ def seal_audit_log(
         adopted = _adopt_store_copies(conn, store, keyring, head) if store else []
         chain += adopted
         head = chain[-1] if chain else None
+        if anchor is not None and (behind := anchor_problem(chain, anchor, keyring)):
+            raise SealError(
+                f"sealing refused: {behind[1]}. Sealing on top would make the rows that seal "
+                "covered look genuine, changed or not; see docs/runbook.md#status-audit-seal-chain."
+            )
         floor = head.to_id if head else 0
         horizon = safe_horizon(conn, floor, wait_seconds=wait_seconds)
         # Read after the horizon: every id up to it was handed out before this value was read.
@@ -294,6 +309,10 @@ def seal_audit_log(
             raise _refuse(watch.problems)
         if acc is not None:
             close(acc, horizon.to_id, bytes(pending.blob))
+    # After the commit: an anchor ahead of the database would stop every later run.
+    tail = seals[-1] if seals else head
+    if anchor_path is not None and tail is not None and (anchor is None or anchor.seq < tail.seq):
+        write_anchor(anchor_path, tail, keyring)
     return SealRun(seals, horizon, adopted, high_water)
 
 

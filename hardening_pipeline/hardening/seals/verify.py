@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 
@@ -18,6 +20,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.hardening.seals import checks as _checks
+from hardening_pipeline.hardening.seals.anchor import Anchor, anchor_problem, read_anchor
 from hardening_pipeline.hardening.seals.checks import record_checks, row_versions, trusted_checks
 from hardening_pipeline.hardening.seals.format import (
     FINGERPRINT_BYTES,
@@ -28,6 +31,12 @@ from hardening_pipeline.hardening.seals.format import (
     SealError,
     decode_fingerprints,
     iso,
+)
+from hardening_pipeline.hardening.seals.horizon import (
+    ENV_MAX_SEAL_LAG,
+    describe_holders,
+    max_seal_lag,
+    open_transaction_ids,
 )
 from hardening_pipeline.hardening.seals.rows import (
     MIN_BIGINT,
@@ -203,6 +212,43 @@ def _check_tail(
 
 MAX_ID = 2**63 - 1
 
+# The oldest row above the last seal, and how much newer the newest row is. Both times come
+# from the rows, so a restored copy of an old backup is not "late"; rows that keep coming while
+# the oldest waits are what a held-back seal looks like.
+_OLDEST_UNSEALED = """
+    SELECT o.id, o.created_at, n.created_at AS newest, n.created_at - o.created_at AS waited
+    FROM (SELECT id, created_at FROM public.audit_events WHERE id > %s ORDER BY id LIMIT 1) o
+    CROSS JOIN (SELECT created_at FROM public.audit_events ORDER BY id DESC LIMIT 1) n
+"""
+
+
+def _check_lag(
+    conn: psycopg.Connection, last: Seal | None, bound: timedelta, problems: _Problems
+) -> None:
+    """Red when rows were still written more than ``bound`` after the oldest row above the last
+    seal: whoever holds a transaction open holds sealing back, and rows deleted meanwhile would
+    be sealed as if they had never been there."""
+    row = conn.execute(_OLDEST_UNSEALED, (last.to_id if last else MIN_BIGINT,)).fetchone()
+    if row is None or row["waited"] <= bound:
+        return
+    holders = describe_holders(conn, open_transaction_ids(conn), started_before=row["created_at"])
+    why = (
+        f"held back by {'; '.join(holders[:5])}"
+        if holders
+        else "no open transaction holds it back: is the seal job running?"
+    )
+    problems.add(
+        None,
+        f"sealing is stalled: id {row['id']} (written {iso(row['created_at'])[:19]}Z) is "
+        f"unsealed while rows kept coming for {_minutes(row['waited'])} (the newest written "
+        f"{iso(row['newest'])[:19]}Z), more than the {_minutes(bound)} {ENV_MAX_SEAL_LAG} "
+        f"allows; {why}",
+    )
+
+
+def _minutes(value: timedelta) -> str:
+    return f"{value.total_seconds() / 60:.1f} min"
+
 
 def _store_copies(store: BackupStore, problems: _Problems) -> dict[int, Seal]:
     copies: dict[int, Seal] = {}
@@ -265,6 +311,8 @@ def verify_seal_chain(
     *,
     full: bool = False,
     record_as: str | None = None,
+    anchor: Anchor | None = None,
+    max_lag: timedelta | None = None,
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -275,13 +323,30 @@ def verify_seal_chain(
     ``record_as`` (a writable connection) records a check for each seal re-hashed when the
     whole chain is intact, and re-hashes seals whose last check is older than
     ``RECHECK_AFTER``; without it, checks older than ``TRUST_CHECKS_FOR`` are not trusted.
+
+    The newest seals are the chain's weak end: deleting them (and their store copies) leaves a
+    shorter chain that is intact. ``anchor`` (kept outside the database, see ``anchor``) is
+    what the chain must reach. With a keyring but neither a store nor an anchor the tail cannot
+    be verified, and the result says so (red) rather than vouch for it.
+
+    Rows above the last seal that have waited longer than ``max_lag`` (default: from
+    ``HARDENING_SEAL_MAX_LAG_MINUTES``) are red too, naming who holds sealing back.
     """
     problems = _Problems()
     db = read_seals(conn)
     chain = db
     if store is not None:
         chain = _compare_with_store(db, _store_copies(store, problems), keyring, problems)
+    if anchor is not None and (behind := anchor_problem(chain, anchor, keyring)):
+        problems.add(*behind)
+    elif keyring is not None and store is None and anchor is None and chain:
+        problems.add(
+            chain[-1].to_id + 1,
+            f"cannot verify the tail: the chain ends at seal {chain[-1].seq}, and with neither "
+            "the backup store nor a seal anchor nothing shows whether newer seals were deleted",
+        )
     if not chain:
+        _check_lag(conn, None, max_seal_lag() if max_lag is None else max_lag, problems)
         if problems.items:
             return _red(problems, 0, 0, store is not None)
         return SealVerification(True, "no seals yet", store_checked=store is not None)
@@ -321,6 +386,7 @@ def verify_seal_chain(
         if bad is not None:
             break
     tail = _check_tail(conn, chain, problems, watch)
+    _check_lag(conn, chain[-1], max_seal_lag() if max_lag is None else max_lag, problems)
     for bad_id, text in watch.problems:
         problems.add(bad_id, text, row=True)
     if problems.items:
@@ -330,6 +396,8 @@ def verify_seal_chain(
         record_checks(conn, [chain[i] for i in stale], versions, keyring, record_as)
     covered = sum(s.row_count for s in chain)
     checks = ["store copies match" if store is not None else "database copy only"]
+    if anchor is not None:
+        checks.append(f"reaches the anchored seal {anchor.seq}")
     if keyring is not None:
         checks.append("MACs valid")
     if len(stale) == len(chain):
@@ -388,8 +456,11 @@ def verify_audit_seals(
     *,
     full: bool = False,
     record_as: str | None = None,
+    anchor_path: Path | None = None,
+    max_lag: timedelta | None = None,
 ) -> SealVerification:
-    """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``).
+    """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``), and
+    against the anchor at ``anchor_path`` when that file exists.
 
     Read-only unless ``record_as`` asks for checks to be recorded. Repeatable read, so the row
     versions and the re-hashed rows come from one snapshot.
@@ -398,4 +469,12 @@ def verify_audit_seals(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = record_as is None
         with conn.transaction():
-            return verify_seal_chain(conn, store, keyring, full=full, record_as=record_as)
+            return verify_seal_chain(
+                conn,
+                store,
+                keyring,
+                full=full,
+                record_as=record_as,
+                anchor=read_anchor(anchor_path),
+                max_lag=max_lag,
+            )
