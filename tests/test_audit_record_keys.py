@@ -200,3 +200,36 @@ def test_a_key_changed_later_is_named_by_status_and_its_fix_rekeys(db_url, admin
     assert row == {
         "record_id": composite_key(id=str(tenant.onboarding), tenant_id=str(tenant.tenant))
     }
+
+
+def test_a_new_install_starts_with_an_empty_log_and_recording_on(admin):
+    """018 replaces the capture functions; on a log still empty that is not put on record."""
+    assert admin.execute("SELECT count(*) AS n FROM audit_events").fetchone() == {"n": 0}
+    enabled = admin.execute(
+        "SELECT evtname, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'hardening_%' "
+        "ORDER BY 1"
+    ).fetchall()
+    assert enabled == [
+        {"evtname": "hardening_record_ddl", "evtenabled": "A"},
+        {"evtname": "hardening_record_ddl_drop", "evtenabled": "A"},
+    ]
+
+
+def test_on_a_log_with_history_the_capture_replacement_is_on_the_record(empty_db_url):
+    apply_migrations(
+        empty_db_url, only=[f.filename for f in discover_migrations() if f.filename < "018"]
+    )
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'test:before', true)")
+        conn.execute("INSERT INTO tenants (slug, name) VALUES ('alpha', 'Alpha')")
+    apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        recorded = conn.execute(
+            "SELECT DISTINCT table_name FROM audit_events WHERE operation = 'DDL' "
+            "AND after ->> 'statement' LIKE '%%audit_capture_insert%%'"
+        ).fetchall()
+        enabled = conn.execute(
+            "SELECT DISTINCT evtenabled FROM pg_event_trigger WHERE evtname LIKE 'hardening_%'"
+        ).fetchall()
+    assert ("tenants",) in recorded and ("messages",) in recorded
+    assert enabled == [("A",)]

@@ -38,6 +38,36 @@ BEGIN
 END
 $member$;
 
+-- Replacing the capture functions is DDL on every audited table (016). Where the audit log
+-- already holds rows it goes on the record like any other; on a log still empty (a new install)
+-- the event triggers are paused for this file's transaction, so a new database starts with an
+-- empty log. Paused only if both are ENABLE ALWAYS and this role may alter them; resumed at the
+-- end of the file. The log is read with row security off (015 lets this role read it); a log
+-- this role cannot read counts as holding rows.
+DO $pause$
+DECLARE
+    empty_log boolean;
+    prior_row_security text := current_setting('row_security');
+BEGIN
+    PERFORM set_config('row_security', 'off', true);
+    BEGIN
+        empty_log := NOT EXISTS (SELECT 1 FROM public.audit_events);
+    EXCEPTION WHEN insufficient_privilege THEN
+        empty_log := false;
+    END;
+    PERFORM set_config('row_security', prior_row_security, true);
+    IF empty_log
+       AND (SELECT count(*) FROM pg_catalog.pg_event_trigger e
+            WHERE e.evtname IN ('hardening_record_ddl', 'hardening_record_ddl_drop')
+              AND e.evtenabled = 'A'
+              AND pg_catalog.pg_has_role(current_user, e.evtowner, 'USAGE')) = 2 THEN
+        ALTER EVENT TRIGGER hardening_record_ddl DISABLE;
+        ALTER EVENT TRIGGER hardening_record_ddl_drop DISABLE;
+        PERFORM set_config('hardening.ddl_recording_paused', 'on', true);
+    END IF;
+END
+$pause$;
+
 CREATE FUNCTION hardening.request_claims() RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = ''
@@ -502,6 +532,16 @@ BEGIN
     END IF;
 END
 $close$;
+
+DO $resume$
+BEGIN
+    IF current_setting('hardening.ddl_recording_paused', true) = 'on' THEN
+        ALTER EVENT TRIGGER hardening_record_ddl ENABLE ALWAYS;
+        ALTER EVENT TRIGGER hardening_record_ddl_drop ENABLE ALWAYS;
+        PERFORM set_config('hardening.ddl_recording_paused', '', true);
+    END IF;
+END
+$resume$;
 
 DO $member$
 BEGIN
