@@ -96,6 +96,16 @@ BREAKAGES = [
     ("audit_events_no_write_grants", "GRANT DELETE ON audit_events TO service_role"),
     ("audit_events_no_write_grants", "GRANT TRUNCATE ON audit_events TO hardening_audit_owner"),
     ("audit_events_no_write_grants", "GRANT UPDATE (actor) ON audit_events TO authenticated"),
+    (
+        "audit_capture_triggers",
+        "ALTER TABLE onboarding_attempts DROP CONSTRAINT onboarding_attempts_pkey; "
+        "ALTER TABLE onboarding_attempts ADD PRIMARY KEY (tenant_id, id)",
+    ),
+    (
+        "tenant_resolver_not_user_writable",
+        "UPDATE hardening.tenant_resolver "
+        "SET claim_paths = ARRAY['tenant_id', 'user_metadata.tenant_id']",
+    ),
     ("rls_tenant_tables", NEW_TENANT_TABLE_WITHOUT_RLS),
     ("rls_tenant_tables", "ALTER TABLE messages NO FORCE ROW LEVEL SECURITY"),
     ("rls_tenant_tables", "ALTER TABLE audit_events DISABLE ROW LEVEL SECURITY"),

@@ -5,13 +5,14 @@ The resolver lives in the database (``hardening.tenant_resolver``, one row, read
 connection, PostgREST's included, must see the same rule. Two kinds:
 
 - ``claim``: the first of one or more dotted paths present in ``request.jwt.claims``
-  (default ``tenant_id`` then ``app_metadata.tenant_id``);
+  (default ``tenant_id`` then ``app_metadata.tenant_id``); never one under ``user_metadata``,
+  which each user writes for themselves;
 - ``membership``: every tenant of the JWT's ``sub`` (what ``auth.uid()`` returns) in a membership
   table, so a user in two tenants sees both. The lookup runs as the querying role, through the
   table's own grants and RLS (a user must be able to read their own membership rows).
 
-JWT claims, when present, always win over ``app.tenant_id``; a value that is not a uuid resolves
-to no tenant (the kit's policies see nothing, nothing raises).
+JWT claims, when present, always win over ``app.tenant_id``; a value that is not a uuid, or claims
+that are not a JSON object, resolve to no tenant (the kit's policies see nothing, nothing raises).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.errors import ConfigError
 
 _CLAIM_PATH = re.compile(r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+# Claims every signed-in user writes for themselves: Supabase's auth.updateUser({data}) sets
+# user_metadata, and it reaches the JWT as it is. A tenant read from there is one the user chose.
+USER_WRITABLE_CLAIMS = ("user_metadata",)
+SAFE_CLAIM_HINT = (
+    "use app_metadata (e.g. app_metadata.tenant_id), which only the service key can write"
+)
 _TENANT_TYPES = ("uuid", "text", "character varying")
 
 
@@ -46,6 +53,11 @@ class TenantResolver:
             f"membership {self.membership_table} ({self.user_column} = JWT sub, "
             f"tenant {self.tenant_column})"
         )
+
+
+def user_writable_paths(paths: Collection[str]) -> list[str]:
+    """The claim paths a user can set in their own JWT (under ``USER_WRITABLE_CLAIMS``)."""
+    return [p for p in paths if p.split(".", 1)[0].lower() in USER_WRITABLE_CLAIMS]
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,11 @@ def check_claim_paths(paths: Sequence[str]) -> None:
                 f"claim path {path!r} is not dot-separated claim names; write it like "
                 "app_metadata.tenant_id."
             )
+    if writable := user_writable_paths(paths):
+        raise ConfigError(
+            f"claim path {writable[0]!r} is one every user can edit in their own metadata, so "
+            f"they could pick any tenant; {SAFE_CLAIM_HINT}."
+        )
 
 
 def set_claim_resolver(url: str, paths: list[str]) -> TenantResolver:

@@ -44,6 +44,7 @@ from hardening_pipeline.db.migrations import (
 )
 from hardening_pipeline.db.service_role_mode import read_mode, unattributed_sources
 from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers
+from hardening_pipeline.db.tenant_resolver import user_writable_paths
 from hardening_pipeline.db.tenant_tables import (
     SYSTEM_SCHEMAS,
     TenantTable,
@@ -344,6 +345,43 @@ _UUID_CAST_ON_OTHER_TYPES = """
       AND t.tgnargs = 1 AND a.atttypid <> 'uuid'::regtype
     ORDER BY n.nspname, c.relname, t.tgname
 """
+# Since 018 a capture trigger names the record by the table's primary key, carried in its
+# arguments from the third on (none: the column id). A key changed after the triggers were
+# installed leaves them pairing and naming rows by the old one.
+_CAPTURE_KEYS = """
+    SELECT n.nspname, c.relname, t.tgname, encode(t.tgargs, 'escape') AS args,
+           (SELECT array_agg(a.attname::text ORDER BY k.position)
+            FROM pg_catalog.pg_index i
+            CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = t.tgrelid AND i.indisprimary) AS primary_key
+    FROM pg_catalog.pg_trigger t
+    JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+    JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+      AND p.proname IN ('audit_capture_insert', 'audit_capture_update', 'audit_capture_delete')
+      AND pg_catalog.to_regprocedure('hardening.audit_capture_arguments(regclass, text)')
+          IS NOT NULL
+    ORDER BY c.relname, t.tgname
+"""
+
+
+def _stale_capture_keys(conn: psycopg.Connection, tables: Sequence[TenantTable]) -> list[str]:
+    problems = []
+    for r in _rows(conn, _CAPTURE_KEYS, (_oids(tables),)):
+        keyed_on = r["args"].split("\\000")[2:-1] or ["id"]
+        expected = r["primary_key"] or ["id"]
+        if keyed_on != expected:
+            problems.append(
+                f"{display_name(r['nspname'], r['relname'])}: {r['tgname']} names rows by "
+                f"({', '.join(keyed_on)}), the "
+                f"primary key is ({', '.join(expected)})"
+            )
+    return problems
+
+
 _ENABLED = {"O": "enabled (skipped in replica mode)", "D": "disabled", "R": "replica only"}
 # pg_trigger.tgtype bits: BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
 _GUARD_BITS = 2 | 8 | 16 | 32
@@ -408,6 +446,7 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
             f"{display_name(r['nspname'], r['relname'])}: every write fails, {r['tgname']} casts "
             f"{r['attname']} ({r['type']}) to uuid"
         )
+    problems.extend(_stale_capture_keys(conn, tables))
     if not problems:
         return True, f"5 triggers ALWAYS on each of {len(tables)} tables", ""
     # A table with none of the triggers is named, so its fix pastes as it is: 019's function
@@ -425,7 +464,8 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
         (f"for a table without them, as the migration role: {lock_down} " if uncovered else "")
         + "for a capture function that differs: re-create it as the last migration file that "
         "defines it has it (CREATE OR REPLACE) and find who changed it; "
-        "for a set that casts a non-uuid tenant column: drop it and SELECT "
+        "for a set that casts a non-uuid tenant column or one keyed on another primary key: "
+        "drop it and SELECT "
         "hardening.install_audit_capture('<schema>.<table>'::regclass, 'tenant_id') in a new "
         "migration; for a disabled one: ALTER TABLE <schema>.<table> ENABLE ALWAYS TRIGGER "
         "<trigger>."
@@ -467,6 +507,35 @@ def check_adopted_policies(conn: psycopg.Connection, ctx: CheckContext) -> tuple
         "tenant-resolver again to keep the resolver's form."
     )
     return False, "; ".join(bad), fix
+
+
+_RESOLVER_FIX = (
+    "put the tenant in app_metadata (only the service key writes it) and run "
+    "`hardening tenant-resolver claim app_metadata.tenant_id`."
+)
+
+
+@check(
+    "tenant_resolver_not_user_writable",
+    "the tenant resolver reads no claim a user sets for themselves (user_metadata)",
+)
+def check_resolver_claims(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    if not table_exists(conn, "hardening.tenant_resolver"):
+        return False, "hardening.tenant_resolver is missing", "run hardening migrate."
+    row = conn.execute("SELECT kind, claim_paths FROM hardening.tenant_resolver").fetchone()
+    if row is None:
+        return False, "hardening.tenant_resolver is empty", _RESOLVER_FIX
+    if row["kind"] != "claim":
+        return True, "membership resolver: tenants come from the membership table", ""
+    writable = user_writable_paths(row["claim_paths"])
+    if not writable:
+        return True, "claim " + ", then ".join(row["claim_paths"]), ""
+    return (
+        False,
+        f"the tenant comes from {', '.join(writable)}, which every user can edit for "
+        "themselves: anyone can pick any tenant",
+        _RESOLVER_FIX,
+    )
 
 
 _AUDIT_WRITE_GRANTS = """
@@ -1769,6 +1838,7 @@ KIT_FUNCTIONS_FOR_API_ROLES = {
     "current_tenant_ids": ("authenticated", "service_role"),
     "membership_tenant_ids": ("authenticated", "service_role"),
     "as_uuid": ("authenticated", "service_role"),
+    "request_claims": ("authenticated", "service_role"),
     "allow_unattributed_write": ("service_role",),
 }
 _KIT_GRANTEES = ("PUBLIC", "anon", "authenticated", "service_role")
