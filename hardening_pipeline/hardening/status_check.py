@@ -360,11 +360,11 @@ _CAPTURE_KEYS = """
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-    WHERE NOT t.tgisinternal AND n.nspname = %s AND pn.nspname = 'hardening'
+    WHERE NOT t.tgisinternal AND c.oid = ANY (%s::oid[]) AND pn.nspname = 'hardening'
       AND p.proname IN ('audit_capture_insert', 'audit_capture_update', 'audit_capture_delete')
       AND pg_catalog.to_regprocedure('hardening.audit_capture_arguments(regclass, text)')
           IS NOT NULL
-    ORDER BY c.relname, t.tgname
+    ORDER BY n.nspname, c.relname, t.tgname
 """
 
 
