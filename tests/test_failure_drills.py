@@ -651,8 +651,10 @@ def test_failure_alert_survives_rate_limits_and_timeouts_while_backups_go_on(
         cursor, _ = sensor_tick(instance, cursor, slack)  # Slack is back
         cursor, _ = sensor_tick(instance, cursor, slack)
     delivered = [json.dumps(r) for r in slack_receiver.requests[3:]]
-    assert len(delivered) == 1
+    # The failure's alert arrives first, then "resolved": the job has succeeded since.
+    assert len(delivered) == 2
     assert failed.run_id in delivered[0] and ok.run_id not in delivered[0]
+    assert "Resolved" in delivered[1] and ok.run_id in delivered[1]
 
 
 # --- retention on a store that fails part-way ---------------------------------------------------
