@@ -428,8 +428,11 @@ def slack_on_run_failure(
             cursor.pending.pop(run_id)
             continue
         attempt(run, 0.0)
-    # An incident is over when its job succeeds after its last failure.
+    # An incident is over when its job succeeds after its last failure; "resolved" waits until
+    # its failure alert has reached Slack, so the two never arrive the wrong way round.
     for incident in incidents:
+        if incident.alerted_at is None:
+            continue
         (success, *_) = instance.get_run_records(
             filters=dg.RunsFilter(
                 job_name=incident.job,
