@@ -230,13 +230,19 @@ def _alert_incident(
 
 def _resolve_incidents(state: SealSensorState, slack: SlackAlertsResource, detail: str) -> str:
     resolved = 0
+    notifier = slack.notifier()
     for incident in state.incidents:
+        if incident.alerted_at is None:
+            # Broken and healed before Slack took the alert: still tell it, first.
+            late = seal_alert(incident.summary, None, slack.runbook_base_url(), None)
+            if not notifier.send(late).delivered:
+                continue
         alert = Alert(
             title="Resolved: audit seal chain",
             status="resolved",
             summary=f"{detail} (was: {incident.summary})",
         )
-        if slack.notifier().send(alert).delivered:
+        if notifier.send(alert).delivered:
             state.incidents.close(incident.key)
             resolved += 1
     return f"resolved {resolved} incident(s)" if resolved else ""
