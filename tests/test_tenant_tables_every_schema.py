@@ -323,7 +323,7 @@ def test_restore_one_tenant_into_an_empty_database_brings_only_its_billing_rows(
     from hardening_pipeline.backup.store import FileStore
     from hardening_pipeline.restore.tenant import restore_tenant
     from hardening_pipeline.seed import seed_demo_data
-    from tests.test_whole_app_backup import app_owner_login
+    from tests.test_whole_app_backup import app_owner_login, postgres_ordinary_again
 
     seed_demo_data(db_url, tenants=2, messages_per_unit=1, random_seed=5)
     with psycopg.connect(db_url) as conn:
@@ -342,9 +342,12 @@ def test_restore_one_tenant_into_an_empty_database_brings_only_its_billing_rows(
     store, keyring = FileStore(tmp_path / "store"), Keyring(bytes(range(32)))
     backup = run_backup(db_url, store, keyring, schemas=("public", "billing", "hardening"))
     tenant = backup.manifest.objects[0].tenant_id
-    result = restore_tenant(
-        store, keyring, tenant_id=tenant, target_url=app_owner_login(restore_target_url)
-    )
+    try:
+        result = restore_tenant(
+            store, keyring, tenant_id=tenant, target_url=app_owner_login(restore_target_url)
+        )
+    finally:
+        postgres_ordinary_again(restore_target_url)
     assert {c.table: c.inserted for c in result.counts}["billing.payouts"] == 2
     with psycopg.connect(restore_target_url) as conn:
         rows = conn.execute("SELECT DISTINCT tenant_id::text FROM billing.payouts").fetchall()

@@ -439,6 +439,13 @@ def app_owner_login(url: str) -> str:
     return psycopg.conninfo.make_conninfo(url, user="postgres")
 
 
+def postgres_ordinary_again(url: str) -> None:
+    """Undo app_owner_login's role rights on the shared restore server: roles are cluster-wide,
+    and a later test restoring a backup owned by ``postgres`` must find it an ordinary role."""
+    with admin_connect(url, autocommit=True) as conn:
+        conn.execute("ALTER ROLE postgres NOCREATEROLE NOCREATEDB NOBYPASSRLS")
+
+
 def test_a_superuser_target_is_refused_before_the_backups_schema_runs(
     app_db, store, keyring, restore_target_url
 ):
