@@ -35,7 +35,7 @@ from hardening_pipeline.canaries import CANARIES, CanaryThresholds, run_canaries
 from hardening_pipeline.canaries.runner import load_canary_sql
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.seed import seed_demo_data
 
 LIMIT_SECONDS = 1.0

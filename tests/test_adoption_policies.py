@@ -26,7 +26,7 @@ from hardening_pipeline.db.tenant_resolver import (
     sync_tenant_policies,
 )
 from hardening_pipeline.errors import CheckFailed, ConfigError
-from hardening_pipeline.hardening.status_check import CheckLine, run_checks, run_status_check
+from hardening_pipeline.hardening.status import CheckLine, run_checks, run_status_check
 from tests.support.db import FK_REFUSED, acting_as, admin_connect
 
 APP_SCHEMA = """

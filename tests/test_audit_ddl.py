@@ -16,7 +16,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS, read_ddl_recording
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
-from hardening_pipeline.hardening.status_check import run_checks
+from hardening_pipeline.hardening.status import run_checks
 from tests.support import independent_seal_verifier as independent
 from tests.support.db import acting_as, admin_connect, ensure_nologin_role, insert_tenant
 

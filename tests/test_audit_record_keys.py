@@ -12,7 +12,7 @@ import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations, discover_migrations
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.db import acting_as, insert_tenant
 from tests.support.supabase_app import ALICE, TENANT_A
 from tests.support.supabase_db import apply_blocker_fixes

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS
 from hardening_pipeline.db.shipped_functions import changed_functions, shipped_functions
-from hardening_pipeline.hardening.status_check import run_checks
+from hardening_pipeline.hardening.status import run_checks
 from tests.support.db import admin_connect
 
 

@@ -24,7 +24,7 @@ from hardening_pipeline.hardening.seals import (
     seal_audit_log,
     verify_audit_seals,
 )
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, insert_tenant, write_tenants
 

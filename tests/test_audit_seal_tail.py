@@ -29,7 +29,7 @@ from hardening_pipeline.hardening.seals import (
 )
 from hardening_pipeline.hardening.seals.anchor import anchor_file_name, read_anchor
 from hardening_pipeline.hardening.seals.horizon import ENV_MAX_SEAL_LAG
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support import independent_seal_verifier as independent
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, write_tenants

@@ -44,7 +44,7 @@ from hardening_pipeline.hardening.seals import (
 )
 from hardening_pipeline.hardening.seals import checks as seals_module
 from hardening_pipeline.hardening.seals.format import Accumulator
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect, insert_tenant, write_tenants
 

@@ -16,7 +16,7 @@ from hardening_pipeline.defs.failures import runbook_metadata
 from hardening_pipeline.defs.resources import AppDatabaseResource, SlackAlertsResource
 from hardening_pipeline.defs.status import hardening_status_report
 from hardening_pipeline.hardening.report import checklist_markdown
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.db import admin_connect
 
 CODE_SPAN = re.compile(r"`[^`]*`")

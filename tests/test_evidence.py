@@ -111,7 +111,7 @@ def test_readme_main_command_on_the_embedded_database_with_s3(tmp_path, s3_serve
         "sql/migrations/002_audit_events.sql",
         "hardening_pipeline/db/tenant_scoped_client.py",
         "hardening_pipeline/restore/drill.py",
-        "hardening_pipeline/hardening/status_check.py",
+        "hardening_pipeline/hardening/status/model.py",
         ".github/workflows/nightly-backup.yml",
         "docs/runbook.md",
     ):

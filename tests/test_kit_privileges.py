@@ -12,10 +12,8 @@ import pytest
 from psycopg import errors, sql
 
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.hardening.status_check import (
-    KIT_FUNCTIONS_FOR_API_ROLES,
-    run_status_check,
-)
+from hardening_pipeline.hardening.status import run_status_check
+from hardening_pipeline.hardening.status.kit_objects import KIT_FUNCTIONS_FOR_API_ROLES
 from tests.support.db import acting_as
 
 GRANTEES = ["PUBLIC", "anon", "authenticated", "service_role"]

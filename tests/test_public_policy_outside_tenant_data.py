@@ -15,7 +15,7 @@ import psycopg
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.hardening.status_check import run_checks, run_status_check
+from hardening_pipeline.hardening.status import run_checks, run_status_check
 from tests.support.cli import run_hardening
 from tests.support.supabase_db import apply_blocker_fixes
 

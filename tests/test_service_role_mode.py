@@ -24,7 +24,7 @@ from hardening_pipeline.db.service_role_mode import (
     read_mode,
     unattributed_sources,
 )
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import acting_as, admin_connect, insert_tenant, set_service_role_mode

@@ -9,7 +9,7 @@ import re
 import pytest
 from psycopg import errors
 
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import acting_as, insert_tenant
 

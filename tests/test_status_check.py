@@ -17,13 +17,13 @@ from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR
 from hardening_pipeline.hardening.alerts import alert_status
 from hardening_pipeline.hardening.report import write_report
-from hardening_pipeline.hardening.status_check import (
+from hardening_pipeline.hardening.status import (
     CHECKS,
     CheckContext,
-    per_row_calls,
     run_checks,
     run_status_check,
 )
+from hardening_pipeline.hardening.status.rls import per_row_calls
 from tests.support.db import admin_connect
 
 ALL_LINES = [name for name, _, _ in CHECKS]

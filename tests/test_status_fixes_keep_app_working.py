@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.behaviour import Capture, capture, diff
 from tests.support.supabase_app import APP_TABLES, CONTEXTS, PROBE_ROWS, QUERIES, TENANT_A
 from tests.support.supabase_db import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 
 from hardening_pipeline.db.connection import connect
-from hardening_pipeline.hardening.status_check import run_checks
+from hardening_pipeline.hardening.status import run_checks
 from tests.support.db import admin_connect
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.db.tenant_resolver import set_membership_resolver
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.support.supabase_app import ALICE, TENANT_A, TENANT_B
 from tests.support.supabase_db import (
     apply_blocker_fixes,

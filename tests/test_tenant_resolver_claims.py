@@ -8,7 +8,7 @@ import pytest
 
 from hardening_pipeline.db.tenant_resolver import read_resolver, set_claim_resolver
 from hardening_pipeline.errors import ConfigError
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from tests.test_cli import run_cli
 
 LINE = "tenant_resolver_not_user_writable"

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from hardening_pipeline.hardening.status_check import run_checks
+from hardening_pipeline.hardening.status import run_checks
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.supabase_app import ALICE, BOB, TENANT_A, TENANT_B
 from tests.support.supabase_db import (

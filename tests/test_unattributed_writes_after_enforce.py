@@ -16,7 +16,7 @@ import pytest
 
 from hardening_pipeline.canaries.runner import CANARIES, run_canaries
 from hardening_pipeline.db.service_role_mode import change_mode
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.jobs.canaries import canary_job
 from tests.support.db import admin_connect, insert_tenant, set_service_role_mode
 from tests.test_cli import run_cli

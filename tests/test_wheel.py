@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hardening_pipeline.restore.drill_checks import DRILL_CHECKS
-from hardening_pipeline.sql_files import CANARIES_DIR, MIGRATIONS_DIR
+from hardening_pipeline.sql_files import CANARIES_DIR, MIGRATIONS_DIR, STATUS_QUERIES_DIR
 from tests.support.checkout import ROOT, clean_environment
 from tests.support.dockerfile import stages
 
@@ -65,8 +65,9 @@ def test_wheel_carries_the_sql_and_no_tests(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     migrations = {f"hardening_pipeline/sql/migrations/{p.name}" for p in MIGRATIONS_DIR.iterdir()}
     canaries = {f"hardening_pipeline/sql/canaries/{p.name}" for p in CANARIES_DIR.iterdir()}
-    assert migrations and canaries
-    assert migrations | canaries <= names
+    status = {f"hardening_pipeline/sql/status/{p.name}" for p in STATUS_QUERIES_DIR.iterdir()}
+    assert migrations and canaries and status
+    assert migrations | canaries | status <= names
     assert "hardening_pipeline/restore/drill_checks.py" in names
     assert not [n for n in names if n.startswith(("tests/", "sql/"))]
     assert not [n for n in names if "__pycache__" in n]
@@ -120,9 +121,11 @@ def test_the_fresh_venv_imports_the_installed_package_not_the_checkout(installed
     bin_dir, work = installed
     probe = (
         "import json, sys, hardening_pipeline\n"
-        "from hardening_pipeline.sql_files import MIGRATIONS_DIR, CANARIES_DIR\n"
+        "from hardening_pipeline.sql_files import MIGRATIONS_DIR, CANARIES_DIR,"
+        " STATUS_QUERIES_DIR\n"
         "print(json.dumps({'file': hardening_pipeline.__file__,"
         " 'migrations': str(MIGRATIONS_DIR), 'canaries': str(CANARIES_DIR),"
+        " 'status': str(STATUS_QUERIES_DIR),"
         " 'finders': [type(f).__name__ + getattr(f, '__name__', '') for f in sys.meta_path],"
         " 'modules': [m for m in sys.modules if 'editable' in m]}))"
     )
@@ -130,7 +133,7 @@ def test_the_fresh_venv_imports_the_installed_package_not_the_checkout(installed
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     venv = bin_dir.parent.resolve()
-    for key in ("file", "migrations", "canaries"):
+    for key in ("file", "migrations", "canaries", "status"):
         assert Path(seen[key]).resolve().is_relative_to(venv), (key, seen[key])
         assert not Path(seen[key]).resolve().is_relative_to(ROOT), (key, seen[key])
     assert not seen["modules"], "the checkout's editable finder is active"

@@ -77,7 +77,7 @@ from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_loc
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The hardening status checker and its report writer."""
 
 from hardening_pipeline.hardening.report import ReportFiles, checklist_markdown, write_report
-from hardening_pipeline.hardening.status_check import (
+from hardening_pipeline.hardening.status import (
     CHECKS,
     CheckLine,
     StatusReport,

@@ -12,7 +12,7 @@ from hardening_pipeline.alerts.state import (
     TrackedFinding,
     notify,
 )
-from hardening_pipeline.hardening.status_check import StatusReport
+from hardening_pipeline.hardening.status import StatusReport
 
 ALERT_KEY = "status_check"
 

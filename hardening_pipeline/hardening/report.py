@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hardening_pipeline.alerts.runbook import RUNBOOK_PATH, runbook_link
-from hardening_pipeline.hardening.status_check import StatusReport
+from hardening_pipeline.hardening.status import StatusReport
 from hardening_pipeline.reports import ReportFiles, green_or_red
 from hardening_pipeline.reports import write_report as write_timestamped_report
 

@@ -453,7 +453,7 @@ def _summary_lines(
         "hardening_pipeline/db/tenant_scoped_client.py",
         "hardening_pipeline/backup/nightly.py",
         "hardening_pipeline/restore/drill.py",
-        "hardening_pipeline/hardening/status_check.py",
+        "hardening_pipeline/hardening/status/model.py",
     ]
     # An installed wheel carries sql/ inside the package.
     files_present = all(r in tree or f"hardening_pipeline/{r}" in tree for r in required)

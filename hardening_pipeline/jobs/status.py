@@ -16,7 +16,7 @@ from hardening_pipeline.backup.locks import LockCheck, check_backup_locks
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.hardening.alerts import alert_status
 from hardening_pipeline.hardening.report import write_report
-from hardening_pipeline.hardening.status_check import CheckLine, StatusReport, run_status_check
+from hardening_pipeline.hardening.status import CheckLine, StatusReport, run_status_check
 from hardening_pipeline.reports import ReportFiles
 
 FRESHNESS_FIX = (

@@ -63,7 +63,7 @@ from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.seals.window import restore_high_water
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.archive import ArchiveError, TocEntry, open_archive
 from hardening_pipeline.restore.binding import (
     SourceIdentity,

@@ -1,0 +1,1 @@
+SELECT table_name, tenant_policy FROM hardening.managed_tables
