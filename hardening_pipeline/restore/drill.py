@@ -51,9 +51,9 @@ from hardening_pipeline.backup.manifest import (
     AppSchemaEntry,
     Manifest,
     SchemaRole,
-    unwrap_data_key,
 )
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.backup.tenant_keys import ObjectKeys
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
@@ -252,7 +252,7 @@ def restore_backup_into(
     """
     manifest = backup.manifest
     assert manifest is not None
-    data_key = unwrap_data_key(manifest, keyring)
+    keys = ObjectKeys(store, manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
     with (
         fetched_backup(store, manifest, backup.folder) as fetched,
@@ -268,7 +268,7 @@ def restore_backup_into(
             # Tenant objects first (they hold each tenant's parent rows), the shared one last.
             ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
             for entry in ordered:
-                reader = TableReader(fetched[entry.name], manifest, data_key)
+                reader = TableReader(fetched[entry.name], manifest, keys.for_object(entry))
                 load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
             keys.rebuild(conn)
             reset_sequences(conn, tables)
@@ -305,7 +305,7 @@ def _table_owners(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str,
 def _load_and_index(
     fetched: dict[str, FetchedObject],
     manifest: Manifest,
-    data_key: bytes,
+    keys: ObjectKeys,
     schema: SchemaRestore,
     rebuild: SchemaRebuild,
     workers: int,
@@ -347,7 +347,7 @@ def _load_and_index(
             return None
 
     def load(conns: OwnerConnections, item: Any) -> None:
-        for table, chunks in TableReader(fetched[item.name], manifest, data_key):
+        for table, chunks in TableReader(fetched[item.name], manifest, keys.for_object(item)):
             owner = owners.get(table.name)
             if owner is None:
                 raise DrillFailure(
@@ -419,10 +419,10 @@ def restore_app_backup_into(
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
-    data_key = unwrap_data_key(manifest, keyring)
+    keys = ObjectKeys(store, manifest, keyring)
     own_database(url)
     with fetched_backup(store, manifest, backup.folder) as fetched:
-        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
+        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, keys.shared)
         roles = [r.name for r in manifest.app_schema.roles]
         with open_archive(sections, manifest.app_schema.pg_dump_version, roles) as archive:
             logins = OwnerLogins(url, DRILL_DATABASE_OWNER)
@@ -435,7 +435,7 @@ def restore_app_backup_into(
                         f"object(s) failed, first: {rebuild.failed[0]}); restore into a server "
                         "with the extensions and version the app needs (--target-dsn)."
                     )
-                _load_and_index(fetched, manifest, data_key, schema, rebuild, workers)
+                _load_and_index(fetched, manifest, keys, schema, rebuild, workers)
                 with connect(url) as conn:
                     conn.execute("SET search_path = pg_catalog, pg_temp")
                     reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])

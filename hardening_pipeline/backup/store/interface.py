@@ -179,6 +179,15 @@ class BackupStore(ABC):
     def describe(self) -> str:
         """Where the store is, for humans (logs, reports); never contains a secret."""
 
+    def replace_unlocked(self, key: str, data: bytes) -> int:
+        """Make ``data`` the one and only stored version of ``key``, never locked.
+
+        For the few objects that must stay erasable (the tenant key ledger): the new content
+        goes in first, then every older version is removed, so no earlier copy survives in the
+        store's version history. A folder has no versions: an atomic replace is all of it.
+        """
+        return self.put(key, [data])
+
     # -- Object Lock: only buckets lock; a folder keeps these defaults --
 
     @property
