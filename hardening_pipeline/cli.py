@@ -746,6 +746,48 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
         raise _red(result)
 
 
+@main.command("erase-tenant")
+@click.argument("tenant_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option(
+    "--evidence-dir",
+    "evidence_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("evidence"),
+    show_default=True,
+    help="Folder the erasure certificate goes into (under erasures/).",
+)
+@pass_context
+@friendly_errors
+def erase_tenant_command(ctx: Context, tenant_id: str, yes: bool, evidence_root: Path) -> None:
+    """Destroy one tenant's backup key: its data in every retained backup becomes unreadable."""
+    from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure, write_certificate
+    from hardening_pipeline.jobs.wiring import seal_anchor_path
+
+    keyring, store = _keyring_and_store(ctx)
+    url = ctx.database_url
+    plan = plan_erasure(store, keyring, url, tenant_id)
+    if not yes:
+        console.print(plan.confirmation())
+        typed = click.prompt(
+            "Type the tenant id to confirm", default="", show_default=False, err=True
+        )
+        if typed.strip() != plan.tenant_id:
+            raise ConfigError(
+                f"the confirmation did not match tenant {plan.tenant_id}, so nothing was erased; "
+                "type the tenant id exactly, or pass --yes in scripts."
+            )
+    certificate = erase_tenant(
+        store, keyring, url, plan, seal_anchor=seal_anchor_path(ctx.settings, url)
+    )
+    path = write_certificate(certificate, evidence_root)
+    console.print(
+        f"[green]erased tenant {plan.tenant_id}:[/] key {plan.key_id} destroyed in both ledger "
+        f"copies; {len(plan.backups)} retained backup(s) hold its data unreadable; audit log "
+        f"{certificate.sealed}; certificate {path}"
+    )
+
+
 @main.command()
 @click.option("--verify-only", is_flag=True, help="Check the chain; seal nothing.")
 @click.option(

@@ -412,6 +412,49 @@ def compare_copies(
     return result
 
 
+def ledger_status(
+    conn: psycopg.Connection, store: BackupStore | None, keyring: Keyring | None
+) -> tuple[bool, str, str]:
+    """The status line: both copies agree, and every key a retained backup uses is accounted for.
+
+    A key named by a retained backup that neither copy holds nor records as erased was deleted
+    without an erasure: that tenant's data is lost from every backup unless the key comes back.
+    """
+    if store is None or keyring is None:
+        return True, "compared at every backup (this status run has no store to compare with)", ""
+    from hardening_pipeline.backup.catalog import list_backups
+
+    fix = (
+        f"run `{RECOVER_COMMAND}` (add --from <escrow export> if both copies lost the key) to "
+        "write the missing entries back to both copies; find out who deleted them."
+    )
+    comparison = compare_copies(store, conn, keyring)
+    if comparison.problems:
+        return False, "; ".join(comparison.problems), fix
+    ledger = comparison.agreed
+    known = ledger.key_ids() | {e.key_id for e in ledger.erased}
+    lost: dict[str, str] = {}
+    for backup in list_backups(store, keyring).valid:
+        for entry in backup.manifest.objects if backup.manifest else ():
+            if entry.tenant_key_id and entry.tenant_key_id not in known:
+                lost.setdefault(entry.tenant_key_id, f"{entry.tenant_id} ({backup.backup_id})")
+    if lost:
+        return (
+            False,
+            f"{len(lost)} tenant key(s) used by retained backups are in no ledger copy and were "
+            f"never erased: tenant(s) {', '.join(sorted(lost.values())[:5])}",
+            fix,
+        )
+    copies = [w for w, c in (("store", comparison.store), ("database", comparison.database)) if c]
+    return (
+        True,
+        f"version {ledger.version} in the {' and '.join(copies) or 'no'} cop"
+        f"{'ies' if len(copies) > 1 else 'y'}: {len(ledger.tenants)} tenant key(s), "
+        f"{len(ledger.erased)} erased",
+        "",
+    )
+
+
 # --- keys for a backup ------------------------------------------------------------------------
 
 
@@ -512,6 +555,13 @@ class ObjectKeys:
         self._ledger: Ledger | None = None
 
     @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def unwrap(self, entry: TenantKey) -> bytes:
+        return self._keyring.unwrap_tenant_key(entry.wrapped, entry.tenant_id)
+
+    @property
     def shared(self) -> bytes:
         if self._shared is None:
             self._shared = unwrap_data_key(self._manifest, self._keyring)
@@ -557,7 +607,7 @@ class ObjectKeys:
 def object_key(
     store: BackupStore, manifest: Manifest, keyring: Keyring, entry: ObjectEntry
 ) -> bytes:
-    """The key that opens one object of a backup (one-off readers; a restore uses ``ObjectKeys``)."""
+    """The key that opens one object of a backup (a restore keeps an ``ObjectKeys`` instead)."""
     return ObjectKeys(store, manifest, keyring).for_object(entry)
 
 

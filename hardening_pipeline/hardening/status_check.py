@@ -589,6 +589,17 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 
 
 @check(
+    "tenant_key_ledger",
+    "the tenant key ledger's copies (store, database) agree and hold every key a retained "
+    "backup uses, unless erase-tenant destroyed it",
+)
+def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    from hardening_pipeline.backup.tenant_keys import ledger_status
+
+    return ledger_status(conn, ctx.store, ctx.keyring)
+
+
+@check(
     "service_role_rule_enforced",
     "service-role rule in enforce mode: raw service_role writes without an actor are refused",
 )

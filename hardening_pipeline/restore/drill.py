@@ -25,6 +25,7 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -50,10 +51,12 @@ from hardening_pipeline.backup.export import (
 from hardening_pipeline.backup.manifest import (
     AppSchemaEntry,
     Manifest,
+    ObjectEntry,
     SchemaRole,
 )
+from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
-from hardening_pipeline.backup.tenant_keys import ObjectKeys
+from hardening_pipeline.backup.tenant_keys import ErasedKey, ObjectKeys
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
@@ -83,6 +86,7 @@ from hardening_pipeline.restore.reader import (
     FetchedObject,
     TableReader,
     fetched_backup,
+    file_chunks,
     read_schema_sections,
 )
 from hardening_pipeline.restore.schema import (
@@ -498,6 +502,50 @@ def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
     )
 
 
+def prove_unreadable(
+    store: BackupStore,
+    folder: str,
+    keys: ObjectKeys,
+    erased: Sequence[tuple[ObjectEntry, ErasedKey]],
+) -> Invariant:
+    """Each erased tenant's object is still there, intact, and no key the kit holds opens it.
+
+    The candidates are every key a restore could use: the backup's own data key (which the
+    master key unwraps) and every live tenant key of the ledger. Each must be refused by the
+    object's header before a byte is decrypted; the ledger must record the key as destroyed.
+    """
+    ledger = keys.ledger()
+    candidates = [keys.shared, *(keys.unwrap(k) for k in ledger.tenants.values())]
+    problems, proven = [], []
+    with fetched_backup(store, keys.manifest, folder, only={o.name for o, _ in erased}) as got:
+        for entry, record in erased:
+            opened = 0
+            for key in candidates:
+                try:
+                    for _ in ObjectDecoder(
+                        file_chunks(got[entry.name].path),
+                        key,
+                        backup_id=keys.manifest.backup_id,
+                        object_name=entry.name,
+                    ):
+                        break
+                    opened += 1
+                except BackupIntegrityError:
+                    pass
+            if opened or entry.tenant_key_id in ledger.key_ids():
+                problems.append(f"tenant {entry.tenant_id}'s object still opens")
+            else:
+                proven.append(
+                    f"tenant {record.tenant_id} (key {record.key_id} destroyed "
+                    f"{record.erased_at:%Y-%m-%d %H:%M}Z): {len(candidates)} keys refused"
+                )
+    return Invariant(
+        "erased tenants' objects cannot be decrypted",
+        not problems,
+        "; ".join(problems or proven),
+    )
+
+
 def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     """Re-export the restored database and compare every table's count and digest."""
     mismatches: list[str] = []
@@ -704,6 +752,17 @@ def run_restore_drill(
                 raise DrillFailure(
                     foreign_backup_sentence(manifest.backup_id, manifest.database, source)
                 )
+            # Tenants erased since this backup was taken: restore every other tenant, and
+            # prove instead that nothing opens the erased tenants' objects.
+            keys = ObjectKeys(store, manifest, keyring)
+            erased = [(o, e) for o in manifest.objects if (e := keys.erased(o)) is not None]
+            if erased:
+                result.invariants.append(prove_unreadable(store, backup.folder, keys, erased))
+                gone = {o.name for o, _ in erased}
+                manifest = dataclasses.replace(
+                    manifest, objects=tuple(o for o in manifest.objects if o.name not in gone)
+                )
+                backup = dataclasses.replace(backup, manifest=manifest)
         with stages.stage("schema"):
             check_schema_known(manifest)
         extensions = [e.name for e in manifest.app_schema.extensions] if manifest.app_schema else []
