@@ -746,6 +746,53 @@ def evidence(ctx: Context, dry_run: bool, out_root: Path) -> None:
         raise _red(result)
 
 
+@main.group("tenant-keys")
+def tenant_keys_group() -> None:
+    """The tenant key ledger: escrow export and recovery."""
+
+
+@tenant_keys_group.command("export")
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@pass_context
+@friendly_errors
+def tenant_keys_export(ctx: Context, target: Path) -> None:
+    """Write the key ledger (keys wrapped by the master key) to TARGET for escrow."""
+    from hardening_pipeline.backup.tenant_keys import export_ledger
+
+    keyring, store = _keyring_and_store(ctx)
+    data = export_ledger(store, ctx.database_url, keyring)
+    target.write_bytes(data)
+    target.chmod(0o600)
+    console.print(f"key ledger written to {target} ({len(data)} bytes; keep it with the escrow)")
+
+
+@tenant_keys_group.command("recover")
+@click.option(
+    "--from",
+    "escrow",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An escrow export to merge in (needed when both copies lost a key).",
+)
+@pass_context
+@friendly_errors
+def tenant_keys_recover(ctx: Context, escrow: Path | None) -> None:
+    """Rebuild both ledger copies from every readable copy, the escrow export and the master key."""
+    from hardening_pipeline.backup.tenant_keys import recover_ledger
+
+    keyring, store = _keyring_and_store(ctx)
+    result = recover_ledger(
+        store, ctx.database_url, keyring, escrow=escrow.read_bytes() if escrow else None
+    )
+    for sentence in result.refused:
+        err_console.print(f"[yellow]warning:[/] {sentence}")
+    console.print(
+        f"key ledger version {result.ledger.version} written to the store and the database from "
+        f"{' and '.join(result.sources)}: {len(result.ledger.tenants)} tenant key(s), "
+        f"{len(result.ledger.erased)} erased"
+    )
+
+
 @main.command("erase-tenant")
 @click.argument("tenant_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")

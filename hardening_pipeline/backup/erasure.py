@@ -31,6 +31,7 @@ from hardening_pipeline.backup.tenant_keys import (
     compare_copies,
     read_db_ledger,
     read_store_ledger,
+    rewrite_db_copy,
     write_both_copies,
 )
 from hardening_pipeline.db.connection import connect
@@ -182,11 +183,14 @@ def erase_tenant(
             audit_id = _record(conn, plan, erased_at)
             write_both_copies(store, conn, new, keyring)
             database_copy = (
-                "hardening.tenant_key_ledger (old row version vacuumed)"
+                "hardening.tenant_key_ledger (table rewritten by VACUUM FULL)"
                 if comparison.database_available
                 else "none (migration 021 not applied)"
             )
         lock_conn.rollback()
+    if comparison.database_available:
+        with connect(url) as conn:
+            rewrite_db_copy(conn)
     sealed = _seal(url, store, keyring, audit_id, seal_anchor)
     certificate = ErasureCertificate(
         tenant_id=plan.tenant_id,

@@ -294,8 +294,8 @@ def write_both_copies(
     """Write ``ledger`` to the store (older versions removed) and to the database table.
 
     The store first: a crash between the two leaves the store ahead, which the next backup's
-    comparison adopts. The database's older row version is vacuumed away at once, so a
-    destroyed key does not linger in the table's dead tuples.
+    comparison adopts. The table is rewritten at once, so a destroyed key does not linger in
+    its dead row versions (the server's WAL still holds it until recycled: see the README).
     """
     signed = sign_ledger(ledger, keyring)
     store.replace_unlocked(LEDGER_KEY, signed)
@@ -307,9 +307,19 @@ def write_both_copies(
             (ledger.version, signed.decode("ascii")),
         )
         conn.commit()
-        with _autocommit(conn):
-            conn.execute("VACUUM hardening.tenant_key_ledger")
+        rewrite_db_copy(conn)
     return signed
+
+
+def rewrite_db_copy(conn: psycopg.Connection) -> None:
+    """Rewrite the ledger table so no old row version (a destroyed key among them) survives.
+
+    A plain VACUUM only marks the old version free, its bytes stay in the page until reused;
+    FULL copies the live row into a new file. A transaction that is older than the write keeps
+    the old version alive, so erasure calls this again once its own lock is released.
+    """
+    with _autocommit(conn):
+        conn.execute("VACUUM FULL hardening.tenant_key_ledger")
 
 
 class _autocommit:
@@ -453,6 +463,79 @@ def ledger_status(
         f"{len(ledger.erased)} erased",
         "",
     )
+
+
+def _readable_copies(
+    store: BackupStore, conn: psycopg.Connection, keyring: Keyring
+) -> tuple[list[Ledger], list[str]]:
+    """Every ledger copy that verifies, and a sentence for each that does not."""
+    copies, refused = [], []
+    for where, read in (
+        ("store", lambda: read_store_ledger(store, keyring)),
+        ("database", lambda: read_db_ledger(conn, keyring)),
+    ):
+        try:
+            found = read()
+        except LedgerError as exc:
+            refused.append(f"the {where}'s copy was left out ({exc})")
+            continue
+        if found:
+            copies.append(found[0])
+    return copies, refused
+
+
+def export_ledger(store: BackupStore, url: str, keyring: Keyring) -> bytes:
+    """The escrow export: both copies merged and signed, every key still wrapped."""
+    from hardening_pipeline.db.connection import connect
+
+    with connect(url) as conn:
+        copies, refused = _readable_copies(store, conn, keyring)
+    if not copies:
+        raise LedgerError(
+            "no copy of the tenant key ledger could be read ("
+            + ("; ".join(refused) or "there is none yet: run a backup first")
+            + ")."
+        )
+    merged = merge_ledgers(copies)
+    for entry in merged.tenants.values():
+        require_key(keyring, entry)
+    return sign_ledger(merged, keyring)
+
+
+@dataclass
+class Recovery:
+    ledger: Ledger
+    sources: list[str]
+    refused: list[str]
+
+
+def recover_ledger(
+    store: BackupStore, url: str, keyring: Keyring, *, escrow: bytes | None = None
+) -> Recovery:
+    """Write the union of every readable copy (and an escrow export) back to both copies.
+
+    Every key is unwrapped with the master key first, so nothing that would not open a backup
+    is written; an erasure recorded anywhere stays an erasure.
+    """
+    from hardening_pipeline.db.connection import connect
+
+    with connect(url) as conn:
+        copies, refused = _readable_copies(store, conn, keyring)
+        sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
+        if escrow is not None:
+            copies.append(load_ledger(escrow, keyring))
+            sources.append("the escrow export")
+        if not copies:
+            raise LedgerError(
+                "there is no readable copy of the tenant key ledger and no escrow export; pass "
+                "--from <escrow export> (written by `hardening tenant-keys export`)."
+            )
+        merged = merge_ledgers(copies)
+        for entry in merged.tenants.values():
+            require_key(keyring, entry)
+        ledger = replace(merged, version=merged.version + 1, written_at=datetime.now(UTC))
+        write_both_copies(store, conn, ledger, keyring)
+    return Recovery(ledger, sources, refused)
 
 
 # --- keys for a backup ------------------------------------------------------------------------
