@@ -43,6 +43,7 @@ from hardening_pipeline.backup.tenant_keys import (
     recover_ledger,
     sign_ledger,
 )
+from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
@@ -189,7 +190,7 @@ def downgrade_to_one_shared_key(store: FileStore, manifest: Manifest, keyring: K
 
 
 def test_old_backups_with_one_shared_key_still_restore(
-    seeded: str, keyring: Keyring, restore_target_url: str, tmp_path: Path
+    seeded: str, keyring: Keyring, empty_db_url: str, tmp_path: Path
 ) -> None:
     """A backup whose tenant objects carry no tenant_key_id is read with its shared key, by the
     tenant restore and the drill, with no key ledger anywhere."""
@@ -201,7 +202,8 @@ def test_old_backups_with_one_shared_key_still_restore(
         conn.execute("DELETE FROM hardening.tenant_key_ledger")
         conn.commit()
     tenant = tenants_of(seeded)[0]
-    restored = restore_tenant(store, keyring, tenant_id=tenant, target_url=restore_target_url)
+    apply_migrations(empty_db_url)
+    restored = restore_tenant(store, keyring, tenant_id=tenant, target_url=empty_db_url)
     assert restored.backup_id == result.backup_id and restored.inserted > 0
     drill = run_restore_drill(store, keyring, run_tests=False)
     assert drill.rows_restored == result.rows
@@ -287,13 +289,14 @@ def test_after_erasure_the_drill_restores_the_others_and_proves_the_erased_unrea
 
 
 def test_restore_of_an_erased_tenant_refuses_with_a_sentence(
-    seeded: str, store: S3Store, keyring: Keyring, restore_target_url: str
+    seeded: str, store: S3Store, keyring: Keyring, empty_db_url: str
 ) -> None:
     run_backup(seeded, store, keyring)
     victim, other = tenants_of(seeded)[:2]
+    apply_migrations(empty_db_url)
     erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
     with pytest.raises(TenantErasedError, match=f"tenant {victim} was erased at .* no longer"):
-        restore_tenant(store, keyring, tenant_id=victim, target_url=restore_target_url)
+        restore_tenant(store, keyring, tenant_id=victim, target_url=empty_db_url)
     # Once the tenant is gone from the database, newer backups do not hold it at all: the
     # refusal still says it was erased rather than suggesting another backup.
     with admin_connect(seeded) as conn:
@@ -305,8 +308,8 @@ def test_restore_of_an_erased_tenant_refuses_with_a_sentence(
     newer = run_backup(seeded, store, keyring)
     assert victim not in {o.tenant_id for o in newer.manifest.objects}
     with pytest.raises(TenantErasedError, match="was erased"):
-        restore_tenant(store, keyring, tenant_id=victim, target_url=restore_target_url)
-    assert restore_tenant(store, keyring, tenant_id=other, target_url=restore_target_url).inserted
+        restore_tenant(store, keyring, tenant_id=victim, target_url=empty_db_url)
+    assert restore_tenant(store, keyring, tenant_id=other, target_url=empty_db_url).inserted
 
 
 def test_a_backup_refuses_an_erased_tenant_that_still_has_rows(
