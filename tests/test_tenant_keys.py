@@ -45,6 +45,7 @@ from hardening_pipeline.backup.tenant_keys import (
 )
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
+from hardening_pipeline.hardening.status_check import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
 from hardening_pipeline.seed import seed_demo_data
@@ -381,15 +382,15 @@ def test_a_deleted_entry_that_was_not_an_erasure_is_red_and_recovery_brings_it_b
         ledger.erased,
     )
     store.replace_unlocked(LEDGER_KEY, sign_ledger(pruned, keyring))
-    with admin_connect(seeded) as conn:
-        passed, detail, fix = ledger_status(conn, store, keyring)
-    assert not passed and victim in detail and "tenant-keys recover" in fix
+    report = run_status_check(seeded, store=store, keyring=keyring)
+    [line] = [x for x in report.lines if x.name == "tenant_key_ledger"]
+    assert not line.passed and victim in line.detail and "tenant-keys recover" in line.fix
     with pytest.raises(LedgerError, match="without an erasure record"):
         run_backup(seeded, store, keyring)
     recovery = recover_ledger(store, seeded, keyring)
     assert victim in recovery.ledger.tenants
-    with admin_connect(seeded) as conn:
-        assert ledger_status(conn, store, keyring)[0]
+    report = run_status_check(seeded, store=store, keyring=keyring)
+    assert [x.passed for x in report.lines if x.name == "tenant_key_ledger"] == [True]
     run_backup(seeded, store, keyring)
 
 
