@@ -9,6 +9,8 @@ peak memory should stay flat while the database grows. Run:
     python bench/bench_backup.py              # throwaway Postgres, seeds 1,000,000 messages
     python bench/bench_backup.py --pg-major 17 --no-double   # on PostgreSQL 17, 1M messages only
     python bench/bench_backup.py --url URL    # an existing, migrated and seeded database
+    python bench/bench_backup.py --baseline main --rounds 5 --no-double
+                                              # this checkout's backup against main's, alternating
 
 ``--tenants`` x 10 units x ``--messages-per-unit`` is the size (default 100 x 10 x 1000).
 
@@ -47,6 +49,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 from common import add_pg_major_argument, bench_postgres, client_bin_dir, describe_server
 
@@ -107,6 +110,42 @@ def measure(url: str, workdir: Path, tag: str) -> list[Measurement]:
     ]
 
 
+def export_ref(ref: str, target: Path) -> Path:
+    """The tree of git ``ref`` (code only) in ``target``, to run its backup beside this one."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", ref], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def side_by_side(url: str, workdir: Path, baseline: Path, ref: str, rounds: int) -> None:
+    """Both backups on the same database, alternating, ``rounds`` times each; medians compared.
+
+    Alternating spreads the VM's noise over both sides instead of charging one of them with it.
+    """
+    times: dict[str, list[float]] = {ref: [], "this checkout": []}
+    for n in range(rounds):
+        for label, code in ((ref, baseline), ("this checkout", REPO)):
+            env = dict(os.environ)
+            env.update(
+                PYTHONPATH=str(code),
+                HARDENING_DATABASE_URL=url,
+                BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+                BACKUP_STORE_URL=(workdir / f"side-{n}-{label.replace(' ', '-')}").as_uri(),
+                HARDENING_STATE_DIR=str(workdir / "state"),
+            )
+            cli = [sys.executable, "-m", "hardening_pipeline.cli", "backup"]
+            out = workdir / f"side-{n}-{label.replace(' ', '-')}"
+            times[label].append(run_child(label, cli, env, out).seconds)
+    print(f"\nside by side, {rounds} alternating rounds (wall s):")
+    for label, values in times.items():
+        print(f"  {label:14} {' '.join(f'{v:6.2f}' for v in values)}   median {median(values):.2f}")
+    ratio = median(times["this checkout"]) / median(times[ref])
+    print(f"  this checkout / {ref}: {ratio:.3f}x")
+
+
 def count_messages(url: str) -> int:
     import psycopg
 
@@ -157,6 +196,10 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--messages-per-unit", type=int, default=1000)
     parser.add_argument("--no-double", action="store_true", help="skip the doubled-data pass")
+    parser.add_argument(
+        "--baseline", help="git ref whose backup is timed beside this checkout's (e.g. main)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds for --baseline")
     add_pg_major_argument(parser)
     args = parser.parse_args()
 
@@ -169,6 +212,9 @@ def main() -> None:
             apply_migrations(url)
             seed(url, args.tenants, args.messages_per_unit)
         first_count = count_messages(url)
+        if args.baseline:
+            baseline = export_ref(args.baseline, workdir / "baseline")
+            side_by_side(url, workdir, baseline, args.baseline, args.rounds)
         first = measure(url, workdir, "1x")
         print_table(f"{first_count:,} messages", first)
         if throwaway and not args.no_double:

@@ -256,7 +256,7 @@ def restore_backup_into(
     """
     manifest = backup.manifest
     assert manifest is not None
-    keys = ObjectKeys(store, manifest, keyring)
+    object_keys = ObjectKeys(store, manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
     with (
         fetched_backup(store, manifest, backup.folder) as fetched,
@@ -272,7 +272,7 @@ def restore_backup_into(
             # Tenant objects first (they hold each tenant's parent rows), the shared one last.
             ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
             for entry in ordered:
-                reader = TableReader(fetched[entry.name], manifest, keys.for_object(entry))
+                reader = TableReader(fetched[entry.name], manifest, object_keys.for_object(entry))
                 load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
             keys.rebuild(conn)
             reset_sequences(conn, tables)
