@@ -58,6 +58,9 @@ from hardening_pipeline.seed import seed_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
+# One master key for every run: the tenant key ledger a run leaves in the database is signed
+# with it, and a later run under another key would rightly refuse to read it.
+MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
 
 
 @dataclass
@@ -92,7 +95,7 @@ def measure(url: str, workdir: Path, tag: str) -> list[Measurement]:
     env = dict(os.environ)
     env.update(
         HARDENING_DATABASE_URL=url,
-        BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+        BACKUP_ENCRYPTION_KEY=MASTER_KEY,
         BACKUP_STORE_URL=(workdir / f"store-{tag}").as_uri(),
         HARDENING_STATE_DIR=str(workdir / "state"),
     )
@@ -132,7 +135,7 @@ def side_by_side(url: str, workdir: Path, baseline: Path, ref: str, rounds: int)
             env.update(
                 PYTHONPATH=str(code),
                 HARDENING_DATABASE_URL=url,
-                BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+                BACKUP_ENCRYPTION_KEY=MASTER_KEY,
                 BACKUP_STORE_URL=(workdir / f"side-{n}-{label.replace(' ', '-')}").as_uri(),
                 HARDENING_STATE_DIR=str(workdir / "state"),
             )

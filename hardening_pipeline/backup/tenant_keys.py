@@ -33,6 +33,7 @@ from hardening_pipeline.backup.crypto import (
     WRAPPED_KEY_BYTES,
     BackupIntegrityError,
     Keyring,
+    UnknownKeyError,
     WrappedDataKey,
     data_key_id,
     generate_data_key,
@@ -45,6 +46,7 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.settings import ENV_ENCRYPTION_KEYS_PREVIOUS
 
 LEDGER_FORMAT = "hardening-pipeline-tenant-key-ledger"
 LEDGER_VERSION = 1
@@ -187,7 +189,15 @@ def load_ledger(raw: bytes, keyring: Keyring) -> Ledger:
     if not isinstance(key_id, str) or not _HEX16.fullmatch(key_id):
         raise LedgerError("the key ledger has no valid key_id.")
     body = canonical_json(document)
-    if not hmac.compare_digest(keyring.manifest_mac(key_id, body), bytes.fromhex(mac_hex)):
+    try:
+        expected = keyring.manifest_mac(key_id, body)
+    except UnknownKeyError:
+        raise UnknownKeyError(
+            f"the tenant key ledger was signed with master key id {key_id}, which is none of the "
+            f"configured keys ({', '.join(keyring.key_ids)}); add that key to "
+            f"{ENV_ENCRYPTION_KEYS_PREVIOUS}: the tenant keys of every backup are wrapped by it."
+        ) from None
+    if not hmac.compare_digest(expected, bytes.fromhex(mac_hex)):
         raise LedgerError(
             f"the key ledger failed authentication under master key id {key_id}; it was "
             "altered or written with another key."
