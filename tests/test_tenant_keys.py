@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from hardening_pipeline.backup.catalog import list_backups
-from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring, data_key_id
+from hardening_pipeline.backup.crypto import (
+    BackupIntegrityError,
+    Keyring,
+    UnknownKeyError,
+    data_key_id,
+)
 from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure
 from hardening_pipeline.backup.locks import write_lock
 from hardening_pipeline.backup.manifest import (
@@ -473,3 +478,46 @@ def test_erase_tenant_command_confirms_records_and_certifies(
     proc = run_hardening("restore", "--tenant", victim, "--into", seeded, url=seeded, env=file_env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "was erased" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_copy_one_write_behind_is_caught_up_not_refused(
+    seeded: str, store: S3Store, keyring: Keyring
+) -> None:
+    """A crash between the store's write and the database's leaves the database a version
+    behind, without the newest tenant's key: the next backup adopts the newer copy."""
+    run_backup(seeded, store, keyring)
+    with admin_connect(seeded) as conn:
+        behind = conn.execute("SELECT document FROM hardening.tenant_key_ledger").fetchone()
+    seed_demo_data(seeded, tenants=1, messages_per_unit=1, random_seed=5)
+    run_backup(seeded, store, keyring)
+    with admin_connect(seeded) as conn:
+        conn.execute(
+            "UPDATE hardening.tenant_key_ledger SET document = %s, version = 1",
+            (behind["document"],),
+        )
+        conn.commit()
+    run_backup(seeded, store, keyring)
+    found = read_store_ledger(store, keyring)
+    with admin_connect(seeded) as conn:
+        in_db = read_db_ledger(conn, keyring)
+    assert found is not None and in_db is not None and found[1] == in_db[1]
+    assert set(in_db[0].tenants) == set(tenants_of(seeded)) and len(in_db[0].tenants) == 4
+
+
+def test_a_new_master_key_needs_the_old_one_and_rotation_rewraps_every_tenant_key(
+    seeded: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "store")
+    first = run_backup(seeded, store, keyring)
+    stranger = Keyring(bytes(range(32)))
+    with pytest.raises(UnknownKeyError, match="tenant key ledger was signed with master key id"):
+        run_backup(seeded, store, stranger)
+    rotated = Keyring(bytes(range(1, 33)), [KEY])
+    run_backup(seeded, store, rotated)
+    found = read_store_ledger(store, rotated)
+    assert found is not None
+    assert {k.master_key_id for k in found[0].tenants.values()} == {rotated.current_key_id}
+    # The older backup's tenant objects still open: the tenant keys themselves never changed.
+    keys = ObjectKeys(store, first.manifest, rotated)
+    entry = next(o for o in first.manifest.objects if o.tenant_id is not None)
+    assert opens(store, first.manifest, entry, keys.for_object(entry))

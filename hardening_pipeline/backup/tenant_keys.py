@@ -410,20 +410,27 @@ def compare_copies(
             problems.append(f"the database's copy cannot be trusted: {exc}")
     result = LedgerComparison(in_store, in_db, available, problems)
     if in_store and in_db and raw_store != raw_db:
-        for older, newer, where in ((in_store, in_db, "database"), (in_db, in_store, "store")):
+        if in_store.version == in_db.version:
+            problems.append(f"both copies claim version {in_store.version} but differ")
+        else:
+            # A crash between the two writes leaves one copy a version behind; that is not a
+            # loss unless the newer copy dropped a key the older one holds without erasing it.
+            older, newer, where = (
+                (in_store, in_db, "database")
+                if in_store.version < in_db.version
+                else (in_db, in_store, "store")
+            )
             lost = unexplained_losses(older, newer)
             if lost:
                 problems.append(
                     f"the {where}'s copy (version {newer.version}) lacks the key of tenant(s) "
                     f"{', '.join(lost)} without an erasure record"
                 )
-        if in_store.version == in_db.version and not problems:
-            problems.append(f"both copies claim version {in_store.version} but differ")
-        elif not problems:
-            result.notes.append(
-                f"the copies were at versions {in_store.version} (store) and {in_db.version} "
-                "(database); the newer one was adopted"
-            )
+            else:
+                result.notes.append(
+                    f"the copies were at versions {in_store.version} (store) and "
+                    f"{in_db.version} (database); the newer one was adopted"
+                )
     elif available and bool(in_store) != bool(in_db):
         result.notes.append(
             "only the " + ("store" if in_store else "database") + " held a copy; the other "
