@@ -780,7 +780,7 @@ def tenant_keys_recover(ctx: Context, escrow: Path | None) -> None:
     """Rebuild both ledger copies from every readable copy, the escrow export and the master key."""
     from hardening_pipeline.backup.tenant_keys import recover_ledger
 
-    keyring, store = _keyring_and_store(ctx)
+    keyring, store = _keyring_and_store(ctx, pruning=True)
     result = recover_ledger(
         store, ctx.database_url, keyring, escrow=escrow.read_bytes() if escrow else None
     )
@@ -811,7 +811,8 @@ def erase_tenant_command(ctx: Context, tenant_id: str, yes: bool, evidence_root:
     from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure, write_certificate
     from hardening_pipeline.jobs.wiring import seal_anchor_path
 
-    keyring, store = _keyring_and_store(ctx)
+    # The pruning key: older versions of the ledger must be deleted for the key to be gone.
+    keyring, store = _keyring_and_store(ctx, pruning=True)
     url = ctx.database_url
     plan = plan_erasure(store, keyring, url, tenant_id)
     if not yes:

@@ -23,7 +23,7 @@ from hardening_pipeline.backup.crypto import (
     UnknownKeyError,
     data_key_id,
 )
-from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure
+from hardening_pipeline.backup.erasure import ErasureFailed, erase_tenant, plan_erasure
 from hardening_pipeline.backup.locks import write_lock
 from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
@@ -43,6 +43,7 @@ from hardening_pipeline.backup.tenant_keys import (
     ObjectKeys,
     TenantErasedError,
     ledger_status,
+    object_key,
     read_db_ledger,
     read_store_ledger,
     recover_ledger,
@@ -521,3 +522,28 @@ def test_a_new_master_key_needs_the_old_one_and_rotation_rewraps_every_tenant_ke
     keys = ObjectKeys(store, first.manifest, rotated)
     entry = next(o for o in first.manifest.objects if o.tenant_id is not None)
     assert opens(store, first.manifest, entry, keys.for_object(entry))
+
+
+def test_erasure_with_a_store_key_that_cannot_delete_erases_nothing(
+    seeded: str, store: S3Store, keyring: Keyring, s3_faults
+) -> None:
+    """The nightly writer key has no deleteFiles: an erasure run with it must not leave the key
+    in the bucket's version history while claiming success. It stops, and nothing is erased."""
+    backup = run_backup(seeded, store, keyring)
+    victim = tenants_of(seeded)[0]
+    plan = plan_erasure(store, keyring, seeded, victim)
+    s3_faults.fail_next("DeleteObject", status=403, code="AccessDenied")
+    with pytest.raises(ErasureFailed, match="nothing was erased: .* pruning key"):
+        erase_tenant(store, keyring, seeded, plan)
+    entry = next(o for o in backup.manifest.objects if o.tenant_id == victim)
+    assert opens(store, backup.manifest, entry, object_key(store, backup.manifest, keyring, entry))
+    with admin_connect(seeded) as conn:
+        in_db = read_db_ledger(conn, keyring)
+        audit = conn.execute(
+            "SELECT count(*) AS n FROM audit_events "
+            "WHERE table_name = 'hardening.tenant_key_ledger'"
+        ).fetchone()["n"]
+    assert in_db is not None and victim in in_db[0].tenants and audit == 0
+    # With a key that may delete, the same erasure goes through.
+    certificate = erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
+    assert certificate.key_id == plan.key_id

@@ -10,6 +10,7 @@ destroyed and when.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,26 +22,32 @@ from psycopg.types.json import Jsonb
 
 from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     RECOVER_COMMAND,
     ErasedKey,
     Ledger,
+    LedgerComparison,
     LedgerError,
     compare_copies,
     read_db_ledger,
     read_store_ledger,
     rewrite_db_copy,
-    write_both_copies,
+    sign_ledger,
+    write_db_copy,
 )
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
-from hardening_pipeline.errors import ConfigError, HardeningError
+from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
 from hardening_pipeline.reports import report_stamp
 
 # How long erase-tenant waits for a running backup to finish before giving up.
 ERASE_LOCK_TIMEOUT_MS = 60_000
+
+
+class ErasureFailed(CheckFailed):
+    """The erasure could not be completed everywhere, and so was not done at all."""
 
 
 @dataclass(frozen=True)
@@ -179,9 +186,11 @@ def erase_tenant(
                 ErasedKey(plan.tenant_id, plan.key_id, erased_at, plan.backups),
             )
             new = Ledger(ledger.version + 1, erased_at, tenants, erased)
+            signed = sign_ledger(new, keyring)
+            _replace_store_copy(store, signed, comparison, plan)
             # The audit row and the database copy commit together: no erasure off the record.
             audit_id = _record(conn, plan, erased_at)
-            write_both_copies(store, conn, new, keyring)
+            write_db_copy(conn, new, signed)
             database_copy = (
                 "hardening.tenant_key_ledger (table rewritten by VACUUM FULL)"
                 if comparison.database_available
@@ -205,6 +214,30 @@ def erase_tenant(
     )
     certificate.verified = verify_erased(store, keyring, url, plan.key_id)
     return certificate
+
+
+def _replace_store_copy(
+    store: BackupStore, signed: bytes, comparison: LedgerComparison, plan: ErasurePlan
+) -> None:
+    """The store's new copy, every older version deleted; on failure the old copy is put back.
+
+    Deleting needs a key allowed to (on B2 the pruning key): when the store refuses, the key
+    would live on in the bucket's version history, so the erasure stops with nothing erased.
+    """
+    try:
+        store.replace_unlocked(LEDGER_KEY, signed, forget_older=True)
+    except StoreError as exc:
+        previous = comparison.store_bytes or comparison.database_bytes
+        if previous is not None:
+            # Current again: the copy written a moment ago records an erasure that did not
+            # happen, and stays only as an older version nobody reads.
+            with contextlib.suppress(StoreError):
+                store.replace_unlocked(LEDGER_KEY, previous)
+        raise ErasureFailed(
+            f"the store refused to delete the older versions of {LEDGER_KEY} ({exc}), so tenant "
+            f"{plan.tenant_id}'s key would live on there; nothing was erased: run erase-tenant "
+            "with a store key allowed to delete files (the pruning key, BACKUP_PRUNE_KEY_ID)."
+        ) from exc
 
 
 def verify_erased(store: BackupStore, keyring: Keyring, url: str, key_id: str) -> list[str]:

@@ -45,7 +45,7 @@ from hardening_pipeline.backup.manifest import (
     unwrap_data_key,
 )
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
-from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.settings import ENV_ENCRYPTION_KEYS_PREVIOUS
 
 LEDGER_FORMAT = "hardening-pipeline-tenant-key-ledger"
@@ -299,7 +299,12 @@ def read_db_ledger(conn: psycopg.Connection, keyring: Keyring) -> tuple[Ledger, 
 
 
 def write_both_copies(
-    store: BackupStore, conn: psycopg.Connection | None, ledger: Ledger, keyring: Keyring
+    store: BackupStore,
+    conn: psycopg.Connection | None,
+    ledger: Ledger,
+    keyring: Keyring,
+    *,
+    forget_older: bool = False,
 ) -> bytes:
     """Write ``ledger`` to the store (older versions removed) and to the database table.
 
@@ -308,7 +313,13 @@ def write_both_copies(
     its dead row versions (the server's WAL still holds it until recycled: see the README).
     """
     signed = sign_ledger(ledger, keyring)
-    store.replace_unlocked(LEDGER_KEY, signed)
+    store.replace_unlocked(LEDGER_KEY, signed, forget_older=forget_older)
+    write_db_copy(conn, ledger, signed)
+    return signed
+
+
+def write_db_copy(conn: psycopg.Connection | None, ledger: Ledger, signed: bytes) -> None:
+    """The database's copy (committed, the table rewritten); nothing before migration 021."""
     if conn is not None and db_copy_available(conn):
         conn.execute(
             "INSERT INTO hardening.tenant_key_ledger (id, version, document) VALUES (1, %s, %s) "
@@ -318,7 +329,6 @@ def write_both_copies(
         )
         conn.commit()
         rewrite_db_copy(conn)
-    return signed
 
 
 def rewrite_db_copy(conn: psycopg.Connection) -> None:
@@ -381,6 +391,8 @@ class LedgerComparison:
     database_available: bool
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    store_bytes: bytes | None = None
+    database_bytes: bytes | None = None
 
     @property
     def agreed(self) -> Ledger:
@@ -408,7 +420,7 @@ def compare_copies(
                 in_db, raw_db = found
         except LedgerError as exc:
             problems.append(f"the database's copy cannot be trusted: {exc}")
-    result = LedgerComparison(in_store, in_db, available, problems)
+    result = LedgerComparison(in_store, in_db, available, problems, [], raw_store, raw_db)
     if in_store and in_db and raw_store != raw_db:
         if in_store.version == in_db.version:
             problems.append(f"both copies claim version {in_store.version} but differ")
@@ -551,7 +563,7 @@ def recover_ledger(
         for entry in merged.tenants.values():
             require_key(keyring, entry)
         ledger = replace(merged, version=merged.version + 1, written_at=datetime.now(UTC))
-        write_both_copies(store, conn, ledger, keyring)
+        write_both_copies(store, conn, ledger, keyring, forget_older=True)
     return Recovery(ledger, sources, refused)
 
 
@@ -717,10 +729,6 @@ def erased_sentence(erased: ErasedKey, backup_id: str) -> str:
         f"{erased.key_id} destroyed), so its rows in backup {backup_id} can no longer be "
         "decrypted by anyone; there is nothing of it to restore."
     )
-
-
-class ErasureFailed(HardeningError):
-    """Erasing a tenant's key did not complete everywhere."""
 
 
 def require_key(keyring: Keyring, entry: TenantKey) -> bytes:

@@ -232,7 +232,7 @@ class S3Store(BackupStore):
             manager.upload(source, self.bucket, full, extra_args=extra_args).result()
         return source.consumed
 
-    def replace_unlocked(self, key: str, data: bytes) -> int:
+    def replace_unlocked(self, key: str, data: bytes, *, forget_older: bool = False) -> int:
         full = self._full(key)
         answer = self._call(
             f"upload {key}",
@@ -244,6 +244,8 @@ class S3Store(BackupStore):
                 "ascii"
             ),
         )
+        if not forget_older:
+            return len(data)
         current = answer.get("VersionId") or "null"
         action = f"remove older versions of {key}"
         older = [v for v in self._versions(full, action) if v[0] == full and v[1] != current]
