@@ -319,3 +319,38 @@ def test_the_tenant_key_example_in_the_document_runs(db_url, tmp_path) -> None:
     # The backup's own data key does not open a tenant object any more.
     with pytest.raises(reader.ReaderError, match="data key id"):
         reader.read_object((folder / entry["name"]).read_bytes(), doc, entry)
+
+
+def test_independent_reader_reports_an_erased_tenant_and_reads_the_others(db_url, tmp_path) -> None:
+    """Section 9: after ``erase-tenant`` the ledger records the key as erased; a reader written
+    from the document says so for that tenant and still reads every other one."""
+    from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure
+    from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.backup.store import FileStore
+    from hardening_pipeline.seed import seed_demo_data
+
+    seed_demo_data(db_url, tenants=2, messages_per_unit=1, random_seed=4)
+    master = os.urandom(32)
+    store = FileStore(tmp_path / "store")
+    result = run_backup(db_url, store, Keyring(master))
+    erased = next(o.tenant_id for o in result.manifest.objects if o.tenant_id is not None)
+    erase_tenant(
+        store, Keyring(master), db_url, plan_erasure(store, Keyring(master), db_url, erased)
+    )
+    folder = tmp_path / "store" / result.manifest.folder("")
+    doc = reader.verify_manifest((folder / "manifest.json").read_bytes(), [master])
+    ledger = reader.verify_ledger(
+        (tmp_path / "store" / "tenant-keys" / "ledger.json").read_bytes(), [master]
+    )
+    read = []
+    for entry in doc["objects"]:
+        if entry["tenant_id"] == erased:
+            with pytest.raises(reader.TenantErased):
+                reader.object_key(doc, entry, ledger, [master])
+            continue
+        key = reader.object_key(doc, entry, ledger, [master])
+        reader.split_tables(
+            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key), entry
+        )
+        read.append(entry["tenant_id"])
+    assert len(read) == len(doc["objects"]) - 1
