@@ -817,9 +817,12 @@ def erase_tenant_command(ctx: Context, tenant_id: str, yes: bool, evidence_root:
     plan = plan_erasure(store, keyring, url, tenant_id)
     if not yes:
         console.print(plan.confirmation())
-        typed = click.prompt(
-            "Type the tenant id to confirm", default="", show_default=False, err=True
-        )
+        try:
+            typed = click.prompt(
+                "Type the tenant id to confirm", default="", show_default=False, err=True
+            )
+        except click.Abort:  # no terminal and no answer (a script without --yes)
+            typed = ""
         if typed.strip() != plan.tenant_id:
             raise ConfigError(
                 f"the confirmation did not match tenant {plan.tenant_id}, so nothing was erased; "

@@ -458,6 +458,9 @@ def test_erase_tenant_command_confirms_records_and_certifies(
     assert f"Erase tenant {victim}?" in proc.stdout and "1 retained backup(s)" in proc.stdout
     assert "nothing was erased" in proc.stderr and "Traceback" not in proc.stderr
     assert not evidence.exists()
+    # A script without --yes and nothing on stdin: the same sentence, not a bare "Aborted!".
+    proc = run_hardening("erase-tenant", victim, url=seeded, env=file_env, input_text="")
+    assert proc.returncode == 2 and "pass --yes in scripts" in proc.stderr
     proc = run_hardening(
         "erase-tenant",
         victim,
