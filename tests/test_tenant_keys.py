@@ -145,7 +145,7 @@ def test_each_tenant_is_under_its_own_key_recorded_in_both_ledger_copies(
     assert in_store is not None and in_db is not None and in_store[1] == in_db[1]
     assert set(in_store[0].tenants) == set(tenants_of(seeded))
     assert all(t.name != "hardening.tenant_key_ledger" for o in second.objects for t in o.tables)
-    # The ledger is not locked (it must stay erasable) and keeps a single stored version.
+    # The ledger is not locked: it must stay erasable.
     assert store.locked_until(LEDGER_KEY) is None
     assert store.locked_until(second.folder("") + "manifest.json") is not None
 
