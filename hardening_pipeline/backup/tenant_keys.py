@@ -10,9 +10,9 @@ backup undecryptable, even with the master key, while every other tenant still r
 
 The ledger is signed (HMAC-SHA256 under the master key, as a manifest is) and versioned (a
 counter that every write increases). It lives in two copies so that losing one loses nothing:
-the store (``tenant-keys/ledger.json``, never locked; an erasure deletes its older versions) and the database
-(``hardening.tenant_key_ledger``, migration 021). Every backup compares them first. The layout
-is specified in ``docs/backup-format.md``.
+the store (``tenant-keys/ledger.json``, never locked; an erasure deletes its older versions)
+and the database (``hardening.tenant_key_ledger``, migration 021). Every backup compares them
+first. The layout is specified in ``docs/backup-format.md``.
 """
 
 from __future__ import annotations
