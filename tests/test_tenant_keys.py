@@ -550,3 +550,31 @@ def test_erasure_with_a_store_key_that_cannot_delete_erases_nothing(
     # With a key that may delete, the same erasure goes through.
     certificate = erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
     assert certificate.key_id == plan.key_id
+
+
+def test_status_with_the_store_turns_red_when_both_copies_lost_a_key(
+    seeded: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    """`hardening status --backup-freshness` opens the store: the ledger line compares there."""
+    from hardening_pipeline.jobs.status import FreshnessRequest, status_job
+
+    store = FileStore(tmp_path / "store")
+    run_backup(seeded, store, keyring)
+
+    def ledger_line() -> tuple[bool, str]:
+        job = status_job(
+            seeded,
+            reports_dir=tmp_path / "reports",
+            notifier=None,
+            freshness=FreshnessRequest(store, keyring),
+        )
+        [line] = [x for x in job.report.lines if x.name == "tenant_key_ledger"]
+        return line.passed, line.detail
+
+    assert ledger_line()[0]
+    store.delete(LEDGER_KEY)
+    with admin_connect(seeded) as conn:
+        conn.execute("DELETE FROM hardening.tenant_key_ledger")
+        conn.commit()
+    passed, detail = ledger_line()
+    assert not passed and "never erased" in detail
