@@ -146,7 +146,7 @@ def test_independent_reader_is_not_vacuous() -> None:
 def test_the_worked_example_in_the_document_runs() -> None:
     text = DOC.read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1
+    assert len(blocks) == 2
     master = os.urandom(32)
     raw, objects, inputs = write_backup(Keyring(master))
     first = json.loads(raw)["objects"][0]["name"]
@@ -185,10 +185,16 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
     reader.check_folder(doc, str(folder.relative_to(tmp_path / "store")))
     with pytest.raises(reader.ReaderError, match="does not belong"):
         reader.check_folder(doc, "2001/01/01/" + doc["backup_id"])
+    ledger = reader.verify_ledger(
+        (tmp_path / "store" / "tenant-keys" / "ledger.json").read_bytes(), [master]
+    )
     bodies = []
     for entry in doc["objects"]:
+        # Section 9: every tenant object of a new backup is under the tenant's own key.
+        assert (entry["tenant_id"] is None) == ("tenant_key_id" not in entry)
+        key = reader.object_key(doc, entry, ledger, [master])
         parts = reader.split_tables(
-            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry), entry
+            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key), entry
         )
         for table in entry["tables"]:
             rows = reader.parse_copy_rows(parts[table["name"]], table["columns"])
@@ -285,3 +291,66 @@ def test_only_the_escapes_the_writer_produces_are_read() -> None:
     for odd in (b"\\q\n", b"\\101\n", b"\\x41\n", b"ab\\\n"):
         with pytest.raises(reader.ReaderError, match="never produces"):
             reader.parse_copy_rows(odd, ["x"])
+
+
+def test_the_tenant_key_example_in_the_document_runs(db_url, tmp_path) -> None:
+    """Section 9's example finds a real backup's tenant key, and the key opens the object."""
+    from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.backup.store import FileStore
+    from hardening_pipeline.seed import seed_demo_data
+
+    seed_demo_data(db_url, tenants=2, messages_per_unit=2, random_seed=3)
+    master = os.urandom(32)
+    result = run_backup(db_url, FileStore(tmp_path / "store"), Keyring(master))
+    folder = tmp_path / "store" / result.manifest.folder("")
+    raw = (folder / "manifest.json").read_bytes()
+    raw_ledger = (tmp_path / "store" / "tenant-keys" / "ledger.json").read_bytes()
+    doc = reader.verify_manifest(raw, [master])
+    entry = next(e for e in doc["objects"] if e["tenant_id"] is not None)
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    namespace = {"master": master, "raw_ledger": raw_ledger, "entry": entry}
+    # Section 6's imports and hkdf, which section 9's example uses.
+    exec(compile(blocks[0].split("\ndoc = ")[0], str(DOC), "exec"), namespace)
+    exec(compile(blocks[1], str(DOC), "exec"), namespace)
+    plaintext = reader.read_object(
+        (folder / entry["name"]).read_bytes(), doc, entry, namespace["tenant_key"]
+    )
+    assert set(reader.split_tables(plaintext, entry)) == {t["name"] for t in entry["tables"]}
+    # The backup's own data key does not open a tenant object any more.
+    with pytest.raises(reader.ReaderError, match="data key id"):
+        reader.read_object((folder / entry["name"]).read_bytes(), doc, entry)
+
+
+def test_independent_reader_reports_an_erased_tenant_and_reads_the_others(db_url, tmp_path) -> None:
+    """Section 9: after ``erase-tenant`` the ledger records the key as erased; a reader written
+    from the document says so for that tenant and still reads every other one."""
+    from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure
+    from hardening_pipeline.backup.nightly import run_backup
+    from hardening_pipeline.backup.store import FileStore
+    from hardening_pipeline.seed import seed_demo_data
+
+    seed_demo_data(db_url, tenants=2, messages_per_unit=1, random_seed=4)
+    master = os.urandom(32)
+    store = FileStore(tmp_path / "store")
+    result = run_backup(db_url, store, Keyring(master))
+    erased = next(o.tenant_id for o in result.manifest.objects if o.tenant_id is not None)
+    erase_tenant(
+        store, Keyring(master), db_url, plan_erasure(store, Keyring(master), db_url, erased)
+    )
+    folder = tmp_path / "store" / result.manifest.folder("")
+    doc = reader.verify_manifest((folder / "manifest.json").read_bytes(), [master])
+    ledger = reader.verify_ledger(
+        (tmp_path / "store" / "tenant-keys" / "ledger.json").read_bytes(), [master]
+    )
+    read = []
+    for entry in doc["objects"]:
+        if entry["tenant_id"] == erased:
+            with pytest.raises(reader.TenantErased):
+                reader.object_key(doc, entry, ledger, [master])
+            continue
+        key = reader.object_key(doc, entry, ledger, [master])
+        reader.split_tables(
+            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key), entry
+        )
+        read.append(entry["tenant_id"])
+    assert len(read) == len(doc["objects"]) - 1

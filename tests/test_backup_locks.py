@@ -35,6 +35,7 @@ from hardening_pipeline.backup.store import (
     open_store,
 )
 from hardening_pipeline.backup.store.s3_store import send_content_md5_on_lock_writes
+from hardening_pipeline.backup.tenant_keys import LEDGER_KEY
 from hardening_pipeline.errors import ConfigError
 from hardening_pipeline.jobs.retention import RetentionJobResult
 from hardening_pipeline.settings import load_settings
@@ -428,6 +429,10 @@ def test_hardening_backup_and_status_on_locked_and_unlocked_buckets(
     assert stored and any(v["Key"].endswith(MANIFEST_NAME) for v in stored)
     for version in stored:
         head = s3_server.client().head_object(Bucket=s3_locked_bucket, Key=version["Key"])
+        if version["Key"] == "backups/" + LEDGER_KEY:
+            # The tenant key ledger is not a backup: it must stay erasable (erase-tenant).
+            assert "ObjectLockMode" not in head
+            continue
         assert head["ObjectLockMode"] == "COMPLIANCE"
         assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=29)
     assert s3_server.rejected == []

@@ -26,11 +26,11 @@ from hardening_pipeline.backup.manifest import (
     Manifest,
     ObjectEntry,
     TableEntry,
-    unwrap_data_key,
 )
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import MIN_PART_SIZE, BackupStore, FileStore
+from hardening_pipeline.backup.tenant_keys import LEDGER_KEY, object_key
 from hardening_pipeline.errors import CheckFailed, HardeningError
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
@@ -53,7 +53,7 @@ def decode_tables(
     """Decrypt one object with only the key and the manifest, and cut it into its tables."""
     decoder = ObjectDecoder(
         store.get(folder + entry.name),
-        unwrap_data_key(manifest, keyring),
+        object_key(store, manifest, keyring, entry),
         backup_id=manifest.backup_id,
         object_name=entry.name,
         expected_sha256=entry.sha256,
@@ -138,7 +138,8 @@ def test_backup_to_a_folder_holds_every_row(seeded: str, keyring: Keyring, tmp_p
     result = run_backup(seeded, store, keyring)
     assert not result.dry_run
     assert result.rows > 150
-    assert result.stored_bytes == sum(o.size for o in store.list())
+    # The key ledger is stored beside the backups, not as part of one.
+    assert result.stored_bytes == sum(o.size for o in store.list() if o.key != LEDGER_KEY)
     assert result.location.startswith(store.describe())
     assert_backup_holds_the_database(result, store, keyring, seeded)
 
@@ -150,7 +151,7 @@ def test_backup_to_b2_like_s3_holds_every_row(
     result = run_backup(seeded, store, keyring)
     assert s3_server.rejected == []  # no checksum header B2 would refuse
     assert_backup_holds_the_database(result, store, keyring, seeded)
-    keys = [o.key for o in store.list()]
+    keys = [o.key for o in store.list() if o.key != LEDGER_KEY]
     assert keys and all(k.startswith(result.manifest.folder("")) for k in keys)
     folder = result.manifest.created_at.strftime("%Y/%m/%d/") + result.backup_id + "/"
     assert result.manifest.folder("") == folder
@@ -190,9 +191,10 @@ def test_manifest_put_refused_by_s3_leaves_an_incomplete_backup(
     seeded: str, keyring: Keyring, s3_server: B2LikeS3Server, s3_bucket: str, s3_faults
 ) -> None:
     store = s3_server.store(s3_bucket)
-    # Three tenants, the shared object and the schema go up first; the sixth PutObject is the
-    # manifest (the schema's place among the others depends on timing, the manifest's never).
-    s3_faults.fail_next("PutObject", status=403, after=5)
+    # The key ledger, three tenants, the shared object and the schema go up first; the seventh
+    # PutObject is the manifest (the schema's place among the others depends on timing, the
+    # manifest's never).
+    s3_faults.fail_next("PutObject", status=403, after=6)
     with pytest.raises(HardeningError, match="AccessDenied"):
         run_backup(seeded, store, keyring)
     assert s3_faults.injected == {"PutObject": 1}

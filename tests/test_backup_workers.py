@@ -25,6 +25,7 @@ from hardening_pipeline.backup.crypto import Keyring, generate_master_key_b64
 from hardening_pipeline.backup.manifest import MANIFEST_NAME, Manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.store import FileStore, StoreError
+from hardening_pipeline.backup.tenant_keys import LEDGER_KEY
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect
@@ -67,7 +68,8 @@ def test_two_workers_back_up_exactly_what_one_does(
     assert tenant_ids[-1] is None and tenant_ids[:-1] == sorted(tenant_ids[:-1])
     puts = [key for op, key in two_store.calls if op == "put"]
     assert puts[-1].endswith("/" + MANIFEST_NAME)
-    assert two.stored_bytes == sum(o.size for o in FileStore(tmp_path / "two").list())
+    stored = FileStore(tmp_path / "two").list()
+    assert two.stored_bytes == sum(o.size for o in stored if o.key != LEDGER_KEY)
     catalog = list_backups(FileStore(tmp_path / "two"), keyring)
     assert [b.backup_id for b in catalog.valid] == [two.backup_id]
 

@@ -50,6 +50,7 @@ from hardening_pipeline.backup.store import (
     StoreError,
     open_store,
 )
+from hardening_pipeline.backup.tenant_keys import LEDGER_KEY
 from hardening_pipeline.defs.backup import nightly_backup
 from hardening_pipeline.defs.resources import (
     AppDatabaseResource,
@@ -180,7 +181,8 @@ def next_run_then_retention(db_url: str, store: BackupStore, keyring: Keyring) -
     after = list_backups(store, keyring)
     assert [b.backup_id for b in after.valid] == survivors
     assert after.incomplete == [] and after.invalid == []
-    assert {o.key.split("/")[3] for o in store.list()} == set(survivors)
+    # The key ledger lives beside the backups, outside every backup folder.
+    assert {o.key.split("/")[3] for o in store.list() if o.key != LEDGER_KEY} == set(survivors)
     if isinstance(store, FileStore):
         # Neither temporary files nor empty folders of the killed runs are left behind.
         assert temp_files(store.root) == []

@@ -31,11 +31,11 @@ from hardening_pipeline.backup.manifest import (
     TableEntry,
     backup_folder,
     sign_manifest,
-    unwrap_data_key,
 )
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.backup.tenant_keys import object_key
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
 from hardening_pipeline.restore.tenant import restore_tenant
@@ -114,7 +114,7 @@ def tenant_tables(store: FileStore, keyring: Keyring, manifest: Manifest, tenant
     plain = b"".join(
         decode_object(
             [blob],
-            unwrap_data_key(manifest, keyring),
+            object_key(store, manifest, keyring, entry),
             backup_id=manifest.backup_id,
             object_name=entry.name,
             expected_sha256=entry.sha256,
@@ -145,7 +145,7 @@ def rewrite_tenant_object(
     plain = b"".join(texts[t.name] for t in tables)
     encoder = ObjectEncoder(
         [plain],
-        unwrap_data_key(manifest, keyring),
+        object_key(store, manifest, keyring, entry),
         backup_id=manifest.backup_id,
         object_name=entry.name,
     )

@@ -52,6 +52,7 @@ INFO_WRAP_KEY = b"hardening-pipeline backup v1 wrap-key"
 INFO_MAC_KEY = b"hardening-pipeline backup v1 manifest-mac-key"
 INFO_DATA_KEY_ID = b"hardening-pipeline backup v1 data-key-id"
 WRAP_AAD_PREFIX = b"hardening-pipeline backup v1 data-key\x00"
+TENANT_WRAP_AAD_PREFIX = b"hardening-pipeline backup v1 tenant-key\x00"
 
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 
@@ -202,6 +203,11 @@ def _wrap_aad(backup_id: str) -> bytes:
     return WRAP_AAD_PREFIX + backup_id.encode("utf-8")
 
 
+def _tenant_wrap_aad(tenant_id: str) -> bytes:
+    # Binding the tenant id stops one tenant's wrapped key being filed under another tenant.
+    return TENANT_WRAP_AAD_PREFIX + tenant_id.encode("utf-8")
+
+
 class Keyring:
     """The current master key (encrypts and signs) plus previous keys (decrypt and verify only)."""
 
@@ -246,32 +252,54 @@ class Keyring:
             )
         return key
 
-    def wrap_data_key(self, data_key: bytes, backup_id: str) -> WrappedDataKey:
-        """Encrypt a data key under the current master key (AES-256-GCM, random nonce)."""
+    def _seal(self, data_key: bytes, aad: bytes) -> WrappedDataKey:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError(f"a data key is {DATA_KEY_BYTES} bytes, got {len(data_key)}")
         nonce = secrets.token_bytes(WRAP_NONCE_BYTES)
-        sealed = AESGCM(self.current.wrap_key).encrypt(nonce, data_key, _wrap_aad(backup_id))
+        sealed = AESGCM(self.current.wrap_key).encrypt(nonce, data_key, aad)
         return WrappedDataKey(self.current.key_id, nonce + sealed)
 
-    def unwrap_data_key(self, wrapped: WrappedDataKey, backup_id: str) -> bytes:
-        """Decrypt a data key with whichever configured master key its key id names."""
+    def _open(self, wrapped: WrappedDataKey, aad: bytes, what: str, altered: str) -> bytes:
         key = self.master_key(wrapped.key_id)
         blob = wrapped.ciphertext
         if len(blob) != WRAPPED_KEY_BYTES:
             raise BackupIntegrityError(
-                f"the wrapped data key of backup {backup_id!r} is {len(blob)} bytes, "
-                f"expected {WRAPPED_KEY_BYTES}."
+                f"{what} is {len(blob)} bytes, expected {WRAPPED_KEY_BYTES}."
             )
         try:
             return AESGCM(key.wrap_key).decrypt(
-                blob[:WRAP_NONCE_BYTES], blob[WRAP_NONCE_BYTES:], _wrap_aad(backup_id)
+                blob[:WRAP_NONCE_BYTES], blob[WRAP_NONCE_BYTES:], aad
             )
         except InvalidTag:
             raise BackupIntegrityError(
-                f"the wrapped data key of backup {backup_id!r} failed authentication under "
-                f"master key id {key.key_id}; the manifest was altered or is from another backup."
+                f"{what} failed authentication under master key id {key.key_id}; {altered}."
             ) from None
+
+    def wrap_data_key(self, data_key: bytes, backup_id: str) -> WrappedDataKey:
+        """Encrypt a data key under the current master key (AES-256-GCM, random nonce)."""
+        return self._seal(data_key, _wrap_aad(backup_id))
+
+    def unwrap_data_key(self, wrapped: WrappedDataKey, backup_id: str) -> bytes:
+        """Decrypt a data key with whichever configured master key its key id names."""
+        return self._open(
+            wrapped,
+            _wrap_aad(backup_id),
+            f"the wrapped data key of backup {backup_id!r}",
+            "the manifest was altered or is from another backup",
+        )
+
+    def wrap_tenant_key(self, tenant_key: bytes, tenant_id: str) -> WrappedDataKey:
+        """Encrypt a tenant's data key under the current master key, bound to the tenant id."""
+        return self._seal(tenant_key, _tenant_wrap_aad(tenant_id))
+
+    def unwrap_tenant_key(self, wrapped: WrappedDataKey, tenant_id: str) -> bytes:
+        """Decrypt a tenant's data key from the key ledger."""
+        return self._open(
+            wrapped,
+            _tenant_wrap_aad(tenant_id),
+            f"the wrapped key of tenant {tenant_id!r}",
+            "the key ledger was altered or the entry was filed under another tenant",
+        )
 
     def rewrap_data_key(self, wrapped: WrappedDataKey, backup_id: str) -> WrappedDataKey:
         """Move a data key from an old master key to the current one: the whole of a rotation."""

@@ -54,6 +54,11 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 """
 
 
+# Never in a backup object: the key ledger's database copy holds every tenant's wrapped key, and
+# a wrapped key inside a locked backup could never be destroyed by ``erase-tenant``.
+NEVER_BACKED_UP = frozenset({("hardening", "tenant_key_ledger")})
+
+
 # How the manifest names a table: bare in ``public``, ``schema.table`` elsewhere.
 manifest_table_name = display_name
 
@@ -127,6 +132,8 @@ def discover_layout(
     for schema, table, columns, primary_key in cur.execute(
         _TABLES_QUERY, (list(schemas),)
     ).fetchall():
+        if (schema, table) in NEVER_BACKED_UP:
+            continue
         order_by = tuple(primary_key) or tuple(columns)
         tenant_column = split_by_tenant.get((schema, table))
         spec = TableSpec(schema, table, tuple(columns), order_by, tenant_column)

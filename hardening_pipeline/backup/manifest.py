@@ -108,6 +108,10 @@ class ObjectEntry:
     compressed_bytes: int
     ciphertext_bytes: int
     sha256: str
+    # The id of the tenant's own data key (from the key ledger) that encrypts this object; None
+    # for the shared object and for tenant objects of backups written before per-tenant keys,
+    # which the manifest's shared data key opens.
+    tenant_key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,7 @@ def _manifest_body(manifest: Manifest) -> dict[str, Any]:
                     for table in obj.tables
                 ],
                 **_stored_to_dict(obj),
+                **({"tenant_key_id": obj.tenant_key_id} if obj.tenant_key_id else {}),
             }
             for obj in manifest.objects
         ],
@@ -771,7 +776,7 @@ def _stored_from_dict(fields: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _object_from_dict(value: Any, where: str) -> ObjectEntry:
-    obj = _fields(value, where, _OBJECT_FIELDS)
+    obj = _fields(value, where, _OBJECT_FIELDS, ("tenant_key_id",))
     name = _name("object name", obj["name"], f"{where}.name")
     if name == MANIFEST_NAME:
         raise ManifestError(f"manifest field {where}.name may not be {MANIFEST_NAME}.")
@@ -784,11 +789,22 @@ def _object_from_dict(value: Any, where: str) -> ObjectEntry:
     )
     if len({t.name for t in tables}) != len(tables):
         raise ManifestError(f"manifest field {where}.tables lists a table twice.")
+    tenant_key_id = obj.get("tenant_key_id")
+    if tenant_key_id is not None and (
+        tenant is None
+        or not isinstance(tenant_key_id, str)
+        or not _KEY_ID_RE.fullmatch(tenant_key_id)
+    ):
+        raise ManifestError(
+            f"manifest field {where}.tenant_key_id must be 16 lowercase hex digits, on a tenant "
+            "object only."
+        )
     entry = ObjectEntry(
         name=name,
         tenant_id=tenant,
         tables=tables,
         **_stored_from_dict(obj, where),
+        tenant_key_id=tenant_key_id,
     )
     if sum(t.bytes for t in tables) != entry.plaintext_bytes:
         raise ManifestError(

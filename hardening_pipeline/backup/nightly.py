@@ -40,7 +40,7 @@ from hardening_pipeline.backup.app_schema import (
     read_sequences,
     server_version_num,
 )
-from hardening_pipeline.backup.crypto import Keyring, generate_data_key
+from hardening_pipeline.backup.crypto import Keyring, data_key_id, generate_data_key
 from hardening_pipeline.backup.dependencies import (
     check_dependencies_carried,
     check_tenant_tables_carried,
@@ -73,6 +73,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_keys import BackupTenantKeys, prepare_tenant_keys
 from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_lock_holders
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
@@ -278,6 +279,7 @@ class _ObjectExporter:
         jobs: list[_Job],
         store: BackupStore,
         data_key: bytes,
+        tenant_keys: BackupTenantKeys,
         backup_id: str,
         folder: str,
         dry_run: bool,
@@ -288,6 +290,7 @@ class _ObjectExporter:
         self._layout = layout
         self._store = store
         self._data_key = data_key
+        self._tenant_keys = tenant_keys
         self._backup_id = backup_id
         self._folder = folder
         self._dry_run = dry_run
@@ -315,8 +318,10 @@ class _ObjectExporter:
             self._layout.tenant_tables if job.tenant_id is not None else self._layout.shared_tables
         )
         stream = TableStream(conn, tables, job.tenant_id)
+        # A tenant's rows under the tenant's own key (erasable), the rest under the shared one.
+        tenant_key = self._tenant_keys.key_for(job.tenant_id)
         encoder = ObjectEncoder(
-            stream, self._data_key, backup_id=self._backup_id, object_name=job.name
+            stream, tenant_key or self._data_key, backup_id=self._backup_id, object_name=job.name
         )
         stored = (
             _discard(encoder)
@@ -333,6 +338,7 @@ class _ObjectExporter:
             compressed_bytes=stats.compressed_bytes,
             ciphertext_bytes=stats.ciphertext_bytes,
             sha256=stats.ciphertext_sha256,
+            tenant_key_id=data_key_id(tenant_key).hex() if tenant_key else None,
         )
         with self._lock:
             self.entries[job.index] = entry
@@ -493,6 +499,10 @@ def _run_locked(
         backup_id = new_backup_id(created_at)
         folder = backup_folder("", backup_id, created_at)
         wrapped = keyring.wrap_data_key(data_key, backup_id)
+        # Recorded in both ledger copies before any object encrypted under them is stored.
+        tenant_keys = prepare_tenant_keys(
+            store, url, keyring, info.tenant_ids, dry_run=dry_run, now=created_at
+        )
         plan: list[tuple[str, str | None]] = [
             (tenant_object_name(t), t) for t in info.tenant_ids
         ] + [(NON_TENANT_OBJECT_NAME, None)]
@@ -502,6 +512,7 @@ def _run_locked(
             jobs,
             store,
             data_key,
+            tenant_keys,
             backup_id,
             folder,
             dry_run,

@@ -3,9 +3,11 @@ and its Slack alert."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+
+import psycopg
 
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import SlackNotifier
@@ -14,6 +16,9 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, Freshness, check_backup_freshness
 from hardening_pipeline.backup.locks import LockCheck, check_backup_locks
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_keys import ledger_status
+from hardening_pipeline.db.connection import connect
+from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.alerts import alert_status
 from hardening_pipeline.hardening.report import write_report
 from hardening_pipeline.hardening.status import CheckLine, StatusReport, run_status_check
@@ -77,6 +82,17 @@ def backup_freshness(request: FreshnessRequest) -> BackupFreshness:
     return BackupFreshness(fresh, line, locks, locks_line)
 
 
+def _with_store(url: str, line: CheckLine, request: FreshnessRequest | None) -> CheckLine:
+    """The key ledger line again, now that the store and key are open: both copies compared."""
+    assert request is not None
+    try:
+        with connect(url) as conn:
+            passed, detail, fix = ledger_status(conn, request.store, request.keyring)
+    except (HardeningError, psycopg.Error) as exc:
+        passed, detail, fix = False, str(exc).strip().splitlines()[0], ""
+    return replace(line, passed=passed, detail=detail, fix=fix)
+
+
 @dataclass(frozen=True)
 class StatusJobResult:
     report: StatusReport
@@ -131,6 +147,10 @@ def status_job(
     fresh = backup_freshness(freshness) if freshness is not None else None
     report = run_status_check(url, seal_anchor=seal_anchor)
     if fresh is not None:
+        report.lines[:] = [
+            _with_store(url, line, freshness) if line.name == "tenant_key_ledger" else line
+            for line in report.lines
+        ]
         report.lines.extend(fresh.lines)
     files = write_report(report, reports_dir)
     alert = None

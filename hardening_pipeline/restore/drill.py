@@ -25,6 +25,7 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -50,10 +51,12 @@ from hardening_pipeline.backup.export import (
 from hardening_pipeline.backup.manifest import (
     AppSchemaEntry,
     Manifest,
+    ObjectEntry,
     SchemaRole,
-    unwrap_data_key,
 )
+from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.backup.tenant_keys import ErasedKey, ObjectKeys
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
@@ -83,6 +86,7 @@ from hardening_pipeline.restore.reader import (
     FetchedObject,
     TableReader,
     fetched_backup,
+    file_chunks,
     read_schema_sections,
 )
 from hardening_pipeline.restore.schema import (
@@ -252,7 +256,7 @@ def restore_backup_into(
     """
     manifest = backup.manifest
     assert manifest is not None
-    data_key = unwrap_data_key(manifest, keyring)
+    object_keys = ObjectKeys(store, manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
     with (
         fetched_backup(store, manifest, backup.folder) as fetched,
@@ -268,7 +272,7 @@ def restore_backup_into(
             # Tenant objects first (they hold each tenant's parent rows), the shared one last.
             ordered = sorted(manifest.objects, key=lambda o: o.tenant_id is None)
             for entry in ordered:
-                reader = TableReader(fetched[entry.name], manifest, data_key)
+                reader = TableReader(fetched[entry.name], manifest, object_keys.for_object(entry))
                 load_into_empty(conn, iter(reader), replace=MIGRATION_FILLED_TABLES)
             keys.rebuild(conn)
             reset_sequences(conn, tables)
@@ -305,7 +309,7 @@ def _table_owners(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str,
 def _load_and_index(
     fetched: dict[str, FetchedObject],
     manifest: Manifest,
-    data_key: bytes,
+    keys: ObjectKeys,
     schema: SchemaRestore,
     rebuild: SchemaRebuild,
     workers: int,
@@ -347,7 +351,7 @@ def _load_and_index(
             return None
 
     def load(conns: OwnerConnections, item: Any) -> None:
-        for table, chunks in TableReader(fetched[item.name], manifest, data_key):
+        for table, chunks in TableReader(fetched[item.name], manifest, keys.for_object(item)):
             owner = owners.get(table.name)
             if owner is None:
                 raise DrillFailure(
@@ -419,10 +423,10 @@ def restore_app_backup_into(
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
-    data_key = unwrap_data_key(manifest, keyring)
+    keys = ObjectKeys(store, manifest, keyring)
     own_database(url)
     with fetched_backup(store, manifest, backup.folder) as fetched:
-        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, data_key)
+        sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, keys.shared)
         roles = [r.name for r in manifest.app_schema.roles]
         with open_archive(sections, manifest.app_schema.pg_dump_version, roles) as archive:
             logins = OwnerLogins(url, DRILL_DATABASE_OWNER)
@@ -435,7 +439,7 @@ def restore_app_backup_into(
                         f"object(s) failed, first: {rebuild.failed[0]}); restore into a server "
                         "with the extensions and version the app needs (--target-dsn)."
                     )
-                _load_and_index(fetched, manifest, data_key, schema, rebuild, workers)
+                _load_and_index(fetched, manifest, keys, schema, rebuild, workers)
                 with connect(url) as conn:
                     conn.execute("SET search_path = pg_catalog, pg_temp")
                     reset_sequences(conn, [t.name for o in manifest.objects for t in o.tables])
@@ -495,6 +499,50 @@ def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
         "the app's schema equals the backup's catalog",
         not differences,
         "; ".join(differences) if differences else counts,
+    )
+
+
+def prove_unreadable(
+    store: BackupStore,
+    folder: str,
+    keys: ObjectKeys,
+    erased: Sequence[tuple[ObjectEntry, ErasedKey]],
+) -> Invariant:
+    """Each erased tenant's object is still there, intact, and no key the kit holds opens it.
+
+    The candidates are every key a restore could use: the backup's own data key (which the
+    master key unwraps) and every live tenant key of the ledger. Each must be refused by the
+    object's header before a byte is decrypted; the ledger must record the key as destroyed.
+    """
+    ledger = keys.ledger()
+    candidates = [keys.shared, *(keys.unwrap(k) for k in ledger.tenants.values())]
+    problems, proven = [], []
+    with fetched_backup(store, keys.manifest, folder, only={o.name for o, _ in erased}) as got:
+        for entry, record in erased:
+            opened = 0
+            for key in candidates:
+                try:
+                    for _ in ObjectDecoder(
+                        file_chunks(got[entry.name].path),
+                        key,
+                        backup_id=keys.manifest.backup_id,
+                        object_name=entry.name,
+                    ):
+                        break
+                    opened += 1
+                except BackupIntegrityError:
+                    pass
+            if opened or entry.tenant_key_id in ledger.key_ids():
+                problems.append(f"tenant {entry.tenant_id}'s object still opens")
+            else:
+                proven.append(
+                    f"tenant {record.tenant_id} (key {record.key_id} destroyed "
+                    f"{record.erased_at:%Y-%m-%d %H:%M}Z): {len(candidates)} keys refused"
+                )
+    return Invariant(
+        "erased tenants' objects cannot be decrypted",
+        not problems,
+        "; ".join(problems or proven),
     )
 
 
@@ -704,6 +752,17 @@ def run_restore_drill(
                 raise DrillFailure(
                     foreign_backup_sentence(manifest.backup_id, manifest.database, source)
                 )
+            # Tenants erased since this backup was taken: restore every other tenant, and
+            # prove instead that nothing opens the erased tenants' objects.
+            keys = ObjectKeys(store, manifest, keyring)
+            erased = [(o, e) for o in manifest.objects if (e := keys.erased(o)) is not None]
+            if erased:
+                result.invariants.append(prove_unreadable(store, backup.folder, keys, erased))
+                gone = {o.name for o, _ in erased}
+                manifest = dataclasses.replace(
+                    manifest, objects=tuple(o for o in manifest.objects if o.name not in gone)
+                )
+                backup = dataclasses.replace(backup, manifest=manifest)
         with stages.stage("schema"):
             check_schema_known(manifest)
         extensions = [e.name for e in manifest.app_schema.extensions] if manifest.app_schema else []

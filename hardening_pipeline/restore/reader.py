@@ -81,7 +81,7 @@ def _download(
     return target
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
+def file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(_READ_SIZE):
             yield chunk
@@ -99,7 +99,7 @@ def read_schema_sections(
     if not isinstance(entry, AppSchemaEntry) or entry.plaintext_bytes > MAX_SCHEMA_BYTES:
         raise BackupIntegrityError(f"backup object {entry.name!r} is not a schema object.")
     decoder = ObjectDecoder(
-        _file_chunks(fetched.path),
+        file_chunks(fetched.path),
         data_key,
         backup_id=manifest.backup_id,
         object_name=entry.name,
@@ -138,7 +138,7 @@ class TableReader:
     def __init__(self, fetched: FetchedObject, manifest: Manifest, data_key: bytes) -> None:
         self._entry = fetched.entry
         self._decoder = ObjectDecoder(
-            _file_chunks(fetched.path),
+            file_chunks(fetched.path),
             data_key,
             backup_id=manifest.backup_id,
             object_name=fetched.entry.name,

@@ -33,8 +33,14 @@ from hardening_pipeline.backup.catalog import (
 )
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.export import FOREIGN_KEY_EDGES
-from hardening_pipeline.backup.manifest import Manifest, ObjectEntry, unwrap_data_key
+from hardening_pipeline.backup.manifest import Manifest, ObjectEntry
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_keys import (
+    ObjectKeys,
+    TenantErasedError,
+    erased_sentence,
+    read_store_ledger,
+)
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import CheckFailed, ConfigError
@@ -204,11 +210,14 @@ def restore_tenant(
     if backup_id is None and source is not None and not is_of(manifest.database, source):
         raise CheckFailed(foreign_backup_sentence(manifest.backup_id, manifest.database, source))
     entries = [o for o in manifest.objects if o.tenant_id == tenant]
+    keys = ObjectKeys(store, manifest, keyring)
     if not entries:
+        _refuse_if_erased(store, keyring, tenant, manifest.backup_id)
         raise ConfigError(
             f"backup {manifest.backup_id} holds no tenant {tenant}; pick another with --backup-id."
         )
-    data_key = unwrap_data_key(manifest, keyring)
+    tenant_key = keys.for_object(entries[0])
+    data_key = keys.shared
     rebuild = manifest.app_schema is not None and _is_empty(target_url, manifest.app_schema.schemas)
     with connect(target_url, client_encoding="UTF8") as conn:
         if rebuild:
@@ -230,7 +239,7 @@ def restore_tenant(
                 "the rows that are missing, or restore into another database."
             )
         with fetched_backup(store, manifest, backup.folder, only={entries[0].name}) as fetched:
-            reader = TableReader(fetched[entries[0].name], manifest, data_key)
+            reader = TableReader(fetched[entries[0].name], manifest, tenant_key)
             merging: list[str] = []  # the table the merge is on when it fails
 
             def tables():
@@ -255,6 +264,14 @@ def restore_tenant(
                     f"was written: {_merge_fix(exc, merging[0] if merging else '')}"
                 ) from exc
     return TenantRestoreResult(manifest.backup_id, tenant, counts, manifest.created_at)
+
+
+def _refuse_if_erased(store: BackupStore, keyring: Keyring, tenant: str, backup_id: str) -> None:
+    """A tenant erased since: say so, rather than suggest another backup that cannot help."""
+    found = read_store_ledger(store, keyring)
+    erased = next((e for e in found[0].erased if e.tenant_id == tenant), None) if found else None
+    if erased is not None:
+        raise TenantErasedError(erased_sentence(erased, backup_id))
 
 
 _EMPTY_TARGET = "or restore into an empty database, where the backup's own schema is rebuilt first."

@@ -17,6 +17,7 @@ def run_hardening(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 300,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``hardening ARGS`` against ``url``, without the caller's HARDENING_*/BACKUP_*."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HARDENING_", "BACKUP_"))}
@@ -28,6 +29,7 @@ def run_hardening(
         env=full_env,
         cwd=cwd or REPO,
         timeout=timeout,
+        input=input_text,
     )
 
 

@@ -78,19 +78,7 @@ def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
     if len(raw) > 64 << 20:
         raise ReaderError("manifest larger than 64 MiB")
     doc = json.loads(raw)
-    mac = doc.pop("hmac_sha256")
-    by_id = {key_id(m): m for m in masters}
-    if doc["key_id"] not in by_id:
-        raise ReaderError(f"no key for key id {doc['key_id']}")
-    master = by_id[doc["key_id"]]
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    mac_key = hkdf(master, "hardening-pipeline backup v1 manifest-mac-key")
-    if not hmac.compare_digest(hmac.new(mac_key, body, "sha256").hexdigest(), mac):
-        raise ReaderError("manifest MAC mismatch")
-    full = dict(doc, hmac_sha256=mac)
-    canonical = json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    if canonical.encode() != raw:
-        raise ReaderError("manifest not canonical")
+    master = _check_mac(doc, raw, masters, "manifest")
     check_not_future(doc)
     wrapped = base64.b64decode(doc["wrapped_data_key"])
     aad = b"hardening-pipeline backup v1 data-key\x00" + doc["backup_id"].encode()
@@ -99,8 +87,66 @@ def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
     return doc
 
 
-def read_object(blob: bytes, doc: dict, entry: dict) -> bytes:
-    data_key = doc["_data_key"]
+class TenantErased(ReaderError):
+    pass
+
+
+def _check_mac(doc: dict, raw: bytes, masters: list[bytes], what: str) -> bytes:
+    """Sections 5 and 9: the MAC under the master named by key_id, and canonical bytes."""
+    mac = doc.pop("hmac_sha256")
+    by_id = {key_id(m): m for m in masters}
+    if doc["key_id"] not in by_id:
+        raise ReaderError(f"no key for key id {doc['key_id']}")
+    master = by_id[doc["key_id"]]
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    mac_key = hkdf(master, "hardening-pipeline backup v1 manifest-mac-key")
+    if not hmac.compare_digest(hmac.new(mac_key, body, "sha256").hexdigest(), mac):
+        raise ReaderError(f"{what} MAC mismatch")
+    full = dict(doc, hmac_sha256=mac)
+    canonical = json.dumps(full, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if canonical.encode() != raw:
+        raise ReaderError(f"{what} not canonical")
+    return master
+
+
+def verify_ledger(raw: bytes, masters: list[bytes]) -> dict:
+    """Section 9: the key ledger, verified like a manifest."""
+    doc = json.loads(raw)
+    if (
+        doc.get("format") != "hardening-pipeline-tenant-key-ledger"
+        or doc.get("format_version") != 1
+    ):
+        raise ReaderError("not a version 1 key ledger")
+    _check_mac(doc, raw, masters, "ledger")
+    return doc
+
+
+def object_key(doc: dict, entry: dict, ledger: dict | None, masters: list[bytes]) -> bytes:
+    """Section 9: the manifest's data key, or the tenant's own key from the ledger."""
+    wanted = entry.get("tenant_key_id")
+    if wanted is None:
+        return doc["_data_key"]
+    if ledger is None:
+        raise ReaderError("a tenant object under a tenant key, and no key ledger")
+    if wanted in [e["key_id"] for e in ledger["erased"]]:
+        raise TenantErased(f"tenant {entry['tenant_id']} was erased")
+    found = [t for t in ledger["tenants"] if t["key_id"] == wanted]
+    if len(found) != 1 or found[0]["tenant_id"] != entry["tenant_id"]:
+        raise ReaderError(f"the ledger lost the key {wanted} of tenant {entry['tenant_id']}")
+    by_id = {key_id(m): m for m in masters}
+    if found[0]["master_key_id"] not in by_id:
+        raise ReaderError(f"no key for key id {found[0]['master_key_id']}")
+    wrap_key = hkdf(by_id[found[0]["master_key_id"]], "hardening-pipeline backup v1 wrap-key")
+    wrapped = base64.b64decode(found[0]["wrapped_key"])
+    aad = b"hardening-pipeline backup v1 tenant-key\x00" + entry["tenant_id"].encode()
+    tenant_key = AESGCM(wrap_key).decrypt(wrapped[:12], wrapped[12:], aad)
+    if hkdf(tenant_key, "hardening-pipeline backup v1 data-key-id", 8).hex() != wanted:
+        raise ReaderError("the unwrapped tenant key does not have its key id")
+    return tenant_key
+
+
+def read_object(blob: bytes, doc: dict, entry: dict, data_key: bytes | None = None) -> bytes:
+    data_key = doc["_data_key"] if data_key is None else data_key
     if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
         raise ReaderError("object sha256 mismatch")
     if len(blob) != entry["ciphertext_bytes"]:

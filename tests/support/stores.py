@@ -80,6 +80,13 @@ class RecordingStore(BackupStore):
         self.calls.append(("extend_lock", prefix))
         return self.inner.extend_lock(prefix, until, last_key=last_key)
 
+    def replace_unlocked(self, key: str, data: bytes, *, forget_older: bool = False) -> int:
+        # Not a put: the key ledger's writes leave the put count to the backup's objects.
+        self.calls.append(("replace_unlocked", key))
+        return self.inner.replace_unlocked(key, data, forget_older=forget_older)
+
     def mutations(self) -> list[tuple[str, str]]:
         """Only the calls that change the store."""
-        return [c for c in self.calls if c[0] in ("put", "delete", "delete_prefix")]
+        return [
+            c for c in self.calls if c[0] in ("put", "replace_unlocked", "delete", "delete_prefix")
+        ]

@@ -179,6 +179,16 @@ class BackupStore(ABC):
     def describe(self) -> str:
         """Where the store is, for humans (logs, reports); never contains a secret."""
 
+    def replace_unlocked(self, key: str, data: bytes, *, forget_older: bool = False) -> int:
+        """Write ``data`` to ``key`` without a lock, even in a store that locks every object.
+
+        For the few objects that must stay erasable (the tenant key ledger). With
+        ``forget_older``, every older stored version of ``key`` is removed afterwards, so no
+        earlier copy survives in the store's version history (that needs a key allowed to
+        delete). A folder has no versions: an atomic replace is all of it.
+        """
+        return self.put(key, [data])
+
     # -- Object Lock: only buckets lock; a folder keeps these defaults --
 
     @property

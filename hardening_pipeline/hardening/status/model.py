@@ -102,6 +102,7 @@ CHECKLIST: tuple[str, ...] = (
     "audit_events_no_write_grants",
     "audit_ddl_recorded",
     "audit_seal_chain",
+    "tenant_key_ledger",
     "service_role_rule_enforced",
     "rls_tenant_tables",
     "rls_disabled_in_public",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
+from hardening_pipeline.backup.tenant_keys import ledger_status
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS as DDL_EVENT_TRIGGERS
 from hardening_pipeline.db.ddl_recording import read_ddl_recording
 from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers
@@ -99,3 +100,12 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
         conn, store=ctx.store, keyring=ctx.keyring, anchor=read_anchor(ctx.seal_anchor)
     )
     return result.passed, result.detail, result.fix
+
+
+@check(
+    "tenant_key_ledger",
+    "the tenant key ledger's copies (store, database) agree and hold every key a retained "
+    "backup uses, unless erase-tenant destroyed it",
+)
+def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
+    return ledger_status(conn, ctx.store, ctx.keyring)
