@@ -51,7 +51,7 @@ from hardening_pipeline.backup.tenant_keys import (
 )
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
-from hardening_pipeline.hardening.status_check import run_status_check
+from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
 from hardening_pipeline.seed import seed_demo_data
