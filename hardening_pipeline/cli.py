@@ -757,7 +757,7 @@ def tenant_keys_group() -> None:
 @friendly_errors
 def tenant_keys_export(ctx: Context, target: Path) -> None:
     """Write the key ledger (keys wrapped by the master key) to TARGET for escrow."""
-    from hardening_pipeline.backup.tenant_keys import export_ledger
+    from hardening_pipeline.backup.tenant_key_copies import export_ledger
 
     keyring, store = _keyring_and_store(ctx)
     data = export_ledger(store, ctx.database_url, keyring)
@@ -778,7 +778,7 @@ def tenant_keys_export(ctx: Context, target: Path) -> None:
 @friendly_errors
 def tenant_keys_recover(ctx: Context, escrow: Path | None) -> None:
     """Rebuild both ledger copies from every readable copy, the escrow export and the master key."""
-    from hardening_pipeline.backup.tenant_keys import recover_ledger
+    from hardening_pipeline.backup.tenant_key_copies import recover_ledger
 
     keyring, store = _keyring_and_store(ctx, pruning=True)
     result = recover_ledger(

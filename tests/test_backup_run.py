@@ -30,7 +30,8 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.nightly import BackupResult, run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import MIN_PART_SIZE, BackupStore, FileStore
-from hardening_pipeline.backup.tenant_keys import LEDGER_KEY, object_key
+from hardening_pipeline.backup.tenant_key_use import object_key
+from hardening_pipeline.backup.tenant_keys import LEDGER_KEY
 from hardening_pipeline.errors import CheckFailed, HardeningError
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect

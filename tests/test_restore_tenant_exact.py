@@ -35,7 +35,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore
-from hardening_pipeline.backup.tenant_keys import object_key
+from hardening_pipeline.backup.tenant_key_use import object_key
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
 from hardening_pipeline.restore.tenant import restore_tenant

@@ -36,17 +36,18 @@ from hardening_pipeline.backup.object_format import ObjectDecoder, ObjectEncoder
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
 from hardening_pipeline.backup.store import FileStore, S3Store, make_s3_client
+from hardening_pipeline.backup.tenant_key_copies import (
+    ledger_status,
+    read_db_ledger,
+    read_store_ledger,
+    recover_ledger,
+)
+from hardening_pipeline.backup.tenant_key_use import ObjectKeys, object_key
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     Ledger,
     LedgerError,
-    ObjectKeys,
     TenantErasedError,
-    ledger_status,
-    object_key,
-    read_db_ledger,
-    read_store_ledger,
-    recover_ledger,
     sign_ledger,
 )
 from hardening_pipeline.db.migrations import apply_migrations

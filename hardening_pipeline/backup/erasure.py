@@ -23,19 +23,21 @@ from psycopg.types.json import Jsonb
 from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.backup.tenant_key_copies import (
+    LedgerComparison,
+    compare_copies,
+    read_db_ledger,
+    read_store_ledger,
+    rewrite_db_copy,
+    write_db_copy,
+)
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     RECOVER_COMMAND,
     ErasedKey,
     Ledger,
-    LedgerComparison,
     LedgerError,
-    compare_copies,
-    read_db_ledger,
-    read_store_ledger,
-    rewrite_db_copy,
     sign_ledger,
-    write_db_copy,
 )
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock

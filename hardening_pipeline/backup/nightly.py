@@ -73,7 +73,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
-from hardening_pipeline.backup.tenant_keys import BackupTenantKeys, prepare_tenant_keys
+from hardening_pipeline.backup.tenant_key_use import BackupTenantKeys, prepare_tenant_keys
 from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_lock_holders
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock

@@ -16,7 +16,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.freshness import DEFAULT_MAX_AGE, Freshness, check_backup_freshness
 from hardening_pipeline.backup.locks import LockCheck, check_backup_locks
 from hardening_pipeline.backup.store import BackupStore
-from hardening_pipeline.backup.tenant_keys import ledger_status
+from hardening_pipeline.backup.tenant_key_copies import ledger_status
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.errors import HardeningError
 from hardening_pipeline.hardening.alerts import alert_status

@@ -56,7 +56,8 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
-from hardening_pipeline.backup.tenant_keys import ErasedKey, ObjectKeys
+from hardening_pipeline.backup.tenant_key_use import ObjectKeys
+from hardening_pipeline.backup.tenant_keys import ErasedKey
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused

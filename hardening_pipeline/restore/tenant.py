@@ -35,12 +35,9 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.export import FOREIGN_KEY_EDGES
 from hardening_pipeline.backup.manifest import Manifest, ObjectEntry
 from hardening_pipeline.backup.store import BackupStore
-from hardening_pipeline.backup.tenant_keys import (
-    ObjectKeys,
-    TenantErasedError,
-    erased_sentence,
-    read_store_ledger,
-)
+from hardening_pipeline.backup.tenant_key_copies import read_store_ledger
+from hardening_pipeline.backup.tenant_key_use import ObjectKeys, erased_sentence
+from hardening_pipeline.backup.tenant_keys import TenantErasedError
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import read_applied
 from hardening_pipeline.errors import CheckFailed, ConfigError

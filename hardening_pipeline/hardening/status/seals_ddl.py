@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from hardening_pipeline.backup.tenant_keys import ledger_status
+from hardening_pipeline.backup.tenant_key_copies import ledger_status
 from hardening_pipeline.db.ddl_recording import EVENT_TRIGGERS as DDL_EVENT_TRIGGERS
 from hardening_pipeline.db.ddl_recording import read_ddl_recording
 from hardening_pipeline.db.shipped_functions import changed_functions, shipped_event_triggers

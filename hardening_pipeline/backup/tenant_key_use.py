@@ -1,0 +1,201 @@
+"""Tenant keys at work: the keys one backup encrypts with (recorded in both ledger copies
+first), and the key each object of a backup decrypts with. What the ledger is:
+``backup/tenant_keys.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from hardening_pipeline.backup.crypto import (
+    Keyring,
+    data_key_id,
+    generate_data_key,
+)
+from hardening_pipeline.backup.manifest import (
+    Manifest,
+    ObjectEntry,
+    unwrap_data_key,
+)
+from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_key_copies import (
+    LedgerComparison,
+    compare_copies,
+    read_store_ledger,
+    write_both_copies,
+)
+from hardening_pipeline.backup.tenant_keys import (
+    LEDGER_KEY,
+    RECOVER_COMMAND,
+    ErasedKey,
+    Ledger,
+    LedgerError,
+    TenantErasedError,
+    TenantKey,
+    format_time,
+)
+from hardening_pipeline.errors import CheckFailed
+
+# --- keys for a backup ------------------------------------------------------------------------
+
+
+@dataclass
+class BackupTenantKeys:
+    """The tenant keys one backup run encrypts with, and the ledger they were recorded in."""
+
+    keys: dict[str, bytes]
+    ledger: Ledger
+    comparison: LedgerComparison
+
+    def key_for(self, tenant_id: str | None) -> bytes | None:
+        return None if tenant_id is None else self.keys[tenant_id]
+
+
+def prepare_tenant_keys(
+    store: BackupStore,
+    url: str,
+    keyring: Keyring,
+    tenant_ids: Sequence[str],
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> BackupTenantKeys:
+    """Compare the ledger copies, add keys for new tenants, record them before any object.
+
+    Refuses (red) when the copies disagree in a way no erasure explains, and when a tenant
+    whose key was erased still has rows: backing it up under a new key would bring the erased
+    data back into the backups.
+    """
+    from hardening_pipeline.db.connection import connect
+
+    now = now or datetime.now(UTC)
+    with connect(url) as conn:
+        comparison = compare_copies(store, conn, keyring)
+        if comparison.problems:
+            raise LedgerError(
+                f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); no "
+                f"backup was written: run `{RECOVER_COMMAND}` to rebuild the ledger from both "
+                "copies and the master key (or from the escrow export)."
+            )
+        ledger = comparison.agreed
+        erased_tenants = {e.tenant_id: e for e in ledger.erased}
+        present = [t for t in tenant_ids if t in erased_tenants and t not in ledger.tenants]
+        if present:
+            when = format_time(erased_tenants[present[0]].erased_at)
+            raise CheckFailed(
+                f"tenant {present[0]} was erased at {when} but still has rows in the database; "
+                "no backup was written: delete the tenant and its rows from the database, then "
+                "run the backup again."
+            )
+        tenants = dict(ledger.tenants)
+        keys: dict[str, bytes] = {}
+        changed = comparison.store is None or (
+            comparison.database_available and comparison.database is None
+        )
+        changed = changed or bool(comparison.notes)
+        for tenant in tenant_ids:
+            entry = tenants.get(tenant)
+            if entry is None:
+                key = generate_data_key()
+                wrapped = keyring.wrap_tenant_key(key, tenant)
+                tenants[tenant] = TenantKey(
+                    tenant, data_key_id(key).hex(), wrapped.key_id, wrapped.ciphertext, now
+                )
+                changed = True
+            else:
+                key = keyring.unwrap_tenant_key(entry.wrapped, tenant)
+                if entry.master_key_id != keyring.current_key_id:
+                    # Rotation: the entry moves to the current master key on this write.
+                    wrapped = keyring.wrap_tenant_key(key, tenant)
+                    tenants[tenant] = replace(
+                        entry, master_key_id=wrapped.key_id, wrapped_key=wrapped.ciphertext
+                    )
+                    changed = True
+            keys[tenant] = key
+        if changed:
+            ledger = Ledger(ledger.version + 1, now, tenants, ledger.erased)
+            if not dry_run:
+                write_both_copies(store, conn, ledger, keyring)
+        return BackupTenantKeys(keys, ledger, comparison)
+
+
+# --- keys for a reader ------------------------------------------------------------------------
+
+
+class ObjectKeys:
+    """Which key opens each object of one backup: the manifest's shared key or a tenant's key.
+
+    Tenant keys come from the store's ledger, read once and only if the backup uses any.
+    """
+
+    def __init__(self, store: BackupStore, manifest: Manifest, keyring: Keyring) -> None:
+        self._store = store
+        self._manifest = manifest
+        self._keyring = keyring
+        self._shared: bytes | None = None
+        self._ledger: Ledger | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def unwrap(self, entry: TenantKey) -> bytes:
+        return self._keyring.unwrap_tenant_key(entry.wrapped, entry.tenant_id)
+
+    @property
+    def shared(self) -> bytes:
+        if self._shared is None:
+            self._shared = unwrap_data_key(self._manifest, self._keyring)
+        return self._shared
+
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            found = read_store_ledger(self._store, self._keyring)
+            if found is None:
+                raise LedgerError(
+                    f"backup {self._manifest.backup_id} holds tenant objects encrypted under "
+                    f"tenant keys, but the store has no key ledger ({LEDGER_KEY}); run "
+                    f"`{RECOVER_COMMAND}` to write it again from the database's copy or the "
+                    "escrow export."
+                )
+            self._ledger = found[0]
+        return self._ledger
+
+    def erased(self, entry: ObjectEntry) -> ErasedKey | None:
+        """The erasure that destroyed this object's key, None when it can still be read."""
+        if entry.tenant_key_id is None:
+            return None
+        return self.ledger().erased_key(entry.tenant_key_id)
+
+    def for_object(self, entry: ObjectEntry) -> bytes:
+        if entry.tenant_key_id is None:
+            return self.shared
+        ledger = self.ledger()
+        erased = ledger.erased_key(entry.tenant_key_id)
+        if erased is not None:
+            raise TenantErasedError(erased_sentence(erased, self._manifest.backup_id))
+        key = ledger.tenants.get(entry.tenant_id or "")
+        if key is None or key.key_id != entry.tenant_key_id:
+            raise LedgerError(
+                f"the key ledger holds no key {entry.tenant_key_id} for tenant "
+                f"{entry.tenant_id} of backup {self._manifest.backup_id}, and records no "
+                f"erasure of it; run `{RECOVER_COMMAND}` to rebuild the ledger from its copies "
+                "and the escrow export."
+            )
+        return self._keyring.unwrap_tenant_key(key.wrapped, key.tenant_id)
+
+
+def object_key(
+    store: BackupStore, manifest: Manifest, keyring: Keyring, entry: ObjectEntry
+) -> bytes:
+    """The key that opens one object of a backup (a restore keeps an ``ObjectKeys`` instead)."""
+    return ObjectKeys(store, manifest, keyring).for_object(entry)
+
+
+def erased_sentence(erased: ErasedKey, backup_id: str) -> str:
+    return (
+        f"tenant {erased.tenant_id} was erased at {format_time(erased.erased_at)} (key id "
+        f"{erased.key_id} destroyed), so its rows in backup {backup_id} can no longer be "
+        "decrypted by anyone; there is nothing of it to restore."
+    )
