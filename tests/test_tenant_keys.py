@@ -116,6 +116,16 @@ def opens(store, manifest, entry, key: bytes) -> bool:
 # --- per-tenant keys ---------------------------------------------------------------------------
 
 
+def offboard(url: str, tenant: str) -> None:
+    """The app deletes the tenant's rows, as it would after the customer left."""
+    with admin_connect(url) as conn:
+        conn.execute("SELECT set_config('app.actor', 'test:offboarding', false)")
+        for table in ("messages", "onboarding_attempts", "units", "developments"):
+            conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
+        conn.execute("DELETE FROM tenants WHERE id = %s", (tenant,))
+        conn.commit()
+
+
 def test_each_tenant_is_under_its_own_key_recorded_in_both_ledger_copies(
     seeded: str, store: S3Store, keyring: Keyring
 ) -> None:
@@ -307,12 +317,7 @@ def test_restore_of_an_erased_tenant_refuses_with_a_sentence(
         restore_tenant(store, keyring, tenant_id=victim, target_url=empty_db_url)
     # Once the tenant is gone from the database, newer backups do not hold it at all: the
     # refusal still says it was erased rather than suggesting another backup.
-    with admin_connect(seeded) as conn:
-        conn.execute("SELECT set_config('app.actor', 'test:offboarding', false)")
-        for table in ("messages", "onboarding_attempts", "units", "developments"):
-            conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (victim,))  # noqa: S608
-        conn.execute("DELETE FROM tenants WHERE id = %s", (victim,))
-        conn.commit()
+    offboard(seeded, victim)
     newer = run_backup(seeded, store, keyring)
     assert victim not in {o.tenant_id for o in newer.manifest.objects}
     with pytest.raises(TenantErasedError, match="was erased"):
@@ -336,12 +341,7 @@ def test_retention_still_works_after_erasure(
     first = run_backup(seeded, store, keyring)
     victim = tenants_of(seeded)[2]
     erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
-    with admin_connect(seeded) as conn:
-        conn.execute("SELECT set_config('app.actor', 'test:offboarding', false)")
-        for table in ("messages", "onboarding_attempts", "units", "developments"):
-            conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (victim,))  # noqa: S608
-        conn.execute("DELETE FROM tenants WHERE id = %s", (victim,))
-        conn.commit()
+    offboard(seeded, victim)
     second = run_backup(seeded, store, keyring)
     s3_clock.advance(timedelta(days=40))  # every lock has run out
     outcome = apply_retention(

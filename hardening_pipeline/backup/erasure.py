@@ -25,6 +25,7 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
+    agreed_ledger,
     compare_copies,
     read_db_ledger,
     read_store_ledger,
@@ -33,10 +34,8 @@ from hardening_pipeline.backup.tenant_key_copies import (
 )
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
-    RECOVER_COMMAND,
     ErasedKey,
     Ledger,
-    LedgerError,
     sign_ledger,
 )
 from hardening_pipeline.db.connection import connect
@@ -110,12 +109,7 @@ def plan_erasure(store: BackupStore, keyring: Keyring, url: str, tenant_id: str)
     """Find the tenant's key and every retained backup that holds an object under it."""
     tenant = normalise_tenant(tenant_id)
     with connect(url) as conn:
-        comparison = compare_copies(store, conn, keyring)
-    if comparison.problems:
-        raise LedgerError(
-            f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); nothing "
-            f"was erased: run `{RECOVER_COMMAND}` first."
-        )
+        comparison = agreed_ledger(store, conn, keyring, "nothing was erased")
     ledger = comparison.agreed
     entry = ledger.tenants.get(tenant)
     if entry is None:

@@ -221,6 +221,20 @@ def compare_copies(
     return result
 
 
+def agreed_ledger(
+    store: BackupStore, conn: psycopg.Connection, keyring: Keyring, nothing_done: str
+) -> LedgerComparison:
+    """Both copies compared; refused, saying ``nothing_done``, when they disagree."""
+    comparison = compare_copies(store, conn, keyring)
+    if comparison.problems:
+        raise LedgerError(
+            f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); "
+            f"{nothing_done}: run `{RECOVER_COMMAND}` to rebuild the ledger from both copies and "
+            "the master key (or from the escrow export)."
+        )
+    return comparison
+
+
 def ledger_status(
     conn: psycopg.Connection, store: BackupStore | None, keyring: Keyring | None
 ) -> tuple[bool, str, str]:

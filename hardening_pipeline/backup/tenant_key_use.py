@@ -21,7 +21,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
-    compare_copies,
+    agreed_ledger,
     read_store_ledger,
     write_both_copies,
 )
@@ -71,13 +71,7 @@ def prepare_tenant_keys(
 
     now = now or datetime.now(UTC)
     with connect(url) as conn:
-        comparison = compare_copies(store, conn, keyring)
-        if comparison.problems:
-            raise LedgerError(
-                f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); no "
-                f"backup was written: run `{RECOVER_COMMAND}` to rebuild the ledger from both "
-                "copies and the master key (or from the escrow export)."
-            )
+        comparison = agreed_ledger(store, conn, keyring, "no backup was written")
         ledger = comparison.agreed
         erased_tenants = {e.tenant_id: e for e in ledger.erased}
         present = [t for t in tenant_ids if t in erased_tenants and t not in ledger.tenants]
