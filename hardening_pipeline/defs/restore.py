@@ -91,7 +91,7 @@ def restore_drill_report(
     yield dg.MaterializeResult(metadata=metadata)
     if not job.passed:
         if delivered:
-            mark_alerted(context.instance, context.run_id)
+            mark_alerted(context.instance, context.run.run_id)
         raise failure(job.subject, job.failure or "", metadata=metadata)
 
 

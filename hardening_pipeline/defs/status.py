@@ -85,7 +85,7 @@ def hardening_status_report(
         # A red report is a failed run, so the Runs list and the run page are red too. The
         # status alert already went to Slack (once per change); the failure sensor adds none.
         if outcome is not None and not outcome.undelivered:
-            mark_alerted(context.instance, context.run_id)
+            mark_alerted(context.instance, context.run.run_id)
         raise failure(job.subject, f"{job.failure} First: {job.first_red(runbook_base_url)}")
 
 
