@@ -106,3 +106,12 @@ def unique_slug() -> str:
 def keyring() -> Keyring:
     """A fresh random master key per test; a test module that needs a fixed one overrides it."""
     return Keyring(os.urandom(32))
+
+
+@pytest.fixture
+def no_seal_start_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seal horizon's one-second margin for clock slack, set to zero: a test of an open
+    transaction need not sleep it out (rows written before it began are sealable at once)."""
+    from datetime import timedelta
+
+    monkeypatch.setattr("hardening_pipeline.hardening.seals.horizon.START_MARGIN", timedelta(0))

@@ -188,11 +188,9 @@ def test_a_rewound_sequence_is_red_and_names_the_ids(db_url, su):
 
 def held_back_seal(db_url: str, su: psycopg.Connection):
     """A seal made while a transaction was open: its high-water mark is above its last id, and
-    the rows committed meanwhile above that id are recorded as pending."""
-    import time
-
+    the rows committed meanwhile above that id are recorded as pending. Callers take the
+    ``no_seal_start_margin`` fixture, so the rows written just before are sealable at once."""
     write_tenants(su, 1)
-    time.sleep(1.2)  # the horizon keeps a one-second margin before the open transaction began
     late = admin_connect(db_url)
     late.execute("SELECT set_config('app.actor', 'test:late', true)")
     late.execute(
@@ -206,7 +204,7 @@ def held_back_seal(db_url: str, su: psycopg.Connection):
     return late, sealed, after
 
 
-def test_a_pending_row_deleted_below_the_high_water_mark_is_red(db_url, su):
+def test_a_pending_row_deleted_below_the_high_water_mark_is_red(db_url, su, no_seal_start_margin):
     late, sealed, pending = held_back_seal(db_url, su)
     try:
         late.commit()  # the guard cannot be switched off while it holds the table
@@ -220,7 +218,7 @@ def test_a_pending_row_deleted_below_the_high_water_mark_is_red(db_url, su):
         late.close()
 
 
-def test_a_reused_id_below_the_high_water_mark_is_red(db_url, su):
+def test_a_reused_id_below_the_high_water_mark_is_red(db_url, su, no_seal_start_margin):
     late, sealed, pending = held_back_seal(db_url, su)
     try:
         late.commit()

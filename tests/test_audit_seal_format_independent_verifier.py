@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import psycopg
 import pytest
@@ -43,13 +42,12 @@ def tamper(su: psycopg.Connection, *statements: str, last: int = 0) -> None:
 
 
 @pytest.fixture
-def sealed(db_url, su, tmp_path, keyring):
+def sealed(db_url, su, tmp_path, keyring, no_seal_start_margin):
     """A chain of several format 2 seals, one of them held back by an open transaction."""
     store = FileStore(tmp_path / "store")
     write_tenants(su, 2)
     seal_audit_log(db_url, store=store, keyring=keyring, max_rows=4)
     write_tenants(su, 1)
-    time.sleep(1.2)  # the horizon keeps a second of margin before an open transaction began
     with admin_connect(db_url) as late:
         late.execute("SELECT set_config('app.actor', 'test:late', true)")
         late.execute(

@@ -542,9 +542,10 @@ def test_a_seal_without_a_store_copy_is_red_when_the_store_is_checked(db_url, su
 # --- concurrency: the safe horizon --------------------------------------------------------------
 
 
-def test_a_late_commit_is_not_tampering_and_is_sealed_next_time(db_url, su, store, keyring):
+def test_a_late_commit_is_not_tampering_and_is_sealed_next_time(
+    db_url, su, store, keyring, no_seal_start_margin
+):
     early = write_tenants(su, 1)
-    time.sleep(1.2)  # the horizon keeps a one-second margin before the open transaction began
     with admin_connect(db_url) as late:
         insert_tenant_uncommitted(late)
         late_ids = [
