@@ -257,6 +257,149 @@ def _canary_log(results: list[CanaryResult]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class _EvidenceRun:
+    """What the stages share: where to look and write, and what earlier stages found."""
+
+    settings: Settings
+    url: str
+    keyring: Keyring
+    store: BackupStore
+    upload: str
+    bundle: _Bundle
+    backup: BackupResult | None = None
+    service_role: ServiceRoleProof | None = None
+
+
+def _migrations_stage(run: _EvidenceRun) -> StageOutcome:
+    """Apply pending migrations; seed the embedded database when it is empty."""
+    applied = apply_migrations(run.url, applied_by="hardening evidence")
+    seeded = ""
+    if run.settings.uses_embedded_database:
+        with connect(run.url) as conn:
+            empty = conn.execute("SELECT count(*) AS n FROM tenants").fetchone()["n"] == 0
+        if empty:
+            seed = seed_demo_data(
+                run.url, tenants=DEMO_TENANTS, messages_per_unit=DEMO_MESSAGES_PER_UNIT
+            )
+            seeded = f"; embedded database was empty, seeded {seed.rows} demo rows"
+    files = [run.bundle.write("migrations.log", _migrations_log(applied, run.url) + seeded)]
+    return StageOutcome(
+        "migrations",
+        True,
+        0.0,
+        f"{len(applied.all_files)} migrations applied{seeded}",
+        files,
+    )
+
+
+def _backup_stage(run: _EvidenceRun) -> StageOutcome:
+    """Take a backup into the run's store (the configured one, or a scratch folder)."""
+    job = backup_job(
+        run.url,
+        run.store,
+        run.keyring,
+        schemas=run.settings.backup_schemas,
+        pg_dump_path=run.settings.pg_dump_path,
+        runbook_base_url=run.settings.runbook_url,
+    )
+    result = job.backup
+    run.backup = result
+    data = _backup_summary(result, run.upload)
+    log = [
+        f"backup {result.backup_id}: {len(result.manifest.objects)} objects, "
+        f"{result.rows:,} rows, {result.plaintext_bytes:,} bytes exported, "
+        f"{result.ciphertext_bytes:,} bytes encrypted, {result.seconds:.2f}s",
+        f"location: {result.location}",
+        f"upload: {run.upload}",
+        f"manifest: {result.manifest_key} (authenticated, written last)",
+    ]
+    summary = f"backup {result.backup_id} ({run.upload})"
+    if not job.passed:
+        log.append(f"{job.subject}: {job.failure}")
+        summary = f"{job.subject}: {job.failure}"
+    files = [
+        run.bundle.write("backup.log", "\n".join(log)),
+        run.bundle.write_json("backup.json", data),
+    ]
+    return StageOutcome("backup", job.passed, 0.0, summary, files)
+
+
+def _retention_stage(run: _EvidenceRun) -> StageOutcome:
+    """Plan retention (a dry run) and, on a locked store, say how long backups stay immutable."""
+    job = retention_job(run.store, run.keyring, dry_run=True)
+    data = _retention_summary(job)
+    log = [f"{row.decision} {row.backup_id}: {row.why}" for row in job.rows]
+    log.append("dry run: nothing was deleted")
+    summary = f"dry run: {job.summary()}"
+    # On a locked store: how long the backups are immutable, or why they are not.
+    locks = check_backup_locks(run.store, run.keyring)
+    if locks is not None:
+        data["locks"] = {"passed": locks.passed, "detail": locks.detail}
+        log.append(f"{'ok' if locks.passed else 'FAIL'} backup locks: {locks.detail}")
+        summary += f"; {locks.detail}"
+    files = [
+        run.bundle.write("retention.log", "\n".join(log)),
+        run.bundle.write_json("retention.json", data),
+    ]
+    return StageOutcome(
+        "retention",
+        locks is None or locks.passed,
+        0.0,
+        summary,
+        files,
+    )
+
+
+def _drill_stage(run: _EvidenceRun) -> StageOutcome:
+    """Restore the newest backup into a throwaway Postgres and verify it."""
+    job = drill_job(
+        run.store,
+        run.keyring,
+        reports_dir=run.settings.reports_dir,
+        notifier=None,
+        target_dsn=run.settings.drill_target(),
+        source=configured_source(run.url),
+    )
+    result = job.result
+    files = [
+        run.bundle.write("restore-drill.log", drill_markdown(result)),
+        run.bundle.write_json("restore-drill.json", result.to_json()),
+    ]
+    summary = (
+        f"backup {result.backup_id} restored and verified, RTO {result.rto_seconds:.1f}s"
+        if result.passed
+        else f"{job.subject}: {job.failure}"
+    )
+    return StageOutcome("restore-drill", result.passed, 0.0, summary, files)
+
+
+def _canaries_stage(run: _EvidenceRun) -> StageOutcome:
+    """Run every canary, without alerting."""
+    job = canary_job(run.url, notifier=None, runbook_base_url=run.settings.runbook_url)
+    results = job.results
+    files = [
+        run.bundle.write("canaries.log", _canary_log(results)),
+        run.bundle.write_json("canaries.json", [asdict(r) for r in results]),
+    ]
+    summary = (
+        "all canaries quiet" if job.passed else f"firing: {', '.join(r.name for r in job.red)}"
+    )
+    return StageOutcome("canaries", job.passed, 0.0, summary, files)
+
+
+def _service_role_rule_stage(run: _EvidenceRun) -> StageOutcome:
+    """Prove, in the database, that raw service_role writes without an actor are refused."""
+    with connect(run.url) as conn:
+        proof: ServiceRoleProof = prove_service_role_rule(conn)
+    run.service_role = proof
+    files = [
+        run.bundle.write("service-role-rule.log", proof.describe()),
+        run.bundle.write_json("service-role-rule.json", asdict(proof)),
+    ]
+    return StageOutcome("service-role-rule", proof.passed, 0.0, proof.describe(), files)
+
+
 def run_evidence(
     settings: Settings,
     *,
@@ -279,139 +422,17 @@ def run_evidence(
         if dry_run_upload
         else f"real upload to {configured_store.describe()}"
     )
-    facts: dict[str, Any] = {}
+    run = _EvidenceRun(settings, url, keyring, store, upload, bundle)
     try:
-
-        def migrations() -> StageOutcome:
-            run = apply_migrations(url, applied_by="hardening evidence")
-            seeded = ""
-            if settings.uses_embedded_database:
-                with connect(url) as conn:
-                    empty = conn.execute("SELECT count(*) AS n FROM tenants").fetchone()["n"] == 0
-                if empty:
-                    seed = seed_demo_data(
-                        url, tenants=DEMO_TENANTS, messages_per_unit=DEMO_MESSAGES_PER_UNIT
-                    )
-                    seeded = f"; embedded database was empty, seeded {seed.rows} demo rows"
-            files = [bundle.write("migrations.log", _migrations_log(run, url) + seeded)]
-            return StageOutcome(
-                "migrations",
-                True,
-                0.0,
-                f"{len(run.all_files)} migrations applied{seeded}",
-                files,
-            )
-
-        def backup() -> StageOutcome:
-            job = backup_job(
-                url,
-                store,
-                keyring,
-                schemas=settings.backup_schemas,
-                pg_dump_path=settings.pg_dump_path,
-                runbook_base_url=settings.runbook_url,
-            )
-            result = job.backup
-            facts["backup"] = result
-            data = _backup_summary(result, upload)
-            log = [
-                f"backup {result.backup_id}: {len(result.manifest.objects)} objects, "
-                f"{result.rows:,} rows, {result.plaintext_bytes:,} bytes exported, "
-                f"{result.ciphertext_bytes:,} bytes encrypted, {result.seconds:.2f}s",
-                f"location: {result.location}",
-                f"upload: {upload}",
-                f"manifest: {result.manifest_key} (authenticated, written last)",
-            ]
-            summary = f"backup {result.backup_id} ({upload})"
-            if not job.passed:
-                log.append(f"{job.subject}: {job.failure}")
-                summary = f"{job.subject}: {job.failure}"
-            files = [
-                bundle.write("backup.log", "\n".join(log)),
-                bundle.write_json("backup.json", data),
-            ]
-            return StageOutcome("backup", job.passed, 0.0, summary, files)
-
-        def retention() -> StageOutcome:
-            job = retention_job(store, keyring, dry_run=True)
-            data = _retention_summary(job)
-            log = [f"{row.decision} {row.backup_id}: {row.why}" for row in job.rows]
-            log.append("dry run: nothing was deleted")
-            summary = f"dry run: {job.summary()}"
-            # On a locked store: how long the backups are immutable, or why they are not.
-            locks = check_backup_locks(store, keyring)
-            if locks is not None:
-                data["locks"] = {"passed": locks.passed, "detail": locks.detail}
-                log.append(f"{'ok' if locks.passed else 'FAIL'} backup locks: {locks.detail}")
-                summary += f"; {locks.detail}"
-            files = [
-                bundle.write("retention.log", "\n".join(log)),
-                bundle.write_json("retention.json", data),
-            ]
-            return StageOutcome(
-                "retention",
-                locks is None or locks.passed,
-                0.0,
-                summary,
-                files,
-            )
-
-        def drill() -> StageOutcome:
-            job = drill_job(
-                store,
-                keyring,
-                reports_dir=settings.reports_dir,
-                notifier=None,
-                target_dsn=settings.drill_target(),
-                source=configured_source(url),
-            )
-            result = job.result
-            facts["drill"] = result
-            files = [
-                bundle.write("restore-drill.log", drill_markdown(result)),
-                bundle.write_json("restore-drill.json", result.to_json()),
-            ]
-            summary = (
-                f"backup {result.backup_id} restored and verified, RTO {result.rto_seconds:.1f}s"
-                if result.passed
-                else f"{job.subject}: {job.failure}"
-            )
-            return StageOutcome("restore-drill", result.passed, 0.0, summary, files)
-
-        def canaries() -> StageOutcome:
-            job = canary_job(url, notifier=None, runbook_base_url=settings.runbook_url)
-            results = job.results
-            facts["canaries"] = results
-            files = [
-                bundle.write("canaries.log", _canary_log(results)),
-                bundle.write_json("canaries.json", [asdict(r) for r in results]),
-            ]
-            summary = (
-                "all canaries quiet"
-                if job.passed
-                else f"firing: {', '.join(r.name for r in job.red)}"
-            )
-            return StageOutcome("canaries", job.passed, 0.0, summary, files)
-
-        def service_role_rule() -> StageOutcome:
-            with connect(url) as conn:
-                proof: ServiceRoleProof = prove_service_role_rule(conn)
-            facts["service_role"] = proof
-            files = [
-                bundle.write("service-role-rule.log", proof.describe()),
-                bundle.write_json("service-role-rule.json", asdict(proof)),
-            ]
-            return StageOutcome("service-role-rule", proof.passed, 0.0, proof.describe(), files)
-
-        bundle.run("migrations", migrations)
+        bundle.run("migrations", lambda: _migrations_stage(run))
         first = bundle.run(
             "status-initial", lambda: _status_stage(bundle, url, "status-initial", settings)
         )
-        bundle.run("backup", backup)
-        bundle.run("retention", retention)
-        bundle.run("restore-drill", drill)
-        bundle.run("canaries", canaries)
-        bundle.run("service-role-rule", service_role_rule)
+        bundle.run("backup", lambda: _backup_stage(run))
+        bundle.run("retention", lambda: _retention_stage(run))
+        bundle.run("restore-drill", lambda: _drill_stage(run))
+        bundle.run("canaries", lambda: _canaries_stage(run))
+        bundle.run("service-role-rule", lambda: _service_role_rule_stage(run))
         final = bundle.run(
             "status-report", lambda: _status_stage(bundle, url, "status-report", settings)
         )
@@ -420,7 +441,7 @@ def run_evidence(
 
     tree = project_file_tree()
     bundle.write("file-tree.txt", "\n".join(tree))
-    summary = _summary_lines(bundle, facts, first, final, tree)
+    summary = _summary_lines(run, first, final, tree)
     result = EvidenceResult(
         folder,
         bundle.stages,
@@ -437,17 +458,18 @@ def _stage(bundle: _Bundle, name: str) -> StageOutcome | None:
 
 
 def _summary_lines(
-    bundle: _Bundle,
-    facts: dict[str, Any],
+    run: _EvidenceRun,
     first: StageOutcome,
     final: StageOutcome,
     tree: list[str],
 ) -> list[tuple[str, str, bool, str]]:
+    bundle = run.bundle
+
     def ok(name: str) -> bool:
         stage = _stage(bundle, name)
         return bool(stage and stage.passed)
 
-    backup_ok = ok("backup") and facts.get("backup") is not None
+    backup_ok = ok("backup") and run.backup is not None
     required = [
         "sql/migrations/002_audit_events.sql",
         "hardening_pipeline/db/tenant_scoped_client.py",
@@ -469,7 +491,7 @@ def _summary_lines(
             "Raw service_role writes without the wrapper's actor are refused (enforce mode)",
             ok("service-role-rule"),
             "service-role-rule.log: "
-            + (proof.describe() if (proof := facts.get("service_role")) else "not tried"),
+            + (run.service_role.describe() if run.service_role else "not tried"),
         ),
         (
             "C",
