@@ -428,6 +428,41 @@ def test_both_copies_lost_is_red_and_the_escrow_export_recovers(
     assert opens(store, backup.manifest, entry, keys.for_object(entry))
 
 
+def test_a_backup_refuses_to_re_key_a_tenant_whose_key_both_copies_lost(
+    seeded: str, store: S3Store, keyring: Keyring
+) -> None:
+    """Both copies lost without an erasure: a new key would leave every retained backup of
+    that tenant unreadable, so the backup stops and names the recovery instead."""
+    first = run_backup(seeded, store, keyring)
+    store.delete(LEDGER_KEY)
+    with admin_connect(seeded) as conn:
+        conn.execute("DELETE FROM hardening.tenant_key_ledger")
+        conn.commit()
+    with pytest.raises(CheckFailed, match="neither copy of the tenant key ledger.*recover"):
+        run_backup(seeded, store, keyring)
+    assert read_store_ledger(store, keyring) is None  # nothing was re-keyed
+    assert len(list_backups(store, keyring).valid) == 1
+    entry = next(o for o in first.manifest.objects if o.tenant_id is not None)
+    assert entry.tenant_key_id
+
+
+def test_recovery_waits_for_the_backup_lock_that_erasures_and_backups_hold(
+    seeded: str, store: S3Store, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recovery beside an erasure could write back the key the erasure just destroyed."""
+    from hardening_pipeline.backup import tenant_key_copies
+    from hardening_pipeline.db.job_locks import JobLockBusy, take_job_lock
+
+    run_backup(seeded, store, keyring)
+    monkeypatch.setattr(tenant_key_copies, "RECOVER_LOCK_TIMEOUT_MS", 200)
+    with admin_connect(seeded) as erasure:
+        erasure.execute("SELECT 1")  # the lock lives as long as this transaction
+        take_job_lock(erasure, "backup", lock_timeout_ms=None)
+        with pytest.raises(JobLockBusy):
+            recover_ledger(store, seeded, keyring)
+    assert recover_ledger(store, seeded, keyring).ledger.tenants
+
+
 # --- the command --------------------------------------------------------------------------------
 
 

@@ -300,8 +300,13 @@ def _readable_copies(
 def export_ledger(store: BackupStore, url: str, keyring: Keyring) -> bytes:
     """The escrow export: both copies merged and signed, every key still wrapped."""
     from hardening_pipeline.db.connection import connect
+    from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 
-    with connect(url) as conn:
+    with connect(url) as lock_conn, connect(url) as conn:
+        # Under the backup lock, as backups and erasures write the ledger: a recovery running
+        # beside an erasure could write back the key it just destroyed.
+        if job_locks_available(lock_conn):
+            take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
         copies, refused = _readable_copies(store, conn, keyring)
     if not copies:
         raise LedgerError(
@@ -322,6 +327,9 @@ class Recovery:
     refused: list[str]
 
 
+RECOVER_LOCK_TIMEOUT_MS = 60_000
+
+
 def recover_ledger(
     store: BackupStore, url: str, keyring: Keyring, *, escrow: bytes | None = None
 ) -> Recovery:
@@ -331,8 +339,13 @@ def recover_ledger(
     is written; an erasure recorded anywhere stays an erasure.
     """
     from hardening_pipeline.db.connection import connect
+    from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 
-    with connect(url) as conn:
+    with connect(url) as lock_conn, connect(url) as conn:
+        # Under the backup lock, as backups and erasures write the ledger: a recovery running
+        # beside an erasure could write back the key it just destroyed.
+        if job_locks_available(lock_conn):
+            take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
         copies, refused = _readable_copies(store, conn, keyring)
         sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
         if escrow is not None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import (
     Keyring,
     data_key_id,
@@ -84,6 +85,15 @@ def prepare_tenant_keys(
             )
         tenants = dict(ledger.tenants)
         keys: dict[str, bytes] = {}
+        lost = _keys_lost_from_both_copies(store, keyring, ledger, tenant_ids)
+        if lost:
+            tenant, key_id, count = lost[0]
+            raise CheckFailed(
+                f"tenant {tenant}'s key {key_id}, which {count} retained backup(s) use, is in "
+                "neither copy of the tenant key ledger and was never erased; no backup was "
+                f"written (a new key would leave those backups unreadable): run `{RECOVER_COMMAND}"
+                " --from <escrow export>` to bring it back."
+            )
         changed = comparison.store is None or (
             comparison.database_available and comparison.database is None
         )
@@ -193,3 +203,23 @@ def erased_sentence(erased: ErasedKey, backup_id: str) -> str:
         f"{erased.key_id} destroyed), so its rows in backup {backup_id} can no longer be "
         "decrypted by anyone; there is nothing of it to restore."
     )
+
+
+def _keys_lost_from_both_copies(
+    store: BackupStore, keyring: Keyring, ledger: Ledger, tenant_ids: Sequence[str]
+) -> list[tuple[str, str, int]]:
+    """Tenants about to get a new key although retained backups use one the ledger lost.
+
+    Read only when some tenant has no ledger entry (a new tenant, or a lost one), so a night
+    with every key in place lists no manifests.
+    """
+    missing = {t for t in tenant_ids if t not in ledger.tenants}
+    if not missing:
+        return []
+    used: dict[tuple[str, str], int] = {}
+    for backup in list_backups(store, keyring).valid:
+        for entry in backup.manifest.objects:
+            if entry.tenant_id in missing and entry.tenant_key_id:
+                pair = (entry.tenant_id, entry.tenant_key_id)
+                used[pair] = used.get(pair, 0) + 1
+    return [(tenant, key_id, count) for (tenant, key_id), count in sorted(used.items())]
