@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 # While an incident lasts, a failed run repeats the alert at most this often.
@@ -50,6 +50,11 @@ class Incident:
     failed_runs: int = 1
     # When Slack last accepted an alert for it; None while the first alert is undelivered.
     alerted_at: float | None = None
+
+    @property
+    def since_text(self) -> str:
+        """When it started, as alerts print it."""
+        return datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class Incidents:

@@ -192,8 +192,7 @@ def seal_alert(
         fields.insert(0, ("First bad id", str(job.verification.first_bad_id)))
     summary = sentence
     if ongoing is not None:
-        since = datetime.fromtimestamp(ongoing.since, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        summary = f"Still failing since {since}: {sentence}"
+        summary = f"Still failing since {ongoing.since_text}: {sentence}"
     return Alert(
         title="Audit seal chain broken" if ongoing is None else "Audit seal: still failing",
         status="failure",

@@ -34,7 +34,7 @@ than only in tick logs.
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -156,10 +156,6 @@ def failure_details(instance: dg.DagsterInstance, run_id: str) -> tuple[list[str
     return steps, errors, run_message
 
 
-def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def job_runbook(job_name: str) -> list[tuple[str, str]]:
     """The runbook link for a job's failure alert, where the runbook has a section for it."""
     anchor = JOB_RUNBOOK_ANCHORS.get(job_name)
@@ -169,15 +165,9 @@ def job_runbook(job_name: str) -> list[tuple[str, str]]:
 
 
 def build_failure_alert(
-    instance: dg.DagsterInstance,
-    run: dg.DagsterRun,
-    webserver_url: str,
-    ongoing: Incident | None = None,
+    instance: dg.DagsterInstance, run: dg.DagsterRun, webserver_url: str
 ) -> tuple[Alert, str]:
-    """What failed, where, why, the runbook and the run's link; and the incident it belongs to.
-
-    ``ongoing`` makes it the "still failing" reminder of that incident.
-    """
+    """What failed, where, why, the runbook and the run's link; and the incident it belongs to."""
     steps, errors, run_message = failure_details(instance, run.run_id)
     error = errors[0].split(": ", 1)[-1] if errors else run_message
     fields = [("Job", run.job_name), ("Run", run.run_id)]
@@ -186,22 +176,14 @@ def build_failure_alert(
     if partition:
         fields.append(("Partition", partition))
     details = [line[:MAX_ERROR_CHARS] for line in errors] or [run_message[:MAX_ERROR_CHARS]]
-    summary = (
-        f"Run {run.run_id[:8]} of {run.job_name} failed"
-        + (f" in {', '.join(steps)}" if steps else "")
-        + f": {error[:MAX_ERROR_CHARS] or 'no error message was recorded'}"
-    )
-    title = f"Dagster run failed: {run.job_name}"
-    if ongoing is not None:
-        title = f"Still failing: {run.job_name}"
-        summary = (
-            f"Failing since {_when(ongoing.since)} ({ongoing.failed_runs} failed runs); "
-            f"the latest: {summary}"
-        )
     alert = Alert(
-        title=title,
+        title=f"Dagster run failed: {run.job_name}",
         status="failure",
-        summary=summary,
+        summary=(
+            f"Run {run.run_id[:8]} of {run.job_name} failed"
+            + (f" in {', '.join(steps)}" if steps else "")
+            + f": {error[:MAX_ERROR_CHARS] or 'no error message was recorded'}"
+        ),
         fields=fields,
         details=details,
         links=[
@@ -212,6 +194,18 @@ def build_failure_alert(
     return alert, incident_key(run.job_name, steps, error)
 
 
+def reminder_alert(alert: Alert, incident: Incident, job_name: str) -> Alert:
+    """A run's failure alert as the "still failing" reminder of the incident it belongs to."""
+    return replace(
+        alert,
+        title=f"Still failing: {job_name}",
+        summary=(
+            f"Failing since {incident.since_text} ({incident.failed_runs} failed runs); "
+            f"the latest: {alert.summary}"
+        ),
+    )
+
+
 def resolved_alert(incident: Incident, run: dg.DagsterRun, webserver_url: str) -> Alert:
     """The incident is over: its job succeeded again."""
     return Alert(
@@ -219,7 +213,7 @@ def resolved_alert(incident: Incident, run: dg.DagsterRun, webserver_url: str) -
         status="resolved",
         summary=(
             f"{incident.job} succeeded again (run {run.run_id[:8]}) after failing since "
-            f"{_when(incident.since)} ({incident.failed_runs} failed runs): {incident.summary}"
+            f"{incident.since_text} ({incident.failed_runs} failed runs): {incident.summary}"
         )[:MAX_ERROR_CHARS],
         fields=[("Job", incident.job), ("Run", run.run_id)],
         links=[("Open the run in Dagster", f"{webserver_url}/runs/{run.run_id}")],
@@ -354,24 +348,11 @@ def slack_on_run_failure(
         in_a_row = 0 if result.delivered else in_a_row + 1
         return result.delivered, str(result.detail)
 
-    def attempt(run: dg.DagsterRun, failed_at: float, remind: bool = False) -> None:
-        entry = cursor.pending.setdefault(
-            run.run_id,
-            {"since": now.timestamp(), "failed_at": failed_at, "attempts": 0, "error": ""},
-        )
-        if remind:
-            entry["remind"] = True
+    def attempt(run: dg.DagsterRun, entry: dict, alert: Alert, key: str) -> None:
+        """Send one pending alert; ``entry`` is its record in ``cursor.pending``."""
         if slack_refused_before():
             entry["error"] = entry["error"] or "not tried yet: Slack refused the alerts before it"
             return
-        key = entry.get("incident")
-        alert, key = build_failure_alert(
-            instance,
-            run,
-            webserver_url,
-            ongoing=incidents.get(key) if key and entry.get("remind") else None,
-        )
-        entry["incident"] = key
         delivered, detail = deliver(alert)
         if delivered:
             sent.append(run.run_id)
@@ -408,14 +389,20 @@ def slack_on_run_failure(
                     quiet.append(run.run_id)
                     cursor.handled[run.run_id] = now.timestamp()
                 else:
-                    cursor.pending[run.run_id] = {
+                    remind = decision is Decision.REMIND
+                    incident = incidents.get(key)
+                    if remind and incident is not None:
+                        alert = reminder_alert(alert, incident, run.job_name)
+                    entry = {
                         "since": now.timestamp(),
                         "failed_at": failed_at,
                         "attempts": 0,
                         "error": "",
                         "incident": key,
+                        "remind": remind,
                     }
-                    attempt(run, failed_at, remind=decision is Decision.REMIND)
+                    cursor.pending[run.run_id] = entry
+                    attempt(run, entry, alert, key)
         cursor.watermark = max(cursor.watermark, record.update_timestamp.timestamp())
     # Alerts left over from earlier ticks, oldest first, after the new ones: a run whose alert
     # Slack keeps refusing must not hold back alerts for runs that failed since.
@@ -427,7 +414,12 @@ def slack_on_run_failure(
         if run is None:
             cursor.pending.pop(run_id)
             continue
-        attempt(run, 0.0)
+        entry = cursor.pending[run_id]
+        alert, key = build_failure_alert(instance, run, webserver_url)
+        incident = incidents.get(entry.get("incident", key))
+        if entry.get("remind") and incident is not None:
+            alert = reminder_alert(alert, incident, run.job_name)
+        attempt(run, entry, alert, entry.get("incident", key))
     # An incident is over when its job succeeds after its last failure; "resolved" waits until
     # its failure alert has reached Slack, so the two never arrive the wrong way round.
     for incident in incidents:
