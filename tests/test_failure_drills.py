@@ -66,6 +66,7 @@ from hardening_pipeline.restore.reader import FetchedObject, TableReader
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.s3_server import B2LikeS3Server, closed_port_url
+from tests.support.servers import wait_for as poll
 from tests.support.slack_receiver import HANG, RATE_LIMITED, SERVER_ERROR, SlackReceiver
 from tests.support.stores import RecordingStore
 from tests.test_backup_retention_apply import dailies, stored_ids, write_backup
@@ -130,12 +131,8 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``condition`` every few milliseconds; fail the test (not hang) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.005)
+    """Poll ``condition`` every few milliseconds, for at most ``WAIT`` seconds by default."""
+    poll(condition, what, timeout)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:

@@ -30,7 +30,7 @@ import pytest
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.checkout import clean_environment
 from tests.support.db import admin_connect, create_database
-from tests.support.servers import wait_for_dagster
+from tests.support.servers import wait_for, wait_for_dagster
 from tests.support.slack_receiver import SlackReceiver, running_slack_receiver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -362,14 +362,6 @@ def seal_messages(slack: SlackReceiver) -> list[str]:
     return [text for text in texts if "audit seal" in text.lower()]
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1)
-
-
 def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI) -> None:
     """The seal sensor, under the real daemon: one Slack message with the sentence and the first
     bad id, nothing new while the incident lasts, "resolved" once the row is put back; the check
@@ -380,7 +372,7 @@ def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI)
             row = su.execute("SELECT coalesce(max(to_id), 0) AS n FROM hardening.audit_seals")
             return row.fetchone()["n"]
 
-        wait_until(lambda: sealed_through() >= 2, 120, "the sensor's first seal")
+        wait_for(lambda: sealed_through() >= 2, "the sensor's first seal", 120, every=1)
         victim = su.execute("SELECT min(id) AS id FROM audit_events").fetchone()["id"]
         original = su.execute("SELECT actor FROM audit_events WHERE id = %s", (victim,))
         actor = original.fetchone()["actor"]
@@ -395,7 +387,7 @@ def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI)
 
         rewrite("forged")
         try:
-            wait_until(lambda: seal_messages(ui.slack), 120, "the tampered-seal alert")
+            wait_for(lambda: seal_messages(ui.slack), "the tampered-seal alert", 120, every=1)
             (alert,) = seal_messages(ui.slack)
             assert "Audit seal chain broken" in alert and f"first bad id {victim}" in alert
             assert "DagsterAssetCheckFailedError" not in alert
@@ -410,9 +402,10 @@ def test_a_tampered_seal_alerts_once_with_the_first_bad_id_then_resolves(ui: UI)
             assert len(seal_messages(ui.slack)) == 1
         finally:
             rewrite(actor)
-        wait_until(
+        wait_for(
             lambda: any("Resolved: audit seal chain" in m for m in seal_messages(ui.slack)),
-            120,
             "the resolved message",
+            120,
+            every=1,
         )
         assert len(seal_messages(ui.slack)) == 2

@@ -1,4 +1,4 @@
-"""Waiting for a Dagster webserver a test started to answer."""
+"""Waiting in tests: for a condition to hold, and for a Dagster webserver a test started."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+
+
+def wait_for(
+    condition: Callable[[], object], what: str, timeout: float, every: float = 0.005
+) -> None:
+    """Poll ``condition`` every ``every`` seconds; fail the test (not hang) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 def wait_for_dagster(
