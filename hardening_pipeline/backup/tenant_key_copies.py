@@ -235,6 +235,31 @@ def agreed_ledger(
     return comparison
 
 
+@dataclass(frozen=True)
+class LostKey:
+    """A tenant key retained backups use that no ledger copy holds and no erasure explains."""
+
+    tenant_id: str
+    key_id: str
+    backup_ids: list[str]
+
+
+def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[LostKey]:
+    """Every key the retained backups use that ``ledger`` neither holds nor records as erased."""
+    from hardening_pipeline.backup.catalog import list_backups
+
+    known = ledger.key_ids() | {e.key_id for e in ledger.erased}
+    lost: dict[str, LostKey] = {}
+    for backup in list_backups(store, keyring).valid:
+        for entry in backup.manifest.objects if backup.manifest else ():
+            if entry.tenant_key_id and entry.tenant_key_id not in known and entry.tenant_id:
+                found = lost.setdefault(
+                    entry.tenant_key_id, LostKey(entry.tenant_id, entry.tenant_key_id, [])
+                )
+                found.backup_ids.append(backup.backup_id)
+    return list(lost.values())
+
+
 def ledger_status(
     conn: psycopg.Connection, store: BackupStore | None, keyring: Keyring | None
 ) -> tuple[bool, str, str]:
@@ -245,8 +270,6 @@ def ledger_status(
     """
     if store is None or keyring is None:
         return True, "compared at every backup (this status run has no store to compare with)", ""
-    from hardening_pipeline.backup.catalog import list_backups
-
     fix = (
         f"run `{RECOVER_COMMAND}` (add --from <escrow export> if both copies lost the key) to "
         "write the missing entries back to both copies; find out who deleted them."
@@ -255,17 +278,13 @@ def ledger_status(
     if comparison.problems:
         return False, "; ".join(comparison.problems), fix
     ledger = comparison.agreed
-    known = ledger.key_ids() | {e.key_id for e in ledger.erased}
-    lost: dict[str, str] = {}
-    for backup in list_backups(store, keyring).valid:
-        for entry in backup.manifest.objects if backup.manifest else ():
-            if entry.tenant_key_id and entry.tenant_key_id not in known:
-                lost.setdefault(entry.tenant_key_id, f"{entry.tenant_id} ({backup.backup_id})")
+    lost = lost_keys(store, keyring, ledger)
     if lost:
+        named = sorted(f"{k.tenant_id} ({k.backup_ids[0]})" for k in lost)
         return (
             False,
             f"{len(lost)} tenant key(s) used by retained backups are in no ledger copy and were "
-            f"never erased: tenant(s) {', '.join(sorted(lost.values())[:5])}",
+            f"never erased: tenant(s) {', '.join(named[:5])}",
             fix,
         )
     copies = [w for w, c in (("store", comparison.store), ("database", comparison.database)) if c]

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import (
     Keyring,
     data_key_id,
@@ -23,6 +22,7 @@ from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
     agreed_ledger,
+    lost_keys,
     read_store_ledger,
     write_both_copies,
 )
@@ -85,9 +85,16 @@ def prepare_tenant_keys(
             )
         tenants = dict(ledger.tenants)
         keys: dict[str, bytes] = {}
-        lost = _keys_lost_from_both_copies(store, keyring, ledger, tenant_ids)
+        # Listing the backups only when some tenant has no ledger entry (a new tenant, or a
+        # lost one), so a night with every key in place reads no manifests.
+        missing = {t for t in tenant_ids if t not in ledger.tenants}
+        lost = (
+            [k for k in lost_keys(store, keyring, ledger) if k.tenant_id in missing]
+            if missing
+            else []
+        )
         if lost:
-            tenant, key_id, count = lost[0]
+            tenant, key_id, count = lost[0].tenant_id, lost[0].key_id, len(lost[0].backup_ids)
             raise CheckFailed(
                 f"tenant {tenant}'s key {key_id}, which {count} retained backup(s) use, is in "
                 "neither copy of the tenant key ledger and was never erased; no backup was "
@@ -203,23 +210,3 @@ def erased_sentence(erased: ErasedKey, backup_id: str) -> str:
         f"{erased.key_id} destroyed), so its rows in backup {backup_id} can no longer be "
         "decrypted by anyone; there is nothing of it to restore."
     )
-
-
-def _keys_lost_from_both_copies(
-    store: BackupStore, keyring: Keyring, ledger: Ledger, tenant_ids: Sequence[str]
-) -> list[tuple[str, str, int]]:
-    """Tenants about to get a new key although retained backups use one the ledger lost.
-
-    Read only when some tenant has no ledger entry (a new tenant, or a lost one), so a night
-    with every key in place lists no manifests.
-    """
-    missing = {t for t in tenant_ids if t not in ledger.tenants}
-    if not missing:
-        return []
-    used: dict[tuple[str, str], int] = {}
-    for backup in list_backups(store, keyring).valid:
-        for entry in backup.manifest.objects:
-            if entry.tenant_id in missing and entry.tenant_key_id:
-                pair = (entry.tenant_id, entry.tenant_key_id)
-                used[pair] = used.get(pair, 0) + 1
-    return [(tenant, key_id, count) for (tenant, key_id), count in sorted(used.items())]
