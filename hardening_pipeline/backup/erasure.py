@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.backup.store.version_holds import version_holds
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
     agreed_ledger,
@@ -36,6 +37,7 @@ from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     ErasedKey,
     Ledger,
+    new_ledger_id,
     sign_ledger,
 )
 from hardening_pipeline.db.connection import connect
@@ -123,6 +125,7 @@ def plan_erasure(store: BackupStore, keyring: Keyring, url: str, tenant_id: str)
             f"the key ledger holds no key for tenant {tenant}; check the id (a tenant gets its "
             "key with its first backup)."
         )
+    refuse_if_held(store, tenant)
     catalog = list_backups(store, keyring)
     backups = tuple(
         b.backup_id
@@ -181,7 +184,9 @@ def erase_tenant(
                 *ledger.erased,
                 ErasedKey(plan.tenant_id, plan.key_id, erased_at, plan.backups),
             )
-            new = Ledger(ledger.version + 1, erased_at, tenants, erased)
+            refuse_if_held(store, plan.tenant_id)
+            ledger_id = ledger.ledger_id or new_ledger_id()
+            new = Ledger(ledger.version + 1, erased_at, tenants, erased, ledger_id)
             signed = sign_ledger(new, keyring)
             _replace_store_copy(store, signed, comparison, plan)
             # The audit row and the database copy commit together: no erasure off the record.
@@ -210,6 +215,21 @@ def erase_tenant(
     )
     certificate.verified = verify_erased(store, keyring, url, plan.key_id)
     return certificate
+
+
+def refuse_if_held(store: BackupStore, tenant_id: str) -> None:
+    """Refuse before anything is destroyed when a stored ledger version cannot be deleted.
+
+    Every older version of the ledger holds the key, and a version under a retention or a
+    legal hold (which the writer key can set) would keep it past the erasure.
+    """
+    held = version_holds(store, LEDGER_KEY)
+    if held:
+        raise ErasureFailed(
+            f"{held[0].describe()}, so it cannot be deleted and would keep tenant {tenant_id}'s "
+            f"key; nothing was erased: {held[0].lift}, then run erase-tenant again"
+            + (f" ({len(held)} versions are held)." if len(held) > 1 else ".")
+        )
 
 
 def _replace_store_copy(

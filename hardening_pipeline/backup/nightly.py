@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from hardening_pipeline import __version__
+from hardening_pipeline.backup import dependencies
 from hardening_pipeline.backup.app_schema import (
     SCHEMA_OBJECT_NAME,
     check_schemas_exist,
@@ -41,10 +42,6 @@ from hardening_pipeline.backup.app_schema import (
     server_version_num,
 )
 from hardening_pipeline.backup.crypto import Keyring, data_key_id, generate_data_key
-from hardening_pipeline.backup.dependencies import (
-    check_dependencies_carried,
-    check_tenant_tables_carried,
-)
 from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     BackupLayout,
@@ -314,9 +311,7 @@ class _ObjectExporter:
 
     def _export(self, conn: psycopg.Connection, job: _Job) -> None:
         started = time.perf_counter()
-        tables = (
-            self._layout.tenant_tables if job.tenant_id is not None else self._layout.shared_tables
-        )
+        tables = self._layout.shared_tables if job.tenant_id is None else self._layout.tenant_tables
         stream = TableStream(conn, tables, job.tenant_id)
         # A tenant's rows under the tenant's own key (erasable), the rest under the shared one.
         tenant_key = self._tenant_keys.key_for(job.tenant_id)
@@ -487,8 +482,8 @@ def _run_locked(
         pg_dump = find_pg_tool("pg_dump", server_version_num(conn), options.pg_dump_path)
         check_schemas_exist(conn, options.schemas)
         # Before anything is stored: a schema that uses a schema left out would not restore.
-        check_dependencies_carried(conn, options.schemas)
-        check_tenant_tables_carried(conn, options.schemas)
+        dependencies.check_dependencies_carried(conn, options.schemas)
+        dependencies.check_tenant_tables_carried(conn, options.schemas)
         layout = discover_layout(conn, options.schemas)
         info = read_snapshot_info(conn, layout)
         catalog = read_catalog(conn, options.schemas)
@@ -592,7 +587,11 @@ def _run_locked(
         key_id=wrapped.key_id,
         wrapped_data_key=wrapped.ciphertext,
         objects=tuple(objects),
-        metadata={"tool": f"hardening_pipeline {__version__}", "dry_run": str(dry_run).lower()},
+        metadata={
+            "tool": f"hardening_pipeline {__version__}",
+            "dry_run": str(dry_run).lower(),
+            **tenant_keys.manifest_metadata(),
+        },
         app_schema=app_schema,
     )
     signed = sign_manifest(manifest, keyring)

@@ -13,7 +13,10 @@ import psycopg
 from hardening_pipeline.backup.crypto import (
     Keyring,
 )
+from hardening_pipeline.backup.manifest import Manifest
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
+from hardening_pipeline.backup.store.version_holds import version_holds
+from hardening_pipeline.backup.tenant_key_replay import deployment_mark, witnessed_marks
 from hardening_pipeline.backup.tenant_keys import (
     EMPTY_LEDGER,
     LEDGER_KEY,
@@ -25,6 +28,7 @@ from hardening_pipeline.backup.tenant_keys import (
     LedgerError,
     TenantKey,
     load_ledger,
+    new_ledger_id,
     require_key,
     sign_ledger,
 )
@@ -58,14 +62,19 @@ def _first(row: Any) -> Any:
 
 def read_db_ledger(conn: psycopg.Connection, keyring: Keyring) -> tuple[Ledger, bytes] | None:
     """The database's copy, verified, with its bytes; None when there is none (or no table)."""
+    raw = read_db_ledger_bytes(conn)
+    return None if raw is None else (load_ledger(raw, keyring), raw)
+
+
+def read_db_ledger_bytes(conn: psycopg.Connection) -> bytes | None:
+    """The database's copy as stored, not yet verified; None when there is none (or no table)."""
     if not db_copy_available(conn):
         return None
     row = conn.execute("SELECT document FROM hardening.tenant_key_ledger WHERE id = 1").fetchone()
     document = _first(row)
     if document is None:
         return None
-    raw = document.encode("ascii") if isinstance(document, str) else bytes(document)
-    return load_ledger(raw, keyring), raw
+    return document.encode("ascii") if isinstance(document, str) else bytes(document)
 
 
 def write_both_copies(
@@ -136,12 +145,22 @@ def merge_ledgers(copies: Iterable[Ledger]) -> Ledger:
         for tenant, key in copy.tenants.items():
             if key.key_id not in erased:
                 tenants.setdefault(tenant, key)
+    ids = {c.ledger_id for c in copies if c.ledger_id}
+    if len(ids) > 1:
+        raise LedgerError(
+            f"the ledger copies belong to different deployments ({deployments(ids)})."
+        )
     return Ledger(
         max((c.version for c in copies), default=0),
         max((c.written_at for c in copies), default=EMPTY_LEDGER.written_at),
         tenants,
         tuple(sorted(erased.values(), key=lambda e: e.erased_at)),
+        next(iter(ids), None),
     )
+
+
+def deployments(ids: Iterable[str | None]) -> str:
+    return "ledger ids " + " and ".join(sorted(i or "(none)" for i in ids))
 
 
 def unexplained_losses(older: Ledger, newer: Ledger) -> list[str]:
@@ -191,7 +210,14 @@ def compare_copies(
         except LedgerError as exc:
             problems.append(f"the database's copy cannot be trusted: {exc}")
     result = LedgerComparison(in_store, in_db, available, problems, [], raw_store, raw_db)
-    if in_store and in_db and raw_store != raw_db:
+    ids = {c.ledger_id for c in (in_store, in_db) if c and c.ledger_id}
+    if len(ids) > 1:
+        # Two deployments' ledgers (one copy put back from another deployment sharing the key).
+        problems.append(
+            f"the copies belong to different deployments (ledger id {in_store.ledger_id} in the "
+            f"store, {in_db.ledger_id} in the database)"
+        )
+    elif in_store and in_db and raw_store != raw_db:
         if in_store.version == in_db.version:
             problems.append(f"both copies claim version {in_store.version} but differ")
         else:
@@ -244,20 +270,41 @@ class LostKey:
     backup_ids: list[str]
 
 
-def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[LostKey]:
-    """Every key the retained backups use that ``ledger`` neither holds nor records as erased."""
+@dataclass(frozen=True)
+class RetainedBackups:
+    """The retained backups' manifests, and whether every backup's manifest could be read."""
+
+    manifests: list[Manifest]
+    unreadable: list[str]
+
+    def key_uses(self) -> dict[str, LostKey]:
+        """Every tenant key the manifests use, with its tenant and the backups using it."""
+        uses: dict[str, LostKey] = {}
+        for manifest in self.manifests:
+            for entry in manifest.objects:
+                if entry.tenant_key_id and entry.tenant_id:
+                    use = uses.setdefault(
+                        entry.tenant_key_id, LostKey(entry.tenant_id, entry.tenant_key_id, [])
+                    )
+                    use.backup_ids.append(manifest.backup_id)
+        return uses
+
+
+def retained_backups(store: BackupStore, keyring: Keyring) -> RetainedBackups:
     from hardening_pipeline.backup.catalog import list_backups
 
+    catalog = list_backups(store, keyring)
+    return RetainedBackups(
+        [b.manifest for b in catalog.valid if b.manifest is not None],
+        [b.backup_id for b in catalog.invalid],
+    )
+
+
+def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[LostKey]:
+    """Every key the retained backups use that ``ledger`` neither holds nor records as erased."""
     known = ledger.key_ids() | {e.key_id for e in ledger.erased}
-    lost: dict[str, LostKey] = {}
-    for backup in list_backups(store, keyring).valid:
-        for entry in backup.manifest.objects if backup.manifest else ():
-            if entry.tenant_key_id and entry.tenant_key_id not in known and entry.tenant_id:
-                found = lost.setdefault(
-                    entry.tenant_key_id, LostKey(entry.tenant_id, entry.tenant_key_id, [])
-                )
-                found.backup_ids.append(backup.backup_id)
-    return list(lost.values())
+    uses = retained_backups(store, keyring).key_uses()
+    return [use for key_id, use in uses.items() if key_id not in known]
 
 
 def ledger_status(
@@ -274,6 +321,15 @@ def ledger_status(
         f"run `{RECOVER_COMMAND}` (add --from <escrow export> if both copies lost the key) to "
         "write the missing entries back to both copies; find out who deleted them."
     )
+    held = version_holds(store, LEDGER_KEY)
+    if held:
+        # The writer key may lock any version: an erasure could then never delete the key.
+        return (
+            False,
+            f"{len(held)} version(s) of the ledger cannot be deleted: {held[0].describe()}, so "
+            "erase-tenant refuses until it can be",
+            f"{held[0].lift}, and find out who set it (the writer key can); see the runbook.",
+        )
     comparison = compare_copies(store, conn, keyring)
     if comparison.problems:
         return False, "; ".join(comparison.problems), fix
@@ -299,8 +355,9 @@ def ledger_status(
 
 def _readable_copies(
     store: BackupStore, conn: psycopg.Connection, keyring: Keyring
-) -> tuple[list[Ledger], list[str]]:
-    """Every ledger copy that verifies, and a sentence for each that does not."""
+) -> tuple[list[tuple[str, Ledger]], list[str]]:
+    """Every ledger copy that verifies (with where it was), and a sentence for each that does
+    not."""
     copies, refused = [], []
     for where, read in (
         ("store", lambda: read_store_ledger(store, keyring)),
@@ -312,31 +369,8 @@ def _readable_copies(
             refused.append(f"the {where}'s copy was left out ({exc})")
             continue
         if found:
-            copies.append(found[0])
+            copies.append((where, found[0]))
     return copies, refused
-
-
-def export_ledger(store: BackupStore, url: str, keyring: Keyring) -> bytes:
-    """The escrow export: both copies merged and signed, every key still wrapped."""
-    from hardening_pipeline.db.connection import connect
-    from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
-
-    with connect(url) as lock_conn, connect(url) as conn:
-        # Under the backup lock, as backups and erasures write the ledger: a recovery running
-        # beside an erasure could write back the key it just destroyed.
-        if job_locks_available(lock_conn):
-            take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
-        copies, refused = _readable_copies(store, conn, keyring)
-    if not copies:
-        raise LedgerError(
-            "no copy of the tenant key ledger could be read ("
-            + ("; ".join(refused) or "there is none yet: run a backup first")
-            + ")."
-        )
-    merged = merge_ledgers(copies)
-    for entry in merged.tenants.values():
-        require_key(keyring, entry)
-    return sign_ledger(merged, keyring)
 
 
 @dataclass
@@ -349,10 +383,113 @@ class Recovery:
 RECOVER_LOCK_TIMEOUT_MS = 60_000
 
 
+def _merged_sources(
+    store: BackupStore, conn: psycopg.Connection, keyring: Keyring, escrow: bytes | None
+) -> Recovery:
+    """Every source this deployment can trust merged, keeping each key a retained backup uses.
+
+    A copy of another deployment (its ledger id is not the one the database's copy and the
+    retained backups record) and a store copy older than a version already recorded (put back
+    from before an erasure) are left out, each with a sentence. The result's version is above
+    no version already recorded, so restores of the retained backups accept it.
+    """
+    copies, refused = _readable_copies(store, conn, keyring)
+    sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
+    if escrow is not None:
+        copies.append(("escrow export", load_ledger(escrow, keyring)))
+        sources.append("the escrow export")
+    retained = retained_backups(store, keyring)
+    database = next((c for where, c in copies if where == "database"), None)
+    ledger_id, highest = deployment_mark(witnessed_marks(retained.manifests, database))
+    trusted = []
+    for where, copy in copies:
+        if ledger_id is not None and copy.ledger_id not in (ledger_id, None):
+            refused.append(
+                f"the {where} was left out: it belongs to another deployment (ledger id "
+                f"{copy.ledger_id}, not {ledger_id})"
+            )
+        elif where == "store" and highest is not None and copy.version < highest.version:
+            refused.append(
+                f"the store's copy was left out: it is version {copy.version}, older than "
+                f"{highest.reached}, so it was put back from before"
+            )
+        else:
+            trusted.append(copy)
+    if not trusted:
+        raise LedgerError(
+            "there is no readable copy of the tenant key ledger this deployment can trust and no "
+            "escrow export ("
+            + ("; ".join(refused) or "none was found")
+            + "); pass --from <escrow export> (written by `hardening tenant-keys export`)."
+        )
+    merged = merge_keeping_used(trusted, retained)
+    for entry in merged.tenants.values():
+        require_key(keyring, entry)
+    version = max(merged.version, highest.version if highest else 0)
+    ledger_id = merged.ledger_id or ledger_id or new_ledger_id()
+    return Recovery(replace(merged, version=version, ledger_id=ledger_id), sources, refused)
+
+
+def merge_keeping_used(copies: list[Ledger], retained: RetainedBackups) -> Ledger:
+    """``merge_ledgers``, but where two sources hold different keys for one tenant, the key the
+    retained backups use is kept; when both are used, or an unreadable backup might use the
+    other, nothing is merged (``LedgerError``) rather than a key some backup needs dropped."""
+    merged = merge_ledgers(copies)
+    erased = {e.key_id for e in merged.erased}
+    offered: dict[str, dict[str, TenantKey]] = {}
+    for copy in copies:
+        for tenant, key in copy.tenants.items():
+            if key.key_id not in erased:
+                offered.setdefault(tenant, {})[key.key_id] = key
+    conflicts = {t: keys for t, keys in sorted(offered.items()) if len(keys) > 1}
+    if not conflicts:
+        return merged
+    uses = retained.key_uses()
+    tenants = dict(merged.tenants)
+    for tenant, keys in conflicts.items():
+        ids = " and ".join(sorted(keys))
+        in_use = [k for k in keys.values() if k.key_id in uses]
+        if len(in_use) > 1:
+            used_by = ", ".join(
+                f"{k.key_id} by backup {uses[k.key_id].backup_ids[0]}" for k in in_use
+            )
+            raise LedgerError(
+                f"the sources hold different keys for tenant {tenant} ({used_by}), and a ledger "
+                "holds one key per tenant, so nothing was recovered and neither key was dropped: "
+                "keep every source as it is (the escrow export, both copies and the store's "
+                "older versions of the ledger)."
+            )
+        if retained.unreadable:
+            raise LedgerError(
+                f"the sources hold different keys for tenant {tenant} (key ids {ids}) and "
+                f"backup(s) {', '.join(retained.unreadable[:3])} failed verification, so which "
+                "one they use cannot be told; nothing was recovered and neither key was "
+                "dropped: make those backups verify or delete them (`hardening retention "
+                "--dry-run` lists them), then run recovery again."
+            )
+        # Unused by every retained backup: dropping the older loses nothing.
+        tenants[tenant] = in_use[0] if in_use else max(keys.values(), key=lambda k: k.created_at)
+    return replace(merged, tenants=tenants)
+
+
+def export_ledger(store: BackupStore, url: str, keyring: Keyring) -> bytes:
+    """The escrow export: every trusted copy merged and signed, every key still wrapped."""
+    from hardening_pipeline.db.connection import connect
+    from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
+
+    with connect(url) as lock_conn, connect(url) as conn:
+        # Under the backup lock, as backups and erasures write the ledger: a recovery running
+        # beside an erasure could write back the key it just destroyed.
+        if job_locks_available(lock_conn):
+            take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
+        merged = _merged_sources(store, conn, keyring, None).ledger
+    return sign_ledger(merged, keyring)
+
+
 def recover_ledger(
     store: BackupStore, url: str, keyring: Keyring, *, escrow: bytes | None = None
 ) -> Recovery:
-    """Write the union of every readable copy (and an escrow export) back to both copies.
+    """Write the union of every trusted copy (and an escrow export) back to both copies.
 
     Every key is unwrapped with the master key first, so nothing that would not open a backup
     is written; an erasure recorded anywhere stays an erasure.
@@ -365,19 +502,9 @@ def recover_ledger(
         # beside an erasure could write back the key it just destroyed.
         if job_locks_available(lock_conn):
             take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
-        copies, refused = _readable_copies(store, conn, keyring)
-        sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
-        if escrow is not None:
-            copies.append(load_ledger(escrow, keyring))
-            sources.append("the escrow export")
-        if not copies:
-            raise LedgerError(
-                "there is no readable copy of the tenant key ledger and no escrow export; pass "
-                "--from <escrow export> (written by `hardening tenant-keys export`)."
-            )
-        merged = merge_ledgers(copies)
-        for entry in merged.tenants.values():
-            require_key(keyring, entry)
-        ledger = replace(merged, version=merged.version + 1, written_at=datetime.now(UTC))
-        write_both_copies(store, conn, ledger, keyring, forget_older=True)
-    return Recovery(ledger, sources, refused)
+        recovery = _merged_sources(store, conn, keyring, escrow)
+        recovery.ledger = replace(
+            recovery.ledger, version=recovery.ledger.version + 1, written_at=datetime.now(UTC)
+        )
+        write_both_copies(store, conn, recovery.ledger, keyring, forget_older=True)
+    return recovery

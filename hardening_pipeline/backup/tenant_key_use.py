@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from hardening_pipeline.backup.catalog import BackupCatalog, list_backups
 from hardening_pipeline.backup.crypto import (
     Keyring,
     data_key_id,
@@ -26,6 +27,7 @@ from hardening_pipeline.backup.tenant_key_copies import (
     read_store_ledger,
     write_both_copies,
 )
+from hardening_pipeline.backup.tenant_key_replay import check_not_replayed, manifest_metadata
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     RECOVER_COMMAND,
@@ -35,6 +37,8 @@ from hardening_pipeline.backup.tenant_keys import (
     TenantErasedError,
     TenantKey,
     format_time,
+    load_ledger,
+    new_ledger_id,
 )
 from hardening_pipeline.errors import CheckFailed
 
@@ -51,6 +55,11 @@ class BackupTenantKeys:
 
     def key_for(self, tenant_id: str | None) -> bytes | None:
         return None if tenant_id is None else self.keys[tenant_id]
+
+    def manifest_metadata(self) -> dict[str, str]:
+        """The ledger id and version the backup's manifest records, so no older ledger put back
+        into the store is trusted to read it (``backup/tenant_key_replay.py``)."""
+        return manifest_metadata(self.ledger)
 
 
 def prepare_tenant_keys(
@@ -104,7 +113,8 @@ def prepare_tenant_keys(
         changed = comparison.store is None or (
             comparison.database_available and comparison.database is None
         )
-        changed = changed or bool(comparison.notes)
+        # A ledger written before ledgers named their deployment gets its id now.
+        changed = changed or bool(comparison.notes) or ledger.ledger_id is None
         for tenant in tenant_ids:
             entry = tenants.get(tenant)
             if entry is None:
@@ -125,7 +135,8 @@ def prepare_tenant_keys(
                     changed = True
             keys[tenant] = key
         if changed:
-            ledger = Ledger(ledger.version + 1, now, tenants, ledger.erased)
+            ledger_id = ledger.ledger_id or new_ledger_id()
+            ledger = Ledger(ledger.version + 1, now, tenants, ledger.erased, ledger_id)
             if not dry_run:
                 write_both_copies(store, conn, ledger, keyring)
         return BackupTenantKeys(keys, ledger, comparison)
@@ -137,13 +148,26 @@ def prepare_tenant_keys(
 class ObjectKeys:
     """Which key opens each object of one backup: the manifest's shared key or a tenant's key.
 
-    Tenant keys come from the store's ledger, read once and only if the backup uses any.
+    Tenant keys come from the store's ledger, read once and only if the backup uses any, and
+    only once the retained backups' manifests (``catalog``; listed here when not given) and the
+    database's copy (``database_copy``, its bytes, when the database is reachable) show it was
+    not put back from before an erasure or from another deployment.
     """
 
-    def __init__(self, store: BackupStore, manifest: Manifest, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        store: BackupStore,
+        manifest: Manifest,
+        keyring: Keyring,
+        *,
+        catalog: BackupCatalog | None = None,
+        database_copy: bytes | None = None,
+    ) -> None:
         self._store = store
         self._manifest = manifest
         self._keyring = keyring
+        self._catalog = catalog
+        self._database_copy = database_copy
         self._shared: bytes | None = None
         self._ledger: Ledger | None = None
 
@@ -170,8 +194,19 @@ class ObjectKeys:
                     f"`{RECOVER_COMMAND}` to write it again from the database's copy or the "
                     "escrow export."
                 )
+            self._check_not_replayed(found[0])
             self._ledger = found[0]
         return self._ledger
+
+    def _check_not_replayed(self, ledger: Ledger) -> None:
+        catalog = self._catalog or list_backups(self._store, self._keyring)
+        copy = self._database_copy
+        check_not_replayed(
+            ledger,
+            manifests=[b.manifest for b in catalog.valid if b.manifest is not None],
+            database=load_ledger(copy, self._keyring) if copy is not None else None,
+            first=self._manifest,
+        )
 
     def erased(self, entry: ObjectEntry) -> ErasedKey | None:
         """The erasure that destroyed this object's key, None when it can still be read."""

@@ -8,11 +8,15 @@ the schema object keep the per-backup shared key of the manifest. Tenant keys li
 a locked object. Destroying a tenant's ledger entry makes that tenant's objects in every retained
 backup undecryptable, even with the master key, while every other tenant still restores.
 
-The ledger is signed (HMAC-SHA256 under the master key, as a manifest is) and versioned (a
-counter that every write increases). It lives in two copies so that losing one loses nothing:
-the store (``tenant-keys/ledger.json``, never locked; an erasure deletes its older versions)
-and the database (``hardening.tenant_key_ledger``, migration 021). Every backup compares them
-first. The layout is specified in ``docs/backup-format.md``.
+The ledger is signed (HMAC-SHA256 under the master key, as a manifest is), versioned (a
+counter that every write increases) and bound to its deployment (a random ``ledger_id`` made
+once, in the signed body, so a ledger of another deployment sharing the master key is told
+apart). Each backup's manifest records the ledger id and version it was written under, so a
+restore refuses an older ledger put back into the store (``backup/tenant_key_replay.py``).
+It lives in two copies so that losing one loses nothing: the store (``tenant-keys/ledger.json``,
+never locked; an erasure deletes its older versions) and the database
+(``hardening.tenant_key_ledger``, migration 021). Every backup compares them first. The
+layout is specified in ``docs/backup-format.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import binascii
 import hmac
 import json
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,9 +51,13 @@ LEDGER_KEY = "tenant-keys/ledger.json"
 LEDGER_TABLE = "hardening.tenant_key_ledger"
 MAC_FIELD = "hmac_sha256"
 MAX_LEDGER_BYTES = 256 << 20
+# The manifest metadata fields a backup records the ledger it was written under in.
+MANIFEST_LEDGER_ID = "tenant_key_ledger_id"
+MANIFEST_LEDGER_VERSION = "tenant_key_ledger_version"
 RECOVER_COMMAND = "hardening tenant-keys recover"
 
 _HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
@@ -96,6 +105,9 @@ class Ledger:
     written_at: datetime
     tenants: Mapping[str, TenantKey]
     erased: tuple[ErasedKey, ...] = ()
+    # The deployment this ledger belongs to; None only in ledgers written before it existed,
+    # which get one at their next write.
+    ledger_id: str | None = None
 
     def erased_key(self, key_id: str) -> ErasedKey | None:
         return next((e for e in self.erased if e.key_id == key_id), None)
@@ -105,6 +117,10 @@ class Ledger:
 
 
 EMPTY_LEDGER = Ledger(0, datetime.fromtimestamp(0, UTC), {})
+
+
+def new_ledger_id() -> str:
+    return secrets.token_hex(16)
 
 
 def format_time(value: datetime) -> str:
@@ -124,6 +140,7 @@ def ledger_body(ledger: Ledger, mac_key_id: str) -> dict[str, Any]:
         "version": ledger.version,
         "written_at": format_time(ledger.written_at),
         "key_id": mac_key_id,
+        **({"ledger_id": ledger.ledger_id} if ledger.ledger_id else {}),
         "tenants": [
             {
                 "tenant_id": k.tenant_id,
@@ -153,8 +170,10 @@ def sign_ledger(ledger: Ledger, keyring: Keyring) -> bytes:
     return canonical_json({**body, MAC_FIELD: mac.hex()})
 
 
-def _fields(value: Any, where: str, names: Sequence[str]) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) != set(names):
+def _fields(
+    value: Any, where: str, names: Sequence[str], optional: Sequence[str] = ()
+) -> dict[str, Any]:
+    if not isinstance(value, dict) or not set(names) <= set(value) <= {*names, *optional}:
         raise LedgerError(f"key ledger field {where} must hold exactly {', '.join(names)}.")
     return value
 
@@ -200,10 +219,14 @@ def load_ledger(raw: bytes, keyring: Keyring) -> Ledger:
         document,
         "(top level)",
         ("format", "format_version", "version", "written_at", "key_id", "tenants", "erased"),
+        ("ledger_id",),
     )
     version = top["version"]
     if type(version) is not int or version < 1:
         raise LedgerError("key ledger field version must be a positive integer.")
+    ledger_id = top.get("ledger_id")
+    if ledger_id is not None and not (isinstance(ledger_id, str) and _HEX32.fullmatch(ledger_id)):
+        raise LedgerError("key ledger field ledger_id must be 32 lowercase hex digits.")
     tenants: dict[str, TenantKey] = {}
     for i, item in enumerate(top["tenants"] if isinstance(top["tenants"], list) else [None]):
         t = _fields(
@@ -248,7 +271,8 @@ def load_ledger(raw: bytes, keyring: Keyring) -> Ledger:
                 tuple(backups),
             )
         )
-    return Ledger(version, _parse_time(top["written_at"], "written_at"), tenants, tuple(erased))
+    written_at = _parse_time(top["written_at"], "written_at")
+    return Ledger(version, written_at, tenants, tuple(erased), ledger_id)
 
 
 def require_key(keyring: Keyring, entry: TenantKey) -> bytes:

@@ -9,11 +9,12 @@ backup must be of the configured database; another one is used only when named e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
 from hardening_pipeline.backup.manifest import DatabaseIdentity
+from hardening_pipeline.backup.tenant_key_copies import read_db_ledger_bytes
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.errors import HardeningError
 
@@ -23,10 +24,13 @@ _UNKNOWN = {"", "0", "unknown"}
 
 @dataclass(frozen=True)
 class SourceIdentity:
-    """The configured database: its cluster's system identifier (when readable) and name."""
+    """The configured database: its cluster's system identifier (when readable) and name, and
+    its copy of the tenant key ledger (the signed bytes; None without one or without access),
+    which a restore holds the store's copy against (``backup/tenant_key_replay.py``)."""
 
     system_identifier: str
     database_name: str
+    ledger_copy: bytes | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         cluster = (
@@ -48,7 +52,12 @@ def read_source_identity(url: str) -> SourceIdentity:
             system_id = str(row["s"])
         except psycopg.errors.InsufficientPrivilege:
             system_id = "unknown"
-    return SourceIdentity(system_id, str(name))
+        try:
+            with conn.transaction():
+                found = read_db_ledger_bytes(conn)
+        except psycopg.errors.InsufficientPrivilege:
+            found = None
+    return SourceIdentity(system_id, str(name), found)
 
 
 def configured_source(database_url: str | None) -> SourceIdentity | None:

@@ -753,9 +753,9 @@ def run_restore_drill(
                 raise DrillFailure(
                     foreign_backup_sentence(manifest.backup_id, manifest.database, source)
                 )
-            # Tenants erased since this backup was taken: restore every other tenant, and
-            # prove instead that nothing opens the erased tenants' objects.
-            keys = ObjectKeys(store, manifest, keyring)
+            # Tenants erased since this backup: restore the others, prove the erased unreadable.
+            copy = source.ledger_copy if source else None
+            keys = ObjectKeys(store, manifest, keyring, catalog=catalog, database_copy=copy)
             erased = [(o, e) for o in manifest.objects if (e := keys.erased(o)) is not None]
             if erased:
                 result.invariants.append(prove_unreadable(store, backup.folder, keys, erased))

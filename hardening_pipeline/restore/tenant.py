@@ -201,13 +201,15 @@ def restore_tenant(
     except ValueError:
         raise ConfigError(f"--tenant {tenant_id!r} is not a UUID; pass the tenant's id.") from None
     check_database_url(target_url, "--into")
-    backup = _chosen_backup(list_backups(store, keyring), backup_id, tenant)
+    catalog = list_backups(store, keyring)
+    backup = _chosen_backup(catalog, backup_id, tenant)
     manifest = backup.manifest
     assert manifest is not None
     if backup_id is None and source is not None and not is_of(manifest.database, source):
         raise CheckFailed(foreign_backup_sentence(manifest.backup_id, manifest.database, source))
     entries = [o for o in manifest.objects if o.tenant_id == tenant]
-    keys = ObjectKeys(store, manifest, keyring)
+    copy = source.ledger_copy if source else None
+    keys = ObjectKeys(store, manifest, keyring, catalog=catalog, database_copy=copy)
     if not entries:
         _refuse_if_erased(store, keyring, tenant, manifest.backup_id)
         raise ConfigError(
