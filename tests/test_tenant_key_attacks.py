@@ -66,17 +66,16 @@ def test_a_pre_erasure_ledger_put_back_is_refused_by_restore_and_drill(
     erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
     offboard(seeded, victim)
     newer = run_backup(seeded, store, keyring).manifest
-    # Each manifest records the ledger it was written under (signed with the manifest).
     ledger = read_store_ledger(store, keyring)
-    assert ledger is not None and ledger[0].ledger_id
-    assert newer.metadata["tenant_key_ledger_id"] == ledger[0].ledger_id
-    assert newer.metadata["tenant_key_ledger_version"] == str(ledger[0].version)
-    assert int(first.metadata["tenant_key_ledger_version"]) < ledger[0].version
-
     store.replace_unlocked(LEDGER_KEY, before_erasure)  # the replay: a put, nothing more
     entry = next(o for o in first.objects if o.tenant_id == victim)
     with pytest.raises(LedgerError, match="older than the version .* put back"):
         ObjectKeys(store, first, keyring).for_object(entry)
+    # Each manifest records the ledger it was written under (signed with the manifest).
+    assert ledger is not None and ledger[0].ledger_id
+    assert newer.metadata["tenant_key_ledger_id"] == ledger[0].ledger_id
+    assert newer.metadata["tenant_key_ledger_version"] == str(ledger[0].version)
+    assert int(first.metadata["tenant_key_ledger_version"]) < ledger[0].version
     drill = run_restore_drill(store, keyring, backup_id=first.backup_id, run_tests=False)
     assert not drill.passed and "put back" in (drill.failure or ""), drill.failure
     apply_migrations(empty_db_url)
