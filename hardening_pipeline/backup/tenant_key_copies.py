@@ -360,13 +360,13 @@ def _readable_copies(
     not."""
     copies, refused = [], []
     for where, read in (
-        ("store", lambda: read_store_ledger(store, keyring)),
-        ("database", lambda: read_db_ledger(conn, keyring)),
+        ("the store's copy", lambda: read_store_ledger(store, keyring)),
+        ("the database's copy", lambda: read_db_ledger(conn, keyring)),
     ):
         try:
             found = read()
         except LedgerError as exc:
-            refused.append(f"the {where}'s copy was left out ({exc})")
+            refused.append(f"{where} was left out ({exc})")
             continue
         if found:
             copies.append((where, found[0]))
@@ -390,25 +390,26 @@ def _merged_sources(
 
     A copy of another deployment (its ledger id is not the one the database's copy and the
     retained backups record) and a store copy older than a version already recorded (put back
-    from before an erasure) are left out, each with a sentence. The result's version is above
-    no version already recorded, so restores of the retained backups accept it.
+    from before an erasure) are left out, each with a sentence. The result's version is at least
+    every version already recorded, so restores of the retained backups accept what recovery
+    writes (one above it).
     """
     copies, refused = _readable_copies(store, conn, keyring)
     sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
     if escrow is not None:
-        copies.append(("escrow export", load_ledger(escrow, keyring)))
+        copies.append(("the escrow export", load_ledger(escrow, keyring)))
         sources.append("the escrow export")
     retained = retained_backups(store, keyring)
-    database = next((c for where, c in copies if where == "database"), None)
+    database = next((c for where, c in copies if where == "the database's copy"), None)
     ledger_id, highest = deployment_mark(witnessed_marks(retained.manifests, database))
     trusted = []
     for where, copy in copies:
         if ledger_id is not None and copy.ledger_id not in (ledger_id, None):
             refused.append(
-                f"the {where} was left out: it belongs to another deployment (ledger id "
+                f"{where} was left out: it belongs to another deployment (ledger id "
                 f"{copy.ledger_id}, not {ledger_id})"
             )
-        elif where == "store" and highest is not None and copy.version < highest.version:
+        elif where == "the store's copy" and highest and copy.version < highest.version:
             refused.append(
                 f"the store's copy was left out: it is version {copy.version}, older than "
                 f"{highest.reached}, so it was put back from before"
