@@ -255,3 +255,26 @@ def test_a_legal_hold_on_a_ledger_version_refuses_the_erasure(
     assert ledger_bytes(store) == before
     versions = store.client.list_object_versions(Bucket=store.bucket, Prefix="backups/tenant-k")
     assert len(versions["Versions"]) == 1  # nothing written, nothing half-deleted
+
+
+def test_recovery_never_writes_back_a_key_the_audit_log_records_as_erased(
+    seeded: str, store: S3Store, keyring: Keyring
+) -> None:
+    """Both copies rolled back to before an erasure (the store's put back, the database's row
+    restored from an old dump), no backup since: the audit log still records the erasure."""
+    first = run_backup(seeded, store, keyring).manifest
+    before_erasure = ledger_bytes(store)
+    victim = tenants_of(seeded)[0]
+    erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
+    store.replace_unlocked(LEDGER_KEY, before_erasure)
+    with admin_connect(seeded) as conn:
+        conn.execute(
+            "UPDATE hardening.tenant_key_ledger SET document = %s, version = 1",
+            (before_erasure.decode(),),
+        )
+        conn.commit()
+    recovery = recover_ledger(store, seeded, keyring)
+    assert victim not in recovery.ledger.tenants
+    assert [e.tenant_id for e in recovery.ledger.erased] == [victim]
+    entry = next(o for o in first.objects if o.tenant_id == victim)
+    assert ObjectKeys(store, first, keyring).erased(entry) is not None

@@ -373,6 +373,39 @@ def _readable_copies(
     return copies, refused
 
 
+def erasures_on_record(conn: psycopg.Connection) -> tuple[ErasedKey, ...]:
+    """Every erasure the audit log records (``hardening.record_tenant_erasure``, 021).
+
+    The audit log only grows, so an erasure stays on it after both ledger copies are lost or
+    rolled back: recovery never writes back a key it names. Empty when the role may not read
+    the log or the kit's rows are not there.
+    """
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT before FROM public.audit_events WHERE actor = 'hardening:erase-tenant' "
+                "AND table_name = 'hardening.tenant_key_ledger' AND operation = 'DELETE' "
+                "ORDER BY id"
+            ).fetchall()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):
+        return ()
+    erased = []
+    for row in rows:
+        details = _first(row) or {}
+        try:
+            erased.append(
+                ErasedKey(
+                    str(details["tenant_id"]),
+                    str(details["key_id"]),
+                    datetime.fromisoformat(str(details["erased_at"])).astimezone(UTC),
+                    tuple(str(b) for b in details.get("backups", [])),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue  # not a row this kit wrote; it erases nothing
+    return tuple(erased)
+
+
 @dataclass
 class Recovery:
     ledger: Ledger
@@ -390,7 +423,8 @@ def _merged_sources(
 
     A copy of another deployment (its ledger id is not the one the database's copy and the
     retained backups record) and a store copy older than a version already recorded (put back
-    from before an erasure) are left out, each with a sentence. The result's version is at least
+    from before an erasure) are left out, each with a sentence; every erasure on the audit log
+    counts, whatever the copies say. The result's version is at least
     every version already recorded, so restores of the retained backups accept what recovery
     writes (one above it).
     """
@@ -423,6 +457,9 @@ def _merged_sources(
             + ("; ".join(refused) or "none was found")
             + "); pass --from <escrow export> (written by `hardening tenant-keys export`)."
         )
+    on_record = erasures_on_record(conn)
+    if on_record:
+        trusted.append(Ledger(0, EMPTY_LEDGER.written_at, {}, on_record))
     merged = merge_keeping_used(trusted, retained)
     for entry in merged.tenants.values():
         require_key(keyring, entry)
