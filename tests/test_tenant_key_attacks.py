@@ -278,3 +278,27 @@ def test_recovery_never_writes_back_a_key_the_audit_log_records_as_erased(
     assert [e.tenant_id for e in recovery.ledger.erased] == [victim]
     entry = next(o for o in first.objects if o.tenant_id == victim)
     assert ObjectKeys(store, first, keyring).erased(entry) is not None
+
+
+def test_a_backup_refuses_to_write_on_top_of_copies_rolled_back_past_a_backup(
+    seeded: str, store: S3Store, keyring: Keyring
+) -> None:
+    """Both copies back at a version older than the newest backup's: a backup writing on top
+    would give the old ledger (the erased key in it) a version every reader accepts."""
+    run_backup(seeded, store, keyring)
+    before_erasure = ledger_bytes(store)
+    victim = tenants_of(seeded)[0]
+    erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
+    offboard(seeded, victim)
+    run_backup(seeded, store, keyring)
+    store.replace_unlocked(LEDGER_KEY, before_erasure)
+    with admin_connect(seeded) as conn:
+        conn.execute(
+            "UPDATE hardening.tenant_key_ledger SET document = %s, version = 1",
+            (before_erasure.decode(),),
+        )
+        conn.commit()
+    with pytest.raises(LedgerError, match="older than the version .* no backup was written"):
+        run_backup(seeded, store, keyring)
+    found = read_store_ledger(store, keyring)
+    assert found is not None and victim in found[0].tenants  # nothing written on top

@@ -217,6 +217,18 @@ def list_backups(
     return BackupCatalog(valid, incomplete, invalid, foreign)
 
 
+def newest_manifest(store: BackupStore, keyring: Keyring) -> Manifest | None:
+    """The newest backup's verified manifest, reading as few manifests as it takes."""
+    now = datetime.now(UTC)
+    folders, _ = _group(store.list(""))
+    for backup in sorted(folders.values(), key=lambda b: b.folder, reverse=True):
+        if backup.has_manifest_object:
+            _verify(store, backup, keyring, now)
+            if backup.manifest is not None:
+                return backup.manifest
+    return None
+
+
 def find_backup(
     catalog: BackupCatalog, backup_id: str | None, *, newest_must_be_valid: bool = False
 ) -> StoredBackup:

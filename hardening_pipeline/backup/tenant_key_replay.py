@@ -84,6 +84,7 @@ def check_not_replayed(
     database: Ledger | None,
     first: Manifest | None = None,
     nothing_done: str = "nothing was decrypted with it",
+    which: str = "the store's tenant key ledger",
 ) -> None:
     """Refuse the store's ``ledger`` when a witness shows it was put back; silent otherwise.
 
@@ -94,24 +95,25 @@ def check_not_replayed(
     ledger_id, highest = deployment_mark(marks)
     fix = (
         f"{nothing_done}: find out who wrote {LEDGER_KEY} (the store's writer key can), then run "
-        f"`{RECOVER_COMMAND}`, which keeps every erasure the database's copy records"
+        f"`{RECOVER_COMMAND}`, which keeps every erasure the database's copy and the audit log "
+        "record"
     )
     if ledger_id is not None and ledger.ledger_id != ledger_id:
         witness = next(m for m in marks if m.ledger_id == ledger_id).witness
         raise LedgerReplayedError(
-            f"the store's tenant key ledger (ledger id {ledger.ledger_id or 'none'}) is not the "
+            f"{which} (ledger id {ledger.ledger_id or 'none'}) is not the "
             f"one {witness} names (ledger id {ledger_id}), so it was put back "
             f"from another deployment or from before the ledger had one; {fix}."
         )
     if highest is not None and ledger.version < highest.version:
         raise LedgerReplayedError(
-            f"the store's tenant key ledger is version {ledger.version}, older than "
+            f"{which} is version {ledger.version}, older than "
             f"{highest.reached}, so it was put back and may hold keys erased since; {fix}."
         )
     kept = {e.key_id for e in ledger.erased}
     lost = [e for e in (database.erased if database else ()) if e.key_id not in kept]
     if lost:
         raise LedgerReplayedError(
-            f"the store's tenant key ledger lacks the erasure of tenant {lost[0].tenant_id} (key "
+            f"{which} lacks the erasure of tenant {lost[0].tenant_id} (key "
             f"id {lost[0].key_id}) that the database's copy records, so it was put back; {fix}."
         )

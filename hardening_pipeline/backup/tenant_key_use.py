@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from hardening_pipeline.backup.catalog import BackupCatalog, list_backups
+from hardening_pipeline.backup.catalog import BackupCatalog, list_backups, newest_manifest
 from hardening_pipeline.backup.crypto import (
     Keyring,
     data_key_id,
@@ -83,6 +83,17 @@ def prepare_tenant_keys(
     with connect(url) as conn:
         comparison = agreed_ledger(store, conn, keyring, "no backup was written")
         ledger = comparison.agreed
+        if comparison.store or comparison.database:
+            # Both copies rolled back (or one, with no database copy to compare): writing on
+            # top would launder an old ledger past every reader's check.
+            newest = newest_manifest(store, keyring)
+            check_not_replayed(
+                ledger,
+                manifests=[newest] if newest else [],
+                database=None,
+                nothing_done="no backup was written",
+                which="the tenant key ledger both copies hold",
+            )
         erased_tenants = {e.tenant_id: e for e in ledger.erased}
         present = [t for t in tenant_ids if t in erased_tenants and t not in ledger.tenants]
         if present:
