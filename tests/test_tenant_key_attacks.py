@@ -207,22 +207,27 @@ def test_recovery_refuses_when_backups_use_both_keys(
 # --- 3. a lock on the ledger's versions --------------------------------------------------------
 
 
+def lock_oldest_ledger_version(store: S3Store) -> None:
+    versions = store.client.list_object_versions(Bucket=store.bucket, Prefix="backups/tenant-k")
+    oldest = min(versions["Versions"], key=lambda v: v["LastModified"])
+    store.client.put_object_retention(
+        Bucket=store.bucket,
+        Key=oldest["Key"],
+        VersionId=oldest["VersionId"],
+        Retention={
+            "Mode": "COMPLIANCE",
+            "RetainUntilDate": datetime.now(UTC) + timedelta(days=3650),
+        },
+    )
+
+
 def test_a_locked_ledger_version_refuses_the_erasure_and_turns_the_status_red(
     seeded: str, store: S3Store, keyring: Keyring
 ) -> None:
     run_backup(seeded, store, keyring)
     victim = tenants_of(seeded)[0]
     run_backup(seeded, store, keyring)  # two ledger versions now
-    versions = store.client.list_object_versions(Bucket=store.bucket, Prefix="backups/tenant-k")
-    oldest = min(versions["Versions"], key=lambda v: v["LastModified"])
-    until = datetime.now(UTC) + timedelta(days=3650)
-    # What the writer key may do: put a retention on an unlocked version.
-    store.client.put_object_retention(
-        Bucket=store.bucket,
-        Key=oldest["Key"],
-        VersionId=oldest["VersionId"],
-        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until},
-    )
+    lock_oldest_ledger_version(store)  # what the writer key may do to an unlocked version
     report = run_status_check(seeded, store=store, keyring=keyring)
     [line] = [x for x in report.lines if x.name == "tenant_key_ledger"]
     assert not line.passed and "COMPLIANCE lock until" in line.detail, line.detail
@@ -302,3 +307,30 @@ def test_a_backup_refuses_to_write_on_top_of_copies_rolled_back_past_a_backup(
         run_backup(seeded, store, keyring)
     found = read_store_ledger(store, keyring)
     assert found is not None and victim in found[0].tenants  # nothing written on top
+
+
+def test_a_lock_set_while_the_erasure_runs_is_named_and_nothing_is_erased(
+    seeded: str, store: S3Store, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer locks a version between the erasure's check and its delete."""
+    from hardening_pipeline.backup import erasure
+
+    run_backup(seeded, store, keyring)
+    victim = tenants_of(seeded)[1]
+    plan = plan_erasure(store, keyring, seeded, victim)
+    checked = erasure.version_holds
+    calls = []
+
+    def lock_after_the_check(store_: S3Store, key: str):
+        calls.append(key)
+        if len(calls) == 1:
+            found = checked(store_, key)
+            lock_oldest_ledger_version(store_)
+            return found
+        return checked(store_, key)
+
+    monkeypatch.setattr(erasure, "version_holds", lock_after_the_check)
+    with pytest.raises(ErasureFailed, match="COMPLIANCE lock until .* nothing was erased"):
+        erase_tenant(store, keyring, seeded, plan)
+    found = read_store_ledger(store, keyring)
+    assert found is not None and victim in found[0].tenants

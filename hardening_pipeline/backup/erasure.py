@@ -249,6 +249,9 @@ def _replace_store_copy(
             # happen, and stays only as an older version nobody reads.
             with contextlib.suppress(StoreError):
                 store.replace_unlocked(LEDGER_KEY, previous)
+        # Held since the check before the write (the writer key may lock any version).
+        with contextlib.suppress(StoreError):
+            refuse_if_held(store, plan.tenant_id)
         raise ErasureFailed(
             f"the store refused to delete the older versions of {LEDGER_KEY} ({exc}), so tenant "
             f"{plan.tenant_id}'s key would live on there; nothing was erased: run erase-tenant "
