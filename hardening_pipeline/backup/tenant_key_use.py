@@ -173,6 +173,13 @@ class ObjectKeys:
             self._ledger = found[0]
         return self._ledger
 
+    def erased_tenants(self) -> frozenset[str]:
+        """Every tenant the store's ledger records as erased (none without a ledger)."""
+        try:
+            return frozenset(e.tenant_id for e in self.ledger().erased)
+        except LedgerError:
+            return frozenset()
+
     def erased(self, entry: ObjectEntry) -> ErasedKey | None:
         """The erasure that destroyed this object's key, None when it can still be read."""
         if entry.tenant_key_id is None:
