@@ -52,6 +52,7 @@ from hardening_pipeline.backup.tenant_keys import (
 )
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
+from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
 from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
@@ -614,3 +615,106 @@ def test_status_with_the_store_turns_red_when_both_copies_lost_a_key(
         conn.commit()
     passed, detail = ledger_line()
     assert not passed and "never erased" in detail
+
+
+# --- the erased tenant's audit rows ------------------------------------------------------------
+
+
+def plaintext(store, manifest: Manifest, entry, key: bytes) -> bytes:
+    decoder = ObjectDecoder(
+        store.get(manifest.folder("") + entry.name),
+        key,
+        backup_id=manifest.backup_id,
+        object_name=entry.name,
+    )
+    return b"".join(decoder)
+
+
+def audit_payloads(url: str, tenant: str) -> list[str]:
+    """Text only this tenant's audit rows carry: the message bodies of their after images."""
+    with admin_connect(url) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT after->>'body' AS body FROM audit_events "
+            "WHERE tenant_id = %s AND table_name = 'messages' AND after ? 'body'",
+            (tenant,),
+        ).fetchall()
+    return [r["body"] for r in rows if r["body"]]
+
+
+def test_the_erased_tenant_s_audit_rows_go_with_its_key_and_the_seals_still_verify(
+    seeded: str, store: S3Store, keyring: Keyring, no_seal_start_margin: None
+) -> None:
+    assert seal_audit_log(seeded, wait_seconds=0).seals
+    before = run_backup(seeded, store, keyring).manifest
+    victim, *others = tenants_of(seeded)
+    bodies = audit_payloads(seeded, victim)
+    assert bodies
+    keys = ObjectKeys(store, before, keyring)
+    shared = next(o for o in before.objects if o.tenant_id is None)
+    victim_entry = next(o for o in before.objects if o.tenant_id == victim)
+    # The tenant's audit rows are in its own object, under its own key; not in the shared one.
+    assert any(t.name == "audit_events" and t.row_count for t in victim_entry.tables)
+    shared_text = plaintext(store, before, shared, keys.shared)
+    assert not any(body.encode() in shared_text for body in bodies)
+    victim_text = plaintext(store, before, victim_entry, keys.for_object(victim_entry))
+    assert all(body.encode() in victim_text for body in bodies)
+
+    offboard(seeded, victim)  # audited deletes: more rows of the victim in the log
+    assert seal_audit_log(seeded, wait_seconds=0).seals
+    erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
+    after = run_backup(seeded, store, keyring).manifest
+    after_shared = next(o for o in after.objects if o.tenant_id is None)
+    after_text = plaintext(store, after, after_shared, ObjectKeys(store, after, keyring).shared)
+    assert not any(body.encode() in after_text for body in bodies)
+    assert victim.encode() in after_text  # only in the recorded hashes, which reveal nothing
+
+    # Both drills restore every other tenant, and the seal chain verifies over the restored
+    # rows plus the erased rows' recorded hashes (a missing sealed row would turn it red).
+    for manifest in (before, after):
+        result = run_restore_drill(store, keyring, backup_id=manifest.backup_id)
+        assert result.passed, (manifest.backup_id, result.failure, result.invariants)
+
+
+def test_a_recorded_hash_covers_only_an_erased_tenant_s_missing_row_and_must_be_right(
+    seeded: str, store: S3Store, keyring: Keyring, no_seal_start_margin: None
+) -> None:
+    assert seal_audit_log(seeded, wait_seconds=0).seals
+    run_backup(seeded, store, keyring)  # records the sealed rows' hashes
+    victim, other, _ = tenants_of(seeded)
+    with admin_connect(seeded, autocommit=True) as su:
+        rows = {
+            t: su.execute(
+                "SELECT max(id) AS id FROM audit_events WHERE tenant_id = %s", (t,)
+            ).fetchone()["id"]
+            for t in (victim, other)
+        }
+
+        def delete(row_id: int) -> None:
+            with su.transaction():
+                su.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+                su.execute("DELETE FROM audit_events WHERE id = %s", (row_id,))
+                su.execute(
+                    "ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only"
+                )
+
+        delete(rows[victim])
+        gone = verify_audit_seals(seeded, full=True)
+        assert not gone.passed and gone.first_bad_id == rows[victim]
+        erased = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
+        assert erased.passed, erased.detail
+        assert "1 erased tenants' row(s) checked by their recorded hashes" in erased.detail
+        # The recorded hash is checked by the seal, not trusted...
+        su.execute(
+            "UPDATE hardening.audit_row_hashes SET row_hash = sha256('forged') WHERE id = %s",
+            (rows[victim],),
+        )
+        forged = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
+        assert not forged.passed and forged.first_bad_id == rows[victim]
+        # ...and another tenant's deleted row is not excused by an erasure.
+        delete(rows[other])
+        su.execute(
+            "UPDATE hardening.audit_row_hashes SET tenant_id = %s WHERE id = %s",
+            (victim, rows[other]),
+        )
+        mixed = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
+        assert not mixed.passed

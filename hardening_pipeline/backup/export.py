@@ -9,6 +9,7 @@ re-exports the restored database with the same code and must get the same digest
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Iterator, Sequence
@@ -19,9 +20,19 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from hardening_pipeline.backup.manifest import DatabaseIdentity, SchemaVersion, TableEntry
+from hardening_pipeline.backup.manifest import (
+    DatabaseIdentity,
+    ObjectEntry,
+    SchemaVersion,
+    TableEntry,
+)
 from hardening_pipeline.db.tenant_tables import display_name, find_tenant_tables
 from hardening_pipeline.errors import CheckFailed
+from hardening_pipeline.hardening.seals.row_hashes import (
+    HASHES_TABLE,
+    has_row_hashes,
+    unrecorded_copy_text,
+)
 
 # What BACKUP_SCHEMAS defaults to; generated columns are left out of every column list because
 # Postgres computes them again on load and refuses values for them.
@@ -59,6 +70,9 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 NEVER_BACKED_UP = frozenset({("hardening", "tenant_key_ledger")})
 
 
+AUDIT_LOG = ("public", "audit_events")
+
+
 # How the manifest names a table: bare in ``public``, ``schema.table`` elsewhere.
 manifest_table_name = display_name
 
@@ -72,6 +86,10 @@ class TableSpec:
     columns: tuple[str, ...]
     order_by: tuple[str, ...]
     tenant_column: str | None
+    # The audit log is split like a tenant table; its shared part holds the rest: rows with no
+    # tenant of this backup, less those of ``omitted`` (erased) tenants, which no object holds.
+    remainder_of: str | None = None
+    omitted: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -122,10 +140,13 @@ def discover_layout(
     tenant_type = next(
         (t.tenant_type for t in found if (t.schema, t.name) == ("public", "tenants")), None
     )
+    # The audit log too, once its rows' hashes are kept (022): a tenant's audit rows then go
+    # into the tenant's object, and erase-tenant erases them with the rest.
+    split_audit = has_row_hashes(conn)
     split_by_tenant = {
         (t.schema, t.name): t.tenant_column
         for t in found
-        if t.tenant_type == tenant_type and (t.schema, t.name) != ("public", "audit_events")
+        if t.tenant_type == tenant_type and (split_audit or (t.schema, t.name) != AUDIT_LOG)
     }
     cur = conn.cursor(row_factory=tuple_row)
     tenant, shared = [], []
@@ -138,6 +159,8 @@ def discover_layout(
         tenant_column = split_by_tenant.get((schema, table))
         spec = TableSpec(schema, table, tuple(columns), order_by, tenant_column)
         (tenant if tenant_column else shared).append(spec)
+        if tenant_column and (schema, table) == AUDIT_LOG:
+            shared.append(dataclasses.replace(spec, tenant_column=None, remainder_of=tenant_column))
     edges = [tuple(r) for r in cur.execute(FOREIGN_KEY_EDGES).fetchall()]
     return BackupLayout(tuple(_load_order(tenant, edges)), tuple(_load_order(shared, edges)))
 
@@ -155,10 +178,40 @@ def _copy_out_parts(table: TableSpec, scoped: bool) -> tuple[sql.SQL, sql.SQL]:
     )
     if scoped:
         head += sql.SQL(" WHERE {} = ").format(sql.Identifier(table.tenant_column or ""))
+    elif table.remainder_of:
+        head += sql.SQL(" WHERE ") + _remainder(table)
     tail = sql.SQL(" ORDER BY {}) TO STDOUT").format(
         sql.SQL(", ").join(map(sql.Identifier, table.order_by))
     )
     return sql.SQL(head.as_string(None)), sql.SQL(tail.as_string(None))
+
+
+def _remainder(table: TableSpec) -> sql.Composable:
+    """Rows of no tenant in ``public.tenants``, and of no omitted tenant."""
+    column = sql.Identifier(table.remainder_of or "")
+    rest = sql.SQL(
+        "({c} IS NULL OR NOT EXISTS (SELECT FROM public.tenants t WHERE t.id = {t}.{c}))"
+    ).format(c=column, t=table.identifier())
+    if table.omitted:
+        rest += sql.SQL(" AND {} <> ALL({}::uuid[])").format(
+            column, sql.Literal(list(table.omitted))
+        )
+    return rest
+
+
+def count_query(table: TableSpec) -> sql.Composed:
+    """How many rows the backup must hold of ``table``: all, less an omitted tenant's."""
+    query = sql.SQL("SELECT count(*) FROM {}").format(table.identifier())
+    if (table.schema, table.name) == HASHES_TABLE:  # and the rows TableStream hashes itself
+        return sql.SQL(
+            "SELECT ({}) + (SELECT count(*) FROM public.audit_events "
+            "WHERE id > (SELECT coalesce(max(id), 0) FROM hardening.audit_row_hashes))"
+        ).format(query)
+    if table.omitted:
+        query += sql.SQL(" WHERE {c} IS NULL OR {c} <> ALL({o}::uuid[])").format(
+            c=sql.Identifier(table.remainder_of or ""), o=sql.Literal(list(table.omitted))
+        )
+    return query
 
 
 def copy_out_query(table: TableSpec, tenant_id: str | None) -> sql.Composed:
@@ -207,6 +260,9 @@ class TableStream:
                             # COPY text escapes newlines inside values: one newline, one row.
                             rows += data.count(b"\n")
                             yield data
+            if (table.schema, table.name) == HASHES_TABLE:
+                # Rows above the recorded hashes, hashed here in the same snapshot.
+                batch += b"".join(unrecorded_copy_text(self._conn))
             if batch:
                 data = bytes(batch)
                 digest.update(data)
@@ -245,6 +301,7 @@ def pin_text_output(conn: psycopg.Connection) -> None:
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     conn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
     conn.execute("SET LOCAL IntervalStyle = 'postgres'")
+    conn.execute("SET LOCAL bytea_output = 'hex'")
 
 
 def open_snapshot(conn: psycopg.Connection) -> None:
@@ -285,6 +342,22 @@ def join_snapshot(conn: psycopg.Connection, snapshot_id: str) -> None:
     pin_text_output(conn)
 
 
+def omit_erased(
+    conn: psycopg.Connection, layout: BackupLayout, totals: dict[str, int], erased: Sequence[str]
+) -> BackupLayout:
+    """Leave erased tenants' audit rows out of the backup (their hashes stay, see 022)."""
+    if not erased:
+        return layout
+    shared = []
+    for table in layout.shared_tables:
+        if table.remainder_of:
+            table = dataclasses.replace(table, omitted=tuple(sorted(erased)))
+            count = conn.cursor(row_factory=tuple_row).execute(count_query(table)).fetchone()
+            totals[table.qualified] = count[0]
+        shared.append(table)
+    return dataclasses.replace(layout, shared_tables=tuple(shared))
+
+
 def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> SnapshotInfo:
     """Identity, schema version, tenant list and per-table row totals, all from the snapshot."""
     cur = conn.cursor(row_factory=tuple_row)
@@ -307,9 +380,7 @@ def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> Snapsh
     tenant_ids = tuple(str(r[0]) for r in cur.execute("SELECT id FROM public.tenants ORDER BY id"))
     totals = {}
     for table in (*layout.tenant_tables, *layout.shared_tables):
-        totals[table.qualified] = cur.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(table.identifier())
-        ).fetchone()[0]
+        totals[table.qualified] = cur.execute(count_query(table)).fetchone()[0]
     return SnapshotInfo(
         taken_at=taken_at,
         database=DatabaseIdentity(system_id, dbname, version),
@@ -321,3 +392,22 @@ def read_snapshot_info(conn: psycopg.Connection, layout: BackupLayout) -> Snapsh
         tenant_ids=tenant_ids,
         table_totals=totals,
     )
+
+
+def verify_complete(objects: Sequence[ObjectEntry], totals: dict[str, int]) -> None:
+    """Every row the snapshot counted is in some object, or the backup is not complete."""
+    exported: dict[str, int] = {}
+    for obj in objects:
+        for table in obj.tables:
+            exported[table.name] = exported.get(table.name, 0) + table.row_count
+    missing = {
+        name: (total, exported.get(name, 0))
+        for name, total in totals.items()
+        if exported.get(name, 0) != total
+    }
+    if missing:
+        detail = ", ".join(f"{n}: {got} of {total} rows" for n, (total, got) in missing.items())
+        raise CheckFailed(
+            f"the export is incomplete ({detail}); rows whose tenant is missing cannot be "
+            "backed up per tenant: run `hardening canaries` to find them. No manifest was written."
+        )

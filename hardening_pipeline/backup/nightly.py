@@ -49,8 +49,10 @@ from hardening_pipeline.backup.export import (
     discover_layout,
     export_snapshot,
     join_snapshot,
+    omit_erased,
     open_snapshot,
     read_snapshot_info,
+    verify_complete,
 )
 from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
@@ -75,6 +77,7 @@ from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_loc
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
+from hardening_pipeline.hardening.seals.row_hashes import record_row_hashes
 from hardening_pipeline.hardening.status import run_status_check
 
 log = logging.getLogger(__name__)
@@ -128,27 +131,6 @@ class BackupResult:
 
 def _discard(chunks: Iterable[bytes]) -> int:
     return sum(len(c) for c in chunks)
-
-
-def _verify_complete(
-    layout: BackupLayout, objects: list[ObjectEntry], totals: dict[str, int]
-) -> None:
-    """Every row the snapshot counted is in some object, or the backup is not complete."""
-    exported: dict[str, int] = {}
-    for obj in objects:
-        for table in obj.tables:
-            exported[table.name] = exported.get(table.name, 0) + table.row_count
-    missing = {
-        name: (total, exported.get(name, 0))
-        for name, total in totals.items()
-        if exported.get(name, 0) != total
-    }
-    if missing:
-        detail = ", ".join(f"{n}: {got} of {total} rows" for n, (total, got) in missing.items())
-        raise CheckFailed(
-            f"the export is incomplete ({detail}); rows whose tenant is missing cannot be "
-            "backed up per tenant: run `hardening canaries` to find them. No manifest was written."
-        )
 
 
 def run_backup(
@@ -474,6 +456,8 @@ def _run_locked(
 ) -> BackupResult:
     dry_run, workers = options.dry_run, options.workers
     data_key = generate_data_key()
+    if not dry_run:  # so the snapshot below hashes only the rows sealed since the last run
+        record_row_hashes(url)
     with connect(url) as conn:
         open_snapshot(conn)
         _bound_lock_waits(conn, options.lock_timeout)
@@ -498,6 +482,8 @@ def _run_locked(
         tenant_keys = prepare_tenant_keys(
             store, url, keyring, info.tenant_ids, dry_run=dry_run, now=created_at
         )
+        erased = [e.tenant_id for e in tenant_keys.ledger.erased]
+        layout = omit_erased(conn, layout, info.table_totals, erased)
         plan: list[tuple[str, str | None]] = [
             (tenant_object_name(t), t) for t in info.tenant_ids
         ] + [(NON_TENANT_OBJECT_NAME, None)]
@@ -577,7 +563,7 @@ def _run_locked(
         )
     object_seconds = {job.name: exporter.seconds[job.index] for job in jobs}
     stored = exporter.stored + schema_export.stored
-    _verify_complete(layout, objects, info.table_totals)
+    verify_complete(objects, info.table_totals)
     manifest = Manifest(
         backup_id=backup_id,
         created_at=created_at,

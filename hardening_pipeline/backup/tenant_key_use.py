@@ -27,7 +27,11 @@ from hardening_pipeline.backup.tenant_key_copies import (
     read_store_ledger,
     write_both_copies,
 )
-from hardening_pipeline.backup.tenant_key_replay import check_not_replayed, manifest_metadata
+from hardening_pipeline.backup.tenant_key_replay import (
+    LedgerReplayedError,
+    check_not_replayed,
+    manifest_metadata,
+)
 from hardening_pipeline.backup.tenant_keys import (
     LEDGER_KEY,
     RECOVER_COMMAND,
@@ -218,6 +222,15 @@ class ObjectKeys:
             database=load_ledger(copy, self._keyring) if copy is not None else None,
             first=self._manifest,
         )
+
+    def erased_tenants(self) -> frozenset[str]:
+        """Every tenant the store's ledger records as erased (none without a ledger)."""
+        try:
+            return frozenset(e.tenant_id for e in self.ledger().erased)
+        except LedgerReplayedError:
+            raise  # a ledger put back is refused, never read as "no erasures"
+        except LedgerError:
+            return frozenset()
 
     def erased(self, entry: ObjectEntry) -> ErasedKey | None:
         """The erasure that destroyed this object's key, None when it can still be read."""

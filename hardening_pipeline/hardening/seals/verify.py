@@ -38,6 +38,7 @@ from hardening_pipeline.hardening.seals.horizon import (
     max_seal_lag,
     open_transaction_ids,
 )
+from hardening_pipeline.hardening.seals.row_hashes import erased_row_hashes, with_erased
 from hardening_pipeline.hardening.seals.rows import (
     MIN_BIGINT,
     ROW_HASHES,
@@ -124,11 +125,13 @@ def _check_rows(
     after: int,
     watch: WindowWatch,
     previous: Seal | None,
+    erased: dict[int, bytes],
 ) -> tuple[int, int | None]:
     """Recompute consecutive seals from the rows with ids above ``after``; returns (rows read,
     first bad id found here). ``after`` is the id before the first seal's range, or the lowest
     bigint for the chain's first seal, so that rows forged below it are read too. ``previous``
-    is the seal before the run (where ``created_at`` continues from)."""
+    is the seal before the run (where ``created_at`` continues from). ``erased``: recorded
+    hashes of erased tenants' rows, used where such a row is missing (``row_hashes``)."""
     rows_read = 0
     index = 0
     seal = chain[0]
@@ -163,7 +166,10 @@ def _check_rows(
         pending = next(expected, None)
 
     try:
-        for row_id, fields in audit_rows(conn, after, chain[-1].to_id):
+        upto = chain[-1].to_id
+        for row_id, fields, recorded in with_erased(
+            audit_rows(conn, after, upto), erased, after, upto
+        ):
             rows_read += 1
             while row_id > seal.to_id:
                 if (bad := finish()) is not None:
@@ -173,11 +179,12 @@ def _check_rows(
                 return fail(pending[0], "was deleted")
             if pending is None or pending[0] > row_id or row_id < seal.from_id:
                 return fail(row_id, "was inserted after it was sealed")
-            h = row_hash(fields)
+            h = row_hash(fields) if fields is not None else recorded
+            assert h is not None
             if h[:FINGERPRINT_BYTES] != pending[1]:
                 return fail(row_id, "was changed after it was sealed")
             if seal.version >= 2:  # format 1 rows were sealed before the window was watched
-                watch.row(row_id, fields, row_hash_v2)
+                watch.row(row_id, fields, row_hash_v2, recorded)
             acc.add(row_id, h)
             pending = next(expected, None)
         while True:
@@ -194,16 +201,21 @@ def _check_rows(
 
 
 def _check_tail(
-    conn: psycopg.Connection, chain: Sequence[Seal], problems: _Problems, watch: WindowWatch
+    conn: psycopg.Connection,
+    chain: Sequence[Seal],
+    problems: _Problems,
+    watch: WindowWatch,
+    erased: dict[int, bytes],
 ) -> int:
     """Check the rows above the last seal against the window the seals recorded."""
     last = chain[-1]
     watch.start(last)
     read = 0
     try:
-        for row_id, fields in audit_rows(conn, last.to_id):
+        rows = audit_rows(conn, last.to_id)
+        for row_id, fields, recorded in with_erased(rows, erased, last.to_id, MAX_ID):
             read += 1
-            watch.row(row_id, fields, row_hash_v2)
+            watch.row(row_id, fields, row_hash_v2, recorded)
     except SealError as exc:
         problems.add(last.to_id + 1, f"the rows after seal {last.seq}: {exc}")
     watch.missing(last.to_id, MAX_ID)
@@ -313,6 +325,7 @@ def verify_seal_chain(
     record_as: str | None = None,
     anchor: Anchor | None = None,
     max_lag: timedelta | None = None,
+    erased_tenants: frozenset[str] = frozenset(),
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -331,8 +344,12 @@ def verify_seal_chain(
 
     Rows above the last seal that have waited longer than ``max_lag`` (default: from
     ``HARDENING_SEAL_MAX_LAG_MINUTES``) are red too, naming who holds sealing back.
+
+    ``erased_tenants`` (a restored copy's, from the signed key ledger): a missing row of one of
+    them is checked by its recorded hash instead (``row_hashes``); the seal digests still decide.
     """
     problems = _Problems()
+    erased = erased_row_hashes(conn, erased_tenants)
     db = read_seals(conn)
     chain = db
     if store is not None:
@@ -381,11 +398,12 @@ def verify_seal_chain(
         first = chain[run[0]]
         after = MIN_BIGINT if run[0] == 0 else first.from_id - 1
         previous = chain[run[0] - 1] if run[0] else None
-        read, bad = _check_rows(conn, [chain[i] for i in run], problems, after, watch, previous)
+        run_seals = [chain[i] for i in run]
+        read, bad = _check_rows(conn, run_seals, problems, after, watch, previous, erased)
         rows_read += read
         if bad is not None:
             break
-    tail = _check_tail(conn, chain, problems, watch)
+    tail = _check_tail(conn, chain, problems, watch, erased)
     _check_lag(conn, chain[-1], max_seal_lag() if max_lag is None else max_lag, problems)
     for bad_id, text in watch.problems:
         problems.add(bad_id, text, row=True)
@@ -400,6 +418,8 @@ def verify_seal_chain(
         checks.append(f"reaches the anchored seal {anchor.seq}")
     if keyring is not None:
         checks.append("MACs valid")
+    if erased:
+        checks.append(f"{len(erased)} erased tenants' row(s) checked by their recorded hashes")
     if len(stale) == len(chain):
         rehashed = "every row re-hashed"
     else:
@@ -458,6 +478,7 @@ def verify_audit_seals(
     record_as: str | None = None,
     anchor_path: Path | None = None,
     max_lag: timedelta | None = None,
+    erased_tenants: frozenset[str] = frozenset(),
 ) -> SealVerification:
     """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``), and
     against the anchor at ``anchor_path`` when that file exists.
@@ -477,4 +498,5 @@ def verify_audit_seals(
                 record_as=record_as,
                 anchor=read_anchor(anchor_path),
                 max_lag=max_lag,
+                erased_tenants=erased_tenants,
             )

@@ -139,7 +139,18 @@ class WindowWatch:
         last = previous.last_created_at if previous is not None else None
         self._newest = to_us(last) if last is not None else None
 
-    def row(self, row_id: int, fields: Fields, hash_v2: Callable[[Fields], bytes]) -> None:
+    def row(
+        self,
+        row_id: int,
+        fields: Fields | None,
+        hash_v2: Callable[[Fields], bytes],
+        recorded: bytes | None = None,
+    ) -> None:
+        """Check one row; ``fields`` None for an erased tenant's missing row, whose ``recorded``
+        hash still meets a pending fingerprint (its times are gone with it)."""
+        if fields is None:
+            self._pending_matches(row_id, lambda: recorded or b"")
+            return
         created = created_us(fields)
         if self._newest is not None and created < self._newest - _TOLERANCE_US:
             self.problems.append(
@@ -165,11 +176,14 @@ class WindowWatch:
                         "the id was reused",
                     )
                 )
+        self._pending_matches(row_id, lambda: hash_v2(fields))
+
+    def _pending_matches(self, row_id: int, row_hash: Callable[[], bytes]) -> None:
         expected = self.pending.get(row_id)
         if expected is not None:
             self._seen.add(row_id)
             fp, seal = expected
-            if hash_v2(fields)[: len(fp)] != fp:
+            if row_hash()[: len(fp)] != fp:
                 self.problems.append(
                     (
                         row_id,

@@ -87,6 +87,8 @@ class CheckContext:
     keyring: Keyring | None = None
     # The sealing host's anchor file (HARDENING_STATE_DIR/audit-seal-anchor.json), if any.
     seal_anchor: Path | None = None
+    # Tenants erased from the backup a restored copy came from: their audit rows are missing.
+    erased_tenants: frozenset[str] = frozenset()
 
 
 # The lines of the report, in the order it shows them.
@@ -197,6 +199,7 @@ def run_status_check(
     store: BackupStore | None = None,
     keyring: Keyring | None = None,
     seal_anchor: Path | None = None,
+    erased_tenants: frozenset[str] = frozenset(),
 ) -> StatusReport:
     """Run every check in one read-only transaction against ``url``.
 
@@ -206,7 +209,11 @@ def run_status_check(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     ctx = CheckContext(
-        migrations_dir=migrations_dir, store=store, keyring=keyring, seal_anchor=seal_anchor
+        migrations_dir=migrations_dir,
+        store=store,
+        keyring=keyring,
+        seal_anchor=seal_anchor,
+        erased_tenants=erased_tenants,
     )
     with connect(url) as conn:
         conn.read_only = True

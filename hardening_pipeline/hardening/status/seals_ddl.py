@@ -97,7 +97,11 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     # The database alone cannot reveal a rewrite of rows and seals together; with the store and
     # key (ctx.store, ctx.keyring) it can. See docs/audit-seal-format.md.
     result = verify_seal_chain(
-        conn, store=ctx.store, keyring=ctx.keyring, anchor=read_anchor(ctx.seal_anchor)
+        conn,
+        store=ctx.store,
+        keyring=ctx.keyring,
+        anchor=read_anchor(ctx.seal_anchor),
+        erased_tenants=ctx.erased_tenants,
     )
     return result.passed, result.detail, result.fix
 
