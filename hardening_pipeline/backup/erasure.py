@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
+from hardening_pipeline.backup.erased_audit import record_erased_audit
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
@@ -183,6 +184,8 @@ def erase_tenant(
             )
             new = Ledger(ledger.version + 1, erased_at, tenants, erased)
             signed = sign_ledger(new, keyring)
+            # While the rows are still readable: the seals of the rows the backups lose with it.
+            record_erased_audit(store, conn, [plan.tenant_id])
             _replace_store_copy(store, signed, comparison, plan)
             # The audit row and the database copy commit together: no erasure off the record.
             audit_id = _record(conn, plan, erased_at)

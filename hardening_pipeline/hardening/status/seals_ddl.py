@@ -101,7 +101,7 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
         store=ctx.store,
         keyring=ctx.keyring,
         anchor=read_anchor(ctx.seal_anchor),
-        erased_tenants=ctx.erased_tenants,
+        erased_rows=ctx.erased_rows,
     )
     return result.passed, result.detail, result.fix
 
