@@ -171,13 +171,14 @@ def erase_tenant(
     *,
     seal_anchor: Path | None = None,
     now: datetime | None = None,
-    old_versions_wait: float = OLD_VERSIONS_WAIT_SECONDS,
+    old_versions_wait: float | None = None,
 ) -> ErasureCertificate:
     """Destroy the planned key in both ledger copies, record and seal it, and verify; for a
     plan of an earlier, incomplete erasure, do what it left undone."""
     now = now or datetime.now(UTC)
     written = _write_ledger_and_record(store, keyring, url, plan, now)
-    rewrite = _rewrite(url, plan, old_versions_wait) if written.database_available else None
+    wait = OLD_VERSIONS_WAIT_SECONDS if old_versions_wait is None else old_versions_wait
+    rewrite = _rewrite(url, plan, wait) if written.database_available else None
     erased = written.erased
     certificate = ErasureCertificate(
         tenant_id=plan.tenant_id,
