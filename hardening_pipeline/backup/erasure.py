@@ -223,7 +223,7 @@ def _write_ledger_and_record(
                 # The audit row and the database copy commit together: no erasure off the record.
                 audit_id = None
                 if can_record(conn):
-                    audit_id = audit_rows(conn, [plan.key_id]).get(plan.key_id) or _record(
+                    audit_id = audit_rows(conn, [erased]).get(plan.key_id) or _record(
                         conn, erased, now if plan.erased is not None else None
                     )
                 if new is not None and comparison.database_available:

@@ -9,6 +9,7 @@ done: these are the gaps ``erase-tenant`` completes and the ``tenant_key_ledger`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,11 +26,12 @@ ERASE_COMMAND = "hardening erase-tenant"
 AUDIT_ACTOR = "hardening:erase-tenant"
 RECORD_FUNCTION = "hardening.record_tenant_erasure(uuid, jsonb)"
 
+# By (table_name, record_id), the index 002 made: the record id is the erased tenant's.
 _AUDIT_ROWS = """
 SELECT before->>'key_id' AS key_id, min(id) AS id
 FROM public.audit_events
-WHERE table_name = 'hardening.tenant_key_ledger' AND operation = 'DELETE' AND actor = %s
-  AND before->>'key_id' = ANY (%s)
+WHERE table_name = 'hardening.tenant_key_ledger' AND record_id = ANY (%s)
+  AND operation = 'DELETE' AND actor = %s AND before->>'key_id' = ANY (%s)
 GROUP BY 1
 """
 
@@ -41,12 +43,14 @@ def can_record(conn: psycopg.Connection) -> bool:
         return bool(found.fetchone()[0])  # type: ignore[index]
 
 
-def audit_rows(conn: psycopg.Connection, key_ids: list[str]) -> dict[str, int]:
+def audit_rows(conn: psycopg.Connection, erased: Sequence[ErasedKey]) -> dict[str, int]:
     """The audit row of each erased key that has one: key id -> audit_events.id."""
-    if not key_ids:
+    if not erased:
         return {}
+    tenants = sorted({e.tenant_id for e in erased})
+    keys = [e.key_id for e in erased]
     with conn.cursor(row_factory=tuple_row) as cur:
-        rows = cur.execute(_AUDIT_ROWS, (AUDIT_ACTOR, key_ids)).fetchall()
+        rows = cur.execute(_AUDIT_ROWS, (tenants, AUDIT_ACTOR, keys)).fetchall()
     return {key_id: int(audit_id) for key_id, audit_id in rows}
 
 
@@ -94,7 +98,7 @@ def erasure_gaps(
     """Every erasure the merged ledger records that a copy, the audit log or (with
     ``evidence_root``) a certificate lacks."""
     erased = comparison.agreed.erased
-    recorded = audit_rows(conn, [e.key_id for e in erased]) if can_record(conn) else None
+    recorded = audit_rows(conn, erased) if can_record(conn) else None
     gaps = []
     for entry in erased:
         missing = []
