@@ -6,6 +6,12 @@ first (which key, which backups), so the confirmation can name both; then, holdi
 job lock so no backup writes the ledger meanwhile, the key moves to the ledger's ``erased`` list
 in both copies, the audit log records it (and is sealed), and a certificate says what was
 destroyed and when.
+
+The store's copy is written first, so a database that refuses afterwards (or a crash) leaves the
+key destroyed but the erasure incomplete; running the command again finds what is missing
+(``erasure_records.py``) and completes it with the original erasure time. The table rewrite that
+removes the database copy's old row version reports whoever could still see it
+(``ledger_rewrite.py``), and the certificate says so instead of claiming it gone.
 """
 
 from __future__ import annotations
@@ -116,8 +122,8 @@ def plan_erasure(
     if entry is None:
         gap = next((g for g in reversed(gaps) if g.erased.tenant_id == tenant), None)
         if gap is not None:
-            e = gap.erased
-            return ErasurePlan(tenant, e.key_id, e.backups, e, gap.missing)
+            earlier = gap.erased
+            return ErasurePlan(tenant, earlier.key_id, earlier.backups, earlier, gap.missing)
         done = next((e for e in reversed(ledger.erased) if e.tenant_id == tenant), None)
         if done is not None:
             raise ConfigError(
@@ -209,6 +215,7 @@ def _write_ledger_and_record(
     in one transaction. A database failure after the store copy was written is an incomplete
     erasure, said so in one sentence with the command that completes it."""
     store_written = plan.erased is not None
+    committed = False
     try:
         with connect(url) as lock_conn:
             if job_locks_available(lock_conn):
@@ -229,6 +236,7 @@ def _write_ledger_and_record(
                 if new is not None and comparison.database_available:
                     upsert_db_copy(conn, new, signed)
                 conn.commit()
+                committed = True
             lock_conn.rollback()
     except psycopg.Error as exc:
         cause = f"the database refused ({str(exc).strip().splitlines()[0]})"
@@ -236,11 +244,13 @@ def _write_ledger_and_record(
             raise ErasureFailed(
                 f"{cause}; nothing was erased: run `{ERASE_COMMAND} {plan.tenant_id}` again."
             ) from exc
-        missing = plan.missing or (
-            "the database copy does not record it",
-            "no audit row",
-            "no certificate",
-        )
+        missing = ["the database copy's table was not rewritten", "no certificate"]
+        if not committed:
+            missing = list(plan.missing) or [
+                "the database copy does not record it",
+                "no audit row",
+                "no certificate",
+            ]
         raise plan.incomplete(missing, cause) from exc
     ledger = new if new is not None else comparison.agreed
     return _Written(erased, ledger, audit_id, comparison.database_available)
