@@ -151,7 +151,7 @@ def test_an_erasure_the_database_refused_is_completed_by_running_it_again(
 
 
 def test_an_erasure_stopped_after_the_store_write_is_red_until_completed(
-    seeded: str, store: S3Store, keyring, caplog: pytest.LogCaptureFixture
+    seeded: str, store: S3Store, keyring: Keyring, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The state a crash between the two writes leaves: the next backup copies the erasure into
     the database, but nothing puts it on the audit log; the status line says so."""
@@ -178,22 +178,17 @@ def test_an_erasure_stopped_after_the_store_write_is_red_until_completed(
     plan = plan_erasure(store, keyring, seeded, victim)
     assert plan.erased is not None and plan.missing == ("no audit row",)
     certificate = erase_tenant(store, keyring, seeded, plan)
-    assert certificate.erased_at == store_ledger_erased_at(store, keyring, victim)
+    [erased] = store_ledger(store, keyring).erased
+    assert certificate.erased_at == erased.erased_at.isoformat()
     assert certificate.audit_event_id is not None and certificate.old_row_versions_removed
     with admin_connect(seeded) as conn:
         assert ledger_status(conn, store, keyring)[0]
 
 
-def store_ledger_erased_at(store, keyring, tenant: str) -> str:
-    found = read_store_ledger(store, keyring)
-    assert found is not None
-    return next(e for e in found[0].erased if e.tenant_id == tenant).erased_at.isoformat()
-
-
 def test_a_snapshot_older_than_the_erasure_keeps_the_old_row_and_the_certificate_says_so(
     seeded: str,
     store: S3Store,
-    keyring,
+    keyring: Keyring,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
