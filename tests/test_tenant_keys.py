@@ -517,7 +517,9 @@ def test_erase_tenant_command_confirms_records_and_certifies(
     assert data["sealed"].startswith("sealed in seal"), data["sealed"]
     assert (evidence / "erasures" / certificate.name.replace(".json", ".md")).exists()
     # Scripts pass --yes; the tenant is gone already, which is a sentence, not a crash.
-    proc = run_hardening("erase-tenant", victim, "--yes", url=seeded, env=file_env)
+    proc = run_hardening(
+        "erase-tenant", victim, "--yes", "--evidence-dir", str(evidence), url=seeded, env=file_env
+    )
     assert proc.returncode == 2 and "already erased" in proc.stderr
     proc = run_hardening("restore", "--tenant", victim, "--into", seeded, url=seeded, env=file_env)
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -109,7 +109,8 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 @check(
     "tenant_key_ledger",
     "the tenant key ledger's copies (store, database) agree and hold every key a retained "
-    "backup uses, unless erase-tenant destroyed it",
+    "backup uses, unless erase-tenant destroyed it; every erasure is in both copies and on the "
+    "audit log",
 )
 def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     return ledger_status(conn, ctx.store, ctx.keyring)
