@@ -808,14 +808,15 @@ def tenant_keys_recover(ctx: Context, escrow: Path | None) -> None:
 @friendly_errors
 def erase_tenant_command(ctx: Context, tenant_id: str, yes: bool, evidence_root: Path) -> None:
     """Destroy one tenant's backup key: its data in every retained backup becomes unreadable."""
-    from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure, write_certificate
+    from hardening_pipeline.backup.erasure import ErasureIncomplete, erase_tenant, plan_erasure
+    from hardening_pipeline.backup.erasure_certificate import write_certificate
     from hardening_pipeline.jobs.wiring import seal_anchor_path
 
     # The pruning key: older versions of the ledger must be deleted for the key to be gone.
     keyring, store = _keyring_and_store(ctx, pruning=True)
     url = ctx.database_url
-    plan = plan_erasure(store, keyring, url, tenant_id)
-    if not yes:
+    plan = plan_erasure(store, keyring, url, tenant_id, evidence_root=evidence_root)
+    if not yes and plan.erased is None:  # completing an earlier erasure destroys nothing more
         console.print(plan.confirmation())
         try:
             typed = click.prompt(
@@ -832,11 +833,9 @@ def erase_tenant_command(ctx: Context, tenant_id: str, yes: bool, evidence_root:
         store, keyring, url, plan, seal_anchor=seal_anchor_path(ctx.settings, url)
     )
     path = write_certificate(certificate, evidence_root)
-    console.print(
-        f"[green]erased tenant {plan.tenant_id}:[/] key {plan.key_id} destroyed in both ledger "
-        f"copies; {len(plan.backups)} retained backup(s) hold its data unreadable; audit log "
-        f"{certificate.sealed}; certificate {path}"
-    )
+    console.print(certificate.summary(path))
+    if certificate.unfinished(path):
+        raise ErasureIncomplete(certificate.unfinished(path))
 
 
 @main.command()

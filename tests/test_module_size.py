@@ -16,13 +16,12 @@ MAX_LINES = 600
 # Too long already, each with its length then: split them, then take them off this list.
 TOO_LONG_ALREADY = {
     "backup/object_format.py": 608,
-    "backup/nightly.py": 610,
     "backup/store/s3_store.py": 618,
     "restore/schema.py": 654,
     "restore/drill_checks.py": 692,
     "db/migration_plan.py": 695,
     "backup/manifest.py": 855,
-    "restore/drill.py": 866,
+    "restore/drill.py": 827,
     "cli.py": 963,
 }
 

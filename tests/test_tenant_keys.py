@@ -9,6 +9,7 @@ retained backup is then unreadable even with the master key, while every other t
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +24,7 @@ from hardening_pipeline.backup.crypto import (
     UnknownKeyError,
     data_key_id,
 )
+from hardening_pipeline.backup.erased_audit import list_hash_files
 from hardening_pipeline.backup.erasure import ErasureFailed, erase_tenant, plan_erasure
 from hardening_pipeline.backup.locks import write_lock
 from hardening_pipeline.backup.manifest import (
@@ -53,6 +55,7 @@ from hardening_pipeline.backup.tenant_keys import (
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
 from hardening_pipeline.hardening.seals import seal_audit_log, verify_audit_seals
+from hardening_pipeline.hardening.seals.row_hashes import tenant_row_hashes
 from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
@@ -514,7 +517,9 @@ def test_erase_tenant_command_confirms_records_and_certifies(
     assert data["sealed"].startswith("sealed in seal"), data["sealed"]
     assert (evidence / "erasures" / certificate.name.replace(".json", ".md")).exists()
     # Scripts pass --yes; the tenant is gone already, which is a sentence, not a crash.
-    proc = run_hardening("erase-tenant", victim, "--yes", url=seeded, env=file_env)
+    proc = run_hardening(
+        "erase-tenant", victim, "--yes", "--evidence-dir", str(evidence), url=seeded, env=file_env
+    )
     assert proc.returncode == 2 and "already erased" in proc.stderr
     proc = run_hardening("restore", "--tenant", victim, "--into", seeded, url=seeded, env=file_env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -654,19 +659,34 @@ def test_the_erased_tenant_s_audit_rows_go_with_its_key_and_the_seals_still_veri
     victim_entry = next(o for o in before.objects if o.tenant_id == victim)
     # The tenant's audit rows are in its own object, under its own key; not in the shared one.
     assert any(t.name == "audit_events" and t.row_count for t in victim_entry.tables)
-    shared_text = plaintext(store, before, shared, keys.shared)
-    assert not any(body.encode() in shared_text for body in bodies)
+    assert not any(
+        body.encode() in plaintext(store, before, shared, keys.shared) for body in bodies
+    )
     victim_text = plaintext(store, before, victim_entry, keys.for_object(victim_entry))
     assert all(body.encode() in victim_text for body in bodies)
+    assert not list_hash_files(store)  # nothing is recorded until a tenant is erased
 
-    offboard(seeded, victim)  # audited deletes: more rows of the victim in the log
-    assert seal_audit_log(seeded, wait_seconds=0).seals
     erase_tenant(store, keyring, seeded, plan_erasure(store, keyring, seeded, victim))
+    with admin_connect(seeded) as conn:
+        at_erasure = conn.execute(
+            "SELECT count(*) AS n FROM audit_events WHERE tenant_id = %s", (victim,)
+        ).fetchone()["n"]
+    recorded = list_hash_files(store)
+    # Every row of the tenant's, bar the erasure's own audit row, which is written after.
+    assert [(f.tenant, f.count) for f in recorded] == [(victim, at_erasure - 1)]
+
+    offboard(seeded, victim)  # after the erasure: audited deletes, more of the victim's rows
+    assert seal_audit_log(seeded, wait_seconds=0).seals
     after = run_backup(seeded, store, keyring).manifest
+    with admin_connect(seeded) as conn:
+        total = conn.execute(
+            "SELECT count(*) AS n FROM audit_events WHERE tenant_id = %s", (victim,)
+        ).fetchone()["n"]
+    assert sum(f.count for f in list_hash_files(store, [victim])) == total > at_erasure
     after_shared = next(o for o in after.objects if o.tenant_id is None)
     after_text = plaintext(store, after, after_shared, ObjectKeys(store, after, keyring).shared)
+    assert victim.encode() not in after_text  # none of its rows, deletes included
     assert not any(body.encode() in after_text for body in bodies)
-    assert victim.encode() in after_text  # only in the recorded hashes, which reveal nothing
 
     # Both drills restore every other tenant, and the seal chain verifies over the restored
     # rows plus the erased rows' recorded hashes (a missing sealed row would turn it red).
@@ -675,14 +695,15 @@ def test_the_erased_tenant_s_audit_rows_go_with_its_key_and_the_seals_still_veri
         assert result.passed, (manifest.backup_id, result.failure, result.invariants)
 
 
-def test_a_recorded_hash_covers_only_an_erased_tenant_s_missing_row_and_must_be_right(
-    seeded: str, store: S3Store, keyring: Keyring, no_seal_start_margin: None
+def test_a_recorded_hash_stands_in_only_for_a_missing_row_and_must_be_right(
+    seeded: str, no_seal_start_margin: None
 ) -> None:
     assert seal_audit_log(seeded, wait_seconds=0).seals
-    run_backup(seeded, store, keyring)  # records the sealed rows' hashes
     victim, other, _ = tenants_of(seeded)
     with admin_connect(seeded, autocommit=True) as su:
-        rows = {
+        with su.transaction():
+            recorded = dict(tenant_row_hashes(su, victim))
+        last = {
             t: su.execute(
                 "SELECT max(id) AS id FROM audit_events WHERE tenant_id = %s", (t,)
             ).fetchone()["id"]
@@ -697,24 +718,19 @@ def test_a_recorded_hash_covers_only_an_erased_tenant_s_missing_row_and_must_be_
                     "ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_append_only"
                 )
 
-        delete(rows[victim])
+        present = verify_audit_seals(seeded, full=True, erased_rows=recorded)
+        assert present.passed and "recorded hashes" not in present.detail
+        delete(last[victim])
         gone = verify_audit_seals(seeded, full=True)
-        assert not gone.passed and gone.first_bad_id == rows[victim]
-        erased = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
+        assert not gone.passed and gone.first_bad_id == last[victim]
+        erased = verify_audit_seals(seeded, full=True, erased_rows=recorded)
         assert erased.passed, erased.detail
         assert "1 erased tenants' row(s) checked by their recorded hashes" in erased.detail
         # The recorded hash is checked by the seal, not trusted...
-        su.execute(
-            "UPDATE hardening.audit_row_hashes SET row_hash = sha256('forged') WHERE id = %s",
-            (rows[victim],),
-        )
-        forged = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
-        assert not forged.passed and forged.first_bad_id == rows[victim]
-        # ...and another tenant's deleted row is not excused by an erasure.
-        delete(rows[other])
-        su.execute(
-            "UPDATE hardening.audit_row_hashes SET tenant_id = %s WHERE id = %s",
-            (victim, rows[other]),
-        )
-        mixed = verify_audit_seals(seeded, full=True, erased_tenants=frozenset({victim}))
-        assert not mixed.passed
+        forged = {**recorded, last[victim]: hashlib.sha256(b"forged").digest()}
+        wrong = verify_audit_seals(seeded, full=True, erased_rows=forged)
+        assert not wrong.passed and wrong.first_bad_id == last[victim]
+        # ...and covers no other tenant's deleted row.
+        delete(last[other])
+        mixed = verify_audit_seals(seeded, full=True, erased_rows=recorded)
+        assert not mixed.passed and mixed.first_bad_id == last[other]

@@ -28,11 +28,6 @@ from hardening_pipeline.backup.manifest import (
 )
 from hardening_pipeline.db.tenant_tables import display_name, find_tenant_tables
 from hardening_pipeline.errors import CheckFailed
-from hardening_pipeline.hardening.seals.row_hashes import (
-    HASHES_TABLE,
-    has_row_hashes,
-    unrecorded_copy_text,
-)
 
 # What BACKUP_SCHEMAS defaults to; generated columns are left out of every column list because
 # Postgres computes them again on load and refuses values for them.
@@ -140,13 +135,10 @@ def discover_layout(
     tenant_type = next(
         (t.tenant_type for t in found if (t.schema, t.name) == ("public", "tenants")), None
     )
-    # The audit log too, once its rows' hashes are kept (022): a tenant's audit rows then go
-    # into the tenant's object, and erase-tenant erases them with the rest.
-    split_audit = has_row_hashes(conn)
+    # The audit log too: a tenant's audit rows go into its object, so erase-tenant erases them
+    # with the rest (backup/erased_audit.py keeps their seal hashes).
     split_by_tenant = {
-        (t.schema, t.name): t.tenant_column
-        for t in found
-        if t.tenant_type == tenant_type and (split_audit or (t.schema, t.name) != AUDIT_LOG)
+        (t.schema, t.name): t.tenant_column for t in found if t.tenant_type == tenant_type
     }
     cur = conn.cursor(row_factory=tuple_row)
     tenant, shared = [], []
@@ -202,11 +194,6 @@ def _remainder(table: TableSpec) -> sql.Composable:
 def count_query(table: TableSpec) -> sql.Composed:
     """How many rows the backup must hold of ``table``: all, less an omitted tenant's."""
     query = sql.SQL("SELECT count(*) FROM {}").format(table.identifier())
-    if (table.schema, table.name) == HASHES_TABLE:  # and the rows TableStream hashes itself
-        return sql.SQL(
-            "SELECT ({}) + (SELECT count(*) FROM public.audit_events "
-            "WHERE id > (SELECT coalesce(max(id), 0) FROM hardening.audit_row_hashes))"
-        ).format(query)
     if table.omitted:
         query += sql.SQL(" WHERE {c} IS NULL OR {c} <> ALL({o}::uuid[])").format(
             c=sql.Identifier(table.remainder_of or ""), o=sql.Literal(list(table.omitted))
@@ -260,9 +247,6 @@ class TableStream:
                             # COPY text escapes newlines inside values: one newline, one row.
                             rows += data.count(b"\n")
                             yield data
-            if (table.schema, table.name) == HASHES_TABLE:
-                # Rows above the recorded hashes, hashed here in the same snapshot.
-                batch += b"".join(unrecorded_copy_text(self._conn))
             if batch:
                 data = bytes(batch)
                 digest.update(data)
@@ -301,7 +285,6 @@ def pin_text_output(conn: psycopg.Connection) -> None:
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     conn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
     conn.execute("SET LOCAL IntervalStyle = 'postgres'")
-    conn.execute("SET LOCAL bytea_output = 'hex'")
 
 
 def open_snapshot(conn: psycopg.Connection) -> None:
@@ -345,7 +328,8 @@ def join_snapshot(conn: psycopg.Connection, snapshot_id: str) -> None:
 def omit_erased(
     conn: psycopg.Connection, layout: BackupLayout, totals: dict[str, int], erased: Sequence[str]
 ) -> BackupLayout:
-    """Leave erased tenants' audit rows out of the backup (their hashes stay, see 022)."""
+    """Leave erased tenants' audit rows out of the backup (``erased_audit`` records their
+    seal hashes)."""
     if not erased:
         return layout
     shared = []

@@ -42,6 +42,7 @@ from hardening_pipeline.backup.app_schema import (
     server_version_num,
 )
 from hardening_pipeline.backup.crypto import Keyring, data_key_id, generate_data_key
+from hardening_pipeline.backup.erased_audit import record_erased_audit
 from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     BackupLayout,
@@ -77,7 +78,6 @@ from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_loc
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError
-from hardening_pipeline.hardening.seals.row_hashes import record_row_hashes
 from hardening_pipeline.hardening.status import run_status_check
 
 log = logging.getLogger(__name__)
@@ -456,8 +456,6 @@ def _run_locked(
 ) -> BackupResult:
     dry_run, workers = options.dry_run, options.workers
     data_key = generate_data_key()
-    if not dry_run:  # so the snapshot below hashes only the rows sealed since the last run
-        record_row_hashes(url)
     with connect(url) as conn:
         open_snapshot(conn)
         _bound_lock_waits(conn, options.lock_timeout)
@@ -484,6 +482,8 @@ def _run_locked(
         )
         erased = [e.tenant_id for e in tenant_keys.ledger.erased]
         layout = omit_erased(conn, layout, info.table_totals, erased)
+        if not dry_run:  # the seals of the audit rows left out, before any object is stored
+            record_erased_audit(store, conn, erased)
         plan: list[tuple[str, str | None]] = [
             (tenant_object_name(t), t) for t in info.tenant_ids
         ] + [(NON_TENANT_OBJECT_NAME, None)]

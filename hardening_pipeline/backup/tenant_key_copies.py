@@ -13,6 +13,8 @@ import psycopg
 from hardening_pipeline.backup.crypto import (
     Keyring,
 )
+from hardening_pipeline.backup.erasure_records import erasure_gaps, erasures_on_record
+from hardening_pipeline.backup.ledger_rewrite import rewrite_ledger_table
 from hardening_pipeline.backup.manifest import Manifest
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.backup.store.version_holds import version_holds
@@ -100,37 +102,19 @@ def write_both_copies(
 def write_db_copy(conn: psycopg.Connection | None, ledger: Ledger, signed: bytes) -> None:
     """The database's copy (committed, the table rewritten); nothing before migration 021."""
     if conn is not None and db_copy_available(conn):
-        conn.execute(
-            "INSERT INTO hardening.tenant_key_ledger (id, version, document) VALUES (1, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
-            "document = excluded.document, written_at = now()",
-            (ledger.version, signed.decode("ascii")),
-        )
+        upsert_db_copy(conn, ledger, signed)
         conn.commit()
-        rewrite_db_copy(conn)
+        rewrite_ledger_table(conn)
 
 
-def rewrite_db_copy(conn: psycopg.Connection) -> None:
-    """Rewrite the ledger table so no old row version (a destroyed key among them) survives.
-
-    A plain VACUUM only marks the old version free, its bytes stay in the page until reused;
-    FULL copies the live row into a new file. A transaction that is older than the write keeps
-    the old version alive, so erasure calls this again once its own lock is released.
-    """
-    with _autocommit(conn):
-        conn.execute("VACUUM FULL hardening.tenant_key_ledger")
-
-
-class _autocommit:
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self._conn = conn
-        self._was = conn.autocommit
-
-    def __enter__(self) -> None:
-        self._conn.autocommit = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._conn.autocommit = self._was
+def upsert_db_copy(conn: psycopg.Connection, ledger: Ledger, signed: bytes) -> None:
+    """The database's copy, in the caller's transaction (migration 021 applied)."""
+    conn.execute(
+        "INSERT INTO hardening.tenant_key_ledger (id, version, document) VALUES (1, %s, %s) "
+        "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
+        "document = excluded.document, written_at = now()",
+        (ledger.version, signed.decode("ascii")),
+    )
 
 
 def merge_ledgers(copies: Iterable[Ledger]) -> Ledger:
@@ -310,7 +294,8 @@ def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[Lost
 def ledger_status(
     conn: psycopg.Connection, store: BackupStore | None, keyring: Keyring | None
 ) -> tuple[bool, str, str]:
-    """The status line: both copies agree, and every key a retained backup uses is accounted for.
+    """The status line: both copies agree, every key a retained backup uses is accounted for,
+    and every erasure they record is in both copies and on the audit log.
 
     A key named by a retained backup that neither copy holds nor records as erased was deleted
     without an erasure: that tenant's data is lost from every backup unless the key comes back.
@@ -343,6 +328,18 @@ def ledger_status(
             f"never erased: tenant(s) {', '.join(named[:5])}",
             fix,
         )
+    gaps = erasure_gaps(conn, comparison)
+    if gaps:
+        # A run that stopped after the store's write: the next backup copies the erasure to the
+        # database, but nothing else puts it on the audit log or certifies it.
+        return (
+            False,
+            "; ".join(g.sentence() for g in gaps[:5]),
+            f"run `{gaps[0].command}`"
+            + (" (and the same for each tenant named)" if len(gaps) > 1 else "")
+            + ": it completes the erasure (both copies, the audit row with the original "
+            "erasure time, the table rewrite) and writes its certificate.",
+        )
     copies = [w for w, c in (("store", comparison.store), ("database", comparison.database)) if c]
     return (
         True,
@@ -371,39 +368,6 @@ def _readable_copies(
         if found:
             copies.append((where, found[0]))
     return copies, refused
-
-
-def erasures_on_record(conn: psycopg.Connection) -> tuple[ErasedKey, ...]:
-    """Every erasure the audit log records (``hardening.record_tenant_erasure``, 021).
-
-    The audit log only grows, so an erasure stays on it after both ledger copies are lost or
-    rolled back: recovery never writes back a key it names. Empty when the role may not read
-    the log or the kit's rows are not there.
-    """
-    try:
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT before FROM public.audit_events WHERE actor = 'hardening:erase-tenant' "
-                "AND table_name = 'hardening.tenant_key_ledger' AND operation = 'DELETE' "
-                "ORDER BY id"
-            ).fetchall()
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):
-        return ()
-    erased = []
-    for row in rows:
-        details = _first(row) or {}
-        try:
-            erased.append(
-                ErasedKey(
-                    str(details["tenant_id"]),
-                    str(details["key_id"]),
-                    datetime.fromisoformat(str(details["erased_at"])).astimezone(UTC),
-                    tuple(str(b) for b in details.get("backups", [])),
-                )
-            )
-        except (KeyError, TypeError, ValueError):
-            continue  # not a row this kit wrote; it erases nothing
-    return tuple(erased)
 
 
 @dataclass

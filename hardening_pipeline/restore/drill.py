@@ -29,7 +29,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from psycopg import sql
 from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
+from hardening_pipeline.backup.erased_audit import recorded_hashes
 from hardening_pipeline.backup.export import (
     DEFAULT_SCHEMAS,
     TableStream,
@@ -51,13 +52,10 @@ from hardening_pipeline.backup.export import (
 from hardening_pipeline.backup.manifest import (
     AppSchemaEntry,
     Manifest,
-    ObjectEntry,
     SchemaRole,
 )
-from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_key_use import ObjectKeys
-from hardening_pipeline.backup.tenant_keys import ErasedKey
 from hardening_pipeline.canaries.runner import run_canaries
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
@@ -82,12 +80,12 @@ from hardening_pipeline.restore.bulk_load import (
     restore_sequence_values,
 )
 from hardening_pipeline.restore.drill_checks import run_drill_checks, tables_scoped_by_kit_policy
+from hardening_pipeline.restore.erased_tenants import prove_unreadable
 from hardening_pipeline.restore.owners import OwnerRefused, OwnerSessions
 from hardening_pipeline.restore.reader import (
     FetchedObject,
     TableReader,
     fetched_backup,
-    file_chunks,
     read_schema_sections,
 )
 from hardening_pipeline.restore.schema import (
@@ -120,6 +118,9 @@ MIGRATION_FILLED_TABLES = (
 
 class DrillFailure(HardeningError):
     """A stage of the drill failed; the message says which and why."""
+
+
+ERASED_UNREADABLE = "erased tenants' objects cannot be decrypted"
 
 
 @dataclass
@@ -503,50 +504,6 @@ def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
     )
 
 
-def prove_unreadable(
-    store: BackupStore,
-    folder: str,
-    keys: ObjectKeys,
-    erased: Sequence[tuple[ObjectEntry, ErasedKey]],
-) -> Invariant:
-    """Each erased tenant's object is still there, intact, and no key the kit holds opens it.
-
-    The candidates are every key a restore could use: the backup's own data key (which the
-    master key unwraps) and every live tenant key of the ledger. Each must be refused by the
-    object's header before a byte is decrypted; the ledger must record the key as destroyed.
-    """
-    ledger = keys.ledger()
-    candidates = [keys.shared, *(keys.unwrap(k) for k in ledger.tenants.values())]
-    problems, proven = [], []
-    with fetched_backup(store, keys.manifest, folder, only={o.name for o, _ in erased}) as got:
-        for entry, record in erased:
-            opened = 0
-            for key in candidates:
-                try:
-                    for _ in ObjectDecoder(
-                        file_chunks(got[entry.name].path),
-                        key,
-                        backup_id=keys.manifest.backup_id,
-                        object_name=entry.name,
-                    ):
-                        break
-                    opened += 1
-                except BackupIntegrityError:
-                    pass
-            if opened or entry.tenant_key_id in ledger.key_ids():
-                problems.append(f"tenant {entry.tenant_id}'s object still opens")
-            else:
-                proven.append(
-                    f"tenant {record.tenant_id} (key {record.key_id} destroyed "
-                    f"{record.erased_at:%Y-%m-%d %H:%M}Z): {len(candidates)} keys refused"
-                )
-    return Invariant(
-        "erased tenants' objects cannot be decrypted",
-        not problems,
-        "; ".join(problems or proven),
-    )
-
-
 def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
     """Re-export the restored database and compare every table's count and digest."""
     mismatches: list[str] = []
@@ -759,9 +716,10 @@ def run_restore_drill(
             copy = source.ledger_copy if source else None
             keys = ObjectKeys(store, manifest, keyring, catalog=catalog, database_copy=copy)
             erased = [(o, e) for o in manifest.objects if (e := keys.erased(o)) is not None]
-            erased_ids = keys.erased_tenants()
+            erased_rows = recorded_hashes(store, keys.erased_tenants())
             if erased:
-                result.invariants.append(prove_unreadable(store, backup.folder, keys, erased))
+                proof = prove_unreadable(store, backup.folder, keys, erased)
+                result.invariants.append(Invariant(ERASED_UNREADABLE, *proof))
                 gone = {o.name for o, _ in erased}
                 manifest = dataclasses.replace(
                     manifest, objects=tuple(o for o in manifest.objects if o.name not in gone)
@@ -806,7 +764,7 @@ def run_restore_drill(
                     source_red = (
                         manifest.app_schema.source_red_lines if manifest.app_schema else None
                     )
-                    result.invariants.extend(status_invariants(checker, source_red, erased_ids))
+                    result.invariants.extend(status_invariants(checker, source_red, erased_rows))
                 if run_tests:
                     with stages.stage("tests"):
                         allow_audit_probes(url)
@@ -843,7 +801,7 @@ NOT_ABOUT_THE_RESTORE = frozenset({"service_role_rule_enforced", "audit_ddl_reco
 
 
 def status_invariants(
-    url: str, source_red: Sequence[str] | None = None, erased: frozenset[str] = frozenset()
+    url: str, source_red: Sequence[str] | None = None, erased: Mapping[int, bytes] | None = None
 ) -> list[Invariant]:
     """The status check on the restored database has no red line the source did not have.
 
@@ -851,7 +809,7 @@ def status_invariants(
     those are the app's own findings, shown as inherited. A backup that did not record them
     must be all green. ``erased`` tenants' audit rows are missing (their hashes are used).
     """
-    report = run_status_check(url, erased_tenants=erased)
+    report = run_status_check(url, erased_rows=erased)
     inherited = set(source_red or ()) | NOT_ABOUT_THE_RESTORE
     red = [line.name for line in report.lines if not line.passed and line.name not in inherited]
     noted = [line.name for line in report.lines if not line.passed and line.name not in red]

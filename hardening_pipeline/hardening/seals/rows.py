@@ -89,21 +89,31 @@ def jsonb_text(raw: bytes) -> bytes:
     return raw[1:]
 
 
+_COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name, _ in COLUMNS)
 _ROWS = sql.SQL(
     """
     SELECT {columns} FROM public.audit_events
     WHERE id > %(after)s AND id <= %(upto)s
     ORDER BY id
     """
-).format(columns=sql.SQL(", ").join(sql.Identifier(name) for name, _ in COLUMNS))
+).format(columns=_COLUMN_LIST)
+_TENANT_ROWS = sql.SQL(
+    """
+    SELECT {columns} FROM public.audit_events
+    WHERE tenant_id = %(tenant)s::uuid AND id > %(after)s AND id <= %(upto)s
+    ORDER BY id
+    """
+).format(columns=_COLUMN_LIST)
 
 
 def audit_rows(
-    conn: psycopg.Connection, after: int, upto: int = MAX_BIGINT
+    conn: psycopg.Connection, after: int, upto: int = MAX_BIGINT, *, tenant: str | None = None
 ) -> Iterator[tuple[int, Fields]]:
-    """(id, raw binary values of ``COLUMNS``) for rows with ``after < id <= upto``, in id order."""
+    """(id, raw binary values of ``COLUMNS``) for rows with ``after < id <= upto``, in id order;
+    only ``tenant``'s rows when one is given."""
     with raw_cursor(conn, "audit_seal_rows") as cur:
-        cur.execute(_ROWS, {"after": after, "upto": upto})
+        params = {"after": after, "upto": upto, "tenant": tenant}
+        cur.execute(_ROWS if tenant is None else _TENANT_ROWS, params)
         checked = False
         previous = after
         for row in cur:

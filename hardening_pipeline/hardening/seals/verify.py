@@ -9,7 +9,7 @@ the seals recorded. Format 1 seals are re-hashed by reproducing their row text i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +38,7 @@ from hardening_pipeline.hardening.seals.horizon import (
     max_seal_lag,
     open_transaction_ids,
 )
-from hardening_pipeline.hardening.seals.row_hashes import erased_row_hashes, with_erased
+from hardening_pipeline.hardening.seals.row_hashes import erased_present, with_erased
 from hardening_pipeline.hardening.seals.rows import (
     MIN_BIGINT,
     ROW_HASHES,
@@ -125,7 +125,7 @@ def _check_rows(
     after: int,
     watch: WindowWatch,
     previous: Seal | None,
-    erased: dict[int, bytes],
+    erased: Mapping[int, bytes],
 ) -> tuple[int, int | None]:
     """Recompute consecutive seals from the rows with ids above ``after``; returns (rows read,
     first bad id found here). ``after`` is the id before the first seal's range, or the lowest
@@ -205,7 +205,7 @@ def _check_tail(
     chain: Sequence[Seal],
     problems: _Problems,
     watch: WindowWatch,
-    erased: dict[int, bytes],
+    erased: Mapping[int, bytes],
 ) -> int:
     """Check the rows above the last seal against the window the seals recorded."""
     last = chain[-1]
@@ -325,7 +325,7 @@ def verify_seal_chain(
     record_as: str | None = None,
     anchor: Anchor | None = None,
     max_lag: timedelta | None = None,
-    erased_tenants: frozenset[str] = frozenset(),
+    erased_rows: Mapping[int, bytes] | None = None,
 ) -> SealVerification:
     """Check the chain on an open connection (the status check runs it in its transaction).
 
@@ -345,11 +345,12 @@ def verify_seal_chain(
     Rows above the last seal that have waited longer than ``max_lag`` (default: from
     ``HARDENING_SEAL_MAX_LAG_MINUTES``) are red too, naming who holds sealing back.
 
-    ``erased_tenants`` (a restored copy's, from the signed key ledger): a missing row of one of
-    them is checked by its recorded hash instead (``row_hashes``); the seal digests still decide.
+    ``erased_rows`` (for a restored copy: id -> recorded hash of each audit row of a tenant the
+    signed key ledger lists as erased, ``backup/erased_audit.py``): such a row, when missing, is
+    checked by its recorded hash instead (``row_hashes``); the seal digests still decide.
     """
     problems = _Problems()
-    erased = erased_row_hashes(conn, erased_tenants)
+    erased = dict(erased_rows or {})
     db = read_seals(conn)
     chain = db
     if store is not None:
@@ -418,8 +419,8 @@ def verify_seal_chain(
         checks.append(f"reaches the anchored seal {anchor.seq}")
     if keyring is not None:
         checks.append("MACs valid")
-    if erased:
-        checks.append(f"{len(erased)} erased tenants' row(s) checked by their recorded hashes")
+    if missing := len(erased) - erased_present(conn, erased):
+        checks.append(f"{missing} erased tenants' row(s) checked by their recorded hashes")
     if len(stale) == len(chain):
         rehashed = "every row re-hashed"
     else:
@@ -478,7 +479,7 @@ def verify_audit_seals(
     record_as: str | None = None,
     anchor_path: Path | None = None,
     max_lag: timedelta | None = None,
-    erased_tenants: frozenset[str] = frozenset(),
+    erased_rows: Mapping[int, bytes] | None = None,
 ) -> SealVerification:
     """Check the chain against ``url`` in one transaction (see ``verify_seal_chain``), and
     against the anchor at ``anchor_path`` when that file exists.
@@ -498,5 +499,5 @@ def verify_audit_seals(
                 record_as=record_as,
                 anchor=read_anchor(anchor_path),
                 max_lag=max_lag,
-                erased_tenants=erased_tenants,
+                erased_rows=erased_rows,
             )

@@ -9,7 +9,7 @@ with it every runbook anchor, ``status-<name>``) is stated once, here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,8 +87,8 @@ class CheckContext:
     keyring: Keyring | None = None
     # The sealing host's anchor file (HARDENING_STATE_DIR/audit-seal-anchor.json), if any.
     seal_anchor: Path | None = None
-    # Tenants erased from the backup a restored copy came from: their audit rows are missing.
-    erased_tenants: frozenset[str] = frozenset()
+    # A restored copy's erased tenants' audit rows (missing): id -> recorded seal hash.
+    erased_rows: Mapping[int, bytes] = field(default_factory=dict)
 
 
 # The lines of the report, in the order it shows them.
@@ -199,7 +199,7 @@ def run_status_check(
     store: BackupStore | None = None,
     keyring: Keyring | None = None,
     seal_anchor: Path | None = None,
-    erased_tenants: frozenset[str] = frozenset(),
+    erased_rows: Mapping[int, bytes] | None = None,
 ) -> StatusReport:
     """Run every check in one read-only transaction against ``url``.
 
@@ -213,7 +213,7 @@ def run_status_check(
         store=store,
         keyring=keyring,
         seal_anchor=seal_anchor,
-        erased_tenants=erased_tenants,
+        erased_rows=erased_rows or {},
     )
     with connect(url) as conn:
         conn.read_only = True

@@ -101,7 +101,7 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
         store=ctx.store,
         keyring=ctx.keyring,
         anchor=read_anchor(ctx.seal_anchor),
-        erased_tenants=ctx.erased_tenants,
+        erased_rows=ctx.erased_rows,
     )
     return result.passed, result.detail, result.fix
 
@@ -109,8 +109,8 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 @check(
     "tenant_key_ledger",
     "the tenant key ledger's copies (store, database) agree and hold every key a retained "
-    "backup uses, unless erase-tenant destroyed it, and no version of the store's copy is under "
-    "a retention or legal hold that would keep an erased key",
+    "backup uses, unless erase-tenant destroyed it; every erasure is in both copies and on the "
+    "audit log; no version of the store's copy is under a retention or legal hold",
 )
 def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     return ledger_status(conn, ctx.store, ctx.keyring)
