@@ -218,14 +218,23 @@ def list_backups(
 
 
 def newest_manifest(store: BackupStore, keyring: Keyring) -> Manifest | None:
-    """The newest backup's verified manifest, reading as few manifests as it takes."""
+    """The newest backup's verified manifest, reading as few manifests as it takes.
+
+    Folders sort by their backup id's second; backups of the same second are all read, as the
+    id's random tail says nothing of their order.
+    """
     now = datetime.now(UTC)
     folders, _ = _group(store.list(""))
-    for backup in sorted(folders.values(), key=lambda b: b.folder, reverse=True):
+    by_second: dict[str, list[StoredBackup]] = {}
+    for backup in folders.values():
         if backup.has_manifest_object:
+            by_second.setdefault(backup.folder.rsplit("-", 1)[0], []).append(backup)
+    for second in sorted(by_second, reverse=True):
+        for backup in by_second[second]:
             _verify(store, backup, keyring, now)
-            if backup.manifest is not None:
-                return backup.manifest
+        found = [b.manifest for b in by_second[second] if b.manifest is not None]
+        if found:
+            return max(found, key=lambda m: m.created_at)
     return None
 
 
