@@ -18,10 +18,15 @@ import pytest
 
 from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.db.migration_plan import catalog_snapshot
-from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.migrations import (
+    EARLIER_REVISIONS,
+    MIGRATIONS_DIR,
+    apply_migrations,
+    discover_migrations,
+)
 from tests.support.db import admin_connect, create_database, drop_database
 
-EARLIEST_RELEASE = Path(__file__).parent / "fixtures" / "earliest_release" / "migrations"
+REVISED_TEXTS = Path(__file__).parent / "fixtures" / "earliest_release" / "migrations"
 SCHEMAS = ("public", "hardening")
 
 
@@ -59,6 +64,18 @@ def differences(
     }
 
 
+def earliest_release(folder: Path) -> list[str]:
+    """The earliest release's 001 to 010 in ``folder``: the five revised texts as released, the
+    others as they still are (unchanged since, which the frozen-migrations test keeps true)."""
+    folder.mkdir()
+    names = [m.filename for m in discover_migrations(MIGRATIONS_DIR)][:10]
+    for name in names:
+        revised = REVISED_TEXTS / name
+        shutil.copy(revised if revised.exists() else MIGRATIONS_DIR / name, folder / name)
+    assert sorted(p.name for p in REVISED_TEXTS.iterdir()) == sorted(EARLIER_REVISIONS)
+    return names
+
+
 @pytest.fixture
 def three_databases(pg_server_url: str) -> Iterator[tuple[str, str, str]]:
     urls = tuple(create_database(pg_server_url) for _ in range(3))
@@ -76,8 +93,8 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
     for migration in discover_migrations(MIGRATIONS_DIR):
         shutil.copy(MIGRATIONS_DIR / migration.filename, tmp_path / migration.filename)
         assert apply_migrations(stepwise, tmp_path).applied == [migration.filename]
-    released = [m.filename for m in discover_migrations(EARLIEST_RELEASE)]
-    assert apply_migrations(upgraded, EARLIEST_RELEASE).applied == released
+    released = earliest_release(tmp_path / "earliest")
+    assert apply_migrations(upgraded, tmp_path / "earliest").applied == released
     later = apply_migrations(upgraded).applied
     assert later and not set(later) & set(released)  # the revised texts count as applied
 
