@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hardening_pipeline.backup.app_schema import read_catalog
-from hardening_pipeline.db.migration_plan import catalog_snapshot
+from hardening_pipeline.db.catalog import catalog_snapshot, read_catalog
 from hardening_pipeline.db.migrations import (
     EARLIER_REVISIONS,
     MIGRATIONS_DIR,
