@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def sql_folder(kind: str) -> Path:
-    """The folder ``sql/<kind>`` (``migrations``, ``canaries`` or ``status``) as a real path.
+    """The folder ``sql/<kind>`` (migrations, revisions, canaries, status) as a real path.
 
     Resolved, so a checkout names the repository's ``sql/`` folder in messages and reports
     rather than the link; callers copy and list these folders, so a path (not a zip member)
@@ -26,3 +26,4 @@ def sql_folder(kind: str) -> Path:
 MIGRATIONS_DIR = sql_folder("migrations")
 CANARIES_DIR = sql_folder("canaries")
 STATUS_QUERIES_DIR = sql_folder("status")
+REVISIONS_DIR = sql_folder("revisions")

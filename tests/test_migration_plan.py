@@ -11,7 +11,8 @@ import re
 
 import psycopg
 
-from hardening_pipeline.db.migration_plan import catalog_snapshot, plan_migrations
+from hardening_pipeline.db.catalog import catalog_snapshot
+from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
 from tests.support.cli import run_hardening
 from tests.support.supabase_app import APP_TABLES, MSG_ORPHANED

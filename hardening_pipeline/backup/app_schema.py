@@ -34,77 +34,7 @@ SCHEMA_OBJECT_NAME = "schema.hpb"
 # written before held two plain-SQL sections, "pre-data" and "post-data".
 ARCHIVE_SECTION = "archive"
 LEGACY_SECTIONS = ("pre-data", "post-data")
-CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
 
-# Extension members are recreated by CREATE EXTENSION, never by the dump: each query leaves
-# them out.
-
-_CATALOG_QUERIES = {
-    "tables": """
-        SELECT n.nspname || '.' || c.relname || ' (' || string_agg(
-                 a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)
-                 || CASE WHEN a.attgenerated = 's' THEN ' generated' ELSE '' END
-                 || CASE WHEN a.attidentity <> '' THEN ' identity' ELSE '' END,
-                 ', ' ORDER BY a.attnum) || ')'
-        FROM pg_catalog.pg_class c
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
-             AND NOT a.attisdropped
-        WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-        GROUP BY n.nspname, c.relname""",
-    "views": """
-        SELECT n.nspname || '.' || c.relname
-               || CASE c.relkind WHEN 'm' THEN ' (materialized)' ELSE '' END
-        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')""",
-    "functions": """
-        SELECT n.nspname || '.' || p.proname || '('
-               || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')'
-               || CASE WHEN p.prosecdef THEN ' security definer' ELSE '' END
-        FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-               WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')""",
-    "policies": """
-        SELECT n.nspname || '.' || c.relname || ' ' || p.polname || ' ('
-               || CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert'
-                  WHEN 'w' THEN 'update' WHEN 'd' THEN 'delete' ELSE 'all' END
-               || CASE WHEN p.polpermissive THEN '' ELSE ', restrictive' END
-               || ', to ' || coalesce((SELECT string_agg(x, ' ' ORDER BY x) FROM (
-                      SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)
-                      END AS x FROM unnest(p.polroles) AS r) AS roles), 'public') || ')'
-        FROM pg_catalog.pg_policy p
-        JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = ANY(%s)""",
-    "triggers": """
-        SELECT n.nspname || '.' || c.relname || ' ' || t.tgname
-        FROM pg_catalog.pg_trigger t
-        JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE NOT t.tgisinternal AND n.nspname = ANY(%s)""",
-    "constraints": """
-        SELECT n.nspname || '.' || c.relname || ' ' || k.conname || ' (' || k.contype::text || ')'
-        FROM pg_catalog.pg_constraint k
-        JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE k.contype IN ('p', 'u', 'f', 'c', 'x') AND n.nspname = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')""",
-    "indexes": """
-        SELECT n.nspname || '.' || c.relname
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-               WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indrelid
-                 AND d.deptype = 'e')""",
-}
 
 # Every role an object in the schemas is owned by, granted to, or has a policy for. Predefined
 # roles (pg_*) exist on every server.
@@ -163,16 +93,6 @@ def check_schemas_exist(conn: psycopg.Connection, schemas: Sequence[str]) -> Non
             f"BACKUP_SCHEMAS names schema(s) the database does not have ({', '.join(missing)}); "
             "remove them from BACKUP_SCHEMAS or create them."
         )
-
-
-def read_catalog(conn: psycopg.Connection, schemas: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The catalog summary of ``schemas``: sorted object descriptions per kind."""
-    cur = conn.cursor(row_factory=tuple_row)
-    summary = {}
-    for kind in CATALOG_KINDS:
-        rows = cur.execute(_CATALOG_QUERIES[kind], (list(schemas),)).fetchall()  # type: ignore[arg-type]
-        summary[kind] = tuple(sorted(str(r[0]) for r in rows))
-    return summary
 
 
 def read_roles(conn: psycopg.Connection, schemas: Sequence[str]) -> tuple[RoleEntry, ...]:

@@ -35,7 +35,6 @@ from hardening_pipeline.backup.app_schema import (
     SCHEMA_OBJECT_NAME,
     check_schemas_exist,
     dump_schema,
-    read_catalog,
     read_extensions,
     read_roles,
     read_sequences,
@@ -75,6 +74,7 @@ from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.backup.tenant_key_use import BackupTenantKeys, prepare_tenant_keys
 from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_lock_holders
+from hardening_pipeline.db.catalog import read_catalog
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.job_locks import job_locks_available, take_job_lock
 from hardening_pipeline.errors import CheckFailed, ConfigError, HardeningError

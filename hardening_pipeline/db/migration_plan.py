@@ -17,7 +17,7 @@ exist before them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hardening_pipeline.db.catalog import Snapshot, catalog_snapshot
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import (
     ADVISORY_LOCK_KEY,
@@ -67,10 +68,6 @@ GROUPS = (
 )
 REPORTED_GROUP = GROUPS[-1]
 
-_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
-
-Snapshot = dict[str, dict[str, Any]]
-
 
 @dataclass(frozen=True)
 class Change:
@@ -107,112 +104,6 @@ class MigrationPlan:
         for c in self.changes:
             out[c.group].append(c)
         return {g: cs for g, cs in out.items() if cs}
-
-
-# --- catalog snapshot -------------------------------------------------------------------------
-
-_QUERIES: Mapping[str, str] = {
-    # relation -> kind, owner, RLS enabled, RLS forced
-    "relations": """
-        SELECT c.oid::regclass::text AS key,
-               json_build_array(c.relkind, c.relowner::regrole::text,
-                                c.relrowsecurity, c.relforcerowsecurity) AS value
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
-          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-    """,
-    "policies": """
-        SELECT format('%%I.%%I %%s', schemaname, tablename, policyname) AS key,
-               json_build_array(permissive, cmd, roles::text[], qual, with_check) AS value
-        FROM pg_policies WHERE schemaname <> ALL (%(system)s)
-    """,
-    "constraints": """
-        SELECT format('%%s %%s', con.conrelid::regclass, con.conname) AS key,
-               json_build_array(con.contype, pg_get_constraintdef(con.oid), con.confdeltype,
-                                con.confrelid::regclass::text,
-                                (SELECT array_agg(a.attname::text ORDER BY a.attnum)
-                                   FROM pg_attribute a WHERE a.attrelid = con.conrelid
-                                    AND a.attnum = ANY (con.conkey))) AS value
-        FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace
-        WHERE n.nspname <> ALL (%(system)s) AND con.conrelid <> 0
-    """,
-    "not_null": """
-        SELECT format('%%s.%%I', c.oid::regclass, a.attname) AS key, to_json(a.attnotnull) AS value
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname <> ALL (%(system)s) AND c.relkind IN ('r', 'p')
-          AND a.attnum > 0 AND NOT a.attisdropped
-    """,
-    "triggers": """
-        SELECT format('%%s %%s', t.tgrelid::regclass, t.tgname) AS key,
-               json_build_array(pg_get_triggerdef(t.oid), t.tgenabled,
-                                t.tgfoid::regprocedure::text) AS value
-        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE NOT t.tgisinternal AND n.nspname <> ALL (%(system)s)
-    """,
-    "relation_privileges": """
-        SELECT format('%%s %%s', c.oid::regclass,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                           ELSE a.grantee::regrole::text END) AS key,
-               to_json(array_agg(a.privilege_type ORDER BY a.privilege_type)) AS value
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault(
-            CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
-        WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
-          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-        GROUP BY 1
-    """,
-    "functions": """
-        SELECT p.oid::regprocedure::text AS key,
-               json_build_array(p.proowner::regrole::text, p.prosecdef) AS value
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname <> ALL (%(system)s)
-    """,
-    "function_privileges": """
-        SELECT format('%%s %%s', p.oid::regprocedure,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                           ELSE a.grantee::regrole::text END) AS key,
-               to_json(array_agg(a.privilege_type ORDER BY a.privilege_type)) AS value
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-        WHERE n.nspname <> ALL (%(system)s)
-        GROUP BY 1
-    """,
-    "schemas": """
-        SELECT n.nspname::text AS key,
-               json_build_array(n.nspowner::regrole::text, n.nspacl::text[]) AS value
-        FROM pg_namespace n WHERE n.nspname <> ALL (%(system)s) AND n.nspname NOT LIKE 'pg_temp%%'
-    """,
-    "roles": """
-        SELECT r.rolname::text AS key,
-               json_build_array(r.rolsuper, r.rolbypassrls, r.rolinherit, r.rolcanlogin,
-                   (SELECT array_agg(m.roleid::regrole::text ORDER BY 1)
-                      FROM pg_auth_members m WHERE m.member = r.oid)) AS value
-        FROM pg_roles r WHERE r.rolname NOT LIKE 'pg\\_%%'
-    """,
-}
-
-
-def catalog_snapshot(conn: psycopg.Connection) -> Snapshot:
-    """What the plan compares: policies, constraints, triggers, RLS, grants, owners, roles."""
-    snapshot: Snapshot = {}
-    cur = psycopg.ClientCursor(conn)
-    # An empty search_path makes regclass, regprocedure and pg_get_*def schema-qualify every name,
-    # so keys do not depend on the caller's path; restored afterwards (transaction-local).
-    saved = _get(cur.execute("SELECT current_setting('search_path') AS p").fetchone(), "p", 0)
-    cur.execute("SELECT set_config('search_path', '', true)")
-    try:
-        for name, query in _QUERIES.items():
-            rows = cur.execute(query, {"system": list(_SYSTEM_SCHEMAS)}).fetchall()
-            snapshot[name] = {_get(r, "key", 0): _get(r, "value", 1) for r in rows}
-    finally:
-        cur.execute("SELECT set_config('search_path', %s, true)", (saved,))
-    return snapshot
-
-
-def _get(row: Any, name: str, index: int) -> Any:
-    return row[name] if isinstance(row, Mapping) else row[index]
 
 
 # --- differences ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from hardening_pipeline.db.open_policies import (
 )
 from hardening_pipeline.db.sql_statements import Statement, split_statements
 from hardening_pipeline.errors import CheckFailed, ConfigError
-from hardening_pipeline.sql_files import MIGRATIONS_DIR
+from hardening_pipeline.sql_files import MIGRATIONS_DIR, REVISIONS_DIR
 
 # Any fixed bigint will do; this one spells "hardenin" in ASCII so it is recognisable in pg_locks.
 ADVISORY_LOCK_KEY = 0x6861726465_6E696E
@@ -139,9 +139,11 @@ def read_applied(conn: psycopg.Connection) -> list[AppliedMigration]:
 
 
 # Files revised after release so that adopting an existing app works (run as a non-superuser,
-# never widen access, replace the app's keys). On a database the kit created itself each revision
-# builds the same objects as the text recorded here, so a record of that text still counts as
-# applied; any other difference is drift. Newer changes go in new numbered files, not here.
+# never widen access, replace the app's keys). A record of the text recorded here still counts
+# as applied: the next run applies its catch-up (``sql/revisions/<stem>.<first 16 hex of the
+# recorded sha256>.sql``, what the revision adds on a database the earlier text built) and then
+# records the current text, so the database ends as a fresh one would (tests/
+# test_upgrade_paths.py). Any other difference is drift. Released files are never edited again.
 EARLIER_REVISIONS: Mapping[str, frozenset[str]] = {
     "001_core_schema.sql": frozenset(
         {"d6c4ca85bc3c4f05b5f0033029dbe70a037e831e5b87f2c157036d2f8ace8fa5"}
@@ -326,6 +328,34 @@ def describe_failure(
     )
 
 
+def revision_catch_up(filename: str, recorded_sha256: str) -> MigrationFile:
+    """The catch-up that brings a database built by an earlier text of ``filename`` level."""
+    path = REVISIONS_DIR / f"{Path(filename).stem}.{recorded_sha256[:16]}.sql"
+    if not path.is_file():
+        raise ConfigError(
+            f"the database applied an earlier text of {filename} and this checkout has no "
+            f"catch-up for it ({path.name}); reinstall hardening_pipeline or use the version "
+            "that applied it."
+        )
+    raw = path.read_bytes()
+    number = int(filename[:3])
+    return MigrationFile(path.name, number, raw.decode("utf-8"), hashlib.sha256(raw).hexdigest())
+
+
+def catch_up_revision(
+    conn: psycopg.Connection, state: MigrationState, role: str, applied_by: str
+) -> None:
+    """Apply the catch-up for an earlier text, then record the current one, in one transaction."""
+    assert state.applied is not None and state.file_sha256 is not None
+    _execute_statements(conn, revision_catch_up(state.filename, state.applied.sha256), role)
+    conn.execute(
+        "UPDATE hardening.schema_migrations SET sha256 = %s, "
+        "applied_by = applied_by || '; caught up by ' || %s || ' as ' || current_user "
+        "WHERE filename = %s",
+        (state.file_sha256, applied_by, state.filename),
+    )
+
+
 def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
     """Run one file's statements in the caller's transaction; a failure names its statement."""
     if f.filename != LOCKDOWN_MIGRATION:
@@ -389,6 +419,10 @@ def apply_migrations(
                 conn.execute(BOOTSTRAP_SQL)
             states = compare(files, read_applied(conn))
             refuse_drift(states)
+            for state in states:
+                if state.applied and state.file_sha256 not in (None, state.applied.sha256):
+                    with conn.transaction():
+                        catch_up_revision(conn, state, role, who)
             pending = {s.filename for s in states if s.state == "pending"}
             applied: list[str] = []
             for f in files:

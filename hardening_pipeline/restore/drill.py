@@ -38,7 +38,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hardening_pipeline.backup.app_schema import read_catalog
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
 from hardening_pipeline.backup.erased_audit import recorded_hashes
@@ -57,6 +56,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_key_use import ObjectKeys
 from hardening_pipeline.canaries.runner import run_canaries
+from hardening_pipeline.db.catalog import read_catalog
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations

@@ -1,0 +1,5 @@
+-- Catch-up for a database whose record holds the first released text of 006_audit_seals.sql.
+--
+-- The revision hands hardening.audit_seals to its owner after its trigger exists, so that a migration role
+-- that is not a superuser can apply it; the table, its owner and its grants end the same.
+-- Nothing to add.
