@@ -3,7 +3,9 @@
 A backup exists only when its folder holds a ``manifest.json`` whose MAC verifies under one of
 the configured keys and whose id and date match the folder. Folders without a manifest are
 incomplete (a run that died, or one still running); folders whose manifest fails verification
-are *invalid*, which callers treat as "do not touch, tell a human".
+are *invalid*, which callers treat as "do not touch, tell a human". So are folders whose
+manifest was written over, or hidden by a delete marker, after the backup wrote it: the kit
+writes each manifest once, and a versioned bucket keeps the history that shows otherwise.
 
 Two kinds of failure get a sentence of their own, because each has one fix. A manifest dated
 more than ``MAX_CLOCK_SKEW`` ahead (a backup from a machine with a fast clock) says how far ahead
@@ -190,7 +192,31 @@ def _verify(store: BackupStore, backup: StoredBackup, keyring: Keyring, now: dat
                 f"{entry.ciphertext_bytes}"
             )
             return
-    backup.manifest = manifest
+    backup.problem = _history_problem(store, backup)
+    if backup.problem is None:
+        backup.manifest = manifest
+
+
+def _history_problem(store: BackupStore, backup: StoredBackup) -> str | None:
+    """Whether the manifest's key was written again or hidden after the backup wrote it once.
+
+    The current version of an overwritten manifest may even verify (the original copied back
+    on top), but the bucket's history says someone with the key did it: tell a human.
+    """
+    versions = store.version_count(backup.folder + MANIFEST_NAME)
+    if versions is None:
+        return None
+    if backup.has_manifest_object and versions > 1:
+        return (
+            f"its manifest was written over after the backup wrote it once ({versions} versions "
+            "of it in the store); the oldest version is the original"
+        )
+    if not backup.has_manifest_object and versions:
+        return (
+            "its manifest was deleted without a version id after the backup wrote it (a delete "
+            "marker hides it); the versions under the marker are the original"
+        )
+    return None
 
 
 def list_backups(
@@ -207,6 +233,9 @@ def list_backups(
     with_manifest = [b for b in folders.values() if b.has_manifest_object]
     for backup in with_manifest:
         _verify(store, backup, keyring, now)
+    for backup in folders.values():
+        if not backup.has_manifest_object:
+            backup.problem = _history_problem(store, backup)
     if with_manifest and all(b.unknown_key_id is not None for b in with_manifest):
         raise WrongKeyError(_wrong_key_sentence(with_manifest, keyring))
     valid = sorted((b for b in folders.values() if b.state == "valid"), key=lambda b: b.created_at)
@@ -215,6 +244,28 @@ def list_backups(
     )
     invalid = sorted((b for b in folders.values() if b.state == "invalid"), key=lambda b: b.folder)
     return BackupCatalog(valid, incomplete, invalid, foreign)
+
+
+UNTRUSTED_RUNBOOK_ANCHOR = "backup-manifest-untrusted"
+UNTRUSTED_FIX = (
+    "find out who wrote the manifest and restore the original from the bucket's version history "
+    f"({runbook_link(UNTRUSTED_RUNBOOK_ANCHOR)}); retention deletes nothing meanwhile."
+)
+
+
+def untrusted_backups(catalog: BackupCatalog) -> str | None:
+    """A clause naming the backups whose manifest cannot be read or was written over, if any.
+
+    Checks over the retained backups say this rather than skip them: nobody knows what such a
+    backup holds (its locks, its tenant keys) until a human has looked.
+    """
+    if not catalog.invalid:
+        return None
+    first = catalog.invalid[0]
+    return (
+        f"{len(catalog.invalid)} backup(s) cannot be checked because their manifest cannot be "
+        f"trusted; {first.backup_id}: {(first.problem or '').rstrip('.')}"
+    )
 
 
 def find_backup(

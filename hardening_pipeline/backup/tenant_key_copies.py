@@ -10,8 +10,19 @@ from typing import Any
 
 import psycopg
 
+from hardening_pipeline.backup.catalog import (
+    UNTRUSTED_FIX,
+    BackupCatalog,
+    list_backups,
+    untrusted_backups,
+)
 from hardening_pipeline.backup.crypto import (
     Keyring,
+)
+from hardening_pipeline.backup.ledger_table import (
+    LedgerPlacement,
+    create_ledger_table,
+    find_ledger_placement,
 )
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.backup.tenant_keys import (
@@ -163,6 +174,13 @@ class LedgerComparison:
     notes: list[str] = field(default_factory=list)
     store_bytes: bytes | None = None
     database_bytes: bytes | None = None
+    # Where the database's copy is; a problem there is one of ``problems`` too.
+    placement: LedgerPlacement | None = None
+
+    @property
+    def misplaced(self) -> LedgerPlacement | None:
+        """The placement, when the database's copy is lost or not where it belongs."""
+        return self.placement if self.placement and self.placement.problem else None
 
     @property
     def agreed(self) -> Ledger:
@@ -182,6 +200,9 @@ def compare_copies(
             in_store, raw_store = found
     except LedgerError as exc:
         problems.append(f"the store's copy cannot be trusted: {exc}")
+    placement = find_ledger_placement(conn) if conn is not None else None
+    if placement is not None and placement.problem:
+        problems.append(placement.problem)
     available = conn is not None and db_copy_available(conn)
     if available:
         try:
@@ -190,7 +211,9 @@ def compare_copies(
                 in_db, raw_db = found
         except LedgerError as exc:
             problems.append(f"the database's copy cannot be trusted: {exc}")
-    result = LedgerComparison(in_store, in_db, available, problems, [], raw_store, raw_db)
+    result = LedgerComparison(
+        in_store, in_db, available, problems, [], raw_store, raw_db, placement
+    )
     if in_store and in_db and raw_store != raw_db:
         if in_store.version == in_db.version:
             problems.append(f"both copies claim version {in_store.version} but differ")
@@ -226,6 +249,9 @@ def agreed_ledger(
 ) -> LedgerComparison:
     """Both copies compared; refused, saying ``nothing_done``, when they disagree."""
     comparison = compare_copies(store, conn, keyring)
+    misplaced = comparison.misplaced
+    if misplaced is not None:
+        raise LedgerError(f"{misplaced.problem}; {nothing_done}: {misplaced.fix}")
     if comparison.problems:
         raise LedgerError(
             f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); "
@@ -244,13 +270,17 @@ class LostKey:
     backup_ids: list[str]
 
 
-def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[LostKey]:
-    """Every key the retained backups use that ``ledger`` neither holds nor records as erased."""
-    from hardening_pipeline.backup.catalog import list_backups
+def lost_keys(
+    store: BackupStore, keyring: Keyring, ledger: Ledger, catalog: BackupCatalog | None = None
+) -> list[LostKey]:
+    """Every key the retained backups use that ``ledger`` neither holds nor records as erased.
 
+    Only backups whose manifest verifies can say which keys they use; ``untrusted_backups``
+    names the others.
+    """
     known = ledger.key_ids() | {e.key_id for e in ledger.erased}
     lost: dict[str, LostKey] = {}
-    for backup in list_backups(store, keyring).valid:
+    for backup in (catalog or list_backups(store, keyring)).valid:
         for entry in backup.manifest.objects if backup.manifest else ():
             if entry.tenant_key_id and entry.tenant_key_id not in known and entry.tenant_id:
                 found = lost.setdefault(
@@ -276,9 +306,11 @@ def ledger_status(
     )
     comparison = compare_copies(store, conn, keyring)
     if comparison.problems:
-        return False, "; ".join(comparison.problems), fix
+        misplaced = comparison.misplaced
+        return False, "; ".join(comparison.problems), misplaced.fix if misplaced else fix
     ledger = comparison.agreed
-    lost = lost_keys(store, keyring, ledger)
+    catalog = list_backups(store, keyring)
+    lost = lost_keys(store, keyring, ledger, catalog)
     if lost:
         named = sorted(f"{k.tenant_id} ({k.backup_ids[0]})" for k in lost)
         return (
@@ -287,6 +319,9 @@ def ledger_status(
             f"never erased: tenant(s) {', '.join(named[:5])}",
             fix,
         )
+    untrusted = untrusted_backups(catalog)
+    if untrusted:
+        return False, f"{untrusted}; which tenant keys it uses is unknown", UNTRUSTED_FIX
     copies = [w for w, c in (("store", comparison.store), ("database", comparison.database)) if c]
     return (
         True,
@@ -365,6 +400,11 @@ def recover_ledger(
         # beside an erasure could write back the key it just destroyed.
         if job_locks_available(lock_conn):
             take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
+        placement = find_ledger_placement(conn)
+        if placement.elsewhere:
+            raise LedgerError(f"{placement.problem}; nothing was written: {placement.fix}")
+        if placement.lost:
+            create_ledger_table(conn)
         copies, refused = _readable_copies(store, conn, keyring)
         sources = [f"{len(copies)} ledger cop{'ies' if len(copies) != 1 else 'y'}"]
         if escrow is not None:

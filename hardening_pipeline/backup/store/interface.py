@@ -189,6 +189,15 @@ class BackupStore(ABC):
         """
         return self.put(key, [data])
 
+    def version_count(self, key: str) -> int | None:
+        """How many versions of exactly ``key`` the store keeps, delete markers included.
+
+        A manifest is written once, so a second version means someone wrote over it, and a
+        version under a key that lists as absent means it was hidden. None for a store that
+        keeps no history (a folder): there, only what is there can be checked.
+        """
+        return None
+
     # -- Object Lock: only buckets lock; a folder keeps these defaults --
 
     @property

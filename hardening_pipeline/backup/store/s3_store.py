@@ -248,7 +248,7 @@ class S3Store(BackupStore):
             return len(data)
         current = answer.get("VersionId") or "null"
         action = f"remove older versions of {key}"
-        older = [v for v in self._versions(full, action) if v[0] == full and v[1] != current]
+        older = [v for v in self._versions(full, action, exact=True) if v[1] != current]
         self._delete_versions(older, action)
         return len(data)
 
@@ -357,8 +357,8 @@ class S3Store(BackupStore):
             else:
                 kwargs.pop(next_marker, None)
 
-    def _versions(self, full_prefix: str, action: str) -> list[tuple[str, str]]:
-        """Every (key, version id) under ``full_prefix``: versions and delete markers alike."""
+    def _versions(self, full: str, action: str, *, exact: bool = False) -> list[tuple[str, str]]:
+        """Every (key, version id) under ``full``, or of that key alone: delete markers too."""
         return [
             (item["Key"], item.get("VersionId") or "null")
             for page in self._marker_pages(
@@ -366,10 +366,14 @@ class S3Store(BackupStore):
                 self.client.list_object_versions,
                 "VersionIdMarker",
                 Bucket=self.bucket,
-                Prefix=full_prefix,
+                Prefix=full,
             )
             for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            if not exact or item["Key"] == full
         ]
+
+    def version_count(self, key: str) -> int:
+        return len(self._versions(self._full(key), f"read the history of {key}", exact=True))
 
     def _delete_versions(self, versions: list[tuple[str, str]], action: str) -> None:
         # One request per version: DeleteObjects would be faster but botocore attaches checksum
@@ -391,10 +395,8 @@ class S3Store(BackupStore):
                 raise self._error(exc, action) from exc
 
     def delete(self, key: str) -> None:
-        full = self._full(key)
         action = f"delete {key}"
-        versions = [v for v in self._versions(full, action) if v[0] == full]
-        self._delete_versions(versions, action)
+        self._delete_versions(self._versions(self._full(key), action, exact=True), action)
 
     def delete_prefix(self, prefix: str) -> int:
         require_nonempty_prefix(prefix)
@@ -422,12 +424,9 @@ class S3Store(BackupStore):
         return config.get("ObjectLockEnabled") == "Enabled"
 
     def _version_locked_until(self, full_key: str, version_id: str | None) -> datetime | None:
-        """The version's retain-until date, from HeadObject's ``x-amz-object-lock-*`` headers.
-
-        HeadObject rather than GetObjectRetention: one request either way, and it answers for
-        an unlocked version too instead of an error. B2 sends the lock headers only to a key
-        with ``readFileRetentions``; without it a locked object looks unlocked.
-        """
+        """The version's retain-until date, from HeadObject's ``x-amz-object-lock-*`` headers
+        (GetObjectRetention errs for an unlocked version). B2 sends the lock headers only to a
+        key with ``readFileRetentions``; without it a locked object looks unlocked."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
