@@ -741,3 +741,24 @@ def connect_as(url: str, who: str):
 
 def _first_value(row) -> object:
     return next(iter(row.values()))
+
+
+@pytest.mark.parametrize("how", ["garbage", "original on top", "delete marker"])
+def test_a_backup_whose_manifest_was_written_over_turns_the_ledger_line_red(
+    seeded: str,
+    store: S3Store,
+    keyring: Keyring,
+    s3_server: B2LikeS3Server,
+    s3_locked_bucket: str,
+    how: str,
+) -> None:
+    """Which tenant keys such a backup uses is unknown: the line says so instead of skipping it."""
+    from tests.test_backup_locks import tamper_with_manifest
+
+    victim = run_backup(seeded, store, keyring).backup_id
+    run_backup(seeded, store, keyring)
+    assert ledger_line(seeded, store, keyring).passed
+    tamper_with_manifest(s3_server, s3_locked_bucket, victim, how)
+    line = ledger_line(seeded, store, keyring)
+    assert not line.passed and victim in line.detail and "cannot be trusted" in line.detail
+    assert "backup-manifest-untrusted" in line.fix
