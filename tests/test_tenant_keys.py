@@ -743,7 +743,7 @@ def _first_value(row) -> object:
     return next(iter(row.values()))
 
 
-@pytest.mark.parametrize("how", ["garbage", "original on top", "delete marker"])
+@pytest.mark.parametrize("how", ["garbage", "signed again", "delete marker"])
 def test_a_backup_whose_manifest_was_written_over_turns_the_ledger_line_red(
     seeded: str,
     store: S3Store,
@@ -758,7 +758,7 @@ def test_a_backup_whose_manifest_was_written_over_turns_the_ledger_line_red(
     victim = run_backup(seeded, store, keyring).backup_id
     run_backup(seeded, store, keyring)
     assert ledger_line(seeded, store, keyring).passed
-    tamper_with_manifest(s3_server, s3_locked_bucket, victim, how)
+    tamper_with_manifest(s3_server, s3_locked_bucket, victim, how, keyring)
     line = ledger_line(seeded, store, keyring)
     assert not line.passed and victim in line.detail and "cannot be trusted" in line.detail
     assert "backup-manifest-untrusted" in line.fix

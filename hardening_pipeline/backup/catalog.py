@@ -198,23 +198,25 @@ def _verify(store: BackupStore, backup: StoredBackup, keyring: Keyring, now: dat
 
 
 def _history_problem(store: BackupStore, backup: StoredBackup) -> str | None:
-    """Whether the manifest's key was written again or hidden after the backup wrote it once.
+    """Whether the manifest's key was written over or hidden after the backup wrote it once.
 
-    The current version of an overwritten manifest may even verify (the original copied back
-    on top), but the bucket's history says someone with the key did it: tell a human.
+    An overwrite may even verify (an older manifest put back on top); only the bucket's history
+    shows it. The original copied back on top (the runbook's fix) has the original's bytes
+    again, so its ETag matches: that backup is trusted again.
     """
-    versions = store.version_count(backup.folder + MANIFEST_NAME)
-    if versions is None:
+    etags = store.version_etags(backup.folder + MANIFEST_NAME)
+    if etags is None:
         return None
-    if backup.has_manifest_object and versions > 1:
+    written = [e for e in etags if e is not None]
+    if backup.has_manifest_object and written and written[0] != written[-1]:
         return (
-            f"its manifest was written over after the backup wrote it once ({versions} versions "
-            "of it in the store); the oldest version is the original"
+            f"its manifest was written over after the backup wrote it ({len(etags)} versions of "
+            "it in the store; the newest differs from the oldest, the original)"
         )
-    if not backup.has_manifest_object and versions:
+    if not backup.has_manifest_object and etags:
         return (
             "its manifest was deleted without a version id after the backup wrote it (a delete "
-            "marker hides it); the versions under the marker are the original"
+            "marker hides it); the oldest version under the marker is the original"
         )
     return None
 

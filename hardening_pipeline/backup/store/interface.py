@@ -189,12 +189,12 @@ class BackupStore(ABC):
         """
         return self.put(key, [data])
 
-    def version_count(self, key: str) -> int | None:
-        """How many versions of exactly ``key`` the store keeps, delete markers included.
+    def version_etags(self, key: str) -> list[str | None] | None:
+        """The ETag of every stored version of exactly ``key``, newest first, and None for each
+        delete marker; None for a store that keeps no history (a folder).
 
-        A manifest is written once, so a second version means someone wrote over it, and a
-        version under a key that lists as absent means it was hidden. None for a store that
-        keeps no history (a folder): there, only what is there can be checked.
+        The kit writes a manifest once: a newest version whose bytes differ from the first
+        one's, or a version under a key that lists as absent, was someone else's doing.
         """
         return None
 
