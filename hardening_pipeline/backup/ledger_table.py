@@ -31,11 +31,13 @@ LEDGER_COLUMNS = (
     "written_at timestamp with time zone",
 )
 
+# A session's temporary copy is left out: no backup reads it, and it goes with its session.
 _LEDGER_SHAPED = """
 SELECT n.nspname, c.relname
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND (SELECT array_agg(a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)
                         ORDER BY a.attname)
        FROM pg_catalog.pg_attribute a
@@ -53,15 +55,16 @@ def ledger_shaped_tables(conn: psycopg.Connection) -> set[tuple[str, str]]:
 def ledger_migrated(conn: psycopg.Connection) -> bool:
     """Whether the migration record says 021 (or a later migration) was applied."""
     cur = conn.cursor(row_factory=tuple_row)
-    if not cur.execute("SELECT pg_catalog.to_regclass('hardening.schema_migrations')").fetchone()[
-        0
-    ]:
+    (recorded,) = cur.execute(
+        "SELECT pg_catalog.to_regclass('hardening.schema_migrations') IS NOT NULL"
+    ).fetchone()
+    if not recorded:
         return False
-    row = cur.execute(
+    (applied,) = cur.execute(
         "SELECT EXISTS (SELECT FROM hardening.schema_migrations WHERE filename >= %s)",
         (LEDGER_MIGRATION[:3],),
     ).fetchone()
-    return bool(row[0])
+    return bool(applied)
 
 
 def _qualified(table: tuple[str, str]) -> str:

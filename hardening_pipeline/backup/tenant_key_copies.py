@@ -298,6 +298,9 @@ def ledger_status(
     A key named by a retained backup that neither copy holds nor records as erased was deleted
     without an erasure: that tenant's data is lost from every backup unless the key comes back.
     """
+    placement = find_ledger_placement(conn)
+    if placement.problem:  # the database alone shows it: no store needed
+        return False, placement.problem, placement.fix
     if store is None or keyring is None:
         return True, "compared at every backup (this status run has no store to compare with)", ""
     fix = (
@@ -306,8 +309,7 @@ def ledger_status(
     )
     comparison = compare_copies(store, conn, keyring)
     if comparison.problems:
-        misplaced = comparison.misplaced
-        return False, "; ".join(comparison.problems), misplaced.fix if misplaced else fix
+        return False, "; ".join(comparison.problems), fix
     ledger = comparison.agreed
     catalog = list_backups(store, keyring)
     lost = lost_keys(store, keyring, ledger, catalog)

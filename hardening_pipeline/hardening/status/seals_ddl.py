@@ -105,7 +105,8 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
 @check(
     "tenant_key_ledger",
     "the tenant key ledger's copies (store, database) agree and hold every key a retained "
-    "backup uses, unless erase-tenant destroyed it",
+    "backup uses, unless erase-tenant destroyed it; its table is at hardening.tenant_key_ledger "
+    "and nowhere else, and every retained backup's manifest can be trusted",
 )
 def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     return ledger_status(conn, ctx.store, ctx.keyring)
