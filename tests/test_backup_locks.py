@@ -24,7 +24,13 @@ from hardening_pipeline.backup.locks import (
     require_lockable,
     write_lock,
 )
-from hardening_pipeline.backup.manifest import MANIFEST_NAME
+from hardening_pipeline.backup.manifest import (
+    MANIFEST_NAME,
+    backup_folder,
+    load_manifest,
+    rewrap_manifest,
+    sign_manifest,
+)
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import BackupRef, RetentionPolicy, plan_retention
 from hardening_pipeline.backup.store import (
@@ -36,7 +42,7 @@ from hardening_pipeline.backup.store import (
 )
 from hardening_pipeline.backup.store.s3_store import send_content_md5_on_lock_writes
 from hardening_pipeline.backup.tenant_keys import LEDGER_KEY
-from hardening_pipeline.errors import ConfigError
+from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.jobs.retention import RetentionJobResult
 from hardening_pipeline.settings import load_settings
 from tests.support.cli import run_hardening
@@ -473,3 +479,81 @@ def test_the_oldest_backup_rule_gives_no_longer_lock() -> None:
     plan = plan_retention(refs, POLICY)
     oldest = next(k for k in plan.keep if k.backup_id == "a")
     assert "oldest" in oldest.reasons and oldest.slots == []
+
+
+def manifest_key(server: B2LikeS3Server, bucket: str, backup_id: str) -> str:
+    return next(
+        v["Key"]
+        for v in versions_of(server, bucket)
+        if backup_id in v["Key"] and v["Key"].endswith(MANIFEST_NAME)
+    )
+
+
+def tamper_with_manifest(
+    server: B2LikeS3Server, bucket: str, backup_id: str, how: str, keyring: Keyring
+) -> None:
+    """What a stolen key can do to a locked manifest: add a version or a delete marker. With
+    the master key too, the version on top even verifies ("signed again")."""
+    client = server.client()
+    key = manifest_key(server, bucket, backup_id)
+    if how == "garbage":
+        client.put_object(Bucket=bucket, Key=key, Body=b"ransom note")
+    elif how == "signed again":
+        original = load_manifest(client.get_object(Bucket=bucket, Key=key)["Body"].read(), keyring)
+        again = sign_manifest(rewrap_manifest(original, keyring), keyring)
+        client.put_object(Bucket=bucket, Key=key, Body=again)
+    else:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
+@pytest.mark.parametrize("how", ["garbage", "signed again", "delete marker"])
+def test_a_backup_whose_manifest_was_written_over_is_red_and_kept(
+    keyring: Keyring,
+    s3_server: B2LikeS3Server,
+    s3_locked_bucket: str,
+    s3_clock: ServerClock,
+    how: str,
+) -> None:
+    """Checked, not skipped: nobody knows the locks of a backup whose manifest cannot be
+    trusted, and retention must never let it go on that doubt."""
+    end = s3_clock()
+    store = locked_store(s3_server, s3_locked_bucket, s3_clock)
+    s3_clock.now = end - timedelta(days=10)
+    victim = write_backup(store, keyring, s3_clock.now)
+    folder = backup_folder("", victim, s3_clock.now)
+    s3_clock.now = end
+    write_backup(store, keyring, end)
+    tamper_with_manifest(s3_server, s3_locked_bucket, victim, how, keyring)
+    # Every version locked to the victim's horizon, as the nightly runs would leave them.
+    store.extend_lock(folder, end + timedelta(days=30))
+    before = versions_of(s3_server, s3_locked_bucket, "backups/" + folder)
+
+    check = check_backup_locks(store, keyring, POLICY, now=end)
+    assert check is not None and not check.passed, check
+    assert victim in check.detail and "cannot be trusted" in check.detail
+    assert "backup-manifest-untrusted" in check.fix
+
+    s3_clock.advance(timedelta(days=60))  # every lock has run out
+    with pytest.raises(CheckFailed, match=victim):
+        apply_retention(
+            store, keyring, RetentionPolicy(daily=1, weekly=0, monthly=0), now=s3_clock.now
+        )
+    assert versions_of(s3_server, s3_locked_bucket, "backups/" + folder) == before
+
+
+def test_the_original_copied_back_over_a_written_over_manifest_is_trusted_again(
+    keyring: Keyring, s3_server: B2LikeS3Server, s3_locked_bucket: str, s3_clock: ServerClock
+) -> None:
+    """The runbook's fix: the locked original, copied back on top, is the manifest again."""
+    store = locked_store(s3_server, s3_locked_bucket, s3_clock)
+    backup_id = write_backup(store, keyring, s3_clock() - timedelta(minutes=5))
+    key = manifest_key(s3_server, s3_locked_bucket, backup_id)
+    (original,) = versions_of(s3_server, s3_locked_bucket, key)
+    tamper_with_manifest(s3_server, s3_locked_bucket, backup_id, "garbage", keyring)
+    assert [b.backup_id for b in list_backups(store, keyring).invalid] == [backup_id]
+    source = {"Bucket": s3_locked_bucket, "Key": key, "VersionId": original["VersionId"]}
+    s3_server.client().copy_object(Bucket=s3_locked_bucket, Key=key, CopySource=source)
+    assert [b.backup_id for b in list_backups(store, keyring).valid] == [backup_id]
+    apply_retention(store, keyring, POLICY)  # locks the copy on top like the rest
+    check = check_backup_locks(store, keyring, POLICY)
+    assert check is not None and check.passed, check

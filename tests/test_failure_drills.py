@@ -715,8 +715,9 @@ def test_retention_interrupted_while_deleting_leaves_only_debris(
     ids = dailies(store, keyring, 33, end=datetime.now(UTC) - timedelta(hours=1))
     victims = [r.backup_id for r in apply_retention(store, keyring, dry_run=True).plan.delete]
     assert victims
-    # Deleting the first victim: its manifest goes, then listing its folder's versions fails.
-    s3_faults.fail_next("ListObjectVersions", times=5, status=500, after=1)
+    # Deleting the first victim: its manifest goes, then listing its folder's versions fails
+    # (after the catalog has read the history of each of the manifests).
+    s3_faults.fail_next("ListObjectVersions", times=5, status=500, after=len(ids) + 1)
     with pytest.raises(StoreError):
         apply_retention(store, keyring)
     s3_faults.clear()

@@ -734,3 +734,153 @@ def test_a_recorded_hash_stands_in_only_for_a_missing_row_and_must_be_right(
         delete(last[other])
         mixed = verify_audit_seals(seeded, full=True, erased_rows=recorded)
         assert not mixed.passed and mixed.first_bad_id == last[other]
+
+
+# --- the database's copy out of place -------------------------------------------------------------
+
+
+def ledger_line(url: str, store, keyring: Keyring):
+    report = run_status_check(url, store=store, keyring=keyring)
+    [line] = [x for x in report.lines if x.name == "tenant_key_ledger"]
+    return line
+
+
+@pytest.mark.parametrize("who", ["superuser", "owner"])
+def test_a_dropped_ledger_table_is_red_refuses_the_backup_and_recover_brings_it_back(
+    request: pytest.FixtureRequest, who: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    """After 021 a missing table is a lost copy, never "migration 021 not applied"."""
+    url = owned_database(request, who)
+    store = FileStore(tmp_path / "store")
+    run_backup(url, store, keyring)
+    with connect_as(url, who) as conn:
+        conn.execute("DROP TABLE hardening.tenant_key_ledger")
+        conn.commit()
+    for checked_with in (store, None):  # the database alone shows it
+        line = ledger_line(url, checked_with, keyring)
+        assert not line.passed and "is gone although migration 021" in line.detail, line
+        assert "tenant-keys recover" in line.fix
+    with pytest.raises(LedgerError, match="is gone .* no backup was written: run `hardening"):
+        run_backup(url, store, keyring)
+    assert len(list_backups(store, keyring).valid) == 1
+    recover_ledger(store, url, keyring)
+    with connect_as(url, who) as conn:
+        in_db = read_db_ledger(conn, keyring)
+        closed = conn.execute(
+            "SELECT bool_or(has_table_privilege(r, 'hardening.tenant_key_ledger', 'SELECT')) "
+            "AS open FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r "
+            "WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r)"
+        ).fetchone()
+    found = read_store_ledger(store, keyring)
+    assert in_db is not None and found is not None and in_db[0].tenants == found[0].tenants
+    assert not _first_value(closed)
+    assert ledger_line(url, store, keyring).passed
+    run_backup(url, store, keyring)
+
+
+@pytest.mark.parametrize("who", ["superuser", "owner"])
+@pytest.mark.parametrize(
+    "move",
+    [
+        "ALTER TABLE hardening.tenant_key_ledger RENAME TO key_archive",
+        "ALTER TABLE hardening.tenant_key_ledger SET SCHEMA public",
+    ],
+    ids=["rename", "set-schema"],
+)
+def test_a_moved_ledger_table_is_never_backed_up_and_the_backup_refuses(
+    request: pytest.FixtureRequest, who: str, move: str, keyring: Keyring, tmp_path: Path
+) -> None:
+    """Under another name or schema the table still holds every wrapped tenant key: a backup
+    that carried it would lock the keys into its shared object, beyond any erasure."""
+    from hardening_pipeline.backup.export import discover_layout
+
+    url = owned_database(request, who)
+    store = FileStore(tmp_path / "store")
+    run_backup(url, store, keyring)
+    moved = ("hardening", "key_archive") if "RENAME" in move else ("public", "tenant_key_ledger")
+    with connect_as(url, who) as conn:
+        conn.execute(move)
+        conn.commit()
+    with pytest.raises(LedgerError) as refused:
+        run_backup(url, store, keyring)
+    said = str(refused.value)
+    assert ".".join(moved) in said and "no backup was written: move it back with" in said
+    assert "\n" not in said
+    assert len(list_backups(store, keyring).valid) == 1
+    assert not ledger_line(url, None, keyring).passed
+    line = ledger_line(url, store, keyring)
+    assert not line.passed and ".".join(moved) in line.detail and "move it back" in line.fix
+    # Not in any object, even beside a decoy at the ledger's place (which a backup would fill).
+    with connect_as(url, who) as conn:
+        conn.execute(f"CREATE TABLE hardening.tenant_key_ledger (LIKE {'.'.join(moved)})")
+        conn.commit()
+        layout = discover_layout(conn)
+        conn.rollback()
+        exported = {(t.schema, t.name) for t in (*layout.tenant_tables, *layout.shared_tables)}
+        assert moved not in exported and ("hardening", "tenant_key_ledger") not in exported
+    with pytest.raises(LedgerError, match="besides hardening.tenant_key_ledger itself"):
+        run_backup(url, store, keyring)
+    with connect_as(url, who) as conn:
+        conn.execute("DROP TABLE hardening.tenant_key_ledger")
+        conn.commit()
+    # The printed fix, pasted as it is, puts the table back; the backup runs again.
+    fix = line.fix.split("move it back with ", 1)[1].split(" then run", 1)[0]
+    with connect_as(url, who) as conn:
+        for statement in filter(None, (s.strip() for s in fix.split(";"))):
+            conn.execute(statement)
+        conn.commit()
+    assert ledger_line(url, store, keyring).passed
+    assert run_backup(url, store, keyring).manifest.objects
+
+
+def owned_database(request: pytest.FixtureRequest, who: str) -> str:
+    """A seeded database whose ledger table belongs to ``who``: the superuser that migrated a
+    plain server, or Supabase's ``postgres``, which is not a superuser and owns what it migrates."""
+    if who == "superuser":
+        url = request.getfixturevalue("db_url")
+    else:
+        url = request.getfixturevalue("supabase_db_url")
+        apply_migrations(url)
+        with connect_as(url, who) as conn:
+            row = conn.execute(
+                "SELECT rolsuper, pg_get_userbyid(relowner) = current_user AS owns "
+                "FROM pg_roles, pg_class WHERE rolname = current_user "
+                "AND pg_class.oid = 'hardening.tenant_key_ledger'::regclass"
+            ).fetchone()
+        assert row == {"rolsuper": False, "owns": True}
+    seed_demo_data(url, tenants=2, messages_per_unit=1, random_seed=3)
+    return url
+
+
+def connect_as(url: str, who: str):
+    import psycopg
+    from psycopg.rows import dict_row
+
+    if who == "superuser":
+        return admin_connect(url)
+    return psycopg.connect(url, row_factory=dict_row)
+
+
+def _first_value(row) -> object:
+    return next(iter(row.values()))
+
+
+@pytest.mark.parametrize("how", ["garbage", "signed again", "delete marker"])
+def test_a_backup_whose_manifest_was_written_over_turns_the_ledger_line_red(
+    seeded: str,
+    store: S3Store,
+    keyring: Keyring,
+    s3_server: B2LikeS3Server,
+    s3_locked_bucket: str,
+    how: str,
+) -> None:
+    """Which tenant keys such a backup uses is unknown: the line says so instead of skipping it."""
+    from tests.test_backup_locks import tamper_with_manifest
+
+    victim = run_backup(seeded, store, keyring).backup_id
+    run_backup(seeded, store, keyring)
+    assert ledger_line(seeded, store, keyring).passed
+    tamper_with_manifest(s3_server, s3_locked_bucket, victim, how, keyring)
+    line = ledger_line(seeded, store, keyring)
+    assert not line.passed and victim in line.detail and "cannot be trusted" in line.detail
+    assert "backup-manifest-untrusted" in line.fix

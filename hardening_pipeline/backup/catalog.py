@@ -3,7 +3,9 @@
 A backup exists only when its folder holds a ``manifest.json`` whose MAC verifies under one of
 the configured keys and whose id and date match the folder. Folders without a manifest are
 incomplete (a run that died, or one still running); folders whose manifest fails verification
-are *invalid*, which callers treat as "do not touch, tell a human".
+are *invalid*, which callers treat as "do not touch, tell a human". So are folders whose
+manifest was written over, or hidden by a delete marker, after the backup wrote it: the kit
+writes each manifest once, and a versioned bucket keeps the history that shows otherwise.
 
 Two kinds of failure get a sentence of their own, because each has one fix. A manifest dated
 more than ``MAX_CLOCK_SKEW`` ahead (a backup from a machine with a fast clock) says how far ahead
@@ -190,7 +192,33 @@ def _verify(store: BackupStore, backup: StoredBackup, keyring: Keyring, now: dat
                 f"{entry.ciphertext_bytes}"
             )
             return
-    backup.manifest = manifest
+    backup.problem = _history_problem(store, backup)
+    if backup.problem is None:
+        backup.manifest = manifest
+
+
+def _history_problem(store: BackupStore, backup: StoredBackup) -> str | None:
+    """Whether the manifest's key was written over or hidden after the backup wrote it once.
+
+    An overwrite may even verify (an older manifest put back on top); only the bucket's history
+    shows it. The original copied back on top (the runbook's fix) has the original's bytes
+    again, so its ETag matches: that backup is trusted again.
+    """
+    etags = store.version_etags(backup.folder + MANIFEST_NAME)
+    if etags is None:
+        return None
+    written = [e for e in etags if e is not None]
+    if backup.has_manifest_object and written and written[0] != written[-1]:
+        return (
+            f"its manifest was written over after the backup wrote it ({len(etags)} versions of "
+            "it in the store; the newest differs from the oldest, the original)"
+        )
+    if not backup.has_manifest_object and etags:
+        return (
+            "its manifest was deleted without a version id after the backup wrote it (a delete "
+            "marker hides it); the oldest version under the marker is the original"
+        )
+    return None
 
 
 def list_backups(
@@ -207,6 +235,9 @@ def list_backups(
     with_manifest = [b for b in folders.values() if b.has_manifest_object]
     for backup in with_manifest:
         _verify(store, backup, keyring, now)
+    for backup in folders.values():
+        if not backup.has_manifest_object:
+            backup.problem = _history_problem(store, backup)
     if with_manifest and all(b.unknown_key_id is not None for b in with_manifest):
         raise WrongKeyError(_wrong_key_sentence(with_manifest, keyring))
     valid = sorted((b for b in folders.values() if b.state == "valid"), key=lambda b: b.created_at)
@@ -236,6 +267,28 @@ def newest_manifest(store: BackupStore, keyring: Keyring) -> Manifest | None:
         if found:
             return max(found, key=lambda m: m.created_at)
     return None
+
+
+UNTRUSTED_RUNBOOK_ANCHOR = "backup-manifest-untrusted"
+UNTRUSTED_FIX = (
+    "find out who wrote the manifest and restore the original from the bucket's version history "
+    f"({runbook_link(UNTRUSTED_RUNBOOK_ANCHOR)}); retention deletes nothing meanwhile."
+)
+
+
+def untrusted_backups(catalog: BackupCatalog) -> str | None:
+    """A clause naming the backups whose manifest cannot be read or was written over, if any.
+
+    Checks over the retained backups say this rather than skip them: nobody knows what such a
+    backup holds (its locks, its tenant keys) until a human has looked.
+    """
+    if not catalog.invalid:
+        return None
+    first = catalog.invalid[0]
+    return (
+        f"{len(catalog.invalid)} backup(s) cannot be checked because their manifest cannot be "
+        f"trusted; {first.backup_id}: {(first.problem or '').rstrip('.')}"
+    )
 
 
 def find_backup(

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from hardening_pipeline.backup.ledger_table import ledger_shaped_tables
 from hardening_pipeline.backup.manifest import (
     DatabaseIdentity,
     ObjectEntry,
@@ -61,7 +62,8 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 
 
 # Never in a backup object: the key ledger's database copy holds every tenant's wrapped key, and
-# a wrapped key inside a locked backup could never be destroyed by ``erase-tenant``.
+# a wrapped key inside a locked backup could never be destroyed by ``erase-tenant``. Renamed or
+# moved it keeps its columns, so discover_layout also leaves out every table shaped like it.
 NEVER_BACKED_UP = frozenset({("hardening", "tenant_key_ledger")})
 
 
@@ -141,11 +143,12 @@ def discover_layout(
         (t.schema, t.name): t.tenant_column for t in found if t.tenant_type == tenant_type
     }
     cur = conn.cursor(row_factory=tuple_row)
+    never = NEVER_BACKED_UP | ledger_shaped_tables(conn)
     tenant, shared = [], []
     for schema, table, columns, primary_key in cur.execute(
         _TABLES_QUERY, (list(schemas),)
     ).fetchall():
-        if (schema, table) in NEVER_BACKED_UP:
+        if (schema, table) in never:
             continue
         order_by = tuple(primary_key) or tuple(columns)
         tenant_column = split_by_tenant.get((schema, table))

@@ -22,7 +22,7 @@ import calendar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from hardening_pipeline.backup.catalog import list_backups
+from hardening_pipeline.backup.catalog import UNTRUSTED_FIX, list_backups, untrusted_backups
 from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.manifest import MANIFEST_NAME
 from hardening_pipeline.backup.retention import (
@@ -143,6 +143,8 @@ class LockCheck:
     detail: str
     # The newest backup's lock: nobody can delete or change it before then.
     immutable_until: datetime | None = None
+    # Set when the fix is not the usual one (extend short locks): a manifest nobody can trust.
+    fix: str = ""
 
 
 def check_backup_locks(
@@ -170,6 +172,10 @@ def check_backup_locks(
         held = {n.backup_id: store.locked_until(n.folder + MANIFEST_NAME) for n in needs}
     except Exception as exc:  # any failure to look is itself a reason to alert
         return LockCheck(False, f"could not check the locks in {store.describe()}: {exc}")
+    # Skipping them would leave the line green over backups nobody knows the locks of.
+    untrusted = untrusted_backups(catalog)
+    if untrusted:
+        return LockCheck(False, untrusted, fix=UNTRUSTED_FIX)
     short = [n for n in needs if held[n.backup_id] is None or held[n.backup_id] < n.until]
     if short:
         first = short[0]

@@ -10,11 +10,22 @@ from typing import Any
 
 import psycopg
 
+from hardening_pipeline.backup.catalog import (
+    UNTRUSTED_FIX,
+    BackupCatalog,
+    list_backups,
+    untrusted_backups,
+)
 from hardening_pipeline.backup.crypto import (
     Keyring,
 )
 from hardening_pipeline.backup.erasure_records import erasure_gaps, erasures_on_record
 from hardening_pipeline.backup.ledger_rewrite import rewrite_ledger_table
+from hardening_pipeline.backup.ledger_table import (
+    LedgerPlacement,
+    create_ledger_table,
+    find_ledger_placement,
+)
 from hardening_pipeline.backup.manifest import Manifest
 from hardening_pipeline.backup.store import BackupStore, ObjectNotFoundError
 from hardening_pipeline.backup.store.version_holds import version_holds
@@ -166,6 +177,13 @@ class LedgerComparison:
     notes: list[str] = field(default_factory=list)
     store_bytes: bytes | None = None
     database_bytes: bytes | None = None
+    # Where the database's copy is; a problem there is one of ``problems`` too.
+    placement: LedgerPlacement | None = None
+
+    @property
+    def misplaced(self) -> LedgerPlacement | None:
+        """The placement, when the database's copy is lost or not where it belongs."""
+        return self.placement if self.placement and self.placement.problem else None
 
     @property
     def agreed(self) -> Ledger:
@@ -185,6 +203,9 @@ def compare_copies(
             in_store, raw_store = found
     except LedgerError as exc:
         problems.append(f"the store's copy cannot be trusted: {exc}")
+    placement = find_ledger_placement(conn) if conn is not None else None
+    if placement is not None and placement.problem:
+        problems.append(placement.problem)
     available = conn is not None and db_copy_available(conn)
     if available:
         try:
@@ -193,7 +214,9 @@ def compare_copies(
                 in_db, raw_db = found
         except LedgerError as exc:
             problems.append(f"the database's copy cannot be trusted: {exc}")
-    result = LedgerComparison(in_store, in_db, available, problems, [], raw_store, raw_db)
+    result = LedgerComparison(
+        in_store, in_db, available, problems, [], raw_store, raw_db, placement
+    )
     ids = {c.ledger_id for c in (in_store, in_db) if c and c.ledger_id}
     if len(ids) > 1:
         # Two deployments' ledgers (one copy put back from another deployment sharing the key).
@@ -236,6 +259,9 @@ def agreed_ledger(
 ) -> LedgerComparison:
     """Both copies compared; refused, saying ``nothing_done``, when they disagree."""
     comparison = compare_copies(store, conn, keyring)
+    misplaced = comparison.misplaced
+    if misplaced is not None:
+        raise LedgerError(f"{misplaced.problem}; {nothing_done}: {misplaced.fix}")
     if comparison.problems:
         raise LedgerError(
             f"the tenant key ledger copies disagree ({'; '.join(comparison.problems)}); "
@@ -274,20 +300,26 @@ class RetainedBackups:
         return uses
 
 
-def retained_backups(store: BackupStore, keyring: Keyring) -> RetainedBackups:
-    from hardening_pipeline.backup.catalog import list_backups
-
-    catalog = list_backups(store, keyring)
+def retained_backups(
+    store: BackupStore, keyring: Keyring, catalog: BackupCatalog | None = None
+) -> RetainedBackups:
+    catalog = catalog or list_backups(store, keyring)
     return RetainedBackups(
         [b.manifest for b in catalog.valid if b.manifest is not None],
         [b.backup_id for b in catalog.invalid],
     )
 
 
-def lost_keys(store: BackupStore, keyring: Keyring, ledger: Ledger) -> list[LostKey]:
-    """Every key the retained backups use that ``ledger`` neither holds nor records as erased."""
+def lost_keys(
+    store: BackupStore, keyring: Keyring, ledger: Ledger, catalog: BackupCatalog | None = None
+) -> list[LostKey]:
+    """Every key the retained backups use that ``ledger`` neither holds nor records as erased.
+
+    Only backups whose manifest verifies can say which keys they use; ``untrusted_backups``
+    names the others.
+    """
     known = ledger.key_ids() | {e.key_id for e in ledger.erased}
-    uses = retained_backups(store, keyring).key_uses()
+    uses = retained_backups(store, keyring, catalog).key_uses()
     return [use for key_id, use in uses.items() if key_id not in known]
 
 
@@ -300,6 +332,9 @@ def ledger_status(
     A key named by a retained backup that neither copy holds nor records as erased was deleted
     without an erasure: that tenant's data is lost from every backup unless the key comes back.
     """
+    placement = find_ledger_placement(conn)
+    if placement.problem:  # the database alone shows it: no store needed
+        return False, placement.problem, placement.fix
     if store is None or keyring is None:
         return True, "compared at every backup (this status run has no store to compare with)", ""
     fix = (
@@ -319,7 +354,8 @@ def ledger_status(
     if comparison.problems:
         return False, "; ".join(comparison.problems), fix
     ledger = comparison.agreed
-    lost = lost_keys(store, keyring, ledger)
+    catalog = list_backups(store, keyring)
+    lost = lost_keys(store, keyring, ledger, catalog)
     if lost:
         named = sorted(f"{k.tenant_id} ({k.backup_ids[0]})" for k in lost)
         return (
@@ -340,6 +376,9 @@ def ledger_status(
             + ": it completes the erasure (both copies, the audit row with the original "
             "erasure time, the table rewrite) and writes its certificate.",
         )
+    untrusted = untrusted_backups(catalog)
+    if untrusted:
+        return False, f"{untrusted}; which tenant keys it uses is unknown", UNTRUSTED_FIX
     copies = [w for w, c in (("store", comparison.store), ("database", comparison.database)) if c]
     return (
         True,
@@ -504,6 +543,11 @@ def recover_ledger(
         # beside an erasure could write back the key it just destroyed.
         if job_locks_available(lock_conn):
             take_job_lock(lock_conn, "backup", lock_timeout_ms=RECOVER_LOCK_TIMEOUT_MS)
+        placement = find_ledger_placement(conn)
+        if placement.elsewhere:
+            raise LedgerError(f"{placement.problem}; nothing was written: {placement.fix}")
+        if placement.lost:
+            create_ledger_table(conn)
         recovery = _merged_sources(store, conn, keyring, escrow)
         recovery.ledger = replace(
             recovery.ledger, version=recovery.ledger.version + 1, written_at=datetime.now(UTC)

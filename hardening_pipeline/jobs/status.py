@@ -76,7 +76,7 @@ def backup_freshness(request: FreshnessRequest) -> BackupFreshness:
             name="backup_locks",
             passed=locks.passed,
             detail=locks.detail,
-            fix="" if locks.passed else LOCKS_FIX,
+            fix="" if locks.passed else locks.fix or LOCKS_FIX,
             title="every kept backup is locked until its retention horizon",
         )
     return BackupFreshness(fresh, line, locks, locks_line)

@@ -189,6 +189,15 @@ class BackupStore(ABC):
         """
         return self.put(key, [data])
 
+    def version_etags(self, key: str) -> list[str | None] | None:
+        """The ETag of every stored version of exactly ``key``, newest first, and None for each
+        delete marker; None for a store that keeps no history (a folder).
+
+        The kit writes a manifest once: a newest version whose bytes differ from the first
+        one's, or a version under a key that lists as absent, was someone else's doing.
+        """
+        return None
+
     # -- Object Lock: only buckets lock; a folder keeps these defaults --
 
     @property

@@ -248,7 +248,7 @@ class S3Store(BackupStore):
             return len(data)
         current = answer.get("VersionId") or "null"
         action = f"remove older versions of {key}"
-        older = [v for v in self._versions(full, action) if v[0] == full and v[1] != current]
+        older = [v for v in self._versions(full, action, exact=True) if v[1] != current]
         self._delete_versions(older, action)
         return len(data)
 
@@ -357,26 +357,39 @@ class S3Store(BackupStore):
             else:
                 kwargs.pop(next_marker, None)
 
-    def _versions(self, full_prefix: str, action: str) -> list[tuple[str, str]]:
-        """Every (key, version id) under ``full_prefix``: versions and delete markers alike."""
+    def _versions(
+        self, full: str, action: str, *, exact: bool = False
+    ) -> list[tuple[str, str, str | None]]:
+        """Every (key, version id, ETag) under ``full``, or of that key alone, each key's newest
+        first; delete markers too, after the versions, their ETag None."""
         return [
-            (item["Key"], item.get("VersionId") or "null")
+            (
+                item["Key"],
+                item.get("VersionId") or "null",
+                item.get("ETag", "") if group == "Versions" else None,
+            )
             for page in self._marker_pages(
                 action,
                 self.client.list_object_versions,
                 "VersionIdMarker",
                 Bucket=self.bucket,
-                Prefix=full_prefix,
+                Prefix=full,
             )
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            for group in ("Versions", "DeleteMarkers")
+            for item in page.get(group, [])
+            if not exact or item["Key"] == full
         ]
 
-    def _delete_versions(self, versions: list[tuple[str, str]], action: str) -> None:
+    def version_etags(self, key: str) -> list[str | None]:
+        found = self._versions(self._full(key), f"read the history of {key}", exact=True)
+        return [etag for _, _, etag in found]
+
+    def _delete_versions(self, versions: list[tuple[str, str, str | None]], action: str) -> None:
         # One request per version: DeleteObjects would be faster but botocore attaches checksum
         # headers to it even under "when_required", and B2 rejects those.
         from botocore.exceptions import BotoCoreError, ClientError
 
-        for full_key, version_id in versions:
+        for full_key, version_id, _ in versions:
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=full_key, VersionId=version_id)
             except ClientError as exc:
@@ -391,17 +404,15 @@ class S3Store(BackupStore):
                 raise self._error(exc, action) from exc
 
     def delete(self, key: str) -> None:
-        full = self._full(key)
         action = f"delete {key}"
-        versions = [v for v in self._versions(full, action) if v[0] == full]
-        self._delete_versions(versions, action)
+        self._delete_versions(self._versions(self._full(key), action, exact=True), action)
 
     def delete_prefix(self, prefix: str) -> int:
         require_nonempty_prefix(prefix)
         action = f"delete {prefix}"
         versions = self._versions(self.prefix + prefix, action)
         self._delete_versions(versions, action)
-        return len({key for key, _ in versions})
+        return len({key for key, _, _ in versions})
 
     # -- Object Lock --
 
@@ -422,12 +433,9 @@ class S3Store(BackupStore):
         return config.get("ObjectLockEnabled") == "Enabled"
 
     def _version_locked_until(self, full_key: str, version_id: str | None) -> datetime | None:
-        """The version's retain-until date, from HeadObject's ``x-amz-object-lock-*`` headers.
-
-        HeadObject rather than GetObjectRetention: one request either way, and it answers for
-        an unlocked version too instead of an error. B2 sends the lock headers only to a key
-        with ``readFileRetentions``; without it a locked object looks unlocked.
-        """
+        """The version's retain-until date, from HeadObject's ``x-amz-object-lock-*`` headers
+        (GetObjectRetention errs for an unlocked version). B2 sends the lock headers only to a
+        key with ``readFileRetentions``; without it a locked object looks unlocked."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
@@ -452,23 +460,10 @@ class S3Store(BackupStore):
         require_nonempty_prefix(prefix)
         action = f"extend the lock of {prefix}"
         last_full = self.prefix + last_key if last_key is not None else None
-        versions = [
-            (key, version_id, is_marker)
-            for page in self._marker_pages(
-                action,
-                self.client.list_object_versions,
-                "VersionIdMarker",
-                Bucket=self.bucket,
-                Prefix=self.prefix + prefix,
-            )
-            for is_marker, group in ((False, "Versions"), (True, "DeleteMarkers"))
-            for key, version_id in (
-                (item["Key"], item.get("VersionId") or "null") for item in page.get(group, [])
-            )
-        ]
+        versions = self._versions(self.prefix + prefix, action)
         extended = 0
-        for full_key, version_id, is_marker in sorted(versions, key=lambda v: v[0] == last_full):
-            if is_marker:
+        for full_key, version_id, etag in sorted(versions, key=lambda v: v[0] == last_full):
+            if etag is None:
                 continue  # a delete marker holds no data and no lock
             current = self._version_locked_until(full_key, version_id)
             if current is not None and current >= until:

@@ -110,7 +110,9 @@ def check_audit_seals(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool
     "tenant_key_ledger",
     "the tenant key ledger's copies (store, database) agree and hold every key a retained "
     "backup uses, unless erase-tenant destroyed it; every erasure is in both copies and on the "
-    "audit log; no version of the store's copy is under a retention or legal hold",
+    "audit log; no version of the store's copy is under a retention or legal hold; its table is "
+    "at hardening.tenant_key_ledger and nowhere else, and every retained backup's manifest can "
+    "be trusted",
 )
 def check_tenant_key_ledger(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, str, str]:
     return ledger_status(conn, ctx.store, ctx.keyring)
