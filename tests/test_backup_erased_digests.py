@@ -168,3 +168,9 @@ def test_a_backup_written_before_keyed_digests_still_verifies_and_restores(
     drill = run_restore_drill(store, keyring, run_tests=False)
     assert drill.rows_restored == result.rows
     assert all(i.passed for i in drill.invariants), drill.invariants
+    # Its manifest cannot be changed (locked): erasing the tenant says what stays behind.
+    newer = run_backup(seeded, store, keyring).manifest
+    plan = plan_erasure(store, keyring, seeded, tenant)
+    assert set(plan.backups) == {old.backup_id, newer.backup_id}
+    assert plan.plain_digests == (old.backup_id,)
+    assert "1 of them, written before digests were keyed" in plan.confirmation()
