@@ -26,9 +26,7 @@ from hardening_pipeline.backup.crypto import (
 from hardening_pipeline.backup.erased_audit import list_hash_files
 from hardening_pipeline.backup.erasure import ErasureFailed, erase_tenant, plan_erasure
 from hardening_pipeline.backup.locks import write_lock
-from hardening_pipeline.backup.manifest import (
-    unwrap_data_key,
-)
+from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.prune import apply_retention

@@ -44,6 +44,13 @@ def new_digest(digest_key: bytes | None) -> Digest:
     return hmac.new(digest_key, digestmod=hashlib.sha256)
 
 
+def hexdigest(digest_key: bytes | None, data: bytes) -> str:
+    """The digest of ``data`` as the manifest records it (keyed when ``digest_key`` is set)."""
+    digest = new_digest(digest_key)
+    digest.update(data)
+    return digest.hexdigest()
+
+
 def part_digest_key(
     manifest: Manifest, entry: ObjectEntry | AppSchemaEntry, object_key: bytes
 ) -> bytes | None:
@@ -62,6 +69,7 @@ __all__ = [
     "INFO_TENANT_DIGEST_KEY",
     "KEYED_DIGESTS_SINCE",
     "Digest",
+    "hexdigest",
     "new_digest",
     "part_digest_key",
     "tenant_digest_key",
