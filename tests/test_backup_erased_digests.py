@@ -174,3 +174,6 @@ def test_a_backup_written_before_keyed_digests_still_verifies_and_restores(
     assert set(plan.backups) == {old.backup_id, newer.backup_id}
     assert plan.plain_digests == (old.backup_id,)
     assert "1 of them, written before digests were keyed" in plan.confirmation()
+    certificate = erase_tenant(store, keyring, seeded, plan).markdown()
+    assert "keep plain SHA-256 digests of the tenant's tables" in certificate
+    assert f"  - {old.backup_id}\n" in certificate.split("keep plain")[1]

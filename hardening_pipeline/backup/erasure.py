@@ -219,6 +219,7 @@ def erase_tenant(
         old_row_versions_removed=rewrite is None or rewrite.removed,
         old_row_version_holders=list(rewrite.holders) if rewrite is not None else [],
         completed_at=now.isoformat() if plan.erased is not None else None,
+        plain_digests=list(plan.plain_digests),
     )
     certificate.verified = verify_erased(store, keyring, url, plan.key_id)
     return certificate
