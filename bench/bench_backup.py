@@ -39,6 +39,10 @@ compared and written) against the commit before them, ``--baseline 9b8e9f8 --rou
 alternating, PG 18.6, same VM with other test suites running beside it (so very noisy):
 100 tenants, 300,000 messages: medians 3.14 s vs 3.67 s (0.86x); 1,000 tenants, 200,000
 messages: medians 6.53 s vs 7.03 s (0.93x). Per-tenant keys add no time the noise can show.
+Keyed digests (a tenant object's digests HMAC-SHA256 under its tenant key instead of SHA-256),
+``--baseline main --rounds 3 --no-double --tenants 100 --messages-per-unit 300``, same VM:
+medians 2.94 s vs 3.15 s (0.93x; 0.99x in a run beside other test suites). The HMAC replaces
+the SHA-256, it is not a second pass over the rows.
 """
 
 from __future__ import annotations

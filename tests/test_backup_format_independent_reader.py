@@ -146,7 +146,7 @@ def test_independent_reader_is_not_vacuous() -> None:
 def test_the_worked_example_in_the_document_runs() -> None:
     text = DOC.read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     master = os.urandom(32)
     raw, objects, inputs = write_backup(Keyring(master))
     first = json.loads(raw)["objects"][0]["name"]
@@ -194,7 +194,10 @@ def test_independent_reader_reads_a_real_backup_with_its_schema(db_url, tmp_path
         assert (entry["tenant_id"] is None) == ("tenant_key_id" not in entry)
         key = reader.object_key(doc, entry, ledger, [master])
         parts = reader.split_tables(
-            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key), entry
+            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key),
+            entry,
+            doc,
+            key,
         )
         for table in entry["tables"]:
             rows = reader.parse_copy_rows(parts[table["name"]], table["columns"])
@@ -315,7 +318,13 @@ def test_the_tenant_key_example_in_the_document_runs(db_url, tmp_path) -> None:
     plaintext = reader.read_object(
         (folder / entry["name"]).read_bytes(), doc, entry, namespace["tenant_key"]
     )
-    assert set(reader.split_tables(plaintext, entry)) == {t["name"] for t in entry["tables"]}
+    assert set(reader.split_tables(plaintext, entry, doc, namespace["tenant_key"])) == {
+        t["name"] for t in entry["tables"]
+    }
+    # Section 9's keyed digests, checked by the document's third example on the same object.
+    namespace["plaintext"] = plaintext
+    exec(compile(blocks[2], str(DOC), "exec"), namespace)
+    assert namespace["checked"] == len(entry["tables"]) + 1
     # The backup's own data key does not open a tenant object any more.
     with pytest.raises(reader.ReaderError, match="data key id"):
         reader.read_object((folder / entry["name"]).read_bytes(), doc, entry)
@@ -349,8 +358,11 @@ def test_independent_reader_reports_an_erased_tenant_and_reads_the_others(db_url
                 reader.object_key(doc, entry, ledger, [master])
             continue
         key = reader.object_key(doc, entry, ledger, [master])
-        reader.split_tables(
-            reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key), entry
-        )
+        plaintext = reader.read_object((folder / entry["name"]).read_bytes(), doc, entry, key)
+        reader.split_tables(plaintext, entry, doc, key)
+        if entry["tenant_id"] is not None:
+            # Section 9: the digests are keyed, so a plain SHA-256 of the same part is no match.
+            with pytest.raises(reader.ReaderError, match="sha256 mismatch"):
+                reader.split_tables(plaintext, entry)
         read.append(entry["tenant_id"])
     assert len(read) == len(doc["objects"]) - 1

@@ -313,7 +313,7 @@ def test_unknown_fields_are_rejected(keyring: Keyring) -> None:
             load_manifest(resign(document, keyring), keyring, now=NOW)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None, True])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_unknown_format_version(keyring: Keyring, version: Any) -> None:
     document = _document(keyring)
     document["format_version"] = version

@@ -33,6 +33,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.backup.tenant_key_use import ObjectKeys
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.restore.binding import read_source_identity
@@ -291,7 +292,7 @@ def test_the_drills_server_runs_as_an_unprivileged_os_user_outside_group_root(
 
     original = drill.compare_with_manifest
 
-    def spy(url: str, manifest: Manifest):
+    def spy(url: str, manifest: Manifest, keys: ObjectKeys):
         with psycopg.connect(url) as conn:
             pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             status = Path(f"/proc/{pid}/status").read_text()
@@ -299,7 +300,7 @@ def test_the_drills_server_runs_as_an_unprivileged_os_user_outside_group_root(
             line.split(":", 1) for line in status.splitlines() if line.split(":")[0] in
             ("Uid", "Gid", "Groups")
         )  # fmt: skip
-        return original(url, manifest)
+        return original(url, manifest, keys)
 
     drill.compare_with_manifest = spy
     try:

@@ -230,7 +230,7 @@ def test_throwaway_database_is_removed_even_when_the_drill_fails(
     # The local server is the one whose folder this can see; a container cleans up itself.
     monkeypatch.setattr(throwaway, "docker_available", lambda timeout=2.0: False)
 
-    def broken(url, manifest):
+    def broken(url, manifest, keys):
         raise drill.DrillFailure("simulated verification crash")
 
     monkeypatch.setattr(drill, "compare_with_manifest", broken)

@@ -35,6 +35,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore
+from hardening_pipeline.backup.tenant_digests import hexdigest, part_digest_key
 from hardening_pipeline.backup.tenant_key_use import object_key
 from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.errors import CheckFailed
@@ -137,18 +138,16 @@ def rewrite_tenant_object(
     """Re-encrypt ``tenant``'s object after ``edit`` changed its tables; re-sign the manifest.
 
     Every digest, size and row count is recomputed, so the listing, the MAC and the per-table
-    SHA-256 all verify: only the rows themselves can give the forgery away.
+    digests all verify: only the rows themselves can give the forgery away.
     """
     entry, texts = tenant_tables(store, keyring, manifest, tenant)
     tables = list(entry.tables)
     edit(texts, tables)
     plain = b"".join(texts[t.name] for t in tables)
-    encoder = ObjectEncoder(
-        [plain],
-        object_key(store, manifest, keyring, entry),
-        backup_id=manifest.backup_id,
-        object_name=entry.name,
-    )
+    key = object_key(store, manifest, keyring, entry)
+    # The tenant's digests are keyed by its own key: the forger holds it.
+    digest_key = part_digest_key(manifest, entry, key)
+    encoder = ObjectEncoder([plain], key, backup_id=manifest.backup_id, object_name=entry.name)
     blob = b"".join(encoder)
     forged = replace(
         entry,
@@ -157,12 +156,12 @@ def rewrite_tenant_object(
                 t,
                 row_count=texts[t.name].count(b"\n"),
                 bytes=len(texts[t.name]),
-                sha256=hashlib.sha256(texts[t.name]).hexdigest(),
+                sha256=hexdigest(digest_key, texts[t.name]),
             )
             for t in tables
         ),
         plaintext_bytes=len(plain),
-        plaintext_sha256=hashlib.sha256(plain).hexdigest(),
+        plaintext_sha256=hexdigest(digest_key, plain),
         compressed_bytes=encoder.compressed_bytes,
         ciphertext_bytes=len(blob),
         sha256=hashlib.sha256(blob).hexdigest(),

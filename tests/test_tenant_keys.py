@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,14 +26,9 @@ from hardening_pipeline.backup.crypto import (
 from hardening_pipeline.backup.erased_audit import list_hash_files
 from hardening_pipeline.backup.erasure import ErasureFailed, erase_tenant, plan_erasure
 from hardening_pipeline.backup.locks import write_lock
-from hardening_pipeline.backup.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    sign_manifest,
-    unwrap_data_key,
-)
+from hardening_pipeline.backup.manifest import Manifest, unwrap_data_key
 from hardening_pipeline.backup.nightly import run_backup
-from hardening_pipeline.backup.object_format import ObjectDecoder, ObjectEncoder
+from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
 from hardening_pipeline.backup.store import FileStore, S3Store, make_s3_client
@@ -62,6 +56,7 @@ from hardening_pipeline.restore.tenant import restore_tenant
 from hardening_pipeline.seed import seed_demo_data
 from tests.support.cli import run_hardening
 from tests.support.db import admin_connect
+from tests.support.old_formats import rewrite_as_format_1
 from tests.support.s3_server import B2LikeS3Server, ServerClock
 
 KEY = bytes(range(90, 122))
@@ -175,42 +170,6 @@ def test_a_ledger_copy_altered_without_the_master_key_is_refused(
         run_backup(seeded, store, keyring)
 
 
-def downgrade_to_one_shared_key(store: FileStore, manifest: Manifest, keyring: Keyring) -> None:
-    """Rewrite a backup as backups were written before per-tenant keys: every object under the
-    backup's shared key, no tenant_key_id in the manifest."""
-    keys = ObjectKeys(store, manifest, keyring)
-    folder = manifest.folder("")
-    entries = []
-    for entry in manifest.objects:
-        if entry.tenant_key_id is None:
-            entries.append(entry)
-            continue
-        plain = b"".join(
-            ObjectDecoder(
-                store.get(folder + entry.name),
-                keys.for_object(entry),
-                backup_id=manifest.backup_id,
-                object_name=entry.name,
-            )
-        )
-        encoder = ObjectEncoder(
-            [plain], keys.shared, backup_id=manifest.backup_id, object_name=entry.name
-        )
-        store.put(folder + entry.name, encoder)
-        stats = encoder.stats
-        entries.append(
-            replace(
-                entry,
-                tenant_key_id=None,
-                compressed_bytes=stats.compressed_bytes,
-                ciphertext_bytes=stats.ciphertext_bytes,
-                sha256=stats.ciphertext_sha256,
-            )
-        )
-    old = replace(manifest, objects=tuple(entries))
-    store.put(folder + MANIFEST_NAME, [sign_manifest(old, keyring)])
-
-
 def test_old_backups_with_one_shared_key_still_restore(
     seeded: str, keyring: Keyring, empty_db_url: str, tmp_path: Path
 ) -> None:
@@ -218,7 +177,7 @@ def test_old_backups_with_one_shared_key_still_restore(
     tenant restore and the drill, with no key ledger anywhere."""
     store = FileStore(tmp_path / "store")
     result = run_backup(seeded, store, keyring)
-    downgrade_to_one_shared_key(store, result.manifest, keyring)
+    rewrite_as_format_1(store, result.manifest, keyring, one_shared_key=True)
     store.delete(LEDGER_KEY)
     with admin_connect(seeded) as conn:
         conn.execute("DELETE FROM hardening.tenant_key_ledger")

@@ -79,6 +79,11 @@ def _hkdf(ikm: bytes, info: bytes, length: int = 32) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(ikm)
 
 
+def derive_subkey(key: bytes, info: bytes) -> bytes:
+    """A 32-byte key for one purpose (named by ``info``), derived from a data or tenant key."""
+    return _hkdf(key, info)
+
+
 def parse_master_key(value: str, variable_name: str) -> bytes:
     """Decode a base64 master key, or raise a one-sentence ``ConfigError`` naming the variable.
 

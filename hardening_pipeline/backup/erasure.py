@@ -39,6 +39,7 @@ from hardening_pipeline.backup.erasure_records import (
 from hardening_pipeline.backup.ledger_rewrite import LedgerRewrite, rewrite_ledger_table
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.store.version_holds import version_holds
+from hardening_pipeline.backup.tenant_digests import KEYED_DIGESTS_SINCE
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
     agreed_ledger,
@@ -82,11 +83,20 @@ class ErasurePlan:
     backups: tuple[str, ...]
     erased: ErasedKey | None = None
     missing: tuple[str, ...] = ()
+    # Those of ``backups`` whose manifest (format 1) holds plain digests of the tenant's tables.
+    plain_digests: tuple[str, ...] = ()
 
     def confirmation(self) -> str:
+        older = (
+            f" {len(self.plain_digests)} of them, written before digests were keyed, keep plain "
+            "SHA-256 digests of its tables in their manifests until retention deletes them."
+            if self.plain_digests
+            else ""
+        )
         return (
             f"Erase tenant {self.tenant_id}? Its key {self.key_id} is destroyed, and its data in "
             f"{len(self.backups)} retained backup(s) can never be decrypted again, by anyone."
+            + older
         )
 
     def incomplete(self, missing: list[str] | tuple[str, ...], cause: str) -> ErasureIncomplete:
@@ -139,13 +149,15 @@ def plan_erasure(
         )
     refuse_if_held(store, tenant)
     catalog = list_backups(store, keyring)
-    backups = tuple(
-        b.backup_id
+    holding = [
+        b.manifest
         for b in catalog.valid
         if b.manifest is not None
         and any(o.tenant_key_id == entry.key_id for o in b.manifest.objects)
-    )
-    return ErasurePlan(tenant, entry.key_id, backups)
+    ]
+    plain = [m.backup_id for m in holding if m.format_version < KEYED_DIGESTS_SINCE]
+    backups = tuple(m.backup_id for m in holding)
+    return ErasurePlan(tenant, entry.key_id, backups, plain_digests=tuple(plain))
 
 
 def _record(conn: psycopg.Connection, erased: ErasedKey, completed_at: datetime | None) -> int:
@@ -207,6 +219,7 @@ def erase_tenant(
         old_row_versions_removed=rewrite is None or rewrite.removed,
         old_row_version_holders=list(rewrite.holders) if rewrite is not None else [],
         completed_at=now.isoformat() if plan.erased is not None else None,
+        plain_digests=list(plan.plain_digests),
     )
     certificate.verified = verify_erased(store, keyring, url, plan.key_id)
     return certificate

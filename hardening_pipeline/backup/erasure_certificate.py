@@ -30,6 +30,8 @@ class ErasureCertificate:
     old_row_version_holders: list[str] = field(default_factory=list)
     # Set when a later run completed an erasure an earlier run left incomplete.
     completed_at: str | None = None
+    # Backups whose (format 1) manifests keep plain digests of the tenant's tables.
+    plain_digests: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         lines = [
@@ -45,6 +47,16 @@ class ErasureCertificate:
             *[f"  - {b}" for b in self.backups],
             "- checked after the erasure:",
             *[f"  - {v}" for v in self.verified],
+            *(
+                [
+                    "- manifests written before digests were keyed, which keep plain SHA-256 "
+                    f"digests of the tenant's tables until retention deletes them "
+                    f"({len(self.plain_digests)}):",
+                    *[f"  - {b}" for b in self.plain_digests],
+                ]
+                if self.plain_digests
+                else []
+            ),
         ]
         return "\n".join(lines) + "\n"
 

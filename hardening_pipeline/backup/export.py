@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from hardening_pipeline.backup.manifest import (
     SchemaVersion,
     TableEntry,
 )
+from hardening_pipeline.backup.tenant_digests import new_digest
 from hardening_pipeline.db.tenant_tables import display_name, find_tenant_tables
 from hardening_pipeline.errors import CheckFailed
 
@@ -102,6 +102,10 @@ class BackupLayout:
 
     tenant_tables: tuple[TableSpec, ...]
     shared_tables: tuple[TableSpec, ...]
+
+    def tables_of(self, tenant_id: str | None) -> tuple[TableSpec, ...]:
+        """The tables of a tenant's object, or (``None``) of the shared object."""
+        return self.shared_tables if tenant_id is None else self.tenant_tables
 
 
 def _load_order(tables: Sequence[TableSpec], edges: Sequence[tuple[str, str]]) -> list[TableSpec]:
@@ -226,16 +230,22 @@ class TableStream:
     """Iterate the COPY text of several tables in order; per-table entries fill in as it goes."""
 
     def __init__(
-        self, conn: psycopg.Connection, tables: Sequence[TableSpec], tenant_id: str | None
+        self,
+        conn: psycopg.Connection,
+        tables: Sequence[TableSpec],
+        tenant_id: str | None,
+        digest_key: bytes | None = None,
     ) -> None:
         self._conn = conn
         self._tables = tables
         self._tenant_id = tenant_id
+        # Set for a tenant object under a tenant key: its digests are keyed (tenant_digests.py).
+        self._digest_key = digest_key
         self.entries: list[TableEntry] = []
 
     def __iter__(self) -> Iterator[bytes]:
         for table in self._tables:
-            digest = hashlib.sha256()
+            digest = new_digest(self._digest_key)
             size = rows = 0
             batch = bytearray()
             with self._conn.cursor() as cur:

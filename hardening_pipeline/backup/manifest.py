@@ -34,7 +34,8 @@ from hardening_pipeline.backup.object_format import validate_name
 from hardening_pipeline.errors import HardeningError
 
 MANIFEST_FORMAT = "hardening-pipeline-backup-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2 keys the digests of tenant-key objects: tenant_digests.py
 MANIFEST_NAME = "manifest.json"
 MAC_FIELD = "hmac_sha256"
 NON_TENANT_OBJECT_NAME = "shared.hpb"
@@ -43,7 +44,6 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 _MAX_INT = (1 << 63) - 1
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_MAC_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _DIGITS_RE = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -82,7 +82,7 @@ class TableEntry:
 
     Tables are listed in load (foreign-key) order, and an object's plaintext is their ``COPY``
     text concatenated in that order; ``bytes`` is what lets a reader cut it apart again.
-    ``sha256`` is over exactly those bytes.
+    ``sha256`` is over exactly those bytes, keyed for tenant-key objects (``tenant_digests.py``).
     """
 
     name: str
@@ -402,13 +402,13 @@ def load_manifest(raw: bytes, keyring: Keyring, *, now: datetime | None = None) 
     version = document.get("format_version")
     if type(version) is not int:
         raise ManifestError("manifest has no integer format_version.")
-    if version != MANIFEST_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ManifestError(
             f"manifest format version {version} is not supported (this reader knows "
-            f"{MANIFEST_VERSION}); upgrade hardening_pipeline to read it."
+            f"{READABLE_VERSIONS[-1]} and older); upgrade hardening_pipeline to read it."
         )
     mac_hex = document.pop(MAC_FIELD, None)
-    if not isinstance(mac_hex, str) or not _MAC_RE.fullmatch(mac_hex):
+    if not isinstance(mac_hex, str) or not _SHA256_RE.fullmatch(mac_hex):
         raise ManifestError(f"manifest has no valid {MAC_FIELD} field.")
     key_id = document.get("key_id")
     if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
@@ -576,8 +576,8 @@ def _manifest_from_dict(document: Any) -> Manifest:
     )
     if top["format"] != MANIFEST_FORMAT:
         raise ManifestError(f"manifest field format must be {MANIFEST_FORMAT!r}.")
-    if type(top["format_version"]) is not int or top["format_version"] != MANIFEST_VERSION:
-        raise ManifestError(f"manifest format_version must be {MANIFEST_VERSION}.")
+    if type(top["format_version"]) is not int or top["format_version"] not in READABLE_VERSIONS:
+        raise ManifestError(f"manifest format_version must be one of {READABLE_VERSIONS}.")
     backup_id = _name("backup id", top["backup_id"], "backup_id")
     created_at = _time(top["created_at"], "created_at")
     finished_at = _time(top["finished_at"], "finished_at")
@@ -659,7 +659,7 @@ def _manifest_from_dict(document: Any) -> Manifest:
         wrapped_data_key=wrapped,
         objects=objects,
         metadata=metadata,
-        format_version=MANIFEST_VERSION,
+        format_version=top["format_version"],
         app_schema=app_schema,
     )
 

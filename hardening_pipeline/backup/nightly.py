@@ -72,6 +72,7 @@ from hardening_pipeline.backup.manifest import (
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_digests import tenant_digest_key
 from hardening_pipeline.backup.tenant_key_use import BackupTenantKeys, prepare_tenant_keys
 from hardening_pipeline.db.blockers import describe_lock_blockers, exclusive_lock_holders
 from hardening_pipeline.db.catalog import read_catalog
@@ -293,12 +294,13 @@ class _ObjectExporter:
 
     def _export(self, conn: psycopg.Connection, job: _Job) -> None:
         started = time.perf_counter()
-        tables = self._layout.shared_tables if job.tenant_id is None else self._layout.tenant_tables
-        stream = TableStream(conn, tables, job.tenant_id)
-        # A tenant's rows under the tenant's own key (erasable), the rest under the shared one.
         tenant_key = self._tenant_keys.key_for(job.tenant_id)
+        # A tenant's rows and digests under the tenant's own key (erasable), the rest shared.
+        digest_key = tenant_digest_key(tenant_key)
+        stream = TableStream(conn, self._layout.tables_of(job.tenant_id), job.tenant_id, digest_key)
+        key = tenant_key or self._data_key
         encoder = ObjectEncoder(
-            stream, tenant_key or self._data_key, backup_id=self._backup_id, object_name=job.name
+            stream, key, backup_id=self._backup_id, object_name=job.name, digest_key=digest_key
         )
         stored = (
             _discard(encoder)

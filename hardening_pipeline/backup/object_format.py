@@ -40,6 +40,7 @@ from hardening_pipeline.backup.crypto import (
     BackupIntegrityError,
     data_key_id,
 )
+from hardening_pipeline.backup.tenant_digests import new_digest
 
 MAGIC = b"HPBACKUP"
 FORMAT_VERSION = 1
@@ -187,9 +188,12 @@ class ObjectEncoder(_Finished):
         segment_size: int = SEGMENT_SIZE,
         level: int = ZSTD_LEVEL,
         threads: int = ZSTD_THREADS,
+        digest_key: bytes | None = None,
     ) -> None:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError(f"a data key is {DATA_KEY_BYTES} bytes, got {len(data_key)}")
+        # A tenant object's plaintext digest is keyed by the tenant's key: see tenant_digests.py.
+        self._digest_key = digest_key
         if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError(f"segment size must be {MIN_SEGMENT_SIZE}..{MAX_SEGMENT_SIZE}")
         self._plaintext = plaintext
@@ -215,7 +219,7 @@ class ObjectEncoder(_Finished):
         size = self.header.segment_size
         prefix = self.header.nonce_prefix
         aad = self._header_bytes
-        plain_hash = hashlib.sha256()
+        plain_hash = new_digest(self._digest_key)
         cipher_hash = hashlib.sha256()
         plain_bytes = compressed = cipher_bytes = 0
         counter = 0
@@ -274,20 +278,6 @@ class ObjectEncoder(_Finished):
             ciphertext_sha256=cipher_hash.hexdigest(),
             chunks=counter,
         )
-
-
-def encode_object(
-    plaintext: Iterable[bytes],
-    data_key: bytes,
-    *,
-    backup_id: str,
-    object_name: str,
-    segment_size: int = SEGMENT_SIZE,
-) -> ObjectEncoder:
-    """Convenience spelling of ``ObjectEncoder(...)``."""
-    return ObjectEncoder(
-        plaintext, data_key, backup_id=backup_id, object_name=object_name, segment_size=segment_size
-    )
 
 
 class _ByteQueue:

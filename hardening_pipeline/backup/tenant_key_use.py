@@ -22,6 +22,7 @@ from hardening_pipeline.backup.manifest import (
     unwrap_data_key,
 )
 from hardening_pipeline.backup.store import BackupStore
+from hardening_pipeline.backup.tenant_digests import part_digest_key
 from hardening_pipeline.backup.tenant_key_copies import (
     LedgerComparison,
     agreed_ledger,
@@ -262,6 +263,10 @@ class ObjectKeys:
                 "and the escrow export."
             )
         return self._keyring.unwrap_tenant_key(key.wrapped, key.tenant_id)
+
+    def digest_key(self, entry: ObjectEntry) -> bytes | None:
+        """The key ``entry``'s digests are keyed by; None where they are plain SHA-256."""
+        return part_digest_key(self._manifest, entry, self.for_object(entry))
 
 
 def object_key(

@@ -504,8 +504,8 @@ def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
     )
 
 
-def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
-    """Re-export the restored database and compare every table's count and digest."""
+def compare_with_manifest(url: str, manifest: Manifest, keys: ObjectKeys) -> list[Invariant]:
+    """Re-export the restored database and compare every table's count and (keyed) digest."""
     mismatches: list[str] = []
     checked = 0
     with connect(url) as conn:
@@ -524,7 +524,7 @@ def compare_with_manifest(url: str, manifest: Manifest) -> list[Invariant]:
             if missing:
                 mismatches.append(f"{entry.name}: tables {', '.join(missing)} missing")
                 continue
-            stream = TableStream(conn, wanted, entry.tenant_id)  # type: ignore[arg-type]
+            stream = TableStream(conn, wanted, entry.tenant_id, keys.digest_key(entry))  # type: ignore[arg-type]
             for _ in stream:
                 pass
             for recorded, restored in zip(entry.tables, stream.entries, strict=True):
@@ -745,7 +745,7 @@ def run_restore_drill(
             # triggers, policies, functions): none of it in a superuser's session.
             with verifier_login(url) as checker:
                 with stages.stage("verify"):
-                    result.invariants.extend(compare_with_manifest(checker, manifest))
+                    result.invariants.extend(compare_with_manifest(checker, manifest, keys))
                     if manifest.app_schema is not None:
                         result.invariants.append(compare_catalog(checker, manifest.app_schema))
                 with stages.stage("upgrade"):

@@ -22,6 +22,7 @@ from hardening_pipeline.backup.crypto import BackupIntegrityError
 from hardening_pipeline.backup.manifest import AppSchemaEntry, Manifest, ObjectEntry, TableEntry
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import BackupStore, StoreError
+from hardening_pipeline.backup.tenant_digests import new_digest, part_digest_key
 
 _READ_SIZE = 1 << 20
 
@@ -137,6 +138,7 @@ class TableReader:
 
     def __init__(self, fetched: FetchedObject, manifest: Manifest, data_key: bytes) -> None:
         self._entry = fetched.entry
+        self._digest_key = part_digest_key(manifest, fetched.entry, data_key)
         self._decoder = ObjectDecoder(
             file_chunks(fetched.path),
             data_key,
@@ -152,7 +154,7 @@ class TableReader:
         pending = b""
         for table in self._entry.tables:
             holder = {"pending": pending}
-            yield table, self._table_chunks(table, plaintext, holder)
+            yield table, self._table_chunks(table, plaintext, holder, self._digest_key)
             pending = holder["pending"]
         # Drain: the decoder's end-of-stream checks (final chunk, trailing bytes, SHA-256).
         extra = len(pending) + sum(len(c) for c in plaintext)
@@ -163,10 +165,13 @@ class TableReader:
 
     @staticmethod
     def _table_chunks(
-        table: TableEntry, plaintext: Iterator[bytes], holder: dict[str, bytes]
+        table: TableEntry,
+        plaintext: Iterator[bytes],
+        holder: dict[str, bytes],
+        digest_key: bytes | None,
     ) -> Iterator[bytes]:
         remaining = table.bytes
-        digest = hashlib.sha256()
+        digest = new_digest(digest_key)
         buffer = holder["pending"]
         while remaining > 0:
             if not buffer:

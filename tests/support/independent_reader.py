@@ -78,6 +78,8 @@ def verify_manifest(raw: bytes, masters: list[bytes]) -> dict:
     if len(raw) > 64 << 20:
         raise ReaderError("manifest larger than 64 MiB")
     doc = json.loads(raw)
+    if doc.get("format_version") not in (1, 2):
+        raise ReaderError(f"manifest format version {doc.get('format_version')!r} unknown")
     master = _check_mac(doc, raw, masters, "manifest")
     check_not_future(doc)
     wrapped = base64.b64decode(doc["wrapped_data_key"])
@@ -145,6 +147,15 @@ def object_key(doc: dict, entry: dict, ledger: dict | None, masters: list[bytes]
     return tenant_key
 
 
+def part_digest(doc: dict | None, entry: dict, key: bytes | None, part: bytes) -> str:
+    """Section 4: HMAC-SHA256 under the tenant's digest key for a tenant-key object of a format 2
+    manifest, plain SHA-256 for everything else (``key`` is the key that opens the object)."""
+    if doc is not None and doc["format_version"] >= 2 and "tenant_key_id" in entry:
+        digest_key = hkdf(key, "hardening-pipeline backup v2 tenant-digest-key")
+        return hmac.new(digest_key, part, "sha256").hexdigest()
+    return hashlib.sha256(part).hexdigest()
+
+
 def read_object(blob: bytes, doc: dict, entry: dict, data_key: bytes | None = None) -> bytes:
     data_key = doc["_data_key"] if data_key is None else data_key
     if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
@@ -181,16 +192,20 @@ def read_object(blob: bytes, doc: dict, entry: dict, data_key: bytes | None = No
     plaintext = d.decompress(bytes(payload))
     if not d.eof or d.unused_data:
         raise ReaderError("zstd frame incomplete or trailing data")
-    if hashlib.sha256(plaintext).hexdigest() != entry["plaintext_sha256"]:
+    if part_digest(doc, entry, data_key, plaintext) != entry["plaintext_sha256"]:
         raise ReaderError("plaintext sha256 mismatch")
     return plaintext
 
 
-def split_tables(plaintext: bytes, entry: dict) -> dict[str, bytes]:
+def split_tables(
+    plaintext: bytes, entry: dict, doc: dict | None = None, key: bytes | None = None
+) -> dict[str, bytes]:
+    """Cut an object's plaintext into its tables; ``doc`` and ``key`` (the key that opened the
+    object) are needed for a tenant-key object of a format 2 manifest, whose digests are keyed."""
     out, pos = {}, 0
     for table in entry["tables"]:
         part = plaintext[pos : pos + table["bytes"]]
-        if hashlib.sha256(part).hexdigest() != table["sha256"]:
+        if part_digest(doc, entry, key, part) != table["sha256"]:
             raise ReaderError(f"table {table['name']} sha256 mismatch")
         out[table["name"]] = part
         pos += table["bytes"]
