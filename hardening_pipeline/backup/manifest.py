@@ -31,6 +31,7 @@ from hardening_pipeline.backup.crypto import (
     WrappedDataKey,
 )
 from hardening_pipeline.backup.object_format import validate_name
+from hardening_pipeline.db.catalog import CATALOG_KINDS
 from hardening_pipeline.errors import HardeningError
 
 MANIFEST_FORMAT = "hardening-pipeline-backup-manifest"
@@ -565,7 +566,6 @@ _APP_SCHEMA_FIELDS = (
 # The schema object holds one pg_dump custom-format archive; backups written before held the
 # plain-SQL pre-data and post-data sections (still read and verified, no longer restored).
 _SECTION_LAYOUTS = (("archive",), ("pre-data", "post-data"))
-_CATALOG_KINDS = ("constraints", "functions", "indexes", "policies", "tables", "triggers", "views")
 
 
 def _manifest_from_dict(document: Any) -> Manifest:
@@ -697,13 +697,13 @@ def _app_schema_from_dict(value: Any) -> AppSchemaEntry:
             raise ManifestError(f"manifest field {where}.roles[{i}].bypassrls must be a boolean.")
         role_name = _str(role["name"], f"{where}.roles[{i}].name", max_len=63)
         roles.append(SchemaRole(role_name, role["bypassrls"]))
-    raw_catalog = _fields(top["catalog"], f"{where}.catalog", _CATALOG_KINDS)
+    raw_catalog = _fields(top["catalog"], f"{where}.catalog", CATALOG_KINDS)
     catalog = {
         kind: tuple(
             _str(item, f"{where}.catalog.{kind}[{i}]", max_len=65536)
             for i, item in enumerate(_list(raw_catalog[kind], f"{where}.catalog.{kind}"))
         )
-        for kind in _CATALOG_KINDS
+        for kind in CATALOG_KINDS
     }
     entry = AppSchemaEntry(
         name=name,
