@@ -47,10 +47,12 @@ def descriptions() -> list[tuple[str, str]]:
         found.append((job.name, job.description or ""))
     for item in [*repo.schedule_defs, *repo.sensor_defs]:
         found.append((item.name, item.description or ""))
-    return found
+    # Sorted: the repository's sets come in any order, and parallel workers must collect the
+    # same list.
+    return sorted(found)
 
 
-@pytest.mark.parametrize("name,description", descriptions())
+@pytest.mark.parametrize("name,description", [pytest.param(n, d, id=n) for n, d in descriptions()])
 def test_no_description_loses_text_in_markdown(name: str, description: str) -> None:
     assert vanishing_tags(description) == []
 
