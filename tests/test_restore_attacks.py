@@ -227,6 +227,13 @@ def test_a_forged_schema_object_is_refused_by_a_tenant_restore_and_leaves_nothin
     with admin_connect(restore_target_url, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app_admin'").fetchone():
             conn.execute("CREATE ROLE app_admin LOGIN CREATEROLE BYPASSRLS")
+        # Roles are cluster-wide: where an earlier test left an ordinary ``postgres`` (the
+        # backup's owner) on this server, the app's admin must be able to act as it, as on the
+        # app's own server, so the restore gets as far as the forged entry.
+        if conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = 'postgres' AND NOT rolsuper"
+        ).fetchone():
+            conn.execute("GRANT postgres TO app_admin")
         name = conn.execute("SELECT current_database() AS d").fetchone()["d"]
         conn.execute(f'ALTER DATABASE "{name}" OWNER TO app_admin')
     as_admin = psycopg.conninfo.make_conninfo(restore_target_url, user="app_admin")
