@@ -43,6 +43,10 @@ Keyed digests (a tenant object's digests HMAC-SHA256 under its tenant key instea
 ``--baseline main --rounds 3 --no-double --tenants 100 --messages-per-unit 300``, same VM:
 medians 2.94 s vs 3.15 s (0.93x; 0.99x in a run beside other test suites). The HMAC replaces
 the SHA-256, it is not a second pass over the rows.
+Tenants' audit rows in their own objects (the audit log split like a tenant table, with keyed
+digests too), ``--baseline e5f4e08 --rounds 3 --no-double --tenants 20 --messages-per-unit
+500``, PG 18.6, nothing else running: medians 1.13 s vs 1.14 s (0.99x), output 7.5 MiB against
+7.6 MiB. Nothing extra is written until a tenant is erased.
 """
 
 from __future__ import annotations
