@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from hardening_pipeline.db.catalog import catalog_snapshot, read_catalog
+from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import (
     EARLIER_REVISIONS,
     MIGRATIONS_DIR,
@@ -94,6 +95,10 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
         assert apply_migrations(stepwise, tmp_path).applied == [migration.filename]
     released = earliest_release(tmp_path / "earliest")
     assert apply_migrations(upgraded, tmp_path / "earliest").applied == released
+    # The plan rehearses the catch-ups before the pending files, as migrate runs them.
+    plan = plan_migrations(upgraded)
+    assert plan.ok, [b.failure for b in plan.blockers]
+    assert len(plan.caught_up) == len(EARLIER_REVISIONS) and plan.planned == plan.pending
     later = apply_migrations(upgraded).applied
     assert later and not set(later) & set(released)  # the revised texts count as applied
 

@@ -35,8 +35,10 @@ from hardening_pipeline.db.migrations import (
     MigrationFailure,
     MigrationRun,
     apply_migrations,
+    catch_up_revision,
     compare,
     discover_migrations,
+    earlier_texts,
     execute_migration,
     read_applied,
     refuse_drift,
@@ -90,6 +92,8 @@ class MigrationPlan:
 
     pending: list[str]
     planned: list[str] = field(default_factory=list)
+    # Catch-ups for earlier released texts (sql/revisions/), rehearsed before the pending files.
+    caught_up: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
     # The catalog as the rehearsal left it: what a real run of the planned files produces.
@@ -380,11 +384,19 @@ def plan_migrations(
             states = compare(files, read_applied(conn))
             refuse_drift(states)
             pending = {s.filename for s in states if s.state == "pending"}
+            revised = earlier_texts(states)
             plan = MigrationPlan(pending=[f.filename for f in files if f.filename in pending])
-            if not plan.pending:
+            if not plan.pending and not revised:
                 return plan
             conn.execute(BOOTSTRAP_SQL)
             snapshot = catalog_snapshot(conn)
+            for state in revised:  # first, as in migrate: the pending files may need them
+                with conn.transaction():
+                    name = catch_up_revision(conn, state, role, "plan")
+                after = catalog_snapshot(conn)
+                plan.changes.extend(describe_changes(snapshot, after, name))
+                plan.caught_up.append(name)
+                snapshot = after
             todo = [f for f in files if f.filename in pending]
             for index, f in enumerate(todo):
                 try:

@@ -328,6 +328,11 @@ def describe_failure(
     )
 
 
+def earlier_texts(states: Sequence[MigrationState]) -> list[MigrationState]:
+    """The applied files whose record holds an earlier released text: each needs its catch-up."""
+    return [s for s in states if s.applied and s.file_sha256 not in (None, s.applied.sha256)]
+
+
 def revision_catch_up(filename: str, recorded_sha256: str) -> MigrationFile:
     """The catch-up that brings a database built by an earlier text of ``filename`` level."""
     path = REVISIONS_DIR / f"{Path(filename).stem}.{recorded_sha256[:16]}.sql"
@@ -344,16 +349,19 @@ def revision_catch_up(filename: str, recorded_sha256: str) -> MigrationFile:
 
 def catch_up_revision(
     conn: psycopg.Connection, state: MigrationState, role: str, applied_by: str
-) -> None:
-    """Apply the catch-up for an earlier text, then record the current one, in one transaction."""
+) -> str:
+    """Apply the catch-up for an earlier text, then record the current one, in the caller's
+    transaction; returns the catch-up's file name."""
     assert state.applied is not None and state.file_sha256 is not None
-    _execute_statements(conn, revision_catch_up(state.filename, state.applied.sha256), role)
+    catch_up = revision_catch_up(state.filename, state.applied.sha256)
+    _execute_statements(conn, catch_up, role)
     conn.execute(
         "UPDATE hardening.schema_migrations SET sha256 = %s, "
         "applied_by = applied_by || '; caught up by ' || %s || ' as ' || current_user "
         "WHERE filename = %s",
         (state.file_sha256, applied_by, state.filename),
     )
+    return catch_up.filename
 
 
 def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
@@ -419,10 +427,9 @@ def apply_migrations(
                 conn.execute(BOOTSTRAP_SQL)
             states = compare(files, read_applied(conn))
             refuse_drift(states)
-            for state in states:
-                if state.applied and state.file_sha256 not in (None, state.applied.sha256):
-                    with conn.transaction():
-                        catch_up_revision(conn, state, role, who)
+            for state in earlier_texts(states):
+                with conn.transaction():
+                    catch_up_revision(conn, state, role, who)
             pending = {s.filename for s in states if s.state == "pending"}
             applied: list[str] = []
             for f in files:
