@@ -125,7 +125,7 @@ def test_a_red_drill_names_what_failed(tmp_path, invariants, output, named):
 
     from hardening_pipeline.jobs.drill import DrillJobResult
     from hardening_pipeline.reports import ReportFiles
-    from hardening_pipeline.restore.drill import DrillResult, Invariant
+    from hardening_pipeline.restore.drill_result import DrillResult, Invariant
     from hardening_pipeline.restore.report import drill_alert
 
     result = DrillResult(

@@ -17,9 +17,7 @@ MAX_LINES = 600
 TOO_LONG_ALREADY = {
     "backup/store/s3_store.py": 618,
     "restore/schema.py": 654,
-    "restore/drill_checks.py": 692,
     "backup/manifest.py": 855,
-    "restore/drill.py": 827,
     "cli.py": 963,
 }
 

@@ -27,11 +27,8 @@ from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.pg_tools import find_pg_tool, tool_version
 from hardening_pipeline.backup.store import FileStore
 from hardening_pipeline.errors import CheckFailed, ConfigError
-from hardening_pipeline.restore.drill import (
-    compare_catalog,
-    restore_app_backup_into,
-    run_restore_drill,
-)
+from hardening_pipeline.restore.drill import restore_app_backup_into, run_restore_drill
+from hardening_pipeline.restore.drill_verify import compare_catalog
 from hardening_pipeline.restore.tenant import restore_tenant
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.settings import load_settings, parse_backup_schemas

@@ -22,7 +22,7 @@ from hardening_pipeline.defs.resources import (
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.jobs.drill import drill_job
 from hardening_pipeline.restore.binding import configured_source
-from hardening_pipeline.restore.drill import DrillResult
+from hardening_pipeline.restore.drill_result import DrillResult
 from hardening_pipeline.restore.report import drill_markdown
 
 

@@ -11,7 +11,8 @@ from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.reports import ReportFiles
 from hardening_pipeline.restore.binding import SourceIdentity
-from hardening_pipeline.restore.drill import DrillResult, run_restore_drill
+from hardening_pipeline.restore.drill import run_restore_drill
+from hardening_pipeline.restore.drill_result import DrillResult
 from hardening_pipeline.restore.report import drill_alert, write_drill_report
 
 

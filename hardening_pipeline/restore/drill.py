@@ -19,7 +19,8 @@ Stages, each timed (their sum is the recovery time, RTO):
 8. tests   - the drill checks (``restore/drill_checks.py``) against the restored database.
 
 Anything that cannot be verified is a failure, never a pass. The throwaway database is removed
-whatever happens.
+whatever happens. The checks of stages 5 and 7 are in ``restore/drill_verify.py``, the result
+they fill in ``restore/drill_result.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,22 +41,10 @@ from psycopg import sql
 from hardening_pipeline.backup.catalog import NoBackupError, StoredBackup, find_backup, list_backups
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
 from hardening_pipeline.backup.erased_audit import recorded_hashes
-from hardening_pipeline.backup.export import (
-    DEFAULT_SCHEMAS,
-    TableStream,
-    discover_layout,
-    manifest_table_name,
-    pin_text_output,
-)
-from hardening_pipeline.backup.manifest import (
-    AppSchemaEntry,
-    Manifest,
-    SchemaRole,
-)
+from hardening_pipeline.backup.export import manifest_table_name
+from hardening_pipeline.backup.manifest import Manifest, SchemaRole
 from hardening_pipeline.backup.store import BackupStore, StoreError
 from hardening_pipeline.backup.tenant_key_use import ObjectKeys
-from hardening_pipeline.canaries.runner import run_canaries
-from hardening_pipeline.db.catalog import read_catalog
 from hardening_pipeline.db.connection import connect, drop_database, recreate_database
 from hardening_pipeline.db.ddl_recording import ddl_recording_paused
 from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
@@ -65,7 +53,6 @@ from hardening_pipeline.db.tenant_resolver import sync_tenant_policies
 from hardening_pipeline.db.throwaway import throwaway_postgres
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.seals.window import restore_high_water
-from hardening_pipeline.hardening.status import run_status_check
 from hardening_pipeline.restore.archive import ArchiveError, TocEntry, open_archive
 from hardening_pipeline.restore.binding import (
     SourceIdentity,
@@ -79,7 +66,16 @@ from hardening_pipeline.restore.bulk_load import (
     reset_sequences,
     restore_sequence_values,
 )
-from hardening_pipeline.restore.drill_checks import run_drill_checks, tables_scoped_by_kit_policy
+from hardening_pipeline.restore.drill_result import DrillResult, Invariant, Stages
+from hardening_pipeline.restore.drill_verify import (
+    check_canaries,
+    check_rls_isolation,
+    compare_catalog,
+    compare_with_manifest,
+    rebuild_invariants,
+    run_drill_tests,
+    status_invariants,
+)
 from hardening_pipeline.restore.erased_tenants import prove_unreadable
 from hardening_pipeline.restore.owners import OwnerRefused, OwnerSessions
 from hardening_pipeline.restore.reader import (
@@ -121,112 +117,6 @@ class DrillFailure(HardeningError):
 
 
 ERASED_UNREADABLE = "erased tenants' objects cannot be decrypted"
-
-
-@dataclass
-class Invariant:
-    """One thing the drill checked on the restored database."""
-
-    name: str
-    passed: bool
-    detail: str
-
-
-@dataclass
-class DrillResult:
-    """Everything the report, the Slack message and the Dagster asset need."""
-
-    started_at: datetime
-    stages: dict[str, float] = field(default_factory=dict)
-    invariants: list[Invariant] = field(default_factory=list)
-    backup_id: str | None = None
-    backup_created_at: datetime | None = None
-    location: str | None = None
-    tests_passed: int = 0
-    tests_failed: int = 0
-    tests_output: str = ""
-    failure: str | None = None
-    failed_stage: str | None = None
-    rows_restored: int = 0
-    target: str = ""
-    upgraded_with: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return (
-            self.failure is None
-            and bool(self.invariants)
-            and all(i.passed for i in self.invariants)
-            and self.tests_failed == 0
-            and self.tests_passed > 0
-        )
-
-    @property
-    def first_red(self) -> str | None:
-        """The first invariant or drill test that failed, named, with why."""
-        for invariant in self.invariants:
-            if not invariant.passed:
-                return f"invariant {invariant.name} is red: {invariant.detail}"
-        for line in self.tests_output.splitlines():
-            if line.startswith("FAILED "):
-                return "drill test " + line.removeprefix("FAILED ")
-        if self.failure is None and self.tests_passed == 0:
-            return "no drill test ran"
-        return None
-
-    @property
-    def rto_seconds(self) -> float:
-        return sum(self.stages.values())
-
-    @property
-    def rpo_seconds(self) -> float | None:
-        if self.backup_created_at is None:
-            return None
-        return (self.started_at - self.backup_created_at).total_seconds()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "started_at": self.started_at.isoformat(),
-            "backup_id": self.backup_id,
-            "backup_created_at": self.backup_created_at.isoformat()
-            if self.backup_created_at
-            else None,
-            "backup_location": self.location,
-            "restore_target": self.target,
-            "rpo_seconds": self.rpo_seconds,
-            "rto_seconds": round(self.rto_seconds, 3),
-            "stages_seconds": {k: round(v, 3) for k, v in self.stages.items()},
-            "rows_restored": self.rows_restored,
-            "migrations_applied_after_restore": self.upgraded_with,
-            "invariants": [vars(i) for i in self.invariants],
-            "drill_tests": {"passed": self.tests_passed, "failed": self.tests_failed},
-            "failed_stage": self.failed_stage,
-            "failure": self.failure,
-        }
-
-
-class _Stages:
-    """Times each stage and records which one failed."""
-
-    def __init__(self, result: DrillResult, on_stage: Callable[[str, str], None] | None) -> None:
-        self.result = result
-        self.on_stage = on_stage
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.on_stage:
-            self.on_stage(name, "started")
-        started = time.perf_counter()
-        try:
-            yield
-        except BaseException:
-            self.result.failed_stage = self.result.failed_stage or name
-            raise
-        finally:
-            self.result.stages[name] = time.perf_counter() - started
-        if self.on_stage:
-            self.on_stage(name, "done")
 
 
 def check_schema_known(manifest: Manifest, directory: Path = MIGRATIONS_DIR) -> None:
@@ -455,153 +345,6 @@ def restore_app_backup_into(
     return AppRestore(sum(t.row_count for o in manifest.objects for t in o.tables), rebuild)
 
 
-def rebuild_invariants(rebuild: SchemaRebuild) -> list[Invariant]:
-    """The schema came back whole, and every constraint holds on the restored rows."""
-    violations = [v.describe() for v in rebuild.violations]
-    return [
-        Invariant(
-            "the backup's schema rebuilt without errors",
-            not rebuild.failed,
-            "; ".join(rebuild.failed[:10])
-            if rebuild.failed
-            else "pre-data, rows, post-data"
-            + (
-                f"; roles created: {', '.join(rebuild.roles_created)}"
-                if rebuild.roles_created
-                else ""
-            ),
-        ),
-        Invariant(
-            "every constraint holds on the restored rows",
-            not violations,
-            "; ".join(violations[:10])
-            + (" (kept NOT VALID or left out; fix the rows at the source)" if violations else "")
-            if violations
-            else "all keys, foreign keys and checks validated",
-        ),
-    ]
-
-
-def compare_catalog(url: str, app_schema: AppSchemaEntry) -> Invariant:
-    """The restored app's tables, views, functions, policies... equal the backup's catalog."""
-    with connect(url) as conn:
-        restored = read_catalog(conn, app_schema.schemas)
-        conn.rollback()
-    differences = []
-    for kind, recorded in sorted(app_schema.catalog.items()):
-        now = set(restored.get(kind, ()))
-        missing = sorted(set(recorded) - now)
-        extra = sorted(now - set(recorded))
-        if missing:
-            differences.append(f"{kind} missing: {', '.join(missing[:5])}")
-        if extra:
-            differences.append(f"{kind} not in the backup: {', '.join(extra[:5])}")
-    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(app_schema.catalog.items()))
-    return Invariant(
-        "the app's schema equals the backup's catalog",
-        not differences,
-        "; ".join(differences) if differences else counts,
-    )
-
-
-def compare_with_manifest(url: str, manifest: Manifest, keys: ObjectKeys) -> list[Invariant]:
-    """Re-export the restored database and compare every table's count and (keyed) digest."""
-    mismatches: list[str] = []
-    checked = 0
-    with connect(url) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        pin_text_output(conn)
-        layout = discover_layout(
-            conn, manifest.app_schema.schemas if manifest.app_schema else DEFAULT_SCHEMAS
-        )
-        tenant = {t.qualified: t for t in layout.tenant_tables}
-        shared = {t.qualified: t for t in layout.shared_tables}
-        for entry in manifest.objects:  # the audit log is in both, split differently
-            specs = {**shared, **tenant} if entry.tenant_id else {**tenant, **shared}
-            wanted = [specs.get(t.name) for t in entry.tables]
-            missing = [t.name for t, s in zip(entry.tables, wanted, strict=True) if s is None]
-            if missing:
-                mismatches.append(f"{entry.name}: tables {', '.join(missing)} missing")
-                continue
-            stream = TableStream(conn, wanted, entry.tenant_id, keys.digest_key(entry))  # type: ignore[arg-type]
-            for _ in stream:
-                pass
-            for recorded, restored in zip(entry.tables, stream.entries, strict=True):
-                checked += 1
-                if (recorded.row_count, recorded.sha256) != (restored.row_count, restored.sha256):
-                    mismatches.append(
-                        f"{entry.name}/{recorded.name}: {restored.row_count} rows vs "
-                        f"{recorded.row_count} in the manifest"
-                        + ("" if recorded.row_count != restored.row_count else " (content differs)")
-                    )
-        conn.rollback()
-    return [
-        Invariant(
-            "row counts and digests equal the manifest",
-            not mismatches,
-            f"{checked} tables compared" if not mismatches else "; ".join(mismatches[:10]),
-        )
-    ]
-
-
-def check_rls_isolation(url: str, manifest: Manifest, sample: int = 5) -> Invariant:
-    """As ``authenticated`` in each sampled tenant: no other tenant's rows, and all of its own
-    where the kit's permissive policy is what grants them (see ``tables_scoped_by_kit_policy``).
-    """
-    problems = []
-    tenants = [o for o in manifest.objects if o.tenant_id is not None][:sample]
-    with connect(url) as conn:
-        sees_own = tables_scoped_by_kit_policy(conn)
-        for obj in tenants:
-            with conn.transaction(force_rollback=True):
-                conn.execute("SET LOCAL ROLE authenticated")
-                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (obj.tenant_id,))
-                for table in obj.tables:
-                    if table.name in ("tenants", "audit_events"):
-                        continue
-                    query = sql.SQL(
-                        "SELECT count(*) FILTER (WHERE tenant_id = %s) AS own, "
-                        "count(*) FILTER (WHERE tenant_id <> %s) AS other FROM {}"
-                    ).format(sql.Identifier("public", table.name))
-                    row = conn.execute(query, (obj.tenant_id, obj.tenant_id)).fetchone()
-                    own_expected = table.row_count if table.name in sees_own else row["own"]
-                    if row["other"] or row["own"] != own_expected:
-                        problems.append(
-                            f"tenant {obj.tenant_id} sees {row['own']} own / {row['other']} "
-                            f"foreign rows in {table.name} (expected {table.row_count} / 0)"
-                        )
-    if not tenants:
-        # A new or single-customer install: isolation is proved on synthetic probe tenants by
-        # the drill checks, which always run (a drill without them is not passed).
-        return Invariant(
-            "RLS isolates tenants on the restored database",
-            True,
-            "no tenant in the backup; the drill checks prove isolation on probe tenants",
-        )
-    return Invariant(
-        "RLS isolates tenants on the restored database",
-        not problems,
-        "; ".join(problems) if problems else f"{len(tenants)} tenant(s) checked as authenticated",
-    )
-
-
-def check_canaries(url: str) -> Invariant:
-    results = run_canaries(url, names=["orphaned_messages", "tenant_misalignment"])
-    bad = [f"{r.name}: {r.error or r.count}" for r in results if not r.passed]
-    return Invariant(
-        "zero orphaned and misaligned rows",
-        not bad,
-        "; ".join(bad) if bad else "orphaned_messages = 0, tenant_misalignment = 0",
-    )
-
-
-def run_drill_tests(url: str) -> tuple[int, int, str]:
-    """Run the packaged drill checks against the restored database: (passed, failed, output)."""
-    checks = run_drill_checks(url)
-    return checks.passed, checks.failed, checks.output
-
-
 def upgrade_as_owner(url: str) -> list[str]:
     """Apply this checkout's newer migrations logged in as the owner of the migration record.
 
@@ -698,7 +441,7 @@ def run_restore_drill(
     unless ``backup_id`` names one explicitly.
     """
     result = DrillResult(started_at=now or datetime.now(UTC))
-    stages = _Stages(result, on_stage)
+    stages = Stages(result, on_stage)
     try:
         with stages.stage("find"):
             catalog = list_backups(store, keyring, now=result.started_at)
@@ -790,38 +533,3 @@ def run_restore_drill(
     if result.failure is None and not run_tests:
         result.failure = "the drill tests were not run, so the restore could not be verified"
     return result
-
-
-# Status lines about how the source database is run, not about whether its backup restores: the
-# restored copy carries the source's service-role mode, and a team still in report mode must be
-# able to prove its backups (the live database's own status shows that line red). DDL recording
-# is event triggers, which a schema dump does not carry and the drill does not put back: they
-# would run the backup's own function on every later DDL as the drill's superuser.
-NOT_ABOUT_THE_RESTORE = frozenset({"service_role_rule_enforced", "audit_ddl_recorded"})
-
-
-def status_invariants(
-    url: str, source_red: Sequence[str] | None = None, erased: Mapping[int, bytes] | None = None
-) -> list[Invariant]:
-    """The status check on the restored database has no red line the source did not have.
-
-    ``source_red`` are the lines red on the source at backup time (recorded in the manifest):
-    those are the app's own findings, shown as inherited. A backup that did not record them
-    must be all green. ``erased`` tenants' audit rows are missing (their hashes are used).
-    """
-    report = run_status_check(url, erased_rows=erased)
-    inherited = set(source_red or ()) | NOT_ABOUT_THE_RESTORE
-    red = [line.name for line in report.lines if not line.passed and line.name not in inherited]
-    noted = [line.name for line in report.lines if not line.passed and line.name not in red]
-    green = f"{len(report.lines) - len(noted)} checks green" + (
-        f" ({', '.join(noted)} red as in the source: inherited, not a restore problem)"
-        if noted
-        else ""
-    )
-    return [
-        Invariant(
-            "status check has no red line the source did not have",
-            not red,
-            "red on the restored copy only: " + ", ".join(red) if red else green,
-        )
-    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from hardening_pipeline.alerts.runbook import runbook_link
 from hardening_pipeline.alerts.slack import Alert
 from hardening_pipeline.reports import ReportFiles, green_or_red, write_report
-from hardening_pipeline.restore.drill import DrillResult
+from hardening_pipeline.restore.drill_result import DrillResult
 
 RUNBOOK_SECTION = "restore-drill-failed"
 
