@@ -20,12 +20,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hardening_pipeline.backup.crypto import BackupIntegrityError, Keyring
 from hardening_pipeline.backup.erasure import erase_tenant, plan_erasure
 from hardening_pipeline.backup.export import TableStream, discover_layout, open_snapshot
-from hardening_pipeline.backup.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    load_manifest,
-    sign_manifest,
-)
+from hardening_pipeline.backup.manifest import MANIFEST_NAME, Manifest
+from hardening_pipeline.backup.manifest_signing import load_manifest, sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectDecoder
 from hardening_pipeline.backup.store import S3Store

@@ -25,12 +25,11 @@ from hardening_pipeline.backup.manifest import (
     ObjectEntry,
     SchemaVersion,
     TableEntry,
-    load_manifest,
     new_backup_id,
     rewrap_manifest,
-    sign_manifest,
     tenant_object_name,
 )
+from hardening_pipeline.backup.manifest_signing import load_manifest, sign_manifest
 from hardening_pipeline.backup.object_format import SEGMENT_SIZE, ObjectEncoder
 from tests.support import independent_reader as reader
 

@@ -24,13 +24,8 @@ from hardening_pipeline.backup.locks import (
     require_lockable,
     write_lock,
 )
-from hardening_pipeline.backup.manifest import (
-    MANIFEST_NAME,
-    backup_folder,
-    load_manifest,
-    rewrap_manifest,
-    sign_manifest,
-)
+from hardening_pipeline.backup.manifest import MANIFEST_NAME, backup_folder, rewrap_manifest
+from hardening_pipeline.backup.manifest_signing import load_manifest, sign_manifest
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import BackupRef, RetentionPolicy, plan_retention
 from hardening_pipeline.backup.store import (

@@ -29,15 +29,13 @@ from hardening_pipeline.backup.manifest import (
     SchemaVersion,
     TableEntry,
     backup_folder,
-    canonical_json,
-    load_manifest,
-    manifest_to_dict,
     new_backup_id,
     rewrap_manifest,
-    sign_manifest,
     tenant_object_name,
     unwrap_data_key,
 )
+from hardening_pipeline.backup.manifest_document import manifest_to_dict
+from hardening_pipeline.backup.manifest_signing import canonical_json, load_manifest, sign_manifest
 
 CREATED = datetime(2026, 1, 15, 2, 0, 0, 123456, tzinfo=UTC)
 NOW = CREATED + timedelta(hours=1)

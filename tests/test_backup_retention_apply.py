@@ -25,8 +25,8 @@ from hardening_pipeline.backup.manifest import (
     SchemaVersion,
     backup_folder,
     new_backup_id,
-    sign_manifest,
 )
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.prune import apply_retention
 from hardening_pipeline.backup.retention import RetentionPolicy
 from hardening_pipeline.backup.store import BackupStore, FileStore, StoreError

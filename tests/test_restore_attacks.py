@@ -27,9 +27,9 @@ from hardening_pipeline.backup.manifest import (
     MANIFEST_NAME,
     Manifest,
     SectionEntry,
-    sign_manifest,
     unwrap_data_key,
 )
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore

@@ -19,7 +19,8 @@ import pytest
 from hardening_pipeline.alerts.slack import SlackNotifier
 from hardening_pipeline.backup.catalog import list_backups
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.manifest import MANIFEST_NAME, load_manifest, sign_manifest
+from hardening_pipeline.backup.manifest import MANIFEST_NAME
+from hardening_pipeline.backup.manifest_signing import load_manifest, sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.store import BackupStore, FileStore
 from hardening_pipeline.restore.drill import run_restore_drill

@@ -25,13 +25,8 @@ import pytest
 
 from hardening_pipeline.backup.catalog import NoBackupError
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    TableEntry,
-    backup_folder,
-    sign_manifest,
-)
+from hardening_pipeline.backup.manifest import MANIFEST_NAME, Manifest, TableEntry, backup_folder
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.object_format import ObjectEncoder, decode_object
 from hardening_pipeline.backup.store import FileStore

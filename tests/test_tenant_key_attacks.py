@@ -16,7 +16,8 @@ import pytest
 
 from hardening_pipeline.backup.crypto import Keyring, data_key_id, generate_data_key
 from hardening_pipeline.backup.erasure import ErasureFailed, erase_tenant, plan_erasure
-from hardening_pipeline.backup.manifest import MANIFEST_NAME, load_manifest, sign_manifest
+from hardening_pipeline.backup.manifest import MANIFEST_NAME
+from hardening_pipeline.backup.manifest_signing import load_manifest, sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.store import S3Store
 from hardening_pipeline.backup.store.s3_store import _send_content_md5

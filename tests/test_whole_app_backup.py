@@ -22,7 +22,8 @@ import pytest
 from hardening_pipeline.backup.app_schema import SCHEMA_OBJECT_NAME
 from hardening_pipeline.backup.catalog import find_backup, list_backups
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.manifest import MANIFEST_NAME, sign_manifest
+from hardening_pipeline.backup.manifest import MANIFEST_NAME
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.backup.pg_tools import find_pg_tool, tool_version
 from hardening_pipeline.backup.store import FileStore

@@ -30,8 +30,8 @@ from hardening_pipeline.backup.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
-    load_manifest,
 )
+from hardening_pipeline.backup.manifest_signing import load_manifest
 from hardening_pipeline.backup.store import BackupStore, StoredObject
 from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.settings import ENV_ENCRYPTION_KEY, ENV_ENCRYPTION_KEYS_PREVIOUS

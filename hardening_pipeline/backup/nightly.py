@@ -66,9 +66,9 @@ from hardening_pipeline.backup.manifest import (
     SequenceValue,
     backup_folder,
     new_backup_id,
-    sign_manifest,
     tenant_object_name,
 )
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.object_format import ObjectEncoder
 from hardening_pipeline.backup.pg_tools import PgTool, find_pg_tool
 from hardening_pipeline.backup.store import BackupStore

@@ -39,9 +39,7 @@ from hardening_pipeline.backup.crypto import (
     UnknownKeyError,
     WrappedDataKey,
 )
-from hardening_pipeline.backup.manifest import (
-    canonical_json,
-)
+from hardening_pipeline.backup.manifest_signing import canonical_json
 from hardening_pipeline.errors import CheckFailed, ConfigError
 from hardening_pipeline.settings import ENV_ENCRYPTION_KEYS_PREVIOUS
 

@@ -11,7 +11,8 @@ import hashlib
 from dataclasses import replace
 
 from hardening_pipeline.backup.crypto import Keyring
-from hardening_pipeline.backup.manifest import MANIFEST_NAME, Manifest, ObjectEntry, sign_manifest
+from hardening_pipeline.backup.manifest import MANIFEST_NAME, Manifest, ObjectEntry
+from hardening_pipeline.backup.manifest_signing import sign_manifest
 from hardening_pipeline.backup.object_format import ObjectDecoder, ObjectEncoder
 from hardening_pipeline.backup.store import BackupStore
 from hardening_pipeline.backup.tenant_key_use import ObjectKeys
