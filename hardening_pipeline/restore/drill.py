@@ -84,13 +84,11 @@ from hardening_pipeline.restore.reader import (
     fetched_backup,
     read_schema_sections,
 )
-from hardening_pipeline.restore.schema import (
+from hardening_pipeline.restore.schema import SchemaRebuild, SchemaRestore, run_workers
+from hardening_pipeline.restore.sessions import (
     OwnerConnections,
     OwnerLogins,
-    SchemaRebuild,
-    SchemaRestore,
     create_missing_roles,
-    run_workers,
 )
 from hardening_pipeline.restore.verifier import allow_audit_probes, verifier_login
 

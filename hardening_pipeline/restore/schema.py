@@ -7,7 +7,7 @@ rows break a constraint: the constraint is added ``NOT VALID`` (foreign keys) or
 (unique keys), and the drill reports it red, naming the constraint and the rows.
 
 The backup is treated as hostile (``restore/archive.py``): entries come from ``pg_restore``'s own
-table of contents, and each runs in a session logged in as its owner (``restore/owners.py``).
+table of contents, and each runs in a session logged in as its owner (``restore/sessions.py``).
 Only what the restore itself writes runs as the target's superuser, built from names with
 ``psycopg.sql``: the roles the schema refers to (``NOLOGIN``, ``BYPASSRLS`` where the source role
 had it) and its schemas. Roles are cluster-wide and not in the dump, so ownership, grants and
@@ -16,44 +16,32 @@ policies come back as they were.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import tuple_row
 
 from hardening_pipeline.backup.export import manifest_table_name
 from hardening_pipeline.backup.manifest import AppSchemaEntry, SchemaRole
-from hardening_pipeline.db.connection import connect
 from hardening_pipeline.restore.archive import SchemaArchive, TocEntry
-from hardening_pipeline.restore.owners import OwnerSessions
+from hardening_pipeline.restore.sessions import (
+    DATABASE_OWNER,
+    OneSession,
+    OneSessionConnections,
+    OwnerConnections,
+    OwnerLogins,
+    create_missing_roles,
+)
+from hardening_pipeline.restore.violations import ConstraintViolation, foreign_key_rows
 
 # Built in parallel after the rows: keys and indexes. Foreign keys need the keys first.
 _KEY_TYPES = {"CONSTRAINT", "INDEX"}
 _FK_TYPES = {"FK CONSTRAINT"}
 _GRANT_TYPES = {"ACL", "DEFAULT ACL"}
-_MAX_LISTED_ROWS = 20
-# The predefined role owning ``public`` from PostgreSQL 15; its entries run as the database owner.
-DATABASE_OWNER = "pg_database_owner"
 _PROLOGUE_SET = re.compile(r"^SET (?P<name>[a-z_]+) = [^;\n]*;$", re.M)
-
-
-@dataclass
-class ConstraintViolation:
-    """A constraint the restored rows break: kept NOT VALID (or left out), reported red."""
-
-    constraint: str
-    table: str
-    rows: list[str]
-    detail: str
-
-    def describe(self) -> str:
-        listed = ", ".join(self.rows[:_MAX_LISTED_ROWS]) or self.detail
-        return f"{self.table} breaks {self.constraint}: {listed}"
 
 
 @dataclass
@@ -63,37 +51,6 @@ class SchemaRebuild:
     roles_created: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     violations: list[ConstraintViolation] = field(default_factory=list)
-
-
-def create_missing_roles(conn: psycopg.Connection, roles: Iterable[SchemaRole]) -> list[str]:
-    """Create, NOLOGIN, each role the schema refers to that the target lacks; returns them.
-
-    A role without superuser (``restore --into`` as the app's owner) keeps the right to hand
-    its objects to the roles it creates: from PostgreSQL 16 that takes SET (and INHERIT, to
-    comment on them) on them.
-    """
-    if conn.info.server_version >= 160000 and not is_superuser(conn):
-        conn.execute("SET createrole_self_grant = 'set, inherit'")
-    created = []
-    for role in roles:
-        row = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role.name,))
-        if row.fetchone():
-            continue
-        conn.execute(
-            sql.SQL("CREATE ROLE {} NOLOGIN{}").format(
-                sql.Identifier(role.name), sql.SQL(" BYPASSRLS" if role.bypassrls else "")
-            )
-        )
-        created.append(role.name)
-    return created
-
-
-def is_superuser(conn: psycopg.Connection) -> bool:
-    """Whether the session's current role is a superuser."""
-    row = conn.execute(
-        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    return bool(row and row["rolsuper"])
 
 
 def settings_the_server_knows(known: set[str], text: str) -> str:
@@ -146,175 +103,6 @@ def _constraint_of(entry: TocEntry) -> str:
     return entry.name.split(" ", 1)[1] if " " in entry.name else entry.name
 
 
-def _row_label(conn: psycopg.Connection, table: str) -> sql.Composable:
-    """How to name a row of ``table`` in a report: its primary key, else its ctid."""
-    cols = conn.cursor(row_factory=tuple_row).execute(
-        "SELECT a.attname FROM pg_catalog.pg_index i "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisprimary ORDER BY a.attnum",
-        (_quoted(table),),
-    )
-    names = [r[0] for r in cols.fetchall()]
-    if not names:
-        return sql.SQL("'ctid=' || c.ctid::text")
-    parts = [
-        sql.SQL("{} || '=' || coalesce(c.{}::text, 'NULL')").format(
-            sql.Literal(name), sql.Identifier(name)
-        )
-        for name in names
-    ]
-    return sql.SQL(" || ',' || ").join(parts)
-
-
-def _quoted(table: str) -> str:
-    schema, _, name = table.partition(".")
-    return sql.Identifier(schema, name).as_string(None)
-
-
-def _foreign_key_rows(conn: psycopg.Connection, table: str, constraint: str) -> list[str]:
-    """The rows of ``table`` whose key has no parent under foreign key ``constraint``."""
-    row = (
-        conn.cursor(row_factory=tuple_row)
-        .execute(
-            "SELECT k.confrelid::regclass::text, "
-            "ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, o) "
-            "  JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n "
-            "  ORDER BY u.o), "
-            "ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY u(n, o) "
-            "  JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n "
-            "  ORDER BY u.o) "
-            "FROM pg_catalog.pg_constraint k "
-            "WHERE k.conrelid = pg_catalog.to_regclass(%s) AND k.conname = %s",
-            (_quoted(table), constraint),
-        )
-        .fetchone()
-    )
-    if row is None:
-        return []
-    parent, child_cols, parent_cols = row
-    matches = sql.SQL(" AND ").join(
-        sql.SQL("p.{} = c.{}").format(sql.Identifier(pc), sql.Identifier(cc))
-        for cc, pc in zip(child_cols, parent_cols, strict=True)
-    )
-    present = sql.SQL(" AND ").join(
-        sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(cc)) for cc in child_cols
-    )
-    schema, _, name = table.partition(".")
-    query = sql.SQL(
-        "SELECT {} FROM {} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {}) LIMIT {}"
-    ).format(
-        _row_label(conn, table),
-        sql.Identifier(schema, name),
-        present,
-        sql.SQL(parent),  # regclass text: already quoted by Postgres
-        matches,
-        sql.Literal(_MAX_LISTED_ROWS + 1),
-    )
-    return [str(r[0]) for r in conn.cursor(row_factory=tuple_row).execute(query).fetchall()]
-
-
-class OwnerConnections:
-    """One thread's sessions on the target, one per owner role, opened when first needed."""
-
-    def __init__(self, owners: OwnerSessions, database_owner: str) -> None:
-        self._owners = owners
-        self._database_owner = database_owner
-        self._open: dict[str, psycopg.Connection] = {}
-
-    def get(self, role: str) -> psycopg.Connection:
-        role = self._database_owner if role == DATABASE_OWNER else role
-        if role not in self._open:
-            conn = connect(self._owners.url(role), autocommit=True, client_encoding="UTF8")
-            # Index and key builds sort the whole table; the default 64 MB spills to disk early.
-            conn.execute("SET maintenance_work_mem = '256MB'")
-            # A drill's target is thrown away if the server crashes: commits (one per table
-            # loaded) need not wait for the disk.
-            conn.execute("SET synchronous_commit = off")
-            self._open[role] = conn
-        return self._open[role]
-
-    def close(self) -> None:
-        for conn in self._open.values():
-            conn.close()
-        self._open.clear()
-
-
-class OwnerLogins:
-    """Each owner in a session logged in as itself, on a target reached as a superuser.
-
-    The drill's way (a throwaway server, or one kept for drills): ``admin_url`` creates roles
-    and schemas and hands out the owners' logins, and runs nothing the backup wrote.
-    ``database_owner`` owns the target database and runs what ``pg_database_owner`` owned on
-    the source (the ``public`` schema's grants).
-    """
-
-    lends_schemas = True
-    lends_references = True
-    workers_allowed = True
-
-    def __init__(self, admin_url: str, database_owner: str) -> None:
-        self.admin_url = admin_url
-        self.database_owner = database_owner
-        self._owners = OwnerSessions(admin_url)
-
-    @contextlib.contextmanager
-    def admin(self) -> Iterator[psycopg.Connection]:
-        with connect(self.admin_url, autocommit=True) as conn:
-            yield conn
-
-    def check(self, role: str) -> None:
-        self._owners.check(role)
-
-    def connections(self) -> OwnerConnections:
-        return OwnerConnections(self._owners, self.database_owner)
-
-    def close(self) -> None:
-        self._owners.close()
-
-
-class _Fixed:
-    """The one session, whatever the entry's owner: the user's own role does all of it."""
-
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self._conn = conn
-
-    def get(self, role: str) -> psycopg.Connection:
-        return self._conn
-
-    def close(self) -> None:
-        pass
-
-
-class OneSession:
-    """Every entry in one session of the role the user connected as, inside its transaction.
-
-    The way into a database the user named (``restore --tenant --into``): the kit creates no
-    logins on the user's server, so the backup's code runs with exactly the rights the user
-    gave, all of it in one transaction that leaves nothing behind when it fails. A superuser
-    session is refused by the caller.
-    """
-
-    lends_schemas = True
-    lends_references = False
-    workers_allowed = False
-
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self._conn = conn
-
-    @contextlib.contextmanager
-    def admin(self) -> Iterator[psycopg.Connection]:
-        yield self._conn
-
-    def check(self, role: str) -> None:
-        pass
-
-    def connections(self) -> _Fixed:
-        return _Fixed(self._conn)
-
-    def close(self) -> None:
-        pass
-
-
 class SchemaRestore:
     """The schema archive of one backup, restored onto a target through ``sessions``."""
 
@@ -344,7 +132,7 @@ class SchemaRestore:
     def close(self) -> None:
         self.sessions.close()
 
-    def connections(self) -> OwnerConnections | _Fixed:
+    def connections(self) -> OwnerConnections | OneSessionConnections:
         return self.sessions.connections()
 
     def sql(self, entries: Sequence[TocEntry]) -> str:
@@ -491,7 +279,10 @@ class SchemaRestore:
         self._lent_references.clear()
 
     def _apply_run(
-        self, conns: OwnerConnections | _Fixed, run: list[TocEntry], result: SchemaRebuild
+        self,
+        conns: OwnerConnections | OneSessionConnections,
+        run: list[TocEntry],
+        result: SchemaRebuild,
     ) -> None:
         """A run of entries of one owner as one script; entry by entry if it fails."""
         conn = conns.get(run[0].owner)
@@ -527,7 +318,10 @@ class SchemaRestore:
         return manifest_table_name(schema, name)
 
     def build(
-        self, conns: OwnerConnections | _Fixed, entry: TocEntry, result: SchemaRebuild
+        self,
+        conns: OwnerConnections | OneSessionConnections,
+        entry: TocEntry,
+        result: SchemaRebuild,
     ) -> None:
         """One key, foreign key or index; failures and violations land in ``result``."""
         local = SchemaRebuild()
@@ -611,7 +405,7 @@ def _apply_constraint(
                 # pg_restore ends the text with comments: NOT VALID goes before the last ";".
                 end = statement.rfind(";")
                 _attempt(conn, statement[:end] + " NOT VALID" + statement[end:])
-                rows = _foreign_key_rows(conn, table, constraint)
+                rows = foreign_key_rows(conn, table, constraint)
             except psycopg.Error as retry:
                 result.failed.append(f"{entry.label}: {_error_line(retry)}")
                 return

@@ -53,7 +53,8 @@ from hardening_pipeline.restore.bulk_load import (
     restore_sequence_values,
 )
 from hardening_pipeline.restore.reader import TableReader, fetched_backup, read_schema_sections
-from hardening_pipeline.restore.schema import OneSession, SchemaRestore, is_superuser
+from hardening_pipeline.restore.schema import SchemaRestore
+from hardening_pipeline.restore.sessions import OneSession, is_superuser
 from hardening_pipeline.settings import check_database_url
 
 MIGRATIONS_TABLE = "hardening.schema_migrations"

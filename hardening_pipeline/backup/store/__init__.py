@@ -5,6 +5,7 @@ One module per concern:
 * ``interface``: ``BackupStore``, the guarantees every store gives, the key rules and errors;
 * ``file_store``: ``FileStore``, a folder (first runs, demos, tests);
 * ``s3_store``: ``S3Store`` and ``make_s3_client``, a bucket prefix, B2-safe;
+* ``s3_upload``: how ``S3Store`` streams one object up, in parts;
 * ``s3_errors``: botocore failures as one sentence naming what to fix.
 
 ``open_store`` turns a ``BACKUP_STORE_URL`` into one of them. Import from this package, not from
