@@ -14,9 +14,7 @@ import hardening_pipeline
 PACKAGE_ROOT = Path(hardening_pipeline.__file__).parent
 MAX_LINES = 600
 # Too long already, each with its length then: split them, then take them off this list.
-TOO_LONG_ALREADY = {
-    "cli.py": 963,
-}
+TOO_LONG_ALREADY: dict[str, int] = {}  # none left: every module is under the limit
 
 
 def module_lengths() -> dict[str, int]:

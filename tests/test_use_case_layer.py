@@ -1,9 +1,9 @@
 """One use-case function per job; the CLI and the Dagster layer only present its result.
 
-The structure is read from the source with ``ast``: ``cli.py`` and ``defs/`` may not import the
-steps a job assembles (a second copy of a job would start there), and ``jobs/`` may not import
-Dagster. The behaviour is tried against real parts: Postgres, a file store, the local Slack
-server, and the ``hardening`` command in a subprocess.
+The structure is read from the source with ``ast``: ``cli.py``, ``cli_commands/`` and ``defs/``
+may not import the steps a job assembles (a second copy of a job would start there), and
+``jobs/`` may not import Dagster. The behaviour is tried against real parts: Postgres, a file
+store, the local Slack server, and the ``hardening`` command in a subprocess.
 """
 
 from __future__ import annotations
@@ -83,7 +83,11 @@ def imported_names(source: str) -> set[str]:
 
 
 def presentation_modules() -> list[Path]:
-    return [PACKAGE_ROOT / "cli.py", *sorted((PACKAGE_ROOT / "defs").glob("*.py"))]
+    return [
+        PACKAGE_ROOT / "cli.py",
+        *sorted((PACKAGE_ROOT / "cli_commands").glob("*.py")),
+        *sorted((PACKAGE_ROOT / "defs").glob("*.py")),
+    ]
 
 
 def test_the_import_reader_sees_function_level_imports_and_skips_type_only_ones() -> None:
