@@ -8,7 +8,10 @@ import pytest
 from psycopg import errors, sql
 
 from tests.support.cli import run_hardening
-from tests.support.supabase_db import APP_TEMPLATE, SupabaseServer, apply_blocker_fixes
+from tests.support.supabase_db import (
+    SupabaseServer,
+    adopting_app,
+)
 
 # A built-in trigger function every role may execute: enough to show a trigger can be created.
 TRIGGER = (
@@ -26,10 +29,8 @@ def create_trigger_as(url: str, role: str) -> None:
 
 @pytest.fixture
 def app(supabase_server: SupabaseServer):
-    url = supabase_server.clone(APP_TEMPLATE)
-    apply_blocker_fixes(url)
-    yield url
-    supabase_server.drop(url)
+    with adopting_app(supabase_server) as url:
+        yield url
 
 
 @pytest.mark.parametrize("role", ["authenticated", "service_role"])

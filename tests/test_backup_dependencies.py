@@ -24,9 +24,8 @@ from hardening_pipeline.errors import ConfigError
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect
 from tests.support.supabase_db import (
-    APP_TEMPLATE,
     SupabaseServer,
-    apply_blocker_fixes,
+    adopting_app,
     supabase_server_each_major,  # noqa: F401  (fixture: the Supabase tests run on every major)
 )
 
@@ -46,12 +45,8 @@ def _stored_files(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def migrated_supabase_app(supabase_server: SupabaseServer) -> Iterator[str]:
     """The Supabase app, its blockers fixed and the kit's migrations applied, as ``postgres``."""
-    url = supabase_server.clone(APP_TEMPLATE)
-    apply_blocker_fixes(url)
-    result = run_hardening("migrate", url=url)
-    assert result.returncode == 0, result.stdout + result.stderr
-    yield url
-    supabase_server.drop(url)
+    with adopting_app(supabase_server, migrate=True) as url:
+        yield url
 
 
 def test_supabase_app_without_auth_is_refused_and_nothing_is_stored(

@@ -36,7 +36,10 @@ from hardening_pipeline.errors import ConfigError, HardeningError
 from hardening_pipeline.hardening.status import run_status_check
 from tests.support.cli import keyed_store_env, run_hardening
 from tests.support.db import admin_connect
-from tests.support.supabase_db import APP_TEMPLATE, SupabaseServer, apply_blocker_fixes
+from tests.support.supabase_db import (
+    SupabaseServer,
+    adopting_app,
+)
 from tests.test_tenant_keys import (  # noqa: F401  (fixtures)
     KEY,
     file_env,
@@ -242,12 +245,8 @@ def test_a_snapshot_older_than_the_erasure_keeps_the_old_row_and_the_certificate
 @pytest.fixture
 def supabase_app(supabase_server: SupabaseServer) -> Iterator[str]:
     """The Supabase app, its blockers fixed and the kit migrated, reached as ``postgres``."""
-    url = supabase_server.clone(APP_TEMPLATE)
-    apply_blocker_fixes(url)
-    result = run_hardening("migrate", url=url)
-    assert result.returncode == 0, result.stdout + result.stderr
-    yield url
-    supabase_server.drop(url)
+    with adopting_app(supabase_server, migrate=True) as url:
+        yield url
 
 
 def test_on_supabase_a_revoked_grant_and_a_superusers_snapshot_are_named_then_completed(

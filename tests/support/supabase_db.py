@@ -297,6 +297,23 @@ def supabase_app_url(supabase_server: SupabaseServer) -> Iterator[str]:
     supabase_server.drop(url)
 
 
+@contextlib.contextmanager
+def adopting_app(server: SupabaseServer, *, migrate: bool = False) -> Iterator[str]:
+    """A clone of the app with its blockers fixed, and with ``migrate`` the kit's migrations
+    applied through the CLI, reached as ``postgres``; dropped afterwards."""
+    url = server.clone(APP_TEMPLATE)
+    try:
+        apply_blocker_fixes(url)
+        if migrate:
+            from tests.support.cli import run_hardening
+
+            result = run_hardening("migrate", url=url)
+            assert result.returncode == 0, result.stdout + result.stderr
+        yield url
+    finally:
+        server.drop(url)
+
+
 def apply_blocker_fixes(url: str) -> None:
     """Run ``tests/supabase/app_fixes.sql`` as ``postgres``: what a team fixes before adopting."""
     _run_files(url, ["app_fixes.sql"])
