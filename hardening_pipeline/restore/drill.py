@@ -139,14 +139,17 @@ def restore_backup_into(
     store: BackupStore,
     backup: StoredBackup,
     keyring: Keyring,
+    *,
+    keys: ObjectKeys | None = None,
 ) -> int:
     """Apply the backup's migrations to the empty database at ``url`` and load every object.
 
     Returns the number of rows loaded. One transaction: any integrity error leaves nothing.
+    ``keys``: the caller's, when it already read the ledger (and checked it) for this backup.
     """
     manifest = backup.manifest
     assert manifest is not None
-    object_keys = ObjectKeys(store, manifest, keyring)
+    object_keys = keys or ObjectKeys(store, manifest, keyring)
     apply_migrations(url, only=set(manifest.schema.applied_migrations), applied_by="restore")
     with (
         fetched_backup(store, manifest, backup.folder) as fetched,
@@ -303,17 +306,18 @@ def restore_app_backup_into(
     keyring: Keyring,
     *,
     workers: int = RESTORE_WORKERS,
+    keys: ObjectKeys | None = None,
 ) -> AppRestore:
     """Rebuild a schema-carrying backup in the empty database at ``url``, pg_restore's way.
 
     ``url`` reaches the target as a superuser. Roles the schema needs, pre-data, rows
     (``workers`` objects at once), sequences, then post-data; the backup's SQL and the app's
     code run in sessions of their owners only. A constraint the rows break is reported in the
-    result, not raised.
+    result, not raised. ``keys`` as for ``restore_backup_into``.
     """
     manifest = backup.manifest
     assert manifest is not None and manifest.app_schema is not None
-    keys = ObjectKeys(store, manifest, keyring)
+    keys = keys or ObjectKeys(store, manifest, keyring)
     own_database(url)
     with fetched_backup(store, manifest, backup.folder) as fetched:
         sections = read_schema_sections(fetched[manifest.app_schema.name], manifest, keys.shared)
@@ -477,9 +481,11 @@ def run_restore_drill(
             with stages.stage("restore"):
                 if manifest.app_schema is None:
                     # Written before backups carried the schema: the migrations rebuild it.
-                    result.rows_restored = restore_backup_into(url, store, backup, keyring)
+                    result.rows_restored = restore_backup_into(
+                        url, store, backup, keyring, keys=keys
+                    )
                 else:
-                    restored = restore_app_backup_into(url, store, backup, keyring)
+                    restored = restore_app_backup_into(url, store, backup, keyring, keys=keys)
                     result.rows_restored = restored.rows
                     result.invariants.extend(rebuild_invariants(restored.rebuild))
             # Everything after the restore reads or writes through the backup's code (views,
