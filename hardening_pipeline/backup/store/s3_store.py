@@ -367,6 +367,11 @@ class S3Store(BackupStore):
             if not exact or item["Key"] == full
         ]
 
+    def version_ids(self, key: str) -> list[str]:
+        """The stored versions of ``key``, newest first (delete markers left out)."""
+        found = self._versions(self._full(key), f"list the versions of {key}", exact=True)
+        return [version for _, version, etag in found if etag is not None]
+
     def version_etags(self, key: str) -> list[str | None]:
         found = self._versions(self._full(key), f"read the history of {key}", exact=True)
         return [etag for _, _, etag in found]

@@ -66,38 +66,29 @@ def version_holds(store: BackupStore, key: str) -> list[VersionHold]:
     where, endpoint = store.describe(), store.endpoint
     now = store.clock()
     held = []
-    pages = store.client.get_paginator("list_object_versions").paginate(
-        Bucket=store.bucket, Prefix=full
-    )
-    listed = call_s3(
-        f"list the versions of {key}", lambda: list(pages), where=where, endpoint=endpoint
-    )
-    for page in listed:
-        for version in page.get("Versions", []):
-            if version["Key"] != full:
-                continue
-            head: dict[str, Any] = call_s3(
-                f"read the lock of {key}",
-                store.client.head_object,
-                where=where,
-                endpoint=endpoint,
-                Bucket=store.bucket,
-                Key=full,
-                VersionId=version.get("VersionId") or "null",
-            )
-            until = head.get("ObjectLockRetainUntilDate")
-            until = until.astimezone(UTC) if until is not None and until > now else None
-            legal = head.get("ObjectLockLegalHoldStatus") == "ON"
-            if until is not None or legal:
-                modified = version.get("LastModified")
-                held.append(
-                    VersionHold(
-                        key,
-                        version.get("VersionId") or "null",
-                        modified.astimezone(UTC) if modified else None,
-                        until,
-                        head.get("ObjectLockMode") if until else None,
-                        legal,
-                    )
+    for version_id in store.version_ids(key):
+        head: dict[str, Any] = call_s3(
+            f"read the lock of {key}",
+            store.client.head_object,
+            where=where,
+            endpoint=endpoint,
+            Bucket=store.bucket,
+            Key=full,
+            VersionId=version_id,
+        )
+        until = head.get("ObjectLockRetainUntilDate")
+        until = until.astimezone(UTC) if until is not None and until > now else None
+        legal = head.get("ObjectLockLegalHoldStatus") == "ON"
+        if until is not None or legal:
+            modified = head.get("LastModified")
+            held.append(
+                VersionHold(
+                    key,
+                    version_id,
+                    modified.astimezone(UTC) if modified else None,
+                    until,
+                    head.get("ObjectLockMode") if until else None,
+                    legal,
                 )
+            )
     return held
