@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from hardening_pipeline.backup.ledger_table import ledger_shaped_tables
+from hardening_pipeline.backup.ledger_table import LEDGER_HOME, ledger_shaped_tables
 from hardening_pipeline.backup.manifest import (
     DatabaseIdentity,
     ObjectEntry,
@@ -64,7 +64,7 @@ WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
 # Never in a backup object: the key ledger's database copy holds every tenant's wrapped key, and
 # a wrapped key inside a locked backup could never be destroyed by ``erase-tenant``. Renamed or
 # moved it keeps its columns, so discover_layout also leaves out every table shaped like it.
-NEVER_BACKED_UP = frozenset({("hardening", "tenant_key_ledger")})
+NEVER_BACKED_UP = frozenset({LEDGER_HOME})
 
 
 AUDIT_LOG = ("public", "audit_events")

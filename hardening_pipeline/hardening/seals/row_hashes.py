@@ -16,7 +16,13 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from hardening_pipeline.hardening.seals.format import Seal
-from hardening_pipeline.hardening.seals.rows import Fields, audit_rows, row_hash_v1, row_hash_v2
+from hardening_pipeline.hardening.seals.rows import (
+    MIN_BIGINT,
+    Fields,
+    audit_rows,
+    row_hash_v1,
+    row_hash_v2,
+)
 
 
 def _last_format_1_id(chain: Sequence[Seal]) -> int:
@@ -35,7 +41,7 @@ def tenant_row_hashes(
 
     v1_upto = _last_format_1_id(read_seals(conn))
     done = set(skip)
-    for row_id, fields in audit_rows(conn, -(2**63), tenant=tenant):
+    for row_id, fields in audit_rows(conn, MIN_BIGINT, tenant=tenant):
         if row_id not in done:
             yield row_id, row_hash_v1(fields) if row_id <= v1_upto else row_hash_v2(fields)
 
