@@ -635,6 +635,12 @@ def test_the_erased_tenant_s_audit_rows_go_with_its_key_and_the_seals_still_veri
     assert [(f.tenant, f.count) for f in recorded] == [(victim, at_erasure - 1)]
 
     offboard(seeded, victim)  # after the erasure: audited deletes, more of the victim's rows
+    with admin_connect(seeded) as conn:  # and a row of no tenant, which stays in the shared part
+        conn.execute(
+            "INSERT INTO audit_events (actor, table_name, operation, record_id, after, db_role) "
+            "VALUES ('test:no-tenant', 'plans', 'INSERT', 'basic', '{}', current_user)"
+        )
+        conn.commit()
     assert seal_audit_log(seeded, wait_seconds=0).seals
     after = run_backup(seeded, store, keyring).manifest
     with admin_connect(seeded) as conn:
@@ -645,6 +651,7 @@ def test_the_erased_tenant_s_audit_rows_go_with_its_key_and_the_seals_still_veri
     after_shared = next(o for o in after.objects if o.tenant_id is None)
     after_text = plaintext(store, after, after_shared, ObjectKeys(store, after, keyring).shared)
     assert victim.encode() not in after_text  # none of its rows, deletes included
+    assert b"test:no-tenant" in after_text
     assert not any(body.encode() in after_text for body in bodies)
 
     # Both drills restore every other tenant, and the seal chain verifies over the restored

@@ -185,6 +185,13 @@ def _copy_out_parts(table: TableSpec, scoped: bool) -> tuple[sql.SQL, sql.SQL]:
     return sql.SQL(head.as_string(None)), sql.SQL(tail.as_string(None))
 
 
+def _not_omitted(table: TableSpec) -> sql.Composable:
+    """Rows of no omitted tenant: a NULL tenant is no omitted one (``<> ALL`` alone says NULL)."""
+    return sql.SQL("({c} IS NULL OR {c} <> ALL({o}::uuid[]))").format(
+        c=sql.Identifier(table.remainder_of or ""), o=sql.Literal(list(table.omitted))
+    )
+
+
 def _remainder(table: TableSpec) -> sql.Composable:
     """Rows of no tenant in ``public.tenants``, and of no omitted tenant."""
     column = sql.Identifier(table.remainder_of or "")
@@ -192,9 +199,7 @@ def _remainder(table: TableSpec) -> sql.Composable:
         "({c} IS NULL OR NOT EXISTS (SELECT FROM public.tenants t WHERE t.id = {t}.{c}))"
     ).format(c=column, t=table.identifier())
     if table.omitted:
-        rest += sql.SQL(" AND {} <> ALL({}::uuid[])").format(
-            column, sql.Literal(list(table.omitted))
-        )
+        rest += sql.SQL(" AND ") + _not_omitted(table)
     return rest
 
 
@@ -202,9 +207,7 @@ def count_query(table: TableSpec) -> sql.Composed:
     """How many rows the backup must hold of ``table``: all, less an omitted tenant's."""
     query = sql.SQL("SELECT count(*) FROM {}").format(table.identifier())
     if table.omitted:
-        query += sql.SQL(" WHERE {c} IS NULL OR {c} <> ALL({o}::uuid[])").format(
-            c=sql.Identifier(table.remainder_of or ""), o=sql.Literal(list(table.omitted))
-        )
+        query += sql.SQL(" WHERE ") + _not_omitted(table)
     return query
 
 
