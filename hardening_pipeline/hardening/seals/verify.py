@@ -350,7 +350,6 @@ def verify_seal_chain(
     checked by its recorded hash instead (``row_hashes``); the seal digests still decide.
     """
     problems = _Problems()
-    erased = dict(erased_rows or {})
     db = read_seals(conn)
     chain = db
     if store is not None:
@@ -369,6 +368,10 @@ def verify_seal_chain(
             return _red(problems, 0, 0, store is not None)
         return SealVerification(True, "no seals yet", store_checked=store is not None)
     _check_structure(chain, keyring, problems)
+    # A recorded hash stands in only for an id a seal saw handed out; hashes of rows written
+    # after this copy's seals (recorded later, for later backups) are not this copy's.
+    seen = max(s.high_water or s.to_id for s in chain)
+    erased = {i: h for i, h in (erased_rows or {}).items() if i <= seen}
     high_water = read_high_water(conn)
     if (turned := rewound(chain, high_water)) is not None:
         problems.add(*turned, row=True)
