@@ -15,6 +15,7 @@ Both run inside the caller's transaction: if any later check fails, nothing stay
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -250,17 +251,13 @@ def _tenant_column(entry: TableEntry, tenant_id: str) -> str:
     """The column that names the tenant of a row in a tenant's object, as the backup chose it.
 
     ``public.tenants`` by ``id``, another tenant table (``db/tenant_tables.py``: any schema of
-    the app) by ``tenant_id`` (the audit log aside); any other table never belongs in a
-    tenant's object and is refused.
+    the app) by ``tenant_id``; any other table never belongs in a tenant's object and is
+    refused.
     """
     schema, _, table = entry.name.rpartition(".")
     schema = schema or "public"
     column = "id" if (schema, table) == ("public", "tenants") else "tenant_id"
-    if (
-        not is_app_schema(schema)
-        or (schema, table) == ("public", "audit_events")
-        or column not in entry.columns
-    ):
+    if not is_app_schema(schema) or column not in entry.columns:
         raise CheckFailed(
             f"the backup's object for tenant {tenant_id} holds table {entry.name}, which has no "
             "tenant column; nothing was restored: check the store (the object was not written "
@@ -319,6 +316,11 @@ def merge_tenant(
     counts = []
     sequences: list[tuple[str, str, str]] = []
     for entry, chunks in tables:
+        if entry.name == "audit_events":
+            # The tenant's audit history stays in the backup: the target's log is its own, and
+            # it records this merge's inserts as they happen.
+            collections.deque(chunks, maxlen=0)
+            continue
         column = _tenant_column(entry, tenant_id)
         stage = sql.Identifier(f"restore_stage_{len(counts)}")
         target = _split(entry.name)

@@ -16,7 +16,6 @@ tenant's id: one row of another tenant, or of none, and none of the tenant's row
 
 from __future__ import annotations
 
-import collections
 import re
 import uuid
 from collections.abc import Sequence
@@ -245,10 +244,6 @@ def restore_tenant(
 
             def tables():
                 for entry, chunks in reader:
-                    if entry.name == "audit_events":
-                        # The target's audit log is its own; the tenant's rows come back audited.
-                        collections.deque(chunks, maxlen=0)
-                        continue
                     merging[:] = [entry.name if "." in entry.name else f"public.{entry.name}"]
                     yield entry, chunks
 
