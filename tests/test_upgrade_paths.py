@@ -1,10 +1,12 @@
-"""Three ways to today's schema end with the same catalog.
+"""Every way to today's schema ends with the same catalog.
 
-A database migrated fresh, one migrated a file at a time from 001, and one migrated first by the
-earliest release's files (the texts of 001, 002, 003, 006 and 010 that were revised after release,
+A database migrated fresh (from the baseline, ``sql/baseline``), one migrated a file at a time
+from 001, and one migrated first by the earliest release's files (the texts of 001, 002, 003, 006 and 010 that were revised after release,
 whose checksums ``EARLIER_REVISIONS`` still accepts; ``tests/fixtures/earliest_release``) and
 then by this checkout's: every table, column, constraint, index, trigger, policy, function
-body and grant in ``public`` and ``hardening`` must be the same in all three.
+body and grant in ``public`` and ``hardening`` must be the same in all three. On Supabase's own
+database, adopting a realistic app as the non-superuser ``postgres``, the baseline and the
+versioned files must also leave the same catalog and the same adoption log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hardening_pipeline.db.baseline import FROM_BASELINE
 from hardening_pipeline.db.catalog import catalog_snapshot, read_catalog
 from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import (
@@ -25,9 +28,12 @@ from hardening_pipeline.db.migrations import (
     discover_migrations,
 )
 from tests.support.db import admin_connect, create_database, drop_database
+from tests.support.supabase_db import SupabaseServer, adopting_app, supabase_server_each_major
+
+supabase_server = supabase_server_each_major
 
 REVISED_TEXTS = Path(__file__).parent / "fixtures" / "earliest_release" / "migrations"
-SCHEMAS = ("public", "hardening")
+SCHEMAS = ("public", "hardening", "crm")
 
 
 def catalog(url: str) -> dict[str, set[str]]:
@@ -40,14 +46,25 @@ def catalog(url: str) -> dict[str, set[str]]:
                 summary[f"plan {kind}"] = {
                     f"{key} = {json.dumps(value, sort_keys=True)}" for key, value in entries.items()
                 }
-        summary["managed tables"] = {
-            repr(tuple(row.values()))
-            for row in conn.execute(
-                "SELECT table_name, created_by_kit, rls_was_enabled, tenant_policy "
-                "FROM hardening.managed_tables"
-            )
-        }
+        for kind, query in BOOKKEEPING.items():
+            summary[kind] = {repr(tuple(row.values())) for row in conn.execute(query)}
     return summary
+
+
+BOOKKEEPING = {
+    "managed tables": "SELECT table_name, created_by_kit, rls_was_enabled, tenant_policy "
+    "FROM hardening.managed_tables",
+    "adoption log": "SELECT migration, object, action, detail FROM hardening.adoption_log",
+    "service role mode": "SELECT mode, reason FROM hardening.service_role_mode",
+    "job locks": "SELECT job FROM hardening.job_locks",
+    "tenant resolver": "SELECT kind, claim_paths FROM hardening.tenant_resolver",
+}
+
+
+def from_baseline(url: str) -> list[bool]:
+    with admin_connect(url) as conn:
+        rows = conn.execute("SELECT applied_by FROM hardening.schema_migrations").fetchall()
+    return [row["applied_by"].endswith(FROM_BASELINE) for row in rows]
 
 
 def differences(
@@ -88,7 +105,9 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
     three_databases: tuple[str, str, str], tmp_path: Path
 ) -> None:
     fresh, stepwise, upgraded = three_databases
-    apply_migrations(fresh)
+    run = apply_migrations(fresh)
+    assert run.applied == [m.filename for m in discover_migrations()] and not run.definitions
+    assert set(from_baseline(fresh)) == {True}
     # As a user who upgraded at every release would have: the files known then, one more each time.
     for migration in discover_migrations(MIGRATIONS_DIR):
         shutil.copy(MIGRATIONS_DIR / migration.filename, tmp_path / migration.filename)
@@ -99,9 +118,42 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
     plan = plan_migrations(upgraded)
     assert plan.ok, [b.failure for b in plan.blockers]
     assert len(plan.caught_up) == len(EARLIER_REVISIONS) and plan.planned == plan.pending
-    later = apply_migrations(upgraded).applied
-    assert later and not set(later) & set(released)  # the revised texts count as applied
+    later = apply_migrations(upgraded)
+    assert later.applied and not set(later.applied) & set(released)  # revised texts count
+    assert not any(from_baseline(upgraded)) and not any(from_baseline(stepwise))
+    # The versioned files end with today's definitions: none needed applying again.
+    assert later.definitions == [] and apply_migrations(stepwise).definitions == []
 
     reference = catalog(fresh)
     assert differences(reference, catalog(stepwise)) == {}
     assert differences(reference, catalog(upgraded)) == {}
+
+
+# A tenant table outside public (019), keyed on two columns (018), next to the app's own.
+OTHER_SCHEMA_TABLE = """
+CREATE SCHEMA crm;
+CREATE TABLE crm.notes (
+    tenant_id uuid NOT NULL, note_no integer NOT NULL, body text NOT NULL,
+    PRIMARY KEY (tenant_id, note_no)
+);
+"""
+
+
+def test_the_baseline_and_the_versioned_files_adopt_a_supabase_app_alike(
+    supabase_server: SupabaseServer, tmp_path: Path
+) -> None:
+    versioned = tmp_path / "versioned"  # a copy of the files: the baseline stands in only for
+    shutil.copytree(MIGRATIONS_DIR, versioned)  # the shipped folder
+    with adopting_app(supabase_server) as by_baseline, adopting_app(supabase_server) as by_files:
+        for url in (by_baseline, by_files):
+            with admin_connect(url, autocommit=True) as conn:
+                assert not conn.execute(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                ).fetchone()["rolsuper"]
+                conn.execute(OTHER_SCHEMA_TABLE)
+        apply_migrations(by_baseline)
+        apply_migrations(by_files, versioned)
+        assert set(from_baseline(by_baseline)) == {True} and not any(from_baseline(by_files))
+        assert apply_migrations(by_files).definitions == []
+        reference = catalog(by_baseline)
+        assert reference["adoption log"] and differences(reference, catalog(by_files)) == {}

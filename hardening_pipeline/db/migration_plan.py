@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hardening_pipeline.db.baseline import files_to_apply
 from hardening_pipeline.db.catalog import Snapshot, catalog_snapshot
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import (
@@ -34,6 +35,7 @@ from hardening_pipeline.db.migrations import (
     MigrationFailed,
     MigrationFailure,
     MigrationRun,
+    appliers,
     apply_migrations,
     catch_up_revision,
     compare,
@@ -397,7 +399,9 @@ def plan_migrations(
                 plan.changes.extend(describe_changes(snapshot, after, name))
                 plan.caught_up.append(name)
                 snapshot = after
-            todo = [f for f in files if f.filename in pending]
+            todo = files_to_apply(
+                [f for f in files if f.filename in pending], appliers(states), directory
+            )
             for index, f in enumerate(todo):
                 try:
                     with conn.transaction():
@@ -588,7 +592,7 @@ def render_plan(plan: MigrationPlan, choice: ResolverChoice | None = None) -> li
 
 
 def render_blocker(failure: MigrationFailure, fix_sql: list[str]) -> list[str]:
-    where = f" line {failure.line} ({failure.statement})" if failure.line else ""
+    where = f" {failure.location} ({failure.statement})" if failure.line else ""
     lines = [f"BLOCKER {failure.filename}{where}:"]
     lines += [f"  {line}" for line in failure.message.splitlines()]
     lines.append(f"  fix: {failure.fix}")

@@ -16,13 +16,15 @@ import re
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 
+from hardening_pipeline.db.baseline import FROM_BASELINE, files_to_apply, stale_definitions
 from hardening_pipeline.db.connection import connect, table_exists
+from hardening_pipeline.db.migration_files import MigrationFile, discover_migrations
 from hardening_pipeline.db.open_policies import (
     LOCKDOWN_MIGRATION,
     put_back,
@@ -34,7 +36,6 @@ from hardening_pipeline.sql_files import MIGRATIONS_DIR, REVISIONS_DIR
 
 # Any fixed bigint will do; this one spells "hardenin" in ASCII so it is recognisable in pg_locks.
 ADVISORY_LOCK_KEY = 0x6861726465_6E696E
-_FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 BOOTSTRAP_SQL = """
 CREATE SCHEMA IF NOT EXISTS hardening;
@@ -47,16 +48,6 @@ CREATE TABLE IF NOT EXISTS hardening.schema_migrations (
 );
 REVOKE ALL ON hardening.schema_migrations FROM PUBLIC;
 """
-
-
-@dataclass(frozen=True)
-class MigrationFile:
-    """One migration as it is on disk."""
-
-    filename: str
-    number: int
-    sql: str
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -85,46 +76,12 @@ class MigrationRun:
 
     applied: list[str]
     already_applied: list[str]
+    # Definitions applied again because the function differed from its file (db/baseline.py).
+    definitions: list[str] = field(default_factory=list)
 
     @property
     def all_files(self) -> list[str]:
         return sorted(self.applied + self.already_applied)
-
-
-def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[MigrationFile]:
-    """Read every migration file, in order; malformed names and duplicate numbers are refused."""
-    if not directory.is_dir():
-        raise ConfigError(
-            f"the migrations folder {directory} does not exist; reinstall hardening_pipeline "
-            "(its wheel ships sql/migrations) or point at a full checkout."
-        )
-    files: list[MigrationFile] = []
-    seen: dict[int, str] = {}
-    for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql":
-            continue
-        match = _FILE_NAME.match(path.name)
-        if not match:
-            raise ConfigError(
-                f"migration file {path.name} is not named NNN_lower_snake.sql; rename it."
-            )
-        number = int(match.group(1))
-        if number in seen:
-            raise ConfigError(
-                f"migrations {seen[number]} and {path.name} share the number {number:03d}; "
-                "renumber one of them."
-            )
-        seen[number] = path.name
-        raw = path.read_bytes()
-        files.append(
-            MigrationFile(
-                filename=path.name,
-                number=number,
-                sql=raw.decode("utf-8"),
-                sha256=hashlib.sha256(raw).hexdigest(),
-            )
-        )
-    return files
 
 
 def read_applied(conn: psycopg.Connection) -> list[AppliedMigration]:
@@ -225,9 +182,15 @@ class MigrationFailure:
     sqlstate: str | None
     message: str
     fix: str
+    source: str | None = None  # where the line is, when not in ``filename`` (the baseline)
+
+    @property
+    def location(self) -> str:
+        """``line N`` or ``line N of baseline/021_baseline.sql``."""
+        return f"line {self.line}" + (f" of {self.source}" if self.source else "")
 
     def describe(self) -> str:
-        where = f"line {self.line} ({self.statement}): " if self.line else ""
+        where = f"{self.location} ({self.statement}): " if self.line else ""
         return (
             f"migration {self.filename} failed and was rolled back; {where}{self.message}. "
             f"Fix: {self.fix}"
@@ -307,7 +270,11 @@ def _fix_for(sqlstate: str | None, message: str, role: str) -> str:
 
 
 def describe_failure(
-    filename: str, exc: psycopg.Error, statement: Statement | None, role: str
+    filename: str,
+    exc: psycopg.Error,
+    statement: Statement | None,
+    role: str,
+    source: str | None = None,
 ) -> MigrationFailure:
     """What failed, where, and the fix: the server's HINT when it gave one, else ours."""
     diag = exc.diag
@@ -325,6 +292,7 @@ def describe_failure(
         sqlstate=diag.sqlstate,
         message=message,
         fix=diag.message_hint or _fix_for(diag.sqlstate, message, role),
+        source=source,
     )
 
 
@@ -382,11 +350,36 @@ def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> 
 
 
 def _execute_statements(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
+    for part in f.parts:
+        _execute_statements(conn, part, role)
+    if f.parts:
+        return
     for statement in split_statements(f.sql):
         try:
             conn.execute(statement.text)
         except psycopg.Error as exc:
-            raise MigrationFailed(describe_failure(f.filename, exc, statement, role)) from exc
+            failure = describe_failure(f.filename, exc, statement, role, f.source)
+            raise MigrationFailed(failure) from exc
+
+
+def appliers(states: Sequence[MigrationState]) -> dict[str, str]:
+    """Each applied file and who applied it (``..., from the baseline`` for a stand-in)."""
+    return {s.filename: s.applied.applied_by for s in states if s.applied}
+
+
+def _reapply_definitions(
+    conn: psycopg.Connection, role: str, on_applied: Callable[[str, float], None] | None
+) -> list[str]:
+    """Apply again, each in its own transaction, the definitions the server runs differently."""
+    done = []
+    for definition in stale_definitions(conn):
+        started = time.perf_counter()
+        with conn.transaction():
+            _execute_statements(conn, definition, role)
+        done.append(definition.filename)
+        if on_applied:
+            on_applied(definition.filename, time.perf_counter() - started)
+    return done
 
 
 def migration_status(url: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
@@ -431,10 +424,11 @@ def apply_migrations(
                 with conn.transaction():
                     catch_up_revision(conn, state, role, who)
             pending = {s.filename for s in states if s.state == "pending"}
+            todo = files_to_apply(
+                [f for f in files if f.filename in pending], appliers(states), directory
+            )
             applied: list[str] = []
-            for f in files:
-                if f.filename not in pending:
-                    continue
+            for f in todo:
                 started = time.perf_counter()
                 with conn.transaction():
                     execute_migration(conn, f, role)
@@ -442,14 +436,23 @@ def apply_migrations(
                     conn.execute(
                         "INSERT INTO hardening.schema_migrations "
                         "(filename, sha256, applied_by, duration_ms) "
-                        "VALUES (%s, %s, %s || ' as ' || current_user, %s)",
-                        (f.filename, f.sha256, who, int(elapsed * 1000)),
+                        "VALUES (%s, %s, %s || ' as ' || current_user || %s, %s)",
+                        (
+                            f.filename,
+                            f.sha256,
+                            who,
+                            FROM_BASELINE if f.source else "",
+                            int(elapsed * 1000),
+                        ),
                     )
                 applied.append(f.filename)
                 if on_applied:
                     on_applied(f.filename, elapsed)
             already = sorted(s.filename for s in states if s.state == "applied")
-            return MigrationRun(applied=applied, already_applied=already)
+            run = MigrationRun(applied=applied, already_applied=already)
+            if only is None and directory.resolve() == MIGRATIONS_DIR.resolve():
+                run.definitions.extend(_reapply_definitions(conn, role, on_applied))
+            return run
         finally:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from hardening_pipeline.sql_files import MIGRATIONS_DIR
+from hardening_pipeline.sql_files import DEFINITIONS_DIR, MIGRATIONS_DIR
 
 _CREATE = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+hardening\.(\w+)\s*\(([^)]*)\)(.*?)"
@@ -73,27 +73,42 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"--[^\n]*", "", text)
 
 
+def definitions_in(text: str) -> dict[str, FunctionDefinition]:
+    """Every ``hardening.<name>`` function a SQL text creates, the last one per name (no owner)."""
+    found: dict[str, FunctionDefinition] = {}
+    for match in _CREATE.finditer(text):
+        name, _args, header, _tag, body = match.groups()
+        header = _strip_comments(header)
+        language = _LANGUAGE.search(header)
+        words = set(re.findall(r"\w+", header.lower()))
+        found[name] = FunctionDefinition(
+            name=name,
+            body=body,
+            language=language.group(1).lower() if language else "sql",
+            volatility=next((c for w, c in _VOLATILITY.items() if w in words), "v"),
+            security_definer=bool(re.search(r"\bSECURITY\s+DEFINER\b", header, re.I)),
+            config=tuple(_config_entry(k, v) for k, v in _SET.findall(header)),
+            owner=None,
+        )
+    return found
+
+
+def _shipped_texts(migrations_dir: Path) -> list[str]:
+    """The migrations in order, then the definitions, which say how each function is today."""
+    paths = sorted(migrations_dir.glob("[0-9][0-9][0-9]_*.sql"))
+    paths += sorted(DEFINITIONS_DIR.glob("*.sql"))
+    return [path.read_text(encoding="utf-8") for path in paths]
+
+
 @cache
 def shipped_functions(migrations_dir: Path = MIGRATIONS_DIR) -> dict[str, FunctionDefinition]:
-    """Every ``hardening.<name>`` function the migrations create, as the last one left it."""
+    """Every ``hardening.<name>`` function the kit ships, as its definition file has it, with
+    the owner the migrations give it."""
     found: dict[str, FunctionDefinition] = {}
-    for path in sorted(migrations_dir.glob("[0-9][0-9][0-9]_*.sql")):
-        text = path.read_text(encoding="utf-8")
-        for match in _CREATE.finditer(text):
-            name, _args, header, _tag, body = match.groups()
-            header = _strip_comments(header)
-            language = _LANGUAGE.search(header)
-            words = set(re.findall(r"\w+", header.lower()))
-            volatility = next((c for w, c in _VOLATILITY.items() if w in words), "v")
-            found[name] = FunctionDefinition(
-                name=name,
-                body=body,
-                language=language.group(1).lower() if language else "sql",
-                volatility=volatility,
-                security_definer=bool(re.search(r"\bSECURITY\s+DEFINER\b", header, re.I)),
-                config=tuple(_config_entry(k, v) for k, v in _SET.findall(header)),
-                owner=found[name].owner if name in found else None,
-            )
+    for text in _shipped_texts(migrations_dir):
+        for name, definition in definitions_in(text).items():
+            owner = found[name].owner if name in found else None
+            found[name] = _with_owner(definition, owner) if owner else definition
         for name, owner in _OWNER.findall(_strip_comments(text)):
             if name in found:
                 found[name] = _with_owner(found[name], owner)
@@ -124,8 +139,7 @@ def shipped_event_triggers(
 ) -> dict[str, EventTriggerDefinition]:
     """Every event trigger the migrations create, as the last one that creates it left it."""
     found: dict[str, EventTriggerDefinition] = {}
-    for path in sorted(migrations_dir.glob("[0-9][0-9][0-9]_*.sql")):
-        text = _strip_comments(path.read_text(encoding="utf-8"))
+    for text in map(_strip_comments, _shipped_texts(migrations_dir)):
         for name, event, when, function in _EVENT_TRIGGER.findall(text):
             found[name] = EventTriggerDefinition(event.lower(), bool(when), function)
     return found
@@ -202,6 +216,7 @@ __all__ = [
     "FunctionDefinition",
     "shipped_event_triggers",
     "changed_functions",
+    "definitions_in",
     "installed_functions",
     "shipped_functions",
 ]
