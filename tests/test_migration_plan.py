@@ -14,6 +14,7 @@ import psycopg
 from hardening_pipeline.db.catalog import catalog_snapshot
 from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import apply_migrations
+from hardening_pipeline.sql_files import BASELINE_DIR
 from tests.support.cli import run_hardening
 from tests.support.supabase_app import APP_TABLES, MSG_ORPHANED
 from tests.support.supabase_db import apply_blocker_fixes
@@ -35,7 +36,15 @@ def test_plan_names_the_legacy_rows_as_a_blocker_and_changes_nothing(supabase_ap
     result = run_hardening("migrate", "--plan", url=supabase_app_url)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
-    assert re.search(r"BLOCKER 003_message_safety.sql line \d+ \(DO \$preflight\$\):", out)
+    # A new database is planned from the baseline: the line is the baseline's, and it is right.
+    where = re.search(
+        r"BLOCKER 003_message_safety.sql line (\d+) of (baseline/021_baseline.sql) "
+        r"\(DO \$preflight\$\):",
+        out,
+    )
+    assert where, out
+    baseline = (BASELINE_DIR.parent / where.group(2)).read_text().splitlines()
+    assert baseline[int(where.group(1)) - 1].startswith("DO $preflight$")
     assert (
         f"1 orphaned message(s) whose unit, development or tenant is missing (e.g. {MSG_ORPHANED})"
         in out
@@ -126,7 +135,9 @@ def test_migrate_refuses_with_the_same_blocker_report(supabase_app_url) -> None:
     result = run_hardening("migrate", url=supabase_app_url)
     assert result.returncode == 1
     assert re.search(
-        r"BLOCKER 003_message_safety.sql line \d+ \(DO \$preflight\$\):", result.stdout
+        r"BLOCKER 003_message_safety.sql line \d+ of baseline/021_baseline.sql "
+        r"\(DO \$preflight\$\):",
+        result.stdout,
     )
     assert "fix SQL:" in result.stdout
     assert result.stderr.strip().startswith(

@@ -44,7 +44,7 @@ def test_applies_in_order_and_records_who_and_what(empty_db_url):
         ).fetchall()
     assert [r["filename"] for r in rows] == names
     assert [r["sha256"] for r in rows] == [f.sha256 for f in discover_migrations()]
-    assert all(r["applied_by"].startswith("ci@test as ") for r in rows)
+    assert all(r["applied_by"].startswith("ci@test from the baseline as ") for r in rows)
 
 
 def test_second_run_applies_nothing(empty_db_url):

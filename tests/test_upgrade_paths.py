@@ -1,12 +1,13 @@
 """Every way to today's schema ends with the same catalog.
 
 A database migrated fresh (from the baseline, ``sql/baseline``), one migrated a file at a time
-from 001, and one migrated first by the earliest release's files (the texts of 001, 002, 003, 006 and 010 that were revised after release,
-whose checksums ``EARLIER_REVISIONS`` still accepts; ``tests/fixtures/earliest_release``) and
-then by this checkout's: every table, column, constraint, index, trigger, policy, function
-body and grant in ``public`` and ``hardening`` must be the same in all three. On Supabase's own
-database, adopting a realistic app as the non-superuser ``postgres``, the baseline and the
-versioned files must also leave the same catalog and the same adoption log.
+from 001, and one migrated first by the earliest release's files (the texts of 001, 002, 003,
+006 and 010 that were revised after release, whose checksums ``EARLIER_REVISIONS`` still
+accepts; ``tests/fixtures/earliest_release``) and then by this checkout's: every table, column,
+constraint, index, trigger, policy, function body and grant in ``public`` and ``hardening``
+must be the same in all three. On Supabase's own database, adopting a realistic app as the
+non-superuser ``postgres``, the baseline and the versioned files must also leave the same
+catalog and the same adoption log.
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import (
     EARLIER_REVISIONS,
     MIGRATIONS_DIR,
+    MigrationFailed,
+    MigrationFailure,
     apply_migrations,
     discover_migrations,
 )
 from tests.support.db import admin_connect, create_database, drop_database
-from tests.support.supabase_db import SupabaseServer, adopting_app, supabase_server_each_major
+from tests.support.supabase_db import (
+    APP_TEMPLATE,
+    SupabaseServer,
+    apply_blocker_fixes,
+    supabase_server_each_major,
+)
 
 supabase_server = supabase_server_each_major
 
@@ -64,7 +72,7 @@ BOOKKEEPING = {
 def from_baseline(url: str) -> list[bool]:
     with admin_connect(url) as conn:
         rows = conn.execute("SELECT applied_by FROM hardening.schema_migrations").fetchall()
-    return [row["applied_by"].endswith(FROM_BASELINE) for row in rows]
+    return [f"{FROM_BASELINE} as " in row["applied_by"] for row in rows]
 
 
 def differences(
@@ -139,21 +147,40 @@ CREATE TABLE crm.notes (
 """
 
 
+def adopt_after_the_blocker(url: str, directory: Path) -> MigrationFailure:
+    """Migrate the app as its team would without the plan: stopped by 003's pre-flight, the
+    legacy rows fixed (001 and 002 already audit those writes), then migrated again."""
+    with admin_connect(url, autocommit=True) as conn:
+        assert not conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()["rolsuper"]
+        conn.execute(OTHER_SCHEMA_TABLE)
+    with pytest.raises(MigrationFailed) as stopped:
+        apply_migrations(url, directory)
+    apply_blocker_fixes(url)
+    assert apply_migrations(url, directory).applied[0] == "003_message_safety.sql"
+    return stopped.value.failure
+
+
 def test_the_baseline_and_the_versioned_files_adopt_a_supabase_app_alike(
     supabase_server: SupabaseServer, tmp_path: Path
 ) -> None:
     versioned = tmp_path / "versioned"  # a copy of the files: the baseline stands in only for
     shutil.copytree(MIGRATIONS_DIR, versioned)  # the shipped folder
-    with adopting_app(supabase_server) as by_baseline, adopting_app(supabase_server) as by_files:
-        for url in (by_baseline, by_files):
-            with admin_connect(url, autocommit=True) as conn:
-                assert not conn.execute(
-                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-                ).fetchone()["rolsuper"]
-                conn.execute(OTHER_SCHEMA_TABLE)
-        apply_migrations(by_baseline)
-        apply_migrations(by_files, versioned)
+    by_baseline = supabase_server.clone(APP_TEMPLATE)  # legacy rows not fixed yet
+    by_files = supabase_server.clone(APP_TEMPLATE)
+    try:
+        # The baseline names its own line; a second run goes on with the baseline.
+        failure = adopt_after_the_blocker(by_baseline, MIGRATIONS_DIR)
+        assert (failure.filename, failure.source) == (
+            "003_message_safety.sql",
+            "baseline/021_baseline.sql",
+        )
+        assert adopt_after_the_blocker(by_files, versioned).source is None
         assert set(from_baseline(by_baseline)) == {True} and not any(from_baseline(by_files))
         assert apply_migrations(by_files).definitions == []
         reference = catalog(by_baseline)
         assert reference["adoption log"] and differences(reference, catalog(by_files)) == {}
+    finally:
+        supabase_server.drop(by_baseline)
+        supabase_server.drop(by_files)

@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from hardening_pipeline.restore.drill_checks import DRILL_CHECKS
-from hardening_pipeline.sql_files import CANARIES_DIR, MIGRATIONS_DIR, STATUS_QUERIES_DIR
+from hardening_pipeline.sql_files import (
+    BASELINE_DIR,
+    CANARIES_DIR,
+    DEFINITIONS_DIR,
+    MIGRATIONS_DIR,
+    STATUS_QUERIES_DIR,
+)
 from tests.support.checkout import ROOT, clean_environment
 from tests.support.dockerfile import stages
 
@@ -66,8 +72,13 @@ def test_wheel_carries_the_sql_and_no_tests(wheel: Path) -> None:
     migrations = {f"hardening_pipeline/sql/migrations/{p.name}" for p in MIGRATIONS_DIR.iterdir()}
     canaries = {f"hardening_pipeline/sql/canaries/{p.name}" for p in CANARIES_DIR.iterdir()}
     status = {f"hardening_pipeline/sql/status/{p.name}" for p in STATUS_QUERIES_DIR.iterdir()}
-    assert migrations and canaries and status
-    assert migrations | canaries | status <= names
+    squashed = {
+        f"hardening_pipeline/sql/{folder.name}/{p.name}"
+        for folder in (BASELINE_DIR, DEFINITIONS_DIR)
+        for p in folder.iterdir()
+    }
+    assert migrations and canaries and status and squashed
+    assert migrations | canaries | status | squashed <= names
     assert "hardening_pipeline/restore/drill_checks.py" in names
     assert not [n for n in names if n.startswith(("tests/", "sql/"))]
     assert not [n for n in names if "__pycache__" in n]

@@ -23,7 +23,6 @@ from hardening_pipeline.db.migration_plan import (
     plan_migrations,
     render_blocker,
     render_plan,
-    resolver_lines,
 )
 from hardening_pipeline.db.migrations import MigrationFailed, migration_status
 from hardening_pipeline.db.service_role_mode import SOURCE_IS_CLAIMED
@@ -33,6 +32,7 @@ from hardening_pipeline.db.tenant_resolver import (
     apply_resolver_choice,
     parse_resolver_choice,
     read_resolver,
+    resolver_lines,
     set_claim_resolver,
     set_membership_resolver,
 )

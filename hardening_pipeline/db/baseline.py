@@ -38,9 +38,9 @@ from hardening_pipeline.db.shipped_functions import (
 from hardening_pipeline.sql_files import BASELINE_DIR, DEFINITIONS_DIR, MIGRATIONS_DIR
 
 BASELINE_FILE = "021_baseline.sql"
-FROM_BASELINE = ", from the baseline"
-_SECTION = re.compile(r"^-- section: (\d{3}_[a-z0-9_]+\.sql)$", re.MULTILINE)
-_INCLUDE = re.compile(r"^\\ir \.\./definitions/([a-z0-9_]+\.sql)$", re.MULTILINE)
+FROM_BASELINE = " from the baseline"  # in applied_by: "<who> from the baseline as <role>"
+SECTION_MARK = re.compile(r"^-- section: (\d{3}_[a-z0-9_]+\.sql)$", re.MULTILINE)
+INCLUDE_LINE = re.compile(r"^\\ir \.\./definitions/([a-z0-9_]+\.sql)$", re.MULTILINE)
 
 
 def _read(path: Path, filename: str, number: int, *, padding: int = 0) -> MigrationFile:
@@ -52,7 +52,7 @@ def _read(path: Path, filename: str, number: int, *, padding: int = 0) -> Migrat
 
 def definitions(directory: Path = DEFINITIONS_DIR) -> list[MigrationFile]:
     """Every definition file, in the order the baseline first needs them, then by name."""
-    order = {name: i for i, name in enumerate(_INCLUDE.findall(_baseline_text()))}
+    order = {name: i for i, name in enumerate(INCLUDE_LINE.findall(_baseline_text()))}
     paths = sorted(directory.glob("*.sql"), key=lambda p: (order.get(p.name, len(order)), p.name))
     return [_read(p, f"definitions/{p.name}", 0) for p in paths]
 
@@ -70,7 +70,7 @@ def baseline_sections(shipped: Sequence[MigrationFile]) -> dict[str, MigrationFi
     """
     text = _baseline_text()
     by_name = {f.filename: f for f in shipped}
-    marks = list(_SECTION.finditer(text))
+    marks = list(SECTION_MARK.finditer(text))
     sections: dict[str, MigrationFile] = {}
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
         name = mark.group(1)
@@ -78,7 +78,7 @@ def baseline_sections(shipped: Sequence[MigrationFile]) -> dict[str, MigrationFi
         body_end = following.start() if following else len(text)
         parts: list[MigrationFile] = []
         cursor = body_start
-        for include in _INCLUDE.finditer(text, body_start, body_end):
+        for include in INCLUDE_LINE.finditer(text, body_start, body_end):
             parts.append(_chunk(text, cursor, include.start(), name))
             path = DEFINITIONS_DIR / include.group(1)
             parts.append(_read(path, f"definitions/{include.group(1)}", by_name[name].number))
@@ -111,7 +111,7 @@ def files_to_apply(
         return list(todo)
     shipped = discover_migrations(MIGRATIONS_DIR)
     complete = {f.filename for f in todo} | set(applied) == {f.filename for f in shipped}
-    if not complete or not all(by.endswith(FROM_BASELINE) for by in applied.values()):
+    if not complete or not all(f"{FROM_BASELINE} as " in by for by in applied.values()):
         return list(todo)
     sections = baseline_sections(shipped)
     return [sections.get(f.filename, f) for f in todo]

@@ -7,11 +7,10 @@ and reports the differences to objects that already existed, grouped the way a r
 them: policies, foreign keys, constraints, triggers, row-level security, privileges, ownership,
 and the writes that will start being refused. The first file that raises is a blocker: it is
 reported with the fix (SQL where it can be derived) and later files are not planned, since they
-would run against a database that file never produced.
-
-Nothing durable changes; a sequence advanced by a rehearsed statement is the one exception
-Postgres allows (sequences are not transactional), and the kit's migrations advance none that
-exist before them.
+would run against a database that file never produced. A new database is rehearsed from the
+baseline's sections, as ``migrate`` applies it (db/baseline.py). Nothing durable changes; a
+sequence advanced by a rehearsed statement is the one exception Postgres allows (sequences are
+not transactional), and the kit's migrations advance none that exist before them.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from hardening_pipeline.db.migrations import (
 )
 from hardening_pipeline.db.open_policies import open_policies
 from hardening_pipeline.db.service_role_mode import read_mode
-from hardening_pipeline.db.tenant_resolver import ResolverChoice
+from hardening_pipeline.db.tenant_resolver import ResolverChoice, resolver_lines
 from hardening_pipeline.errors import CheckFailed, ConfigError
 
 # Report groups, in the order they are printed.
@@ -544,29 +543,6 @@ def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
             return _fix_sql(conn, failure)
         finally:
             conn.rollback()
-
-
-RESOLVER_MIGRATION = "011_tenant_resolver_and_adoption.sql"
-
-
-def resolver_lines(migrations: Iterable[str], choice: ResolverChoice | None) -> list[str]:
-    """What the run does about the tenant resolver, when it is the one that creates it.
-
-    011 starts with the claim resolver, which gives a JWT with only a ``sub`` no tenant: on an
-    app whose policies read a membership table, every signed-in user would see no rows until
-    the resolver is set, so the plan and ``migrate`` say so, or say what will be set instead.
-    """
-    if choice is not None:
-        return [f"tenant resolver: set to {choice.describe()} right after the migrations"]
-    if RESOLVER_MIGRATION not in migrations:
-        return []
-    return [
-        "tenant resolver: the default (claim tenant_id, then app_metadata.tenant_id); until you "
-        "set another, a signed-in user whose JWT carries neither claim (only a sub) sees no rows "
-        "in the tenant tables. If your policies read a membership table, migrate with "
-        "--tenant-resolver 'membership public.memberships user_id tenant_id' (your table and "
-        "columns), or run hardening tenant-resolver right after."
-    ]
 
 
 def render_plan(plan: MigrationPlan, choice: ResolverChoice | None = None) -> list[str]:

@@ -363,7 +363,8 @@ def _execute_statements(conn: psycopg.Connection, f: MigrationFile, role: str) -
 
 
 def appliers(states: Sequence[MigrationState]) -> dict[str, str]:
-    """Each applied file and who applied it (``..., from the baseline`` for a stand-in)."""
+    """Each applied file and who applied it (``<who> from the baseline as <role>`` for a
+    baseline section)."""
     return {s.filename: s.applied.applied_by for s in states if s.applied}
 
 
@@ -436,7 +437,7 @@ def apply_migrations(
                     conn.execute(
                         "INSERT INTO hardening.schema_migrations "
                         "(filename, sha256, applied_by, duration_ms) "
-                        "VALUES (%s, %s, %s || ' as ' || current_user || %s, %s)",
+                        "VALUES (%s, %s, %s || %s || ' as ' || current_user, %s)",
                         (
                             f.filename,
                             f.sha256,

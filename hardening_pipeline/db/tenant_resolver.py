@@ -18,7 +18,7 @@ that are not a JSON object, resolve to no tenant (the kit's policies see nothing
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -269,3 +269,26 @@ def apply_resolver_choice(url: str, choice: ResolverChoice) -> TenantResolver:
         return set_claim_resolver(url, list(choice.arguments))
     table, user_column, tenant_column = choice.arguments
     return set_membership_resolver(url, table, user_column, tenant_column)
+
+
+RESOLVER_MIGRATION = "011_tenant_resolver_and_adoption.sql"
+
+
+def resolver_lines(migrations: Iterable[str], choice: ResolverChoice | None) -> list[str]:
+    """What the run does about the tenant resolver, when it is the one that creates it.
+
+    011 starts with the claim resolver, which gives a JWT with only a ``sub`` no tenant: on an
+    app whose policies read a membership table, every signed-in user would see no rows until
+    the resolver is set, so the plan and ``migrate`` say so, or say what will be set instead.
+    """
+    if choice is not None:
+        return [f"tenant resolver: set to {choice.describe()} right after the migrations"]
+    if RESOLVER_MIGRATION not in migrations:
+        return []
+    return [
+        "tenant resolver: the default (claim tenant_id, then app_metadata.tenant_id); until you "
+        "set another, a signed-in user whose JWT carries neither claim (only a sub) sees no rows "
+        "in the tenant tables. If your policies read a membership table, migrate with "
+        "--tenant-resolver 'membership public.memberships user_id tenant_id' (your table and "
+        "columns), or run hardening tenant-resolver right after."
+    ]

@@ -1,3 +1,21 @@
+-- 021_baseline: migrations 001 to 021 in one pass, for a database that has none of them.
+--
+-- Each section does what the versioned file of its name does, and is recorded under that
+-- file's name and checksum (applied_by ends ", from the baseline"); the versioned file's
+-- comments say why. What differs is how it gets there (db/baseline.py):
+--   * every kit function comes from sql/definitions, once, where it is first needed (\ir, as
+--     psql reads it), instead of each generation a versioned file defined;
+--   * audit_events, audit_seals and audit_seal_checks are created in their final shape (008,
+--     009, 014 and 016 changed them after 002, 006 and 010);
+--   * the capture triggers 002 installs already carry today's arguments, so 011 and 018 only
+--     note on the adoption log what they changed on upgraded databases;
+--   * request_claims (018) comes in 002 with its grants, which 015 keeps, since today's
+--     current_actor and current_tenant_ids call it;
+--   * 020's table and its note come in 016, where today's install_ddl_recording needs them,
+--     and 016 gives tenant_schema (019) to the audit owner, since ddl_audited_table calls it.
+-- tests/test_upgrade_paths.py checks that a database built here ends with the catalog and the
+-- adoption log of one built by the versioned files. Released: never edited; a new baseline is
+-- a new file.
 -- section: 001_core_schema.sql
 
 DO $roles$
@@ -236,6 +254,9 @@ REVOKE ALL ON FUNCTION hardening.statement_role() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.statement_role() TO hardening_audit_owner;
 
 \ir ../definitions/request_claims.sql
+REVOKE ALL ON FUNCTION hardening.request_claims() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.request_claims()
+    TO hardening_audit_owner, authenticated, service_role;
 \ir ../definitions/current_actor.sql
 REVOKE ALL ON FUNCTION hardening.current_actor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.current_actor() TO hardening_audit_owner;
@@ -906,7 +927,7 @@ BEGIN
             FROM pg_catalog.pg_proc p
             WHERE p.pronamespace = 'hardening'::regnamespace
               AND p.proname IN ('current_tenant_id', 'current_tenant_ids',
-                                'membership_tenant_ids', 'as_uuid')
+                                'membership_tenant_ids', 'as_uuid', 'request_claims')
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', obj.fn,
                            (SELECT string_agg(quote_ident(r), ', ')
@@ -1095,6 +1116,30 @@ BEGIN
 END
 $member$;
 
+DO $pause$
+DECLARE
+    empty_log boolean;
+    prior_row_security text := current_setting('row_security');
+BEGIN
+    PERFORM set_config('row_security', 'off', true);
+    BEGIN
+        empty_log := NOT EXISTS (SELECT 1 FROM public.audit_events);
+    EXCEPTION WHEN insufficient_privilege THEN
+        empty_log := false;
+    END;
+    PERFORM set_config('row_security', prior_row_security, true);
+    IF empty_log
+       AND (SELECT count(*) FROM pg_catalog.pg_event_trigger e
+            WHERE e.evtname IN ('hardening_record_ddl', 'hardening_record_ddl_drop')
+              AND e.evtenabled = 'A'
+              AND pg_catalog.pg_has_role(current_user, e.evtowner, 'USAGE')) = 2 THEN
+        ALTER EVENT TRIGGER hardening_record_ddl DISABLE;
+        ALTER EVENT TRIGGER hardening_record_ddl_drop DISABLE;
+        PERFORM set_config('hardening.ddl_recording_paused', 'on', true);
+    END IF;
+END
+$pause$;
+
 
 
 INSERT INTO hardening.adoption_log (migration, object, action, detail)
@@ -1141,6 +1186,16 @@ BEGIN
     END IF;
 END
 $close$;
+
+DO $resume$
+BEGIN
+    IF current_setting('hardening.ddl_recording_paused', true) = 'on' THEN
+        ALTER EVENT TRIGGER hardening_record_ddl ENABLE ALWAYS;
+        ALTER EVENT TRIGGER hardening_record_ddl_drop ENABLE ALWAYS;
+        PERFORM set_config('hardening.ddl_recording_paused', '', true);
+    END IF;
+END
+$resume$;
 
 DO $member$
 BEGIN

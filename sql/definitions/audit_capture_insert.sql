@@ -1,3 +1,10 @@
+-- hardening.audit_capture_insert: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
+--
+-- The capture. Role and actor are written out inline (hardening.statement_role() and
+-- hardening.current_actor() above), read once per statement with built-in functions only: a
+-- LANGUAGE sql function call here is parsed again in every transaction (009). The claims are
+-- read through hardening.request_claims() only when there are claims.
 CREATE OR REPLACE FUNCTION hardening.audit_capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''

@@ -1,3 +1,7 @@
+-- hardening.audit_capture_truncate: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
+--
+-- TRUNCATE leaves one row per statement, so it calls the two functions instead of inlining them.
 CREATE OR REPLACE FUNCTION hardening.audit_capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''

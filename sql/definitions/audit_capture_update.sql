@@ -1,3 +1,5 @@
+-- hardening.audit_capture_update: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
 CREATE OR REPLACE FUNCTION hardening.audit_capture_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''

@@ -1,3 +1,8 @@
+-- hardening.audit_write_guard: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
+--
+-- The guard: see the head of this file. 'service_role:unattributed' is the marker report mode
+-- leaves in app.actor for the rest of the transaction; set by hand it is no actor (012, 015).
 CREATE OR REPLACE FUNCTION hardening.audit_write_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''

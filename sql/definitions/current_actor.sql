@@ -1,3 +1,5 @@
+-- hardening.current_actor: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
 CREATE OR REPLACE FUNCTION hardening.current_actor() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = ''

@@ -1,3 +1,5 @@
+-- hardening.lock_down_tenant_table: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 019_tenant_tables_every_schema.sql.
 CREATE OR REPLACE FUNCTION hardening.lock_down_tenant_table(target regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = ''

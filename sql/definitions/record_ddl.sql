@@ -1,3 +1,8 @@
+-- hardening.record_ddl: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 016_ddl_on_the_record.sql.
+--
+-- ddl_command_end: one row per audited table the statement touched, directly or through a
+-- type, function or inheritance (see the header).
 CREATE OR REPLACE FUNCTION hardening.record_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''

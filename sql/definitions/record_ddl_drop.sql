@@ -1,3 +1,10 @@
+-- hardening.record_ddl_drop: its one definition, applied again whenever the server's differs
+-- (db/baseline.py). History: sql/migrations, last 016_ddl_on_the_record.sql.
+--
+-- sql_drop: DROP TABLE, DROP TRIGGER, DROP POLICY, DROP RULE on an audited table, named or by
+-- cascade. ALTER TABLE ... DROP ... also fires here, but ddl_command_end records that
+-- statement already. A dropped table is gone from the catalog by now, so it is matched by
+-- name (managed by the kit) or by the capture guard it carried, under any name or schema.
 CREATE OR REPLACE FUNCTION hardening.record_ddl_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
