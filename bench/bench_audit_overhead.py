@@ -154,7 +154,8 @@ from common import add_pg_major_argument, bench_postgres, client_bin_dir, seed_o
 from psycopg import sql
 
 from hardening_pipeline.db.connection import connect
-from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from hardening_pipeline.db.migrations import MIGRATIONS_DIR, apply_migrations
+from hardening_pipeline.sql_files import DEFINITIONS_DIR
 
 BULK_ROWS = 100_000
 UPDATE_ROWS = 100_000
@@ -360,23 +361,23 @@ _CAPTURE_FUNCTION = re.compile(
 
 
 def capture_definitions(filename: str) -> str:
-    """The insert/update/delete capture functions exactly as ``filename`` defines them.
+    """The insert/update/delete capture functions exactly as ``filename`` defines them: a
+    migration (``018_capture_keys_and_claims.sql``) or ``definitions`` (what the kit runs today).
 
     Replayed with CREATE OR REPLACE, which keeps each function's oid, owner and grants, so the
     installed triggers run that version's bodies: two versions compared on one table.
     """
-    text = (MIGRATIONS_DIR / filename).read_text()
+    if filename == "definitions":
+        text = "\n".join(
+            (DEFINITIONS_DIR / f"audit_capture_{op}.sql").read_text()
+            for op in ("insert", "update", "delete")
+        )
+    else:
+        text = (MIGRATIONS_DIR / filename).read_text()
     found = _CAPTURE_FUNCTION.findall(text)
     if len(found) != 3:
         raise SystemExit(f"{filename} does not define the three capture functions")
     return "\n".join(f.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1) for f in found)
-
-
-def newest_capture_file() -> str:
-    """The last migration that (re)defines the capture functions: what a migrated DB runs."""
-    return [
-        f.filename for f in discover_migrations() if len(_CAPTURE_FUNCTION.findall(f.sql)) == 3
-    ][-1]
 
 
 def arm_setup(url: str, triggers: list[str], definitions: str | None) -> None:
@@ -412,9 +413,9 @@ def main() -> None:
     add_pg_major_argument(parser)
     args = parser.parse_args()
 
-    current = newest_capture_file()
-    arms: dict[str, str | None] = {"unaudited": None, f"capture {current[:3]}": None}
-    arms[f"capture {current[:3]}"] = capture_definitions(current)
+    current = "definitions"
+    arms: dict[str, str | None] = {"unaudited": None, "capture today": None}
+    arms["capture today"] = capture_definitions(current)
     if args.compare and args.compare != current:
         arms[f"capture {args.compare[:3]}"] = capture_definitions(args.compare)
     names = list(arms)

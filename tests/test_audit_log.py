@@ -219,8 +219,8 @@ def test_actor_falls_back_to_jwt_subject_then_role(admin, tenant):
     ids=["actor", "jwt-subject", "role-only", "superuser"],
 )
 def test_capture_records_what_current_actor_returns(admin, tenant, operation, context):
-    """The capture writes the actor and role out inline (009) instead of calling
-    hardening.current_actor() and hardening.statement_role(): the two must never drift apart.
+    """The capture takes the actor and role from hardening.statement_identity(), as
+    hardening.current_actor() and hardening.statement_role() do: the two must never drift apart.
     Asked twice in one session, so nothing from the first transaction leaks into the second.
     """
     for _ in range(2):
@@ -251,7 +251,8 @@ def test_capture_records_what_current_actor_returns(admin, tenant, operation, co
                 admin.execute(
                     sql.SQL(
                         "GRANT EXECUTE ON FUNCTION hardening.current_actor(), "
-                        "hardening.statement_role() TO {role}; SET LOCAL ROLE {role}"
+                        "hardening.statement_role(), hardening.statement_identity() TO {role}; "
+                        "SET LOCAL ROLE {role}"
                     ).format(role=sql.Identifier(context["role"]))
                 )
             expected = admin.execute(

@@ -107,6 +107,37 @@ def test_a_no_op_capture_function_turns_the_capture_line_red(db_url, admin):
     assert "audit_capture_delete() differs" in result.detail
 
 
+FORGED_IDENTITY = """
+    CREATE OR REPLACE FUNCTION hardening.statement_identity(OUT db_role text, OUT actor text)
+    LANGUAGE plpgsql STABLE SET search_path = '' AS $fn$
+    BEGIN db_role := 'authenticated'; actor := 'jwt:someone-else'; END $fn$
+"""
+FORGED_CLAIMS = """
+    CREATE OR REPLACE FUNCTION hardening.request_claims() RETURNS jsonb
+    LANGUAGE sql STABLE SET search_path = '' AS $fn$ SELECT '{"sub": "someone-else"}'::jsonb $fn$
+"""
+
+
+@pytest.mark.parametrize(
+    ("forgery", "lines"),
+    [
+        pytest.param(
+            FORGED_IDENTITY, ("audit_capture_triggers", "audit_ddl_recorded"), id="identity"
+        ),
+        pytest.param(FORGED_CLAIMS, ("audit_capture_triggers",), id="jwt-claims"),
+    ],
+)
+def test_a_forged_writer_identity_turns_the_lines_that_record_it_red(db_url, admin, forgery, lines):
+    """The capture, the guard and the DDL record take who wrote from these functions; one
+    replaced by a superuser (the migration role cannot: test_kit_privileges.py) is named."""
+    admin.execute(forgery)
+    admin.commit()
+    for name in lines:
+        result = line(db_url, name)
+        assert not result.passed, result
+        assert "differs" in result.detail and result.fix, result
+
+
 def test_a_superuser_only_can_erase_the_install_record(db_url, admin):
     """The event triggers' owner on Supabase (postgres, not a superuser) cannot unsay it."""
     admin.execute("CREATE ROLE tamper_not_super NOLOGIN")

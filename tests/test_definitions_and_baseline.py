@@ -34,7 +34,7 @@ def test_every_definition_file_defines_its_own_function_and_only_it() -> None:
 
 def test_every_function_the_migrations_create_has_its_definition() -> None:
     created = {name for f in discover_migrations() for name in definitions_in(f.sql)}
-    assert created == {p.stem for p in DEFINITIONS_DIR.glob("*.sql")}
+    assert created <= {p.stem for p in DEFINITIONS_DIR.glob("*.sql")}
 
 
 def test_no_migration_after_the_baseline_defines_a_function() -> None:

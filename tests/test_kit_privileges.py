@@ -204,6 +204,9 @@ def test_after_migrate_the_migration_role_cannot_act_as_the_audit_owner(supabase
             "ALTER TABLE public.audit_events DISABLE TRIGGER audit_events_append_only",
             "ALTER TABLE public.audit_events NO FORCE ROW LEVEL SECURITY",
             "ALTER FUNCTION hardening.audit_capture_insert() SECURITY INVOKER",
+            # Who the log says wrote comes from here, for every capture and DDL record.
+            "CREATE OR REPLACE FUNCTION hardening.statement_identity(OUT db_role text, "
+            "OUT actor text) LANGUAGE sql AS $$ SELECT 'authenticated', 'jwt:someone' $$",
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(attack)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hardening_pipeline.db.baseline import FROM_BASELINE
+from hardening_pipeline.db.baseline import FROM_BASELINE, definitions
 from hardening_pipeline.db.catalog import catalog_snapshot, read_catalog
 from hardening_pipeline.db.migration_plan import plan_migrations
 from hardening_pipeline.db.migrations import (
@@ -30,6 +30,7 @@ from hardening_pipeline.db.migrations import (
     apply_migrations,
     discover_migrations,
 )
+from hardening_pipeline.db.shipped_functions import FunctionDefinition, definitions_in
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.supabase_db import (
     APP_TEMPLATE,
@@ -67,6 +68,18 @@ BOOKKEEPING = {
     "job locks": "SELECT job FROM hardening.job_locks",
     "tenant resolver": "SELECT kind, claim_paths FROM hardening.tenant_resolver",
 }
+
+
+def changed_definitions() -> list[str]:
+    """The definition files whose function is not as the versioned files last defined it."""
+    last: dict[str, FunctionDefinition] = {}
+    for migration in discover_migrations():
+        last.update(definitions_in(migration.sql))
+    return [
+        d.filename
+        for d in definitions()
+        if any(last.get(name) != f for name, f in definitions_in(d.sql).items())
+    ]
 
 
 def from_baseline(url: str) -> list[bool]:
@@ -129,8 +142,11 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
     later = apply_migrations(upgraded)
     assert later.applied and not set(later.applied) & set(released)  # revised texts count
     assert not any(from_baseline(upgraded)) and not any(from_baseline(stepwise))
-    # The versioned files end with today's definitions: none needed applying again.
-    assert later.definitions == [] and apply_migrations(stepwise).definitions == []
+    # The versioned files end with the functions as they last defined them: the definitions
+    # changed since are applied again, once.
+    assert later.definitions == changed_definitions()
+    assert apply_migrations(stepwise).definitions == changed_definitions()
+    assert apply_migrations(upgraded).definitions == apply_migrations(fresh).definitions == []
 
     reference = catalog(fresh)
     assert differences(reference, catalog(stepwise)) == {}
@@ -178,6 +194,7 @@ def test_the_baseline_and_the_versioned_files_adopt_a_supabase_app_alike(
         )
         assert adopt_after_the_blocker(by_files, versioned).source is None
         assert set(from_baseline(by_baseline)) == {True} and not any(from_baseline(by_files))
+        assert apply_migrations(by_files).definitions == changed_definitions()
         assert apply_migrations(by_files).definitions == []
         reference = catalog(by_baseline)
         assert reference["adoption log"] and differences(reference, catalog(by_files)) == {}

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from hardening_pipeline.db.baseline import FROM_BASELINE, files_to_apply, stale_definitions
 from hardening_pipeline.db.connection import connect, table_exists
@@ -368,6 +369,14 @@ def appliers(states: Sequence[MigrationState]) -> dict[str, str]:
     return {s.filename: s.applied.applied_by for s in states if s.applied}
 
 
+# As every versioned file since 016 does: a role that is not a superuser is granted the
+# audit owner at the start of the transaction and loses it at the end.
+_NEEDS_THE_AUDIT_OWNER = (
+    "SELECT NOT rolsuper AS lend FROM pg_catalog.pg_roles WHERE rolname = current_user"
+)
+_MEMBERSHIP = sql.SQL("{} hardening_audit_owner {} {}")
+
+
 def _reapply_definitions(
     conn: psycopg.Connection, role: str, on_applied: Callable[[str, float], None] | None
 ) -> list[str]:
@@ -376,7 +385,18 @@ def _reapply_definitions(
     for definition in stale_definitions(conn):
         started = time.perf_counter()
         with conn.transaction():
+            # Most of them belong to the audit owner, which the migration role holds only for
+            # the length of the transaction that changes them.
+            lend = conn.execute(_NEEDS_THE_AUDIT_OWNER).fetchone()["lend"]
+            if lend:
+                conn.execute(
+                    _MEMBERSHIP.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(role))
+                )
             _execute_statements(conn, definition, role)
+            if lend:
+                conn.execute(
+                    _MEMBERSHIP.format(sql.SQL("REVOKE"), sql.SQL("FROM"), sql.Identifier(role))
+                )
         done.append(definition.filename)
         if on_applied:
             on_applied(definition.filename, time.perf_counter() - started)

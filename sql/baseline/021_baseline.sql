@@ -10,7 +10,8 @@
 --   * the capture triggers 002 installs already carry today's arguments, so 011 and 018 only
 --     note on the adoption log what they changed on upgraded databases;
 --   * request_claims (018) comes in 002 with its grants, which 015 keeps, since today's
---     current_actor and current_tenant_ids call it;
+--     statement_identity and current_tenant_ids call it;
+--   * 004 and 019 refuse open policies through one function, refuse_open_policies;
 --   * 020's table and its note come in 016, where today's install_ddl_recording needs them,
 --     and 016 gives tenant_schema (019) to the audit owner, since ddl_audited_table calls it.
 -- tests/test_upgrade_paths.py checks that a database built here ends with the catalog and the
@@ -249,14 +250,15 @@ REVOKE ALL ON public.audit_events FROM hardening_audit_owner;
 GRANT SELECT, INSERT ON public.audit_events TO hardening_audit_owner;
 GRANT SELECT ON public.audit_events TO service_role;
 
-\ir ../definitions/statement_role.sql
-REVOKE ALL ON FUNCTION hardening.statement_role() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hardening.statement_role() TO hardening_audit_owner;
-
 \ir ../definitions/request_claims.sql
 REVOKE ALL ON FUNCTION hardening.request_claims() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.request_claims()
     TO hardening_audit_owner, authenticated, service_role;
+\ir ../definitions/statement_identity.sql
+\ir ../definitions/statement_role.sql
+REVOKE ALL ON FUNCTION hardening.statement_role() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.statement_role() TO hardening_audit_owner;
+
 \ir ../definitions/current_actor.sql
 REVOKE ALL ON FUNCTION hardening.current_actor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hardening.current_actor() TO hardening_audit_owner;
@@ -264,6 +266,7 @@ GRANT EXECUTE ON FUNCTION hardening.current_actor() TO hardening_audit_owner;
 \ir ../definitions/audit_write_guard.sql
 GRANT EXECUTE ON FUNCTION hardening.audit_write_guard() TO authenticated, service_role;
 
+\ir ../definitions/record_key.sql
 \ir ../definitions/audit_capture_insert.sql
 
 \ir ../definitions/audit_capture_update.sql
@@ -461,24 +464,15 @@ $constraints$;
 
 -- section: 004_rls_lockdown.sql
 
+\ir ../definitions/refuse_open_policies.sql
+
 DO $lockdown$
 DECLARE
     t record;
-    offending text;
 BEGIN
-    SELECT string_agg(format('%I on %I.%I', p.polname, n.nspname, c.relname), ', ')
-    INTO offending
-    FROM pg_catalog.pg_policy p
-    JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = 'public'
-      AND (0::oid = ANY (p.polroles)
-           OR (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'anon') = ANY (p.polroles));
-    IF offending IS NOT NULL THEN
-        RAISE EXCEPTION 'policies apply to anon or PUBLIC and would keep tenant data open: %; nothing was changed', offending
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Recreate each policy with TO authenticated (or drop it), then run hardening migrate again.';
-    END IF;
+    PERFORM hardening.refuse_open_policies(ARRAY(
+        SELECT c.oid::regclass FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')));
 
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname
@@ -988,6 +982,7 @@ $member$;
 
 \ir ../definitions/ddl_object_table.sql
 
+\ir ../definitions/write_ddl_records.sql
 \ir ../definitions/record_ddl.sql
 
 \ir ../definitions/record_ddl_drop.sql

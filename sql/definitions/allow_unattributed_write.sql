@@ -1,6 +1,3 @@
--- hardening.allow_unattributed_write: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 012_service_role_mode.sql.
---
 -- Called by the guard for an unattributed service_role statement: true (and the source noted)
 -- in report mode, false in enforce mode. SECURITY DEFINER so service_role needs no privilege on
 -- either table; the source is read here from the session, not taken from the caller.

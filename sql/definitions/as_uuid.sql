@@ -1,5 +1,3 @@
--- hardening.as_uuid: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 011_tenant_resolver_and_adoption.sql.
 CREATE OR REPLACE FUNCTION hardening.as_uuid(value text) RETURNS uuid
 LANGUAGE sql IMMUTABLE
 SET search_path = ''

@@ -1,6 +1,3 @@
--- hardening.audit_capture_arguments: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
---
 -- The capture triggers' arguments for a table: the tenant column, its kind, and the primary key
 -- unless that is the column id (then the two arguments 011 gave, which mean exactly that).
 CREATE OR REPLACE FUNCTION hardening.audit_capture_arguments(target regclass, tenant_column text)

@@ -1,5 +1,3 @@
--- hardening.audit_seals_append_only: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 006_audit_seals.sql.
 CREATE OR REPLACE FUNCTION hardening.audit_seals_append_only() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = ''

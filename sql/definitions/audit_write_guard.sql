@@ -1,17 +1,13 @@
--- hardening.audit_write_guard: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
---
--- The guard: see the head of this file. 'service_role:unattributed' is the marker report mode
--- leaves in app.actor for the rest of the transaction; set by hand it is no actor (012, 015).
+-- The guard, before each write to an audited table: service_role must name its actor
+-- (service_role:<name> in app.actor) or, in report mode (012), is noted as unattributed.
+-- 'service_role:unattributed' is the marker report mode leaves in app.actor for the rest of the
+-- transaction; set by hand it is no actor (012, 015). Runs as the audit owner (018).
 CREATE OR REPLACE FUNCTION hardening.audit_write_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
 AS $fn$
-DECLARE
-    statement_role text := CASE current_setting('role') WHEN 'none' THEN session_user::text
-                                ELSE current_setting('role') END;
 BEGIN
-    IF statement_role = 'service_role'
+    IF (SELECT db_role FROM hardening.statement_identity()) = 'service_role'
        AND (coalesce(current_setting('app.actor', true), '')
                 !~ '^service_role:[A-Za-z0-9._:@/+#=-]{1,200}$'
             OR current_setting('app.actor', true) = 'service_role:unattributed') THEN

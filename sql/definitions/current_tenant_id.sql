@@ -1,6 +1,3 @@
--- hardening.current_tenant_id: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 011_tenant_resolver_and_adoption.sql.
---
 -- The single tenant: NULL unless exactly one resolves. The kit's policies call this one while
 -- the resolver is a claim (one tenant per request): the planner treats "= (SELECT ...)" as one
 -- value, while "= ANY (...)" of an unknown array makes it guess several and pick worse plans

@@ -1,5 +1,3 @@
--- hardening.ddl_audited_table: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 019_tenant_tables_every_schema.sql.
 CREATE OR REPLACE FUNCTION hardening.ddl_audited_table(rel oid) RETURNS oid
 LANGUAGE sql STABLE
 SET search_path = ''

@@ -1,6 +1,3 @@
--- hardening.ddl_object_table: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 016_ddl_on_the_record.sql.
---
 -- The relation an object of the given catalog belongs to (a table, index, trigger, policy,
 -- constraint, rule or column default), or NULL.
 CREATE OR REPLACE FUNCTION hardening.ddl_object_table(catalog oid, object oid) RETURNS oid

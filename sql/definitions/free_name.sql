@@ -1,6 +1,3 @@
--- hardening.free_name: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 003_message_safety.sql.
---
 -- A name that is free both as a constraint on the table and as a relation in its schema (the
 -- index behind a UNIQUE constraint takes the constraint's name): base, else base_2, base_3, ...
 CREATE OR REPLACE FUNCTION hardening.free_name(target regclass, base text) RETURNS text

@@ -1,6 +1,3 @@
--- hardening.has_foreign_key: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 003_message_safety.sql.
---
 -- True when target has a foreign key on exactly these columns (in this order) onto parent.
 CREATE OR REPLACE FUNCTION hardening.has_foreign_key(target regclass, columns text[],
                                                      parent regclass, parent_columns text[])

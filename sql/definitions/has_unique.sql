@@ -1,6 +1,3 @@
--- hardening.has_unique: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 003_message_safety.sql.
---
 -- True when target has a UNIQUE constraint, primary key or valid unique index on exactly these
 -- columns (in any order): what a foreign key onto them needs.
 CREATE OR REPLACE FUNCTION hardening.has_unique(target regclass, columns text[]) RETURNS boolean

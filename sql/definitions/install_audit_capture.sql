@@ -1,5 +1,3 @@
--- hardening.install_audit_capture: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
 CREATE OR REPLACE FUNCTION hardening.install_audit_capture(target regclass, tenant_column text)
 RETURNS void
 LANGUAGE plpgsql

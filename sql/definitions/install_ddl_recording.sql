@@ -1,5 +1,3 @@
--- hardening.install_ddl_recording: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 020_ddl_recording_installs.sql.
 CREATE OR REPLACE FUNCTION hardening.install_ddl_recording() RETURNS text
 LANGUAGE plpgsql
 SET search_path = ''

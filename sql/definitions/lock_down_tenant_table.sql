@@ -1,28 +1,15 @@
--- hardening.lock_down_tenant_table: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 019_tenant_tables_every_schema.sql.
 CREATE OR REPLACE FUNCTION hardening.lock_down_tenant_table(target regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = ''
 AS $fn$
 DECLARE
-    offending text;
     grantees text := concat_ws(', ', 'PUBLIC',
         (SELECT string_agg(quote_ident(r), ', ')
          FROM unnest(ARRAY['authenticated', 'service_role']) AS r
          WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
     lent_owner boolean := false;
 BEGIN
-    SELECT string_agg(format('%I on %s', p.polname, target), ', ')
-    INTO offending
-    FROM pg_catalog.pg_policy p
-    WHERE p.polrelid = target
-      AND (0::oid = ANY (p.polroles)
-           OR (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'anon') = ANY (p.polroles));
-    IF offending IS NOT NULL THEN
-        RAISE EXCEPTION 'policies apply to anon or PUBLIC and would keep tenant data open: %; nothing was changed', offending
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Recreate each policy with TO authenticated (or drop it), then run hardening migrate again.';
-    END IF;
+    PERFORM hardening.refuse_open_policies(ARRAY[target]);
 
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', target);
     EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', target);

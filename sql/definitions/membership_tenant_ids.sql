@@ -1,6 +1,3 @@
--- hardening.membership_tenant_ids: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
---
 -- The resolver (011), reading the claims through hardening.request_claims().
 CREATE OR REPLACE FUNCTION hardening.membership_tenant_ids() RETURNS uuid[]
 LANGUAGE plpgsql STABLE

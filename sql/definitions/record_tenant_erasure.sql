@@ -1,5 +1,3 @@
--- hardening.record_tenant_erasure: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 021_tenant_key_ledger.sql.
 CREATE OR REPLACE FUNCTION hardening.record_tenant_erasure(erased_tenant uuid, details jsonb) RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = ''

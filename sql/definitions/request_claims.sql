@@ -1,5 +1,3 @@
--- hardening.request_claims: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 018_capture_keys_and_claims.sql.
 CREATE OR REPLACE FUNCTION hardening.request_claims() RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = ''

@@ -1,5 +1,3 @@
--- hardening.tenant_schema: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 019_tenant_tables_every_schema.sql.
 CREATE OR REPLACE FUNCTION hardening.tenant_schema(schema_name name) RETURNS boolean
 LANGUAGE sql IMMUTABLE
 SET search_path = ''

@@ -1,6 +1,3 @@
--- hardening.tenant_tables: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 019_tenant_tables_every_schema.sql.
---
 -- Every tenant table, public's included (audit_events too: it has a tenant_id).
 CREATE OR REPLACE FUNCTION hardening.tenant_tables() RETURNS SETOF regclass
 LANGUAGE sql STABLE

@@ -1,6 +1,3 @@
--- hardening.use_tenant_policies: its one definition, applied again whenever the server's differs
--- (db/baseline.py). History: sql/migrations, last 011_tenant_resolver_and_adoption.sql.
---
 -- Switches the kit's tenant policies (named in hardening.managed_tables by 001) between the
 -- one-tenant form and the set form a membership resolver needs. hardening tenant-resolver calls
 -- it in the same transaction that changes the resolver.

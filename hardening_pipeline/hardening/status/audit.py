@@ -46,6 +46,9 @@ CAPTURE_FUNCTIONS = (
     "audit_capture_delete",
     "audit_capture_truncate",
 )
+# What those call: who wrote (statement_identity, and request_claims for a JWT's sub) and the
+# service-role rule's report mode. Replaced, they forge the log as surely as the capture.
+CAPTURE_HELPERS = ("statement_identity", "request_claims", "allow_unattributed_write")
 
 
 @check("audit_append_only_guard", "audit_events append-only guard present and ENABLE ALWAYS")
@@ -96,7 +99,7 @@ def check_capture(conn: psycopg.Connection, ctx: CheckContext) -> tuple[bool, st
         if off:
             problems.append(f"{table}: {', '.join(off)}")
     # A capture function replaced by one that does nothing keeps every trigger in place.
-    problems += changed_functions(conn, list(CAPTURE_FUNCTIONS))
+    problems += changed_functions(conn, [*CAPTURE_FUNCTIONS, *CAPTURE_HELPERS])
     for r in query_rows(conn, "capture_triggers_casting_other_types_to_uuid", (oids(tables),)):
         problems.append(
             f"{display_name(r['nspname'], r['relname'])}: every write fails, {r['tgname']} casts "

@@ -80,7 +80,14 @@ def check_ddl_recorded(conn: psycopg.Connection, ctx: CheckContext) -> tuple[boo
 
 
 # What record_ddl() and record_ddl_drop() run: replacing any of them switches recording off.
-DDL_RECORDING_FUNCTIONS = ("record_ddl", "record_ddl_drop", "ddl_audited_table", "ddl_object_table")
+DDL_RECORDING_FUNCTIONS = (
+    "record_ddl",
+    "record_ddl_drop",
+    "ddl_audited_table",
+    "ddl_object_table",
+    "write_ddl_records",
+    "statement_identity",
+)
 
 
 _EVENT_ENABLED = {"O": "ENABLE (skipped in replica mode)", "R": "ENABLE REPLICA", "D": "DISABLED"}
