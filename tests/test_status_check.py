@@ -186,8 +186,9 @@ BREAKAGES = [
     ),
     (
         "function_search_path_fixed",
-        # Not a capture function: their SET options also count for audit_capture_triggers.
-        "ALTER FUNCTION hardening.allow_unattributed_write(text, text) RESET search_path",
+        # Not a capture function nor one they call: their SET options also count for
+        # audit_capture_triggers.
+        "ALTER FUNCTION hardening.record_tenant_erasure(uuid, jsonb) RESET search_path",
     ),
     (
         "function_search_path_mutable",

@@ -39,7 +39,9 @@ from hardening_pipeline.sql_files import BASELINE_DIR, DEFINITIONS_DIR, MIGRATIO
 
 BASELINE_FILE = "021_baseline.sql"
 FROM_BASELINE = " from the baseline"  # in applied_by: "<who> from the baseline as <role>"
-SECTION_MARK = re.compile(r"^-- section: (\d{3}_[a-z0-9_]+\.sql)$", re.MULTILINE)
+SECTION_MARK = re.compile(
+    r"^-- section: (\d{3}_[a-z0-9_]+\.sql)( as the audit owner)?$", re.MULTILINE
+)
 INCLUDE_LINE = re.compile(r"^\\ir \.\./definitions/([a-z0-9_]+\.sql)$", re.MULTILINE)
 
 
@@ -54,7 +56,10 @@ def definitions(directory: Path = DEFINITIONS_DIR) -> list[MigrationFile]:
     """Every definition file, in the order the baseline first needs them, then by name."""
     order = {name: i for i, name in enumerate(INCLUDE_LINE.findall(_baseline_text()))}
     paths = sorted(directory.glob("*.sql"), key=lambda p: (order.get(p.name, len(order)), p.name))
-    return [_read(p, f"definitions/{p.name}", 0) for p in paths]
+    return [
+        dataclasses.replace(_read(p, f"definitions/{p.name}", 0), as_audit_owner=True)
+        for p in paths
+    ]
 
 
 def _baseline_text() -> str:
@@ -90,6 +95,7 @@ def baseline_sections(shipped: Sequence[MigrationFile]) -> dict[str, MigrationFi
             sql=text[body_start:body_end],
             parts=tuple(p for p in parts if p.sql.strip()),
             source=f"baseline/{BASELINE_FILE}",
+            as_audit_owner=bool(mark.group(2)),
         )
     return sections
 

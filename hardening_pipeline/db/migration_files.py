@@ -24,6 +24,9 @@ class MigrationFile:
     # A baseline section: the statements and definitions it runs, in order (db/baseline.py).
     parts: tuple[MigrationFile, ...] = ()
     source: str | None = None  # the file its lines are in, when that is not ``filename``
+    # Runs with the migration role lent the audit owner for its transaction (a baseline section
+    # marked "as the audit owner", every definition).
+    as_audit_owner: bool = False
 
 
 def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[MigrationFile]:

@@ -15,7 +15,8 @@ import hashlib
 import re
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -336,7 +337,8 @@ def catch_up_revision(
 def execute_migration(conn: psycopg.Connection, f: MigrationFile, role: str) -> None:
     """Run one file's statements in the caller's transaction; a failure names its statement."""
     if f.filename != LOCKDOWN_MIGRATION:
-        _execute_statements(conn, f, role)
+        with _audit_owner_lent(conn, f, role):
+            _execute_statements(conn, f, role)
         return
     # 004 refuses every open policy; one outside tenant data is the app's to keep.
     try:
@@ -369,12 +371,23 @@ def appliers(states: Sequence[MigrationState]) -> dict[str, str]:
     return {s.filename: s.applied.applied_by for s in states if s.applied}
 
 
-# As every versioned file since 016 does: a role that is not a superuser is granted the
-# audit owner at the start of the transaction and loses it at the end.
-_NEEDS_THE_AUDIT_OWNER = (
-    "SELECT NOT rolsuper AS lend FROM pg_catalog.pg_roles WHERE rolname = current_user"
-)
-_MEMBERSHIP = sql.SQL("{} hardening_audit_owner {} {}")
+@contextmanager
+def _audit_owner_lent(conn: psycopg.Connection, f: MigrationFile, role: str) -> Iterator[None]:
+    """For ``f.as_audit_owner``, inside the caller's transaction: a migration role that is not a
+    superuser holds the audit owner until the statements are done, as the versioned files since
+    016 arrange for themselves, and not a moment after (the revoke commits with them)."""
+    lend = (
+        f.as_audit_owner
+        and not conn.execute(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
+        ).fetchone()["rolsuper"]
+    )
+    membership = sql.SQL("{} hardening_audit_owner {} {}")
+    if lend:
+        conn.execute(membership.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(role)))
+    yield
+    if lend:
+        conn.execute(membership.format(sql.SQL("REVOKE"), sql.SQL("FROM"), sql.Identifier(role)))
 
 
 def _reapply_definitions(
@@ -385,18 +398,7 @@ def _reapply_definitions(
     for definition in stale_definitions(conn):
         started = time.perf_counter()
         with conn.transaction():
-            # Most of them belong to the audit owner, which the migration role holds only for
-            # the length of the transaction that changes them.
-            lend = conn.execute(_NEEDS_THE_AUDIT_OWNER).fetchone()["lend"]
-            if lend:
-                conn.execute(
-                    _MEMBERSHIP.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(role))
-                )
-            _execute_statements(conn, definition, role)
-            if lend:
-                conn.execute(
-                    _MEMBERSHIP.format(sql.SQL("REVOKE"), sql.SQL("FROM"), sql.Identifier(role))
-                )
+            execute_migration(conn, definition, role)
         done.append(definition.filename)
         if on_applied:
             on_applied(definition.filename, time.perf_counter() - started)

@@ -12,6 +12,11 @@
 --   * request_claims (018) comes in 002 with its grants, which 015 keeps, since today's
 --     statement_identity and current_tenant_ids call it;
 --   * 004 and 019 refuse open policies through one function, refuse_open_policies;
+--   * sections marked "as the audit owner" run with the migration role lent the audit owner for
+--     their transaction (db/migrations.py), where the files grant and revoke it themselves;
+--   * the roles 001 creates are named outright in grants, where the files ask whether they
+--     exist, and the audit owner is given CREATE on hardening only for the length of a change
+--     of owner, where the files first ask whether it has it;
 --   * 020's table and its note come in 016, where today's install_ddl_recording needs them,
 --     and 016 gives tenant_schema (019) to the audit owner, since ddl_audited_table calls it.
 -- tests/test_upgrade_paths.py checks that a database built here ends with the catalog and the
@@ -799,17 +804,9 @@ REVOKE ALL ON FUNCTION hardening.allow_unattributed_write(text, text)
     FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION hardening.allow_unattributed_write(text, text) TO service_role;
 
-DO $owner$
-BEGIN
-    IF has_schema_privilege('hardening_audit_owner', 'hardening', 'CREATE') THEN
-        ALTER FUNCTION hardening.allow_unattributed_write(text, text) OWNER TO hardening_audit_owner;
-    ELSE
-        GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-        ALTER FUNCTION hardening.allow_unattributed_write(text, text) OWNER TO hardening_audit_owner;
-        REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
-    END IF;
-END
-$owner$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.allow_unattributed_write(text, text) OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
 DO $mode$
 DECLARE
@@ -967,15 +964,7 @@ BEGIN
 END
 $membership$;
 
--- section: 016_ddl_on_the_record.sql
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
-    END IF;
-END
-$member$;
+-- section: 016_ddl_on_the_record.sql as the audit owner
 
 \ir ../definitions/tenant_schema.sql
 \ir ../definitions/ddl_audited_table.sql
@@ -999,19 +988,9 @@ ALTER FUNCTION hardening.record_ddl_drop() OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 GRANT EXECUTE ON FUNCTION hardening.tenant_schema(name) TO CURRENT_USER;
 
-DO $close$
-DECLARE
-    grantees text := concat_ws(', ', 'PUBLIC',
-        (SELECT string_agg(quote_ident(r), ', ')
-         FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
-         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
-BEGIN
-    EXECUTE format('REVOKE ALL ON FUNCTION hardening.ddl_audited_table(oid), '
-                   'hardening.ddl_object_table(oid, oid), '
-                   'hardening.record_ddl(), hardening.record_ddl_drop(), '
-                   'hardening.install_ddl_recording() FROM %s', grantees);
-END
-$close$;
+REVOKE ALL ON FUNCTION hardening.ddl_audited_table(oid), hardening.ddl_object_table(oid, oid),
+    hardening.record_ddl(), hardening.record_ddl_drop(), hardening.install_ddl_recording()
+    FROM PUBLIC, anon, authenticated, service_role;
 
 CREATE TABLE hardening.ddl_recording_installs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -1026,24 +1005,10 @@ ALTER TABLE hardening.ddl_recording_installs OWNER TO hardening_audit_owner;
 ALTER FUNCTION hardening.note_ddl_recording_installed() OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
-DO $close$
-DECLARE
-    grantees text := concat_ws(', ', 'PUBLIC',
-        (SELECT string_agg(quote_ident(r), ', ')
-         FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
-         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
-BEGIN
-    EXECUTE format('REVOKE ALL ON hardening.ddl_recording_installs FROM %s', grantees);
-    EXECUTE format('REVOKE ALL ON FUNCTION hardening.note_ddl_recording_installed() FROM %s',
-                   grantees);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION hardening.note_ddl_recording_installed() TO %I',
-                   current_user);
-    EXECUTE format('GRANT SELECT ON hardening.ddl_recording_installs TO %I', current_user);
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-        GRANT SELECT ON hardening.ddl_recording_installs TO service_role;
-    END IF;
-END
-$close$;
+REVOKE ALL ON hardening.ddl_recording_installs FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON FUNCTION hardening.note_ddl_recording_installed() FROM PUBLIC, anon, authenticated, service_role;
+GRANT EXECUTE ON FUNCTION hardening.note_ddl_recording_installed() TO CURRENT_USER;
+GRANT SELECT ON hardening.ddl_recording_installs TO CURRENT_USER, service_role;
 
 SELECT hardening.install_ddl_recording();
 
@@ -1067,14 +1032,6 @@ BEGIN
     END LOOP;
 END
 $api_roles$;
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('REVOKE hardening_audit_owner FROM %I', current_user);
-    END IF;
-END
-$member$;
 
 -- section: 017_api_roles_no_trigger_privilege.sql
 
@@ -1101,15 +1058,7 @@ BEGIN
 END
 $revoke$;
 
--- section: 018_capture_keys_and_claims.sql
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
-    END IF;
-END
-$member$;
+-- section: 018_capture_keys_and_claims.sql as the audit owner
 
 DO $pause$
 DECLARE
@@ -1135,8 +1084,6 @@ BEGIN
 END
 $pause$;
 
-
-
 INSERT INTO hardening.adoption_log (migration, object, action, detail)
 SELECT '018_capture_keys_and_claims.sql', tg.tgrelid::regclass::text,
        'audit capture keyed on primary key',
@@ -1149,38 +1096,14 @@ JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
 WHERE tg.tgfoid = 'hardening.audit_capture_insert()'::regprocedure AND tg.tgnargs > 2
 ORDER BY c.relname;
 
-DO $owner$
-BEGIN
-    IF has_schema_privilege('hardening_audit_owner', 'hardening', 'CREATE') THEN
-        ALTER FUNCTION hardening.audit_write_guard() OWNER TO hardening_audit_owner;
-    ELSE
-        GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-        ALTER FUNCTION hardening.audit_write_guard() OWNER TO hardening_audit_owner;
-        REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
-    END IF;
-END
-$owner$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.audit_write_guard() OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
-DO $close$
-DECLARE
-    grantees text := concat_ws(', ', 'PUBLIC',
-        (SELECT string_agg(quote_ident(r), ', ')
-         FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
-         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
-    resolver_roles text := (SELECT string_agg(quote_ident(r), ', ')
-                            FROM unnest(ARRAY['authenticated', 'service_role']) AS r
-                            WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r));
-BEGIN
-    EXECUTE format('REVOKE ALL ON FUNCTION hardening.request_claims(), '
-                   'hardening.audit_capture_arguments(regclass, text), '
-                   'hardening.audit_write_guard() FROM %s', grantees);
-    GRANT EXECUTE ON FUNCTION hardening.request_claims() TO hardening_audit_owner;
-    IF resolver_roles IS NOT NULL THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION hardening.request_claims() TO %s',
-                       resolver_roles);
-    END IF;
-END
-$close$;
+REVOKE ALL ON FUNCTION hardening.request_claims(), hardening.audit_capture_arguments(regclass, text),
+    hardening.audit_write_guard() FROM PUBLIC, anon, authenticated, service_role;
+GRANT EXECUTE ON FUNCTION hardening.request_claims()
+    TO hardening_audit_owner, authenticated, service_role;
 
 DO $resume$
 BEGIN
@@ -1192,67 +1115,23 @@ BEGIN
 END
 $resume$;
 
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('REVOKE hardening_audit_owner FROM %I', current_user);
-    END IF;
-END
-$member$;
-
--- section: 019_tenant_tables_every_schema.sql
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
-    END IF;
-END
-$member$;
-
+-- section: 019_tenant_tables_every_schema.sql as the audit owner
 
 \ir ../definitions/tenant_tables.sql
 
 \ir ../definitions/lock_down_tenant_table.sql
 
-DO $close$
-DECLARE
-    grantees text := concat_ws(', ', 'PUBLIC',
-        (SELECT string_agg(quote_ident(r), ', ')
-         FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
-         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
-BEGIN
-    EXECUTE format('REVOKE ALL ON FUNCTION hardening.tenant_schema(name), '
-                   'hardening.tenant_tables(), hardening.lock_down_tenant_table(regclass) '
-                   'FROM %s', grantees);
-END
-$close$;
+REVOKE ALL ON FUNCTION hardening.tenant_schema(name), hardening.tenant_tables(),
+    hardening.lock_down_tenant_table(regclass) FROM PUBLIC, anon, authenticated, service_role;
 
 SELECT hardening.lock_down_tenant_table(t)
 FROM hardening.tenant_tables() AS t
 JOIN pg_catalog.pg_class c ON c.oid = t
 WHERE c.relnamespace <> 'public'::regnamespace;
 
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('REVOKE hardening_audit_owner FROM %I', current_user);
-    END IF;
-END
-$member$;
-
 -- section: 020_ddl_recording_installs.sql
 
--- section: 021_tenant_key_ledger.sql
-
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
-    END IF;
-END
-$member$;
+-- section: 021_tenant_key_ledger.sql as the audit owner
 
 CREATE TABLE hardening.tenant_key_ledger (
     id          smallint PRIMARY KEY CHECK (id = 1),
@@ -1267,25 +1146,7 @@ GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.record_tenant_erasure(uuid, jsonb) OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
-DO $close$
-DECLARE
-    grantees text := concat_ws(', ', 'PUBLIC',
-        (SELECT string_agg(quote_ident(r), ', ')
-         FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) AS r
-         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r)));
-BEGIN
-    EXECUTE format('REVOKE ALL ON hardening.tenant_key_ledger FROM %s', grantees);
-    EXECUTE format('REVOKE ALL ON FUNCTION hardening.record_tenant_erasure(uuid, jsonb) FROM %s',
-                   grantees);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION hardening.record_tenant_erasure(uuid, jsonb) TO %I',
-                   current_user);
-END
-$close$;
+REVOKE ALL ON hardening.tenant_key_ledger FROM PUBLIC, anon, authenticated, service_role;
+REVOKE ALL ON FUNCTION hardening.record_tenant_erasure(uuid, jsonb) FROM PUBLIC, anon, authenticated, service_role;
+GRANT EXECUTE ON FUNCTION hardening.record_tenant_erasure(uuid, jsonb) TO CURRENT_USER;
 
-DO $member$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('REVOKE hardening_audit_owner FROM %I', current_user);
-    END IF;
-END
-$member$;
