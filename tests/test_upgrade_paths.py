@@ -12,8 +12,10 @@ catalog and the same adoption log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from hardening_pipeline.db.migrations import (
     apply_migrations,
     discover_migrations,
 )
-from hardening_pipeline.db.shipped_functions import FunctionDefinition, definitions_in
+from hardening_pipeline.db.shipped_functions import FunctionDefinition, definitions_in, owners_in
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.supabase_db import (
     APP_TEMPLATE,
@@ -71,15 +73,23 @@ BOOKKEEPING = {
 
 
 def changed_definitions() -> list[str]:
-    """The definition files whose function is not as the versioned files last defined it."""
+    """The definition files whose function is not as the versioned files last left it: another
+    body or form, or another owner."""
     last: dict[str, FunctionDefinition] = {}
     for migration in discover_migrations():
-        last.update(definitions_in(migration.sql))
-    return [
-        d.filename
-        for d in definitions()
-        if any(last.get(name) != f for name, f in definitions_in(d.sql).items())
-    ]
+        for name, found in definitions_in(migration.sql).items():
+            last[name] = dataclasses.replace(
+                found, owner=last[name].owner if name in last else None
+            )
+        for name, owner in owners_in(migration.sql):
+            last[name] = dataclasses.replace(last[name], owner=owner)
+    changed = []
+    for d in definitions():
+        owners = dict(owners_in(d.sql))
+        for name, found in definitions_in(d.sql).items():
+            if last.get(name) != dataclasses.replace(found, owner=owners.get(name)):
+                changed.append(d.filename)
+    return changed
 
 
 def from_baseline(url: str) -> list[bool]:
@@ -139,6 +149,7 @@ def test_fresh_file_by_file_and_upgraded_from_the_earliest_release_end_the_same(
     plan = plan_migrations(upgraded)
     assert plan.ok, [b.failure for b in plan.blockers]
     assert len(plan.caught_up) == len(EARLIER_REVISIONS) and plan.planned == plan.pending
+    assert plan.definitions == changed_definitions()  # rehearsed too, after the files
     later = apply_migrations(upgraded)
     assert later.applied and not set(later.applied) & set(released)  # revised texts count
     assert not any(from_baseline(upgraded)) and not any(from_baseline(stepwise))
@@ -173,6 +184,13 @@ def adopt_after_the_blocker(url: str, directory: Path) -> MigrationFailure:
         conn.execute(OTHER_SCHEMA_TABLE)
     with pytest.raises(MigrationFailed) as stopped:
         apply_migrations(url, directory)
+    # Where the run stopped, the app still answers its signed-in users (001's policies call
+    # today's current_tenant_id, which needs the resolver).
+    claims = json.dumps({"sub": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4())})
+    with admin_connect(url) as conn:
+        conn.execute("SET LOCAL ROLE authenticated")
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims,))
+        assert conn.execute("SELECT count(*) AS n FROM public.messages").fetchone()["n"] == 0
     apply_blocker_fixes(url)
     assert apply_migrations(url, directory).applied[0] == "003_message_safety.sql"
     return stopped.value.failure

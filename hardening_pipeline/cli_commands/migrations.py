@@ -82,7 +82,7 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool, resolver_words: st
             for line in render_blocker(exc.failure, blocker_fix_sql(url, exc.failure)):
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
             raise
-        if not run.applied:
+        if not run.applied and not run.definitions:
             console.print("nothing to apply: the database is up to date")
         _print_mode_set_by_migration(url, run.applied)
         _print_adoption_changes(url, run.applied)

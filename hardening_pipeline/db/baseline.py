@@ -34,10 +34,12 @@ from hardening_pipeline.db.migration_files import MigrationFile, discover_migrat
 from hardening_pipeline.db.shipped_functions import (
     definitions_in,
     installed_functions,
+    owners_in,
 )
 from hardening_pipeline.sql_files import BASELINE_DIR, DEFINITIONS_DIR, MIGRATIONS_DIR
 
 BASELINE_FILE = "021_baseline.sql"
+AUDIT_OWNER = "OWNER TO hardening_audit_owner"
 FROM_BASELINE = " from the baseline"  # in applied_by: "<who> from the baseline as <role>"
 SECTION_MARK = re.compile(
     r"^-- section: (\d{3}_[a-z0-9_]+\.sql)( as the audit owner)?$", re.MULTILINE
@@ -56,10 +58,13 @@ def definitions(directory: Path = DEFINITIONS_DIR) -> list[MigrationFile]:
     """Every definition file, in the order the baseline first needs them, then by name."""
     order = {name: i for i, name in enumerate(INCLUDE_LINE.findall(_baseline_text()))}
     paths = sorted(directory.glob("*.sql"), key=lambda p: (order.get(p.name, len(order)), p.name))
-    return [
-        dataclasses.replace(_read(p, f"definitions/{p.name}", 0), as_audit_owner=True)
-        for p in paths
-    ]
+    return [_definition(p) for p in paths]
+
+
+def _definition(path: Path) -> MigrationFile:
+    found = _read(path, f"definitions/{path.name}", 0)
+    # One the audit owner owns is changed, and handed to it, as the audit owner.
+    return dataclasses.replace(found, as_audit_owner=AUDIT_OWNER in found.sql)
 
 
 def _baseline_text() -> str:
@@ -86,7 +91,7 @@ def baseline_sections(shipped: Sequence[MigrationFile]) -> dict[str, MigrationFi
         for include in INCLUDE_LINE.finditer(text, body_start, body_end):
             parts.append(_chunk(text, cursor, include.start(), name))
             path = DEFINITIONS_DIR / include.group(1)
-            parts.append(_read(path, f"definitions/{include.group(1)}", by_name[name].number))
+            parts.append(_definition(path))
             cursor = include.end()
         parts.append(_chunk(text, cursor, body_end, name))
         versioned = by_name[name]
@@ -124,13 +129,16 @@ def files_to_apply(
 
 
 def stale_definitions(conn: psycopg.Connection) -> list[MigrationFile]:
-    """The definitions whose function the server lacks or runs in another form."""
+    """The definitions whose function the server lacks or runs in another form, or which
+    belongs to another owner than its file gives it."""
     found = definitions()
     shipped = {}
     for f in found:
+        owners = dict(owners_in(f.sql))
         for name, definition in definitions_in(f.sql).items():
-            shipped[name] = (f, dataclasses.replace(definition, owner=None))
-    installed = installed_functions(conn, list(shipped), set())
+            shipped[name] = (f, dataclasses.replace(definition, owner=owners.get(name)))
+    owners_fixed = {name for name, (_, want) in shipped.items() if want.owner}
+    installed = installed_functions(conn, list(shipped), owners_fixed)
     stale = {
         f.filename
         for name, (f, want) in shipped.items()

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hardening_pipeline.db.baseline import files_to_apply
+from hardening_pipeline.db.baseline import files_to_apply, stale_definitions
 from hardening_pipeline.db.catalog import Snapshot, catalog_snapshot
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import (
@@ -95,6 +95,8 @@ class MigrationPlan:
     planned: list[str] = field(default_factory=list)
     # Catch-ups for earlier released texts (sql/revisions/), rehearsed before the pending files.
     caught_up: list[str] = field(default_factory=list)
+    # Definitions applied again after the files (sql/definitions/), rehearsed as migrate runs them.
+    definitions: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
     # The catalog as the rehearsal left it: what a real run of the planned files produces.
@@ -387,7 +389,8 @@ def plan_migrations(
             pending = {s.filename for s in states if s.state == "pending"}
             revised = earlier_texts(states)
             plan = MigrationPlan(pending=[f.filename for f in files if f.filename in pending])
-            if not plan.pending and not revised:
+            shipped = directory.resolve() == MIGRATIONS_DIR.resolve()
+            if not plan.pending and not revised and not (shipped and stale_definitions(conn)):
                 return plan
             conn.execute(BOOTSTRAP_SQL)
             snapshot = catalog_snapshot(conn)
@@ -417,6 +420,17 @@ def plan_migrations(
                 after = catalog_snapshot(conn)
                 plan.changes.extend(describe_changes(snapshot, after, f.filename))
                 plan.planned.append(f.filename)
+                snapshot = after
+            for definition in stale_definitions(conn) if shipped and plan.ok else []:
+                try:
+                    with conn.transaction():
+                        execute_migration(conn, definition, role)
+                except MigrationFailed as exc:
+                    plan.blockers.append(Blocker(exc.failure, _fix_sql(conn, exc.failure), []))
+                    break
+                after = catalog_snapshot(conn)
+                plan.changes.extend(describe_changes(snapshot, after, definition.filename))
+                plan.definitions.append(definition.filename)
                 snapshot = after
             plan.rehearsed = snapshot
             _soften_for_report_mode(conn, plan)
@@ -548,15 +562,17 @@ def blocker_fix_sql(url: str, failure: MigrationFailure) -> list[str]:
 def render_plan(plan: MigrationPlan, choice: ResolverChoice | None = None) -> list[str]:
     """The plan as plain text lines, blockers first; ``choice`` is a resolver set after it."""
     lines: list[str] = []
-    if not plan.pending:
+    if not plan.pending and not plan.definitions:
         return ["nothing to plan: every migration is applied", *resolver_lines([], choice)]
-    lines.append(f"pending: {', '.join(plan.pending)}")
+    lines.append(f"pending: {', '.join(plan.pending) or 'none'}")
+    if plan.definitions:
+        lines.append(f"definitions applied again: {', '.join(plan.definitions)}")
     for b in plan.blockers:
         lines += render_blocker(b.failure, b.fix_sql)
         if b.not_planned:
             lines.append(f"  not planned (they run after it): {', '.join(b.not_planned)}")
     if plan.changes:
-        lines.append(f"changes ({', '.join(plan.planned)}):")
+        lines.append(f"changes ({', '.join(plan.planned + plan.definitions)}):")
     for group, changes in plan.grouped().items():
         lines.append(f"  {group} ({len(changes)}):")
         for c in changes:

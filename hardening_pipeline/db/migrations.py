@@ -1,5 +1,9 @@
 """Apply ``sql/migrations/NNN_*.sql`` in order, once each, and notice when history is rewritten.
 
+A database with none of them gets them from the baseline's sections, and once every file is
+applied the definitions that differ from the server's functions are applied again
+(``db/baseline.py``).
+
 Each file runs in its own transaction, so a file that fails (003's pre-flight report, a lock
 timeout) changes nothing. Inside it the statements run one by one, so a failure names the file,
 the statement, its line and a fix (``MigrationFailed``). All runners take one advisory lock
@@ -371,17 +375,21 @@ def appliers(states: Sequence[MigrationState]) -> dict[str, str]:
     return {s.filename: s.applied.applied_by for s in states if s.applied}
 
 
+# Not a superuser, and not acting as the audit owner already (a membership that exists stays).
+_NEEDS_THE_AUDIT_OWNER = """
+    SELECT NOT (r.rolsuper OR pg_catalog.pg_has_role(r.oid, 'hardening_audit_owner', 'USAGE'))
+           AS lend
+    FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+"""
+
+
 @contextmanager
 def _audit_owner_lent(conn: psycopg.Connection, f: MigrationFile, role: str) -> Iterator[None]:
     """For ``f.as_audit_owner``, inside the caller's transaction: a migration role that is not a
-    superuser holds the audit owner until the statements are done, as the versioned files since
-    016 arrange for themselves, and not a moment after (the revoke commits with them)."""
-    lend = (
-        f.as_audit_owner
-        and not conn.execute(
-            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-        ).fetchone()["rolsuper"]
-    )
+    superuser and does not act as the audit owner holds it until the statements are done, as
+    the versioned files since 016 arrange for themselves, and not a moment after (the revoke
+    commits with them; an error rolls both back)."""
+    lend = f.as_audit_owner and conn.execute(_NEEDS_THE_AUDIT_OWNER).fetchone()["lend"]
     membership = sql.SQL("{} hardening_audit_owner {} {}")
     if lend:
         conn.execute(membership.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(role)))

@@ -2,10 +2,11 @@
 
 A status line that only asks whether a trigger exists and which function it names stays green
 when the function is replaced by one that does nothing (``CREATE OR REPLACE FUNCTION``), or
-when a trigger is re-created to fire for fewer statements. The reference here is the
-migration files the kit ships, never the database being checked: for each function, the last
-migration that creates it gives its body, language, volatility, ``SECURITY DEFINER``, ``SET``
-options and owner; the server's ``pg_proc`` row must give the same digest.
+when a trigger is re-created to fire for fewer statements. The reference here is the SQL
+files the kit ships, never the database being checked: for each function, its file in
+``sql/definitions`` gives its body, language, volatility, ``SECURITY DEFINER`` and ``SET``
+options, and the last ``ALTER FUNCTION ... OWNER TO`` in the migrations or that file its owner;
+the server's ``pg_proc`` row must give the same digest.
 
 The digest is SHA-256 over the canonical JSON of those fields (``definition_digest``); the
 body is ``pg_proc.prosrc``, which Postgres keeps exactly as written between the dollar quotes.
@@ -93,6 +94,11 @@ def definitions_in(text: str) -> dict[str, FunctionDefinition]:
     return found
 
 
+def owners_in(text: str) -> list[tuple[str, str]]:
+    """(function, owner) for each ``ALTER FUNCTION hardening.<name>(...) OWNER TO`` in a text."""
+    return _OWNER.findall(_strip_comments(text))
+
+
 def _shipped_texts(migrations_dir: Path) -> list[str]:
     """The migrations in order, then the definitions, which say how each function is today."""
     paths = sorted(migrations_dir.glob("[0-9][0-9][0-9]_*.sql"))
@@ -109,7 +115,7 @@ def shipped_functions(migrations_dir: Path = MIGRATIONS_DIR) -> dict[str, Functi
         for name, definition in definitions_in(text).items():
             owner = found[name].owner if name in found else None
             found[name] = _with_owner(definition, owner) if owner else definition
-        for name, owner in _OWNER.findall(_strip_comments(text)):
+        for name, owner in owners_in(text):
             if name in found:
                 found[name] = _with_owner(found[name], owner)
     return found
@@ -217,6 +223,7 @@ __all__ = [
     "shipped_event_triggers",
     "changed_functions",
     "definitions_in",
+    "owners_in",
     "installed_functions",
     "shipped_functions",
 ]

@@ -1,16 +1,20 @@
 -- 021_baseline: migrations 001 to 021 in one pass, for a database that has none of them.
 --
 -- Each section does what the versioned file of its name does, and is recorded under that
--- file's name and checksum (applied_by ends ", from the baseline"); the versioned file's
--- comments say why. What differs is how it gets there (db/baseline.py):
+-- file's name and checksum (applied_by reads "<who> from the baseline as <role>"); the
+-- versioned file's comments say why. What differs is how it gets there (db/baseline.py):
 --   * every kit function comes from sql/definitions, once, where it is first needed (\ir, as
 --     psql reads it), instead of each generation a versioned file defined;
 --   * audit_events, audit_seals and audit_seal_checks are created in their final shape (008,
 --     009, 014 and 016 changed them after 002, 006 and 010);
 --   * the capture triggers 002 installs already carry today's arguments, so 011 and 018 only
 --     note on the adoption log what they changed on upgraded databases;
---   * request_claims (018) comes in 002 with its grants, which 015 keeps, since today's
---     statement_identity and current_tenant_ids call it;
+--   * today's current_tenant_id needs the resolver (011) and request_claims (018): they come in
+--     001, with the audit owner (002), so the app's policies work from the first section on;
+--     015 keeps request_claims' grants;
+--   * each function the audit owner owns is given to it where its definition is applied (the
+--     guard in 002, not 018; request_claims too, which the versioned files leave to the
+--     migration role and the definitions step hands over);
 --   * 004 and 019 refuse open policies through one function, refuse_open_policies;
 --   * sections marked "as the audit owner" run with the migration role lent the audit owner for
 --     their transaction (db/migrations.py), where the files grant and revoke it themselves;
@@ -42,6 +46,52 @@ CREATE SCHEMA IF NOT EXISTS hardening;
 REVOKE ALL ON SCHEMA hardening FROM PUBLIC;
 GRANT USAGE ON SCHEMA hardening TO authenticated, service_role;
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+
+DO $owner$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hardening_audit_owner') THEN
+        CREATE ROLE hardening_audit_owner NOLOGIN NOINHERIT;
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
+    END IF;
+END
+$owner$;
+
+CREATE TABLE hardening.tenant_resolver (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    kind            text NOT NULL DEFAULT 'claim' CHECK (kind IN ('claim', 'membership')),
+    claim_paths     text[] NOT NULL DEFAULT ARRAY['tenant_id', 'app_metadata.tenant_id']
+                    CHECK (cardinality(claim_paths) > 0),
+    membership_schema  text,
+    membership_table   text,
+    user_column        text,
+    tenant_column      text,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK ((kind = 'membership') = (membership_table IS NOT NULL AND user_column IS NOT NULL
+                                    AND tenant_column IS NOT NULL
+                                    AND membership_schema IS NOT NULL))
+);
+INSERT INTO hardening.tenant_resolver DEFAULT VALUES;
+REVOKE ALL ON hardening.tenant_resolver FROM PUBLIC;
+GRANT SELECT ON hardening.tenant_resolver TO authenticated, service_role;
+
+\ir ../definitions/request_claims.sql
+REVOKE ALL ON FUNCTION hardening.request_claims() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.request_claims()
+    TO hardening_audit_owner, authenticated, service_role;
+
+\ir ../definitions/as_uuid.sql
+REVOKE ALL ON FUNCTION hardening.as_uuid(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.as_uuid(text) TO authenticated, service_role;
+
+\ir ../definitions/membership_tenant_ids.sql
+REVOKE ALL ON FUNCTION hardening.membership_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.membership_tenant_ids() TO authenticated, service_role;
+
+\ir ../definitions/current_tenant_ids.sql
+REVOKE ALL ON FUNCTION hardening.current_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hardening.current_tenant_ids() TO authenticated, service_role;
 
 \ir ../definitions/current_tenant_id.sql
 REVOKE ALL ON FUNCTION hardening.current_tenant_id() FROM PUBLIC;
@@ -194,17 +244,6 @@ $grants_and_policies$;
 
 -- section: 002_audit_events.sql
 
-DO $owner$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hardening_audit_owner') THEN
-        CREATE ROLE hardening_audit_owner NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT hardening_audit_owner TO %I', current_user);
-    END IF;
-END
-$owner$;
-
 GRANT USAGE ON SCHEMA hardening TO hardening_audit_owner;
 
 CREATE TABLE public.audit_events (
@@ -255,10 +294,6 @@ REVOKE ALL ON public.audit_events FROM hardening_audit_owner;
 GRANT SELECT, INSERT ON public.audit_events TO hardening_audit_owner;
 GRANT SELECT ON public.audit_events TO service_role;
 
-\ir ../definitions/request_claims.sql
-REVOKE ALL ON FUNCTION hardening.request_claims() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hardening.request_claims()
-    TO hardening_audit_owner, authenticated, service_role;
 \ir ../definitions/statement_identity.sql
 \ir ../definitions/statement_role.sql
 REVOKE ALL ON FUNCTION hardening.statement_role() FROM PUBLIC;
@@ -280,12 +315,6 @@ GRANT EXECUTE ON FUNCTION hardening.audit_write_guard() TO authenticated, servic
 
 \ir ../definitions/audit_capture_truncate.sql
 
-GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-ALTER FUNCTION hardening.audit_capture_insert() OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.audit_capture_update() OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.audit_capture_delete() OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.audit_capture_truncate() OWNER TO hardening_audit_owner;
-REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 REVOKE ALL ON FUNCTION hardening.audit_capture_insert(), hardening.audit_capture_update(),
     hardening.audit_capture_delete(), hardening.audit_capture_truncate() FROM PUBLIC;
 
@@ -621,36 +650,6 @@ GRANT SELECT ON hardening.audit_seal_checks TO service_role;
 
 -- section: 011_tenant_resolver_and_adoption.sql
 
-CREATE TABLE hardening.tenant_resolver (
-    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    kind            text NOT NULL DEFAULT 'claim' CHECK (kind IN ('claim', 'membership')),
-    claim_paths     text[] NOT NULL DEFAULT ARRAY['tenant_id', 'app_metadata.tenant_id']
-                    CHECK (cardinality(claim_paths) > 0),
-    membership_schema  text,
-    membership_table   text,
-    user_column        text,
-    tenant_column      text,
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    CHECK ((kind = 'membership') = (membership_table IS NOT NULL AND user_column IS NOT NULL
-                                    AND tenant_column IS NOT NULL
-                                    AND membership_schema IS NOT NULL))
-);
-INSERT INTO hardening.tenant_resolver DEFAULT VALUES;
-REVOKE ALL ON hardening.tenant_resolver FROM PUBLIC;
-GRANT SELECT ON hardening.tenant_resolver TO authenticated, service_role;
-
-\ir ../definitions/as_uuid.sql
-REVOKE ALL ON FUNCTION hardening.as_uuid(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hardening.as_uuid(text) TO authenticated, service_role;
-
-\ir ../definitions/membership_tenant_ids.sql
-REVOKE ALL ON FUNCTION hardening.membership_tenant_ids() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hardening.membership_tenant_ids() TO authenticated, service_role;
-
-\ir ../definitions/current_tenant_ids.sql
-REVOKE ALL ON FUNCTION hardening.current_tenant_ids() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hardening.current_tenant_ids() TO authenticated, service_role;
-
 \ir ../definitions/use_tenant_policies.sql
 REVOKE ALL ON FUNCTION hardening.use_tenant_policies(boolean) FROM PUBLIC;
 
@@ -804,9 +803,6 @@ REVOKE ALL ON FUNCTION hardening.allow_unattributed_write(text, text)
     FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION hardening.allow_unattributed_write(text, text) TO service_role;
 
-GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-ALTER FUNCTION hardening.allow_unattributed_write(text, text) OWNER TO hardening_audit_owner;
-REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
 DO $mode$
 DECLARE
@@ -979,13 +975,6 @@ $membership$;
 \ir ../definitions/install_ddl_recording.sql
 
 GRANT SELECT ON hardening.managed_tables TO hardening_audit_owner;
-GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-ALTER FUNCTION hardening.tenant_schema(name) OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.ddl_audited_table(oid) OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.ddl_object_table(oid, oid) OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.record_ddl() OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.record_ddl_drop() OWNER TO hardening_audit_owner;
-REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 GRANT EXECUTE ON FUNCTION hardening.tenant_schema(name) TO CURRENT_USER;
 
 REVOKE ALL ON FUNCTION hardening.ddl_audited_table(oid), hardening.ddl_object_table(oid, oid),
@@ -1002,7 +991,6 @@ CREATE TABLE hardening.ddl_recording_installs (
 
 GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER TABLE hardening.ddl_recording_installs OWNER TO hardening_audit_owner;
-ALTER FUNCTION hardening.note_ddl_recording_installed() OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
 REVOKE ALL ON hardening.ddl_recording_installs FROM PUBLIC, anon, authenticated, service_role;
@@ -1096,9 +1084,6 @@ JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
 WHERE tg.tgfoid = 'hardening.audit_capture_insert()'::regprocedure AND tg.tgnargs > 2
 ORDER BY c.relname;
 
-GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-ALTER FUNCTION hardening.audit_write_guard() OWNER TO hardening_audit_owner;
-REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
 REVOKE ALL ON FUNCTION hardening.request_claims(), hardening.audit_capture_arguments(regclass, text),
     hardening.audit_write_guard() FROM PUBLIC, anon, authenticated, service_role;
@@ -1142,9 +1127,6 @@ CREATE TABLE hardening.tenant_key_ledger (
 
 \ir ../definitions/record_tenant_erasure.sql
 
-GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
-ALTER FUNCTION hardening.record_tenant_erasure(uuid, jsonb) OWNER TO hardening_audit_owner;
-REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;
 
 REVOKE ALL ON hardening.tenant_key_ledger FROM PUBLIC, anon, authenticated, service_role;
 REVOKE ALL ON FUNCTION hardening.record_tenant_erasure(uuid, jsonb) FROM PUBLIC, anon, authenticated, service_role;

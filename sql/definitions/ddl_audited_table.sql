@@ -33,3 +33,6 @@ AS $fn$
                                       'audit_capture_update', 'audit_capture_delete',
                                       'audit_capture_truncate'))
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.ddl_audited_table(oid) OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -18,3 +18,6 @@ AS $fn$
             (SELECT a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.oid = object)
     END
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.ddl_object_table(oid, oid) OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -4,8 +4,10 @@ CREATE OR REPLACE FUNCTION hardening.record_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
 AS $fn$
+DECLARE
+    records jsonb;
 BEGIN
-    PERFORM hardening.write_ddl_records(TG_EVENT, coalesce(pg_catalog.jsonb_agg(
+    SELECT pg_catalog.jsonb_agg(
         pg_catalog.jsonb_build_object(
             'table', CASE WHEN n.nspname = 'public' THEN c.relname
                           ELSE n.nspname || '.' || c.relname END,
@@ -20,7 +22,8 @@ BEGIN
                                    AND t.tgenabled IN ('D', 'R')),
                 'row_security', CASE WHEN c.relforcerowsecurity THEN 'forced'
                                      WHEN c.relrowsecurity THEN 'enabled' ELSE 'off' END))
-        ORDER BY c.oid), '[]'))
+        ORDER BY c.oid)
+    INTO records
     FROM (
         SELECT audited.rel,
                pg_catalog.jsonb_agg(DISTINCT cmd.command_tag) AS tags,
@@ -52,5 +55,12 @@ BEGIN
     ) touched
     JOIN pg_catalog.pg_class c ON c.oid = touched.rel
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
+    -- Most DDL touches no audited table: nothing to write, no subtransaction.
+    IF records IS NOT NULL THEN
+        PERFORM hardening.write_ddl_records(TG_EVENT, records);
+    END IF;
 END
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.record_ddl() OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -6,11 +6,13 @@ CREATE OR REPLACE FUNCTION hardening.record_ddl_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = ''
 AS $fn$
+DECLARE
+    records jsonb;
 BEGIN
     IF TG_TAG LIKE 'ALTER %' THEN
         RETURN;
     END IF;
-    PERFORM hardening.write_ddl_records(TG_EVENT, coalesce(pg_catalog.jsonb_agg(
+    SELECT pg_catalog.jsonb_agg(
         pg_catalog.jsonb_build_object(
             'table', CASE WHEN d.schema_name = 'public' THEN d.table_name
                           ELSE d.schema_name || '.' || d.table_name END,
@@ -20,7 +22,8 @@ BEGIN
                 'owner', (SELECT pg_catalog.pg_get_userbyid(c.relowner)
                           FROM pg_catalog.pg_class c WHERE c.oid = still.rel)))
         ORDER BY CASE WHEN d.schema_name = 'public' THEN d.table_name
-                      ELSE d.schema_name || '.' || d.table_name END), '[]'))
+                      ELSE d.schema_name || '.' || d.table_name END)
+    INTO records
     FROM (
         SELECT o.address_names[1] AS schema_name, o.address_names[2] AS table_name,
                pg_catalog.jsonb_agg(o.object_type || ' ' || o.object_identity
@@ -52,5 +55,12 @@ BEGIN
            AND EXISTS (SELECT 1 FROM hardening.managed_tables m
                        WHERE m.table_name = d.table_name))
        OR hardening.ddl_audited_table(still.rel) IS NOT NULL;
+    -- Most DDL touches no audited table: nothing to write, no subtransaction.
+    IF records IS NOT NULL THEN
+        PERFORM hardening.write_ddl_records(TG_EVENT, records);
+    END IF;
 END
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.record_ddl_drop() OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

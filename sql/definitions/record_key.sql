@@ -11,7 +11,8 @@ BEGIN
             FROM pg_catalog.unnest(key_columns) AS k)::text;
 END
 $fn$;
-REVOKE ALL ON FUNCTION hardening.record_key(jsonb, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hardening.record_key(jsonb, text[])
+    FROM PUBLIC, anon, authenticated, service_role;
 GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.record_key(jsonb, text[]) OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -8,3 +8,6 @@ AS $fn$
             erased_tenant::text, details, NULL, session_user)
     RETURNING id;
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.record_tenant_erasure(uuid, jsonb) OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

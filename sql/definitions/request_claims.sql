@@ -17,3 +17,6 @@ BEGIN
     RETURN CASE WHEN pg_catalog.jsonb_typeof(parsed) = 'object' THEN parsed ELSE '{}'::jsonb END;
 END
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.request_claims() OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

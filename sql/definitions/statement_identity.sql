@@ -35,7 +35,8 @@ BEGIN
     END;
 END
 $fn$;
-REVOKE ALL ON FUNCTION hardening.statement_identity() FROM PUBLIC;
+REVOKE ALL ON FUNCTION hardening.statement_identity()
+    FROM PUBLIC, anon, authenticated, service_role;
 GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.statement_identity() OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

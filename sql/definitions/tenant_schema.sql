@@ -10,3 +10,6 @@ AS $fn$
            'pgsodium_masks', 'cron',
            'hardening']::name[]))
 $fn$;
+GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
+ALTER FUNCTION hardening.tenant_schema(name) OWNER TO hardening_audit_owner;
+REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -33,7 +33,8 @@ EXCEPTION WHEN undefined_column OR datatype_mismatch OR check_violation
                      'audit_seal_chain status line shows what the change did to sealed rows.';
 END
 $fn$;
-REVOKE ALL ON FUNCTION hardening.write_ddl_records(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hardening.write_ddl_records(text, jsonb)
+    FROM PUBLIC, anon, authenticated, service_role;
 GRANT CREATE ON SCHEMA hardening TO hardening_audit_owner;
 ALTER FUNCTION hardening.write_ddl_records(text, jsonb) OWNER TO hardening_audit_owner;
 REVOKE CREATE ON SCHEMA hardening FROM hardening_audit_owner;

@@ -87,6 +87,7 @@ DDL_RECORDING_FUNCTIONS = (
     "ddl_object_table",
     "write_ddl_records",
     "statement_identity",
+    "request_claims",
 )
 
 
