@@ -369,14 +369,29 @@ def upgrade_as_owner(url: str) -> list[str]:
         database = sql.Identifier(conn.info.dbname)
         # The runner creates its schema "if not exists", which asks for CREATE on the database.
         conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, owner))
+        # A changed definition of a function the audit owner owns (the capture, in a backup
+        # taken before it changed) is applied as the audit owner: the migration role holds it
+        # on the source while it migrates, so it holds it here while this upgrade runs.
+        lent = conn.execute(_NOT_YET_A_MEMBER, {"owner": row["owner"]}).fetchone()["lend"]
+        if lent:
+            conn.execute(sql.SQL("GRANT hardening_audit_owner TO {}").format(owner))
     owners = OwnerSessions(url)
     try:
         upgraded = apply_migrations(owners.url(row["owner"]), applied_by="restore drill upgrade")
-        return upgraded.applied
+        return upgraded.applied + upgraded.definitions
     finally:
         owners.close()
         with connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, owner))
+            if lent:
+                conn.execute(sql.SQL("REVOKE hardening_audit_owner FROM {}").format(owner))
+
+
+# The restored migration role is not a member of the audit owner (which exists).
+_NOT_YET_A_MEMBER = """
+    SELECT pg_catalog.to_regrole('hardening_audit_owner') IS NOT NULL
+           AND NOT pg_catalog.pg_has_role(%(owner)s, 'hardening_audit_owner', 'MEMBER') AS lend
+"""
 
 
 def _server_version(url: str) -> str:
