@@ -26,6 +26,7 @@
 -- tests/test_upgrade_paths.py checks that a database built here ends with the catalog and the
 -- adoption log of one built by the versioned files. Released: never edited; a new baseline is
 -- a new file.
+
 -- section: 001_core_schema.sql
 
 DO $roles$
@@ -609,9 +610,16 @@ GRANT SELECT ON hardening.audit_seals TO service_role;
 
 -- section: 007_audit_capture_per_statement.sql
 
+-- Nothing left: the capture functions are today's definitions, applied in 002.
+
 -- section: 008_audit_record_hash_index.sql
 
+-- Nothing left: 002 creates audit_events with the hash index on record_id.
+
 -- section: 009_audit_capture_inline_actor.sql
+
+-- Nothing left: 002 creates audit_events without the redundant CHECK, and the capture
+-- functions are today's definitions.
 
 -- section: 010_audit_seal_checks.sql
 
@@ -867,6 +875,8 @@ $revoke$;
 
 -- section: 014_audit_seal_v2.sql
 
+-- Nothing left: 006 and 010 create the seal tables with the format 2 columns.
+
 -- section: 015_attribution_and_privileges.sql
 
 DO $close$
@@ -1115,6 +1125,9 @@ JOIN pg_catalog.pg_class c ON c.oid = t
 WHERE c.relnamespace <> 'public'::regnamespace;
 
 -- section: 020_ddl_recording_installs.sql
+
+-- Nothing left: 016 creates the installs table and runs today's install_ddl_recording(),
+-- which notes the install.
 
 -- section: 021_tenant_key_ledger.sql as the audit owner
 
