@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,27 @@ def test_migrate_then_status_on_a_given_database(empty_db_url):
     assert again.returncode == 0 and "nothing to apply" in again.stdout
     status = run_cli("migrate", "--status", env={"HARDENING_DATABASE_URL": empty_db_url})
     assert status.returncode == 0 and status.stdout.count("applied") >= 4
+
+
+def test_a_function_that_differs_from_its_definition_is_shown_planned_and_applied_again(
+    empty_db_url,
+):
+    env = {"HARDENING_DATABASE_URL": empty_db_url, "COLUMNS": "200"}  # whole file names
+    assert run_cli("migrate", env=env).returncode == 0
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION hardening.current_tenant_id() RETURNS uuid "
+            "LANGUAGE sql STABLE SET search_path = '' AS $fn$ SELECT NULL::uuid $fn$"
+        )
+    name = "definitions/current_tenant_id.sql"
+    status = run_cli("migrate", "--status", env=env)
+    assert status.returncode == 1 and name in status.stdout, status.stdout
+    plan = run_cli("migrate", "--plan", env=env)
+    assert plan.returncode == 0 and f"definitions applied again: {name}" in plan.stdout
+    applied = run_cli("migrate", env=env)
+    assert applied.returncode == 0 and f"applied {name}" in applied.stdout, applied.stdout
+    assert "nothing to apply" not in applied.stdout
+    assert run_cli("migrate", "--status", env=env).returncode == 0
 
 
 def test_status_of_an_unmigrated_database_is_red(empty_db_url):

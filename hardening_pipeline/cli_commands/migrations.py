@@ -24,7 +24,11 @@ from hardening_pipeline.db.migration_plan import (
     render_blocker,
     render_plan,
 )
-from hardening_pipeline.db.migrations import MigrationFailed, migration_status
+from hardening_pipeline.db.migrations import (
+    MigrationFailed,
+    migration_status,
+    stale_definition_files,
+)
 from hardening_pipeline.db.service_role_mode import SOURCE_IS_CLAIMED
 from hardening_pipeline.db.tenant_resolver import (
     ResolverChoice,
@@ -103,13 +107,17 @@ def migrate(ctx: Context, show_status: bool, show_plan: bool, resolver_words: st
             s.applied.applied_at.isoformat(timespec="seconds") if s.applied else "",
             s.applied.applied_by if s.applied else "",
         )
+    # A definition whose function the server runs in another form: migrate applies it again.
+    stale = stale_definition_files(url)
+    for filename in stale:
+        table.add_row(filename, "[yellow]pending[/]", "", "differs from the server's function")
     console.print(table)
     if any(s.state in ("changed", "unknown") for s in states):
         raise ConfigError(
             "the database and sql/migrations disagree (see the red lines); restore the "
             "original files or update the checkout."
         )
-    if show_status and any(s.state == "pending" for s in states):
+    if show_status and (stale or any(s.state == "pending" for s in states)):
         sys.exit(EXIT_RED)
 
 

@@ -413,6 +413,14 @@ def _reapply_definitions(
     return done
 
 
+def stale_definition_files(url: str) -> list[str]:
+    """The definitions ``migrate`` would apply again now (none while a file is pending)."""
+    with connect(url, autocommit=True) as conn:
+        if any(s.state != "applied" for s in compare(discover_migrations(), read_applied(conn))):
+            return []
+        return [f.filename for f in stale_definitions(conn)]
+
+
 def migration_status(url: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
     """Compare disk and database without changing anything."""
     files = discover_migrations(directory)
