@@ -31,11 +31,7 @@ from pathlib import Path
 import psycopg
 
 from hardening_pipeline.db.migration_files import MigrationFile, discover_migrations
-from hardening_pipeline.db.shipped_functions import (
-    definitions_in,
-    installed_functions,
-    owners_in,
-)
+from hardening_pipeline.db.shipped_functions import definitions_in, differing_functions
 from hardening_pipeline.sql_files import BASELINE_DIR, DEFINITIONS_DIR, MIGRATIONS_DIR
 
 BASELINE_FILE = "021_baseline.sql"
@@ -47,13 +43,6 @@ SECTION_MARK = re.compile(
 INCLUDE_LINE = re.compile(r"^\\ir \.\./definitions/([a-z0-9_]+\.sql)$", re.MULTILINE)
 
 
-def _read(path: Path, filename: str, number: int, *, padding: int = 0) -> MigrationFile:
-    raw = path.read_bytes()
-    return MigrationFile(
-        filename, number, "\n" * padding + raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
-    )
-
-
 def definitions(directory: Path = DEFINITIONS_DIR) -> list[MigrationFile]:
     """Every definition file, in the order the baseline first needs them, then by name."""
     order = {name: i for i, name in enumerate(INCLUDE_LINE.findall(_baseline_text()))}
@@ -62,9 +51,16 @@ def definitions(directory: Path = DEFINITIONS_DIR) -> list[MigrationFile]:
 
 
 def _definition(path: Path) -> MigrationFile:
-    found = _read(path, f"definitions/{path.name}", 0)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
     # One the audit owner owns is changed, and handed to it, as the audit owner.
-    return dataclasses.replace(found, as_audit_owner=AUDIT_OWNER in found.sql)
+    return MigrationFile(
+        f"definitions/{path.name}",
+        0,
+        text,
+        hashlib.sha256(raw).hexdigest(),
+        as_audit_owner=AUDIT_OWNER in text,
+    )
 
 
 def _baseline_text() -> str:
@@ -112,13 +108,19 @@ def _chunk(text: str, start: int, end: int, name: str) -> MigrationFile:
     )
 
 
+def ships(directory: Path) -> bool:
+    """Whether ``directory`` is the kit's own migrations folder, which the baseline squashes and
+    the definitions follow (a copy or another folder runs its files as they are)."""
+    return directory.resolve() == MIGRATIONS_DIR.resolve()
+
+
 def files_to_apply(
     todo: Sequence[MigrationFile], applied: Mapping[str, str], directory: Path
 ) -> list[MigrationFile]:
     """``todo`` (the pending files, in order), each replaced by its baseline section when the
     baseline applies: the shipped migrations, and after this run every one of them applied,
     with nothing applied so far except from the baseline (``applied``: file to applied_by)."""
-    if directory.resolve() != MIGRATIONS_DIR.resolve():
+    if not ships(directory):
         return list(todo)
     shipped = discover_migrations(MIGRATIONS_DIR)
     complete = {f.filename for f in todo} | set(applied) == {f.filename for f in shipped}
@@ -130,18 +132,8 @@ def files_to_apply(
 
 def stale_definitions(conn: psycopg.Connection) -> list[MigrationFile]:
     """The definitions whose function the server lacks or runs in another form, or which
-    belongs to another owner than its file gives it."""
+    belongs to another owner than the files give it (as the status lines compare them)."""
     found = definitions()
-    shipped = {}
-    for f in found:
-        owners = dict(owners_in(f.sql))
-        for name, definition in definitions_in(f.sql).items():
-            shipped[name] = (f, dataclasses.replace(definition, owner=owners.get(name)))
-    owners_fixed = {name for name, (_, want) in shipped.items() if want.owner}
-    installed = installed_functions(conn, list(shipped), owners_fixed)
-    stale = {
-        f.filename
-        for name, (f, want) in shipped.items()
-        if name not in installed or installed[name].digest != want.digest
-    }
+    names = {name: f.filename for f in found for name in definitions_in(f.sql)}
+    stale = {names[name] for name in differing_functions(conn, names)}
     return [f for f in found if f.filename in stale]

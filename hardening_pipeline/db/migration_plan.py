@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hardening_pipeline.db.baseline import files_to_apply, stale_definitions
+from hardening_pipeline.db.baseline import files_to_apply, ships, stale_definitions
 from hardening_pipeline.db.catalog import Snapshot, catalog_snapshot
 from hardening_pipeline.db.connection import connect
 from hardening_pipeline.db.migrations import (
@@ -389,7 +389,7 @@ def plan_migrations(
             pending = {s.filename for s in states if s.state == "pending"}
             revised = earlier_texts(states)
             plan = MigrationPlan(pending=[f.filename for f in files if f.filename in pending])
-            shipped = directory.resolve() == MIGRATIONS_DIR.resolve()
+            shipped = ships(directory)
             if not plan.pending and not revised and not (shipped and stale_definitions(conn)):
                 return plan
             conn.execute(BOOTSTRAP_SQL)

@@ -28,7 +28,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from hardening_pipeline.db.baseline import FROM_BASELINE, files_to_apply, stale_definitions
+from hardening_pipeline.db.baseline import (
+    FROM_BASELINE,
+    files_to_apply,
+    ships,
+    stale_definitions,
+)
 from hardening_pipeline.db.connection import connect, table_exists
 from hardening_pipeline.db.migration_files import MigrationFile, discover_migrations
 from hardening_pipeline.db.open_policies import (
@@ -489,7 +494,7 @@ def apply_migrations(
                     on_applied(f.filename, elapsed)
             already = sorted(s.filename for s in states if s.state == "applied")
             run = MigrationRun(applied=applied, already_applied=already)
-            if only is None and directory.resolve() == MIGRATIONS_DIR.resolve():
+            if only is None and ships(directory):
                 run.definitions.extend(_reapply_definitions(conn, role, on_applied))
             return run
         finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -181,21 +182,33 @@ def installed_functions(
     }
 
 
+def differing_functions(
+    conn: psycopg.Connection, names: Iterable[str], migrations_dir: Path = MIGRATIONS_DIR
+) -> dict[str, tuple[FunctionDefinition | None, FunctionDefinition]]:
+    """(the server's definition, or None when missing; the shipped one) for each function of
+    ``names`` whose digest differs from what the kit ships; the owner counts where the files
+    fix it."""
+    shipped = shipped_functions(migrations_dir)
+    expected = {n: shipped[n] for n in names}
+    owners_fixed = {n for n, d in expected.items() if d.owner is not None}
+    installed = installed_functions(conn, list(expected), owners_fixed)
+    return {
+        name: (installed.get(name), want)
+        for name, want in expected.items()
+        if name not in installed or installed[name].digest != want.digest
+    }
+
+
 def changed_functions(
     conn: psycopg.Connection, names: list[str], migrations_dir: Path = MIGRATIONS_DIR
 ) -> list[str]:
     """One phrase per function of ``names`` that is missing or differs from what the kit's
     migrations installed (compared by digest), e.g. ``record_ddl() was replaced``."""
-    shipped = shipped_functions(migrations_dir)
-    expected = {n: shipped[n] for n in names}
-    owners_fixed = {n for n, d in expected.items() if d.owner is not None}
-    installed = installed_functions(conn, names, owners_fixed)
     problems = []
-    for name, want in expected.items():
-        have = installed.get(name)
+    for name, (have, want) in differing_functions(conn, names, migrations_dir).items():
         if have is None:
             problems.append(f"hardening.{name}() is missing")
-        elif have.digest != want.digest:
+        else:
             what = [
                 label
                 for label, same in (
@@ -223,6 +236,7 @@ __all__ = [
     "shipped_event_triggers",
     "changed_functions",
     "definitions_in",
+    "differing_functions",
     "owners_in",
     "installed_functions",
     "shipped_functions",
