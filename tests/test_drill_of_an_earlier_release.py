@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from hardening_pipeline.backup.crypto import Keyring
 from hardening_pipeline.backup.nightly import run_backup
 from hardening_pipeline.restore.drill import run_restore_drill
 from hardening_pipeline.seed import seed_demo_data
 from hardening_pipeline.sql_files import MIGRATIONS_DIR
 from tests.support.db import admin_connect
 
-KEY = bytes(range(32))
 
-
-@pytest.fixture
-def store(s3_server, s3_bucket):
-    return s3_server.store(s3_bucket)
-
-
-def test_a_backup_whose_capture_is_the_previous_release_s_drills_green(db_url, store):
+def test_a_backup_whose_capture_is_the_previous_release_s_drills_green(
+    db_url, s3_server, s3_bucket, keyring
+):
+    store = s3_server.store(s3_bucket)
     text = (MIGRATIONS_DIR / "018_capture_keys_and_claims.sql").read_text()
     earlier = re.search(
         r"CREATE OR REPLACE FUNCTION hardening\.audit_capture_insert\(\).*?\$fn\$;", text, re.S
@@ -35,7 +28,7 @@ def test_a_backup_whose_capture_is_the_previous_release_s_drills_green(db_url, s
     with admin_connect(db_url) as conn:
         conn.execute(earlier)
         conn.commit()
-    run_backup(db_url, store, Keyring(KEY))
-    result = run_restore_drill(store, Keyring(KEY))
+    run_backup(db_url, store, keyring)
+    result = run_restore_drill(store, keyring)
     assert result.passed, (result.failure, result.invariants, result.tests_output)
     assert "definitions/audit_capture_insert.sql" in result.upgraded_with

@@ -12,7 +12,6 @@ catalog and the same adoption log.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import uuid
@@ -32,7 +31,11 @@ from hardening_pipeline.db.migrations import (
     apply_migrations,
     discover_migrations,
 )
-from hardening_pipeline.db.shipped_functions import FunctionDefinition, definitions_in, owners_in
+from hardening_pipeline.db.shipped_functions import (
+    definitions_in,
+    functions_defined,
+    shipped_functions,
+)
 from tests.support.db import admin_connect, create_database, drop_database
 from tests.support.supabase_db import (
     APP_TEMPLATE,
@@ -75,21 +78,13 @@ BOOKKEEPING = {
 def changed_definitions() -> list[str]:
     """The definition files whose function is not as the versioned files last left it: another
     body or form, or another owner."""
-    last: dict[str, FunctionDefinition] = {}
-    for migration in discover_migrations():
-        for name, found in definitions_in(migration.sql).items():
-            last[name] = dataclasses.replace(
-                found, owner=last[name].owner if name in last else None
-            )
-        for name, owner in owners_in(migration.sql):
-            last[name] = dataclasses.replace(last[name], owner=owner)
-    changed = []
-    for d in definitions():
-        owners = dict(owners_in(d.sql))
-        for name, found in definitions_in(d.sql).items():
-            if last.get(name) != dataclasses.replace(found, owner=owners.get(name)):
-                changed.append(d.filename)
-    return changed
+    last = functions_defined(m.sql for m in discover_migrations())
+    today = shipped_functions()
+    return [
+        d.filename
+        for d in definitions()
+        if any(last.get(name) != today[name] for name in definitions_in(d.sql))
+    ]
 
 
 def from_baseline(url: str) -> list[bool]:

@@ -95,7 +95,7 @@ def definitions_in(text: str) -> dict[str, FunctionDefinition]:
     return found
 
 
-def owners_in(text: str) -> list[tuple[str, str]]:
+def _owners_in(text: str) -> list[tuple[str, str]]:
     """(function, owner) for each ``ALTER FUNCTION hardening.<name>(...) OWNER TO`` in a text."""
     return _OWNER.findall(_strip_comments(text))
 
@@ -110,13 +110,19 @@ def _shipped_texts(migrations_dir: Path) -> list[str]:
 @cache
 def shipped_functions(migrations_dir: Path = MIGRATIONS_DIR) -> dict[str, FunctionDefinition]:
     """Every ``hardening.<name>`` function the kit ships, as its definition file has it, with
-    the owner the migrations give it."""
+    the owner the migrations or that file give it."""
+    return functions_defined(_shipped_texts(migrations_dir))
+
+
+def functions_defined(texts: Iterable[str]) -> dict[str, FunctionDefinition]:
+    """Every ``hardening.<name>`` function these SQL texts create, run in order: as the last
+    one to create it left it, with the last owner one of them gives it."""
     found: dict[str, FunctionDefinition] = {}
-    for text in _shipped_texts(migrations_dir):
+    for text in texts:
         for name, definition in definitions_in(text).items():
             owner = found[name].owner if name in found else None
             found[name] = _with_owner(definition, owner) if owner else definition
-        for name, owner in owners_in(text):
+        for name, owner in _owners_in(text):
             if name in found:
                 found[name] = _with_owner(found[name], owner)
     return found
@@ -236,8 +242,8 @@ __all__ = [
     "shipped_event_triggers",
     "changed_functions",
     "definitions_in",
+    "functions_defined",
     "differing_functions",
-    "owners_in",
     "installed_functions",
     "shipped_functions",
 ]
